@@ -1,0 +1,12 @@
+//! vip-agent: floating-IP failover for Patroni clusters.
+//!
+//! One module per effect:
+//! * [`dataplane`]: the XDP program and its maps (load, attach, pin, adopt, fence/answer, detach);
+//! * [`config`]: vip-manager compatible configuration (YAML, flags, environment);
+//! * [`leader`]: the etcd v3 watch on the Patroni leader key and leadership confirmation;
+//! * [`clock`]: the kernel monotonic clock shared with the XDP program.
+
+pub mod clock;
+pub mod config;
+pub mod dataplane;
+pub mod leader;

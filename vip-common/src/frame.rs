@@ -1,0 +1,259 @@
+//! The per-frame decision, shared verbatim by the XDP program and host tests.
+//!
+//! [`process`] looks at the first bytes of an Ethernet frame and decides:
+//!
+//! * ARP request (Ethernet/IPv4 ARP) whose target is a VIP: answering -> the frame is rewritten in
+//!   place into our reply ([`Verdict::Replied`], XDP_TX); fenced -> [`Verdict::DroppedArp`]. A request
+//!   for a VIP is never handed to the kernel, so a stale address on a fenced node cannot answer.
+//! * ARP whose *sender* claims a VIP we answer for, from another MAC: [`Verdict::Conflict`] (pass).
+//! * IPv4 to a VIP while fenced: [`Verdict::DroppedIpv4`].
+//! * Everything else, including truncated or malformed frames: [`Verdict::Pass`], untouched. A frame
+//!   is only rewritten after every field of it has been validated.
+//!
+//! Frame access goes through [`Packet`], which hands out fixed-size prefixes (`&[u8; N]`): in the
+//! kernel that is one bounds check against `data_end` per prefix, which the verifier accepts, and every
+//! field access after it is a constant offset.
+
+use crate::maps::{VipKey, VipState};
+
+/// XDP action codes (`enum xdp_action` in the kernel UAPI).
+pub const XDP_DROP: u32 = 1;
+pub const XDP_PASS: u32 = 2;
+pub const XDP_TX: u32 = 3;
+
+/// Ethernet header length (no VLAN tag).
+pub const ETH_LEN: usize = 14;
+/// Ethernet header + an Ethernet/IPv4 ARP packet.
+pub const ARP_FRAME_LEN: usize = ETH_LEN + 28;
+/// Ethernet header + the fixed part of an IPv4 header.
+pub const IPV4_FRAME_LEN: usize = ETH_LEN + 20;
+
+pub const ETH_P_ARP: [u8; 2] = [0x08, 0x06];
+pub const ETH_P_IP: [u8; 2] = [0x08, 0x00];
+pub const ARP_OP_REQUEST: u16 = 1;
+pub const ARP_OP_REPLY: u16 = 2;
+/// ARP hardware types the kernel accepts on Ethernet devices (`arp_process`): Ethernet and IEEE 802.
+const ARPHRD_ETHER: u16 = 1;
+const ARPHRD_IEEE802: u16 = 6;
+const ARP_PTYPE_IPV4: u16 = 0x0800;
+
+/// Read access to the start of a frame, in fixed-size prefixes.
+pub trait Packet {
+    /// The first `N` bytes, or `None` when the frame is shorter.
+    fn head<const N: usize>(&self) -> Option<&[u8; N]>;
+    /// The first `N` bytes, writable, or `None` when the frame is shorter.
+    fn head_mut<const N: usize>(&mut self) -> Option<&mut [u8; N]>;
+}
+
+impl Packet for [u8] {
+    #[inline(always)]
+    fn head<const N: usize>(&self) -> Option<&[u8; N]> {
+        self.first_chunk::<N>()
+    }
+
+    #[inline(always)]
+    fn head_mut<const N: usize>(&mut self) -> Option<&mut [u8; N]> {
+        self.first_chunk_mut::<N>()
+    }
+}
+
+/// The VIP table as the program sees it.
+pub trait VipLookup {
+    /// The state of `vip`, or `None` when it is not a VIP on this interface.
+    fn state(&self, vip: &VipKey) -> Option<VipState>;
+    /// Kernel monotonic time in ns (only asked for when a frame concerns a VIP).
+    fn now_ns(&self) -> u64;
+}
+
+/// What to do with a frame, and which VIP counter it touches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Not ours to judge: hand it to the kernel untouched.
+    Pass,
+    /// The frame was rewritten into our ARP reply for `vip`: transmit it back.
+    Replied { vip: VipKey },
+    /// An ARP request for `vip` that we must not answer (fenced, or an unusable requester).
+    DroppedArp { vip: VipKey },
+    /// IPv4 addressed to `vip` while fenced.
+    DroppedIpv4 { vip: VipKey },
+    /// Someone else claims `vip` while we answer for it: pass, and count it.
+    Conflict { vip: VipKey },
+}
+
+impl Verdict {
+    /// The XDP action for this verdict.
+    #[inline(always)]
+    #[must_use]
+    pub const fn xdp_action(&self) -> u32 {
+        match self {
+            Self::Pass | Self::Conflict { .. } => XDP_PASS,
+            Self::Replied { .. } => XDP_TX,
+            Self::DroppedArp { .. } | Self::DroppedIpv4 { .. } => XDP_DROP,
+        }
+    }
+}
+
+/// Decide what to do with one frame, rewriting it in place when we answer.
+#[inline(always)]
+pub fn process<P: Packet + ?Sized, L: VipLookup>(pkt: &mut P, table: &L) -> Verdict {
+    let Some(eth) = pkt.head::<ETH_LEN>() else {
+        return Verdict::Pass;
+    };
+    let ether_type = [eth[12], eth[13]];
+    if ether_type == ETH_P_IP {
+        process_ipv4(pkt, table)
+    } else if ether_type == ETH_P_ARP {
+        process_arp(pkt, table)
+    } else {
+        Verdict::Pass
+    }
+}
+
+#[inline(always)]
+fn process_ipv4<P: Packet + ?Sized, L: VipLookup>(pkt: &P, table: &L) -> Verdict {
+    let Some(f) = pkt.head::<IPV4_FRAME_LEN>() else {
+        return Verdict::Pass;
+    };
+    // Version 4, IHL >= 5: anything else the kernel discards by itself.
+    let version_ihl = f[ETH_LEN];
+    if version_ihl >> 4 != 4 || version_ihl & 0x0f < 5 {
+        return Verdict::Pass;
+    }
+    let vip = VipKey::new([f[30], f[31], f[32], f[33]]);
+    match table.state(&vip) {
+        Some(state) if !state.answering_at(table.now_ns()) => Verdict::DroppedIpv4 { vip },
+        _ => Verdict::Pass,
+    }
+}
+
+/// The fields of a validated Ethernet/IPv4 ARP packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ArpView {
+    pub op: u16,
+    pub sha: [u8; 6],
+    pub spa: [u8; 4],
+    pub tha: [u8; 6],
+    pub tpa: [u8; 4],
+}
+
+impl ArpView {
+    /// Parse the ARP part of an Ethernet frame; `None` unless it is Ethernet (or IEEE 802) hardware,
+    /// IPv4 protocol, hlen 6 and plen 4.
+    #[inline(always)]
+    #[must_use]
+    pub fn parse(f: &[u8; ARP_FRAME_LEN]) -> Option<Self> {
+        let htype = u16::from_be_bytes([f[14], f[15]]);
+        let ptype = u16::from_be_bytes([f[16], f[17]]);
+        if (htype != ARPHRD_ETHER && htype != ARPHRD_IEEE802)
+            || ptype != ARP_PTYPE_IPV4
+            || f[18] != 6
+            || f[19] != 4
+        {
+            return None;
+        }
+        Some(Self {
+            op: u16::from_be_bytes([f[20], f[21]]),
+            sha: [f[22], f[23], f[24], f[25], f[26], f[27]],
+            spa: [f[28], f[29], f[30], f[31]],
+            tha: [f[32], f[33], f[34], f[35], f[36], f[37]],
+            tpa: [f[38], f[39], f[40], f[41]],
+        })
+    }
+}
+
+#[inline(always)]
+fn process_arp<P: Packet + ?Sized, L: VipLookup>(pkt: &mut P, table: &L) -> Verdict {
+    let Some(arp) = pkt.head::<ARP_FRAME_LEN>().and_then(ArpView::parse) else {
+        return Verdict::Pass;
+    };
+
+    // Someone else announcing or asking from a VIP we hold: keep the evidence, let it through.
+    let sender = VipKey::new(arp.spa);
+    if let Some(state) = table.state(&sender)
+        && arp.sha != state.mac
+        && state.answering_at(table.now_ns())
+    {
+        return Verdict::Conflict { vip: sender };
+    }
+
+    if arp.op != ARP_OP_REQUEST {
+        return Verdict::Pass;
+    }
+    let vip = VipKey::new(arp.tpa);
+    let Some(state) = table.state(&vip) else {
+        return Verdict::Pass;
+    };
+    if !state.answering_at(table.now_ns()) || !is_unicast(&arp.sha) {
+        return Verdict::DroppedArp { vip };
+    }
+    match pkt.head_mut::<ARP_FRAME_LEN>() {
+        Some(f) => {
+            write_arp_reply(f, &state.mac, &vip.addr, &arp.sha, &arp.spa);
+            Verdict::Replied { vip }
+        }
+        // Unreachable (the same prefix was readable above), but never transmit what we did not write.
+        None => Verdict::DroppedArp { vip },
+    }
+}
+
+/// A MAC we may send a unicast reply to: not multicast or broadcast, not all zeroes.
+#[inline(always)]
+#[must_use]
+pub fn is_unicast(mac: &[u8; 6]) -> bool {
+    mac[0] & 1 == 0 && *mac != [0; 6]
+}
+
+/// Rewrite a validated ARP request in place into our reply (RFC 826): Ethernet to the requester from
+/// us; op 2; sender = (our MAC, VIP); target = (requester MAC, requester IP). Length and any padding
+/// stay as they are; ARP has no checksum.
+#[inline(always)]
+pub fn write_arp_reply(
+    f: &mut [u8; ARP_FRAME_LEN],
+    our_mac: &[u8; 6],
+    vip: &[u8; 4],
+    requester_mac: &[u8; 6],
+    requester_ip: &[u8; 4],
+) {
+    f[0..6].copy_from_slice(requester_mac);
+    f[6..12].copy_from_slice(our_mac);
+    // htype Ethernet (an IEEE 802 request is answered as Ethernet, like the kernel does).
+    f[14] = 0;
+    f[15] = 1;
+    let [op_hi, op_lo] = ARP_OP_REPLY.to_be_bytes();
+    f[20] = op_hi;
+    f[21] = op_lo;
+    f[22..28].copy_from_slice(our_mac);
+    f[28..32].copy_from_slice(vip);
+    f[32..38].copy_from_slice(requester_mac);
+    f[38..42].copy_from_slice(requester_ip);
+}
+
+/// Build a complete ARP frame (used by the agent for gratuitous ARP and by tests).
+#[must_use]
+pub fn build_arp(
+    eth_dst: [u8; 6],
+    eth_src: [u8; 6],
+    op: u16,
+    sha: [u8; 6],
+    spa: [u8; 4],
+    tha: [u8; 6],
+    tpa: [u8; 4],
+) -> [u8; ARP_FRAME_LEN] {
+    let mut f = [0u8; ARP_FRAME_LEN];
+    f[0..6].copy_from_slice(&eth_dst);
+    f[6..12].copy_from_slice(&eth_src);
+    f[12..14].copy_from_slice(&ETH_P_ARP);
+    f[14..16].copy_from_slice(&ARPHRD_ETHER.to_be_bytes());
+    f[16..18].copy_from_slice(&ARP_PTYPE_IPV4.to_be_bytes());
+    f[18] = 6;
+    f[19] = 4;
+    f[20..22].copy_from_slice(&op.to_be_bytes());
+    f[22..28].copy_from_slice(&sha);
+    f[28..32].copy_from_slice(&spa);
+    f[32..38].copy_from_slice(&tha);
+    f[38..42].copy_from_slice(&tpa);
+    f
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,186 @@
+//! BPF map layout shared by the kernel program and the agent.
+//!
+//! Rules for every type here: `#[repr(C)]`, only integers and byte arrays, explicit `_pad` fields so
+//! there is no implicit padding (an `aya::Pod` with padding would leak uninitialised bytes), and a size
+//! assert next to it. Addresses stay in network byte order as byte arrays, so the data path never
+//! converts endianness.
+
+/// Name of the hash map VIP -> [`VipState`]. Written only by the agent.
+pub const STATE_MAP: &str = "VIP_STATE";
+/// Name of the per-CPU hash map VIP -> [`VipStats`]. Written only by the program (the agent creates
+/// the zeroed entry when it registers a VIP).
+pub const STATS_MAP: &str = "VIP_STATS";
+/// Name of the XDP program inside the object.
+pub const PROGRAM_NAME: &str = "vip_xdp";
+/// Every map name, for tests that check the object against this contract.
+pub const MAP_NAMES: [&str; 2] = [STATE_MAP, STATS_MAP];
+
+/// How many VIPs one interface's maps hold.
+pub const MAX_VIPS: u32 = 256;
+
+/// `BPF_F_NO_PREALLOC`: hash map elements are allocated on update and freed after an RCU grace
+/// period. An update therefore swaps in a fully written element and never rewrites one that a running
+/// program may be reading: the program sees the old value or the new one, never a mix. (With the
+/// default preallocated hash map a replaced element goes straight back to a free list and can be
+/// reused while a reader still holds it.)
+pub const BPF_F_NO_PREALLOC: u32 = 1;
+
+/// Key of both maps: an IPv4 VIP in network byte order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct VipKey {
+    pub addr: [u8; 4],
+}
+const _: () = assert!(size_of::<VipKey>() == 4);
+
+impl VipKey {
+    #[must_use]
+    pub const fn new(addr: [u8; 4]) -> Self {
+        Self { addr }
+    }
+}
+
+/// What the program needs to know about one VIP on this interface.
+///
+/// `deadline_ns` is the whole answer to "do we answer for this VIP now": the program answers while
+/// `bpf_ktime_get_ns() < deadline_ns` (kernel `CLOCK_MONOTONIC`), and fences otherwise. `0` means
+/// fenced. It is one naturally aligned `u64`, read once per packet into a local, so a flag and a
+/// deadline can never be seen out of step; the agent only extends it from a fresh confirmation of
+/// leadership, so an agent that dies or is cut off goes silent on its own.
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VipState {
+    /// Answer until this kernel monotonic time (ns); 0 = fenced.
+    pub deadline_ns: u64,
+    /// The interface's MAC: the sender hardware address of our replies.
+    pub mac: [u8; 6],
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(size_of::<VipState>() == 16);
+const _: () = assert!(align_of::<VipState>() == 8);
+
+impl VipState {
+    /// A fenced entry: the program drops ARP requests and IPv4 for the VIP.
+    #[must_use]
+    pub const fn fenced(mac: [u8; 6]) -> Self {
+        Self {
+            deadline_ns: 0,
+            mac,
+            _pad: [0; 2],
+        }
+    }
+
+    /// An entry that answers until `deadline_ns` (kernel monotonic ns).
+    #[must_use]
+    pub const fn answering_until(mac: [u8; 6], deadline_ns: u64) -> Self {
+        Self {
+            deadline_ns,
+            mac,
+            _pad: [0; 2],
+        }
+    }
+
+    /// Whether the program answers for this VIP at kernel time `now_ns`.
+    #[inline(always)]
+    #[must_use]
+    pub const fn answering_at(&self, now_ns: u64) -> bool {
+        now_ns < self.deadline_ns
+    }
+}
+
+/// Per-CPU counters for one VIP. The agent sums them over CPUs (and takes the max of
+/// `last_reply_ns`).
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VipStats {
+    /// ARP requests for the VIP answered with XDP_TX.
+    pub arp_replied: u64,
+    /// ARP requests for the VIP dropped (fenced, or a requester with a non-unicast hardware address).
+    pub arp_dropped: u64,
+    /// IPv4 packets to the VIP dropped because we were fenced.
+    pub ipv4_dropped: u64,
+    /// ARP frames claiming the VIP from another MAC while we were answering.
+    pub conflicts: u64,
+    /// Kernel monotonic time (ns) of the last reply sent from this CPU; 0 = never.
+    pub last_reply_ns: u64,
+}
+const _: () = assert!(size_of::<VipStats>() == 40);
+
+impl VipStats {
+    /// Fold another CPU's counters into this one.
+    #[must_use]
+    pub const fn merge(self, other: &Self) -> Self {
+        Self {
+            arp_replied: self.arp_replied.wrapping_add(other.arp_replied),
+            arp_dropped: self.arp_dropped.wrapping_add(other.arp_dropped),
+            ipv4_dropped: self.ipv4_dropped.wrapping_add(other.ipv4_dropped),
+            conflicts: self.conflicts.wrapping_add(other.conflicts),
+            last_reply_ns: if other.last_reply_ns > self.last_reply_ns {
+                other.last_reply_ns
+            } else {
+                self.last_reply_ns
+            },
+        }
+    }
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::{VipKey, VipState, VipStats};
+
+    // SAFETY: `#[repr(C)]`, integers and byte arrays only, no implicit padding (size asserts above).
+    unsafe impl aya::Pod for VipKey {}
+    // SAFETY: as above; `_pad` makes the two trailing bytes explicit.
+    unsafe impl aya::Pod for VipState {}
+    // SAFETY: as above; five u64.
+    unsafe impl aya::Pod for VipStats {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deadline_zero_is_fenced_at_any_time() {
+        let s = VipState::fenced([2, 0, 0, 0, 0, 1]);
+        assert!(!s.answering_at(0));
+        assert!(!s.answering_at(u64::MAX));
+    }
+
+    #[test]
+    fn answering_stops_at_the_deadline() {
+        let s = VipState::answering_until([2, 0, 0, 0, 0, 1], 1_000);
+        assert!(s.answering_at(999));
+        assert!(!s.answering_at(1_000));
+        assert!(!s.answering_at(1_001));
+    }
+
+    #[test]
+    fn merge_sums_counters_and_keeps_latest_reply() {
+        let a = VipStats {
+            arp_replied: 1,
+            arp_dropped: 2,
+            ipv4_dropped: 3,
+            conflicts: 4,
+            last_reply_ns: 50,
+        };
+        let b = VipStats {
+            arp_replied: 10,
+            arp_dropped: 20,
+            ipv4_dropped: 30,
+            conflicts: 40,
+            last_reply_ns: 20,
+        };
+        let m = a.merge(&b);
+        assert_eq!(
+            m,
+            VipStats {
+                arp_replied: 11,
+                arp_dropped: 22,
+                ipv4_dropped: 33,
+                conflicts: 44,
+                last_reply_ns: 50
+            }
+        );
+    }
+}

@@ -1,0 +1,144 @@
+//! vip-ebpf: the XDP half of vip-agent.
+//!
+//! While this node holds a VIP it answers ARP requests for it itself (XDP_TX); while it does not, it
+//! drops ARP requests for the VIP and every IPv4 packet addressed to it, so a stale old primary can
+//! never respond even if the address is still configured. "Holds" is a deadline in a map, not a flag:
+//! when the agent stops renewing it (killed, hung, cut off from etcd) the node goes silent by itself.
+//!
+//! The decision is `vip_common::frame::process`, shared with the host tests; this file only binds it
+//! to packet memory, the maps and the clock. Anything unparsed passes: a parse failure is never
+//! XDP_ABORTED and never a drop.
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    bindings::xdp_action::XDP_PASS,
+    helpers::bpf_ktime_get_ns,
+    macros::{map, xdp},
+    maps::{HashMap, PerCpuHashMap},
+    programs::XdpContext,
+};
+use vip_common::{
+    Packet, Verdict, VipKey, VipLookup, VipState, VipStats,
+    maps::{BPF_F_NO_PREALLOC, MAX_VIPS},
+};
+
+// ---- Maps (names are the contract in vip_common::maps) ----
+
+/// VIP -> answer-until deadline and our MAC. Written only by the agent; no-prealloc so that every
+/// update swaps in a complete element (see `vip_common::maps::BPF_F_NO_PREALLOC`).
+#[map]
+static VIP_STATE: HashMap<VipKey, VipState> = HashMap::with_max_entries(MAX_VIPS, BPF_F_NO_PREALLOC);
+
+/// VIP -> per-CPU counters. The agent creates the zeroed entry; only this program increments it.
+#[map]
+static VIP_STATS: PerCpuHashMap<VipKey, VipStats> = PerCpuHashMap::with_max_entries(MAX_VIPS, 0);
+
+// ---- Program ----
+
+#[xdp]
+fn vip_xdp(ctx: XdpContext) -> u32 {
+    try_vip_xdp(&ctx).unwrap_or(XDP_PASS)
+}
+
+#[inline(always)]
+fn try_vip_xdp(ctx: &XdpContext) -> Result<u32, ()> {
+    let mut frame = Frame { ctx };
+    let verdict = vip_common::process(&mut frame, &Maps);
+    count(&verdict);
+    Ok(verdict.xdp_action())
+}
+
+/// Packet memory as a [`Packet`]: one bounds check against `data_end` per prefix.
+struct Frame<'a> {
+    ctx: &'a XdpContext,
+}
+
+/// The single bounds-checked access to packet memory: a pointer to `T` at `offset`, or `Err` when
+/// `offset + size_of::<T>()` runs past `data_end`. The check is written the way the verifier tracks it.
+#[inline(always)]
+fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Result<*mut T, ()> {
+    let start = ctx.data();
+    let end = ctx.data_end();
+    if start + offset + size_of::<T>() > end {
+        return Err(());
+    }
+    Ok((start + offset) as *mut T)
+}
+
+impl Packet for Frame<'_> {
+    #[inline(always)]
+    fn head<const N: usize>(&self) -> Option<&[u8; N]> {
+        let p = ptr_at::<[u8; N]>(self.ctx, 0).ok()?;
+        // SAFETY: `ptr_at` checked that N bytes from `data` lie inside the packet; u8 has no alignment.
+        Some(unsafe { &*p })
+    }
+
+    #[inline(always)]
+    fn head_mut<const N: usize>(&mut self) -> Option<&mut [u8; N]> {
+        let p = ptr_at::<[u8; N]>(self.ctx, 0).ok()?;
+        // SAFETY: as above; XDP packet memory is writable and `&mut self` makes this the only view.
+        Some(unsafe { &mut *p })
+    }
+}
+
+/// The VIP table and the clock.
+struct Maps;
+
+impl VipLookup for Maps {
+    #[inline(always)]
+    fn state(&self, vip: &VipKey) -> Option<VipState> {
+        let p = VIP_STATE.get_ptr(vip)?;
+        // SAFETY: a no-prealloc hash element is never written after it is published and is freed only
+        // after an RCU grace period, which cannot end while this program runs: the copy is consistent.
+        Some(unsafe { *p })
+    }
+
+    #[inline(always)]
+    fn now_ns(&self) -> u64 {
+        // SAFETY: plain helper call, no arguments.
+        unsafe { bpf_ktime_get_ns() }
+    }
+}
+
+/// Bump the VIP's counter for this verdict. A VIP without a stats entry is simply not counted.
+#[inline(always)]
+fn count(verdict: &Verdict) {
+    let vip = match verdict {
+        Verdict::Pass => return,
+        Verdict::Replied { vip }
+        | Verdict::DroppedArp { vip }
+        | Verdict::DroppedIpv4 { vip }
+        | Verdict::Conflict { vip } => vip,
+    };
+    let Some(p) = VIP_STATS.get_ptr_mut(vip) else {
+        return;
+    };
+    // SAFETY: per-CPU element of this CPU; XDP runs with preemption off, so nothing else writes it now.
+    let stats = unsafe { &mut *p };
+    match verdict {
+        Verdict::Pass => {}
+        Verdict::Replied { .. } => {
+            stats.arp_replied += 1;
+            // SAFETY: plain helper call.
+            stats.last_reply_ns = unsafe { bpf_ktime_get_ns() };
+        }
+        Verdict::DroppedArp { .. } => stats.arp_dropped += 1,
+        Verdict::DroppedIpv4 { .. } => stats.ipv4_dropped += 1,
+        Verdict::Conflict { .. } => stats.conflicts += 1,
+    }
+}
+
+// ---- Runtime glue ----
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // The verifier rejects any reachable panic path, so this is never reached at run time.
+    loop {}
+}
+
+/// GPL-compatible so GPL-only helpers stay available; we use none today.
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
