@@ -1,1 +1,832 @@
-//! Data plane (being written).
+//! The data plane: the embedded XDP program, its maps, and their lifetime beyond the agent process.
+//!
+//! [`Dataplane::open`] makes sure exactly one vip-agent program is attached to an interface:
+//! * if `<pin_root>/<ifname>/` holds a link that is attached to this interface, it is **adopted**
+//!   (a restarted agent takes over where the last one stopped, traffic never unguarded);
+//! * otherwise the embedded object is loaded, attached (as a bpf_link) and pinned: maps first, the
+//!   link last, so a present link pin always means a complete installation.
+//!
+//! The program and its maps outlive the agent: a crashed agent leaves the interface fenced by the
+//! deadline in [`VipState`], not unguarded. [`detach`] removes program and pins.
+//!
+//! An interface that already carries another XDP program is never taken over silently.
+
+use std::{
+    fmt, io,
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{HashMap, Map, MapData, MapError, PerCpuHashMap, PerCpuValues},
+    programs::{
+        ProgramError, Xdp, XdpMode,
+        links::{FdLink, PinnedLink},
+    },
+};
+use tracing::{info, warn};
+use vip_common::{
+    VipKey, VipState, VipStats,
+    maps::{PROGRAM_NAME, STATE_MAP, STATS_MAP},
+};
+
+use crate::netlink::{self, LinkFacts, NetlinkError, XdpAttachment};
+
+/// Where pins live unless configured otherwise: `<root>/<ifname>/{link,VIP_STATE,VIP_STATS}`.
+pub const DEFAULT_PIN_ROOT: &str = "/sys/fs/bpf/vip-agent";
+const LINK_PIN: &str = "link";
+
+/// The XDP object built from `vip-ebpf` by `build.rs`.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/vip-ebpf"));
+
+/// The embedded eBPF object (for tests, benchmarks and `vip-agent version`).
+#[must_use]
+pub fn ebpf_object() -> &'static [u8] {
+    EBPF_OBJECT
+}
+
+const BPF_ANY: u64 = 0;
+const BPF_NOEXIST: u64 = 1;
+/// `statfs` magic of the BPF filesystem.
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+/// How to attach the program.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AttachMode {
+    /// Native where the driver supports it, generic otherwise. On veth, generic: native XDP_TX on
+    /// a veth only delivers when the peer has an XDP program too, which we cannot promise.
+    #[default]
+    Auto,
+    /// Native (driver) mode only.
+    Native,
+    /// Generic (skb) mode only.
+    Generic,
+}
+
+impl fmt::Display for AttachMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Auto => "auto",
+            Self::Native => "native",
+            Self::Generic => "generic",
+        })
+    }
+}
+
+/// What [`Dataplane::open`] needs.
+#[derive(Clone, Debug)]
+pub struct AttachOptions {
+    pub interface: String,
+    pub mode: AttachMode,
+    /// Directory on bpffs under which `<ifname>/` is created.
+    pub pin_root: PathBuf,
+}
+
+/// How the program came to be on the interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// Loaded and attached by this process.
+    Attached,
+    /// Found pinned and attached: taken over from an earlier agent.
+    Adopted,
+}
+
+/// Errors of the data plane, each naming what failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DataplaneError {
+    #[error("interface {interface:?} does not exist")]
+    InterfaceMissing { interface: String },
+    #[error(
+        "{operation} was refused: vip-agent needs root, or CAP_BPF + CAP_NET_ADMIN + CAP_PERFMON \
+         (CAP_SYS_ADMIN before Linux 5.8): {source}"
+    )]
+    PermissionDenied {
+        operation: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error(
+        "interface {interface} already has XDP program id {prog_id} ({name}, {mode}) attached and it \
+         is not vip-agent's; refusing to replace it. Remove it (`ip link set dev {interface} xdp off`) \
+         or choose another interface"
+    )]
+    ForeignProgram {
+        interface: String,
+        prog_id: u32,
+        name: String,
+        mode: XdpAttachment,
+    },
+    #[error(
+        "the kernel attached XDP on {interface} without a bpf_link, so it cannot be pinned to outlive \
+         the agent: Linux 5.9 or newer is required (5.10 LTS recommended)"
+    )]
+    KernelTooOld { interface: String },
+    #[error("load the embedded XDP object: {0}")]
+    Load(#[source] aya::EbpfError),
+    #[error("the embedded XDP object has no {what} named {name:?}")]
+    ObjectContract {
+        what: &'static str,
+        name: &'static str,
+    },
+    #[error("load the XDP program into the kernel: {0}")]
+    LoadProgram(#[source] ProgramError),
+    #[error("attach XDP to {interface} in {mode} mode: {source}")]
+    Attach {
+        interface: String,
+        mode: &'static str,
+        #[source]
+        source: ProgramError,
+    },
+    #[error("pin {what} at {}: {source}", path.display())]
+    Pin {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("open pinned {what} at {}: {source}", path.display())]
+    OpenPinned {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("{operation} for VIP {vip} in map {map}: {source}")]
+    Map {
+        operation: &'static str,
+        vip: Ipv4Addr,
+        map: &'static str,
+        #[source]
+        source: MapError,
+    },
+    #[error("{operation} {}: {source}", path.display())]
+    Fs {
+        operation: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error(transparent)]
+    Netlink(#[from] NetlinkError),
+}
+
+/// The attached program and typed handles on its maps, for one interface.
+pub struct Dataplane {
+    /// Interface name, for logs and errors.
+    interface: String,
+    /// The interface's MAC: the sender of every reply (written into each VIP entry).
+    mac: [u8; 6],
+    /// `<pin_root>/<ifname>`.
+    pin_dir: PathBuf,
+    /// How the program runs on the interface (as the kernel reports it).
+    attachment: XdpAttachment,
+    origin: Origin,
+    state: HashMap<MapData, VipKey, VipState>,
+    stats: PerCpuHashMap<MapData, VipKey, VipStats>,
+    /// Kept open for the life of the agent; the pin keeps the program attached after it.
+    _link: PinnedLink,
+}
+
+impl fmt::Debug for Dataplane {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Dataplane")
+            .field("interface", &self.interface)
+            .field("pin_dir", &self.pin_dir)
+            .field("attachment", &self.attachment)
+            .field("origin", &self.origin)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Dataplane {
+    /// Adopt the pinned program on `opts.interface`, or load, attach and pin a new one.
+    ///
+    /// # Errors
+    /// See [`DataplaneError`]: missing interface, missing privileges, a foreign XDP program, a kernel
+    /// without XDP bpf_link, or a failed load/attach/pin.
+    pub async fn open(opts: &AttachOptions) -> Result<Self, DataplaneError> {
+        let facts = netlink::link_by_name(&opts.interface)
+            .await?
+            .ok_or_else(|| DataplaneError::InterfaceMissing {
+                interface: opts.interface.clone(),
+            })?;
+        let mac = facts.mac.ok_or_else(|| DataplaneError::InterfaceMissing {
+            interface: format!("{} (has no Ethernet address)", opts.interface),
+        })?;
+        ensure_bpffs(&opts.pin_root)?;
+        let pin_dir = opts.pin_root.join(&opts.interface);
+
+        if let Some(dp) = Self::adopt(&facts, mac, &pin_dir)? {
+            info!(interface = %dp.interface, mode = %dp.attachment, pin = %pin_dir.display(),
+                "adopted the pinned XDP program");
+            return Ok(dp);
+        }
+        let dp = Self::attach_new(&facts, mac, &pin_dir, opts.mode).await?;
+        info!(interface = %dp.interface, mode = %dp.attachment, requested = %opts.mode,
+            pin = %pin_dir.display(), "attached the XDP program");
+        Ok(dp)
+    }
+
+    /// Take over a pinned installation if its link is the program attached to this interface.
+    /// A pin that is not (interface recreated, program replaced) is stale: remove it.
+    fn adopt(
+        facts: &LinkFacts,
+        mac: [u8; 6],
+        pin_dir: &Path,
+    ) -> Result<Option<Self>, DataplaneError> {
+        let link_path = pin_dir.join(LINK_PIN);
+        if !link_path.exists() {
+            return Ok(None);
+        }
+        let link = PinnedLink::from_pin(&link_path)
+            .map_err(|e| open_pinned_error("link", &link_path, e))?;
+        let fd_link: FdLink = link.into();
+        let prog_id = fd_link
+            .info()
+            .map_err(|e| open_pinned_error("link", &link_path, e))?
+            .program_id();
+        let attached = facts.xdp.filter(|(id, _)| *id == prog_id);
+        let Some((_, attachment)) = attached else {
+            warn!(interface = %facts.name, pin = %pin_dir.display(), pinned_prog_id = prog_id,
+                attached = ?facts.xdp, "pinned XDP link is not attached to this interface any more; replacing it");
+            drop(fd_link);
+            remove_pins(pin_dir)?;
+            return Ok(None);
+        };
+        let link = fd_link.pin(&link_path).or_else(|e| match e {
+            // Already pinned at that path (it is the same link): reopen it.
+            aya::pin::PinError::SyscallError(ref s)
+                if s.io_error.kind() == io::ErrorKind::AlreadyExists =>
+            {
+                PinnedLink::from_pin(&link_path)
+                    .map_err(|e| open_pinned_error("link", &link_path, e))
+            }
+            other => Err(open_pinned_error("link", &link_path, other)),
+        })?;
+        let (state, stats) = open_pinned_maps(pin_dir)?;
+        Ok(Some(Self {
+            interface: facts.name.clone(),
+            mac,
+            pin_dir: pin_dir.to_path_buf(),
+            attachment,
+            origin: Origin::Adopted,
+            state,
+            stats,
+            _link: link,
+        }))
+    }
+
+    async fn attach_new(
+        facts: &LinkFacts,
+        mac: [u8; 6],
+        pin_dir: &Path,
+        mode: AttachMode,
+    ) -> Result<Self, DataplaneError> {
+        let interface = facts.name.clone();
+        if let Some((prog_id, attached_mode)) = facts.xdp {
+            return Err(DataplaneError::ForeignProgram {
+                name: program_name(prog_id),
+                interface,
+                prog_id,
+                mode: attached_mode,
+            });
+        }
+
+        let mut ebpf = EbpfLoader::new().load(EBPF_OBJECT).map_err(|e| {
+            if is_permission_denied(&e) {
+                DataplaneError::PermissionDenied {
+                    operation: "loading the XDP object (creating maps)".to_owned(),
+                    source: Box::new(e),
+                }
+            } else {
+                DataplaneError::Load(e)
+            }
+        })?;
+        let program: &mut Xdp = ebpf
+            .program_mut(PROGRAM_NAME)
+            .and_then(|p| p.try_into().ok())
+            .ok_or(DataplaneError::ObjectContract {
+                what: "XDP program",
+                name: PROGRAM_NAME,
+            })?;
+        program.load().map_err(|e| {
+            if is_permission_denied(&e) {
+                DataplaneError::PermissionDenied {
+                    operation: "loading the XDP program".to_owned(),
+                    source: Box::new(e),
+                }
+            } else {
+                DataplaneError::LoadProgram(e)
+            }
+        })?;
+
+        let modes: &[(XdpMode, &'static str)] = match mode {
+            AttachMode::Native => &[(XdpMode::Driver, "native")],
+            AttachMode::Generic => &[(XdpMode::Skb, "generic")],
+            AttachMode::Auto if facts.is_veth() => &[(XdpMode::Skb, "generic")],
+            AttachMode::Auto => &[(XdpMode::Driver, "native"), (XdpMode::Skb, "generic")],
+        };
+        let mut link_id = None;
+        let mut last_error = None;
+        for &(xdp_mode, name) in modes {
+            match program.attach_to_if_index(facts.index, xdp_mode) {
+                Ok(id) => {
+                    link_id = Some(id);
+                    break;
+                }
+                Err(source) => {
+                    warn!(interface = %interface, mode = name, error = %source, "XDP attach failed");
+                    last_error = Some((name, source));
+                }
+            }
+        }
+        let link_id = match (link_id, last_error) {
+            (Some(id), _) => id,
+            (None, Some((mode, source))) => {
+                return Err(if is_permission_denied(&source) {
+                    DataplaneError::PermissionDenied {
+                        operation: format!("attaching XDP to {interface}"),
+                        source: Box::new(source),
+                    }
+                } else {
+                    DataplaneError::Attach {
+                        interface,
+                        mode,
+                        source,
+                    }
+                });
+            }
+            (None, None) => unreachable!("at least one mode is always tried"),
+        };
+        let link = program
+            .take_link(link_id)
+            .map_err(|source| DataplaneError::Attach {
+                interface: interface.clone(),
+                mode: "any",
+                source,
+            })?;
+        // A netlink-attached program (no bpf_link: kernel < 5.9) cannot be pinned. Dropping `link`
+        // on this error path detaches it again, so nothing is left behind.
+        let fd_link = FdLink::try_from(link).map_err(|_| DataplaneError::KernelTooOld {
+            interface: interface.clone(),
+        })?;
+
+        std::fs::create_dir_all(pin_dir).map_err(|source| DataplaneError::Fs {
+            operation: "create pin directory",
+            path: pin_dir.to_path_buf(),
+            source,
+        })?;
+        let pinned = pin_maps_and_link(&mut ebpf, fd_link, pin_dir);
+        let ((state, stats), link) = match pinned {
+            Ok(v) => v,
+            Err(e) => {
+                // Leave no half installation behind (the link detaches when dropped unpinned).
+                let _ = remove_pins(pin_dir);
+                return Err(e);
+            }
+        };
+        let attachment = netlink::link_by_name(&interface)
+            .await?
+            .and_then(|f| f.xdp)
+            .map_or(XdpAttachment::Generic, |(_, m)| m);
+        Ok(Self {
+            interface,
+            mac,
+            pin_dir: pin_dir.to_path_buf(),
+            attachment,
+            origin: Origin::Attached,
+            state,
+            stats,
+            _link: link,
+        })
+    }
+
+    /// Interface name.
+    #[must_use]
+    pub fn interface(&self) -> &str {
+        &self.interface
+    }
+
+    /// The MAC our replies carry.
+    #[must_use]
+    pub const fn mac(&self) -> [u8; 6] {
+        self.mac
+    }
+
+    /// How the program runs on the interface.
+    #[must_use]
+    pub const fn attachment(&self) -> XdpAttachment {
+        self.attachment
+    }
+
+    /// Whether this process attached the program or adopted a pinned one.
+    #[must_use]
+    pub const fn origin(&self) -> Origin {
+        self.origin
+    }
+
+    /// `<pin_root>/<ifname>`.
+    #[must_use]
+    pub fn pin_dir(&self) -> &Path {
+        &self.pin_dir
+    }
+
+    /// Make `vip` known to the program, fenced, with zeroed counters. An entry that already exists
+    /// (adopted program) keeps its state and counters: use [`Self::fence`] to fence it.
+    ///
+    /// # Errors
+    /// When a map update fails.
+    pub fn register(&mut self, vip: Ipv4Addr) -> Result<(), DataplaneError> {
+        let key = VipKey::new(vip.octets());
+        let nr_cpus = aya::util::nr_cpus().map_err(|(_, e)| DataplaneError::Fs {
+            operation: "count possible CPUs from",
+            path: "/sys/devices/system/cpu/possible".into(),
+            source: e,
+        })?;
+        let zero =
+            PerCpuValues::try_from(vec![VipStats::default(); nr_cpus]).map_err(|source| {
+                DataplaneError::Map {
+                    operation: "build zeroed counters",
+                    vip,
+                    map: STATS_MAP,
+                    source: MapError::IoError(source),
+                }
+            })?;
+        ignore_exists(self.stats.insert(key, zero, BPF_NOEXIST)).map_err(|source| {
+            DataplaneError::Map {
+                operation: "create counters",
+                vip,
+                map: STATS_MAP,
+                source,
+            }
+        })?;
+        ignore_exists(
+            self.state
+                .insert(key, VipState::fenced(self.mac), BPF_NOEXIST),
+        )
+        .map_err(|source| DataplaneError::Map {
+            operation: "register",
+            vip,
+            map: STATE_MAP,
+            source,
+        })
+    }
+
+    /// Stop answering for `vip` now: ARP requests and IPv4 for it are dropped from the next packet.
+    ///
+    /// # Errors
+    /// When the map update fails.
+    pub fn fence(&mut self, vip: Ipv4Addr) -> Result<(), DataplaneError> {
+        self.write(vip, VipState::fenced(self.mac), "fence")
+    }
+
+    /// Answer for `vip` until kernel monotonic time `deadline_ns` (see [`crate::clock`]).
+    ///
+    /// # Errors
+    /// When the map update fails.
+    pub fn answer_until(&mut self, vip: Ipv4Addr, deadline_ns: u64) -> Result<(), DataplaneError> {
+        self.write(
+            vip,
+            VipState::answering_until(self.mac, deadline_ns),
+            "answer",
+        )
+    }
+
+    fn write(
+        &mut self,
+        vip: Ipv4Addr,
+        value: VipState,
+        operation: &'static str,
+    ) -> Result<(), DataplaneError> {
+        self.state
+            .insert(VipKey::new(vip.octets()), value, BPF_ANY)
+            .map_err(|source| DataplaneError::Map {
+                operation,
+                vip,
+                map: STATE_MAP,
+                source,
+            })
+    }
+
+    /// Forget `vip` (state and counters), e.g. when it left the configuration.
+    ///
+    /// # Errors
+    /// When a map update fails for another reason than the entry being absent.
+    pub fn unregister(&mut self, vip: Ipv4Addr) -> Result<(), DataplaneError> {
+        let key = VipKey::new(vip.octets());
+        ignore_missing(self.state.remove(&key)).map_err(|source| DataplaneError::Map {
+            operation: "remove",
+            vip,
+            map: STATE_MAP,
+            source,
+        })?;
+        ignore_missing(self.stats.remove(&key)).map_err(|source| DataplaneError::Map {
+            operation: "remove counters",
+            vip,
+            map: STATS_MAP,
+            source,
+        })
+    }
+
+    /// The current entry for `vip`, if registered.
+    ///
+    /// # Errors
+    /// When the lookup fails for another reason than the entry being absent.
+    pub fn state(&self, vip: Ipv4Addr) -> Result<Option<VipState>, DataplaneError> {
+        lookup_state(&self.state, vip)
+    }
+
+    /// Counters for `vip` summed over CPUs (latest reply time: the maximum).
+    ///
+    /// # Errors
+    /// When the lookup fails.
+    pub fn stats(&self, vip: Ipv4Addr) -> Result<VipStats, DataplaneError> {
+        lookup_stats(&self.stats, vip)
+    }
+
+    /// Every VIP the program knows, with its state and counters.
+    ///
+    /// # Errors
+    /// When reading a map fails.
+    pub fn snapshot(&self) -> Result<Vec<VipSnapshot>, DataplaneError> {
+        snapshot(&self.state, &self.stats)
+    }
+}
+
+/// One VIP as the maps show it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VipSnapshot {
+    pub vip: Ipv4Addr,
+    pub state: VipState,
+    pub stats: VipStats,
+}
+
+/// Read-only view of a pinned installation (for `vip-agent status`; works without a running agent).
+///
+/// # Errors
+/// When the pins cannot be opened or read. Returns `Ok(None)` when nothing is pinned for `interface`.
+pub fn inspect(
+    pin_root: &Path,
+    interface: &str,
+) -> Result<Option<Vec<VipSnapshot>>, DataplaneError> {
+    let pin_dir = pin_root.join(interface);
+    if !pin_dir.join(STATE_MAP).exists() {
+        return Ok(None);
+    }
+    let (state, stats) = open_pinned_maps(&pin_dir)?;
+    snapshot(&state, &stats).map(Some)
+}
+
+/// Remove the program from `interface` and delete its pins. Returns whether anything was pinned.
+///
+/// # Errors
+/// When a pin exists but cannot be removed.
+pub fn detach(pin_root: &Path, interface: &str) -> Result<bool, DataplaneError> {
+    let pin_dir = pin_root.join(interface);
+    if !pin_dir.exists() {
+        return Ok(false);
+    }
+    remove_pins(&pin_dir)?;
+    Ok(true)
+}
+
+fn snapshot(
+    state: &HashMap<MapData, VipKey, VipState>,
+    stats: &PerCpuHashMap<MapData, VipKey, VipStats>,
+) -> Result<Vec<VipSnapshot>, DataplaneError> {
+    let mut out = Vec::new();
+    for entry in state.iter() {
+        let (key, value) = entry.map_err(|source| DataplaneError::Map {
+            operation: "iterate",
+            vip: Ipv4Addr::UNSPECIFIED,
+            map: STATE_MAP,
+            source,
+        })?;
+        let vip = Ipv4Addr::from(key.addr);
+        out.push(VipSnapshot {
+            vip,
+            state: value,
+            stats: lookup_stats(stats, vip)?,
+        });
+    }
+    out.sort_by_key(|s| s.vip);
+    Ok(out)
+}
+
+fn lookup_state(
+    map: &HashMap<MapData, VipKey, VipState>,
+    vip: Ipv4Addr,
+) -> Result<Option<VipState>, DataplaneError> {
+    match map.get(&VipKey::new(vip.octets()), 0) {
+        Ok(v) => Ok(Some(v)),
+        Err(MapError::KeyNotFound) => Ok(None),
+        Err(source) => Err(DataplaneError::Map {
+            operation: "look up",
+            vip,
+            map: STATE_MAP,
+            source,
+        }),
+    }
+}
+
+fn lookup_stats(
+    map: &PerCpuHashMap<MapData, VipKey, VipStats>,
+    vip: Ipv4Addr,
+) -> Result<VipStats, DataplaneError> {
+    match map.get(&VipKey::new(vip.octets()), 0) {
+        Ok(values) => Ok(values
+            .iter()
+            .fold(VipStats::default(), |acc, s| acc.merge(s))),
+        Err(MapError::KeyNotFound) => Ok(VipStats::default()),
+        Err(source) => Err(DataplaneError::Map {
+            operation: "read counters",
+            vip,
+            map: STATS_MAP,
+            source,
+        }),
+    }
+}
+
+type Maps = (
+    HashMap<MapData, VipKey, VipState>,
+    PerCpuHashMap<MapData, VipKey, VipStats>,
+);
+
+fn pin_maps_and_link(
+    ebpf: &mut Ebpf,
+    link: FdLink,
+    pin_dir: &Path,
+) -> Result<(Maps, PinnedLink), DataplaneError> {
+    let state = take_pinned_map(ebpf, STATE_MAP, pin_dir)?;
+    let stats = take_pinned_map(ebpf, STATS_MAP, pin_dir)?;
+    let state = HashMap::try_from(state)
+        .map_err(|e| open_pinned_error(STATE_MAP, &pin_dir.join(STATE_MAP), e))?;
+    let stats = PerCpuHashMap::try_from(stats)
+        .map_err(|e| open_pinned_error(STATS_MAP, &pin_dir.join(STATS_MAP), e))?;
+    let link_path = pin_dir.join(LINK_PIN);
+    let link = link.pin(&link_path).map_err(|e| DataplaneError::Pin {
+        what: "XDP link",
+        path: link_path,
+        source: Box::new(e),
+    })?;
+    Ok(((state, stats), link))
+}
+
+fn take_pinned_map(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    pin_dir: &Path,
+) -> Result<Map, DataplaneError> {
+    let map = ebpf
+        .take_map(name)
+        .ok_or(DataplaneError::ObjectContract { what: "map", name })?;
+    let path = pin_dir.join(name);
+    map.pin(&path).map_err(|e| DataplaneError::Pin {
+        what: name,
+        path,
+        source: Box::new(e),
+    })?;
+    Ok(map)
+}
+
+fn open_pinned_maps(pin_dir: &Path) -> Result<Maps, DataplaneError> {
+    let open = |name: &'static str| -> Result<Map, DataplaneError> {
+        let path = pin_dir.join(name);
+        let data = MapData::from_pin(&path).map_err(|e| open_pinned_error(name, &path, e))?;
+        Map::from_map_data(data).map_err(|e| open_pinned_error(name, &path, e))
+    };
+    // try_from checks the map type and key/value sizes against our contract.
+    let state = HashMap::try_from(open(STATE_MAP)?)
+        .map_err(|e| open_pinned_error(STATE_MAP, &pin_dir.join(STATE_MAP), e))?;
+    let stats = PerCpuHashMap::try_from(open(STATS_MAP)?)
+        .map_err(|e| open_pinned_error(STATS_MAP, &pin_dir.join(STATS_MAP), e))?;
+    Ok((state, stats))
+}
+
+fn open_pinned_error<E: std::error::Error + Send + Sync + 'static>(
+    what: &'static str,
+    path: &Path,
+    e: E,
+) -> DataplaneError {
+    classify(&format!("opening pinned {what}"), e, |source| {
+        DataplaneError::OpenPinned {
+            what,
+            path: path.to_path_buf(),
+            source,
+        }
+    })
+}
+
+/// Remove `link` first (detaching the program), then the maps and the directory.
+fn remove_pins(pin_dir: &Path) -> Result<(), DataplaneError> {
+    for name in [LINK_PIN, STATE_MAP, STATS_MAP] {
+        let path = pin_dir.join(name);
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(DataplaneError::Fs {
+                    operation: "remove pin",
+                    path,
+                    source,
+                });
+            }
+        }
+    }
+    match std::fs::remove_dir(pin_dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(DataplaneError::Fs {
+            operation: "remove pin directory",
+            path: pin_dir.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+/// Mount bpffs at `/sys/fs/bpf` when `pin_root` lives there and nothing is mounted yet.
+fn ensure_bpffs(pin_root: &Path) -> Result<(), DataplaneError> {
+    let bpffs = Path::new("/sys/fs/bpf");
+    if !pin_root.starts_with(bpffs) || is_bpffs(bpffs) {
+        return Ok(());
+    }
+    nix::mount::mount(
+        Some("bpf"),
+        bpffs,
+        Some("bpf"),
+        nix::mount::MsFlags::MS_NOSUID
+            | nix::mount::MsFlags::MS_NODEV
+            | nix::mount::MsFlags::MS_NOEXEC,
+        None::<&str>,
+    )
+    .map_err(|errno| DataplaneError::Fs {
+        operation: "mount bpffs at",
+        path: bpffs.to_path_buf(),
+        source: errno.into(),
+    })?;
+    info!(path = %bpffs.display(), "mounted bpffs");
+    Ok(())
+}
+
+fn is_bpffs(path: &Path) -> bool {
+    nix::sys::statfs::statfs(path).is_ok_and(|s| i64::from(s.filesystem_type().0) == BPF_FS_MAGIC)
+}
+
+/// Name of a loaded program by id, for error messages.
+fn program_name(prog_id: u32) -> String {
+    aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .find(|p| p.id() == prog_id)
+        .and_then(|p| p.name_as_str().map(str::to_owned))
+        .unwrap_or_else(|| "name unknown".to_owned())
+}
+
+/// Whether the error chain bottoms out in EPERM/EACCES (missing capabilities).
+fn is_permission_denied(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(e);
+    while let Some(c) = cause {
+        if let Some(io) = c.downcast_ref::<io::Error>()
+            && matches!(io.raw_os_error(), Some(libc::EPERM | libc::EACCES))
+        {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
+}
+
+/// [`DataplaneError::PermissionDenied`] for a refused operation, `otherwise(e)` for anything else.
+fn classify<E: std::error::Error + Send + Sync + 'static>(
+    operation: &str,
+    e: E,
+    otherwise: impl FnOnce(Box<dyn std::error::Error + Send + Sync>) -> DataplaneError,
+) -> DataplaneError {
+    if is_permission_denied(&e) {
+        DataplaneError::PermissionDenied {
+            operation: operation.to_owned(),
+            source: Box::new(e),
+        }
+    } else {
+        otherwise(Box::new(e))
+    }
+}
+
+fn ignore_exists(r: Result<(), MapError>) -> Result<(), MapError> {
+    match r {
+        Err(MapError::SyscallError(ref s)) if s.io_error.raw_os_error() == Some(libc::EEXIST) => {
+            Ok(())
+        }
+        other => other,
+    }
+}
+
+fn ignore_missing(r: Result<(), MapError>) -> Result<(), MapError> {
+    match r {
+        Err(MapError::KeyNotFound) => Ok(()),
+        Err(MapError::SyscallError(ref s)) if s.io_error.raw_os_error() == Some(libc::ENOENT) => {
+            Ok(())
+        }
+        other => other,
+    }
+}

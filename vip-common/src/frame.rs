@@ -3,11 +3,11 @@
 //! [`process`] looks at the first bytes of an Ethernet frame and decides:
 //!
 //! * ARP request (Ethernet/IPv4 ARP) whose target is a VIP: answering -> the frame is rewritten in
-//!   place into our reply ([`Verdict::Replied`], XDP_TX); fenced -> [`Verdict::DroppedArp`]. A request
+//!   place into our reply ([`Outcome::Replied`], XDP_TX); fenced -> [`Outcome::DroppedArp`]. A request
 //!   for a VIP is never handed to the kernel, so a stale address on a fenced node cannot answer.
-//! * ARP whose *sender* claims a VIP we answer for, from another MAC: [`Verdict::Conflict`] (pass).
-//! * IPv4 to a VIP while fenced: [`Verdict::DroppedIpv4`].
-//! * Everything else, including truncated or malformed frames: [`Verdict::Pass`], untouched. A frame
+//! * ARP whose *sender* claims a VIP we answer for, from another MAC: [`Outcome::Conflict`] (pass).
+//! * IPv4 to a VIP while fenced: [`Outcome::DroppedIpv4`].
+//! * Everything else, including truncated or malformed frames: [`Verdict::PASS`], untouched. A frame
 //!   is only rewritten after every field of it has been validated.
 //!
 //! Frame access goes through [`Packet`], which hands out fixed-size prefixes (`&[u8; N]`): in the
@@ -65,30 +65,54 @@ pub trait VipLookup {
     fn now_ns(&self) -> u64;
 }
 
-/// What to do with a frame, and which VIP counter it touches.
+/// What happened to a frame, as far as a VIP's counters are concerned.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Verdict {
+#[repr(u8)]
+pub enum Outcome {
     /// Not ours to judge: hand it to the kernel untouched.
     Pass,
-    /// The frame was rewritten into our ARP reply for `vip`: transmit it back.
-    Replied { vip: VipKey },
-    /// An ARP request for `vip` that we must not answer (fenced, or an unusable requester).
-    DroppedArp { vip: VipKey },
-    /// IPv4 addressed to `vip` while fenced.
-    DroppedIpv4 { vip: VipKey },
-    /// Someone else claims `vip` while we answer for it: pass, and count it.
-    Conflict { vip: VipKey },
+    /// The frame was rewritten into our ARP reply: transmit it back.
+    Replied,
+    /// An ARP request for the VIP that we must not answer (fenced, or an unusable requester).
+    DroppedArp,
+    /// IPv4 addressed to the VIP while fenced.
+    DroppedIpv4,
+    /// Someone else claims the VIP while we answer for it: pass, and count it.
+    Conflict,
+}
+
+/// What to do with a frame, and which VIP it concerned.
+///
+/// A plain struct rather than an enum with payloads on purpose: every field is always initialised
+/// (`vip` is 0.0.0.0 for [`Outcome::Pass`]), so the compiled program never copies undefined payload
+/// bytes, which the BPF verifier rejects as reads of uninitialised registers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Verdict {
+    pub outcome: Outcome,
+    pub vip: VipKey,
 }
 
 impl Verdict {
+    /// Nothing to do with any VIP.
+    pub const PASS: Self = Self {
+        outcome: Outcome::Pass,
+        vip: VipKey::new([0; 4]),
+    };
+
+    #[inline(always)]
+    #[must_use]
+    pub const fn new(outcome: Outcome, vip: VipKey) -> Self {
+        Self { outcome, vip }
+    }
+
     /// The XDP action for this verdict.
     #[inline(always)]
     #[must_use]
     pub const fn xdp_action(&self) -> u32 {
-        match self {
-            Self::Pass | Self::Conflict { .. } => XDP_PASS,
-            Self::Replied { .. } => XDP_TX,
-            Self::DroppedArp { .. } | Self::DroppedIpv4 { .. } => XDP_DROP,
+        match self.outcome {
+            Outcome::Pass | Outcome::Conflict => XDP_PASS,
+            Outcome::Replied => XDP_TX,
+            Outcome::DroppedArp | Outcome::DroppedIpv4 => XDP_DROP,
         }
     }
 }
@@ -97,7 +121,7 @@ impl Verdict {
 #[inline(always)]
 pub fn process<P: Packet + ?Sized, L: VipLookup>(pkt: &mut P, table: &L) -> Verdict {
     let Some(eth) = pkt.head::<ETH_LEN>() else {
-        return Verdict::Pass;
+        return Verdict::PASS;
     };
     let ether_type = [eth[12], eth[13]];
     if ether_type == ETH_P_IP {
@@ -105,24 +129,26 @@ pub fn process<P: Packet + ?Sized, L: VipLookup>(pkt: &mut P, table: &L) -> Verd
     } else if ether_type == ETH_P_ARP {
         process_arp(pkt, table)
     } else {
-        Verdict::Pass
+        Verdict::PASS
     }
 }
 
 #[inline(always)]
 fn process_ipv4<P: Packet + ?Sized, L: VipLookup>(pkt: &P, table: &L) -> Verdict {
     let Some(f) = pkt.head::<IPV4_FRAME_LEN>() else {
-        return Verdict::Pass;
+        return Verdict::PASS;
     };
     // Version 4, IHL >= 5: anything else the kernel discards by itself.
     let version_ihl = f[ETH_LEN];
     if version_ihl >> 4 != 4 || version_ihl & 0x0f < 5 {
-        return Verdict::Pass;
+        return Verdict::PASS;
     }
     let vip = VipKey::new([f[30], f[31], f[32], f[33]]);
     match table.state(&vip) {
-        Some(state) if !state.answering_at(table.now_ns()) => Verdict::DroppedIpv4 { vip },
-        _ => Verdict::Pass,
+        Some(state) if !state.answering_at(table.now_ns()) => {
+            Verdict::new(Outcome::DroppedIpv4, vip)
+        }
+        _ => Verdict::PASS,
     }
 }
 
@@ -164,7 +190,7 @@ impl ArpView {
 #[inline(always)]
 fn process_arp<P: Packet + ?Sized, L: VipLookup>(pkt: &mut P, table: &L) -> Verdict {
     let Some(arp) = pkt.head::<ARP_FRAME_LEN>().and_then(ArpView::parse) else {
-        return Verdict::Pass;
+        return Verdict::PASS;
     };
 
     // Someone else announcing or asking from a VIP we hold: keep the evidence, let it through.
@@ -173,26 +199,26 @@ fn process_arp<P: Packet + ?Sized, L: VipLookup>(pkt: &mut P, table: &L) -> Verd
         && arp.sha != state.mac
         && state.answering_at(table.now_ns())
     {
-        return Verdict::Conflict { vip: sender };
+        return Verdict::new(Outcome::Conflict, sender);
     }
 
     if arp.op != ARP_OP_REQUEST {
-        return Verdict::Pass;
+        return Verdict::PASS;
     }
     let vip = VipKey::new(arp.tpa);
     let Some(state) = table.state(&vip) else {
-        return Verdict::Pass;
+        return Verdict::PASS;
     };
     if !state.answering_at(table.now_ns()) || !is_unicast(&arp.sha) {
-        return Verdict::DroppedArp { vip };
+        return Verdict::new(Outcome::DroppedArp, vip);
     }
     match pkt.head_mut::<ARP_FRAME_LEN>() {
         Some(f) => {
             write_arp_reply(f, &state.mac, &vip.addr, &arp.sha, &arp.spa);
-            Verdict::Replied { vip }
+            Verdict::new(Outcome::Replied, vip)
         }
         // Unreachable (the same prefix was readable above), but never transmit what we did not write.
-        None => Verdict::DroppedArp { vip },
+        None => Verdict::new(Outcome::DroppedArp, vip),
     }
 }
 

@@ -10,5 +10,5 @@
 pub mod frame;
 pub mod maps;
 
-pub use frame::{Packet, Verdict, VipLookup, process};
-pub use maps::{STATS_MAP, STATE_MAP, VipKey, VipState, VipStats};
+pub use frame::{Outcome, Packet, Verdict, VipLookup, process};
+pub use maps::{STATE_MAP, STATS_MAP, VipKey, VipState, VipStats};

@@ -19,7 +19,7 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use vip_common::{
-    Packet, Verdict, VipKey, VipLookup, VipState, VipStats,
+    Outcome, Packet, Verdict, VipKey, VipLookup, VipState, VipStats,
     maps::{BPF_F_NO_PREALLOC, MAX_VIPS},
 };
 
@@ -28,7 +28,8 @@ use vip_common::{
 /// VIP -> answer-until deadline and our MAC. Written only by the agent; no-prealloc so that every
 /// update swaps in a complete element (see `vip_common::maps::BPF_F_NO_PREALLOC`).
 #[map]
-static VIP_STATE: HashMap<VipKey, VipState> = HashMap::with_max_entries(MAX_VIPS, BPF_F_NO_PREALLOC);
+static VIP_STATE: HashMap<VipKey, VipState> =
+    HashMap::with_max_entries(MAX_VIPS, BPF_F_NO_PREALLOC);
 
 /// VIP -> per-CPU counters. The agent creates the zeroed entry; only this program increments it.
 #[map]
@@ -104,28 +105,24 @@ impl VipLookup for Maps {
 /// Bump the VIP's counter for this verdict. A VIP without a stats entry is simply not counted.
 #[inline(always)]
 fn count(verdict: &Verdict) {
-    let vip = match verdict {
-        Verdict::Pass => return,
-        Verdict::Replied { vip }
-        | Verdict::DroppedArp { vip }
-        | Verdict::DroppedIpv4 { vip }
-        | Verdict::Conflict { vip } => vip,
-    };
-    let Some(p) = VIP_STATS.get_ptr_mut(vip) else {
+    if verdict.outcome == Outcome::Pass {
+        return;
+    }
+    let Some(p) = VIP_STATS.get_ptr_mut(verdict.vip) else {
         return;
     };
     // SAFETY: per-CPU element of this CPU; XDP runs with preemption off, so nothing else writes it now.
     let stats = unsafe { &mut *p };
-    match verdict {
-        Verdict::Pass => {}
-        Verdict::Replied { .. } => {
+    match verdict.outcome {
+        Outcome::Pass => {}
+        Outcome::Replied => {
             stats.arp_replied += 1;
             // SAFETY: plain helper call.
             stats.last_reply_ns = unsafe { bpf_ktime_get_ns() };
         }
-        Verdict::DroppedArp { .. } => stats.arp_dropped += 1,
-        Verdict::DroppedIpv4 { .. } => stats.ipv4_dropped += 1,
-        Verdict::Conflict { .. } => stats.conflicts += 1,
+        Outcome::DroppedArp => stats.arp_dropped += 1,
+        Outcome::DroppedIpv4 => stats.ipv4_dropped += 1,
+        Outcome::Conflict => stats.conflicts += 1,
     }
 }
 

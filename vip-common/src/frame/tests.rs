@@ -79,7 +79,10 @@ fn run(table: &Table, mut frame: Vec<u8>) -> (Verdict, Vec<u8>) {
 fn assert_untouched(table: &Table, frame: Vec<u8>, expected: Verdict) {
     let (v, out) = run(table, frame.clone());
     assert_eq!(v, expected);
-    assert_eq!(out, frame, "a frame we do not answer must never be modified");
+    assert_eq!(
+        out, frame,
+        "a frame we do not answer must never be modified"
+    );
 }
 
 #[test]
@@ -88,12 +91,7 @@ fn broadcast_request_for_vip_becomes_exact_reply() {
         &Table::answering(),
         request(BCAST, CLIENT_MAC, CLIENT_IP, VIP),
     );
-    assert_eq!(
-        v,
-        Verdict::Replied {
-            vip: VipKey::new(VIP)
-        }
-    );
+    assert_eq!(v, Verdict::new(Outcome::Replied, VipKey::new(VIP)));
     assert_eq!(v.xdp_action(), XDP_TX);
     let expected = build_arp(
         CLIENT_MAC,
@@ -123,10 +121,7 @@ fn unicast_request_for_vip_is_answered() {
 fn probe_with_zero_sender_is_answered_to_the_prober() {
     // RFC 5227 probe: sender IP 0.0.0.0. The reply goes to the prober's MAC with target IP 0.0.0.0,
     // as the kernel defends an address.
-    let (v, out) = run(
-        &Table::answering(),
-        request(BCAST, CLIENT_MAC, [0; 4], VIP),
-    );
+    let (v, out) = run(&Table::answering(), request(BCAST, CLIENT_MAC, [0; 4], VIP));
     assert_eq!(v.xdp_action(), XDP_TX);
     let expected = build_arp(
         CLIENT_MAC,
@@ -166,14 +161,12 @@ fn fenced_request_for_vip_is_dropped_untouched() {
     assert_untouched(
         &Table::fenced(),
         request(BCAST, CLIENT_MAC, CLIENT_IP, VIP),
-        Verdict::DroppedArp { vip },
+        Verdict::new(Outcome::DroppedArp, vip),
     );
     assert_untouched(
         &Table::answering(),
         request(BCAST, CLIENT_MAC, CLIENT_IP, OTHER_VIP),
-        Verdict::DroppedArp {
-            vip: VipKey::new(OTHER_VIP),
-        },
+        Verdict::new(Outcome::DroppedArp, VipKey::new(OTHER_VIP)),
     );
 }
 
@@ -196,9 +189,7 @@ fn request_from_non_unicast_sender_is_dropped_not_answered() {
         assert_untouched(
             &Table::answering(),
             frame,
-            Verdict::DroppedArp {
-                vip: VipKey::new(VIP),
-            },
+            Verdict::new(Outcome::DroppedArp, VipKey::new(VIP)),
         );
     }
 }
@@ -209,7 +200,7 @@ fn request_for_other_address_passes_untouched() {
         assert_untouched(
             &t,
             request(BCAST, CLIENT_MAC, CLIENT_IP, NODE_IP),
-            Verdict::Pass,
+            Verdict::PASS,
         );
     }
 }
@@ -228,7 +219,7 @@ fn reply_for_vip_passes() {
         VIP,
     )
     .to_vec();
-    assert_untouched(&Table::fenced(), frame, Verdict::Pass);
+    assert_untouched(&Table::fenced(), frame, Verdict::PASS);
 }
 
 #[test]
@@ -257,17 +248,25 @@ fn gratuitous_arp_from_another_mac_while_answering_is_a_conflict() {
     assert_untouched(
         &Table::answering(),
         garp_request.clone(),
-        Verdict::Conflict { vip },
+        Verdict::new(Outcome::Conflict, vip),
     );
-    assert_untouched(&Table::answering(), garp_reply, Verdict::Conflict { vip });
+    assert_untouched(
+        &Table::answering(),
+        garp_reply,
+        Verdict::new(Outcome::Conflict, vip),
+    );
     // A fenced node holds no claim: the GARP request for the VIP is simply not answered.
-    assert_untouched(&Table::fenced(), garp_request, Verdict::DroppedArp { vip });
+    assert_untouched(
+        &Table::fenced(),
+        garp_request,
+        Verdict::new(Outcome::DroppedArp, vip),
+    );
 }
 
 #[test]
 fn our_own_mac_claiming_the_vip_is_no_conflict() {
     let frame = build_arp(BCAST, OUR_MAC, ARP_OP_REPLY, OUR_MAC, VIP, BCAST, VIP).to_vec();
-    assert_untouched(&Table::answering(), frame, Verdict::Pass);
+    assert_untouched(&Table::answering(), frame, Verdict::PASS);
 }
 
 #[test]
@@ -293,7 +292,7 @@ fn malformed_arp_passes_untouched() {
     for t in [Table::answering(), Table::fenced()] {
         for (name, frame) in &cases {
             let (v, out) = run(&t, frame.clone());
-            assert_eq!(v, Verdict::Pass, "{name}");
+            assert_eq!(v, Verdict::PASS, "{name}");
             assert_eq!(&out, frame, "{name} must not be modified");
         }
     }
@@ -307,28 +306,35 @@ fn vlan_tagged_frames_pass() {
     let mut tagged = plain[..12].to_vec();
     tagged.extend_from_slice(&[0x81, 0x00, 0x00, 0x0a]);
     tagged.extend_from_slice(&plain[12..]);
-    assert_untouched(&Table::fenced(), tagged, Verdict::Pass);
+    assert_untouched(&Table::fenced(), tagged, Verdict::PASS);
 }
 
 #[test]
 fn other_ethertypes_pass() {
     let mut f = ipv4(VIP);
     f[12..14].copy_from_slice(&[0x86, 0xdd]);
-    assert_untouched(&Table::fenced(), f, Verdict::Pass);
+    assert_untouched(&Table::fenced(), f, Verdict::PASS);
 }
 
 #[test]
 fn ipv4_to_vip_is_dropped_only_while_fenced() {
     let vip = VipKey::new(VIP);
-    assert_untouched(&Table::fenced(), ipv4(VIP), Verdict::DroppedIpv4 { vip });
-    assert_untouched(&Table::answering(), ipv4(VIP), Verdict::Pass);
-    assert_eq!(Verdict::DroppedIpv4 { vip }.xdp_action(), XDP_DROP);
+    assert_untouched(
+        &Table::fenced(),
+        ipv4(VIP),
+        Verdict::new(Outcome::DroppedIpv4, vip),
+    );
+    assert_untouched(&Table::answering(), ipv4(VIP), Verdict::PASS);
+    assert_eq!(
+        Verdict::new(Outcome::DroppedIpv4, vip).xdp_action(),
+        XDP_DROP
+    );
 }
 
 #[test]
 fn ipv4_to_other_address_passes() {
     for t in [Table::answering(), Table::fenced()] {
-        assert_untouched(&t, ipv4(NODE_IP), Verdict::Pass);
+        assert_untouched(&t, ipv4(NODE_IP), Verdict::PASS);
     }
 }
 
@@ -345,7 +351,7 @@ fn malformed_ipv4_passes() {
         ("ihl 4", short_ihl),
     ] {
         let (v, out) = run(&Table::fenced(), frame.clone());
-        assert_eq!(v, Verdict::Pass, "{name}");
+        assert_eq!(v, Verdict::PASS, "{name}");
         assert_eq!(out, frame, "{name}");
     }
 }
@@ -363,7 +369,7 @@ fn time_is_read_only_for_vip_frames() {
     }
     let t = NoClock(Table::answering());
     let mut f = ipv4(NODE_IP);
-    assert_eq!(process(f.as_mut_slice(), &t), Verdict::Pass);
+    assert_eq!(process(f.as_mut_slice(), &t), Verdict::PASS);
     let mut f = request(BCAST, CLIENT_MAC, CLIENT_IP, NODE_IP);
-    assert_eq!(process(f.as_mut_slice(), &t), Verdict::Pass);
+    assert_eq!(process(f.as_mut_slice(), &t), Verdict::PASS);
 }

@@ -1,0 +1,154 @@
+//! Interface facts from rtnetlink: index, MAC, kind, state and which XDP program is attached.
+//!
+//! Everything goes through a netlink socket opened by the calling thread, so the answers belong to
+//! that thread's network namespace (sysfs would show the namespace it was mounted in instead).
+
+use futures::TryStreamExt as _;
+use rtnetlink::packet_route::link::{
+    InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage, LinkXdp, XdpAttached,
+};
+
+/// Errors of netlink queries, naming the operation.
+#[derive(Debug, thiserror::Error)]
+pub enum NetlinkError {
+    #[error("open a netlink socket: {0}")]
+    Connect(#[source] std::io::Error),
+    #[error("netlink {operation}: {source}")]
+    Request {
+        operation: &'static str,
+        #[source]
+        source: rtnetlink::Error,
+    },
+}
+
+/// How an XDP program is attached to an interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum XdpAttachment {
+    /// Native (driver) mode.
+    Driver,
+    /// Generic (skb) mode.
+    Generic,
+    /// Offloaded to the NIC.
+    Hardware,
+    /// Several programs in several modes.
+    Multiple,
+}
+
+impl std::fmt::Display for XdpAttachment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Driver => "native",
+            Self::Generic => "generic",
+            Self::Hardware => "offload",
+            Self::Multiple => "multiple",
+        })
+    }
+}
+
+/// What we need to know about one interface.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LinkFacts {
+    pub index: u32,
+    pub name: String,
+    /// Hardware address, when it is a 6-byte (Ethernet) one.
+    pub mac: Option<[u8; 6]>,
+    /// `IFLA_INFO_KIND` ("veth", "bridge", ...); `None` for plain hardware NICs.
+    pub kind: Option<String>,
+    pub up: bool,
+    pub loopback: bool,
+    /// The attached XDP program's id and mode, if any.
+    pub xdp: Option<(u32, XdpAttachment)>,
+}
+
+impl LinkFacts {
+    /// Whether the interface is a veth, where native XDP_TX needs XDP on the peer.
+    #[must_use]
+    pub fn is_veth(&self) -> bool {
+        self.kind.as_deref() == Some("veth")
+    }
+
+    fn from_message(msg: LinkMessage) -> Self {
+        let mut facts = Self {
+            index: msg.header.index,
+            name: String::new(),
+            mac: None,
+            kind: None,
+            up: msg.header.flags.contains(LinkFlags::Up),
+            loopback: msg.header.flags.contains(LinkFlags::Loopback),
+            xdp: None,
+        };
+        let mut prog_id = 0;
+        let mut mode = None;
+        for attr in msg.attributes {
+            match attr {
+                LinkAttribute::IfName(name) => facts.name = name,
+                LinkAttribute::Address(bytes) => facts.mac = <[u8; 6]>::try_from(bytes).ok(),
+                LinkAttribute::LinkInfo(infos) => {
+                    for info in infos {
+                        if let LinkInfo::Kind(kind) = info {
+                            facts.kind = Some(kind_name(&kind));
+                        }
+                    }
+                }
+                LinkAttribute::Xdp(xdp) => {
+                    for x in xdp {
+                        match x {
+                            LinkXdp::ProgId(id) => prog_id = id,
+                            LinkXdp::Attached(a) => {
+                                mode = match a {
+                                    XdpAttached::Driver => Some(XdpAttachment::Driver),
+                                    XdpAttached::SocketBuffer => Some(XdpAttachment::Generic),
+                                    XdpAttached::Hardware => Some(XdpAttachment::Hardware),
+                                    XdpAttached::Multiple => Some(XdpAttachment::Multiple),
+                                    _ => None,
+                                };
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        if let Some(mode) = mode {
+            facts.xdp = Some((prog_id, mode));
+        }
+        facts
+    }
+}
+
+fn kind_name(kind: &InfoKind) -> String {
+    match kind {
+        InfoKind::Veth => "veth".to_owned(),
+        InfoKind::Bridge => "bridge".to_owned(),
+        InfoKind::Vlan => "vlan".to_owned(),
+        InfoKind::Dummy => "dummy".to_owned(),
+        other => format!("{other:?}").to_lowercase(),
+    }
+}
+
+/// Look an interface up by name in the calling thread's network namespace.
+///
+/// # Errors
+/// When netlink cannot be opened or the request fails for another reason than "no such device".
+pub async fn link_by_name(name: &str) -> Result<Option<LinkFacts>, NetlinkError> {
+    let (connection, handle, _) = rtnetlink::new_connection().map_err(NetlinkError::Connect)?;
+    let task = tokio::spawn(connection);
+    let result = handle
+        .link()
+        .get()
+        .match_name(name.to_owned())
+        .execute()
+        .try_next()
+        .await;
+    task.abort();
+    match result {
+        Ok(Some(msg)) => Ok(Some(LinkFacts::from_message(msg))),
+        Ok(None) => Ok(None),
+        Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => Ok(None),
+        Err(source) => Err(NetlinkError::Request {
+            operation: "get link",
+            source,
+        }),
+    }
+}

@@ -1,0 +1,161 @@
+//! `cargo xtask setup`: make a fresh Debian 12 machine able to build and test vip-agent.
+//!
+//! Idempotent: it asks dpkg and bpf-linker what is there and installs only what is missing, so a
+//! second run takes well under a second.
+
+use std::process::Command;
+
+use anyhow::{Result, bail};
+
+use crate::run_cmd;
+
+/// Debian packages, each with why we need it.
+const PACKAGES: &[(&str, &str)] = &[
+    (
+        "rustc-web",
+        "rustc 1.96 at /usr/bin/rustc, the compiler for the BPF target",
+    ),
+    ("cargo-web", "the cargo that goes with it"),
+    (
+        "libstd-rust-web-dev-bpf",
+        "precompiled `core` for bpfel-unknown-none",
+    ),
+    (
+        "llvm-22-dev",
+        "LLVM 22 for building bpf-linker (rustc 1.96's LLVM)",
+    ),
+    (
+        "libpolly-22-dev",
+        "needed to link bpf-linker against LLVM 22",
+    ),
+    ("zlib1g-dev", "bpf-linker link dependency"),
+    ("libzstd-dev", "bpf-linker link dependency"),
+    (
+        "protobuf-compiler",
+        "protoc, for etcd-client's generated gRPC code",
+    ),
+    (
+        "etcd-server",
+        "etcd 3.4 for the integration tests, demo and benchmark",
+    ),
+    ("etcd-client", "etcdctl"),
+    (
+        "vip-manager",
+        "the tool we replace, benchmarked side by side",
+    ),
+    (
+        "iproute2",
+        "ip netns / veth / bridge for the test topologies",
+    ),
+    ("iputils-ping", "ping in the end-to-end tests"),
+    ("arping", "ARP probes in the end-to-end tests"),
+    ("tcpdump", "packet captures in the benchmark"),
+    ("ethtool", "NIC settings (GRO) for native-mode XDP on veth"),
+    ("bpftool", "inspecting the loaded program"),
+    ("openssl", "test certificates for etcd TLS"),
+];
+
+const BPF_LINKER_VERSION: &str = "0.13.0";
+const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
+
+pub(crate) fn run(check_only: bool) -> Result<()> {
+    let missing: Vec<&str> = PACKAGES
+        .iter()
+        .filter(|(name, _)| !dpkg_installed(name))
+        .map(|(name, _)| *name)
+        .collect();
+    let linker_ok = bpf_linker_version().as_deref() == Some(BPF_LINKER_VERSION);
+
+    if missing.is_empty() && linker_ok {
+        eprintln!("xtask setup: everything is installed");
+        return Ok(());
+    }
+    if check_only {
+        for name in &missing {
+            let why = PACKAGES
+                .iter()
+                .find(|(n, _)| n == name)
+                .map_or("", |(_, w)| w);
+            eprintln!("missing Debian package {name}: {why}");
+        }
+        if !linker_ok {
+            eprintln!("missing bpf-linker {BPF_LINKER_VERSION} (LLVM 22)");
+        }
+        bail!("setup is incomplete: run `cargo xtask setup`");
+    }
+    if !is_root() {
+        bail!(
+            "setup needs root to install {} (apt-get); run it as root or with sudo",
+            if missing.is_empty() {
+                "bpf-linker".to_owned()
+            } else {
+                missing.join(", ")
+            }
+        );
+    }
+    if !missing.is_empty() {
+        eprintln!(
+            "xtask setup: installing Debian packages: {}",
+            missing.join(" ")
+        );
+        run_cmd(Command::new("apt-get").arg("update").arg("-q"))?;
+        run_cmd(
+            Command::new("apt-get")
+                .args(["install", "-y", "-q", "--no-install-recommends"])
+                .args(&missing)
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+        )?;
+    }
+    if !linker_ok {
+        eprintln!(
+            "xtask setup: building bpf-linker {BPF_LINKER_VERSION} against LLVM 22 (a few minutes)"
+        );
+        run_cmd(
+            Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+                .args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION])
+                .args(["--no-default-features", "--features", "llvm-22"])
+                .env("LLVM_PREFIX", LLVM_PREFIX),
+        )?;
+        match bpf_linker_version() {
+            Some(v) if v == BPF_LINKER_VERSION => {}
+            other => {
+                bail!("bpf-linker install finished but `bpf-linker --version` reports {other:?}")
+            }
+        }
+    }
+    eprintln!("xtask setup: done");
+    Ok(())
+}
+
+fn dpkg_installed(package: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", package])
+        .output()
+        .is_ok_and(|o| {
+            o.status.success()
+                && String::from_utf8_lossy(&o.stdout).contains("install ok installed")
+        })
+}
+
+/// The installed bpf-linker's version, looked up on PATH and in ~/.cargo/bin.
+fn bpf_linker_version() -> Option<String> {
+    let home_bin = std::env::var_os("CARGO_HOME")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| std::path::Path::new(&h).join(".cargo")))
+        .map(|h| h.join("bin/bpf-linker"));
+    let candidates = std::iter::once(std::path::PathBuf::from("bpf-linker")).chain(home_bin);
+    for bin in candidates {
+        if let Ok(out) = Command::new(&bin).arg("--version").output()
+            && out.status.success()
+        {
+            let text = String::from_utf8_lossy(&out.stdout);
+            return text.split_whitespace().nth(1).map(str::to_owned);
+        }
+    }
+    None
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
