@@ -1,1 +1,445 @@
-//! Configuration (being written).
+//! vip-manager compatible configuration: a YAML file, `--flags` and `VIP_*` environment variables.
+//!
+//! # Sources and precedence
+//!
+//! As in vip-manager: a flag beats its environment variable (`--ip` over `VIP_IP`; clap does this
+//! in [`ConfigArgs`]), which beats the YAML file named by `--config`/`VIP_CONFIG`, which beats the
+//! defaults. Variables are named `VIP_` + the key in upper case with `-` → `_`
+//! (`VIP_TRIGGER_KEY`); `VIP_DCS_ENDPOINTS`/`--dcs-endpoints` take a comma list. An empty flag or
+//! variable counts as unset. A Pigsty-generated `/etc/default/vip-manager.yml` loads unchanged
+//! (`examples/pigsty-vip-manager.yml`).
+//!
+//! # Keys
+//!
+//! vip-manager's: `ip`, `netmask` (prefix length 1..=32), `interface`, `trigger-key`,
+//! `trigger-value` (default: the host name), `dcs-type` (`etcd`/`etcd3`, both the v3 API),
+//! `dcs-endpoints` (YAML list or comma string, each `http://` or `https://`; default
+//! `http://127.0.0.1:2379`), `etcd-user`, `etcd-password`, `etcd-ca-file`, `etcd-cert-file`,
+//! `etcd-key-file`, `manager-type` (`basic`), `verbose`. Accepted and ignored with an info notice:
+//! `interval`, `retry-after`, `retry-num` (vip-agent watches, it does not poll). Accepted with a
+//! warning: `hosting-type` (Pigsty writes it; vip-manager never read it). Refused with a clear
+//! error: `dcs-type: consul|patroni`, `manager-type: hetzner`, `consul-token`, IPv6 VIPs, pre-1.0
+//! keys (`iface`, `mask`, `key`, `nodename`, ...), and any unknown key (with the closest known key).
+//!
+//! vip-agent's own: `vips` (several VIPs, see [`VipConfig`]), `garp-count` and `garp-interval`
+//! (see [`GarpConfig`]), `fence-timeout`, `xdp-mode`, `metrics-address`, `pin-path`.
+//!
+//! # Phases
+//!
+//! [`load`]/[`from_yaml_str`] parse and check everything that does not depend on the machine
+//! (addresses, prefixes, names, endpoints, combinations), so they are unit-testable and `vip-agent
+//! check` can run anywhere. [`Config::validate_host`] then checks this host: interfaces, their
+//! addresses, and the certificate files. Warnings and informational notes are returned as
+//! [`Notice`]s (in [`Config::notices`] and from `validate_host`); [`Notice::log`] emits one through
+//! `tracing`.
+
+mod args;
+mod error;
+mod host;
+mod parse;
+mod render;
+#[cfg(test)]
+mod tests;
+mod values;
+
+use std::{
+    collections::BTreeMap,
+    fmt, fs,
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
+    os::unix::fs::PermissionsExt as _,
+    path::PathBuf,
+    time::Duration,
+};
+
+pub use args::ConfigArgs;
+pub use error::ConfigError;
+pub use host::{HostFacts, InterfaceFacts};
+
+/// etcd endpoint used when none is configured (vip-manager's default).
+pub const DEFAULT_ETCD_ENDPOINT: &str = "http://127.0.0.1:2379";
+/// Where the Prometheus metrics are served unless configured: loopback only, because the endpoint
+/// has no authentication (expose it deliberately with `metrics-address`). The port is this
+/// project's choice, clear of the exporters a Patroni node usually runs (node 9100, postgres 9187,
+/// Patroni 8008, etcd 2379/2381); set `metrics-address` if it collides.
+pub const DEFAULT_METRICS_ADDRESS: SocketAddr =
+    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9477));
+/// bpffs directory for pins unless configured (the data plane's default).
+pub const DEFAULT_PIN_PATH: &str = crate::dataplane::DEFAULT_PIN_ROOT;
+/// Gratuitous ARPs per takeover unless configured; see [`GarpConfig`].
+pub const DEFAULT_GARP_COUNT: u32 = 3;
+/// Spacing of gratuitous ARPs after the quick repeat unless configured; see [`GarpConfig`].
+pub const DEFAULT_GARP_INTERVAL: Duration = Duration::from_secs(1);
+/// Delay of the second gratuitous ARP (or `garp-interval`, if shorter); see [`GarpConfig`].
+pub const GARP_QUICK_REPEAT: Duration = Duration::from_millis(100);
+
+/// The effective configuration of one agent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// The VIPs this agent manages (one for vip-manager style files; `vips:` gives several).
+    pub vips: Vec<VipConfig>,
+    /// How to reach etcd (one client for all VIPs).
+    pub etcd: EtcdConfig,
+    /// Gratuitous ARPs on takeover.
+    pub garp: GarpConfig,
+    /// How long a node that lost leadership, or cannot confirm it, keeps fencing the VIP. `None`
+    /// (the default): exactly until the observed expiry of the leader key's lease.
+    pub fence_timeout: Option<Duration>,
+    /// How to attach the XDP program.
+    pub xdp_mode: XdpModeSetting,
+    /// Prometheus metrics endpoint.
+    pub metrics_address: SocketAddr,
+    /// bpffs directory under which the data plane pins `<ifname>/...`.
+    pub pin_path: PathBuf,
+    /// Debug logging.
+    pub verbose: bool,
+    /// Warnings and informational notes found while loading; log them with [`Notice::log`].
+    pub notices: Vec<Notice>,
+    /// Where each value came from (for messages of later checks).
+    pub provenance: Provenance,
+}
+
+/// One VIP: an IPv4 address with its prefix on an interface, held while `trigger-key` has the
+/// value `trigger-value`.
+///
+/// In a file, either the top-level keys `ip`, `netmask`, `interface`, `trigger-key`,
+/// `trigger-value` (vip-manager style, one VIP) or a `vips:` list of mappings with those keys, one
+/// per VIP; not both. Each `trigger-value` defaults to the host name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VipConfig {
+    pub ip: Ipv4Addr,
+    /// 1..=32, as vip-manager's `netmask`.
+    pub prefix_len: u8,
+    pub interface: String,
+    /// The Patroni leader key, e.g. `/service/batman/leader` or Pigsty's `/pg/<cluster>/leader`.
+    pub trigger_key: String,
+    /// The key's value that means "this node" (Patroni's member `name`).
+    pub trigger_value: String,
+}
+
+/// How to reach etcd (v3 API).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EtcdConfig {
+    /// `http://host:port` or `https://host:port` URLs (scheme lower-cased, no trailing `/`).
+    pub endpoints: Vec<String>,
+    /// User for password authentication; set exactly when `password` is.
+    pub user: Option<String>,
+    pub password: Option<Secret>,
+    /// CA that verifies the servers. Optional even with a client certificate.
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate; set exactly when `key_file` is.
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+}
+
+/// Gratuitous ARPs (reply and request, the data plane's business) sent when this node takes a VIP
+/// over: `count` of them at offsets 0, [`GARP_QUICK_REPEAT`] (100 ms, or `interval` if shorter),
+/// then every `interval`: with the defaults (3, 1 s) at 0, 100 ms and 1.1 s (see
+/// [`GarpConfig::schedule`]).
+///
+/// Why not keepalived's 5 + 5 after 5 s, or vip-manager's single frame: since Linux 4.13 a
+/// gratuitous ARP always overrides an existing neighbour entry, so one delivered frame moves a
+/// client; the quick repeat covers a single lost frame within 100 ms; the third, 1.1 s after the
+/// first, covers older kernels that ignore updates within `locktime` (1 s) of the last one (why
+/// MetalLB spaces them 1.1 s) and switches still learning the port. More frames add broadcast noise
+/// per VIP without covering another failure mode. Both keys are settable (`garp-count` 1..=100,
+/// `garp-interval` 10 ms..=60 s).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GarpConfig {
+    pub count: u32,
+    pub interval: Duration,
+}
+
+impl Default for GarpConfig {
+    fn default() -> Self {
+        Self {
+            count: DEFAULT_GARP_COUNT,
+            interval: DEFAULT_GARP_INTERVAL,
+        }
+    }
+}
+
+impl GarpConfig {
+    /// When to send each gratuitous ARP, as offsets from the takeover (`count` items, ascending).
+    pub fn schedule(&self) -> impl Iterator<Item = Duration> + use<> {
+        let quick = GARP_QUICK_REPEAT.min(self.interval);
+        let interval = self.interval;
+        (0..self.count).map(move |i| match i {
+            0 => Duration::ZERO,
+            n => quick.saturating_add(interval.saturating_mul(n - 1)),
+        })
+    }
+}
+
+/// `xdp-mode`: how to attach the XDP program.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum XdpModeSetting {
+    /// Native where the driver supports it, generic otherwise (generic on veth).
+    #[default]
+    Auto,
+    /// Native (driver) mode only; also accepted as `driver`/`drv`.
+    Native,
+    /// Generic (skb) mode only; also accepted as `skb`.
+    Generic,
+}
+
+impl XdpModeSetting {
+    /// The canonical config value.
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Native => "native",
+            Self::Generic => "generic",
+        }
+    }
+}
+
+impl fmt::Display for XdpModeSetting {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl From<XdpModeSetting> for crate::dataplane::AttachMode {
+    fn from(mode: XdpModeSetting) -> Self {
+        match mode {
+            XdpModeSetting::Auto => Self::Auto,
+            XdpModeSetting::Native => Self::Native,
+            XdpModeSetting::Generic => Self::Generic,
+        }
+    }
+}
+
+/// A secret (the etcd password): `Debug` and `Display` print `<redacted>`; the value is only
+/// reachable through [`Secret::expose`].
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// What `Debug`, `Display` and the effective configuration print instead of the value.
+    pub const REDACTED: &'static str = "<redacted>";
+
+    #[must_use]
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The secret itself, for the etcd client only.
+    #[must_use]
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(Self::REDACTED)
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(Self::REDACTED)
+    }
+}
+
+/// Where a value came from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Location {
+    /// The config file (its path, or the source name given to [`from_yaml_str`]).
+    File(String),
+    /// A flag or its environment variable (clap merged them before we saw the value).
+    Args { flag: String, env: String },
+    /// A built-in default, or a fact of this host (the host name).
+    Default,
+}
+
+impl Location {
+    /// The location of a flag/variable pair for `key` (`--ip` / `VIP_IP`).
+    fn args(key: &str) -> Self {
+        Self::Args {
+            flag: format!("--{key}"),
+            env: format!("VIP_{}", key.to_ascii_uppercase().replace('-', "_")),
+        }
+    }
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::File(name) => write!(f, "config file {name}"),
+            Self::Args { flag, env } => write!(f, "{flag} / {env}"),
+            Self::Default => f.write_str("default"),
+        }
+    }
+}
+
+/// Which source set which key: kept in the [`Config`] so later checks name the right place.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Provenance {
+    file: Option<String>,
+    keys: BTreeMap<String, Location>,
+}
+
+impl Provenance {
+    /// The config file, if one was read.
+    #[must_use]
+    pub fn file(&self) -> Option<&str> {
+        self.file.as_deref()
+    }
+
+    /// Where `key` (e.g. `interface`, `vips[1].interface`, `etcd-ca-file`) came from;
+    /// [`Location::Default`] for defaulted keys.
+    #[must_use]
+    pub fn location(&self, key: &str) -> Location {
+        self.keys.get(key).cloned().unwrap_or(Location::Default)
+    }
+}
+
+/// Severity of a [`Notice`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum NoticeLevel {
+    /// Worth knowing (an ignored vip-manager key, a default that was applied).
+    Info,
+    /// Probably a mistake or a risk, but not fatal.
+    Warning,
+}
+
+impl fmt::Display for NoticeLevel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Info => "info",
+            Self::Warning => "warning",
+        })
+    }
+}
+
+/// A non-fatal finding about the configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Notice {
+    pub level: NoticeLevel,
+    pub location: Location,
+    pub key: String,
+    pub message: String,
+}
+
+impl Notice {
+    /// Emit through `tracing` at the matching level.
+    pub fn log(&self) {
+        match self.level {
+            NoticeLevel::Info => {
+                tracing::info!(location = %self.location, key = %self.key, "{}", self.message)
+            }
+            NoticeLevel::Warning => {
+                tracing::warn!(location = %self.location, key = %self.key, "{}", self.message)
+            }
+        }
+    }
+}
+
+impl fmt::Display for Notice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}: {}: `{}`: {}",
+            self.level, self.location, self.key, self.message
+        )
+    }
+}
+
+impl Config {
+    /// Log every notice gathered while loading.
+    pub fn log_notices(&self) {
+        for notice in &self.notices {
+            notice.log();
+        }
+    }
+}
+
+/// Load the configuration: flags and `VIP_*` variables (already merged by clap into `args`) over
+/// the YAML file named by `args.config`, over the defaults. Host checks are separate
+/// ([`Config::validate_host`]).
+///
+/// Besides the parse notices this warns when the file holds the etcd password and is readable by
+/// everyone, and when the password came as a command-line flag (visible in `ps`).
+///
+/// # Errors
+/// [`ConfigError`] naming the file or flag, the key, and the reason; all problems found in one
+/// pass come together as [`ConfigError::Several`].
+pub fn load(args: &ConfigArgs) -> Result<Config, ConfigError> {
+    let path = args.config.as_deref().filter(|p| !p.as_os_str().is_empty());
+    let file = match path {
+        Some(path) => {
+            let read_error = |source| ConfigError::ReadFile {
+                path: path.to_owned(),
+                source,
+            };
+            let text = fs::read_to_string(path).map_err(read_error)?;
+            let mode = fs::metadata(path).map_err(read_error)?.permissions().mode();
+            Some((path.display().to_string(), text, mode))
+        }
+        None => None,
+    };
+    let source = file.as_ref().map(|(name, text, _)| parse::Source {
+        name: name.as_str(),
+        yaml: text.as_str(),
+    });
+    let mut config = parse::build(source, Some(args), &system_hostname)?;
+
+    if let Some((name, _, mode)) = &file
+        && mode & 0o004 != 0
+        && matches!(
+            config.provenance.location("etcd-password"),
+            Location::File(_)
+        )
+    {
+        config.notices.push(Notice {
+            level: NoticeLevel::Warning,
+            location: Location::File(name.clone()),
+            key: "etcd-password".to_owned(),
+            message: format!(
+                "the file holds the etcd password and is readable by every local user \
+                 (mode {:04o}); chmod 0600 it (Pigsty installs it 0600)",
+                mode & 0o7777
+            ),
+        });
+    }
+    if args.etcd_password.as_deref().is_some_and(|p| !p.is_empty())
+        && std::env::var_os("VIP_ETCD_PASSWORD").is_none_or(|v| v.is_empty())
+    {
+        config.notices.push(Notice {
+            level: NoticeLevel::Warning,
+            location: Location::args("etcd-password"),
+            key: "etcd-password".to_owned(),
+            message: "the etcd password was given as a command-line flag, which every local user \
+                      can read in `ps`; use the config file (mode 0600) or VIP_ETCD_PASSWORD"
+                .to_owned(),
+        });
+    }
+    Ok(config)
+}
+
+/// Parse a YAML document alone (no flags, no variables): for tests and `check` of a given text.
+/// `source_name` names the document in messages.
+///
+/// # Errors
+/// As [`load`].
+pub fn from_yaml_str(source_name: &str, yaml: &str) -> Result<Config, ConfigError> {
+    parse::build(
+        Some(parse::Source {
+            name: source_name,
+            yaml,
+        }),
+        None,
+        &system_hostname,
+    )
+}
+
+/// The host name, as vip-manager's default `trigger-value` (Go's `os.Hostname` reads the same file).
+fn system_hostname() -> Result<String, String> {
+    match fs::read_to_string("/proc/sys/kernel/hostname") {
+        Ok(name) if !name.trim().is_empty() => Ok(name.trim().to_owned()),
+        Ok(_) => Err("the host name is empty".to_owned()),
+        Err(e) => Err(format!("cannot read /proc/sys/kernel/hostname: {e}")),
+    }
+}

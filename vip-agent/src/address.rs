@@ -1,0 +1,223 @@
+//! The VIP as a kernel address, through rtnetlink (no `ip` subprocess).
+//!
+//! Adding is idempotent (an existing address is success); matching is exact on address and prefix
+//! length, never textual. [`AddressEvents`] follows the kernel's IPv4 address notifications so that an
+//! address removed by hand on the primary is put back at once, not on a timer.
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use futures::{StreamExt as _, TryStreamExt as _, channel::mpsc::UnboundedReceiver};
+use rtnetlink::{
+    Handle, MulticastGroup,
+    packet_core::{NetlinkMessage, NetlinkPayload},
+    packet_route::{
+        RouteNetlinkMessage,
+        address::{AddressAttribute, AddressMessage},
+    },
+    sys::SocketAddr,
+};
+
+/// Errors of address operations, naming the operation and the address.
+#[derive(Debug, thiserror::Error)]
+pub enum AddressError {
+    #[error("open a netlink socket: {0}")]
+    Connect(#[source] std::io::Error),
+    #[error("{operation} {address}/{prefix_len} on interface index {ifindex}: {source}")]
+    Request {
+        operation: &'static str,
+        address: Ipv4Addr,
+        prefix_len: u8,
+        ifindex: u32,
+        #[source]
+        source: rtnetlink::Error,
+    },
+}
+
+/// What an idempotent operation did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// The kernel state changed.
+    Changed,
+    /// It already was as asked.
+    Unchanged,
+}
+
+/// One IPv4 address on one interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Vip {
+    pub ifindex: u32,
+    pub address: Ipv4Addr,
+    pub prefix_len: u8,
+}
+
+impl std::fmt::Display for Vip {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.address, self.prefix_len)
+    }
+}
+
+/// A netlink handle for address changes. Create it on the thread (network namespace) it should act in.
+#[derive(Clone, Debug)]
+pub struct Addresses {
+    handle: Handle,
+}
+
+impl Addresses {
+    /// Open a netlink connection (driven by a task on the current tokio runtime).
+    ///
+    /// # Errors
+    /// When the netlink socket cannot be opened.
+    pub fn new() -> Result<Self, AddressError> {
+        let (connection, handle, _) = rtnetlink::new_connection().map_err(AddressError::Connect)?;
+        tokio::spawn(connection);
+        Ok(Self { handle })
+    }
+
+    /// Add `vip` unless it is there already (exact address and prefix).
+    ///
+    /// # Errors
+    /// When the kernel refuses for another reason than "exists".
+    pub async fn add(&self, vip: Vip) -> Result<Change, AddressError> {
+        let result = self
+            .handle
+            .address()
+            .add(vip.ifindex, IpAddr::V4(vip.address), vip.prefix_len)
+            .execute()
+            .await;
+        match result {
+            Ok(()) => Ok(Change::Changed),
+            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::EEXIST => {
+                Ok(Change::Unchanged)
+            }
+            Err(source) => Err(request_error("add", vip, source)),
+        }
+    }
+
+    /// Remove every address equal to `vip.address` on the interface, whatever its prefix length (a VIP
+    /// added by hand with another prefix is still the VIP).
+    ///
+    /// # Errors
+    /// When listing or deleting fails.
+    pub async fn remove(&self, vip: Vip) -> Result<Change, AddressError> {
+        let mut change = Change::Unchanged;
+        for msg in self.matching(vip, false).await? {
+            match self.handle.address().del(msg).execute().await {
+                Ok(()) => change = Change::Changed,
+                // Removed meanwhile by someone else: the goal is reached.
+                Err(rtnetlink::Error::NetlinkError(e))
+                    if e.raw_code() == -libc::EADDRNOTAVAIL || e.raw_code() == -libc::ENOENT => {}
+                Err(source) => return Err(request_error("remove", vip, source)),
+            }
+        }
+        Ok(change)
+    }
+
+    /// Whether exactly `vip` (address and prefix length) is configured on its interface.
+    ///
+    /// # Errors
+    /// When listing fails.
+    pub async fn contains(&self, vip: Vip) -> Result<bool, AddressError> {
+        Ok(!self.matching(vip, true).await?.is_empty())
+    }
+
+    async fn matching(
+        &self,
+        vip: Vip,
+        exact_prefix: bool,
+    ) -> Result<Vec<AddressMessage>, AddressError> {
+        let mut stream = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(vip.ifindex)
+            .execute();
+        let mut found = Vec::new();
+        while let Some(msg) = stream
+            .try_next()
+            .await
+            .map_err(|source| request_error("list addresses for", vip, source))?
+        {
+            if msg.header.index == vip.ifindex
+                && (!exact_prefix || msg.header.prefix_len == vip.prefix_len)
+                && ipv4_of(&msg) == Some(vip.address)
+            {
+                found.push(msg);
+            }
+        }
+        Ok(found)
+    }
+}
+
+fn request_error(operation: &'static str, vip: Vip, source: rtnetlink::Error) -> AddressError {
+    AddressError::Request {
+        operation,
+        address: vip.address,
+        prefix_len: vip.prefix_len,
+        ifindex: vip.ifindex,
+        source,
+    }
+}
+
+/// The IPv4 local address of an address message (`IFA_LOCAL`, else `IFA_ADDRESS`).
+fn ipv4_of(msg: &AddressMessage) -> Option<Ipv4Addr> {
+    let mut address = None;
+    for attr in &msg.attributes {
+        match attr {
+            AddressAttribute::Local(IpAddr::V4(a)) => return Some(*a),
+            AddressAttribute::Address(IpAddr::V4(a)) => address = Some(*a),
+            _ => {}
+        }
+    }
+    address
+}
+
+/// A kernel notification about an IPv4 address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AddressEvent {
+    Added(Vip),
+    Removed(Vip),
+}
+
+/// The kernel's IPv4 address notifications (`RTNLGRP_IPV4_IFADDR`) for the calling thread's namespace.
+pub struct AddressEvents {
+    messages: UnboundedReceiver<(NetlinkMessage<RouteNetlinkMessage>, SocketAddr)>,
+}
+
+impl AddressEvents {
+    /// Subscribe. Events are queued from this call on.
+    ///
+    /// # Errors
+    /// When the netlink socket cannot be opened or bound to the group.
+    pub fn subscribe() -> Result<Self, AddressError> {
+        let (connection, _handle, messages) =
+            rtnetlink::new_multicast_connection(&[MulticastGroup::Ipv4Ifaddr])
+                .map_err(AddressError::Connect)?;
+        tokio::spawn(connection);
+        Ok(Self { messages })
+    }
+
+    /// The next address event; `None` when the netlink connection ended.
+    pub async fn next(&mut self) -> Option<AddressEvent> {
+        while let Some((msg, _)) = self.messages.next().await {
+            let (added, msg) = match msg.payload {
+                NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewAddress(m)) => (true, m),
+                NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelAddress(m)) => (false, m),
+                _ => continue,
+            };
+            let Some(address) = ipv4_of(&msg) else {
+                continue;
+            };
+            let vip = Vip {
+                ifindex: msg.header.index,
+                address,
+                prefix_len: msg.header.prefix_len,
+            };
+            return Some(if added {
+                AddressEvent::Added(vip)
+            } else {
+                AddressEvent::Removed(vip)
+            });
+        }
+        None
+    }
+}

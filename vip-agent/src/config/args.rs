@@ -1,0 +1,195 @@
+//! Command-line flags and `VIP_*` environment variables, as clap arguments.
+//!
+//! clap merges the two: a flag wins over its environment variable, and an unset flag falls back to
+//! the variable. Values stay strings here; [`super::load`] interprets them with the same rules and
+//! error messages as the YAML file, and the file fills whatever neither flag nor variable set.
+
+use std::path::PathBuf;
+
+/// The options shared by `vip-agent run` and `vip-agent check`: vip-manager's flags (same names,
+/// same `VIP_*` variables) plus vip-agent's own. Flatten it into a subcommand:
+///
+/// ```ignore
+/// #[derive(clap::Args)]
+/// struct Run {
+///     #[command(flatten)]
+///     config: vip_agent::config::ConfigArgs,
+/// }
+/// ```
+///
+/// Every field is optional: an empty value (`VIP_IP=`) counts as unset, as in vip-manager (viper
+/// ignores empty variables), so the config file then provides it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, clap::Args)]
+pub struct ConfigArgs {
+    /// YAML configuration file (vip-manager's format, plus vip-agent's keys).
+    #[arg(long, env = "VIP_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Virtual IPv4 address to manage.
+    #[arg(long, env = "VIP_IP", value_name = "ADDR")]
+    pub ip: Option<String>,
+    /// Prefix length of the VIP (1..=32), e.g. 24.
+    #[arg(long, env = "VIP_NETMASK", value_name = "PREFIX")]
+    pub netmask: Option<String>,
+    /// Network interface that carries the VIP.
+    #[arg(long, env = "VIP_INTERFACE", value_name = "IFACE")]
+    pub interface: Option<String>,
+    /// Patroni leader key in etcd, e.g. /service/batman/leader.
+    #[arg(long, env = "VIP_TRIGGER_KEY", value_name = "KEY")]
+    pub trigger_key: Option<String>,
+    /// Value of the leader key that means "this node" (Patroni's member name) [default: host name].
+    #[arg(long, env = "VIP_TRIGGER_VALUE", value_name = "VALUE")]
+    pub trigger_value: Option<String>,
+
+    /// DCS type: etcd or etcd3 (both mean the etcd v3 API).
+    #[arg(long, env = "VIP_DCS_TYPE", value_name = "TYPE")]
+    pub dcs_type: Option<String>,
+    /// etcd endpoints, comma separated, each with http:// or https://
+    /// [default: http://127.0.0.1:2379].
+    #[arg(
+        long,
+        env = "VIP_DCS_ENDPOINTS",
+        value_name = "URLS",
+        value_delimiter = ','
+    )]
+    pub dcs_endpoints: Vec<String>,
+    /// etcd user name (password authentication).
+    #[arg(long, env = "VIP_ETCD_USER", value_name = "USER")]
+    pub etcd_user: Option<String>,
+    /// etcd password. Prefer the config file (mode 0600) or the variable: flags show up in `ps`.
+    #[arg(
+        long,
+        env = "VIP_ETCD_PASSWORD",
+        value_name = "PASSWORD",
+        hide_env_values = true
+    )]
+    pub etcd_password: Option<String>,
+    /// CA certificate (PEM) that verifies the etcd servers.
+    #[arg(long, env = "VIP_ETCD_CA_FILE", value_name = "FILE")]
+    pub etcd_ca_file: Option<String>,
+    /// Client certificate (PEM) for etcd; needs --etcd-key-file.
+    #[arg(long, env = "VIP_ETCD_CERT_FILE", value_name = "FILE")]
+    pub etcd_cert_file: Option<String>,
+    /// Private key (PEM) of the client certificate; needs --etcd-cert-file.
+    #[arg(long, env = "VIP_ETCD_KEY_FILE", value_name = "FILE")]
+    pub etcd_key_file: Option<String>,
+
+    /// Accepted for vip-manager compatibility and ignored: vip-agent watches, it does not poll.
+    #[arg(long, env = "VIP_INTERVAL", value_name = "MS")]
+    pub interval: Option<String>,
+    /// Accepted for vip-manager compatibility and ignored.
+    #[arg(long, env = "VIP_RETRY_AFTER", value_name = "MS")]
+    pub retry_after: Option<String>,
+    /// Accepted for vip-manager compatibility and ignored.
+    #[arg(long, env = "VIP_RETRY_NUM", value_name = "N")]
+    pub retry_num: Option<String>,
+    /// Only `basic` (local address, ARP answered in XDP) is supported.
+    #[arg(long, env = "VIP_MANAGER_TYPE", value_name = "TYPE")]
+    pub manager_type: Option<String>,
+    /// Debug logging: `--verbose`, `--verbose=false`, VIP_VERBOSE=true (also yes/no, on/off, 1/0).
+    /// A string so that an empty VIP_VERBOSE counts as unset, like every other variable.
+    #[arg(
+        long,
+        env = "VIP_VERBOSE",
+        value_name = "BOOL",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true"
+    )]
+    pub verbose: Option<String>,
+
+    /// Gratuitous ARPs sent when this node takes the VIP over [default: 3].
+    #[arg(long, env = "VIP_GARP_COUNT", value_name = "N")]
+    pub garp_count: Option<String>,
+    /// Spacing of the gratuitous ARPs after the first two, e.g. 1s or 1000 (ms) [default: 1s].
+    #[arg(long, env = "VIP_GARP_INTERVAL", value_name = "DURATION")]
+    pub garp_interval: Option<String>,
+    /// How long a node that lost (or cannot confirm) leadership keeps fencing, e.g. 2s
+    /// [default: until the observed leader-key lease expires].
+    #[arg(long, env = "VIP_FENCE_TIMEOUT", value_name = "DURATION")]
+    pub fence_timeout: Option<String>,
+    /// XDP attach mode: auto, native or generic [default: auto].
+    #[arg(long, env = "VIP_XDP_MODE", value_name = "MODE")]
+    pub xdp_mode: Option<String>,
+    /// Address of the Prometheus metrics endpoint [default: 127.0.0.1:9477].
+    #[arg(long, env = "VIP_METRICS_ADDRESS", value_name = "IP:PORT")]
+    pub metrics_address: Option<String>,
+    /// bpffs directory for the pinned XDP program and maps [default: /sys/fs/bpf/vip-agent].
+    #[arg(long, env = "VIP_PIN_PATH", value_name = "DIR")]
+    pub pin_path: Option<String>,
+}
+
+/// One string-valued argument: the config key it sets, its flag, its variable and its value.
+pub(super) struct ArgValue<'a> {
+    pub(super) key: &'static str,
+    pub(super) flag: &'static str,
+    pub(super) env: &'static str,
+    pub(super) value: &'a Option<String>,
+}
+
+impl ConfigArgs {
+    /// The string-valued arguments with their config key names (all but `config` and
+    /// `dcs-endpoints`, which have their own types).
+    pub(super) fn string_values(&self) -> [ArgValue<'_>; 22] {
+        let Self {
+            config: _,
+            ip,
+            netmask,
+            interface,
+            trigger_key,
+            trigger_value,
+            dcs_type,
+            dcs_endpoints: _,
+            etcd_user,
+            etcd_password,
+            etcd_ca_file,
+            etcd_cert_file,
+            etcd_key_file,
+            interval,
+            retry_after,
+            retry_num,
+            manager_type,
+            verbose,
+            garp_count,
+            garp_interval,
+            fence_timeout,
+            xdp_mode,
+            metrics_address,
+            pin_path,
+        } = self;
+        macro_rules! arg {
+            ($key:literal, $env:literal, $value:expr) => {
+                ArgValue {
+                    key: $key,
+                    flag: concat!("--", $key),
+                    env: $env,
+                    value: $value,
+                }
+            };
+        }
+        [
+            arg!("ip", "VIP_IP", ip),
+            arg!("netmask", "VIP_NETMASK", netmask),
+            arg!("interface", "VIP_INTERFACE", interface),
+            arg!("trigger-key", "VIP_TRIGGER_KEY", trigger_key),
+            arg!("trigger-value", "VIP_TRIGGER_VALUE", trigger_value),
+            arg!("dcs-type", "VIP_DCS_TYPE", dcs_type),
+            arg!("etcd-user", "VIP_ETCD_USER", etcd_user),
+            arg!("etcd-password", "VIP_ETCD_PASSWORD", etcd_password),
+            arg!("etcd-ca-file", "VIP_ETCD_CA_FILE", etcd_ca_file),
+            arg!("etcd-cert-file", "VIP_ETCD_CERT_FILE", etcd_cert_file),
+            arg!("etcd-key-file", "VIP_ETCD_KEY_FILE", etcd_key_file),
+            arg!("interval", "VIP_INTERVAL", interval),
+            arg!("retry-after", "VIP_RETRY_AFTER", retry_after),
+            arg!("retry-num", "VIP_RETRY_NUM", retry_num),
+            arg!("manager-type", "VIP_MANAGER_TYPE", manager_type),
+            arg!("verbose", "VIP_VERBOSE", verbose),
+            arg!("garp-count", "VIP_GARP_COUNT", garp_count),
+            arg!("garp-interval", "VIP_GARP_INTERVAL", garp_interval),
+            arg!("fence-timeout", "VIP_FENCE_TIMEOUT", fence_timeout),
+            arg!("xdp-mode", "VIP_XDP_MODE", xdp_mode),
+            arg!("metrics-address", "VIP_METRICS_ADDRESS", metrics_address),
+            arg!("pin-path", "VIP_PIN_PATH", pin_path),
+        ]
+    }
+}

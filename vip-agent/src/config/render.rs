@@ -1,0 +1,104 @@
+//! The effective configuration as YAML, secrets redacted (`vip-agent check`).
+
+use serde::Serialize;
+
+use super::{Config, Secret, VipConfig, values::format_duration};
+
+#[derive(Serialize)]
+struct Effective<'a> {
+    #[serde(flatten)]
+    single: Option<Vip<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    vips: Option<Vec<Vip<'a>>>,
+    #[serde(rename = "dcs-type")]
+    dcs_type: &'static str,
+    #[serde(rename = "dcs-endpoints")]
+    dcs_endpoints: &'a [String],
+    #[serde(rename = "etcd-user", skip_serializing_if = "Option::is_none")]
+    etcd_user: Option<&'a str>,
+    #[serde(rename = "etcd-password", skip_serializing_if = "Option::is_none")]
+    etcd_password: Option<&'static str>,
+    #[serde(rename = "etcd-ca-file", skip_serializing_if = "Option::is_none")]
+    etcd_ca_file: Option<String>,
+    #[serde(rename = "etcd-cert-file", skip_serializing_if = "Option::is_none")]
+    etcd_cert_file: Option<String>,
+    #[serde(rename = "etcd-key-file", skip_serializing_if = "Option::is_none")]
+    etcd_key_file: Option<String>,
+    #[serde(rename = "garp-count")]
+    garp_count: u32,
+    #[serde(rename = "garp-interval")]
+    garp_interval: String,
+    #[serde(rename = "fence-timeout", skip_serializing_if = "Option::is_none")]
+    fence_timeout: Option<String>,
+    #[serde(rename = "xdp-mode")]
+    xdp_mode: &'static str,
+    #[serde(rename = "metrics-address")]
+    metrics_address: String,
+    #[serde(rename = "pin-path")]
+    pin_path: String,
+    verbose: bool,
+}
+
+#[derive(Serialize)]
+struct Vip<'a> {
+    ip: String,
+    netmask: u8,
+    interface: &'a str,
+    #[serde(rename = "trigger-key")]
+    trigger_key: &'a str,
+    #[serde(rename = "trigger-value")]
+    trigger_value: &'a str,
+}
+
+impl<'a> From<&'a VipConfig> for Vip<'a> {
+    fn from(v: &'a VipConfig) -> Self {
+        Self {
+            ip: v.ip.to_string(),
+            netmask: v.prefix_len,
+            interface: &v.interface,
+            trigger_key: &v.trigger_key,
+            trigger_value: &v.trigger_value,
+        }
+    }
+}
+
+impl Config {
+    /// The effective configuration as YAML that [`super::from_yaml_str`] reads back (defaults
+    /// filled in, one VIP as top-level keys, several as `vips:`), with the etcd password shown as
+    /// `<redacted>`. A header comment names the source file.
+    #[must_use]
+    pub fn render_redacted(&self) -> String {
+        let (single, vips) = match self.vips.as_slice() {
+            [one] => (Some(Vip::from(one)), None),
+            many => (None, Some(many.iter().map(Vip::from).collect())),
+        };
+        let path = |p: &Option<std::path::PathBuf>| p.as_ref().map(|p| p.display().to_string());
+        let effective = Effective {
+            single,
+            vips,
+            dcs_type: "etcd",
+            dcs_endpoints: &self.etcd.endpoints,
+            etcd_user: self.etcd.user.as_deref(),
+            etcd_password: self.etcd.password.as_ref().map(|_| Secret::REDACTED),
+            etcd_ca_file: path(&self.etcd.ca_file),
+            etcd_cert_file: path(&self.etcd.cert_file),
+            etcd_key_file: path(&self.etcd.key_file),
+            garp_count: self.garp.count,
+            garp_interval: format_duration(self.garp.interval),
+            fence_timeout: self.fence_timeout.map(format_duration),
+            xdp_mode: self.xdp_mode.as_str(),
+            metrics_address: self.metrics_address.to_string(),
+            pin_path: self.pin_path.display().to_string(),
+            verbose: self.verbose,
+        };
+        let source = self.provenance.file().map_or_else(
+            || "no config file".to_owned(),
+            |f| format!("config file {f}"),
+        );
+        let body = serde_norway::to_string(&effective).unwrap_or_else(|e| {
+            // Serialising plain strings and numbers cannot fail; say so rather than panic.
+            format!("# cannot render the configuration: {e}\n")
+        });
+        format!("# vip-agent effective configuration ({source}; secrets redacted)\n{body}")
+    }
+}

@@ -1,0 +1,391 @@
+//! Typed readings of single values (YAML scalars or flag strings), each failing with a reason
+//! that the caller wraps with the source and key.
+
+use std::{
+    net::{IpAddr, Ipv4Addr},
+    time::Duration,
+};
+
+use serde_norway::Value;
+
+/// What kind of YAML value this is, for messages ("expected a string, got a list").
+pub(super) fn kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "nothing (null)",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Sequence(_) => "a list",
+        Value::Mapping(_) => "a mapping",
+        Value::Tagged(_) => "a tagged value",
+    }
+}
+
+/// A scalar as text: strings as they are, numbers and booleans as written (`trigger-value: 1`).
+pub(super) fn text(value: &Value) -> Result<String, String> {
+    match value {
+        Value::String(s) => Ok(s.clone()),
+        Value::Number(n) => Ok(n.to_string()),
+        Value::Bool(b) => Ok(b.to_string()),
+        other => Err(format!("expected a string, got {}", kind(other))),
+    }
+}
+
+/// A non-negative integer, from a YAML number or a decimal string.
+pub(super) fn unsigned(value: &Value) -> Result<u64, String> {
+    match value {
+        Value::Number(n) => n
+            .as_u64()
+            .ok_or_else(|| format!("expected a non-negative whole number, got {n}")),
+        Value::String(s) => s
+            .trim()
+            .parse::<u64>()
+            .map_err(|_| format!("expected a non-negative whole number, got {s:?}")),
+        other => Err(format!("expected a whole number, got {}", kind(other))),
+    }
+}
+
+/// A boolean: YAML `true`/`false`, or the strings vip-manager's flags and variables accept.
+pub(super) fn boolean(value: &Value) -> Result<bool, String> {
+    match value {
+        Value::Bool(b) => Ok(*b),
+        Value::String(s) => match s.trim().to_ascii_lowercase().as_str() {
+            "true" | "yes" | "on" | "1" | "t" | "y" => Ok(true),
+            "false" | "no" | "off" | "0" | "f" | "n" => Ok(false),
+            _ => Err(format!("expected true or false, got {s:?}")),
+        },
+        Value::Number(n) => match n.as_u64() {
+            Some(0) => Ok(false),
+            Some(1) => Ok(true),
+            _ => Err(format!("expected true or false, got {n}")),
+        },
+        other => Err(format!("expected true or false, got {}", kind(other))),
+    }
+}
+
+/// A duration: a whole number of milliseconds (vip-manager's convention) or a string such as
+/// `"500ms"`, `"2s"`, `"1.5s"`, `"1m30s"`. The flag says whether it was a bare number (ms).
+pub(super) fn duration(value: &Value) -> Result<(Duration, bool), String> {
+    match value {
+        Value::Number(n) => n
+            .as_u64()
+            .map(|ms| (Duration::from_millis(ms), true))
+            .ok_or_else(|| {
+                format!("expected milliseconds (a whole number) or a string like \"2s\", got {n}")
+            }),
+        Value::String(s) => {
+            let bare = !s.trim().is_empty() && s.trim().bytes().all(|b| b.is_ascii_digit());
+            parse_duration(s).map(|d| (d, bare))
+        }
+        other => Err(format!(
+            "expected a duration (milliseconds, or a string like \"2s\"), got {}",
+            kind(other)
+        )),
+    }
+}
+
+const UNITS: [(&str, u128); 7] = [
+    ("ns", 1),
+    ("us", 1_000),
+    ("ms", 1_000_000),
+    ("s", 1_000_000_000),
+    ("min", 60_000_000_000),
+    ("m", 60_000_000_000),
+    ("h", 3_600_000_000_000),
+];
+
+/// Parse `"250"` (ms), `"250ms"`, `"2s"`, `"1.5s"`, `"1m30s"`, `"1h"`; units ns, us, ms, s, m (or
+/// min), h; spaces between parts are allowed.
+pub(super) fn parse_duration(input: &str) -> Result<Duration, String> {
+    let s = input.trim();
+    let bad = |why: &str| {
+        format!(
+            "{input:?} is not a duration ({why}); write milliseconds (\"1500\") or number+unit \
+             (\"1.5s\", \"250ms\", \"1m30s\"; units ns, us, ms, s, m, h)"
+        )
+    };
+    if s.is_empty() {
+        return Err(bad("empty"));
+    }
+    if s.bytes().all(|b| b.is_ascii_digit()) {
+        return s
+            .parse::<u64>()
+            .map(Duration::from_millis)
+            .map_err(|_| bad("too large"));
+    }
+    let mut total: u128 = 0;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let digits_end = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        let (number, after) = rest.split_at(digits_end);
+        if number.is_empty() {
+            return Err(bad("expected a number"));
+        }
+        let after = after.trim_start();
+        let unit_end = after
+            .find(|c: char| !c.is_ascii_alphabetic())
+            .unwrap_or(after.len());
+        let (unit, after) = after.split_at(unit_end);
+        let Some(&(_, scale)) = UNITS.iter().find(|(u, _)| *u == unit) else {
+            return Err(if unit.is_empty() {
+                bad("a number without a unit")
+            } else {
+                bad(&format!("unknown unit {unit:?}"))
+            });
+        };
+        let (whole, frac) = number.split_once('.').unwrap_or((number, ""));
+        if (whole.is_empty() && frac.is_empty()) || frac.contains('.') {
+            return Err(bad("malformed number"));
+        }
+        let whole: u128 = if whole.is_empty() {
+            0
+        } else {
+            whole.parse().map_err(|_| bad("too large"))?
+        };
+        let mut part = whole.checked_mul(scale).ok_or_else(|| bad("too large"))?;
+        let mut place = scale;
+        for digit in frac.bytes() {
+            place /= 10;
+            part += u128::from(digit - b'0') * place;
+        }
+        total = total.checked_add(part).ok_or_else(|| bad("too large"))?;
+        rest = after.trim_start();
+    }
+    let secs = u64::try_from(total / 1_000_000_000).map_err(|_| bad("too large"))?;
+    let nanos = u32::try_from(total % 1_000_000_000).map_err(|_| bad("too large"))?;
+    Ok(Duration::new(secs, nanos))
+}
+
+/// Format a duration so that [`parse_duration`] reads it back exactly, in the largest unit that
+/// divides it.
+pub(super) fn format_duration(d: Duration) -> String {
+    let ns = d.as_nanos();
+    for (unit, scale) in [
+        ("h", 3_600_000_000_000_u128),
+        ("m", 60_000_000_000),
+        ("s", 1_000_000_000),
+        ("ms", 1_000_000),
+        ("us", 1_000),
+    ] {
+        if ns != 0 && ns.is_multiple_of(scale) {
+            return format!("{}{unit}", ns / scale);
+        }
+    }
+    if ns == 0 {
+        "0s".to_owned()
+    } else {
+        format!("{ns}ns")
+    }
+}
+
+/// The parsed VIP, or why not.
+pub(super) enum IpReading {
+    V4(Ipv4Addr),
+    V6,
+    Bad(String),
+}
+
+/// Read `ip`: an IPv4 address. An IPv6 address is recognised (so the caller can say "not yet"),
+/// and `a.b.c.d/nn` gets a hint to put the prefix into `netmask`.
+pub(super) fn ip(text: &str) -> IpReading {
+    let t = text.trim();
+    match t.parse::<IpAddr>() {
+        Ok(IpAddr::V4(v4)) => IpReading::V4(v4),
+        Ok(IpAddr::V6(_)) => IpReading::V6,
+        Err(_) => match t.split_once('/') {
+            Some((addr, prefix)) if addr.parse::<IpAddr>().is_ok() => {
+                if addr.parse::<std::net::Ipv6Addr>().is_ok() {
+                    IpReading::V6
+                } else {
+                    IpReading::Bad(format!(
+                        "{t:?} is an address with a prefix: write `ip: {addr}` and \
+                         `netmask: {prefix}` (vip-manager keeps them apart)"
+                    ))
+                }
+            }
+            _ => IpReading::Bad(format!("{t:?} is not an IPv4 address")),
+        },
+    }
+}
+
+/// Why an IPv4 address cannot be a VIP with this prefix, if it cannot.
+pub(super) fn vip_address_problem(ip: Ipv4Addr, prefix_len: u8) -> Option<String> {
+    let o = ip.octets();
+    let reason = if ip.is_unspecified() || o[0] == 0 {
+        "is in 0.0.0.0/8 (\"this network\"), not a usable address"
+    } else if ip.is_loopback() {
+        "is a loopback address: it never leaves the host, so it cannot float between nodes"
+    } else if ip.is_multicast() {
+        "is a multicast address"
+    } else if ip.is_broadcast() {
+        "is the limited broadcast address"
+    } else if o[0] >= 240 {
+        "is in 240.0.0.0/4 (reserved)"
+    } else if prefix_len <= 30 {
+        let host_mask = u32::MAX >> prefix_len;
+        let host = ip.to_bits() & host_mask;
+        if host == 0 {
+            "is the network address of its subnet"
+        } else if host == host_mask {
+            "is the broadcast address of its subnet"
+        } else {
+            return None;
+        }
+    } else {
+        return None;
+    };
+    Some(format!("{ip}/{prefix_len} {reason}"))
+}
+
+/// Read `netmask`: a prefix length 1..=32. A dotted mask gets a hint with its prefix length.
+pub(super) fn prefix_len(value: &Value) -> Result<u8, String> {
+    let n = match value {
+        Value::String(s) if s.contains('.') => {
+            let hint = match s.trim().parse::<Ipv4Addr>() {
+                Ok(mask) if mask.to_bits().leading_ones() == mask.to_bits().count_ones() => {
+                    format!(" ({s} is {})", mask.to_bits().count_ones())
+                }
+                _ => String::new(),
+            };
+            return Err(format!(
+                "{s:?} is a dotted mask; `netmask` takes a prefix length as in vip-manager, \
+                 e.g. 24{hint}"
+            ));
+        }
+        other => unsigned(other).map_err(|e| format!("{e}; expected a prefix length 1..=32"))?,
+    };
+    match u8::try_from(n) {
+        Ok(p @ 1..=32) => Ok(p),
+        _ => Err(format!(
+            "prefix length {n} is out of range 1..=32 (vip-manager silently used the classful \
+             default mask instead; vip-agent refuses)"
+        )),
+    }
+}
+
+/// Check an interface name the way the kernel would (`dev_valid_name`), plus the alias trap.
+pub(super) fn interface_problem(name: &str) -> Option<String> {
+    if name.is_empty() {
+        Some("is empty".to_owned())
+    } else if name.len() > 15 {
+        Some(format!("{name:?} is longer than 15 bytes (IFNAMSIZ)"))
+    } else if name == "."
+        || name == ".."
+        || name.contains('/')
+        || name.contains(char::is_whitespace)
+    {
+        Some(format!("{name:?} is not a valid interface name"))
+    } else if let Some((base, _)) = name.split_once(':') {
+        Some(format!(
+            "{name:?} is an address label (alias), not an interface: use {base:?}"
+        ))
+    } else {
+        None
+    }
+}
+
+/// A checked etcd endpoint.
+pub(super) struct Endpoint {
+    /// The URL as it will be used: scheme in lower case, trailing `/` removed.
+    pub(super) url: String,
+    pub(super) tls: bool,
+    pub(super) has_port: bool,
+}
+
+/// Check one etcd endpoint: `http://` or `https://`, a host, an optional non-zero port, no path,
+/// no user info.
+pub(super) fn endpoint(raw: &str) -> Result<Endpoint, String> {
+    let s = raw.trim();
+    if s.is_empty() {
+        return Err("an endpoint is empty (stray comma?)".to_owned());
+    }
+    let Some((scheme, rest)) = s.split_once("://") else {
+        return Err(format!(
+            "{s:?} has no scheme: write http://{s} or https://{s} (vip-manager failed silently \
+             on scheme-less endpoints, issue #157)"
+        ));
+    };
+    let tls = match scheme.to_ascii_lowercase().as_str() {
+        "http" => false,
+        "https" => true,
+        other => {
+            return Err(format!(
+                "{s:?} has scheme {other:?}; etcd endpoints are http:// or https://"
+            ));
+        }
+    };
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    if rest.contains('/') || rest.contains('?') || rest.contains('#') {
+        return Err(format!(
+            "{s:?} has a path or query; an etcd endpoint is scheme://host:port only"
+        ));
+    }
+    if rest.contains('@') {
+        return Err(format!(
+            "{s:?} carries user info; put credentials into etcd-user/etcd-password"
+        ));
+    }
+    let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
+        let Some((addr, after)) = v6.split_once(']') else {
+            return Err(format!("{s:?}: unterminated [IPv6] host"));
+        };
+        if addr.parse::<std::net::Ipv6Addr>().is_err() {
+            return Err(format!("{s:?}: [{addr}] is not an IPv6 address"));
+        }
+        match after {
+            "" => (addr, None),
+            p => match p.strip_prefix(':') {
+                Some(port) => (addr, Some(port)),
+                None => return Err(format!("{s:?}: unexpected {p:?} after the IPv6 host")),
+            },
+        }
+    } else {
+        match rest.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (rest, None),
+        }
+    };
+    if host.is_empty() {
+        return Err(format!("{s:?} has no host"));
+    }
+    if let Some(p) = port {
+        match p.parse::<u16>() {
+            Ok(1..) => {}
+            _ => return Err(format!("{s:?}: port {p:?} is not a port number 1..=65535")),
+        }
+    }
+    Ok(Endpoint {
+        url: format!("{}://{rest}", if tls { "https" } else { "http" }),
+        tls,
+        has_port: port.is_some(),
+    })
+}
+
+/// Levenshtein distance over bytes (keys are ASCII).
+pub(super) fn edit_distance(a: &str, b: &str) -> usize {
+    let b = b.as_bytes();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    let mut cur = vec![0; b.len() + 1];
+    for (i, ca) in a.bytes().enumerate() {
+        cur[0] = i + 1;
+        for (j, &cb) in b.iter().enumerate() {
+            let substitution = prev[j] + usize::from(ca != cb);
+            cur[j + 1] = substitution.min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        std::mem::swap(&mut prev, &mut cur);
+    }
+    prev[b.len()]
+}
+
+/// The candidate closest to `key` (case and `_`/`-` folded), if it is close enough to be a typo.
+pub(super) fn closest<'a>(key: &str, candidates: &[&'a str]) -> Option<&'a str> {
+    let folded = key.to_ascii_lowercase().replace('_', "-");
+    let (best, distance) = candidates
+        .iter()
+        .map(|c| (*c, edit_distance(&folded, c)))
+        .min_by_key(|&(_, d)| d)?;
+    let limit = (best.len().max(folded.len()) / 3).max(2);
+    (distance <= limit).then_some(best)
+}
