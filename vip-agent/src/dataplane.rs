@@ -175,6 +175,8 @@ pub enum DataplaneError {
 pub struct Dataplane {
     /// Interface name, for logs and errors.
     interface: String,
+    /// Interface index (in the namespace the data plane was opened in).
+    ifindex: u32,
     /// The interface's MAC: the sender of every reply (written into each VIP entry).
     mac: [u8; 6],
     /// `<pin_root>/<ifname>`.
@@ -267,6 +269,7 @@ impl Dataplane {
         let (state, stats) = open_pinned_maps(pin_dir)?;
         Ok(Some(Self {
             interface: facts.name.clone(),
+            ifindex: facts.index,
             mac,
             pin_dir: pin_dir.to_path_buf(),
             attachment,
@@ -392,6 +395,7 @@ impl Dataplane {
             .map_or(XdpAttachment::Generic, |(_, m)| m);
         Ok(Self {
             interface,
+            ifindex: facts.index,
             mac,
             pin_dir: pin_dir.to_path_buf(),
             attachment,
@@ -406,6 +410,12 @@ impl Dataplane {
     #[must_use]
     pub fn interface(&self) -> &str {
         &self.interface
+    }
+
+    /// Interface index.
+    #[must_use]
+    pub const fn ifindex(&self) -> u32 {
+        self.ifindex
     }
 
     /// The MAC our replies carry.

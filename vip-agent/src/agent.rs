@@ -1,0 +1,444 @@
+//! The daemon: wire leader followers, the data plane, addresses and gratuitous ARP together.
+//!
+//! Order of effects, per VIP:
+//! * **promotion**: data plane first (answering until the confirmed deadline, written by the
+//!   follower's synchronous hook within microseconds of the etcd event), then the kernel address
+//!   (rtnetlink, idempotent), then a gratuitous-ARP burst;
+//! * **demotion**: data plane first (fenced, same hook), then the address is removed;
+//! * **deadline passed** without a fresh confirmation: the program has already gone silent by itself;
+//!   the agent fences explicitly and removes the address;
+//! * **address drift**: an address removed by hand while we hold the VIP is put back at once (kernel
+//!   notification, not a timer); one added by hand while we do not is removed (the program keeps it
+//!   fenced either way).
+//! * **shutdown** (SIGTERM/SIGINT): fence, remove the address, leave the pinned program fenced.
+//!
+//! The agent starts fenced: nothing answers before the first successful read of the key.
+
+use std::{
+    collections::BTreeMap,
+    net::Ipv4Addr,
+    sync::{Arc, Mutex, PoisonError},
+};
+
+use tokio::sync::watch;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tracing::{debug, error, info, warn};
+
+use crate::{
+    address::{AddressError, AddressEvent, AddressEvents, Addresses, Vip},
+    clock::monotonic_ns,
+    config::{Config, GarpConfig, VipConfig},
+    dataplane::{AttachOptions, Dataplane, DataplaneError},
+    garp::{GarpError, GarpSender},
+    leader::{LeaderError, LeaderFollower, LeaderSettings, LeaderState},
+};
+
+/// Errors that stop the agent from starting. Once running, failures are logged and retried.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("data plane on {interface}: {source}")]
+    Dataplane {
+        interface: String,
+        #[source]
+        source: DataplaneError,
+    },
+    #[error("leader key {key}: {source}")]
+    Leader {
+        key: String,
+        #[source]
+        source: LeaderError,
+    },
+    #[error("VIP addresses: {0}")]
+    Address(#[from] AddressError),
+    #[error("gratuitous ARP on {interface}: {source}")]
+    Garp {
+        interface: String,
+        #[source]
+        source: GarpError,
+    },
+}
+
+/// A data plane shared by the VIPs of one interface. Map writes are single syscalls: a plain mutex.
+type SharedDataplane = Arc<Mutex<Dataplane>>;
+
+/// Run the agent until `shutdown` is cancelled; then fence every VIP and remove its address.
+///
+/// # Errors
+/// When startup fails (interface, privileges, foreign XDP program, bad TLS files, ...). Nothing is
+/// left answering: VIPs registered before the failure stay fenced.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AgentError> {
+    let addresses = Addresses::new()?;
+
+    // One data plane per interface, every VIP registered and fenced before anything else happens.
+    let mut dataplanes: BTreeMap<String, SharedDataplane> = BTreeMap::new();
+    for vip in &config.vips {
+        if dataplanes.contains_key(&vip.interface) {
+            continue;
+        }
+        let opts = AttachOptions {
+            interface: vip.interface.clone(),
+            mode: config.xdp_mode.into(),
+            pin_root: config.pin_path.clone(),
+        };
+        let dp = Dataplane::open(&opts)
+            .await
+            .map_err(|source| AgentError::Dataplane {
+                interface: vip.interface.clone(),
+                source,
+            })?;
+        dataplanes.insert(vip.interface.clone(), Arc::new(Mutex::new(dp)));
+    }
+    for (interface, dp) in &dataplanes {
+        prepare_dataplane(interface, dp, &config.vips)?;
+    }
+
+    // One follower per (key, value); each VIP subscribes to its follower.
+    let tasks = TaskTracker::new();
+    let followers_stop = CancellationToken::new();
+    let mut receivers: BTreeMap<(String, String), watch::Receiver<LeaderState>> = BTreeMap::new();
+    let mut followers = Vec::new();
+    for vip in &config.vips {
+        let id = (vip.trigger_key.clone(), vip.trigger_value.clone());
+        if receivers.contains_key(&id) {
+            continue;
+        }
+        let mut follower =
+            LeaderFollower::new(leader_settings(&config, vip)).map_err(|source| {
+                AgentError::Leader {
+                    key: vip.trigger_key.clone(),
+                    source,
+                }
+            })?;
+        let targets: Vec<(Ipv4Addr, SharedDataplane)> = config
+            .vips
+            .iter()
+            .filter(|v| v.trigger_key == vip.trigger_key && v.trigger_value == vip.trigger_value)
+            .filter_map(|v| {
+                dataplanes
+                    .get(&v.interface)
+                    .map(|dp| (v.ip, Arc::clone(dp)))
+            })
+            .collect();
+        follower.on_change(DataplaneWriter::new(vip.trigger_key.clone(), targets).into_hook());
+        receivers.insert(id, follower.subscribe());
+        followers.push(follower);
+    }
+
+    let vip_stop = CancellationToken::new();
+    for vip in &config.vips {
+        let Some(dp) = dataplanes.get(&vip.interface) else {
+            continue;
+        };
+        let Some(rx) = receivers.get(&(vip.trigger_key.clone(), vip.trigger_value.clone())) else {
+            continue;
+        };
+        let task = VipTask::new(
+            vip.clone(),
+            Arc::clone(dp),
+            addresses.clone(),
+            rx.clone(),
+            &config.garp,
+        )?;
+        tasks.spawn(task.run(vip_stop.clone()));
+    }
+    for follower in followers {
+        tasks.spawn(follower.run(followers_stop.clone()));
+    }
+    tasks.close();
+    info!(
+        vips = config.vips.len(),
+        interfaces = dataplanes.len(),
+        "vip-agent running"
+    );
+
+    shutdown.cancelled().await;
+    info!("shutting down: fencing every VIP");
+    // Stop following first, so no hook writes "answering" after the fence below.
+    followers_stop.cancel();
+    for (interface, dp) in &dataplanes {
+        let mut dp = dp.lock().unwrap_or_else(PoisonError::into_inner);
+        for vip in config.vips.iter().filter(|v| &v.interface == interface) {
+            if let Err(e) = dp.fence(vip.ip) {
+                error!(vip = %vip.ip, error = %e, "fence at shutdown failed");
+            }
+        }
+    }
+    vip_stop.cancel();
+    tasks.wait().await;
+    info!(
+        "stopped: every VIP fenced and its address removed; the XDP program stays attached, fenced"
+    );
+    Ok(())
+}
+
+/// Register and fence this interface's VIPs; forget VIPs left in adopted maps by an older config.
+fn prepare_dataplane(
+    interface: &str,
+    dp: &SharedDataplane,
+    vips: &[VipConfig],
+) -> Result<(), AgentError> {
+    let mut dp = dp.lock().unwrap_or_else(PoisonError::into_inner);
+    let err = |source| AgentError::Dataplane {
+        interface: interface.to_owned(),
+        source,
+    };
+    let ours: Vec<Ipv4Addr> = vips
+        .iter()
+        .filter(|v| v.interface == interface)
+        .map(|v| v.ip)
+        .collect();
+    for stale in dp
+        .snapshot()
+        .map_err(err)?
+        .into_iter()
+        .filter(|s| !ours.contains(&s.vip))
+    {
+        warn!(interface, vip = %stale.vip, "VIP in the pinned maps is no longer configured: forgetting it");
+        dp.unregister(stale.vip).map_err(err)?;
+    }
+    for vip in ours {
+        dp.register(vip).map_err(err)?;
+        dp.fence(vip).map_err(err)?;
+    }
+    Ok(())
+}
+
+fn leader_settings(config: &Config, vip: &VipConfig) -> LeaderSettings {
+    let mut s = LeaderSettings::new(
+        config.etcd.endpoints.clone(),
+        &vip.trigger_key,
+        &vip.trigger_value,
+    );
+    s.user.clone_from(&config.etcd.user);
+    s.password = config.etcd.password.as_ref().map(|p| p.expose().to_owned());
+    s.ca_file.clone_from(&config.etcd.ca_file);
+    s.cert_file.clone_from(&config.etcd.cert_file);
+    s.key_file.clone_from(&config.etcd.key_file);
+    s.fence_timeout = config.fence_timeout;
+    s
+}
+
+/// The follower hook: writes every published state into the maps, in the follower's task, before
+/// anyone else hears of it.
+struct DataplaneWriter {
+    key: String,
+    targets: Vec<(Ipv4Addr, SharedDataplane)>,
+    /// Whether the last write made the VIPs answer (for one log line per transition).
+    answering: bool,
+}
+
+impl DataplaneWriter {
+    fn new(key: String, targets: Vec<(Ipv4Addr, SharedDataplane)>) -> Self {
+        Self {
+            key,
+            targets,
+            answering: false,
+        }
+    }
+
+    fn into_hook(mut self) -> impl FnMut(&LeaderState) + Send + 'static {
+        move |state| self.apply(state)
+    }
+
+    fn apply(&mut self, state: &LeaderState) {
+        let now = monotonic_ns();
+        let answer = state.is_safe_at(now);
+        for (vip, dp) in &self.targets {
+            let mut dp = dp.lock().unwrap_or_else(PoisonError::into_inner);
+            let result = if answer {
+                dp.answer_until(*vip, state.safe_until_ns)
+            } else {
+                dp.fence(*vip)
+            };
+            if let Err(e) = result {
+                error!(vip = %vip, error = %e, "data plane write failed");
+            }
+        }
+        let done = monotonic_ns();
+        let latency_us = done.saturating_sub(state.observed_at_ns) / 1_000;
+        if answer != self.answering {
+            self.answering = answer;
+            info!(
+                key = %self.key,
+                role = if answer { "primary" } else { "fenced" },
+                reason = ?state.reason,
+                revision = state.revision,
+                deadline_in_ms = state.safe_until_ns.saturating_sub(now) / 1_000_000,
+                event_to_dataplane_us = latency_us,
+                "data plane {}", if answer { "answering" } else { "fenced" }
+            );
+        } else {
+            debug!(key = %self.key, reason = ?state.reason, revision = state.revision,
+                deadline_in_ms = state.safe_until_ns.saturating_sub(now) / 1_000_000,
+                event_to_dataplane_us = latency_us, "data plane updated");
+        }
+    }
+}
+
+/// The slow effects of one VIP: its kernel address and gratuitous ARP.
+struct VipTask {
+    config: VipConfig,
+    vip: Vip,
+    dataplane: SharedDataplane,
+    mac: [u8; 6],
+    addresses: Addresses,
+    events: AddressEvents,
+    leader: watch::Receiver<LeaderState>,
+    garp: Arc<GarpSender>,
+    garp_config: GarpConfig,
+    tasks: TaskTracker,
+}
+
+impl VipTask {
+    fn new(
+        config: VipConfig,
+        dataplane: SharedDataplane,
+        addresses: Addresses,
+        leader: watch::Receiver<LeaderState>,
+        garp_config: &GarpConfig,
+    ) -> Result<Self, AgentError> {
+        let (ifindex, mac) = {
+            let dp = dataplane.lock().unwrap_or_else(PoisonError::into_inner);
+            (dp.ifindex(), dp.mac())
+        };
+        let garp = GarpSender::open(ifindex).map_err(|source| AgentError::Garp {
+            interface: config.interface.clone(),
+            source,
+        })?;
+        Ok(Self {
+            vip: Vip {
+                ifindex,
+                address: config.ip,
+                prefix_len: config.prefix_len,
+            },
+            config,
+            dataplane,
+            mac,
+            addresses,
+            events: AddressEvents::subscribe()?,
+            leader,
+            garp: Arc::new(garp),
+            garp_config: *garp_config,
+            tasks: TaskTracker::new(),
+        })
+    }
+
+    async fn run(mut self, stop: CancellationToken) {
+        let mut holding = false;
+        let mut garp_stop = CancellationToken::new();
+        // Whatever a previous run left: not ours until a read says so.
+        self.converge_address(false).await;
+        loop {
+            let state = *self.leader.borrow_and_update();
+            let now = monotonic_ns();
+            let want = state.is_safe_at(now);
+            if want != holding {
+                holding = want;
+                if want {
+                    info!(vip = %self.vip, interface = %self.config.interface, "promoted: adding address, announcing");
+                    self.converge_address(true).await;
+                    garp_stop = CancellationToken::new();
+                    self.spawn_garp(garp_stop.clone());
+                } else {
+                    garp_stop.cancel();
+                    if state.primary && state.safe_until_ns <= now {
+                        warn!(vip = %self.vip, reason = ?state.reason,
+                            "leadership not confirmed before the deadline: fenced by the data plane");
+                        self.fence();
+                    }
+                    info!(vip = %self.vip, interface = %self.config.interface, "demoted: removing address");
+                    self.converge_address(false).await;
+                }
+            }
+            let deadline = holding.then(|| state.safe_until_ns);
+            tokio::select! {
+                biased;
+                () = stop.cancelled() => break,
+                changed = self.leader.changed() => {
+                    if changed.is_err() {
+                        // The follower ended (shutdown): hold nothing we cannot confirm.
+                        stop.cancelled().await;
+                        break;
+                    }
+                }
+                () = sleep_until_ns(deadline) => {}
+                event = self.events.next() => self.on_address_event(event, holding).await,
+            }
+        }
+        garp_stop.cancel();
+        self.fence();
+        self.converge_address(false).await;
+        self.tasks.close();
+        self.tasks.wait().await;
+    }
+
+    fn fence(&self) {
+        let mut dp = self
+            .dataplane
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Err(e) = dp.fence(self.vip.address) {
+            error!(vip = %self.vip, error = %e, "fence failed");
+        }
+    }
+
+    fn spawn_garp(&self, stop: CancellationToken) {
+        let garp = Arc::clone(&self.garp);
+        let (mac, vip) = (self.mac, self.vip);
+        let schedule: Vec<_> = self.garp_config.schedule().collect();
+        self.tasks.spawn(async move {
+            match garp.burst(mac, vip.address, schedule, &stop).await {
+                Ok(n) => debug!(vip = %vip, announcements = n, "gratuitous ARP burst done"),
+                Err(e) => warn!(vip = %vip, error = %e, "gratuitous ARP failed"),
+            }
+        });
+    }
+
+    async fn on_address_event(&self, event: Option<AddressEvent>, holding: bool) {
+        match event {
+            Some(AddressEvent::Removed(v))
+                if holding && v.ifindex == self.vip.ifindex && v.address == self.vip.address =>
+            {
+                warn!(vip = %self.vip, "VIP address removed from the interface while primary: putting it back");
+                self.converge_address(true).await;
+            }
+            Some(AddressEvent::Added(v))
+                if !holding && v.ifindex == self.vip.ifindex && v.address == self.vip.address =>
+            {
+                warn!(vip = %self.vip, "VIP address added to the interface while not primary: removing it (the data plane keeps it fenced)");
+                self.converge_address(false).await;
+            }
+            Some(_) => {}
+            None => {
+                error!(vip = %self.vip, "address notifications ended; drift is no longer corrected");
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
+    async fn converge_address(&self, present: bool) {
+        let result = if present {
+            self.addresses.add(self.vip).await
+        } else {
+            self.addresses.remove(self.vip).await
+        };
+        match result {
+            Ok(change) => debug!(vip = %self.vip, present, ?change, "address converged"),
+            Err(e) => error!(vip = %self.vip, present, error = %e, "address change failed"),
+        }
+    }
+}
+
+/// Sleep until kernel monotonic time `deadline_ns`; forever when `None`.
+async fn sleep_until_ns(deadline_ns: Option<u64>) {
+    match deadline_ns {
+        Some(deadline) => {
+            let now = monotonic_ns();
+            tokio::time::sleep(std::time::Duration::from_nanos(
+                deadline.saturating_sub(now),
+            ))
+            .await;
+        }
+        None => std::future::pending().await,
+    }
+}
