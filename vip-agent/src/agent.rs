@@ -30,7 +30,8 @@ use crate::{
     config::{Config, GarpConfig, VipConfig},
     dataplane::{AttachOptions, Dataplane, DataplaneError},
     garp::{GarpError, GarpSender},
-    leader::{LeaderError, LeaderFollower, LeaderSettings, LeaderState},
+    leader::{LeaderError, LeaderFollower, LeaderSettings, LeaderState, Reason},
+    metrics::{self, MetricsError, Registry},
 };
 
 /// Errors that stop the agent from starting. Once running, failures are logged and retried.
@@ -50,6 +51,8 @@ pub enum AgentError {
     },
     #[error("VIP addresses: {0}")]
     Address(#[from] AddressError),
+    #[error(transparent)]
+    Metrics(#[from] MetricsError),
     #[error("gratuitous ARP on {interface}: {source}")]
     Garp {
         interface: String,
@@ -91,6 +94,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
     for (interface, dp) in &dataplanes {
         prepare_dataplane(interface, dp, &config.vips)?;
     }
+    let registry = Registry::default();
+    for vip in &config.vips {
+        registry.register(vip.ip, &vip.interface, &vip.trigger_key);
+    }
+    registry.set_snapshot(snapshot_fn(&config.vips, &dataplanes));
+    // Bound before any task starts: a taken port is a startup error with nothing left running.
+    let listener = metrics::bind(config.metrics_address).await?;
 
     // One follower per (key, value); each VIP subscribes to its follower.
     let tasks = TaskTracker::new();
@@ -119,12 +129,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
                     .map(|dp| (v.ip, Arc::clone(dp)))
             })
             .collect();
-        follower.on_change(DataplaneWriter::new(vip.trigger_key.clone(), targets).into_hook());
+        follower.on_change(
+            DataplaneWriter::new(vip.trigger_key.clone(), targets, registry.clone()).into_hook(),
+        );
         receivers.insert(id, follower.subscribe());
         followers.push(follower);
     }
 
-    let vip_stop = CancellationToken::new();
+    // Everything fallible is built before the first task starts.
+    let mut vip_tasks = Vec::new();
     for vip in &config.vips {
         let Some(dp) = dataplanes.get(&vip.interface) else {
             continue;
@@ -132,18 +145,27 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
         let Some(rx) = receivers.get(&(vip.trigger_key.clone(), vip.trigger_value.clone())) else {
             continue;
         };
-        let task = VipTask::new(
+        vip_tasks.push(VipTask::new(
             vip.clone(),
             Arc::clone(dp),
             addresses.clone(),
             rx.clone(),
             &config.garp,
-        )?;
+        )?);
+    }
+    let vip_stop = CancellationToken::new();
+    for task in vip_tasks {
         tasks.spawn(task.run(vip_stop.clone()));
     }
     for follower in followers {
         tasks.spawn(follower.run(followers_stop.clone()));
     }
+    let metrics_stop = CancellationToken::new();
+    tasks.spawn(metrics::serve(
+        listener,
+        registry.clone(),
+        metrics_stop.clone(),
+    ));
     tasks.close();
     info!(
         vips = config.vips.len(),
@@ -164,11 +186,40 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
         }
     }
     vip_stop.cancel();
+    metrics_stop.cancel();
     tasks.wait().await;
     info!(
         "stopped: every VIP fenced and its address removed; the XDP program stays attached, fenced"
     );
     Ok(())
+}
+
+/// Reads every VIP's map entry and counters (for the metrics page, at scrape time).
+fn snapshot_fn(
+    vips: &[VipConfig],
+    dataplanes: &BTreeMap<String, SharedDataplane>,
+) -> metrics::SnapshotFn {
+    let targets: Vec<(Ipv4Addr, SharedDataplane)> = vips
+        .iter()
+        .filter_map(|v| {
+            dataplanes
+                .get(&v.interface)
+                .map(|dp| (v.ip, Arc::clone(dp)))
+        })
+        .collect();
+    Arc::new(move || {
+        targets
+            .iter()
+            .map(|(vip, dp)| {
+                let dp = dp.lock().unwrap_or_else(PoisonError::into_inner);
+                (
+                    *vip,
+                    dp.state(*vip).ok().flatten(),
+                    dp.stats(*vip).unwrap_or_default(),
+                )
+            })
+            .collect()
+    })
 }
 
 /// Register and fence this interface's VIPs; forget VIPs left in adopted maps by an older config.
@@ -223,15 +274,17 @@ fn leader_settings(config: &Config, vip: &VipConfig) -> LeaderSettings {
 struct DataplaneWriter {
     key: String,
     targets: Vec<(Ipv4Addr, SharedDataplane)>,
+    registry: Registry,
     /// Whether the last write made the VIPs answer (for one log line per transition).
     answering: bool,
 }
 
 impl DataplaneWriter {
-    fn new(key: String, targets: Vec<(Ipv4Addr, SharedDataplane)>) -> Self {
+    fn new(key: String, targets: Vec<(Ipv4Addr, SharedDataplane)>, registry: Registry) -> Self {
         Self {
             key,
             targets,
+            registry,
             answering: false,
         }
     }
@@ -256,7 +309,15 @@ impl DataplaneWriter {
         }
         let done = monotonic_ns();
         let latency_us = done.saturating_sub(state.observed_at_ns) / 1_000;
-        if answer != self.answering {
+        let transition = answer != self.answering;
+        for (vip, _) in &self.targets {
+            self.registry.record_write(*vip, transition, latency_us);
+        }
+        self.registry.set_etcd(
+            !matches!(state.reason, Reason::EtcdUnreachable | Reason::Startup),
+            state.revision,
+        );
+        if transition {
             self.answering = answer;
             info!(
                 key = %self.key,

@@ -87,40 +87,87 @@ fn init_logging(verbose: bool) {
 fn run(args: &ConfigArgs) -> Result<()> {
     let config = config::load(args)?;
     init_logging(config.verbose);
-    config.log_notices();
-    for notice in config.validate_host()? {
-        notice.log();
-    }
+    validate(&config)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .context("start the tokio runtime")?;
-    runtime.block_on(async {
-        let shutdown = CancellationToken::new();
-        let signals = tokio::spawn(watch_signals(shutdown.clone()));
-        let result = vip_agent::agent::run(config, shutdown).await;
-        signals.abort();
-        result.map_err(anyhow::Error::from)
-    })
+    runtime.block_on(supervise(args, config))
 }
 
-/// SIGTERM/SIGINT: graceful shutdown (fence, remove the address, exit 0).
-async fn watch_signals(shutdown: CancellationToken) {
+fn validate(config: &config::Config) -> Result<()> {
+    config.log_notices();
+    for notice in config.validate_host()? {
+        notice.log();
+    }
+    Ok(())
+}
+
+/// Run the agent; SIGTERM/SIGINT stop it (fence, remove the address, exit 0); SIGHUP re-reads the
+/// configuration and, when it changed, restarts the agent with it (a bad new configuration is
+/// logged and the running one kept).
+async fn supervise(args: &ConfigArgs, mut config: config::Config) -> Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        error!("cannot install signal handlers; stop the agent with SIGKILL only as a last resort");
-        return;
-    };
-    let name = tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
-    };
-    info!(signal = name, "shutdown requested");
-    shutdown.cancel();
+    let mut term = signal(SignalKind::terminate()).context("install the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("install the SIGINT handler")?;
+    let mut hup = signal(SignalKind::hangup()).context("install the SIGHUP handler")?;
+    loop {
+        let shutdown = CancellationToken::new();
+        let agent = tokio::spawn(vip_agent::agent::run(config.clone(), shutdown.clone()));
+        tokio::pin!(agent);
+        let next = loop {
+            tokio::select! {
+                result = &mut agent => {
+                    // The agent only returns by itself when it could not start.
+                    return result.context("the agent task panicked")?.map_err(anyhow::Error::from);
+                }
+                _ = term.recv() => break None,
+                _ = int.recv() => break None,
+                _ = hup.recv() => match config::load(args).map_err(anyhow::Error::from).and_then(|c| validate(&c).map(|()| c)) {
+                    Err(e) => error!(error = %format!("{e:#}"), "SIGHUP: the new configuration is invalid; keeping the running one"),
+                    Ok(new) if same_effect(&new, &config) => info!("SIGHUP: configuration unchanged"),
+                    Ok(new) => break Some(new),
+                },
+            }
+        };
+        match &next {
+            None => info!("shutdown requested"),
+            Some(_) => {
+                info!("SIGHUP: configuration changed; restarting the agent (VIPs fenced meanwhile)")
+            }
+        }
+        shutdown.cancel();
+        agent.await.context("the agent task panicked")??;
+        match next {
+            None => return Ok(()),
+            Some(new) => config = new,
+        }
+    }
+}
+
+/// Whether two configurations would run the same agent (notices and provenance aside).
+fn same_effect(a: &config::Config, b: &config::Config) -> bool {
+    let config::Config {
+        vips,
+        etcd,
+        garp,
+        fence_timeout,
+        xdp_mode,
+        metrics_address,
+        pin_path,
+        verbose,
+        notices: _,
+        provenance: _,
+    } = a;
+    *vips == b.vips
+        && *etcd == b.etcd
+        && *garp == b.garp
+        && *fence_timeout == b.fence_timeout
+        && *xdp_mode == b.xdp_mode
+        && *metrics_address == b.metrics_address
+        && *pin_path == b.pin_path
+        && *verbose == b.verbose
 }
 
 fn check(args: &ConfigArgs) -> Result<()> {

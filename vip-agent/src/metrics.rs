@@ -1,0 +1,422 @@
+//! Prometheus metrics and health checks over plain HTTP/1.1 (loopback by default).
+//!
+//! * `GET /metrics`: text exposition: per VIP role, deadline remaining, transitions, last event ->
+//!   data plane latency, etcd state and revision, and the XDP per-CPU counters summed;
+//! * `GET /health`: 200 while the agent runs and its leader followers reach etcd, 503 otherwise;
+//! * `GET /primary`: 200 only while this node answers for at least one VIP (or for `?vip=ADDR`),
+//!   503 otherwise, so HAProxy or a load balancer can check it.
+//!
+//! The server is deliberately tiny (one request per connection, bounded request size and time): it
+//! serves scrapes and health checks, nothing else.
+
+use std::{
+    fmt::Write as _,
+    net::{Ipv4Addr, SocketAddr},
+    sync::{Arc, Mutex, PoisonError},
+    time::Duration,
+};
+
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::{TcpListener, TcpStream},
+};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+use vip_common::{VipState, VipStats};
+
+use crate::clock::monotonic_ns;
+
+/// What the agent knows about one VIP, for the metrics page.
+#[derive(Clone, Debug, Default)]
+pub struct VipReport {
+    pub vip: Option<Ipv4Addr>,
+    pub interface: String,
+    pub trigger_key: String,
+    /// The data plane's current entry.
+    pub state: Option<VipState>,
+    pub stats: VipStats,
+    /// Promotions + demotions seen by the agent.
+    pub transitions: u64,
+    /// Last watch event -> map write, in microseconds.
+    pub last_event_to_dataplane_us: u64,
+}
+
+/// Reads the data plane's current entries at scrape time: `(vip, state, summed counters)`.
+pub type SnapshotFn = Arc<dyn Fn() -> Vec<(Ipv4Addr, Option<VipState>, VipStats)> + Send + Sync>;
+
+/// Shared registry the agent updates and the HTTP server reads.
+#[derive(Clone, Default)]
+pub struct Registry {
+    inner: Arc<Mutex<Inner>>,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry").finish_non_exhaustive()
+    }
+}
+
+#[derive(Default)]
+struct Inner {
+    vips: Vec<VipReport>,
+    etcd_connected: bool,
+    watch_revision: i64,
+    snapshot: Option<SnapshotFn>,
+}
+
+impl Registry {
+    /// Announce a VIP (once, at startup).
+    pub fn register(&self, vip: Ipv4Addr, interface: &str, trigger_key: &str) {
+        self.lock().vips.push(VipReport {
+            vip: Some(vip),
+            interface: interface.to_owned(),
+            trigger_key: trigger_key.to_owned(),
+            ..VipReport::default()
+        });
+    }
+
+    /// Where fresh map entries come from at scrape time.
+    pub fn set_snapshot(&self, snapshot: SnapshotFn) {
+        self.lock().snapshot = Some(snapshot);
+    }
+
+    /// A data-plane write for `vip`: whether it changed the role, and its event -> map latency.
+    pub fn record_write(&self, vip: Ipv4Addr, transition: bool, latency_us: u64) {
+        let mut inner = self.lock();
+        if let Some(r) = inner.vips.iter_mut().find(|r| r.vip == Some(vip)) {
+            r.transitions += u64::from(transition);
+            r.last_event_to_dataplane_us = latency_us;
+        }
+    }
+
+    /// Replace the per-VIP reports (tests).
+    pub fn set_vips(&self, vips: Vec<VipReport>) {
+        self.lock().vips = vips;
+    }
+
+    /// Record the etcd connection state and the revision the watch has reached.
+    pub fn set_etcd(&self, connected: bool, revision: i64) {
+        let mut inner = self.lock();
+        inner.etcd_connected = connected;
+        inner.watch_revision = inner.watch_revision.max(revision);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Pull fresh map entries into the reports.
+    fn refresh(&self) {
+        let snapshot = self.lock().snapshot.clone();
+        let Some(snapshot) = snapshot else {
+            return;
+        };
+        let fresh = snapshot();
+        let mut inner = self.lock();
+        for (vip, state, stats) in fresh {
+            if let Some(r) = inner.vips.iter_mut().find(|r| r.vip == Some(vip)) {
+                r.state = state;
+                r.stats = stats;
+            }
+        }
+    }
+
+    /// Whether this node answers for `vip` (or for any VIP when `None`) at this moment.
+    #[must_use]
+    pub fn answering(&self, vip: Option<Ipv4Addr>) -> bool {
+        self.refresh();
+        let now = monotonic_ns();
+        self.lock()
+            .vips
+            .iter()
+            .filter(|r| vip.is_none() || r.vip == vip)
+            .any(|r| r.state.is_some_and(|s| s.answering_at(now)))
+    }
+
+    /// The Prometheus text exposition.
+    #[must_use]
+    pub fn render(&self) -> String {
+        self.refresh();
+        let now = monotonic_ns();
+        let inner = self.lock();
+        let mut out = String::new();
+        let mut family =
+            |name: &str,
+             kind: &str,
+             help: &str,
+             rows: &mut dyn Iterator<Item = (String, String)>| {
+                let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+                for (labels, value) in rows {
+                    let _ = writeln!(out, "{name}{{{labels}}} {value}");
+                }
+            };
+        let labels = |r: &VipReport| {
+            format!(
+                "vip=\"{}\",interface=\"{}\",key=\"{}\"",
+                r.vip.map_or_else(String::new, |v| v.to_string()),
+                escape(&r.interface),
+                escape(&r.trigger_key)
+            )
+        };
+        let per_vip = |f: &dyn Fn(&VipReport) -> String| -> Vec<(String, String)> {
+            inner.vips.iter().map(|r| (labels(r), f(r))).collect()
+        };
+        family(
+            "vip_agent_answering",
+            "gauge",
+            "1 while this node's XDP program answers for the VIP, 0 while it fences it.",
+            &mut per_vip(&|r| u8::from(r.state.is_some_and(|s| s.answering_at(now))).to_string())
+                .into_iter(),
+        );
+        family(
+            "vip_agent_deadline_remaining_seconds",
+            "gauge",
+            "Time until the data plane stops answering unless leadership is confirmed again.",
+            &mut per_vip(&|r| {
+                let ns = r.state.map_or(0, |s| s.deadline_ns.saturating_sub(now));
+                format!("{:.3}", ns as f64 / 1e9)
+            })
+            .into_iter(),
+        );
+        family(
+            "vip_agent_transitions_total",
+            "counter",
+            "Promotions and demotions of the VIP on this node.",
+            &mut per_vip(&|r| r.transitions.to_string()).into_iter(),
+        );
+        family(
+            "vip_agent_event_to_dataplane_microseconds",
+            "gauge",
+            "Last etcd response -> BPF map write latency.",
+            &mut per_vip(&|r| r.last_event_to_dataplane_us.to_string()).into_iter(),
+        );
+        for (name, help, get) in [
+            (
+                "vip_agent_xdp_arp_replied_total",
+                "ARP requests for the VIP answered by XDP.",
+                (|s: &VipStats| s.arp_replied) as fn(&VipStats) -> u64,
+            ),
+            (
+                "vip_agent_xdp_arp_dropped_total",
+                "ARP requests for the VIP dropped by XDP.",
+                |s| s.arp_dropped,
+            ),
+            (
+                "vip_agent_xdp_ipv4_dropped_total",
+                "IPv4 packets to the VIP dropped by XDP while fenced.",
+                |s| s.ipv4_dropped,
+            ),
+            (
+                "vip_agent_xdp_conflicts_total",
+                "ARP frames claiming the VIP from another MAC while answering.",
+                |s| s.conflicts,
+            ),
+        ] {
+            family(
+                name,
+                "counter",
+                help,
+                &mut per_vip(&|r| get(&r.stats).to_string()).into_iter(),
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP vip_agent_etcd_connected 1 while the leader followers reach etcd.\n# TYPE vip_agent_etcd_connected gauge\nvip_agent_etcd_connected {}",
+            u8::from(inner.etcd_connected)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP vip_agent_watch_revision etcd revision the leader watch has reached.\n# TYPE vip_agent_watch_revision gauge\nvip_agent_watch_revision {}",
+            inner.watch_revision
+        );
+        out
+    }
+
+    fn healthy(&self) -> bool {
+        self.lock().etcd_connected
+    }
+}
+
+fn escape(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// Errors of the metrics server.
+#[derive(Debug, thiserror::Error)]
+pub enum MetricsError {
+    #[error("bind the metrics address {address}: {source}")]
+    Bind {
+        address: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Bind the metrics address (at startup, so a taken port is a startup error).
+///
+/// # Errors
+/// When the address cannot be bound.
+pub async fn bind(address: SocketAddr) -> Result<TcpListener, MetricsError> {
+    TcpListener::bind(address)
+        .await
+        .map_err(|source| MetricsError::Bind { address, source })
+}
+
+/// Serve scrapes and health checks on `listener` until `stop` is cancelled.
+pub async fn serve(listener: TcpListener, registry: Registry, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            biased;
+            () = stop.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let registry = registry.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = handle(stream, &registry).await {
+                            debug!(%peer, error = %e, "metrics request failed");
+                        }
+                    });
+                }
+                Err(e) => {
+                    warn!(error = %e, "metrics accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+        }
+    }
+}
+
+/// Requests larger than this are refused: a scrape is one short line plus headers.
+const MAX_REQUEST: usize = 8 * 1024;
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+async fn handle(mut stream: TcpStream, registry: &Registry) -> std::io::Result<()> {
+    let mut buf = Vec::with_capacity(1024);
+    let head = tokio::time::timeout(REQUEST_TIMEOUT, async {
+        let mut chunk = [0u8; 1024];
+        loop {
+            let n = stream.read(&mut chunk).await?;
+            if n == 0 {
+                break;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+            if buf.windows(4).any(|w| w == b"\r\n\r\n") || buf.len() > MAX_REQUEST {
+                break;
+            }
+        }
+        Ok::<_, std::io::Error>(())
+    })
+    .await;
+    if head.is_err() {
+        return Ok(());
+    }
+    let line = String::from_utf8_lossy(&buf);
+    let mut parts = line.split_whitespace();
+    let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let (status, body) = route(method, target, registry);
+    let response = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(response.as_bytes()).await?;
+    stream.shutdown().await
+}
+
+fn route(method: &str, target: &str, registry: &Registry) -> (&'static str, String) {
+    if method != "GET" && method != "HEAD" {
+        return ("405 Method Not Allowed", "only GET\n".to_owned());
+    }
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    match path {
+        "/metrics" => ("200 OK", registry.render()),
+        "/health" if registry.healthy() => ("200 OK", "ok\n".to_owned()),
+        "/health" => ("503 Service Unavailable", "etcd unreachable\n".to_owned()),
+        "/primary" => {
+            let vip = query.strip_prefix("vip=").map(str::parse::<Ipv4Addr>);
+            match vip {
+                Some(Err(_)) => (
+                    "400 Bad Request",
+                    "vip= must be an IPv4 address\n".to_owned(),
+                ),
+                Some(Ok(v)) if registry.answering(Some(v)) => ("200 OK", "primary\n".to_owned()),
+                None if registry.answering(None) => ("200 OK", "primary\n".to_owned()),
+                _ => ("503 Service Unavailable", "not primary\n".to_owned()),
+            }
+        }
+        _ => (
+            "404 Not Found",
+            "try /metrics, /health or /primary\n".to_owned(),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn registry(deadline_ns: u64) -> Registry {
+        let r = Registry::default();
+        r.set_vips(vec![VipReport {
+            vip: Some(Ipv4Addr::new(10, 0, 0, 5)),
+            interface: "eth0".into(),
+            trigger_key: "/service/pg/leader".into(),
+            state: Some(VipState::answering_until([2, 0, 0, 0, 0, 1], deadline_ns)),
+            stats: VipStats {
+                arp_replied: 7,
+                ..VipStats::default()
+            },
+            transitions: 2,
+            last_event_to_dataplane_us: 40,
+        }]);
+        r
+    }
+
+    #[test]
+    fn primary_endpoint_follows_the_deadline() {
+        let answering = registry(monotonic_ns() + 60_000_000_000);
+        assert_eq!(route("GET", "/primary", &answering).0, "200 OK");
+        assert_eq!(
+            route("GET", "/primary?vip=10.0.0.5", &answering).0,
+            "200 OK"
+        );
+        assert_eq!(
+            route("GET", "/primary?vip=10.0.0.6", &answering).0,
+            "503 Service Unavailable"
+        );
+        assert_eq!(
+            route("GET", "/primary?vip=nonsense", &answering).0,
+            "400 Bad Request"
+        );
+        let expired = registry(monotonic_ns().saturating_sub(1));
+        assert_eq!(
+            route("GET", "/primary", &expired).0,
+            "503 Service Unavailable"
+        );
+    }
+
+    #[test]
+    fn health_follows_etcd() {
+        let r = registry(0);
+        assert_eq!(route("GET", "/health", &r).0, "503 Service Unavailable");
+        r.set_etcd(true, 42);
+        assert_eq!(route("GET", "/health", &r).0, "200 OK");
+        assert!(r.render().contains("vip_agent_watch_revision 42"));
+    }
+
+    #[test]
+    fn metrics_page_carries_role_and_counters() {
+        let page = registry(monotonic_ns() + 60_000_000_000).render();
+        assert!(page.contains(
+            "vip_agent_answering{vip=\"10.0.0.5\",interface=\"eth0\",key=\"/service/pg/leader\"} 1"
+        ));
+        assert!(page.contains("vip_agent_xdp_arp_replied_total{vip=\"10.0.0.5\",interface=\"eth0\",key=\"/service/pg/leader\"} 7"));
+        assert!(page.contains("vip_agent_transitions_total{"));
+        assert_eq!(
+            route("POST", "/metrics", &registry(0)).0,
+            "405 Method Not Allowed"
+        );
+        assert_eq!(route("GET", "/nope", &registry(0)).0, "404 Not Found");
+    }
+}
