@@ -41,7 +41,7 @@ pub enum AgentError {
     Dataplane {
         interface: String,
         #[source]
-        source: DataplaneError,
+        source: Box<DataplaneError>,
     },
     #[error("leader key {key}: {source}")]
     Leader {
@@ -87,7 +87,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
             .await
             .map_err(|source| AgentError::Dataplane {
                 interface: vip.interface.clone(),
-                source,
+                source: Box::new(source),
             })?;
         dataplanes.insert(vip.interface.clone(), Arc::new(Mutex::new(dp)));
     }
@@ -231,7 +231,7 @@ fn prepare_dataplane(
     let mut dp = dp.lock().unwrap_or_else(PoisonError::into_inner);
     let err = |source| AgentError::Dataplane {
         interface: interface.to_owned(),
-        source,
+        source: Box::new(source),
     };
     let ours: Vec<Ipv4Addr> = vips
         .iter()
@@ -326,6 +326,7 @@ impl DataplaneWriter {
                 revision = state.revision,
                 deadline_in_ms = state.safe_until_ns.saturating_sub(now) / 1_000_000,
                 event_to_dataplane_us = latency_us,
+                dataplane_at_ns = done,
                 "data plane {}", if answer { "answering" } else { "fenced" }
             );
         } else {
@@ -411,7 +412,7 @@ impl VipTask {
                     self.converge_address(false).await;
                 }
             }
-            let deadline = holding.then(|| state.safe_until_ns);
+            let deadline = holding.then_some(state.safe_until_ns);
             tokio::select! {
                 biased;
                 () = stop.cancelled() => break,

@@ -6,7 +6,12 @@
 //! * [`leader`]: the etcd v3 watch on the Patroni leader key and leadership confirmation;
 //! * [`clock`]: the kernel monotonic clock shared with the XDP program.
 
+pub mod address;
+pub mod agent;
 pub mod clock;
 pub mod config;
 pub mod dataplane;
+pub mod garp;
 pub mod leader;
+pub mod metrics;
+pub mod netlink;
