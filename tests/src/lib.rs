@@ -1,1 +1,85 @@
-//! test helpers
+//! Test topologies for vip-agent, shared by the privileged tests, `cargo xtask demo` and the benchmark.
+//!
+//! * [`require_privileges`]: skip loudly when not root, fail under CI (a skip is not a pass there);
+//! * [`NetNs`]: a network namespace with a unique name, removed on drop; processes started in it
+//!   ([`NetNs::spawn`]) are killed by PID on drop; [`NetNs::run_in`] runs Rust code inside it;
+//! * [`veth_pair`], [`Bridge`]: links between namespaces, with unique interface names;
+//! * [`arp::ArpSocket`]: a raw-socket ARP prober.
+//!
+//! Processes enter a namespace with `nsenter --net` only (not `ip netns exec`), so they keep the
+//! host's mount namespace and bpffs: pins made there outlive the process, as in production.
+//!
+//! Network rule: every address used lives inside namespaces created here (10.77.0.0/16).
+
+pub mod arp;
+mod netns;
+
+pub use netns::{Bridge, ChildGuard, NetNs, unique_name, veth_pair};
+
+/// Environment variable that turns a privilege skip into a failure (set by `cargo xtask test` in CI).
+pub const REQUIRE_PRIVILEGES: &str = "VIP_TESTS_REQUIRE_PRIVILEGES";
+
+/// Whether the privileged test `test` can run: root, and network namespaces can be created.
+///
+/// Otherwise it prints a loud `SKIPPED` line and returns `false`, unless `CI=true` or
+/// [`REQUIRE_PRIVILEGES`]`=1`, where it panics: under CI a skipped privileged test is a failure.
+///
+/// # Panics
+/// Under CI, when the privileges are missing.
+#[must_use]
+pub fn require_privileges(test: &str) -> bool {
+    let reason = if nix::unistd::geteuid().is_root() {
+        if std::path::Path::new("/proc/self/ns/net").exists() {
+            None
+        } else {
+            Some("network namespaces are not available")
+        }
+    } else {
+        Some("needs root (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN for network namespaces)")
+    };
+    let Some(reason) = reason else {
+        return true;
+    };
+    let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+        || std::env::var(REQUIRE_PRIVILEGES).is_ok_and(|v| v == "1");
+    assert!(
+        !ci,
+        "{test}: {reason}; privileged tests may not skip under CI"
+    );
+    eprintln!("SKIPPED {test}: {reason}. Run as root (cargo xtask test) to run it.");
+    false
+}
+
+/// Parse `aa:bb:cc:dd:ee:ff`.
+#[must_use]
+pub fn parse_mac(text: &str) -> Option<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    let mut parts = text.split(':');
+    for byte in &mut mac {
+        *byte = u8::from_str_radix(parts.next()?, 16).ok()?;
+    }
+    parts.next().is_none().then_some(mac)
+}
+
+/// Format a MAC as `aa:bb:cc:dd:ee:ff`.
+#[must_use]
+pub fn format_mac(mac: &[u8; 6]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mac_round_trip() {
+        let mac = [0x02, 0xab, 0, 1, 0xfe, 0xff];
+        assert_eq!(parse_mac(&format_mac(&mac)), Some(mac));
+        assert_eq!(parse_mac("02:ab:00:01:fe"), None);
+        assert_eq!(parse_mac("02:ab:00:01:fe:ff:00"), None);
+        assert_eq!(parse_mac("zz:ab:00:01:fe:ff"), None);
+    }
+}

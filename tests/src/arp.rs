@@ -1,0 +1,231 @@
+//! A raw-socket ARP prober: send requests or arbitrary frames, collect the ARP frames that arrive.
+//!
+//! Open it on a thread inside the namespace ([`crate::NetNs::run_in`]): the socket belongs to the
+//! namespace of the thread that creates it.
+
+use std::{
+    ffi::CString,
+    io,
+    net::Ipv4Addr,
+    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    time::{Duration, Instant},
+};
+
+use vip_common::frame::{ARP_FRAME_LEN, ARP_OP_REQUEST, ArpView, build_arp};
+
+const ETH_P_ARP: u16 = 0x0806;
+
+/// An ARP frame seen on the wire.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ArpSeen {
+    pub eth_dst: [u8; 6],
+    pub eth_src: [u8; 6],
+    pub arp: ArpView,
+    /// When it was read (monotonic).
+    pub at: Instant,
+}
+
+/// An `AF_PACKET` socket bound to one interface for ARP.
+#[derive(Debug)]
+pub struct ArpSocket {
+    fd: OwnedFd,
+    mac: [u8; 6],
+}
+
+impl ArpSocket {
+    /// Open a socket on `ifname` (in the calling thread's namespace).
+    ///
+    /// # Errors
+    /// When the interface does not exist or the socket cannot be created.
+    pub fn open(ifname: &str) -> io::Result<Self> {
+        let cname = CString::new(ifname)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in name"))?;
+        // SAFETY: valid NUL-terminated string.
+        let ifindex = unsafe { libc::if_nametoindex(cname.as_ptr()) };
+        if ifindex == 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: plain socket(2); checked below.
+        let raw = unsafe {
+            libc::socket(
+                libc::AF_PACKET,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                i32::from(ETH_P_ARP.to_be()),
+            )
+        };
+        if raw < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: fresh descriptor owned by nobody else.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        // SAFETY: all-zero sockaddr_ll is valid; fields set below.
+        let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        addr.sll_family = libc::AF_PACKET as u16;
+        addr.sll_protocol = ETH_P_ARP.to_be();
+        addr.sll_ifindex = i32::try_from(ifindex).map_err(|_| io::Error::other("ifindex"))?;
+        // SAFETY: addr is a valid sockaddr_ll of the given size.
+        let rc = unsafe {
+            libc::bind(
+                fd.as_raw_fd(),
+                (&raw const addr).cast(),
+                size_of::<libc::sockaddr_ll>() as u32,
+            )
+        };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let mac = interface_mac(&fd, ifname)?;
+        Ok(Self { fd, mac })
+    }
+
+    /// The interface's MAC.
+    #[must_use]
+    pub const fn mac(&self) -> [u8; 6] {
+        self.mac
+    }
+
+    /// Send a raw Ethernet frame.
+    ///
+    /// # Errors
+    /// When the kernel refuses it.
+    pub fn send_frame(&self, frame: &[u8]) -> io::Result<()> {
+        // SAFETY: buffer valid for its length.
+        let n = unsafe { libc::send(self.fd.as_raw_fd(), frame.as_ptr().cast(), frame.len(), 0) };
+        if n < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Broadcast an ARP request "who has `target`? tell `src_ip`" from this interface's MAC.
+    ///
+    /// # Errors
+    /// When sending fails.
+    pub fn send_request(&self, src_ip: Ipv4Addr, target: Ipv4Addr) -> io::Result<()> {
+        let frame = build_arp(
+            [0xff; 6],
+            self.mac,
+            ARP_OP_REQUEST,
+            self.mac,
+            src_ip.octets(),
+            [0; 6],
+            target.octets(),
+        );
+        self.send_frame(&frame)
+    }
+
+    /// Collect every ARP frame that arrives until `deadline`.
+    ///
+    /// # Errors
+    /// When receiving fails for another reason than the timeout.
+    pub fn recv_until(&self, deadline: Instant) -> io::Result<Vec<ArpSeen>> {
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 1600];
+        loop {
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(seen);
+            }
+            let timeout = i32::try_from((deadline - now).as_millis().max(1)).unwrap_or(i32::MAX);
+            let mut pfd = libc::pollfd {
+                fd: self.fd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd.
+            let rc = unsafe { libc::poll(&raw mut pfd, 1, timeout) };
+            if rc < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            if rc == 0 {
+                continue;
+            }
+            // SAFETY: buffer valid for its length.
+            let n = unsafe {
+                libc::recv(
+                    self.fd.as_raw_fd(),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                ) {
+                    continue;
+                }
+                return Err(e);
+            }
+            let at = Instant::now();
+            let len = usize::try_from(n).unwrap_or(0);
+            if let Some(frame) = buf[..len].first_chunk::<ARP_FRAME_LEN>()
+                && let Some(arp) = ArpView::parse(frame)
+            {
+                let mut eth_dst = [0; 6];
+                let mut eth_src = [0; 6];
+                eth_dst.copy_from_slice(&frame[0..6]);
+                eth_src.copy_from_slice(&frame[6..12]);
+                seen.push(ArpSeen {
+                    eth_dst,
+                    eth_src,
+                    arp,
+                    at,
+                });
+            }
+        }
+    }
+
+    /// Ask who has `target` and return the replies (ARP op 2 for `target`) within `timeout`.
+    ///
+    /// # Errors
+    /// When sending or receiving fails.
+    pub fn probe(
+        &self,
+        src_ip: Ipv4Addr,
+        target: Ipv4Addr,
+        timeout: Duration,
+    ) -> io::Result<Vec<ArpSeen>> {
+        self.send_request(src_ip, target)?;
+        let frames = self.recv_until(Instant::now() + timeout)?;
+        Ok(frames
+            .into_iter()
+            .filter(|f| {
+                f.arp.op == vip_common::frame::ARP_OP_REPLY
+                    && f.arp.spa == target.octets()
+                    && f.arp.tha == self.mac
+            })
+            .collect())
+    }
+}
+
+fn interface_mac(fd: &OwnedFd, ifname: &str) -> io::Result<[u8; 6]> {
+    // SAFETY: all-zero ifreq is valid; name copied below within bounds.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req
+        .ifr_name
+        .iter_mut()
+        .zip(ifname.bytes().take(libc::IFNAMSIZ - 1))
+    {
+        *dst = src as libc::c_char;
+    }
+    // SAFETY: SIOCGIFHWADDR with a valid ifreq.
+    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), libc::SIOCGIFHWADDR, &raw mut req) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel filled ifru_hwaddr for SIOCGIFHWADDR.
+    let data = unsafe { req.ifr_ifru.ifru_hwaddr.sa_data };
+    let mut mac = [0u8; 6];
+    for (m, d) in mac.iter_mut().zip(data.iter()) {
+        *m = *d as u8;
+    }
+    Ok(mac)
+}
