@@ -11,6 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use vip_agent::clock::monotonic_ns;
 use vip_common::frame::{ARP_FRAME_LEN, ARP_OP_REQUEST, ArpView, build_arp};
 
 const ETH_P_ARP: u16 = 0x0806;
@@ -21,8 +22,8 @@ pub struct ArpSeen {
     pub eth_dst: [u8; 6],
     pub eth_src: [u8; 6],
     pub arp: ArpView,
-    /// When it was read (monotonic).
-    pub at: Instant,
+    /// When it was read: kernel `CLOCK_MONOTONIC` ns (the clock of the agent's logs and of XDP).
+    pub at_ns: u64,
 }
 
 /// An `AF_PACKET` socket bound to one interface for ARP.
@@ -164,7 +165,7 @@ impl ArpSocket {
                 }
                 return Err(e);
             }
-            let at = Instant::now();
+            let at_ns = monotonic_ns();
             let len = usize::try_from(n).unwrap_or(0);
             if let Some(frame) = buf[..len].first_chunk::<ARP_FRAME_LEN>()
                 && let Some(arp) = ArpView::parse(frame)
@@ -177,7 +178,7 @@ impl ArpSocket {
                     eth_dst,
                     eth_src,
                     arp,
-                    at,
+                    at_ns,
                 });
             }
         }

@@ -31,6 +31,8 @@ enum Task {
     },
     /// Build the vip-ebpf XDP object and print where it is.
     BuildEbpf,
+    /// A two-node cluster in network namespaces with real etcd: failovers shown with their timing.
+    Demo,
     /// Run setup if needed, build, then run every test (unit, integration, privileged netns).
     Test {
         /// Extra arguments for `cargo test` (after `--`), e.g. a test name filter.
@@ -53,6 +55,7 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Task::Setup { check } => setup::run(check),
         Task::BuildEbpf => build_ebpf().map(|_| ()),
+        Task::Demo => demo(),
         Task::Test { args } => test(&args),
     }
 }
@@ -91,6 +94,29 @@ fn build_ebpf() -> Result<PathBuf> {
         .len();
     println!("{} ({size} bytes)", object.display());
     Ok(object)
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| workspace().join("target"), PathBuf::from)
+}
+
+fn demo() -> Result<()> {
+    setup::run(false)?;
+    eprintln!("xtask: building vip-agent and the demo (release)");
+    run_cmd(cargo().args([
+        "build",
+        "--release",
+        "--package",
+        "vip-agent",
+        "--package",
+        "vip-tests",
+        "--bin",
+        "vip-agent",
+        "--bin",
+        "vip-demo",
+    ]))?;
+    let release = target_dir().join("release");
+    run_cmd(Command::new(release.join("vip-demo")).arg(release.join("vip-agent")))
 }
 
 fn test(extra: &[String]) -> Result<()> {

@@ -1,0 +1,311 @@
+//! A whole cluster in network namespaces: one L2 segment (a bridge), etcd, N nodes running the real
+//! vip-agent binary, and a client. Used by the end-to-end tests and by `cargo xtask demo`.
+//!
+//! Addresses: `10.77.<subnet>.0/24`; etcd `.2`, client `.9`, node i `.(11 + i)`, VIP `.100`.
+//! Everything (namespaces, processes, pins, temp files) is removed on drop.
+
+use std::{
+    fs::File,
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use crate::{Bridge, ChildGuard, NetNs, unique_name};
+
+/// One host on the segment.
+#[derive(Debug)]
+pub struct Host {
+    pub ns: NetNs,
+    pub ifname: String,
+    pub ip: Ipv4Addr,
+    pub mac: [u8; 6],
+}
+
+/// A node: a host with a vip-agent whose trigger value is `name`.
+#[derive(Debug)]
+pub struct Node {
+    pub host: Host,
+    pub name: String,
+    pub config: PathBuf,
+    pub log: PathBuf,
+    agent: Option<ChildGuard>,
+}
+
+/// The cluster. Field order is drop order: agents before etcd before the namespaces.
+#[derive(Debug)]
+pub struct Cluster {
+    pub nodes: Vec<Node>,
+    etcd: Option<ChildGuard>,
+    pub etcd_host: Host,
+    pub client: Host,
+    pub vip: Ipv4Addr,
+    pub key: String,
+    pub endpoint: String,
+    pub pins: PathBuf,
+    pub dir: PathBuf,
+    agent_bin: PathBuf,
+    _bridge: Bridge,
+    /// Holds the bridge; dropped last, which removes every link.
+    _switch: NetNs,
+}
+
+impl Cluster {
+    /// Build the segment, start etcd (data on tmpfs-backed `dir`) and write one agent config per
+    /// node (`extra_config` is appended to each). Agents are not started yet.
+    ///
+    /// # Panics
+    /// When any step fails.
+    #[must_use]
+    pub fn new(subnet: u8, nodes: usize, agent_bin: &Path, extra_config: &str) -> Self {
+        let switch = NetNs::new("sw");
+        let bridge = Bridge::new(&switch);
+        let host = |tag: &str, last: u8| {
+            let ns = NetNs::new(tag);
+            let ifname = bridge.plug(&switch, &ns);
+            let ip = Ipv4Addr::new(10, 77, subnet, last);
+            ns.add_addr(&ifname, &format!("{ip}/24"));
+            let mac = ns.mac(&ifname);
+            Host {
+                ns,
+                ifname,
+                ip,
+                mac,
+            }
+        };
+        let etcd_host = host("etcd", 2);
+        let client = host("cli", 9);
+        let dir = std::env::temp_dir().join(unique_name("vipc"));
+        std::fs::create_dir_all(&dir).expect("cluster temp dir");
+        let pins = PathBuf::from("/sys/fs/bpf").join(unique_name("vipc"));
+        let vip = Ipv4Addr::new(10, 77, subnet, 100);
+        let key = "/service/demo/leader".to_owned();
+        let endpoint = format!("http://{}:2379", etcd_host.ip);
+
+        let mut cluster_nodes = Vec::new();
+        for i in 0..nodes {
+            let last = u8::try_from(11 + i).expect("few nodes");
+            let h = host("node", last);
+            let name = format!("node{}", i + 1);
+            let config = dir.join(format!("{name}.yml"));
+            std::fs::write(
+                &config,
+                format!(
+                    "ip: {vip}\nnetmask: 24\ninterface: {}\ntrigger-key: {key}\ntrigger-value: {name}\n\
+                     dcs-type: etcd\ndcs-endpoints: {endpoint}\npin-path: {}\n{extra_config}",
+                    h.ifname,
+                    pins.display()
+                ),
+            )
+            .expect("write agent config");
+            cluster_nodes.push(Node {
+                host: h,
+                log: dir.join(format!("{name}.log")),
+                name,
+                config,
+                agent: None,
+            });
+        }
+        let mut cluster = Self {
+            nodes: cluster_nodes,
+            etcd: None,
+            etcd_host,
+            client,
+            vip,
+            key,
+            endpoint,
+            pins,
+            dir,
+            agent_bin: agent_bin.to_path_buf(),
+            _bridge: bridge,
+            _switch: switch,
+        };
+        cluster.start_etcd();
+        cluster
+    }
+
+    /// (Re)start etcd on the etcd host, keeping its data directory; waits until it serves.
+    ///
+    /// # Panics
+    /// When etcd does not come up within 20 s.
+    pub fn start_etcd(&mut self) {
+        let data = self.dir.join("etcd-data");
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("etcd.log"))
+            .expect("etcd log");
+        let client_url = format!("http://{}:2379", self.etcd_host.ip);
+        let peer_url = format!("http://{}:2380", self.etcd_host.ip);
+        let args = [
+            "--name=vipc",
+            &format!("--data-dir={}", data.display()),
+            &format!("--listen-client-urls={client_url}"),
+            &format!("--advertise-client-urls={client_url}"),
+            &format!("--listen-peer-urls={peer_url}"),
+            &format!("--initial-advertise-peer-urls={peer_url}"),
+            &format!("--initial-cluster=vipc={peer_url}"),
+            "--enable-v2=true",
+            "--logger=zap",
+        ];
+        self.etcd = Some(self.etcd_host.ns.spawn("etcd", &args, Some(&log)));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let addr = std::net::SocketAddr::from((self.etcd_host.ip, 2379));
+        let ready = self.client.ns.run_in(|| {
+            while Instant::now() < deadline {
+                if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+                    return true;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            false
+        });
+        assert!(
+            ready,
+            "etcd did not start: see {}",
+            self.dir.join("etcd.log").display()
+        );
+    }
+
+    /// Stop etcd (SIGKILL).
+    pub fn stop_etcd(&mut self) {
+        self.etcd = None;
+    }
+
+    /// Start node `i`'s agent (its log goes to `node.log`).
+    ///
+    /// # Panics
+    /// When the agent cannot be started.
+    pub fn start_agent(&mut self, i: usize) {
+        let node = &mut self.nodes[i];
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(&node.log)
+            .expect("agent log");
+        let bin = self.agent_bin.to_str().expect("utf-8 path");
+        let config = node.config.to_str().expect("utf-8 path");
+        node.agent = Some(node.host.ns.spawn(bin, &["--config", config], Some(&log)));
+    }
+
+    /// The running agent of node `i`.
+    ///
+    /// # Panics
+    /// When it is not running.
+    #[must_use]
+    pub fn agent(&mut self, i: usize) -> &mut ChildGuard {
+        self.nodes[i].agent.as_mut().expect("agent running")
+    }
+
+    /// Stop node `i`'s agent with SIGTERM and return its exit status (None: it did not exit in 10 s).
+    pub fn terminate_agent(&mut self, i: usize) -> Option<std::process::ExitStatus> {
+        let mut agent = self.nodes[i].agent.take()?;
+        agent.signal(nix::sys::signal::Signal::SIGTERM);
+        agent.wait_timeout(Duration::from_secs(10))
+    }
+
+    /// Kill node `i`'s agent with SIGKILL.
+    pub fn kill_agent(&mut self, i: usize) {
+        if let Some(mut agent) = self.nodes[i].agent.take() {
+            agent.signal(nix::sys::signal::Signal::SIGKILL);
+            let _ = agent.wait_timeout(Duration::from_secs(5));
+        }
+    }
+
+    /// Node `i`'s log so far.
+    #[must_use]
+    pub fn log(&self, i: usize) -> String {
+        std::fs::read_to_string(&self.nodes[i].log).unwrap_or_default()
+    }
+
+    /// Wait until every node's agent logs `vip-agent running`.
+    ///
+    /// # Panics
+    /// After 30 s.
+    pub fn wait_running(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for (i, node) in self.nodes.iter().enumerate() {
+            while !self.log(i).contains("vip-agent running") {
+                assert!(
+                    Instant::now() < deadline,
+                    "{} did not start: {}",
+                    node.name,
+                    self.log(i)
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+
+    /// Cut node `i` off from etcd (a blackhole route), leaving its data path to the client intact.
+    pub fn partition(&self, i: usize) {
+        let to = format!("{}/32", self.etcd_host.ip);
+        self.nodes[i]
+            .host
+            .ns
+            .ip(&["route", "add", "blackhole", &to]);
+    }
+
+    /// Undo [`Self::partition`].
+    pub fn heal(&self, i: usize) {
+        let to = format!("{}/32", self.etcd_host.ip);
+        self.nodes[i]
+            .host
+            .ns
+            .ip(&["route", "del", "blackhole", &to]);
+    }
+
+    /// The MACs that answer one ARP request for the VIP from the client (within `wait`).
+    #[must_use]
+    pub fn probe(&self, wait: Duration) -> Vec<[u8; 6]> {
+        let (ifname, ip, vip) = (&self.client.ifname, self.client.ip, self.vip);
+        self.client.ns.run_in(|| {
+            let sock = crate::arp::ArpSocket::open(ifname).expect("ARP socket");
+            let replies = sock.probe(ip, vip, wait).expect("probe");
+            replies.iter().map(|r| r.arp.sha).collect()
+        })
+    }
+
+    /// Run `f` with an etcd client connected from the client host (current-thread runtime inside
+    /// the client's namespace).
+    ///
+    /// # Panics
+    /// When etcd cannot be reached.
+    pub fn etcd<F, R>(&self, f: F) -> R
+    where
+        F: AsyncFnOnce(&mut etcd_client::Client) -> R + Send,
+        R: Send,
+    {
+        let endpoint = self.endpoint.clone();
+        self.client.ns.run_in(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime")
+                .block_on(async move {
+                    let mut client = etcd_client::Client::connect([endpoint], None)
+                        .await
+                        .expect("connect to etcd");
+                    f(&mut client).await
+                })
+        })
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            node.agent = None;
+        }
+        self.etcd = None;
+        if let Ok(entries) = std::fs::read_dir(&self.pins) {
+            for e in entries.flatten() {
+                let _ = vip_agent::dataplane::detach(&self.pins, &e.file_name().to_string_lossy());
+            }
+        }
+        let _ = std::fs::remove_dir(&self.pins);
+        if std::env::var_os("VIP_KEEP_LOGS").is_none() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
