@@ -1,0 +1,380 @@
+//! The real vip-agent binary end to end: two nodes and a client on one L2 segment, real etcd 3.4,
+//! Patroni's key operations, a raw-socket ARP prober. Every test builds its own cluster (its own
+//! subnet) and removes it.
+
+use std::{
+    path::{Path, PathBuf},
+    sync::atomic::{AtomicBool, Ordering},
+    time::{Duration, Instant},
+};
+
+use etcd_client::{Compare, CompareOp, PutOptions, Txn, TxnOp};
+use nix::sys::signal::Signal;
+use vip_tests::{cluster::Cluster, require_privileges};
+
+const KEY: &str = "/service/demo/leader";
+const PROBE: Duration = Duration::from_millis(150);
+
+fn agent_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|dir| dir.join("vip-agent"))
+        .expect("target dir");
+    assert!(
+        bin.is_file(),
+        "{} missing: build it with `cargo build -p vip-agent`",
+        bin.display()
+    );
+    bin
+}
+
+fn cluster(subnet: u8, extra: &str) -> Cluster {
+    let mut c = Cluster::new(subnet, 2, &agent_binary(), extra);
+    c.start_agent(0);
+    c.start_agent(1);
+    c.wait_running();
+    c
+}
+
+/// Poll `cond` every 20 ms until it holds; panic with `what` after `limit`.
+fn eventually(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !cond() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting until {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn grant(c: &Cluster, ttl: i64) -> i64 {
+    c.etcd(async |e| e.lease_grant(ttl, None).await.expect("lease").id())
+}
+
+/// Patroni's acquire: create the key if absent, with the member's lease.
+fn acquire(c: &Cluster, name: &str, lease: i64) {
+    let ok = c.etcd(async |e| {
+        let txn = Txn::new()
+            .when([Compare::create_revision(KEY, CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(
+                KEY,
+                name,
+                Some(PutOptions::new().with_lease(lease)),
+            )]);
+        e.txn(txn).await.expect("txn").succeeded()
+    });
+    assert!(ok, "{name} could not acquire the key");
+}
+
+/// Patroni's release: delete the key if it is still `name`'s.
+fn release(c: &Cluster, name: &str) {
+    c.etcd(async |e| {
+        let txn = Txn::new()
+            .when([Compare::value(KEY, CompareOp::Equal, name)])
+            .and_then([TxnOp::delete(KEY, None)]);
+        e.txn(txn).await.expect("txn");
+    });
+}
+
+fn put(c: &Cluster, value: &[u8]) {
+    let value = value.to_vec();
+    c.etcd(async move |e| {
+        e.put(KEY, value, None).await.expect("put");
+    });
+}
+
+fn answering(c: &Cluster) -> Vec<[u8; 6]> {
+    c.probe(PROBE)
+}
+
+fn mac(c: &Cluster, i: usize) -> [u8; 6] {
+    c.nodes[i].host.mac
+}
+
+fn has_vip_address(c: &Cluster, i: usize) -> bool {
+    let node = &c.nodes[i].host;
+    node.ns
+        .ip(&["-4", "-o", "addr", "show", "dev", &node.ifname])
+        .contains(&format!(" {}/24 ", c.vip))
+}
+
+#[test]
+fn follows_the_key_through_flips_deletes_and_foreign_values() {
+    if !require_privileges("follows_the_key_through_flips_deletes_and_foreign_values") {
+        return;
+    }
+    let c = cluster(31, "");
+    assert!(
+        answering(&c).is_empty(),
+        "fenced until the key names a node"
+    );
+    let (l1, l2) = (grant(&c, 30), grant(&c, 30));
+
+    acquire(&c, "node1", l1);
+    eventually(Duration::from_secs(5), "node1 answers", || {
+        answering(&c) == vec![mac(&c, 0)]
+    });
+    eventually(Duration::from_secs(5), "node1 carries the address", || {
+        has_vip_address(&c, 0)
+    });
+    assert!(!has_vip_address(&c, 1));
+
+    release(&c, "node1");
+    eventually(
+        Duration::from_secs(5),
+        "nobody answers after the delete",
+        || answering(&c).is_empty(),
+    );
+    eventually(Duration::from_secs(5), "node1 drops the address", || {
+        !has_vip_address(&c, 0)
+    });
+
+    acquire(&c, "node2", l2);
+    eventually(Duration::from_secs(5), "node2 answers", || {
+        answering(&c) == vec![mac(&c, 1)]
+    });
+
+    for foreign in [&b"node3"[..], b"", b"NODE2", b"node2 ", b"\xff\xfe\x00"] {
+        put(&c, foreign);
+        eventually(
+            Duration::from_secs(5),
+            "a foreign value fences everyone",
+            || answering(&c).is_empty(),
+        );
+    }
+    put(&c, b"node1");
+    eventually(Duration::from_secs(5), "node1 answers again", || {
+        answering(&c) == vec![mac(&c, 0)]
+    });
+}
+
+#[test]
+fn rapid_churn_keeps_order_and_never_two_answering_nodes() {
+    if !require_privileges("rapid_churn_keeps_order_and_never_two_answering_nodes") {
+        return;
+    }
+    let c = cluster(32, "");
+    let leases = [grant(&c, 30), grant(&c, 30)];
+    // 100 writes as fast as etcd takes them, ending on node2: every node ends where the last write says.
+    c.etcd(async |e| {
+        for i in 0..100 {
+            let name = if i % 2 == 0 { "node1" } else { "node2" };
+            e.put(KEY, name, Some(PutOptions::new().with_lease(leases[i % 2])))
+                .await
+                .expect("put");
+        }
+    });
+    eventually(Duration::from_secs(5), "the last write wins", || {
+        answering(&c) == vec![mac(&c, 1)]
+    });
+
+    // Then switchovers with the client probing: once both nodes have seen a flip, never two answers.
+    let mut both = 0;
+    for round in 0..10 {
+        let (from, to) = if round % 2 == 0 {
+            ("node2", "node1")
+        } else {
+            ("node1", "node2")
+        };
+        release(&c, from);
+        acquire(&c, to, leases[usize::from(to == "node2")]);
+        let holder = mac(&c, usize::from(to == "node2"));
+        eventually(Duration::from_secs(5), "the new holder answers", || {
+            answering(&c).contains(&holder)
+        });
+        for _ in 0..5 {
+            let r = answering(&c);
+            both += usize::from(r.len() > 1);
+            assert_eq!(r, vec![holder], "round {round}");
+        }
+    }
+    assert_eq!(both, 0, "probes answered by two nodes");
+}
+
+#[test]
+fn primary_cut_off_from_etcd_goes_silent_before_its_lease_could_expire_and_resumes() {
+    if !require_privileges(
+        "primary_cut_off_from_etcd_goes_silent_before_its_lease_could_expire_and_resumes",
+    ) {
+        return;
+    }
+    let c = cluster(33, "");
+    let ttl = 4;
+    let lease = grant(&c, ttl);
+    acquire(&c, "node1", lease);
+    eventually(Duration::from_secs(5), "node1 answers", || {
+        answering(&c) == vec![mac(&c, 0)]
+    });
+
+    // Patroni on node1 stays alive and keeps its lease (it reaches etcd; only the agent does not).
+    let keeping = AtomicBool::new(true);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            while keeping.load(Ordering::Relaxed) {
+                c.etcd(async |e| {
+                    let (mut k, _) = e.lease_keep_alive(lease).await.expect("keepalive");
+                    k.keep_alive().await.expect("keepalive");
+                });
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        });
+        c.partition(0);
+        let cut = Instant::now();
+        // The last confirmation was at most ~1 s before the cut and its deadline is
+        // t_sent + remaining TTL - 0.5 s: silent within the TTL, with no etcd event at all.
+        eventually(
+            Duration::from_secs(u64::try_from(ttl).expect("ttl")),
+            "node1 goes silent",
+            || answering(&c).is_empty(),
+        );
+        assert!(cut.elapsed() < Duration::from_secs(u64::try_from(ttl).expect("ttl")));
+        assert!(
+            c.log(0).contains("EtcdUnreachable") || c.log(0).contains("not confirmed"),
+            "{}",
+            c.log(0)
+        );
+        // Still silent a while later (nothing renews without etcd).
+        std::thread::sleep(Duration::from_secs(1));
+        assert!(answering(&c).is_empty());
+
+        c.heal(0);
+        eventually(
+            Duration::from_secs(15),
+            "node1 answers again after the partition heals",
+            || answering(&c) == vec![mac(&c, 0)],
+        );
+        keeping.store(false, Ordering::Relaxed);
+    });
+}
+
+#[test]
+fn killed_or_stopped_agent_goes_silent_by_its_deadline() {
+    if !require_privileges("killed_or_stopped_agent_goes_silent_by_its_deadline") {
+        return;
+    }
+    for (subnet, signal) in [(34, Signal::SIGKILL), (35, Signal::SIGSTOP)] {
+        let mut c = cluster(subnet, "");
+        let ttl = 3;
+        let lease = grant(&c, ttl);
+        acquire(&c, "node1", lease);
+        eventually(Duration::from_secs(5), "node1 answers", || {
+            answering(&c) == vec![mac(&c, 0)]
+        });
+        c.agent(0).signal(signal);
+        let t = Instant::now();
+        // The pinned program keeps answering on its own until the deadline, then stops, with no agent.
+        eventually(
+            Duration::from_secs(u64::try_from(ttl).expect("ttl")),
+            "silence by the deadline",
+            || answering(&c).is_empty(),
+        );
+        assert!(
+            t.elapsed() <= Duration::from_secs(u64::try_from(ttl).expect("ttl")),
+            "{signal}: silent within the lease TTL"
+        );
+        assert!(
+            c.nodes[0]
+                .host
+                .ns
+                .xdp_prog_id(&c.nodes[0].host.ifname)
+                .is_some(),
+            "the program is still there, fencing"
+        );
+        if signal == Signal::SIGSTOP {
+            c.agent(0).signal(Signal::SIGCONT);
+        }
+    }
+}
+
+#[test]
+fn sigterm_fences_removes_the_address_and_exits_zero() {
+    if !require_privileges("sigterm_fences_removes_the_address_and_exits_zero") {
+        return;
+    }
+    let mut c = cluster(36, "");
+    let lease = grant(&c, 30);
+    acquire(&c, "node1", lease);
+    eventually(
+        Duration::from_secs(5),
+        "node1 answers with the address",
+        || answering(&c) == vec![mac(&c, 0)] && has_vip_address(&c, 0),
+    );
+    let status = c.terminate_agent(0).expect("the agent exits on SIGTERM");
+    assert!(status.success(), "{status:?}");
+    assert!(
+        answering(&c).is_empty(),
+        "nobody answers after the holder's agent stopped"
+    );
+    assert!(
+        !has_vip_address(&c, 0),
+        "the address is gone (vip-manager leaves it behind)"
+    );
+    let node = &c.nodes[0].host;
+    assert!(
+        node.ns.xdp_prog_id(&node.ifname).is_some(),
+        "the pinned program stays, fenced"
+    );
+}
+
+#[test]
+fn address_drift_is_corrected_at_once() {
+    if !require_privileges("address_drift_is_corrected_at_once") {
+        return;
+    }
+    let c = cluster(37, "");
+    let lease = grant(&c, 30);
+    acquire(&c, "node1", lease);
+    eventually(Duration::from_secs(5), "node1 holds the address", || {
+        has_vip_address(&c, 0)
+    });
+    let n1 = &c.nodes[0].host;
+    n1.ns
+        .ip(&["addr", "del", &format!("{}/24", c.vip), "dev", &n1.ifname]);
+    eventually(
+        Duration::from_secs(2),
+        "the address comes back on the primary",
+        || has_vip_address(&c, 0),
+    );
+    let n2 = &c.nodes[1].host;
+    n2.ns
+        .ip(&["addr", "add", &format!("{}/24", c.vip), "dev", &n2.ifname]);
+    eventually(
+        Duration::from_secs(2),
+        "a hand-added address on the standby is removed",
+        || !has_vip_address(&c, 1),
+    );
+    assert_eq!(answering(&c), vec![mac(&c, 0)], "still exactly one answer");
+}
+
+#[test]
+fn etcd_restart_is_survived_and_changes_after_it_are_followed() {
+    if !require_privileges("etcd_restart_is_survived_and_changes_after_it_are_followed") {
+        return;
+    }
+    let mut c = cluster(38, "");
+    let lease = grant(&c, 30);
+    acquire(&c, "node1", lease);
+    eventually(Duration::from_secs(5), "node1 answers", || {
+        answering(&c) == vec![mac(&c, 0)]
+    });
+    c.stop_etcd();
+    std::thread::sleep(Duration::from_secs(2));
+    // Deadline = lease expiry as last observed: a 2 s etcd restart does not drop the VIP.
+    assert_eq!(
+        answering(&c),
+        vec![mac(&c, 0)],
+        "the VIP survives a short etcd outage"
+    );
+    c.start_etcd();
+    let l2 = grant(&c, 30);
+    release(&c, "node1");
+    acquire(&c, "node2", l2);
+    eventually(
+        Duration::from_secs(15),
+        "both agents follow changes after the restart",
+        || answering(&c) == vec![mac(&c, 1)],
+    );
+}
