@@ -378,3 +378,86 @@ fn etcd_restart_is_survived_and_changes_after_it_are_followed() {
         || answering(&c) == vec![mac(&c, 1)],
     );
 }
+
+#[test]
+fn promotion_announces_the_vip_with_gratuitous_arp() {
+    if !require_privileges("promotion_announces_the_vip_with_gratuitous_arp") {
+        return;
+    }
+    let c = cluster(39, "");
+    let lease = grant(&c, 30);
+    let (ifname, vip) = (c.client.ifname.clone(), c.vip.octets());
+    let frames = std::thread::scope(|s| {
+        let capture = s.spawn(|| {
+            c.client.ns.run_in(|| {
+                let sock = vip_tests::arp::ArpSocket::open(&ifname).expect("socket");
+                sock.recv_until(Instant::now() + Duration::from_millis(900))
+                    .expect("capture")
+            })
+        });
+        std::thread::sleep(Duration::from_millis(100));
+        acquire(&c, "node1", lease);
+        capture.join().expect("capture thread")
+    });
+    let garps: Vec<_> = frames
+        .iter()
+        .filter(|f| f.arp.spa == vip && f.arp.tpa == vip && f.eth_dst == [0xff; 6])
+        .collect();
+    assert!(
+        garps
+            .iter()
+            .all(|f| f.arp.sha == mac(&c, 0) && f.eth_src == mac(&c, 0)),
+        "{garps:?}"
+    );
+    let requests = garps.iter().filter(|f| f.arp.op == 1).count();
+    let replies = garps.iter().filter(|f| f.arp.op == 2).count();
+    // Default schedule: announcements at 0 and 100 ms (then 1.1 s, outside this window), each a
+    // request and a reply.
+    assert!(
+        requests >= 2 && replies >= 2,
+        "requests {requests}, replies {replies}"
+    );
+}
+
+#[test]
+fn sighup_reloads_a_changed_config_and_keeps_running_on_a_bad_one() {
+    if !require_privileges("sighup_reloads_a_changed_config_and_keeps_running_on_a_bad_one") {
+        return;
+    }
+    let mut c = cluster(40, "");
+    let lease = grant(&c, 30);
+    acquire(&c, "node1", lease);
+    eventually(Duration::from_secs(5), "node1 answers", || {
+        answering(&c) == vec![mac(&c, 0)]
+    });
+    let config = c.nodes[0].config.clone();
+    let original = std::fs::read_to_string(&config).expect("config");
+
+    c.agent(0).signal(Signal::SIGHUP);
+    eventually(
+        Duration::from_secs(5),
+        "an unchanged config is noticed",
+        || c.log(0).contains("configuration unchanged"),
+    );
+
+    std::fs::write(&config, format!("{original}garp-count: 1\n")).expect("write");
+    c.agent(0).signal(Signal::SIGHUP);
+    eventually(
+        Duration::from_secs(5),
+        "a changed config restarts the agent",
+        || c.log(0).contains("configuration changed"),
+    );
+    eventually(
+        Duration::from_secs(5),
+        "node1 answers again under the new config",
+        || answering(&c) == vec![mac(&c, 0)],
+    );
+
+    std::fs::write(&config, format!("{original}no-such-key: 1\n")).expect("write");
+    c.agent(0).signal(Signal::SIGHUP);
+    eventually(Duration::from_secs(5), "a bad config is refused", || {
+        c.log(0).contains("keeping the running one")
+    });
+    assert!(c.log(0).contains("no-such-key"), "the error names the key");
+    assert_eq!(answering(&c), vec![mac(&c, 0)], "still serving");
+}

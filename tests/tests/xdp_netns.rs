@@ -473,3 +473,38 @@ fn wait_for(mut cond: impl FnMut() -> bool, what: &str) {
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+#[test]
+fn gratuitous_arp_needs_no_ipv4_address_on_the_interface() {
+    if !require_privileges("gratuitous_arp_needs_no_ipv4_address_on_the_interface") {
+        return;
+    }
+    let node = NetNs::new("node");
+    let client = NetNs::new("cli");
+    let (node_if, client_if) = vip_tests::veth_pair(&node, &client);
+    // No address at all on the node's interface.
+    let vip = Ipv4Addr::new(10, 77, 19, 100);
+    let node_mac = node.mac(&node_if);
+    let seen = std::thread::scope(|s| {
+        let capture = s.spawn(|| {
+            client.run_in(|| {
+                let sock = ArpSocket::open(&client_if).expect("socket");
+                sock.recv_until(std::time::Instant::now() + Duration::from_millis(500))
+                    .expect("capture")
+            })
+        });
+        std::thread::sleep(Duration::from_millis(100));
+        node.run_in(|| {
+            let index = nix::net::if_::if_nametoindex(node_if.as_str()).expect("ifindex");
+            let sender = vip_agent::garp::GarpSender::open(index).expect("raw socket");
+            sender.announce(node_mac, vip).expect("announce");
+        });
+        capture.join().expect("capture")
+    });
+    let ops: Vec<u16> = seen
+        .iter()
+        .filter(|f| f.arp.spa == vip.octets() && f.arp.sha == node_mac)
+        .map(|f| f.arp.op)
+        .collect();
+    assert_eq!(ops, vec![1, 2], "a request and a reply announcing the VIP");
+}

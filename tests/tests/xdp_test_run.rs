@@ -146,7 +146,27 @@ fn object_matches_the_contract() {
         "program {PROGRAM_NAME} missing"
     );
     // Loading with typed handles checks key and value sizes against vip-common.
-    let _ = Loaded::new();
+    let loaded = Loaded::new();
+    let program: &Xdp = loaded
+        .ebpf
+        .program(PROGRAM_NAME)
+        .expect("program")
+        .try_into()
+        .expect("xdp");
+    let info = program.info().expect("program info");
+    // Kernels >= 5.16 report how many instructions the verifier walked: keep the program far from
+    // the 1M complexity limit (a state explosion would show here first).
+    if let Some(verified) = info.verified_instruction_count() {
+        eprintln!(
+            "vip_xdp: {} bytes translated, {} bytes JITed, {verified} instructions verified",
+            info.size_translated().unwrap_or(0),
+            info.size_jitted()
+        );
+        assert!(
+            (1..20_000).contains(&verified),
+            "verifier walked {verified} instructions"
+        );
+    }
 }
 
 #[test]
