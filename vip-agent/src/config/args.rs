@@ -9,12 +9,13 @@ use std::path::PathBuf;
 /// The options shared by `vip-agent run` and `vip-agent check`: vip-manager's flags (same names,
 /// same `VIP_*` variables) plus vip-agent's own. Flatten it into a subcommand:
 ///
-/// ```ignore
+/// ```
 /// #[derive(clap::Args)]
 /// struct Run {
 ///     #[command(flatten)]
 ///     config: vip_agent::config::ConfigArgs,
 /// }
+/// # let _ = std::marker::PhantomData::<Run>;
 /// ```
 ///
 /// Every field is optional: an empty value (`VIP_IP=`) counts as unset, as in vip-manager (viper
