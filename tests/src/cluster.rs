@@ -292,6 +292,45 @@ impl Cluster {
     }
 }
 
+/// Patroni's acquire (`etcd3.py`, `attempt_to_acquire_leader`): create `key` = `name` with `lease`
+/// only if nobody holds it. Returns the revision of the write, or `None` when the key was taken.
+///
+/// # Panics
+/// When etcd fails.
+pub async fn acquire(
+    client: &mut etcd_client::Client,
+    key: &str,
+    name: &str,
+    lease: i64,
+) -> Option<i64> {
+    use etcd_client::{Compare, CompareOp, PutOptions, Txn, TxnOp};
+    let txn = Txn::new()
+        .when([Compare::create_revision(key, CompareOp::Equal, 0)])
+        .and_then([TxnOp::put(
+            key,
+            name,
+            Some(PutOptions::new().with_lease(lease)),
+        )]);
+    let resp = client.txn(txn).await.expect("acquire txn");
+    resp.succeeded().then(|| {
+        resp.header()
+            .map_or(0, etcd_client::ResponseHeader::revision)
+    })
+}
+
+/// Patroni's release (`_delete_leader`): delete `key` only if its value is still `name`.
+/// Returns whether it was deleted.
+///
+/// # Panics
+/// When etcd fails.
+pub async fn release(client: &mut etcd_client::Client, key: &str, name: &str) -> bool {
+    use etcd_client::{Compare, CompareOp, Txn, TxnOp};
+    let txn = Txn::new()
+        .when([Compare::value(key, CompareOp::Equal, name)])
+        .and_then([TxnOp::delete(key, None)]);
+    client.txn(txn).await.expect("release txn").succeeded()
+}
+
 impl Drop for Cluster {
     fn drop(&mut self) {
         for node in &mut self.nodes {

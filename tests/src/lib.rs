@@ -51,6 +51,26 @@ pub fn require_privileges(test: &str) -> bool {
     false
 }
 
+/// The `vip-agent` binary built beside the running test binary (`target/<profile>/vip-agent`).
+///
+/// # Panics
+/// When it has not been built (`cargo xtask test` builds it; so does `cargo build -p vip-agent`).
+#[must_use]
+pub fn agent_binary() -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let bin = exe
+        .parent()
+        .and_then(std::path::Path::parent)
+        .map(|dir| dir.join("vip-agent"))
+        .expect("target dir");
+    assert!(
+        bin.is_file(),
+        "{} missing: build it with `cargo build -p vip-agent`",
+        bin.display()
+    );
+    bin
+}
+
 /// Parse `aa:bb:cc:dd:ee:ff`.
 #[must_use]
 pub fn parse_mac(text: &str) -> Option<[u8; 6]> {

@@ -3,35 +3,22 @@
 //! subnet) and removes it.
 
 use std::{
-    path::{Path, PathBuf},
     sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant},
 };
 
-use etcd_client::{Compare, CompareOp, PutOptions, Txn, TxnOp};
+use etcd_client::PutOptions;
 use nix::sys::signal::Signal;
-use vip_tests::{cluster::Cluster, require_privileges};
+use vip_tests::{
+    cluster::{self, Cluster},
+    require_privileges,
+};
 
 const KEY: &str = "/service/demo/leader";
 const PROBE: Duration = Duration::from_millis(150);
 
-fn agent_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    let bin = exe
-        .parent()
-        .and_then(Path::parent)
-        .map(|dir| dir.join("vip-agent"))
-        .expect("target dir");
-    assert!(
-        bin.is_file(),
-        "{} missing: build it with `cargo build -p vip-agent`",
-        bin.display()
-    );
-    bin
-}
-
 fn cluster(subnet: u8, extra: &str) -> Cluster {
-    let mut c = Cluster::new(subnet, 2, &agent_binary(), extra);
+    let mut c = Cluster::new(subnet, 2, &vip_tests::agent_binary(), extra);
     c.start_agent(0);
     c.start_agent(1);
     c.wait_running();
@@ -54,29 +41,15 @@ fn grant(c: &Cluster, ttl: i64) -> i64 {
     c.etcd(async |e| e.lease_grant(ttl, None).await.expect("lease").id())
 }
 
-/// Patroni's acquire: create the key if absent, with the member's lease.
+/// Patroni's acquire for `name`, which must succeed.
 fn acquire(c: &Cluster, name: &str, lease: i64) {
-    let ok = c.etcd(async |e| {
-        let txn = Txn::new()
-            .when([Compare::create_revision(KEY, CompareOp::Equal, 0)])
-            .and_then([TxnOp::put(
-                KEY,
-                name,
-                Some(PutOptions::new().with_lease(lease)),
-            )]);
-        e.txn(txn).await.expect("txn").succeeded()
-    });
-    assert!(ok, "{name} could not acquire the key");
+    let revision = c.etcd(async |e| cluster::acquire(e, KEY, name, lease).await);
+    assert!(revision.is_some(), "{name} could not acquire the key");
 }
 
-/// Patroni's release: delete the key if it is still `name`'s.
+/// Patroni's release for `name`.
 fn release(c: &Cluster, name: &str) {
-    c.etcd(async |e| {
-        let txn = Txn::new()
-            .when([Compare::value(KEY, CompareOp::Equal, name)])
-            .and_then([TxnOp::delete(KEY, None)]);
-        e.txn(txn).await.expect("txn");
-    });
+    c.etcd(async |e| cluster::release(e, KEY, name).await);
 }
 
 fn put(c: &Cluster, value: &[u8]) {

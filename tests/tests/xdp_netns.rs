@@ -291,7 +291,7 @@ fn pinned_program_outlives_a_killed_agent_and_is_adopted_then_detached() {
     )
     .expect("write config");
     let log = std::fs::File::create(dir.join("agent.log")).expect("log");
-    let agent_bin = agent_binary();
+    let agent_bin = vip_tests::agent_binary();
     let mut agent = p.node.spawn(
         agent_bin.to_str().expect("utf-8 path"),
         &["--config", config.to_str().expect("utf-8")],
@@ -444,22 +444,6 @@ fn two_nodes_on_a_bridge_never_both_answer_and_conflicts_are_counted() {
         0,
         "a fenced node holds no claim"
     );
-}
-
-/// The vip-agent binary built beside this test binary.
-fn agent_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    let bin = exe
-        .parent()
-        .and_then(Path::parent)
-        .map(|dir| dir.join("vip-agent"))
-        .expect("target dir");
-    assert!(
-        bin.is_file(),
-        "{} missing: build it with `cargo build -p vip-agent` (cargo xtask test does)",
-        bin.display()
-    );
-    bin
 }
 
 /// Poll `cond` every 10 ms for up to 10 s.

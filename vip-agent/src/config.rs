@@ -348,6 +348,32 @@ impl fmt::Display for Notice {
 }
 
 impl Config {
+    /// Whether `other` would run the same agent (notices and provenance aside): SIGHUP restarts
+    /// the agent only when this is false.
+    #[must_use]
+    pub fn same_effect(&self, other: &Self) -> bool {
+        let Self {
+            vips,
+            etcd,
+            garp,
+            fence_timeout,
+            xdp_mode,
+            metrics_address,
+            pin_path,
+            verbose,
+            notices: _,
+            provenance: _,
+        } = self;
+        *vips == other.vips
+            && *etcd == other.etcd
+            && *garp == other.garp
+            && *fence_timeout == other.fence_timeout
+            && *xdp_mode == other.xdp_mode
+            && *metrics_address == other.metrics_address
+            && *pin_path == other.pin_path
+            && *verbose == other.verbose
+    }
+
     /// Log every notice gathered while loading.
     pub fn log_notices(&self) {
         for notice in &self.notices {

@@ -128,7 +128,7 @@ async fn supervise(args: &ConfigArgs, mut config: config::Config) -> Result<()> 
                 _ = int.recv() => break None,
                 _ = hup.recv() => match config::load(args).map_err(anyhow::Error::from).and_then(|c| validate(&c).map(|()| c)) {
                     Err(e) => error!(error = %format!("{e:#}"), "SIGHUP: the new configuration is invalid; keeping the running one"),
-                    Ok(new) if same_effect(&new, &config) => info!("SIGHUP: configuration unchanged"),
+                    Ok(new) if new.same_effect(&config) => info!("SIGHUP: configuration unchanged"),
                     Ok(new) => break Some(new),
                 },
             }
@@ -146,30 +146,6 @@ async fn supervise(args: &ConfigArgs, mut config: config::Config) -> Result<()> 
             Some(new) => config = new,
         }
     }
-}
-
-/// Whether two configurations would run the same agent (notices and provenance aside).
-fn same_effect(a: &config::Config, b: &config::Config) -> bool {
-    let config::Config {
-        vips,
-        etcd,
-        garp,
-        fence_timeout,
-        xdp_mode,
-        metrics_address,
-        pin_path,
-        verbose,
-        notices: _,
-        provenance: _,
-    } = a;
-    *vips == b.vips
-        && *etcd == b.etcd
-        && *garp == b.garp
-        && *fence_timeout == b.fence_timeout
-        && *xdp_mode == b.xdp_mode
-        && *metrics_address == b.metrics_address
-        && *pin_path == b.pin_path
-        && *verbose == b.verbose
 }
 
 fn check(args: &ConfigArgs) -> Result<()> {

@@ -12,9 +12,12 @@ use std::{
     time::Duration,
 };
 
-use etcd_client::{Compare, CompareOp, PutOptions, Txn, TxnOp};
 use vip_agent::clock::monotonic_ns;
-use vip_tests::{arp::ArpSocket, cluster::Cluster, format_mac, require_privileges};
+use vip_tests::{
+    arp::ArpSocket,
+    cluster::{Cluster, acquire, release},
+    format_mac, require_privileges,
+};
 
 const LEASE_TTL: i64 = 10;
 
@@ -54,7 +57,12 @@ fn main() {
     let leases = cluster.etcd(async |c| {
         let l1 = c.lease_grant(LEASE_TTL, None).await.expect("lease").id();
         let l2 = c.lease_grant(LEASE_TTL, None).await.expect("lease").id();
-        acquire(c, "/service/demo/leader", "node1", l1).await;
+        assert!(
+            acquire(c, "/service/demo/leader", "node1", l1)
+                .await
+                .is_some(),
+            "the key was free"
+        );
         (l1, l2)
     });
     println!("  node1 takes the leader key (lease TTL {LEASE_TTL}s), as Patroni does");
@@ -91,21 +99,6 @@ fn main() {
     println!("\ncleaning up: agents, etcd, XDP programs, pins and namespaces");
     drop(cluster);
     println!("done");
-}
-
-/// Patroni's acquire: create the key only if nobody holds it, attached to our lease.
-async fn acquire(c: &mut etcd_client::Client, key: &str, name: &str, lease: i64) -> i64 {
-    let txn = Txn::new()
-        .when([Compare::create_revision(key, CompareOp::Equal, 0)])
-        .and_then([TxnOp::put(
-            key,
-            name,
-            Some(PutOptions::new().with_lease(lease)),
-        )]);
-    let resp = c.txn(txn).await.expect("acquire txn");
-    assert!(resp.succeeded(), "the key was free");
-    resp.header()
-        .map_or(0, etcd_client::ResponseHeader::revision)
 }
 
 fn keep_alive(cluster: &Cluster, leases: (i64, i64)) {
@@ -164,13 +157,11 @@ fn switchover(
         let times = cluster.etcd(async |c| {
             let key = cluster.key.as_str();
             let sent = monotonic_ns();
-            // Patroni's release: delete only if the value is still ours.
-            let del = Txn::new()
-                .when([Compare::value(key, CompareOp::Equal, old_name.as_str())])
-                .and_then([TxnOp::delete(key, None)]);
-            c.txn(del).await.expect("release txn");
+            release(c, key, &old_name).await;
             let acked = monotonic_ns();
-            let revision = acquire(c, key, &new_name, new_lease).await;
+            let revision = acquire(c, key, &new_name, new_lease)
+                .await
+                .expect("the key was free");
             (sent, acked, monotonic_ns(), revision)
         });
         std::thread::sleep(Duration::from_millis(700));
