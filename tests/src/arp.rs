@@ -207,6 +207,47 @@ impl ArpSocket {
     }
 }
 
+/// One probe of [`ArpSocket::probe_loop`]: when it was sent, and who answered it (reply time, MAC).
+#[derive(Clone, Debug, Default)]
+pub struct Probe {
+    pub sent_ns: u64,
+    pub answers: Vec<(u64, [u8; 6])>,
+}
+
+impl ArpSocket {
+    /// Ask who has `target` every `interval` until `running` turns false; one [`Probe`] per request.
+    /// Bounded by `max` probes whatever `running` says.
+    ///
+    /// # Errors
+    /// When sending or receiving fails.
+    pub fn probe_loop(
+        &self,
+        src_ip: Ipv4Addr,
+        target: Ipv4Addr,
+        interval: Duration,
+        running: &std::sync::atomic::AtomicBool,
+        max: usize,
+    ) -> io::Result<Vec<Probe>> {
+        let mut probes = Vec::new();
+        while running.load(std::sync::atomic::Ordering::Relaxed) && probes.len() < max {
+            let sent_ns = monotonic_ns();
+            self.send_request(src_ip, target)?;
+            let frames = self.recv_until(Instant::now() + interval)?;
+            let answers = frames
+                .iter()
+                .filter(|f| {
+                    f.arp.op == vip_common::frame::ARP_OP_REPLY
+                        && f.arp.spa == target.octets()
+                        && f.eth_dst == self.mac
+                })
+                .map(|f| (f.at_ns, f.arp.sha))
+                .collect();
+            probes.push(Probe { sent_ns, answers });
+        }
+        Ok(probes)
+    }
+}
+
 fn interface_mac(fd: &OwnedFd, ifname: &str) -> io::Result<[u8; 6]> {
     // SAFETY: all-zero ifreq is valid; name copied below within bounds.
     let mut req: libc::ifreq = unsafe { std::mem::zeroed() };

@@ -12,6 +12,7 @@
 //! Network rule: every address used lives inside namespaces created here (10.77.0.0/16).
 
 pub mod arp;
+pub mod bench;
 pub mod cluster;
 mod netns;
 

@@ -33,6 +33,12 @@ enum Task {
     BuildEbpf,
     /// A two-node cluster in network namespaces with real etcd: failovers shown with their timing.
     Demo,
+    /// Failover benchmark against vip-manager in the same run; writes BENCHMARKS.md and bench/.
+    Bench {
+        /// Switchovers per system (the method asks for at least 200).
+        #[arg(long, default_value_t = 200)]
+        trials: usize,
+    },
     /// Run setup if needed, build, then run every test (unit, integration, privileged netns).
     Test {
         /// Extra arguments for `cargo test` (after `--`), e.g. a test name filter.
@@ -56,6 +62,7 @@ fn run(cli: Cli) -> Result<()> {
         Task::Setup { check } => setup::run(check),
         Task::BuildEbpf => build_ebpf().map(|_| ()),
         Task::Demo => demo(),
+        Task::Bench { trials } => bench(trials),
         Task::Test { args } => test(&args),
     }
 }
@@ -117,6 +124,33 @@ fn demo() -> Result<()> {
     ]))?;
     let release = target_dir().join("release");
     run_cmd(Command::new(release.join("vip-demo")).arg(release.join("vip-agent")))
+}
+
+fn bench(trials: usize) -> Result<()> {
+    setup::run(false)?;
+    eprintln!("xtask: building vip-agent and the benchmark (release)");
+    run_cmd(cargo().args([
+        "build",
+        "--release",
+        "--package",
+        "vip-agent",
+        "--package",
+        "vip-tests",
+        "--bin",
+        "vip-agent",
+        "--bin",
+        "vip-bench",
+    ]))?;
+    let release = target_dir().join("release");
+    run_cmd(
+        Command::new(release.join("vip-bench"))
+            .arg("--agent")
+            .arg(release.join("vip-agent"))
+            .args(["--trials", &trials.to_string(), "--out"])
+            .arg(workspace()),
+    )?;
+    eprintln!("xtask: wrote BENCHMARKS.md and bench/results.json");
+    Ok(())
 }
 
 fn test(extra: &[String]) -> Result<()> {

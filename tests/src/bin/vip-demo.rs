@@ -3,7 +3,6 @@
 //! way Patroni moves it. Prints the timeline of each failover, then removes everything it made.
 
 use std::{
-    net::Ipv4Addr,
     path::PathBuf,
     sync::{
         Arc,
@@ -14,7 +13,7 @@ use std::{
 
 use vip_agent::clock::monotonic_ns;
 use vip_tests::{
-    arp::ArpSocket,
+    arp::{ArpSocket, Probe},
     cluster::{Cluster, acquire, release},
     format_mac, require_privileges,
 };
@@ -137,7 +136,6 @@ fn switchover(
         cluster.nodes[from].name.clone(),
         cluster.nodes[to].name.clone(),
     );
-    let logs_before: Vec<usize> = (0..2).map(|i| cluster.log(i).len()).collect();
 
     // Probe every millisecond from 300 ms before to 700 ms after the switchover.
     let probing = AtomicBool::new(true);
@@ -148,10 +146,13 @@ fn switchover(
     );
     let (times, replies) = std::thread::scope(|s| {
         let prober = s.spawn(|| {
-            cluster
-                .client
-                .ns
-                .run_in(|| probe_loop(&ifname, ip, vip, &probing))
+            cluster.client.ns.run_in(|| {
+                ArpSocket::open(&ifname)
+                    .and_then(|sock| {
+                        sock.probe_loop(ip, vip, Duration::from_millis(1), &probing, 10_000)
+                    })
+                    .expect("ARP prober")
+            })
         });
         std::thread::sleep(Duration::from_millis(300));
         let times = cluster.etcd(async |c| {
@@ -172,75 +173,30 @@ fn switchover(
         return None;
     }
     let (delete_sent, delete_acked, create_acked, revision) = times;
-    let after = |at: u64| at >= delete_sent;
-    let mut both = 0;
-    for (_, macs) in &replies {
-        both += usize::from(macs.contains(&old_mac) && macs.contains(&new_mac));
-    }
-    let log_event = |i: usize, what: &str| -> Option<u64> {
-        let log = cluster.log(i);
-        log[logs_before[i]..]
-            .lines()
-            .filter(|l| l.contains(what))
-            .find_map(|l| {
-                l.split("dataplane_at_ns=")
-                    .nth(1)?
-                    .split_whitespace()
-                    .next()?
-                    .parse()
-                    .ok()
-            })
+    let answered_by = |p: &Probe, mac: [u8; 6]| p.answers.iter().any(|(_, m)| *m == mac);
+    let both = replies
+        .iter()
+        .filter(|p| answered_by(p, old_mac) && answered_by(p, new_mac))
+        .count();
+    let replies_from = |mac: [u8; 6]| {
+        replies
+            .iter()
+            .flat_map(|p| p.answers.iter())
+            .filter(move |(t, m)| *m == mac && *t >= delete_sent)
+            .map(|(t, _)| *t)
     };
     Some(Timeline {
         delete_sent,
         delete_acked,
         create_acked,
         revision,
-        old_fenced: log_event(from, "data plane fenced"),
-        new_answering: log_event(to, "data plane answering"),
-        last_old_reply: replies
-            .iter()
-            .filter(|(_, m)| m.contains(&old_mac))
-            .map(|(t, _)| *t)
-            .filter(|t| after(*t))
-            .max(),
-        first_new_reply: replies
-            .iter()
-            .filter(|(_, m)| m.contains(&new_mac))
-            .map(|(t, _)| *t)
-            .filter(|t| after(*t))
-            .min(),
+        old_fenced: cluster.log_event_after(from, "data plane fenced", delete_sent),
+        new_answering: cluster.log_event_after(to, "data plane answering", delete_sent),
+        last_old_reply: replies_from(old_mac).max(),
+        first_new_reply: replies_from(new_mac).min(),
         both,
         probes: replies.len(),
     })
-}
-
-/// Send an ARP request for the VIP every millisecond; return (reply time, MACs that replied) per probe.
-fn probe_loop(
-    ifname: &str,
-    ip: Ipv4Addr,
-    vip: Ipv4Addr,
-    probing: &AtomicBool,
-) -> Vec<(u64, Vec<[u8; 6]>)> {
-    let sock = ArpSocket::open(ifname).expect("ARP socket");
-    let mut out = Vec::new();
-    while probing.load(Ordering::Relaxed) {
-        sock.send_request(ip, vip).expect("send probe");
-        let frames = sock
-            .recv_until(std::time::Instant::now() + Duration::from_millis(1))
-            .expect("receive");
-        let answers: Vec<_> = frames
-            .iter()
-            .filter(|f| {
-                f.arp.op == vip_common::frame::ARP_OP_REPLY
-                    && f.arp.spa == vip.octets()
-                    && f.eth_dst == sock.mac()
-            })
-            .collect();
-        let at = answers.first().map_or_else(monotonic_ns, |f| f.at_ns);
-        out.push((at, answers.iter().map(|f| f.arp.sha).collect()));
-    }
-    out
 }
 
 impl Timeline {

@@ -1,0 +1,379 @@
+//! `cargo xtask bench`: failover of vip-agent against vip-manager in the same run, plus the data
+//! plane's own costs. Writes BENCHMARKS.md and bench/results.json.
+//!
+//! Usage: vip-bench --agent PATH [--trials N] [--out DIR]
+
+use std::{fmt::Write as _, path::PathBuf, time::Duration};
+
+use aya::{
+    Ebpf,
+    maps::{HashMap, MapData},
+    programs::{TestRun as _, TestRunOptions, Xdp},
+};
+use vip_agent::{clock::monotonic_ns, dataplane::ebpf_object};
+use vip_common::{
+    VipKey, VipState,
+    frame::{ARP_OP_REQUEST, ETH_P_IP, XDP_DROP, XDP_PASS, XDP_TX, build_arp},
+    maps::{PROGRAM_NAME, STATE_MAP},
+};
+use vip_tests::{
+    bench::{System, Trial, percentiles, switchovers},
+    require_privileges,
+};
+
+struct Args {
+    agent: PathBuf,
+    trials: usize,
+    out: PathBuf,
+}
+
+fn parse_args() -> Args {
+    let mut args = Args {
+        agent: PathBuf::from("target/release/vip-agent"),
+        trials: 200,
+        out: PathBuf::from("."),
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(a) = it.next() {
+        let value = it
+            .next()
+            .unwrap_or_else(|| usage(&format!("{a} needs a value")));
+        match a.as_str() {
+            "--agent" => args.agent = PathBuf::from(value),
+            "--trials" => {
+                args.trials = value
+                    .parse()
+                    .unwrap_or_else(|_| usage("--trials takes a number"))
+            }
+            "--out" => args.out = PathBuf::from(value),
+            other => usage(&format!("unknown argument {other}")),
+        }
+    }
+    args
+}
+
+fn usage(problem: &str) -> ! {
+    eprintln!("vip-bench: {problem}\nusage: vip-bench --agent PATH [--trials N] [--out DIR]");
+    std::process::exit(2)
+}
+
+/// Results of one system.
+struct Row {
+    system: System,
+    trials: Vec<Trial>,
+}
+
+fn main() {
+    if !require_privileges("vip-bench") {
+        std::process::exit(2);
+    }
+    let args = parse_args();
+    let started = std::time::Instant::now();
+    let systems = [
+        System::VipAgent,
+        System::VipManager { interval_ms: 1000 },
+        System::VipManager { interval_ms: 100 },
+    ];
+    let mut rows = Vec::new();
+    for (n, system) in systems.into_iter().enumerate() {
+        eprintln!(
+            "vip-bench: {} switchovers with {} ...",
+            args.trials,
+            system.label()
+        );
+        let subnet = 240 + u8::try_from(n).expect("few systems");
+        rows.push(Row {
+            system,
+            trials: switchovers(system, subnet, args.trials, &args.agent),
+        });
+    }
+    eprintln!("vip-bench: XDP program and map costs ...");
+    let micro = micro();
+    let report = render(&rows, &micro, args.trials, started.elapsed());
+    std::fs::create_dir_all(args.out.join("bench")).expect("output dir");
+    std::fs::write(args.out.join("BENCHMARKS.md"), &report).expect("write BENCHMARKS.md");
+    std::fs::write(args.out.join("bench/results.json"), json(&rows, &micro))
+        .expect("write results.json");
+    println!("{report}");
+}
+
+/// Data-plane costs (ns per operation).
+struct Micro {
+    arp_reply_ns: f64,
+    vip_drop_ns: f64,
+    pass_ns: f64,
+    map_write_ns: f64,
+}
+
+fn micro() -> Micro {
+    let mut ebpf = Ebpf::load(ebpf_object()).expect("load the object");
+    let mut state: HashMap<MapData, VipKey, VipState> =
+        HashMap::try_from(ebpf.take_map(STATE_MAP).expect("map")).expect("map type");
+    let program: &mut Xdp = ebpf
+        .program_mut(PROGRAM_NAME)
+        .expect("program")
+        .try_into()
+        .expect("xdp");
+    program.load().expect("verifier");
+    let (vip, fenced_vip) = ([10, 77, 239, 100], [10, 77, 239, 101]);
+    let mac = [2, 0, 0, 0, 0, 1];
+    let far = monotonic_ns() + 3_600_000_000_000;
+    state
+        .insert(VipKey::new(vip), VipState::answering_until(mac, far), 0)
+        .expect("insert");
+    state
+        .insert(VipKey::new(fenced_vip), VipState::fenced(mac), 0)
+        .expect("insert");
+    let client = [2, 0, 0, 0, 0, 9];
+    let request = |tpa| {
+        build_arp(
+            [0xff; 6],
+            client,
+            ARP_OP_REQUEST,
+            client,
+            [10, 77, 239, 9],
+            [0; 6],
+            tpa,
+        )
+    };
+    let mut ipv4 = [0u8; 42];
+    ipv4[12..14].copy_from_slice(&ETH_P_IP);
+    ipv4[14] = 0x45;
+    ipv4[30..34].copy_from_slice(&[10, 77, 239, 1]);
+
+    let run = |frame: &[u8], repeat: u32, expect: u32| -> f64 {
+        let mut out = vec![0u8; 128];
+        let mut opts = TestRunOptions::new();
+        opts.data_in = Some(frame);
+        opts.data_out = Some(&mut out);
+        opts.repeat = repeat;
+        let r = program.test_run(opts).expect("test run");
+        assert_eq!(r.return_value, expect);
+        r.duration.as_nanos() as f64
+    };
+    // The reply rewrites the frame in place, and repeated runs would see the reply: one run per call,
+    // averaged (the kernel times the program run, not the syscall).
+    let n = 20_000;
+    let reply_total: f64 = (0..n).map(|_| run(&request(vip), 1, XDP_TX)).sum();
+    let arp_reply_ns = reply_total / f64::from(n);
+    // Drops and passes leave the frame alone: the kernel repeats them and reports ns per run.
+    let vip_drop_ns = run(&request(fenced_vip), 1_000_000, XDP_DROP);
+    let pass_ns = run(&ipv4, 1_000_000, XDP_PASS);
+
+    let writes = 100_000u32;
+    let t = std::time::Instant::now();
+    for i in 0..writes {
+        state
+            .insert(
+                VipKey::new(vip),
+                VipState::answering_until(mac, far + u64::from(i)),
+                0,
+            )
+            .expect("write");
+    }
+    let map_write_ns = t.elapsed().as_nanos() as f64 / f64::from(writes);
+    Micro {
+        arp_reply_ns,
+        vip_drop_ns,
+        pass_ns,
+        map_write_ns,
+    }
+}
+
+fn ms(ns: u64) -> String {
+    format!("{:.3}", ns as f64 / 1e6)
+}
+
+fn stats_row(label: &str, values: &[u64]) -> String {
+    match percentiles(values) {
+        Some([p50, p90, p99, max]) => format!(
+            "| {label} | {} | {} | {} | {} | {} |\n",
+            ms(p50),
+            ms(p90),
+            ms(p99),
+            ms(max),
+            values.len()
+        ),
+        None => format!("| {label} | - | - | - | - | 0 |\n"),
+    }
+}
+
+fn render(rows: &[Row], micro: &Micro, trials: usize, took: Duration) -> String {
+    let mut md = String::new();
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("model name")
+                .map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned())
+        })
+        .unwrap_or_default();
+    let cpus = std::thread::available_parallelism().map_or(0, std::num::NonZero::get);
+    let date = std::process::Command::new("date")
+        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    let _ = writeln!(md, "# Benchmarks\n");
+    let _ = writeln!(
+        md,
+        "Generated by `cargo xtask bench` on {date}: Linux {}, {cpu}, {cpus} CPUs; veth + bridge in \
+         network namespaces, XDP in generic mode (veth), etcd 3.4 single member on disk-backed /tmp, \
+         release build. {trials} switchovers per system after one warm-up (fewer than the 200 the \
+         method asks for when `--trials` says so), run one system after the other, unpinned; the run \
+         took {:.0} s. Raw data: [bench/results.json](bench/results.json).\n",
+        kernel.trim(),
+        took.as_secs_f64()
+    );
+    let _ = writeln!(
+        md,
+        "A trial replays Patroni's switchover on the leader key: t0 = the release (delete if the value \
+         is the old leader's) is sent, then the new leader creates the key. vip-agent follows the v3 \
+         key; vip-manager 1.0.2 (Debian) reads only the v2 API, so its key is written through v2 in \
+         the same order. The client sends an ARP request for the VIP every millisecond, so reply \
+         times have ~1 ms resolution. All times in ms from t0.\n"
+    );
+    for row in rows {
+        let t = &row.trials;
+        let pick = |f: fn(&Trial) -> Option<u64>| t.iter().filter_map(f).collect::<Vec<_>>();
+        let overlap: usize = t.iter().map(|x| x.overlap).sum();
+        let trials_with_overlap = t.iter().filter(|x| x.overlap > 0).count();
+        let missing = t.iter().filter(|x| x.first_new_ns.is_none()).count();
+        let _ = writeln!(md, "## {}\n", row.system.label());
+        let _ = writeln!(
+            md,
+            "| metric (ms from t0) | p50 | p90 | p99 | max | n |\n|---|---|---|---|---|---|"
+        );
+        md.push_str(&stats_row(
+            "release acknowledged by etcd",
+            &pick(|x| Some(x.release_acked_ns)),
+        ));
+        md.push_str(&stats_row(
+            "acquire acknowledged by etcd",
+            &pick(|x| Some(x.acquire_acked_ns)),
+        ));
+        if row.system == System::VipAgent {
+            md.push_str(&stats_row(
+                "old node's data plane fenced",
+                &pick(|x| x.old_dataplane_ns),
+            ));
+            md.push_str(&stats_row(
+                "new node's data plane answering",
+                &pick(|x| x.new_dataplane_ns),
+            ));
+        }
+        md.push_str(&stats_row(
+            "last ARP reply from the old holder",
+            &pick(|x| x.last_old_ns),
+        ));
+        md.push_str(&stats_row(
+            "first ARP reply from the new holder",
+            &pick(|x| x.first_new_ns),
+        ));
+        md.push_str(&stats_row(
+            "blackout (no holder answering)",
+            &pick(Trial::blackout_ns),
+        ));
+        let _ = writeln!(
+            md,
+            "\nOverlap (probes answered by both MACs): {overlap} in total, in {trials_with_overlap} of {} trials. \
+             Trials where the new holder never answered within the window: {missing}.\n",
+            t.len()
+        );
+    }
+    if let (Some(agent), Some(manager)) = (
+        rows.iter().find(|r| r.system == System::VipAgent),
+        rows.iter()
+            .find(|r| r.system == System::VipManager { interval_ms: 1000 }),
+    ) {
+        let p50 = |r: &Row, f: fn(&Trial) -> Option<u64>| {
+            percentiles(&r.trials.iter().filter_map(f).collect::<Vec<_>>()).map(|p| p[0] as f64)
+        };
+        let ratio = |f: fn(&Trial) -> Option<u64>| match (p50(manager, f), p50(agent, f)) {
+            (Some(m), Some(a)) if a > 0.0 => format!("{:.0}x", m / a),
+            _ => "-".to_owned(),
+        };
+        let _ = writeln!(
+            md,
+            "## Ratios, vip-manager 1.0.2 (1000 ms, its default) / vip-agent, p50, same run\n"
+        );
+        let _ = writeln!(md, "| metric | ratio |\n|---|---|");
+        let _ = writeln!(
+            md,
+            "| first ARP reply from the new holder | {} |",
+            ratio(|x| x.first_new_ns)
+        );
+        let _ = writeln!(
+            md,
+            "| last ARP reply from the old holder | {} |\n",
+            ratio(|x| x.last_old_ns)
+        );
+    }
+    let _ = writeln!(md, "## Data plane costs\n");
+    let _ = writeln!(md, "| operation | ns |\n|---|---|");
+    let _ = writeln!(
+        md,
+        "| XDP: ARP request for a VIP answered (rewrite + XDP_TX), BPF_PROG_TEST_RUN, mean of 20,000 single runs | {:.1} |",
+        micro.arp_reply_ns
+    );
+    let _ = writeln!(
+        md,
+        "| XDP: ARP request for a fenced VIP dropped, repeat 1,000,000 | {:.1} |",
+        micro.vip_drop_ns
+    );
+    let _ = writeln!(
+        md,
+        "| XDP: IPv4 to a non-VIP address passed, repeat 1,000,000 | {:.1} |",
+        micro.pass_ns
+    );
+    let _ = writeln!(
+        md,
+        "| map write (`bpf(BPF_MAP_UPDATE_ELEM)` from userspace, as the agent does), mean of 100,000 | {:.1} |\n",
+        micro.map_write_ns
+    );
+    let _ = writeln!(
+        md,
+        "Not measured yet (issue 4 asks for them): lease-expiry, SIGKILL, partition, etcd-stopped and \
+         restart scenarios; the client's neighbour-entry switch time; keepalived; arping RTT kernel vs \
+         XDP; agent RSS/CPU when idle; a per-trial SVG plot."
+    );
+    md
+}
+
+fn json(rows: &[Row], micro: &Micro) -> String {
+    let systems: Vec<_> = rows
+        .iter()
+        .map(|row| {
+            let trials: Vec<_> = row
+                .trials
+                .iter()
+                .map(|t| {
+                    serde_json::json!({
+                        "from": format!("node{}", t.from + 1),
+                        "to": format!("node{}", t.to + 1),
+                        "release_acked_ns": t.release_acked_ns,
+                        "acquire_acked_ns": t.acquire_acked_ns,
+                        "last_old_ns": t.last_old_ns,
+                        "first_new_ns": t.first_new_ns,
+                        "old_dataplane_ns": t.old_dataplane_ns,
+                        "new_dataplane_ns": t.new_dataplane_ns,
+                        "overlap": t.overlap,
+                        "probes": t.probes,
+                    })
+                })
+                .collect();
+            serde_json::json!({ "system": row.system.label(), "trials": trials })
+        })
+        .collect();
+    let doc = serde_json::json!({
+        "systems": systems,
+        "micro_ns": {
+            "arp_reply": micro.arp_reply_ns,
+            "vip_drop": micro.vip_drop_ns,
+            "pass": micro.pass_ns,
+            "map_write": micro.map_write_ns,
+        },
+    });
+    serde_json::to_string_pretty(&doc).unwrap_or_default()
+}
