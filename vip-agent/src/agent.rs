@@ -157,9 +157,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
     for task in vip_tasks {
         tasks.spawn(task.run(vip_stop.clone()));
     }
+    // Followers run on their own tracker so shutdown can wait for them: no hook may write
+    // "answering" after the fence below.
+    let follower_tasks = TaskTracker::new();
     for follower in followers {
-        tasks.spawn(follower.run(followers_stop.clone()));
+        follower_tasks.spawn(follower.run(followers_stop.clone()));
     }
+    follower_tasks.close();
     let metrics_stop = CancellationToken::new();
     tasks.spawn(metrics::serve(
         listener,
@@ -175,8 +179,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
 
     shutdown.cancelled().await;
     info!("shutting down: fencing every VIP");
-    // Stop following first, so no hook writes "answering" after the fence below.
+    // Stop following first and wait for it, so no hook writes "answering" after the fence below.
     followers_stop.cancel();
+    follower_tasks.wait().await;
     for (interface, dp) in &dataplanes {
         let mut dp = dp.lock().unwrap_or_else(PoisonError::into_inner);
         for vip in config.vips.iter().filter(|v| &v.interface == interface) {
@@ -275,8 +280,9 @@ struct DataplaneWriter {
     key: String,
     targets: Vec<(Ipv4Addr, SharedDataplane)>,
     registry: Registry,
-    /// Whether the last write made the VIPs answer (for one log line per transition).
-    answering: bool,
+    /// The deadline of the last write (0: fenced). The data plane answers while it lies ahead, so
+    /// a deadline that ran out counts as fenced and the next confirmation logs a transition.
+    answering_until: u64,
 }
 
 impl DataplaneWriter {
@@ -285,7 +291,7 @@ impl DataplaneWriter {
             key,
             targets,
             registry,
-            answering: false,
+            answering_until: 0,
         }
     }
 
@@ -309,7 +315,8 @@ impl DataplaneWriter {
         }
         let done = monotonic_ns();
         let latency_us = done.saturating_sub(state.observed_at_ns) / 1_000;
-        let transition = answer != self.answering;
+        let transition = answer != (now < self.answering_until);
+        self.answering_until = if answer { state.safe_until_ns } else { 0 };
         for (vip, _) in &self.targets {
             self.registry.record_write(*vip, transition, latency_us);
         }
@@ -318,7 +325,6 @@ impl DataplaneWriter {
             state.revision,
         );
         if transition {
-            self.answering = answer;
             info!(
                 key = %self.key,
                 role = if answer { "primary" } else { "fenced" },
