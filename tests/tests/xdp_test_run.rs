@@ -9,7 +9,7 @@ use aya::{
 use vip_agent::{clock::monotonic_ns, dataplane::ebpf_object};
 use vip_common::{
     VipKey, VipState, VipStats,
-    frame::{ARP_OP_REPLY, ARP_OP_REQUEST, ETH_P_IP, XDP_DROP, XDP_PASS, XDP_TX, build_arp},
+    frame::{ARP_OP_REPLY, ARP_OP_REQUEST, XDP_DROP, XDP_PASS, XDP_TX, build_arp, build_ipv4},
     maps::{MAP_NAMES, PROGRAM_NAME, STATE_MAP, STATS_MAP},
 };
 
@@ -112,17 +112,7 @@ fn arp_request(tpa: [u8; 4]) -> Vec<u8> {
 }
 
 fn icmp_to(dst: [u8; 4]) -> Vec<u8> {
-    let mut f = vec![0u8; 14 + 28];
-    f[0..6].copy_from_slice(&OUR_MAC);
-    f[6..12].copy_from_slice(&CLIENT_MAC);
-    f[12..14].copy_from_slice(&ETH_P_IP);
-    f[14] = 0x45;
-    f[16..18].copy_from_slice(&28u16.to_be_bytes());
-    f[22] = 64;
-    f[23] = 1;
-    f[26..30].copy_from_slice(&CLIENT_IP);
-    f[30..34].copy_from_slice(&dst);
-    f
+    build_ipv4(OUR_MAC, CLIENT_MAC, CLIENT_IP, dst, 1).to_vec()
 }
 
 fn privileged(name: &str) -> bool {

@@ -281,5 +281,29 @@ pub fn build_arp(
     f
 }
 
+/// Build an Ethernet + IPv4 header (20 bytes, no options, TTL 64, `total_length` 28 as for an ICMP
+/// echo without payload, checksum left 0), followed by 8 zero bytes of L4 header: 42 bytes in all.
+/// For tests and benchmarks; the program never builds IPv4.
+#[must_use]
+pub fn build_ipv4(
+    eth_dst: [u8; 6],
+    eth_src: [u8; 6],
+    src: [u8; 4],
+    dst: [u8; 4],
+    protocol: u8,
+) -> [u8; IPV4_FRAME_LEN + 8] {
+    let mut f = [0u8; IPV4_FRAME_LEN + 8];
+    f[0..6].copy_from_slice(&eth_dst);
+    f[6..12].copy_from_slice(&eth_src);
+    f[12..14].copy_from_slice(&ETH_P_IP);
+    f[14] = 0x45;
+    f[16..18].copy_from_slice(&28u16.to_be_bytes());
+    f[22] = 64;
+    f[23] = protocol;
+    f[26..30].copy_from_slice(&src);
+    f[30..34].copy_from_slice(&dst);
+    f
+}
+
 #[cfg(test)]
 mod tests;

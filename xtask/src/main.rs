@@ -107,45 +107,38 @@ fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| workspace().join("target"), PathBuf::from)
 }
 
-fn demo() -> Result<()> {
+/// Setup, then a release build of vip-agent and the `vip-tests` binary `bin`; returns
+/// `(path of bin, path of vip-agent)`.
+fn release_build(bin: &str) -> Result<(PathBuf, PathBuf)> {
     setup::run(false)?;
-    eprintln!("xtask: building vip-agent and the demo (release)");
-    run_cmd(cargo().args([
-        "build",
-        "--release",
-        "--package",
-        "vip-agent",
-        "--package",
-        "vip-tests",
-        "--bin",
-        "vip-agent",
-        "--bin",
-        "vip-demo",
-    ]))?;
+    eprintln!("xtask: building vip-agent and {bin} (release)");
+    run_cmd(
+        cargo()
+            .args([
+                "build",
+                "--release",
+                "--package",
+                "vip-agent",
+                "--package",
+                "vip-tests",
+            ])
+            .args(["--bin", "vip-agent", "--bin", bin]),
+    )?;
     let release = target_dir().join("release");
-    run_cmd(Command::new(release.join("vip-demo")).arg(release.join("vip-agent")))
+    Ok((release.join(bin), release.join("vip-agent")))
+}
+
+fn demo() -> Result<()> {
+    let (demo, agent) = release_build("vip-demo")?;
+    run_cmd(Command::new(demo).arg(agent))
 }
 
 fn bench(trials: usize) -> Result<()> {
-    setup::run(false)?;
-    eprintln!("xtask: building vip-agent and the benchmark (release)");
-    run_cmd(cargo().args([
-        "build",
-        "--release",
-        "--package",
-        "vip-agent",
-        "--package",
-        "vip-tests",
-        "--bin",
-        "vip-agent",
-        "--bin",
-        "vip-bench",
-    ]))?;
-    let release = target_dir().join("release");
+    let (bench, agent) = release_build("vip-bench")?;
     run_cmd(
-        Command::new(release.join("vip-bench"))
+        Command::new(bench)
             .arg("--agent")
-            .arg(release.join("vip-agent"))
+            .arg(agent)
             .args(["--trials", &trials.to_string(), "--out"])
             .arg(workspace()),
     )?;

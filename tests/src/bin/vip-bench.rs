@@ -13,7 +13,7 @@ use aya::{
 use vip_agent::{clock::monotonic_ns, dataplane::ebpf_object};
 use vip_common::{
     VipKey, VipState,
-    frame::{ARP_OP_REQUEST, ETH_P_IP, XDP_DROP, XDP_PASS, XDP_TX, build_arp},
+    frame::{ARP_OP_REQUEST, XDP_DROP, XDP_PASS, XDP_TX, build_arp, build_ipv4},
     maps::{PROGRAM_NAME, STATE_MAP},
 };
 use vip_tests::{
@@ -136,10 +136,7 @@ fn micro() -> Micro {
             tpa,
         )
     };
-    let mut ipv4 = [0u8; 42];
-    ipv4[12..14].copy_from_slice(&ETH_P_IP);
-    ipv4[14] = 0x45;
-    ipv4[30..34].copy_from_slice(&[10, 77, 239, 1]);
+    let ipv4 = build_ipv4(mac, client, [10, 77, 239, 9], [10, 77, 239, 1], 1);
 
     let run = |frame: &[u8], repeat: u32, expect: u32| -> f64 {
         let mut out = vec![0u8; 128];

@@ -57,17 +57,7 @@ fn request(eth_dst: [u8; 6], sha: [u8; 6], spa: [u8; 4], tpa: [u8; 4]) -> Vec<u8
 }
 
 fn ipv4(dst: [u8; 4]) -> Vec<u8> {
-    let mut f = vec![0u8; 14 + 28];
-    f[0..6].copy_from_slice(&OUR_MAC);
-    f[6..12].copy_from_slice(&CLIENT_MAC);
-    f[12..14].copy_from_slice(&ETH_P_IP);
-    f[14] = 0x45;
-    f[16..18].copy_from_slice(&28u16.to_be_bytes());
-    f[22] = 64;
-    f[23] = 1; // ICMP
-    f[26..30].copy_from_slice(&CLIENT_IP);
-    f[30..34].copy_from_slice(&dst);
-    f
+    build_ipv4(OUR_MAC, CLIENT_MAC, CLIENT_IP, dst, 1).to_vec()
 }
 
 /// Run `process` and return the verdict and the frame as it is afterwards.
