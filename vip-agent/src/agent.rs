@@ -32,6 +32,7 @@ use crate::{
     garp::{GarpError, GarpSender},
     leader::{LeaderError, LeaderFollower, LeaderSettings, LeaderState, Reason},
     metrics::{self, MetricsError, Registry},
+    notify::Notifier,
 };
 
 /// Errors that stop the agent from starting. Once running, failures are logged and retried.
@@ -170,6 +171,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
         registry.clone(),
         metrics_stop.clone(),
     ));
+    tasks.spawn(notify_ready(
+        receivers.values().cloned().collect(),
+        config.vips.len(),
+    ));
     tasks.close();
     info!(
         vips = config.vips.len(),
@@ -197,6 +202,41 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
         "stopped: every VIP fenced and its address removed; the XDP program stays attached, fenced"
     );
     Ok(())
+}
+
+/// Tell systemd (`Type=notify`) that the agent is ready: the data plane is attached (the caller
+/// spawns this after that) and every follower has published its first state from etcd, a read or
+/// the failure of its first attempt. An agent that cannot reach etcd is running, fenced, and
+/// retrying: it must neither hold back units ordered after it nor be killed by `TimeoutStartSec`.
+/// Ends without notifying when the followers stop first (shutdown during startup). After a SIGHUP
+/// restart it notifies again, which systemd ignores for a running service.
+async fn notify_ready(mut leaders: Vec<watch::Receiver<LeaderState>>, vips: usize) {
+    let notifier = match Notifier::from_env() {
+        Ok(n) if n.is_enabled() => n,
+        Ok(_) => return,
+        Err(e) => {
+            warn!(error = %e, "cannot notify systemd");
+            return;
+        }
+    };
+    for leader in &mut leaders {
+        if leader
+            .wait_for(|s| s.reason != Reason::Startup)
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
+    // Static on purpose: nothing keeps STATUS= up to date, so it names no state that changes.
+    let status = format!(
+        "running: {vips} VIP(s), following {} leader key(s)",
+        leaders.len()
+    );
+    match notifier.ready(&status) {
+        Ok(()) => info!(status, "systemd notified: ready"),
+        Err(e) => warn!(error = %e, "cannot notify systemd"),
+    }
 }
 
 /// Reads every VIP's map entry and counters (for the metrics page, at scrape time).

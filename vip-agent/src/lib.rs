@@ -15,3 +15,4 @@ pub mod garp;
 pub mod leader;
 pub mod metrics;
 pub mod netlink;
+pub mod notify;

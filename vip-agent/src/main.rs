@@ -38,6 +38,9 @@ enum Command {
         /// bpffs directory of the pins.
         #[arg(long, default_value = DEFAULT_PIN_ROOT)]
         pin_path: PathBuf,
+        /// Print a JSON array, one object per VIP (`[]` when nothing is pinned).
+        #[arg(long)]
+        json: bool,
     },
     /// Remove the XDP program and its pins from an interface.
     Detach {
@@ -59,7 +62,8 @@ fn main() -> ExitCode {
         Some(Command::Status {
             interface,
             pin_path,
-        }) => status(&interface, &pin_path),
+            json,
+        }) => status(&interface, &pin_path, json),
         Some(Command::Detach {
             interface,
             pin_path,
@@ -134,7 +138,10 @@ async fn supervise(args: &ConfigArgs, mut config: config::Config) -> Result<()> 
             }
         };
         match &next {
-            None => info!("shutdown requested"),
+            None => {
+                info!("shutdown requested");
+                notify_stopping();
+            }
             Some(_) => {
                 info!("SIGHUP: configuration changed; restarting the agent (VIPs fenced meanwhile)")
             }
@@ -145,6 +152,16 @@ async fn supervise(args: &ConfigArgs, mut config: config::Config) -> Result<()> 
             None => return Ok(()),
             Some(new) => config = new,
         }
+    }
+}
+
+/// `STOPPING=1` to systemd (`Type=notify`): only for a real shutdown, never for a SIGHUP restart,
+/// which systemd would take for the service stopping by itself.
+fn notify_stopping() {
+    let sent = vip_agent::notify::Notifier::from_env()
+        .and_then(|n| n.stopping("stopping: fencing every VIP, removing addresses"));
+    if let Err(e) = sent {
+        warn!(error = %e, "cannot notify systemd");
     }
 }
 
@@ -161,36 +178,93 @@ fn check(args: &ConfigArgs) -> Result<()> {
     Ok(())
 }
 
-fn status(interface: &str, pin_path: &std::path::Path) -> Result<()> {
+fn status(interface: &str, pin_path: &std::path::Path, json: bool) -> Result<()> {
     let Some(vips) = dataplane::inspect(pin_path, interface)? else {
-        warn!(interface, "nothing pinned");
-        println!(
+        let message = format!(
             "{interface}: no vip-agent data plane pinned under {}",
             pin_path.display()
         );
+        if json {
+            // stdout stays parseable; the reason goes to the human.
+            eprintln!("{message}");
+            println!("[]");
+        } else {
+            println!("{message}");
+        }
         return Ok(());
     };
     let now = vip_agent::clock::monotonic_ns();
-    for s in vips {
-        let answering = s.state.answering_at(now);
-        let remaining_ms = s.state.deadline_ns.saturating_sub(now) / 1_000_000;
+    let statuses: Vec<VipStatus> = vips
+        .iter()
+        .map(|s| VipStatus::at(interface, s, now))
+        .collect();
+    if json {
         println!(
-            "{interface} {} {} deadline_in_ms={} arp_replied={} arp_dropped={} ipv4_dropped={} conflicts={} last_reply_ago_ms={}",
-            s.vip,
-            if answering { "answering" } else { "fenced" },
-            remaining_ms,
-            s.stats.arp_replied,
-            s.stats.arp_dropped,
-            s.stats.ipv4_dropped,
-            s.stats.conflicts,
-            if s.stats.last_reply_ns == 0 {
-                "never".to_owned()
-            } else {
-                (now.saturating_sub(s.stats.last_reply_ns) / 1_000_000).to_string()
-            },
+            "{}",
+            serde_json::to_string_pretty(&statuses).context("render the status as JSON")?
         );
+    } else {
+        for s in &statuses {
+            println!("{}", s.text());
+        }
     }
     Ok(())
+}
+
+/// What `vip-agent status` says about one VIP at one instant.
+#[derive(Debug, PartialEq, Eq, serde::Serialize)]
+struct VipStatus {
+    interface: String,
+    vip: std::net::Ipv4Addr,
+    /// The data plane answers ARP for the VIP now (its deadline lies ahead).
+    answering: bool,
+    /// Until the deadline; 0 when fenced or expired.
+    deadline_in_ms: u64,
+    arp_replied: u64,
+    arp_dropped: u64,
+    ipv4_dropped: u64,
+    conflicts: u64,
+    /// Since the last ARP reply; `None` (JSON `null`) when the program never replied.
+    last_reply_ago_ms: Option<u64>,
+}
+
+impl VipStatus {
+    /// The snapshot as seen at kernel monotonic time `now_ns`.
+    fn at(interface: &str, s: &dataplane::VipSnapshot, now_ns: u64) -> Self {
+        Self {
+            interface: interface.to_owned(),
+            vip: s.vip,
+            answering: s.state.answering_at(now_ns),
+            deadline_in_ms: s.state.deadline_ns.saturating_sub(now_ns) / 1_000_000,
+            arp_replied: s.stats.arp_replied,
+            arp_dropped: s.stats.arp_dropped,
+            ipv4_dropped: s.stats.ipv4_dropped,
+            conflicts: s.stats.conflicts,
+            last_reply_ago_ms: (s.stats.last_reply_ns != 0)
+                .then(|| now_ns.saturating_sub(s.stats.last_reply_ns) / 1_000_000),
+        }
+    }
+
+    /// The one-line text form.
+    fn text(&self) -> String {
+        format!(
+            "{} {} {} deadline_in_ms={} arp_replied={} arp_dropped={} ipv4_dropped={} conflicts={} last_reply_ago_ms={}",
+            self.interface,
+            self.vip,
+            if self.answering {
+                "answering"
+            } else {
+                "fenced"
+            },
+            self.deadline_in_ms,
+            self.arp_replied,
+            self.arp_dropped,
+            self.ipv4_dropped,
+            self.conflicts,
+            self.last_reply_ago_ms
+                .map_or_else(|| "never".to_owned(), |ms| ms.to_string()),
+        )
+    }
 }
 
 fn detach(interface: &str, pin_path: &std::path::Path) -> Result<()> {
@@ -200,4 +274,103 @@ fn detach(interface: &str, pin_path: &std::path::Path) -> Result<()> {
         println!("{interface}: nothing pinned under {}", pin_path.display());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use vip_agent::dataplane::VipSnapshot;
+    use vip_common::{VipState, VipStats};
+
+    use super::VipStatus;
+
+    const MS: u64 = 1_000_000;
+    const MAC: [u8; 6] = [2, 0, 0, 0, 0, 1];
+
+    fn snapshot(state: VipState, stats: VipStats) -> VipSnapshot {
+        VipSnapshot {
+            vip: Ipv4Addr::new(10, 0, 0, 10),
+            state,
+            stats,
+        }
+    }
+
+    #[test]
+    fn status_json_answering_vip() {
+        let now = 1_000 * MS;
+        let s = snapshot(
+            VipState::answering_until(MAC, now + 2_500 * MS),
+            VipStats {
+                arp_replied: 7,
+                arp_dropped: 1,
+                ipv4_dropped: 2,
+                conflicts: 3,
+                last_reply_ns: now - 40 * MS,
+            },
+        );
+        let json = serde_json::to_value(vec![VipStatus::at("eth1", &s, now)]).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!([{
+                "interface": "eth1",
+                "vip": "10.0.0.10",
+                "answering": true,
+                "deadline_in_ms": 2_500,
+                "arp_replied": 7,
+                "arp_dropped": 1,
+                "ipv4_dropped": 2,
+                "conflicts": 3,
+                "last_reply_ago_ms": 40,
+            }])
+        );
+    }
+
+    #[test]
+    fn status_json_fenced_vip_that_never_replied() {
+        let now = 1_000 * MS;
+        let s = snapshot(VipState::fenced(MAC), VipStats::default());
+        let json = serde_json::to_value(VipStatus::at("eth1", &s, now)).unwrap();
+        assert_eq!(json["answering"], false);
+        assert_eq!(json["deadline_in_ms"], 0);
+        assert!(json["last_reply_ago_ms"].is_null(), "{json}");
+    }
+
+    #[test]
+    fn status_expired_deadline_is_fenced_with_zero_remaining() {
+        let now = 1_000 * MS;
+        let s = snapshot(
+            VipState::answering_until(MAC, now - MS),
+            VipStats::default(),
+        );
+        let status = VipStatus::at("eth1", &s, now);
+        assert!(!status.answering);
+        assert_eq!(status.deadline_in_ms, 0);
+    }
+
+    #[test]
+    fn status_text_is_unchanged() {
+        let now = 1_000 * MS;
+        let answering = snapshot(
+            VipState::answering_until(MAC, now + 2_500 * MS),
+            VipStats {
+                arp_replied: 7,
+                arp_dropped: 1,
+                ipv4_dropped: 2,
+                conflicts: 3,
+                last_reply_ns: now - 40 * MS,
+            },
+        );
+        assert_eq!(
+            VipStatus::at("eth1", &answering, now).text(),
+            "eth1 10.0.0.10 answering deadline_in_ms=2500 arp_replied=7 arp_dropped=1 \
+             ipv4_dropped=2 conflicts=3 last_reply_ago_ms=40"
+        );
+        let fenced = snapshot(VipState::fenced(MAC), VipStats::default());
+        assert_eq!(
+            VipStatus::at("eth1", &fenced, now).text(),
+            "eth1 10.0.0.10 fenced deadline_in_ms=0 arp_replied=0 arp_dropped=0 \
+             ipv4_dropped=0 conflicts=0 last_reply_ago_ms=never"
+        );
+    }
 }

@@ -35,6 +35,10 @@ const PACKAGES: &[(&str, &str)] = &[
         "protoc, for etcd-client's generated gRPC code",
     ),
     (
+        "libprotobuf-dev",
+        "google/protobuf/*.proto, imported by etcd-client's protos",
+    ),
+    (
         "etcd-server",
         "etcd 3.4 for the integration tests, demo and benchmark",
     ),
@@ -53,6 +57,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("ethtool", "NIC settings (GRO) for native-mode XDP on veth"),
     ("bpftool", "inspecting the loaded program"),
     ("openssl", "test certificates for etcd TLS"),
+    ("systemd", "systemd-analyze verify for the unit-file tests"),
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
