@@ -162,23 +162,41 @@ impl<'a> Keys<'a> {
 
 /// One etcd v2 HTTP request; returns the status code.
 fn v2(etcd: SocketAddr, method: &str, path: &str, body: &str) -> u16 {
+    v2_full(etcd, method, path, body, Duration::from_secs(5)).0
+}
+
+/// One etcd v2 HTTP request, waiting up to `timeout` for the answer: (status, JSON body or `Null`).
+fn v2_full(
+    etcd: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &str,
+    timeout: Duration,
+) -> (u16, serde_json::Value) {
     let mut stream =
         TcpStream::connect_timeout(&etcd, Duration::from_secs(2)).expect("connect to etcd v2");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .expect("timeout");
+    stream.set_read_timeout(Some(timeout)).expect("timeout");
     let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {etcd}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "{method} {path} HTTP/1.0\r\nHost: {etcd}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
     stream.write_all(request.as_bytes()).expect("v2 request");
     let mut response = String::new();
     let _ = stream.read_to_string(&mut response);
-    response
+    let status = response
         .split_whitespace()
         .nth(1)
         .and_then(|code| code.parse().ok())
-        .unwrap_or(0)
+        .unwrap_or(0);
+    // An HTTP/1.0 request gets an unchunked answer delimited by the close: the body follows the
+    // headers as is.
+    let json = response
+        .split_once("\r\n\r\n")
+        .and_then(|(_, body)| body.find('{').map(|i| &body[i..]))
+        .and_then(|body| serde_json::Deserializer::from_str(body).into_iter().next())
+        .and_then(Result::ok)
+        .unwrap_or(serde_json::Value::Null);
+    (status, json)
 }
 
 /// Run `trials` switchovers (alternating direction, after one warm-up) on a fresh cluster.
@@ -187,6 +205,12 @@ fn v2(etcd: SocketAddr, method: &str, path: &str, body: &str) -> u16 {
 /// When the cluster cannot be built or a holder never takes over.
 #[must_use]
 pub fn switchovers(system: System, subnet: u8, trials: usize, agent_bin: &Path) -> Vec<Trial> {
+    let cluster = start(system, subnet, agent_bin);
+    switchovers_on(&cluster, system, trials)
+}
+
+/// A two-node cluster running `system`, with the key held by node 0.
+fn start(system: System, subnet: u8, agent_bin: &Path) -> Cluster {
     let mut cluster = Cluster::new(subnet, 2, agent_bin, "");
     for i in 0..2 {
         match system {
@@ -197,16 +221,21 @@ pub fn switchovers(system: System, subnet: u8, trials: usize, agent_bin: &Path) 
     if system == System::VipAgent {
         cluster.wait_running();
     }
-    let keys = Keys::new(&cluster, system);
-    keys.switch("", "node1", 0);
+    Keys::new(&cluster, system).switch("", "node1", 0);
     wait_for_holder(&cluster, 0);
+    cluster
+}
 
+/// `trials` switchovers after one discarded warm-up, starting from whichever node holds the key.
+fn switchovers_on(cluster: &Cluster, system: System, trials: usize) -> Vec<Trial> {
+    let keys = Keys::new(cluster, system);
+    let first = current_holder(cluster);
     let mut results = Vec::new();
-    // Trial 0 is a warm-up and is discarded.
     for n in 0..=trials {
-        let (from, to) = if n % 2 == 0 { (0, 1) } else { (1, 0) };
-        let trial = one_switchover(&cluster, &keys, from, to);
-        wait_for_holder(&cluster, to);
+        let from = if n % 2 == 0 { first } else { 1 - first };
+        let to = 1 - from;
+        let trial = one_switchover(cluster, &keys, from, to);
+        wait_for_holder(cluster, to);
         if n > 0 {
             results.push(trial);
         }
@@ -286,9 +315,334 @@ fn wait_for_holder(cluster: &Cluster, i: usize) {
     }
 }
 
+/// TTL of the lease a holder "crashes" with in the expiry scenario (Patroni's default is 30 s; etcd
+/// refuses less than ~2 s with its default election timeout).
+pub const EXPIRY_TTL_S: i64 = 3;
+
+/// One lease expiry: the holder's Patroni died, its leader key expires with its lease, and the
+/// other member takes the key as soon as it sees it gone. Times in ns from t0 = the expiry seen by
+/// a watcher on the client host; the old holder's last reply may come before it (negative).
+#[derive(Clone, Debug, Default)]
+pub struct Expiry {
+    pub from: usize,
+    pub to: usize,
+    /// Last reply from the old holder, relative to t0 (negative: it went silent before the expiry).
+    pub last_old_ns: Option<i64>,
+    /// Probes after t0 that the old holder still answered.
+    pub old_answers_after_expiry: usize,
+    pub acquire_acked_ns: u64,
+    pub first_new_ns: Option<u64>,
+    /// Probes answered by both MACs.
+    pub overlap: usize,
+    pub probes: usize,
+}
+
+/// Run `trials` lease expiries (alternating direction) on `cluster`, whose agents or vip-managers
+/// are running and whose key is held by node 0.
+///
+/// # Panics
+/// When etcd fails or a holder never takes over.
+pub fn lease_expiries(cluster: &Cluster, system: System, trials: usize) -> Vec<Expiry> {
+    let keys = Keys::new(cluster, system);
+    let mut holder = current_holder(cluster);
+    (0..trials)
+        .map(|_| {
+            // The holder crashes; the other node takes over; next time the other way round.
+            let trial = one_expiry(cluster, &keys, holder);
+            wait_for_holder(cluster, trial.to);
+            holder = trial.to;
+            trial
+        })
+        .collect()
+}
+
+/// The node that answers for the VIP now (waits up to 10 s for exactly one).
+fn current_holder(cluster: &Cluster) -> usize {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let macs = cluster.probe(Duration::from_millis(20));
+        if let [mac] = macs.as_slice()
+            && let Some(i) = cluster.nodes.iter().position(|n| n.host.mac == *mac)
+        {
+            return i;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no single holder: {macs:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn one_expiry(cluster: &Cluster, keys: &Keys<'_>, from: usize) -> Expiry {
+    let to = 1 - from;
+    let (from_name, to_name) = (&cluster.nodes[from].name, &cluster.nodes[to].name);
+    // `from` (re)takes the key with a short lease that nobody keeps alive: its Patroni is gone.
+    let watch_from = keys.hold_with_short_lease(from_name);
+    wait_for_holder(cluster, from);
+    let (old_mac, new_mac) = (cluster.nodes[from].host.mac, cluster.nodes[to].host.mac);
+    let probing = AtomicBool::new(true);
+    let (ifname, ip, vip) = (
+        cluster.client.ifname.clone(),
+        cluster.client.ip,
+        cluster.vip,
+    );
+    let ((t0, acquired), probes) = std::thread::scope(|s| {
+        let prober = s.spawn(|| {
+            cluster.client.ns.run_in(|| {
+                ArpSocket::open(&ifname)
+                    .and_then(|sock| {
+                        sock.probe_loop(ip, vip, Duration::from_millis(1), &probing, 20_000)
+                    })
+                    .expect("ARP prober")
+            })
+        });
+        let times = keys.take_over_after_expiry(watch_from, to_name, to);
+        std::thread::sleep(keys.system.window());
+        probing.store(false, Ordering::Relaxed);
+        (times, prober.join().expect("prober thread"))
+    });
+    let signed = |t: u64| {
+        i64::try_from(t)
+            .unwrap_or(i64::MAX)
+            .saturating_sub(i64::try_from(t0).unwrap_or(i64::MAX))
+    };
+    let old_replies = || {
+        probes
+            .iter()
+            .flat_map(|p: &Probe| p.answers.iter())
+            .filter(|(_, m)| *m == old_mac)
+            .map(|(t, _)| *t)
+    };
+    let answered_by = |p: &Probe, mac: [u8; 6]| p.answers.iter().any(|(_, m)| *m == mac);
+    Expiry {
+        from,
+        to,
+        last_old_ns: old_replies().max().map(signed),
+        old_answers_after_expiry: probes
+            .iter()
+            .filter(|p| p.answers.iter().any(|(t, m)| *m == old_mac && *t >= t0))
+            .count(),
+        acquire_acked_ns: acquired.saturating_sub(t0),
+        first_new_ns: probes
+            .iter()
+            .flat_map(|p| p.answers.iter())
+            .filter(|(t, m)| *m == new_mac && *t >= t0)
+            .map(|(t, _)| t.saturating_sub(t0))
+            .min(),
+        overlap: probes
+            .iter()
+            .filter(|p| answered_by(p, old_mac) && answered_by(p, new_mac))
+            .count(),
+        probes: probes.len(),
+    }
+}
+
+impl Keys<'_> {
+    /// Release the key held by `name` and take it again with a fresh lease of [`EXPIRY_TTL_S`]
+    /// that is never renewed. Returns where a watch for its expiry starts: the etcd revision (v3)
+    /// or the v2 index after the write.
+    fn hold_with_short_lease(&self, name: &str) -> i64 {
+        let key = self.cluster.key.as_str();
+        match self.system {
+            System::VipAgent => self.cluster.etcd(async |c| {
+                cluster::release(c, key, name).await;
+                let lease = c.lease_grant(EXPIRY_TTL_S, None).await.expect("lease").id();
+                cluster::acquire(c, key, name, lease)
+                    .await
+                    .expect("the key was free")
+                    + 1
+            }),
+            System::VipManager { .. } => {
+                let etcd = SocketAddr::from((self.cluster.etcd_host.ip, 2379));
+                self.cluster.client.ns.run_in(|| {
+                    v2(
+                        etcd,
+                        "DELETE",
+                        &format!("/v2/keys{key}?prevValue={name}"),
+                        "",
+                    );
+                    let (status, body) = v2_full(
+                        etcd,
+                        "PUT",
+                        &format!("/v2/keys{key}?prevExist=false"),
+                        &format!("value={name}&ttl={EXPIRY_TTL_S}"),
+                        Duration::from_secs(5),
+                    );
+                    assert_eq!(status, 201, "v2 create: {body}");
+                    body["node"]["modifiedIndex"]
+                        .as_i64()
+                        .expect("v2 modifiedIndex")
+                        + 1
+                })
+            }
+        }
+    }
+
+    /// Wait (from `watch_from`) until etcd expires the key, then create it for `name` (node
+    /// `index`) with its long lease, as the surviving Patroni member does. Returns (t0 = expiry
+    /// seen, acquire acknowledged).
+    fn take_over_after_expiry(&self, watch_from: i64, name: &str, index: usize) -> (u64, u64) {
+        let key = self.cluster.key.as_str();
+        let limit = Duration::from_secs(u64::try_from(EXPIRY_TTL_S).unwrap_or(3) + 10);
+        match self.system {
+            System::VipAgent => {
+                let lease = self.leases[index];
+                self.cluster.etcd(async |c| {
+                    let options = etcd_client::WatchOptions::new().with_start_revision(watch_from);
+                    let mut stream = c.watch(key, Some(options)).await.expect("watch the key");
+                    let t0 = tokio::time::timeout(limit, async {
+                        loop {
+                            let resp = stream
+                                .message()
+                                .await
+                                .expect("watch stream")
+                                .expect("watch open");
+                            if resp
+                                .events()
+                                .iter()
+                                .any(|e| e.event_type() == etcd_client::EventType::Delete)
+                            {
+                                return monotonic_ns();
+                            }
+                        }
+                    })
+                    .await
+                    .expect("the lease expired in time");
+                    cluster::acquire(c, key, name, lease)
+                        .await
+                        .expect("the key was free");
+                    (t0, monotonic_ns())
+                })
+            }
+            System::VipManager { .. } => {
+                let etcd = SocketAddr::from((self.cluster.etcd_host.ip, 2379));
+                self.cluster.client.ns.run_in(|| {
+                    let (status, body) = v2_full(
+                        etcd,
+                        "GET",
+                        &format!("/v2/keys{key}?wait=true&waitIndex={watch_from}"),
+                        "",
+                        limit,
+                    );
+                    let t0 = monotonic_ns();
+                    assert_eq!(
+                        (status, body["action"].as_str()),
+                        (200, Some("expire")),
+                        "v2 watch: {body}"
+                    );
+                    let status = v2(
+                        etcd,
+                        "PUT",
+                        &format!("/v2/keys{key}?prevExist=false"),
+                        &format!("value={name}&ttl={V2_TTL}"),
+                    );
+                    assert_eq!(status, 201, "v2 create after the expiry");
+                    (t0, monotonic_ns())
+                })
+            }
+        }
+    }
+}
+
+/// CPU and memory of one node's process over an idle window.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Usage {
+    /// user + system CPU time used during the window.
+    pub cpu_ms: u64,
+    pub window_ms: u64,
+    /// Resident set size at the end of the window.
+    pub rss_kib: u64,
+}
+
+/// Measure every node's agent (or vip-manager) over `window` in which nothing changes.
+///
+/// # Panics
+/// When a process's /proc entry cannot be read.
+pub fn idle_usage(cluster: &mut Cluster, window: Duration) -> Vec<Usage> {
+    let pids: Vec<i32> = (0..cluster.nodes.len())
+        .map(|i| cluster.agent(i).pid())
+        .collect();
+    let before: Vec<u64> = pids.iter().map(|&p| cpu_ticks(p)).collect();
+    let started = std::time::Instant::now();
+    std::thread::sleep(window);
+    let window_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    // SAFETY: sysconf has no preconditions.
+    let hz = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) })
+        .ok()
+        .filter(|&h| h > 0)
+        .unwrap_or(100);
+    pids.iter()
+        .zip(before)
+        .map(|(&pid, b)| Usage {
+            cpu_ms: (cpu_ticks(pid) - b) * 1000 / hz,
+            window_ms,
+            rss_kib: rss_kib(pid),
+        })
+        .collect()
+}
+
+/// utime + stime of `pid`, in clock ticks (`/proc/<pid>/stat` fields 14 and 15).
+fn cpu_ticks(pid: i32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read /proc/<pid>/stat");
+    // The command name (field 2) may hold spaces: count fields after its closing parenthesis.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let field = |n: usize| -> u64 { fields.get(n - 3).and_then(|f| f.parse().ok()).unwrap_or(0) };
+    field(14) + field(15)
+}
+
+/// `VmRSS` of `pid` in KiB.
+fn rss_kib(pid: i32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .expect("read /proc/<pid>/status")
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Everything measured on one system's cluster.
+#[derive(Debug, Default)]
+pub struct SystemRun {
+    pub switchovers: Vec<Trial>,
+    pub expiries: Vec<Expiry>,
+    pub idle: Vec<Usage>,
+}
+
+/// What to run on each system.
+#[derive(Clone, Copy, Debug)]
+pub struct Plan {
+    pub switchovers: usize,
+    pub expiries: usize,
+    pub idle: Duration,
+}
+
+/// Build one cluster for `system` and run the plan on it: switchovers, lease expiries, then an idle
+/// window (skipped when zero).
+///
+/// # Panics
+/// When the cluster cannot be built or a holder never takes over.
+#[must_use]
+pub fn run_system(system: System, subnet: u8, plan: Plan, agent_bin: &Path) -> SystemRun {
+    let mut cluster = start(system, subnet, agent_bin);
+    let switchovers = switchovers_on(&cluster, system, plan.switchovers);
+    let expiries = lease_expiries(&cluster, system, plan.expiries);
+    let idle = if plan.idle.is_zero() {
+        Vec::new()
+    } else {
+        idle_usage(&mut cluster, plan.idle)
+    };
+    SystemRun {
+        switchovers,
+        expiries,
+        idle,
+    }
+}
+
 /// p50 / p90 / p99 / max of `values` (nearest rank), `None` when empty.
 #[must_use]
-pub fn percentiles(values: &[u64]) -> Option<[u64; 4]> {
+pub fn percentiles<T: Ord + Copy>(values: &[T]) -> Option<[T; 4]> {
     let mut v = values.to_vec();
     v.sort_unstable();
     let last = v.len().checked_sub(1)?;

@@ -1,7 +1,7 @@
 //! `cargo xtask bench`: failover of vip-agent against vip-manager in the same run, plus the data
 //! plane's own costs. Writes BENCHMARKS.md and bench/results.json.
 //!
-//! Usage: vip-bench --agent PATH [--trials N] [--out DIR]
+//! Usage: vip-bench --agent PATH [--trials N] [--expiry-trials N] [--idle-secs S] [--out DIR]
 
 use std::{fmt::Write as _, path::PathBuf, time::Duration};
 
@@ -17,13 +17,15 @@ use vip_common::{
     maps::{PROGRAM_NAME, STATE_MAP},
 };
 use vip_tests::{
-    bench::{System, Trial, percentiles, switchovers},
+    bench::{EXPIRY_TTL_S, Expiry, Plan, System, SystemRun, Trial, Usage, percentiles, run_system},
     require_privileges,
 };
 
 struct Args {
     agent: PathBuf,
     trials: usize,
+    expiry_trials: usize,
+    idle_secs: u64,
     out: PathBuf,
 }
 
@@ -31,6 +33,8 @@ fn parse_args() -> Args {
     let mut args = Args {
         agent: PathBuf::from("target/release/vip-agent"),
         trials: 200,
+        expiry_trials: 20,
+        idle_secs: 60,
         out: PathBuf::from("."),
     };
     let mut it = std::env::args().skip(1);
@@ -45,6 +49,16 @@ fn parse_args() -> Args {
                     .parse()
                     .unwrap_or_else(|_| usage("--trials takes a number"))
             }
+            "--expiry-trials" => {
+                args.expiry_trials = value
+                    .parse()
+                    .unwrap_or_else(|_| usage("--expiry-trials takes a number"))
+            }
+            "--idle-secs" => {
+                args.idle_secs = value
+                    .parse()
+                    .unwrap_or_else(|_| usage("--idle-secs takes a number of seconds"))
+            }
             "--out" => args.out = PathBuf::from(value),
             other => usage(&format!("unknown argument {other}")),
         }
@@ -53,7 +67,9 @@ fn parse_args() -> Args {
 }
 
 fn usage(problem: &str) -> ! {
-    eprintln!("vip-bench: {problem}\nusage: vip-bench --agent PATH [--trials N] [--out DIR]");
+    eprintln!(
+        "vip-bench: {problem}\nusage: vip-bench --agent PATH [--trials N] [--expiry-trials N] [--idle-secs S] [--out DIR]"
+    );
     std::process::exit(2)
 }
 
@@ -61,6 +77,8 @@ fn usage(problem: &str) -> ! {
 struct Row {
     system: System,
     trials: Vec<Trial>,
+    expiries: Vec<Expiry>,
+    idle: Vec<Usage>,
 }
 
 fn main() {
@@ -76,21 +94,42 @@ fn main() {
     ];
     let mut rows = Vec::new();
     for (n, system) in systems.into_iter().enumerate() {
+        // The idle minute for vip-agent and for vip-manager at its default interval.
+        let idle = if system == (System::VipManager { interval_ms: 100 }) {
+            Duration::ZERO
+        } else {
+            Duration::from_secs(args.idle_secs)
+        };
         eprintln!(
-            "vip-bench: {} switchovers with {} ...",
+            "vip-bench: {}: {} switchovers, {} lease expiries ({EXPIRY_TTL_S} s leases), {} s idle ...",
+            system.label(),
             args.trials,
-            system.label()
+            args.expiry_trials,
+            idle.as_secs()
         );
         let subnet = 240 + u8::try_from(n).expect("few systems");
+        let plan = Plan {
+            switchovers: args.trials,
+            expiries: args.expiry_trials,
+            idle,
+        };
+        let SystemRun {
+            switchovers,
+            expiries,
+            idle,
+        } = run_system(system, subnet, plan, &args.agent);
         rows.push(Row {
             system,
-            trials: switchovers(system, subnet, args.trials, &args.agent),
+            trials: switchovers,
+            expiries,
+            idle,
         });
     }
     eprintln!("vip-bench: XDP program and map costs ...");
     let micro = micro();
-    let report = render(&rows, &micro, args.trials, started.elapsed());
+    let report = render(&rows, &micro, &args, started.elapsed());
     std::fs::create_dir_all(args.out.join("bench")).expect("output dir");
+    std::fs::write(args.out.join("bench/timeline.svg"), svg(&rows)).expect("write timeline.svg");
     std::fs::write(args.out.join("BENCHMARKS.md"), &report).expect("write BENCHMARKS.md");
     std::fs::write(args.out.join("bench/results.json"), json(&rows, &micro))
         .expect("write results.json");
@@ -195,7 +234,8 @@ fn stats_row(label: &str, values: &[u64]) -> String {
     }
 }
 
-fn render(rows: &[Row], micro: &Micro, trials: usize, took: Duration) -> String {
+fn render(rows: &[Row], micro: &Micro, args: &Args, took: Duration) -> String {
+    let trials = args.trials;
     let mut md = String::new();
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
@@ -235,6 +275,11 @@ fn render(rows: &[Row], micro: &Micro, trials: usize, took: Duration) -> String 
          key; vip-manager 1.0.2 (Debian) reads only the v2 API, so its key is written through v2 in \
          the same order. The client sends an ARP request for the VIP every millisecond, so reply \
          times have ~1 ms resolution. All times in ms from t0.\n"
+    );
+    let _ = writeln!(
+        md,
+        "![Per-trial timeline: last reply from the old holder and first from the new one, per \
+         switchover](bench/timeline.svg)\n"
     );
     for row in rows {
         let t = &row.trials;
@@ -335,13 +380,184 @@ fn render(rows: &[Row], micro: &Micro, trials: usize, took: Duration) -> String 
         "| map write (`bpf(BPF_MAP_UPDATE_ELEM)` from userspace, as the agent does), mean of 100,000 | {:.1} |\n",
         micro.map_write_ns
     );
+    expiry_section(&mut md, rows);
+    idle_section(&mut md, rows, args.idle_secs);
     let _ = writeln!(
         md,
-        "Not measured yet (issue 4 asks for them): lease-expiry, SIGKILL, partition, etcd-stopped and \
-         restart scenarios; the client's neighbour-entry switch time; keepalived; arping RTT kernel vs \
-         XDP; agent RSS/CPU when idle; a per-trial SVG plot."
+        "Not measured yet (issue 4 asks for them): SIGKILL, partition, etcd-stopped and restart \
+         scenarios; the client's neighbour-entry switch time; keepalived; arping RTT kernel vs XDP."
     );
     md
+}
+
+/// Lease expiry: the holder's Patroni is gone and its key expires with the lease.
+fn expiry_section(md: &mut String, rows: &[Row]) {
+    let Some(n) = rows
+        .iter()
+        .map(|r| r.expiries.len())
+        .max()
+        .filter(|&n| n > 0)
+    else {
+        return;
+    };
+    let _ = writeln!(md, "## Lease expiry (the holder's Patroni dies)\n");
+    let _ = writeln!(
+        md,
+        "The holder takes the key with a {EXPIRY_TTL_S} s lease that nobody renews; t0 = a watcher on \
+         the client host sees etcd expire the key; the other node then creates the key at once (as \
+         the surviving Patroni member does on its next loop). {n} trials per system{}. The old \
+         holder's last reply is relative to t0: negative means it had gone silent before etcd gave \
+         up its key. vip-agent stops at its deadline, `LeaseTimeToLive` - 500 ms after its last \
+         confirmation; vip-manager answers until its next poll sees the key gone.\n",
+        if n < 200 {
+            " (fewer than the 200 of the switchovers: each trial waits for a lease to run out; \
+             `--expiry-trials` sets it)"
+        } else {
+            ""
+        }
+    );
+    let _ = writeln!(
+        md,
+        "| system | old holder's last reply, p50 / p99 / max (ms from t0) | trials where the old holder \
+         answered after t0 | new holder's first reply, p50 / p99 / max | overlap (probes, trials) |\n\
+         |---|---|---|---|---|"
+    );
+    for row in rows.iter().filter(|r| !r.expiries.is_empty()) {
+        let e = &row.expiries;
+        let last: Vec<i64> = e.iter().filter_map(|x| x.last_old_ns).collect();
+        let first: Vec<u64> = e.iter().filter_map(|x| x.first_new_ns).collect();
+        let signed = |v: i64| format!("{:.1}", v as f64 / 1e6);
+        let last = percentiles(&last).map_or("-".to_owned(), |[p50, _, p99, max]| {
+            format!("{} / {} / {}", signed(p50), signed(p99), signed(max))
+        });
+        let first = percentiles(&first).map_or("-".to_owned(), |[p50, _, p99, max]| {
+            format!(
+                "{:.1} / {:.1} / {:.1}",
+                p50 as f64 / 1e6,
+                p99 as f64 / 1e6,
+                max as f64 / 1e6
+            )
+        });
+        let late = e.iter().filter(|x| x.old_answers_after_expiry > 0).count();
+        let late_probes: usize = e.iter().map(|x| x.old_answers_after_expiry).sum();
+        let overlap: usize = e.iter().map(|x| x.overlap).sum();
+        let overlapping = e.iter().filter(|x| x.overlap > 0).count();
+        let _ = writeln!(
+            md,
+            "| {} | {last} | {late} of {} ({late_probes} probes) | {first} | {overlap}, {overlapping} |",
+            row.system.label(),
+            e.len()
+        );
+    }
+    md.push('\n');
+}
+
+/// CPU and memory while nothing happens: vip-agent watches, vip-manager polls.
+fn idle_section(md: &mut String, rows: &[Row], idle_secs: u64) {
+    if rows.iter().all(|r| r.idle.is_empty()) {
+        return;
+    }
+    let _ = writeln!(md, "## Idle cost ({idle_secs} s, key unchanged)\n");
+    let _ = writeln!(
+        md,
+        "CPU time (user + system, from `/proc/<pid>/stat`) each node's process used while the key \
+         did not change, and its resident memory at the end. Release build of vip-agent.\n"
+    );
+    let _ = writeln!(
+        md,
+        "| system | node | CPU (ms) | CPU (% of one core) | RSS (MiB) |\n|---|---|---|---|---|"
+    );
+    for row in rows {
+        for (i, u) in row.idle.iter().enumerate() {
+            let _ = writeln!(
+                md,
+                "| {} | node{} | {} | {:.3} | {:.1} |",
+                row.system.label(),
+                i + 1,
+                u.cpu_ms,
+                u.cpu_ms as f64 * 100.0 / u.window_ms.max(1) as f64,
+                u.rss_kib as f64 / 1024.0
+            );
+        }
+    }
+    md.push('\n');
+}
+
+/// One SVG panel per system: per switchover, the last reply from the old holder (red) and the
+/// first from the new one (green) on a log time axis, joined by the blackout; overlaps in orange.
+fn svg(rows: &[Row]) -> String {
+    const WIDTH: f64 = 900.0;
+    const LEFT: f64 = 190.0;
+    const RIGHT: f64 = 20.0;
+    const ROW_H: f64 = 1.5;
+    const GAP: f64 = 50.0;
+    let (lo, hi) = (0.1_f64.log10(), 3000.0_f64.log10());
+    let x = |ns: u64| {
+        let ms = (ns as f64 / 1e6).clamp(0.1, 3000.0);
+        LEFT + (ms.log10() - lo) / (hi - lo) * (WIDTH - LEFT - RIGHT)
+    };
+    let height: f64 = rows
+        .iter()
+        .map(|r| r.trials.len() as f64 * ROW_H + GAP)
+        .sum::<f64>()
+        + 40.0;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height:.0}" font-family="sans-serif" font-size="11">"#
+    );
+    let _ = writeln!(
+        out,
+        r#"<rect width="100%" height="100%" fill="white"/><text x="4" y="14">switchover trials (rows), ms from the release sent (log scale): red = last reply from the old holder, green = first from the new holder, orange = a probe answered by both</text>"#
+    );
+    let mut top = 30.0;
+    for row in rows {
+        let h = row.trials.len() as f64 * ROW_H;
+        let _ = writeln!(
+            out,
+            r##"<text x="4" y="{:.1}">{}</text><rect x="{LEFT}" y="{top:.1}" width="{:.1}" height="{h:.1}" fill="none" stroke="#bbb"/>"##,
+            top + h / 2.0,
+            row.system.label(),
+            WIDTH - LEFT - RIGHT
+        );
+        for ms in [0.1, 1.0, 10.0, 100.0, 1000.0] {
+            let tx = x((ms * 1e6) as u64);
+            let _ = writeln!(
+                out,
+                r##"<line x1="{tx:.1}" y1="{top:.1}" x2="{tx:.1}" y2="{:.1}" stroke="#eee"/><text x="{tx:.1}" y="{:.1}" text-anchor="middle" fill="#666">{ms}</text>"##,
+                top + h,
+                top + h + 12.0
+            );
+        }
+        for (i, t) in row.trials.iter().enumerate() {
+            let y = top + i as f64 * ROW_H + ROW_H / 2.0;
+            let old = t.last_old_ns.unwrap_or(0);
+            if let Some(new) = t.first_new_ns {
+                let _ = writeln!(
+                    out,
+                    r##"<line x1="{:.1}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="{}" stroke-width="1"/>"##,
+                    x(old),
+                    x(new),
+                    if t.overlap > 0 { "#f80" } else { "#ccc" }
+                );
+                let _ = writeln!(
+                    out,
+                    r##"<circle cx="{:.1}" cy="{y:.1}" r="1.2" fill="#2a2"/>"##,
+                    x(new)
+                );
+            }
+            if t.last_old_ns.is_some() {
+                let _ = writeln!(
+                    out,
+                    r##"<circle cx="{:.1}" cy="{y:.1}" r="1.2" fill="#d22"/>"##,
+                    x(old)
+                );
+            }
+        }
+        top += h + GAP;
+    }
+    out.push_str("</svg>\n");
+    out
 }
 
 /// The issue's goals (reported, never asserted), each with the measured value and met / missed.
@@ -437,7 +653,39 @@ fn json(rows: &[Row], micro: &Micro) -> String {
                     })
                 })
                 .collect();
-            serde_json::json!({ "system": row.system.label(), "trials": trials })
+            let expiries: Vec<_> = row
+                .expiries
+                .iter()
+                .map(|e| {
+                    serde_json::json!({
+                        "from": format!("node{}", e.from + 1),
+                        "to": format!("node{}", e.to + 1),
+                        "last_old_ns": e.last_old_ns,
+                        "old_answers_after_expiry": e.old_answers_after_expiry,
+                        "acquire_acked_ns": e.acquire_acked_ns,
+                        "first_new_ns": e.first_new_ns,
+                        "overlap": e.overlap,
+                        "probes": e.probes,
+                    })
+                })
+                .collect();
+            let idle: Vec<_> = row
+                .idle
+                .iter()
+                .map(|u| {
+                    serde_json::json!({
+                        "cpu_ms": u.cpu_ms,
+                        "window_ms": u.window_ms,
+                        "rss_kib": u.rss_kib,
+                    })
+                })
+                .collect();
+            serde_json::json!({
+                "system": row.system.label(),
+                "trials": trials,
+                "lease_expiries": expiries,
+                "idle": idle,
+            })
         })
         .collect();
     let doc = serde_json::json!({
