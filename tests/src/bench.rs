@@ -640,6 +640,120 @@ pub fn run_system(system: System, subnet: u8, plan: Plan, agent_bin: &Path) -> S
     }
 }
 
+/// ARP round trips from a client to one node over a veth pair, for one way of answering.
+#[derive(Clone, Debug)]
+pub struct ArpRtt {
+    pub label: &'static str,
+    /// Request sent -> reply read by the prober (both in userspace, so the same overhead in every
+    /// case), one per answered probe.
+    pub rtt_ns: Vec<u64>,
+    pub probes: usize,
+}
+
+/// Answering ARP in the kernel against answering it in XDP: the node's own address (kernel) and a
+/// VIP (our program) with no program, the program in generic mode and in native mode (veth needs a
+/// program on the peer too for native XDP_TX, so the client gets our program, holding no VIP).
+///
+/// # Panics
+/// When the topology or the data plane cannot be set up.
+#[must_use]
+pub fn arp_rtts(subnet: u8, probes: usize) -> Vec<ArpRtt> {
+    use vip_agent::dataplane::AttachMode;
+    let node = crate::NetNs::new("rttn");
+    let client = crate::NetNs::new("rttc");
+    let (node_if, client_if) = crate::veth_pair(&node, &client);
+    let ip = |last| std::net::Ipv4Addr::new(10, 77, subnet, last);
+    let (node_ip, client_ip, vip) = (ip(1), ip(9), ip(100));
+    node.add_addr(&node_if, &format!("{node_ip}/24"));
+    client.add_addr(&client_if, &format!("{client_ip}/24"));
+    let pins = PinRoot::new();
+    let measure = |label, target| {
+        let rtt_ns = client.run_in(|| {
+            let sock = ArpSocket::open(&client_if).expect("ARP socket");
+            (0..probes)
+                .filter_map(|_| {
+                    let sent = monotonic_ns();
+                    let replies = sock
+                        .probe(client_ip, target, Duration::from_millis(5))
+                        .expect("ARP probe");
+                    replies.first().map(|r| r.at_ns.saturating_sub(sent))
+                })
+                .collect()
+        });
+        ArpRtt {
+            label,
+            rtt_ns,
+            probes,
+        }
+    };
+    let mut out = vec![measure("kernel, no XDP program", node_ip)];
+    {
+        let mut dp = open_dataplane(&node, &node_if, AttachMode::Generic, &pins.0);
+        dp.register(vip).expect("register the VIP");
+        dp.answer_until(vip, monotonic_ns() + 3_600_000_000_000)
+            .expect("answer");
+        out.push(measure("kernel, generic XDP program passing", node_ip));
+        out.push(measure("XDP generic (XDP_TX)", vip));
+    }
+    pins.detach(&node_if);
+    {
+        let _peer = open_dataplane(&client, &client_if, AttachMode::Native, &pins.0);
+        let mut dp = open_dataplane(&node, &node_if, AttachMode::Native, &pins.0);
+        dp.register(vip).expect("register the VIP");
+        dp.answer_until(vip, monotonic_ns() + 3_600_000_000_000)
+            .expect("answer");
+        out.push(measure("kernel, native XDP programs passing", node_ip));
+        out.push(measure("XDP native (XDP_TX)", vip));
+    }
+    out
+}
+
+/// A pin root of our own on bpffs, emptied and removed on drop.
+struct PinRoot(std::path::PathBuf);
+
+impl PinRoot {
+    fn new() -> Self {
+        Self(std::path::PathBuf::from("/sys/fs/bpf").join(crate::unique_name("vipb")))
+    }
+
+    fn detach(&self, interface: &str) {
+        let _ = vip_agent::dataplane::detach(&self.0, interface);
+    }
+}
+
+impl Drop for PinRoot {
+    fn drop(&mut self) {
+        if let Ok(entries) = std::fs::read_dir(&self.0) {
+            for e in entries.flatten() {
+                self.detach(&e.file_name().to_string_lossy());
+            }
+        }
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+/// Attach (or adopt) the data plane on `ifname` inside `ns`.
+fn open_dataplane(
+    ns: &crate::NetNs,
+    ifname: &str,
+    mode: vip_agent::dataplane::AttachMode,
+    pins: &Path,
+) -> vip_agent::dataplane::Dataplane {
+    let opts = vip_agent::dataplane::AttachOptions {
+        interface: ifname.to_owned(),
+        mode,
+        pin_root: pins.to_path_buf(),
+    };
+    ns.run_in(|| {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(vip_agent::dataplane::Dataplane::open(&opts))
+            .expect("open the data plane")
+    })
+}
+
 /// p50 / p90 / p99 / max of `values` (nearest rank), `None` when empty.
 #[must_use]
 pub fn percentiles<T: Ord + Copy>(values: &[T]) -> Option<[T; 4]> {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use vip_tests::{
     agent_binary,
-    bench::{Plan, System, run_system},
+    bench::{Plan, System, arp_rtts, run_system},
     require_privileges,
 };
 
@@ -93,4 +93,19 @@ fn vip_manager_failovers_are_measured() {
         );
     }
     assert_eq!(run.idle.len(), 2);
+}
+
+#[test]
+fn arp_round_trips_are_measured_for_kernel_and_xdp() {
+    if !require_privileges("arp_round_trips_are_measured_for_kernel_and_xdp") {
+        return;
+    }
+    let rtts = arp_rtts(53, 5);
+    let labels: Vec<&str> = rtts.iter().map(|r| r.label).collect();
+    assert_eq!(labels.len(), 5, "{labels:?}");
+    for r in &rtts {
+        // Every probe answered: the kernel with our program passing, and XDP_TX in both modes.
+        assert_eq!(r.rtt_ns.len(), r.probes, "{}: {r:?}", r.label);
+        assert!(r.rtt_ns.iter().all(|&t| t > 0), "{r:?}");
+    }
 }

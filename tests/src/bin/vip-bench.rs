@@ -17,7 +17,10 @@ use vip_common::{
     maps::{PROGRAM_NAME, STATE_MAP},
 };
 use vip_tests::{
-    bench::{EXPIRY_TTL_S, Expiry, Plan, System, SystemRun, Trial, Usage, percentiles, run_system},
+    bench::{
+        ArpRtt, EXPIRY_TTL_S, Expiry, Plan, System, SystemRun, Trial, Usage, arp_rtts, percentiles,
+        run_system,
+    },
     require_privileges,
 };
 
@@ -126,7 +129,9 @@ fn main() {
         });
     }
     eprintln!("vip-bench: XDP program and map costs ...");
-    let micro = micro();
+    let mut micro = micro();
+    eprintln!("vip-bench: ARP round trips, kernel against XDP ...");
+    micro.rtts = arp_rtts(237, 1000);
     let report = render(&rows, &micro, &args, started.elapsed());
     std::fs::create_dir_all(args.out.join("bench")).expect("output dir");
     std::fs::write(args.out.join("bench/timeline.svg"), svg(&rows)).expect("write timeline.svg");
@@ -142,6 +147,7 @@ struct Micro {
     vip_drop_ns: f64,
     pass_ns: f64,
     map_write_ns: f64,
+    rtts: Vec<ArpRtt>,
 }
 
 fn micro() -> Micro {
@@ -213,6 +219,7 @@ fn micro() -> Micro {
         vip_drop_ns,
         pass_ns,
         map_write_ns,
+        rtts: Vec::new(),
     }
 }
 
@@ -380,14 +387,56 @@ fn render(rows: &[Row], micro: &Micro, args: &Args, took: Duration) -> String {
         "| map write (`bpf(BPF_MAP_UPDATE_ELEM)` from userspace, as the agent does), mean of 100,000 | {:.1} |\n",
         micro.map_write_ns
     );
+    rtt_section(&mut md, &micro.rtts);
     expiry_section(&mut md, rows);
     idle_section(&mut md, rows, args.idle_secs);
     let _ = writeln!(
         md,
         "Not measured yet (issue 4 asks for them): SIGKILL, partition, etcd-stopped and restart \
-         scenarios; the client's neighbour-entry switch time; keepalived; arping RTT kernel vs XDP."
+         scenarios; the client's neighbour-entry switch time; keepalived."
     );
     md
+}
+
+/// ARP round trips: the kernel answering against our XDP program answering.
+fn rtt_section(md: &mut String, rtts: &[ArpRtt]) {
+    if rtts.is_empty() {
+        return;
+    }
+    let _ = writeln!(md, "## ARP round trip: kernel against XDP\n");
+    let _ = writeln!(
+        md,
+        "A client and a node on one veth pair; the client's raw socket sends an ARP request and reads \
+         the reply (both timestamps in userspace, so every row carries the same overhead). The \
+         kernel answers the node's own address; our program answers the VIP. Native mode on veth \
+         needs a program on the peer too, so the client runs ours (holding no VIP) in that case.\n"
+    );
+    let _ = writeln!(
+        md,
+        "| answered by | p50 (µs) | p90 | p99 | max | answered |\n|---|---|---|---|---|---|"
+    );
+    for r in rtts {
+        let us = |ns: u64| format!("{:.1}", ns as f64 / 1e3);
+        match percentiles(&r.rtt_ns) {
+            Some([p50, p90, p99, max]) => {
+                let _ = writeln!(
+                    md,
+                    "| {} | {} | {} | {} | {} | {} of {} |",
+                    r.label,
+                    us(p50),
+                    us(p90),
+                    us(p99),
+                    us(max),
+                    r.rtt_ns.len(),
+                    r.probes
+                );
+            }
+            None => {
+                let _ = writeln!(md, "| {} | - | - | - | - | 0 of {} |", r.label, r.probes);
+            }
+        }
+    }
+    md.push('\n');
 }
 
 /// Lease expiry: the holder's Patroni is gone and its key expires with the lease.
@@ -696,6 +745,11 @@ fn json(rows: &[Row], micro: &Micro) -> String {
             "pass": micro.pass_ns,
             "map_write": micro.map_write_ns,
         },
+        "arp_rtt_ns": micro
+            .rtts
+            .iter()
+            .map(|r| serde_json::json!({ "answered_by": r.label, "probes": r.probes, "rtt_ns": r.rtt_ns }))
+            .collect::<Vec<_>>(),
     });
     serde_json::to_string_pretty(&doc).unwrap_or_default()
 }
