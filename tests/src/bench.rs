@@ -770,7 +770,7 @@ mod tests {
 
     #[test]
     fn percentiles_use_nearest_rank() {
-        assert_eq!(percentiles(&[]), None);
+        assert_eq!(percentiles::<u64>(&[]), None);
         assert_eq!(percentiles(&[7]), Some([7, 7, 7, 7]));
         let v: Vec<u64> = (1..=101).collect();
         assert_eq!(percentiles(&v), Some([51, 91, 100, 101]));
