@@ -1,10 +1,12 @@
 //! The daemon: wire leader followers, the data plane, addresses and gratuitous ARP together.
 //!
 //! Order of effects, per VIP:
-//! * **promotion**: data plane first (answering until the confirmed deadline, written by the
-//!   follower's synchronous hook within microseconds of the etcd event), then the kernel address
+//! * **promotion**: the promotion gate first ([`crate::gate`]: fenced until the local database takes
+//!   writes, or at once with `promotion-gate: off` or when no Patroni listens), then the data plane
+//!   (answering until the follower's current confirmed deadline), then the kernel address
 //!   (rtnetlink, idempotent), then a gratuitous-ARP burst;
-//! * **demotion**: data plane first (fenced, same hook), then the address is removed;
+//! * **demotion**: data plane first (fenced, in the follower's synchronous hook within microseconds
+//!   of the etcd event; never gated), then the address is removed;
 //! * **deadline passed** without a fresh confirmation: the program has already gone silent by itself;
 //!   the agent fences explicitly and removes the address;
 //! * **address drift**: an address removed by hand while we hold the VIP is put back at once (kernel
@@ -27,9 +29,10 @@ use tracing::{debug, error, info, warn};
 use crate::{
     address::{AddressError, AddressEvent, AddressEvents, Addresses, Vip},
     clock::monotonic_ns,
-    config::{Config, GarpConfig, VipConfig},
+    config::{Config, GarpConfig, GateConfig, VipConfig},
     dataplane::{AttachOptions, Dataplane, DataplaneError},
     garp::{GarpError, GarpSender},
+    gate::{Gate, GateHook},
     leader::{LeaderError, LeaderFollower, LeaderSettings, LeaderState, Reason},
     metrics::{self, MetricsError, Registry},
     notify::Notifier,
@@ -103,11 +106,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
     // Bound before any task starts: a taken port is a startup error with nothing left running.
     let listener = metrics::bind(config.metrics_address).await?;
 
-    // One follower per (key, value); each VIP subscribes to its follower.
+    // One follower per (key, value); behind it one promotion gate and data plane writer per
+    // distinct gate configuration of its VIPs; each VIP subscribes to its gate.
     let tasks = TaskTracker::new();
     let followers_stop = CancellationToken::new();
     let mut receivers: BTreeMap<(String, String), watch::Receiver<LeaderState>> = BTreeMap::new();
+    let mut vip_receivers: BTreeMap<Ipv4Addr, watch::Receiver<LeaderState>> = BTreeMap::new();
     let mut followers = Vec::new();
+    let mut gates = Vec::new();
     for vip in &config.vips {
         let id = (vip.trigger_key.clone(), vip.trigger_value.clone());
         if receivers.contains_key(&id) {
@@ -120,19 +126,61 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
                     source,
                 }
             })?;
-        let targets: Vec<(Ipv4Addr, SharedDataplane)> = config
+        let same_key: Vec<&VipConfig> = config
             .vips
             .iter()
             .filter(|v| v.trigger_key == vip.trigger_key && v.trigger_value == vip.trigger_value)
-            .filter_map(|v| {
-                dataplanes
-                    .get(&v.interface)
-                    .map(|dp| (v.ip, Arc::clone(dp)))
-            })
             .collect();
-        follower.on_change(
-            DataplaneWriter::new(vip.trigger_key.clone(), targets, registry.clone()).into_hook(),
-        );
+        let mut groups: Vec<(&GateConfig, Vec<&VipConfig>)> = Vec::new();
+        for v in same_key {
+            match groups.iter_mut().find(|(g, _)| **g == v.gate) {
+                Some((_, members)) => members.push(v),
+                None => groups.push((&v.gate, vec![v])),
+            }
+        }
+        let mut hooks: Vec<GateHook> = Vec::new();
+        for (gate_config, members) in groups {
+            let targets: Vec<(Ipv4Addr, SharedDataplane)> = members
+                .iter()
+                .filter_map(|v| {
+                    dataplanes
+                        .get(&v.interface)
+                        .map(|dp| (v.ip, Arc::clone(dp)))
+                })
+                .collect();
+            let ips: Vec<Ipv4Addr> = members.iter().map(|v| v.ip).collect();
+            let name = format!(
+                "{} ({})",
+                vip.trigger_key,
+                ips.iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            let mut writer =
+                DataplaneWriter::new(vip.trigger_key.clone(), targets, registry.clone());
+            let gate = Gate::new(
+                name,
+                gate_config.clone(),
+                Box::new(move |state: &LeaderState| writer.apply(state)),
+            );
+            let gate_registry = registry.clone();
+            gate.on_status(Box::new(move |status| {
+                for ip in &ips {
+                    gate_registry.set_gate(*ip, status);
+                }
+            }));
+            for v in &members {
+                vip_receivers.insert(v.ip, gate.subscribe());
+            }
+            hooks.push(gate.hook());
+            gates.push(gate);
+        }
+        follower.on_change(move |state: &LeaderState| {
+            for hook in &hooks {
+                hook.apply(state);
+            }
+        });
         receivers.insert(id, follower.subscribe());
         followers.push(follower);
     }
@@ -143,7 +191,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
         let Some(dp) = dataplanes.get(&vip.interface) else {
             continue;
         };
-        let Some(rx) = receivers.get(&(vip.trigger_key.clone(), vip.trigger_value.clone())) else {
+        let Some(rx) = vip_receivers.get(&vip.ip) else {
             continue;
         };
         vip_tasks.push(VipTask::new(
@@ -158,11 +206,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
     for task in vip_tasks {
         tasks.spawn(task.run(vip_stop.clone()));
     }
-    // Followers run on their own tracker so shutdown can wait for them: no hook may write
-    // "answering" after the fence below.
+    // Followers and gates run on their own tracker so shutdown can wait for them: no hook and no
+    // gate may write "answering" after the fence below.
     let follower_tasks = TaskTracker::new();
     for follower in followers {
         follower_tasks.spawn(follower.run(followers_stop.clone()));
+    }
+    for gate in gates {
+        follower_tasks.spawn(gate.run(followers_stop.clone()));
     }
     follower_tasks.close();
     let metrics_stop = CancellationToken::new();
@@ -314,8 +365,8 @@ fn leader_settings(config: &Config, vip: &VipConfig) -> LeaderSettings {
     s
 }
 
-/// The follower hook: writes every published state into the maps, in the follower's task, before
-/// anyone else hears of it.
+/// Writes every effective state into the maps, before anyone else hears of it: in the follower's
+/// task (through the gate's hook) for everything but an opening gate, in the gate's task for that.
 struct DataplaneWriter {
     key: String,
     targets: Vec<(Ipv4Addr, SharedDataplane)>,
@@ -333,10 +384,6 @@ impl DataplaneWriter {
             registry,
             answering_until: 0,
         }
-    }
-
-    fn into_hook(mut self) -> impl FnMut(&LeaderState) + Send + 'static {
-        move |state| self.apply(state)
     }
 
     fn apply(&mut self, state: &LeaderState) {

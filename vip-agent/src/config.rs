@@ -22,7 +22,10 @@
 //! keys (`iface`, `mask`, `key`, `nodename`, ...), and any unknown key (with the closest known key).
 //!
 //! vip-agent's own: `vips` (several VIPs, see [`VipConfig`]), `garp-count` and `garp-interval`
-//! (see [`GarpConfig`]), `fence-timeout`, `xdp-mode`, `metrics-address`, `pin-path`.
+//! (see [`GarpConfig`]), `fence-timeout`, `xdp-mode`, `metrics-address`, `pin-path`, and the
+//! promotion gate (see [`GateConfig`]; also allowed inside `vips:` entries): `promotion-gate`,
+//! `promotion-gate-interval`, `promotion-gate-timeout`, `patroni-url`, `patroni-ca-file`,
+//! `patroni-cert-file`, `patroni-key-file`, `patroni-user`, `patroni-password`, `postgres-dsn`.
 //!
 //! # Phases
 //!
@@ -114,6 +117,137 @@ pub struct VipConfig {
     pub trigger_key: String,
     /// The key's value that means "this node" (Patroni's member `name`).
     pub trigger_value: String,
+    /// When to start answering after the key names this node (the top-level `promotion-gate`
+    /// keys, overridden by the VIP's own in a `vips:` entry).
+    pub gate: GateConfig,
+}
+
+/// Patroni's REST API address unless configured: its usual `restapi.listen` port on loopback.
+pub const DEFAULT_PATRONI_URL: &str = "http://127.0.0.1:8008";
+/// Poll period of the promotion gate unless configured.
+pub const DEFAULT_GATE_INTERVAL: Duration = Duration::from_millis(5);
+/// Upper bound of the promotion gate unless configured: answer anyway after this long.
+pub const DEFAULT_GATE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `promotion-gate`: what must hold, besides the leader key, before this node answers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum GateMode {
+    /// The local Patroni REST API reports this member as a running primary (`GET /primary`).
+    #[default]
+    Patroni,
+    /// `SELECT pg_is_in_recovery()` on the local PostgreSQL returns false.
+    Postgres,
+    /// Answer as soon as the key names this node (vip-manager's behaviour).
+    Off,
+}
+
+impl GateMode {
+    /// The canonical config value.
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Patroni => "patroni",
+            Self::Postgres => "postgres",
+            Self::Off => "off",
+        }
+    }
+}
+
+impl fmt::Display for GateMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A parsed `patroni-url`: `http[s]://host[:port][/base]`; the gate asks `<base>/primary`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PatroniUrl {
+    /// `https` rather than `http`.
+    pub tls: bool,
+    /// Host name or IP address (IPv6 without brackets).
+    pub host: String,
+    /// The port (80/443 when the URL has none).
+    pub port: u16,
+    /// Path prefix without a trailing `/` (usually empty).
+    pub base: String,
+}
+
+impl PatroniUrl {
+    /// Parse `http[s]://host[:port][/path]`.
+    ///
+    /// # Errors
+    /// A message naming what is wrong (scheme, host, port, user info, query).
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        values::patroni_url(raw)
+    }
+
+    /// The `Host:` header value and the URL authority (`[v6]:port` for IPv6).
+    #[must_use]
+    pub fn authority(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+}
+
+impl fmt::Display for PatroniUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let scheme = if self.tls { "https" } else { "http" };
+        write!(f, "{scheme}://{}{}", self.authority(), self.base)
+    }
+}
+
+/// The promotion gate of a VIP: see `docs/patroni-gate.md` and [`crate::gate`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GateConfig {
+    pub mode: GateMode,
+    /// Patroni's REST API (mode `patroni`).
+    pub patroni_url: PatroniUrl,
+    /// CA that verifies Patroni's certificate (`https` only; system roots when unset).
+    pub patroni_ca_file: Option<PathBuf>,
+    /// Client certificate for Patroni's `restapi.verify_client`; set exactly when `key_file` is.
+    pub patroni_cert_file: Option<PathBuf>,
+    pub patroni_key_file: Option<PathBuf>,
+    /// Basic authentication (Patroni's `restapi.authentication`); set exactly when the password is.
+    pub patroni_user: Option<String>,
+    pub patroni_password: Option<Secret>,
+    /// libpq-style connection string of the local PostgreSQL (mode `postgres`; required there).
+    pub postgres_dsn: Option<Secret>,
+    /// Poll period while gating.
+    pub interval: Duration,
+    /// After this long the VIP answers anyway (logged with the last probe result).
+    pub timeout: Duration,
+}
+
+impl Default for GateConfig {
+    fn default() -> Self {
+        Self {
+            mode: GateMode::default(),
+            patroni_url: PatroniUrl {
+                tls: false,
+                host: "127.0.0.1".to_owned(),
+                port: 8008,
+                base: String::new(),
+            },
+            patroni_ca_file: None,
+            patroni_cert_file: None,
+            patroni_key_file: None,
+            patroni_user: None,
+            patroni_password: None,
+            postgres_dsn: None,
+            interval: DEFAULT_GATE_INTERVAL,
+            timeout: DEFAULT_GATE_TIMEOUT,
+        }
+    }
+}
+
+/// A connection string with its password (`password=...` or the URL's `user:password@`) replaced
+/// by [`Secret::REDACTED`], for `vip-agent check` and logs.
+#[must_use]
+pub fn redact_dsn(dsn: &str) -> String {
+    values::redact_dsn(dsn)
 }
 
 /// How to reach etcd (v3 API).
@@ -426,6 +560,24 @@ pub fn load(args: &ConfigArgs) -> Result<Config, ConfigError> {
             message: format!(
                 "the file holds the etcd password and is readable by every local user \
                  (mode {:04o}); chmod 0600 it (Pigsty installs it 0600)",
+                mode & 0o7777
+            ),
+        });
+    }
+    if let Some((name, _, mode)) = &file
+        && mode & 0o004 != 0
+        && matches!(
+            config.provenance.location("patroni-password"),
+            Location::File(_)
+        )
+    {
+        config.notices.push(Notice {
+            level: NoticeLevel::Warning,
+            location: Location::File(name.clone()),
+            key: "patroni-password".to_owned(),
+            message: format!(
+                "the file holds the Patroni REST API password and is readable by every local \
+                 user (mode {:04o}); chmod 0600 it",
                 mode & 0o7777
             ),
         });

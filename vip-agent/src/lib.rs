@@ -8,11 +8,14 @@
 
 pub mod address;
 pub mod agent;
+pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod dataplane;
 pub mod garp;
+pub mod gate;
 pub mod leader;
 pub mod metrics;
 pub mod netlink;
 pub mod notify;
+pub mod status;

@@ -1,57 +1,17 @@
-//! vip-agent: command line. Parses arguments, sets up logging, and hands over to the library.
+//! vip-agent: command line. Parses arguments ([`vip_agent::cli`]), sets up logging, and hands over
+//! to the library.
 
-use std::{path::PathBuf, process::ExitCode};
+use std::{io::Write as _, process::ExitCode};
 
 use anyhow::{Context as _, Result};
-use clap::{Parser, Subcommand};
+use clap::Parser as _;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 use vip_agent::{
+    cli::{Cli, Command, Generate, VersionInfo},
     config::{self, ConfigArgs},
-    dataplane::{self, DEFAULT_PIN_ROOT},
+    dataplane,
 };
-
-/// Floating-IP failover for Patroni clusters: follows the leader key in etcd and answers ARP for
-/// the VIP in XDP only while this node provably holds the leadership.
-///
-/// Without a subcommand it runs the daemon, like vip-manager: `vip-agent --config FILE`.
-#[derive(Parser)]
-#[command(name = "vip-agent", version, args_conflicts_with_subcommands = true)]
-struct Cli {
-    #[command(subcommand)]
-    command: Option<Command>,
-    #[command(flatten)]
-    config: ConfigArgs,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Run the daemon (the default).
-    Run(ConfigArgs),
-    /// Validate the configuration against this host and print it, secrets redacted.
-    Check(ConfigArgs),
-    /// Show what the pinned data plane of an interface says, per VIP (works without the daemon).
-    Status {
-        /// Interface whose pinned maps to read.
-        #[arg(long)]
-        interface: String,
-        /// bpffs directory of the pins.
-        #[arg(long, default_value = DEFAULT_PIN_ROOT)]
-        pin_path: PathBuf,
-        /// Print a JSON array, one object per VIP (`[]` when nothing is pinned).
-        #[arg(long)]
-        json: bool,
-    },
-    /// Remove the XDP program and its pins from an interface.
-    Detach {
-        /// Interface to clean up.
-        #[arg(long)]
-        interface: String,
-        /// bpffs directory of the pins.
-        #[arg(long, default_value = DEFAULT_PIN_ROOT)]
-        pin_path: PathBuf,
-    },
-}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -59,15 +19,10 @@ fn main() -> ExitCode {
         None => run(&cli.config),
         Some(Command::Run(args)) => run(&args),
         Some(Command::Check(args)) => check(&args),
-        Some(Command::Status {
-            interface,
-            pin_path,
-            json,
-        }) => status(&interface, &pin_path, json),
-        Some(Command::Detach {
-            interface,
-            pin_path,
-        }) => detach(&interface, &pin_path),
+        Some(Command::Status(args)) => status(&args.interface, &args.pin_path, args.json),
+        Some(Command::Detach(args)) => detach(&args.interface, &args.pin_path),
+        Some(Command::Version(args)) => version(args.json),
+        Some(Command::Generate(args)) => generate(args.what),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -179,92 +134,13 @@ fn check(args: &ConfigArgs) -> Result<()> {
 }
 
 fn status(interface: &str, pin_path: &std::path::Path, json: bool) -> Result<()> {
-    let Some(vips) = dataplane::inspect(pin_path, interface)? else {
-        let message = format!(
-            "{interface}: no vip-agent data plane pinned under {}",
-            pin_path.display()
-        );
-        if json {
-            // stdout stays parseable; the reason goes to the human.
-            eprintln!("{message}");
-            println!("[]");
-        } else {
-            println!("{message}");
-        }
-        return Ok(());
-    };
+    let snapshots = dataplane::inspect(pin_path, interface)?;
     let now = vip_agent::clock::monotonic_ns();
-    let statuses: Vec<VipStatus> = vips
-        .iter()
-        .map(|s| VipStatus::at(interface, s, now))
-        .collect();
-    if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&statuses).context("render the status as JSON")?
-        );
-    } else {
-        for s in &statuses {
-            println!("{}", s.text());
-        }
-    }
+    let report = vip_agent::status::report(interface, pin_path, snapshots.as_deref(), now, json)
+        .context("render the status as JSON")?;
+    eprint!("{}", report.stderr);
+    print!("{}", report.stdout);
     Ok(())
-}
-
-/// What `vip-agent status` says about one VIP at one instant.
-#[derive(Debug, PartialEq, Eq, serde::Serialize)]
-struct VipStatus {
-    interface: String,
-    vip: std::net::Ipv4Addr,
-    /// The data plane answers ARP for the VIP now (its deadline lies ahead).
-    answering: bool,
-    /// Until the deadline; 0 when fenced or expired.
-    deadline_in_ms: u64,
-    arp_replied: u64,
-    arp_dropped: u64,
-    ipv4_dropped: u64,
-    conflicts: u64,
-    /// Since the last ARP reply; `None` (JSON `null`) when the program never replied.
-    last_reply_ago_ms: Option<u64>,
-}
-
-impl VipStatus {
-    /// The snapshot as seen at kernel monotonic time `now_ns`.
-    fn at(interface: &str, s: &dataplane::VipSnapshot, now_ns: u64) -> Self {
-        Self {
-            interface: interface.to_owned(),
-            vip: s.vip,
-            answering: s.state.answering_at(now_ns),
-            deadline_in_ms: s.state.deadline_ns.saturating_sub(now_ns) / 1_000_000,
-            arp_replied: s.stats.arp_replied,
-            arp_dropped: s.stats.arp_dropped,
-            ipv4_dropped: s.stats.ipv4_dropped,
-            conflicts: s.stats.conflicts,
-            last_reply_ago_ms: (s.stats.last_reply_ns != 0)
-                .then(|| now_ns.saturating_sub(s.stats.last_reply_ns) / 1_000_000),
-        }
-    }
-
-    /// The one-line text form.
-    fn text(&self) -> String {
-        format!(
-            "{} {} {} deadline_in_ms={} arp_replied={} arp_dropped={} ipv4_dropped={} conflicts={} last_reply_ago_ms={}",
-            self.interface,
-            self.vip,
-            if self.answering {
-                "answering"
-            } else {
-                "fenced"
-            },
-            self.deadline_in_ms,
-            self.arp_replied,
-            self.arp_dropped,
-            self.ipv4_dropped,
-            self.conflicts,
-            self.last_reply_ago_ms
-                .map_or_else(|| "never".to_owned(), |ms| ms.to_string()),
-        )
-    }
 }
 
 fn detach(interface: &str, pin_path: &std::path::Path) -> Result<()> {
@@ -276,101 +152,38 @@ fn detach(interface: &str, pin_path: &std::path::Path) -> Result<()> {
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use std::net::Ipv4Addr;
+fn version(json: bool) -> Result<()> {
+    let info = VersionInfo::current();
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&info).context("render the version as JSON")?
+        );
+    } else {
+        print!("{}", info.text());
+    }
+    Ok(())
+}
 
-    use vip_agent::dataplane::VipSnapshot;
-    use vip_common::{VipState, VipStats};
-
-    use super::VipStatus;
-
-    const MS: u64 = 1_000_000;
-    const MAC: [u8; 6] = [2, 0, 0, 0, 0, 1];
-
-    fn snapshot(state: VipState, stats: VipStats) -> VipSnapshot {
-        VipSnapshot {
-            vip: Ipv4Addr::new(10, 0, 0, 10),
-            state,
-            stats,
+fn generate(what: Generate) -> Result<()> {
+    match what {
+        Generate::Man { out: Some(dir) } => {
+            std::fs::create_dir_all(&dir)
+                .with_context(|| format!("create the directory {}", dir.display()))?;
+            for page in vip_agent::cli::write_man_pages(&dir)? {
+                println!("{}", page.display());
+            }
+        }
+        Generate::Man { out: None } => {
+            let mut stdout = std::io::stdout().lock();
+            vip_agent::cli::write_man_page(&mut stdout).context("write the man page to stdout")?;
+            stdout.flush().context("write the man page to stdout")?;
+        }
+        Generate::Completions { shell } => {
+            let mut stdout = std::io::stdout().lock();
+            vip_agent::cli::write_completions(shell, &mut stdout);
+            stdout.flush().context("write the completions to stdout")?;
         }
     }
-
-    #[test]
-    fn status_json_answering_vip() {
-        let now = 1_000 * MS;
-        let s = snapshot(
-            VipState::answering_until(MAC, now + 2_500 * MS),
-            VipStats {
-                arp_replied: 7,
-                arp_dropped: 1,
-                ipv4_dropped: 2,
-                conflicts: 3,
-                last_reply_ns: now - 40 * MS,
-            },
-        );
-        let json = serde_json::to_value(vec![VipStatus::at("eth1", &s, now)]).unwrap();
-        assert_eq!(
-            json,
-            serde_json::json!([{
-                "interface": "eth1",
-                "vip": "10.0.0.10",
-                "answering": true,
-                "deadline_in_ms": 2_500,
-                "arp_replied": 7,
-                "arp_dropped": 1,
-                "ipv4_dropped": 2,
-                "conflicts": 3,
-                "last_reply_ago_ms": 40,
-            }])
-        );
-    }
-
-    #[test]
-    fn status_json_fenced_vip_that_never_replied() {
-        let now = 1_000 * MS;
-        let s = snapshot(VipState::fenced(MAC), VipStats::default());
-        let json = serde_json::to_value(VipStatus::at("eth1", &s, now)).unwrap();
-        assert_eq!(json["answering"], false);
-        assert_eq!(json["deadline_in_ms"], 0);
-        assert!(json["last_reply_ago_ms"].is_null(), "{json}");
-    }
-
-    #[test]
-    fn status_expired_deadline_is_fenced_with_zero_remaining() {
-        let now = 1_000 * MS;
-        let s = snapshot(
-            VipState::answering_until(MAC, now - MS),
-            VipStats::default(),
-        );
-        let status = VipStatus::at("eth1", &s, now);
-        assert!(!status.answering);
-        assert_eq!(status.deadline_in_ms, 0);
-    }
-
-    #[test]
-    fn status_text_is_unchanged() {
-        let now = 1_000 * MS;
-        let answering = snapshot(
-            VipState::answering_until(MAC, now + 2_500 * MS),
-            VipStats {
-                arp_replied: 7,
-                arp_dropped: 1,
-                ipv4_dropped: 2,
-                conflicts: 3,
-                last_reply_ns: now - 40 * MS,
-            },
-        );
-        assert_eq!(
-            VipStatus::at("eth1", &answering, now).text(),
-            "eth1 10.0.0.10 answering deadline_in_ms=2500 arp_replied=7 arp_dropped=1 \
-             ipv4_dropped=2 conflicts=3 last_reply_ago_ms=40"
-        );
-        let fenced = snapshot(VipState::fenced(MAC), VipStats::default());
-        assert_eq!(
-            VipStatus::at("eth1", &fenced, now).text(),
-            "eth1 10.0.0.10 fenced deadline_in_ms=0 arp_replied=0 arp_dropped=0 \
-             ipv4_dropped=0 conflicts=0 last_reply_ago_ms=never"
-        );
-    }
+    Ok(())
 }

@@ -24,7 +24,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 use vip_common::{VipState, VipStats};
 
-use crate::clock::monotonic_ns;
+use crate::{
+    clock::monotonic_ns,
+    gate::{GateState, GateStatus, Outcome},
+};
 
 /// What the agent knows about one VIP, for the metrics page.
 #[derive(Clone, Debug, Default)]
@@ -39,6 +42,8 @@ pub struct VipReport {
     pub transitions: u64,
     /// Last watch event -> map write, in microseconds.
     pub last_event_to_dataplane_us: u64,
+    /// The promotion gate in front of this VIP.
+    pub gate: GateStatus,
 }
 
 /// Reads the data plane's current entries at scrape time: `(vip, state, summed counters)`.
@@ -86,6 +91,14 @@ impl Registry {
         if let Some(r) = inner.vips.iter_mut().find(|r| r.vip == Some(vip)) {
             r.transitions += u64::from(transition);
             r.last_event_to_dataplane_us = latency_us;
+        }
+    }
+
+    /// The promotion gate status of `vip`.
+    pub fn set_gate(&self, vip: Ipv4Addr, status: &GateStatus) {
+        let mut inner = self.lock();
+        if let Some(r) = inner.vips.iter_mut().find(|r| r.vip == Some(vip)) {
+            r.gate.clone_from(status);
         }
     }
 
@@ -161,6 +174,22 @@ impl Registry {
         let per_vip = |f: &dyn Fn(&VipReport) -> String| -> Vec<(String, String)> {
             inner.vips.iter().map(|r| (labels(r), f(r))).collect()
         };
+        // One series per VIP and value of `label` (Prometheus' enum pattern).
+        let per_vip_and = |label: &str,
+                           values: &[&str],
+                           f: &dyn Fn(&VipReport, usize) -> String|
+         -> Vec<(String, String)> {
+            inner
+                .vips
+                .iter()
+                .flat_map(|r| {
+                    values
+                        .iter()
+                        .enumerate()
+                        .map(move |(i, v)| (format!("{},{label}=\"{v}\"", labels(r)), f(r, i)))
+                })
+                .collect()
+        };
         family(
             "vip_agent_answering",
             "gauge",
@@ -219,6 +248,53 @@ impl Registry {
                 &mut per_vip(&|r| get(&r.stats).to_string()).into_iter(),
             );
         }
+        let states: Vec<&str> = GateState::ALL.iter().map(|s| s.as_str()).collect();
+        family(
+            "vip_agent_promotion_gate_state",
+            "gauge",
+            "1 for the promotion gate's current state (off, idle, waiting, open).",
+            &mut per_vip_and("state", &states, &|r, i| {
+                u8::from(r.gate.state == GateState::ALL[i]).to_string()
+            })
+            .into_iter(),
+        );
+        family(
+            "vip_agent_promotion_gate_waiting_seconds",
+            "gauge",
+            "How long the promotion gate has been waiting for the database to take writes (0 unless waiting).",
+            &mut per_vip(&|r| {
+                let ns = if r.gate.state == GateState::Waiting && r.gate.waiting_since_ns != 0 {
+                    now.saturating_sub(r.gate.waiting_since_ns)
+                } else {
+                    0
+                };
+                format!("{:.3}", ns as f64 / 1e9)
+            })
+            .into_iter(),
+        );
+        family(
+            "vip_agent_promotion_gate_last_wait_seconds",
+            "gauge",
+            "How long the last finished promotion gate waited.",
+            &mut per_vip(&|r| format!("{:.6}", r.gate.last_wait_ns as f64 / 1e9)).into_iter(),
+        );
+        let outcomes: Vec<&str> = Outcome::ALL.iter().map(|o| o.as_str()).collect();
+        family(
+            "vip_agent_promotion_gate_outcomes_total",
+            "counter",
+            "Finished promotion gates by outcome (primary, standby_leader, no_patroni, timeout, cancelled).",
+            &mut per_vip_and("outcome", &outcomes, &|r, i| r.gate.outcomes[i].to_string())
+                .into_iter(),
+        );
+        family(
+            "vip_agent_promotion_gate_last_outcome",
+            "gauge",
+            "1 for the outcome of the last finished promotion gate.",
+            &mut per_vip_and("outcome", &outcomes, &|r, i| {
+                u8::from(r.gate.last_outcome == Some(Outcome::ALL[i])).to_string()
+            })
+            .into_iter(),
+        );
         let _ = writeln!(
             out,
             "# HELP vip_agent_etcd_connected 1 while the leader followers reach etcd.\n# TYPE vip_agent_etcd_connected gauge\nvip_agent_etcd_connected {}",
@@ -369,6 +445,13 @@ mod tests {
             },
             transitions: 2,
             last_event_to_dataplane_us: 40,
+            gate: GateStatus {
+                state: GateState::Open,
+                last_wait_ns: 1_500_000,
+                last_outcome: Some(Outcome::Timeout),
+                outcomes: [3, 0, 0, 1, 0],
+                ..GateStatus::default()
+            },
         }]);
         r
     }
@@ -413,6 +496,36 @@ mod tests {
         ));
         assert!(page.contains("vip_agent_xdp_arp_replied_total{vip=\"10.0.0.5\",interface=\"eth0\",key=\"/service/pg/leader\"} 7"));
         assert!(page.contains("vip_agent_transitions_total{"));
+        let labels = "vip=\"10.0.0.5\",interface=\"eth0\",key=\"/service/pg/leader\"";
+        for (line, value) in [
+            ("vip_agent_promotion_gate_state", "state=\"open\"} 1"),
+            ("vip_agent_promotion_gate_state", "state=\"waiting\"} 0"),
+            (
+                "vip_agent_promotion_gate_outcomes_total",
+                "outcome=\"primary\"} 3",
+            ),
+            (
+                "vip_agent_promotion_gate_outcomes_total",
+                "outcome=\"timeout\"} 1",
+            ),
+            (
+                "vip_agent_promotion_gate_last_outcome",
+                "outcome=\"timeout\"} 1",
+            ),
+            (
+                "vip_agent_promotion_gate_last_outcome",
+                "outcome=\"primary\"} 0",
+            ),
+        ] {
+            let want = format!("{line}{{{labels},{value}");
+            assert!(page.contains(&want), "{want} missing in:\n{page}");
+        }
+        assert!(page.contains(&format!(
+            "vip_agent_promotion_gate_last_wait_seconds{{{labels}}} 0.001500"
+        )));
+        assert!(page.contains(&format!(
+            "vip_agent_promotion_gate_waiting_seconds{{{labels}}} 0.000"
+        )));
         assert_eq!(
             route("POST", "/metrics", &registry(0)).0,
             "405 Method Not Allowed"

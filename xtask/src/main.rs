@@ -2,7 +2,8 @@
 //!
 //! * `setup`: install everything a fresh Debian 12 machine needs (idempotent, quick when done);
 //! * `build-ebpf`: build the XDP object (the recipe lives in vip-agent/build.rs) and show it;
-//! * `test`: setup if needed, build, run every test (CI runs exactly this).
+//! * `test`: setup if needed, build, run every test (CI runs exactly this);
+//! * `package`: a Debian package (`target/debian/vip-agent_<version>_<arch>.deb`).
 
 use std::{
     path::{Path, PathBuf},
@@ -12,6 +13,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
 
+mod package;
 mod setup;
 
 #[derive(Parser)]
@@ -38,7 +40,16 @@ enum Task {
         /// Switchovers per system (the method asks for at least 200).
         #[arg(long, default_value_t = 200)]
         trials: usize,
+        /// Lease expiries per system (each waits for a 3 s lease to run out).
+        #[arg(long, default_value_t = 20)]
+        expiry_trials: usize,
+        /// Seconds of the idle CPU/memory measurement (0 skips it).
+        #[arg(long, default_value_t = 60)]
+        idle_secs: u64,
     },
+    /// Build target/debian/vip-agent_<version>_<arch>.deb: binary, systemd units, example config,
+    /// man pages, completions (dpkg-deb; prints the path of the package on stdout).
+    Package,
     /// Run setup if needed, build, then run every test (unit, integration, privileged netns).
     Test {
         /// Extra arguments for `cargo test` (after `--`), e.g. a test name filter.
@@ -62,8 +73,13 @@ fn run(cli: Cli) -> Result<()> {
         Task::Setup { check } => setup::run(check),
         Task::BuildEbpf => build_ebpf().map(|_| ()),
         Task::Demo => demo(),
-        Task::Bench { trials } => bench(trials),
+        Task::Bench {
+            trials,
+            expiry_trials,
+            idle_secs,
+        } => bench(trials, expiry_trials, idle_secs),
         Task::Test { args } => test(&args),
+        Task::Package => package::run().map(|_| ()),
     }
 }
 
@@ -133,16 +149,18 @@ fn demo() -> Result<()> {
     run_cmd(Command::new(demo).arg(agent))
 }
 
-fn bench(trials: usize) -> Result<()> {
+fn bench(trials: usize, expiry_trials: usize, idle_secs: u64) -> Result<()> {
     let (bench, agent) = release_build("vip-bench")?;
     run_cmd(
         Command::new(bench)
             .arg("--agent")
             .arg(agent)
-            .args(["--trials", &trials.to_string(), "--out"])
+            .args(["--trials", &trials.to_string()])
+            .args(["--expiry-trials", &expiry_trials.to_string()])
+            .args(["--idle-secs", &idle_secs.to_string(), "--out"])
             .arg(workspace()),
     )?;
-    eprintln!("xtask: wrote BENCHMARKS.md and bench/results.json");
+    eprintln!("xtask: wrote BENCHMARKS.md, bench/results.json and bench/timeline.svg");
     Ok(())
 }
 

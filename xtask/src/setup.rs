@@ -58,6 +58,11 @@ const PACKAGES: &[(&str, &str)] = &[
     ("bpftool", "inspecting the loaded program"),
     ("openssl", "test certificates for etcd TLS"),
     ("systemd", "systemd-analyze verify for the unit-file tests"),
+    ("binutils", "readelf and strip for cargo xtask package"),
+    (
+        "postgresql-15",
+        "a real standby promoted under the promotion gate (gate_postgres test)",
+    ),
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

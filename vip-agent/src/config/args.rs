@@ -118,6 +118,47 @@ pub struct ConfigArgs {
     /// bpffs directory for the pinned XDP program and maps [default: /sys/fs/bpf/vip-agent].
     #[arg(long, env = "VIP_PIN_PATH", value_name = "DIR")]
     pub pin_path: Option<String>,
+
+    /// What must hold before a new primary answers: patroni, postgres or off [default: patroni].
+    #[arg(long, env = "VIP_PROMOTION_GATE", value_name = "GATE")]
+    pub promotion_gate: Option<String>,
+    /// Poll period while the promotion gate waits, e.g. 5ms [default: 5ms].
+    #[arg(long, env = "VIP_PROMOTION_GATE_INTERVAL", value_name = "DURATION")]
+    pub promotion_gate_interval: Option<String>,
+    /// Answer anyway after the promotion gate waited this long, e.g. 10s [default: 10s].
+    #[arg(long, env = "VIP_PROMOTION_GATE_TIMEOUT", value_name = "DURATION")]
+    pub promotion_gate_timeout: Option<String>,
+    /// Patroni's REST API on this node [default: http://127.0.0.1:8008].
+    #[arg(long, env = "VIP_PATRONI_URL", value_name = "URL")]
+    pub patroni_url: Option<String>,
+    /// CA certificate (PEM) that verifies Patroni's REST API certificate (https).
+    #[arg(long, env = "VIP_PATRONI_CA_FILE", value_name = "FILE")]
+    pub patroni_ca_file: Option<String>,
+    /// Client certificate (PEM) for Patroni's REST API; needs --patroni-key-file.
+    #[arg(long, env = "VIP_PATRONI_CERT_FILE", value_name = "FILE")]
+    pub patroni_cert_file: Option<String>,
+    /// Private key (PEM) of the Patroni client certificate; needs --patroni-cert-file.
+    #[arg(long, env = "VIP_PATRONI_KEY_FILE", value_name = "FILE")]
+    pub patroni_key_file: Option<String>,
+    /// User of Patroni's REST API basic authentication (restapi.authentication.username).
+    #[arg(long, env = "VIP_PATRONI_USER", value_name = "USER")]
+    pub patroni_user: Option<String>,
+    /// Password of Patroni's REST API basic authentication. Prefer the file or the variable.
+    #[arg(
+        long,
+        env = "VIP_PATRONI_PASSWORD",
+        value_name = "PASSWORD",
+        hide_env_values = true
+    )]
+    pub patroni_password: Option<String>,
+    /// Connection string of the local PostgreSQL for `--promotion-gate postgres`.
+    #[arg(
+        long,
+        env = "VIP_POSTGRES_DSN",
+        value_name = "DSN",
+        hide_env_values = true
+    )]
+    pub postgres_dsn: Option<String>,
 }
 
 /// One string-valued argument: the config key it sets, its flag, its variable and its value.
@@ -131,7 +172,7 @@ pub(super) struct ArgValue<'a> {
 impl ConfigArgs {
     /// The string-valued arguments with their config key names (all but `config` and
     /// `dcs-endpoints`, which have their own types).
-    pub(super) fn string_values(&self) -> [ArgValue<'_>; 22] {
+    pub(super) fn string_values(&self) -> [ArgValue<'_>; 32] {
         let Self {
             config: _,
             ip,
@@ -157,6 +198,16 @@ impl ConfigArgs {
             xdp_mode,
             metrics_address,
             pin_path,
+            promotion_gate,
+            promotion_gate_interval,
+            promotion_gate_timeout,
+            patroni_url,
+            patroni_ca_file,
+            patroni_cert_file,
+            patroni_key_file,
+            patroni_user,
+            patroni_password,
+            postgres_dsn,
         } = self;
         macro_rules! arg {
             ($key:literal, $env:literal, $value:expr) => {
@@ -191,6 +242,28 @@ impl ConfigArgs {
             arg!("xdp-mode", "VIP_XDP_MODE", xdp_mode),
             arg!("metrics-address", "VIP_METRICS_ADDRESS", metrics_address),
             arg!("pin-path", "VIP_PIN_PATH", pin_path),
+            arg!("promotion-gate", "VIP_PROMOTION_GATE", promotion_gate),
+            arg!(
+                "promotion-gate-interval",
+                "VIP_PROMOTION_GATE_INTERVAL",
+                promotion_gate_interval
+            ),
+            arg!(
+                "promotion-gate-timeout",
+                "VIP_PROMOTION_GATE_TIMEOUT",
+                promotion_gate_timeout
+            ),
+            arg!("patroni-url", "VIP_PATRONI_URL", patroni_url),
+            arg!("patroni-ca-file", "VIP_PATRONI_CA_FILE", patroni_ca_file),
+            arg!(
+                "patroni-cert-file",
+                "VIP_PATRONI_CERT_FILE",
+                patroni_cert_file
+            ),
+            arg!("patroni-key-file", "VIP_PATRONI_KEY_FILE", patroni_key_file),
+            arg!("patroni-user", "VIP_PATRONI_USER", patroni_user),
+            arg!("patroni-password", "VIP_PATRONI_PASSWORD", patroni_password),
+            arg!("postgres-dsn", "VIP_POSTGRES_DSN", postgres_dsn),
         ]
     }
 }

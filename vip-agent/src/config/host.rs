@@ -116,8 +116,35 @@ impl Config {
         for (i, vip) in self.vips.iter().enumerate() {
             check.vip(i, vip, facts, &mut seen_interfaces);
         }
-        for key in ["etcd-ca-file", "etcd-cert-file", "etcd-key-file"] {
-            check.pem_file(key);
+        let etcd = &self.etcd;
+        for (key, path) in [
+            ("etcd-ca-file", etcd.ca_file.as_deref()),
+            ("etcd-cert-file", etcd.cert_file.as_deref()),
+            ("etcd-key-file", etcd.key_file.as_deref()),
+        ] {
+            if let Some(path) = path {
+                check.pem_file(key, path);
+            }
+        }
+        // The promotion gate's TLS files, once per file (per-VIP keys name their entry).
+        let mut seen_files = BTreeSet::new();
+        for (i, vip) in self.vips.iter().enumerate() {
+            let gate = &vip.gate;
+            if gate.mode != super::GateMode::Patroni || !gate.patroni_url.tls {
+                continue;
+            }
+            for (key, path) in [
+                ("patroni-ca-file", gate.patroni_ca_file.as_deref()),
+                ("patroni-cert-file", gate.patroni_cert_file.as_deref()),
+                ("patroni-key-file", gate.patroni_key_file.as_deref()),
+            ] {
+                if let Some(path) = path
+                    && seen_files.insert(path.to_path_buf())
+                {
+                    let key = check.vip_key(i, key);
+                    check.pem_file(&key, path);
+                }
+            }
         }
         check.pin_path();
         match ConfigError::from_list(check.errors) {
@@ -310,14 +337,7 @@ impl HostCheck<'_> {
     }
 
     /// A CA/certificate/key file: readable, PEM; a world-readable key is a warning.
-    fn pem_file(&mut self, key: &str) {
-        let etcd = &self.config.etcd;
-        let path = match key {
-            "etcd-ca-file" => etcd.ca_file.as_deref(),
-            "etcd-cert-file" => etcd.cert_file.as_deref(),
-            _ => etcd.key_file.as_deref(),
-        };
-        let Some(path) = path else { return };
+    fn pem_file(&mut self, key: &str, path: &Path) {
         let content = match fs::read(path) {
             Ok(content) => content,
             Err(e) => {
@@ -329,13 +349,13 @@ impl HostCheck<'_> {
             self.error(
                 key,
                 format!(
-                    "{} is not PEM (no \"-----BEGIN \" line); etcd needs PEM certificates and keys",
+                    "{} is not PEM (no \"-----BEGIN \" line); PEM certificates and keys are needed",
                     path.display()
                 ),
             );
             return;
         }
-        if key == "etcd-key-file"
+        if key.ends_with("key-file")
             && let Ok(meta) = fs::metadata(path)
             && meta.permissions().mode() & 0o004 != 0
         {

@@ -13,8 +13,8 @@ use vip_common::maps::MAX_VIPS;
 
 use super::{
     Config, ConfigArgs, ConfigError, DEFAULT_ETCD_ENDPOINT, DEFAULT_METRICS_ADDRESS,
-    DEFAULT_PIN_PATH, EtcdConfig, GarpConfig, Location, Notice, NoticeLevel, Provenance, Secret,
-    VipConfig, XdpModeSetting, values,
+    DEFAULT_PIN_PATH, EtcdConfig, GarpConfig, GateConfig, GateMode, Location, Notice, NoticeLevel,
+    PatroniUrl, Provenance, Secret, VipConfig, XdpModeSetting, values,
 };
 
 /// A YAML document and the name it goes by in messages.
@@ -25,7 +25,7 @@ pub(super) struct Source<'a> {
 }
 
 /// Every top-level key vip-agent reads (vip-manager's, Pigsty's `hosting-type`, and ours).
-const TOP_LEVEL_KEYS: [&str; 26] = [
+const TOP_LEVEL_KEYS: [&str; 36] = [
     "ip",
     "netmask",
     "interface",
@@ -52,6 +52,30 @@ const TOP_LEVEL_KEYS: [&str; 26] = [
     "xdp-mode",
     "metrics-address",
     "pin-path",
+    "promotion-gate",
+    "promotion-gate-interval",
+    "promotion-gate-timeout",
+    "patroni-url",
+    "patroni-ca-file",
+    "patroni-cert-file",
+    "patroni-key-file",
+    "patroni-user",
+    "patroni-password",
+    "postgres-dsn",
+];
+
+/// The promotion-gate keys: top-level (every VIP) and inside `vips:` entries (that VIP).
+const GATE_KEYS: [&str; 10] = [
+    "promotion-gate",
+    "promotion-gate-interval",
+    "promotion-gate-timeout",
+    "patroni-url",
+    "patroni-ca-file",
+    "patroni-cert-file",
+    "patroni-key-file",
+    "patroni-user",
+    "patroni-password",
+    "postgres-dsn",
 ];
 
 /// The keys of one VIP: top-level in vip-manager style, or inside each `vips:` entry.
@@ -232,7 +256,8 @@ pub(super) fn build(
     };
 
     compat_keys(&top, &mut diag);
-    let vips = vips(&top, &mut diag, &mut hostname);
+    let top_gate = gate(&top, &GateConfig::default(), &mut diag);
+    let vips = vips(&top, &top_gate, &mut diag, &mut hostname);
     let etcd = etcd(&top, &mut diag);
     let garp = garp(&top, &mut diag);
     let fence_timeout = fence_timeout(&top, &mut diag);
@@ -511,9 +536,16 @@ impl Hostname<'_> {
 }
 
 /// The VIPs: top-level vip-manager keys, or the `vips:` list.
-fn vips(top: &Fields, diag: &mut Diag, hostname: &mut Hostname<'_>) -> Vec<VipConfig> {
+fn vips(
+    top: &Fields,
+    top_gate: &GateConfig,
+    diag: &mut Diag,
+    hostname: &mut Hostname<'_>,
+) -> Vec<VipConfig> {
     let Some(list) = top.get(diag, "vips").cloned() else {
-        return vip(top, diag, hostname).into_iter().collect();
+        return vip(top, top_gate.clone(), diag, hostname)
+            .into_iter()
+            .collect();
     };
     for key in VIP_KEYS {
         if let Some(entry) = top.get(diag, key) {
@@ -578,7 +610,7 @@ fn vips(top: &Fields, diag: &mut Diag, hostname: &mut Hostname<'_>) -> Vec<VipCo
                 );
                 continue;
             };
-            if VIP_KEYS.contains(&key.as_str()) {
+            if VIP_KEYS.contains(&key.as_str()) || GATE_KEYS.contains(&key.as_str()) {
                 if !is_unset(value) {
                     map.insert(
                         key.clone(),
@@ -600,7 +632,8 @@ fn vips(top: &Fields, diag: &mut Diag, hostname: &mut Hostname<'_>) -> Vec<VipCo
                 diag.errors.push(ConfigError::UnknownKey {
                     location: list.location.clone(),
                     key: format!("{prefix}{key}"),
-                    suggestion: values::closest(key, &VIP_KEYS).map(str::to_owned),
+                    suggestion: values::closest(key, &[&VIP_KEYS[..], &GATE_KEYS[..]].concat())
+                        .map(str::to_owned),
                 });
             }
         }
@@ -609,7 +642,8 @@ fn vips(top: &Fields, diag: &mut Diag, hostname: &mut Hostname<'_>) -> Vec<VipCo
             map,
             file: file.clone(),
         };
-        out.extend(vip(&fields, diag, hostname));
+        let gate = gate(&fields, top_gate, diag);
+        out.extend(vip(&fields, gate, diag, hostname));
     }
     check_vip_set(&out, &list.location, diag);
     out
@@ -641,7 +675,12 @@ fn check_vip_set(vips: &[VipConfig], location: &Location, diag: &mut Diag) {
 }
 
 /// One VIP from `fields`; `None` (with errors recorded) if any part is unusable.
-fn vip(fields: &Fields, diag: &mut Diag, hostname: &mut Hostname<'_>) -> Option<VipConfig> {
+fn vip(
+    fields: &Fields,
+    gate: GateConfig,
+    diag: &mut Diag,
+    hostname: &mut Hostname<'_>,
+) -> Option<VipConfig> {
     let ip_key = fields.full_key("ip");
     let ip = match fields.text(diag, "ip") {
         None => {
@@ -762,6 +801,7 @@ fn vip(fields: &Fields, diag: &mut Diag, hostname: &mut Hostname<'_>) -> Option<
         interface: interface?,
         trigger_key: trigger_key?,
         trigger_value: trigger_value?,
+        gate,
     })
 }
 
@@ -1084,4 +1124,192 @@ fn pin_path(top: &Fields, diag: &mut Diag) -> PathBuf {
         );
     }
     path.to_path_buf()
+}
+
+/// Bounds of the gate's durations, with the reasons in the messages.
+const GATE_INTERVAL_MIN: Duration = Duration::from_millis(1);
+const GATE_INTERVAL_MAX: Duration = Duration::from_secs(1);
+const GATE_TIMEOUT_MIN: Duration = Duration::from_millis(100);
+const GATE_TIMEOUT_MAX: Duration = Duration::from_secs(600);
+
+/// The promotion-gate keys of `fields` over `base` (the defaults for the top level, the top-level
+/// gate for a `vips:` entry).
+fn gate(fields: &Fields, base: &GateConfig, diag: &mut Diag) -> GateConfig {
+    let mut gate = base.clone();
+    if let Some((text, location)) = fields.text(diag, "promotion-gate") {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "patroni" => gate.mode = GateMode::Patroni,
+            "postgres" | "postgresql" => gate.mode = GateMode::Postgres,
+            "off" | "false" | "none" => gate.mode = GateMode::Off,
+            other => diag.invalid(
+                &location,
+                &fields.full_key("promotion-gate"),
+                format!(
+                    "unknown gate {other:?}{}; expected patroni (wait until Patroni's REST API \
+                     reports a running primary), postgres (wait until pg_is_in_recovery() is \
+                     false) or off (answer as soon as the key names this node)",
+                    suggest(other, &["patroni", "postgres", "off"])
+                ),
+            ),
+        }
+    }
+    if let Some((text, location)) = fields.text(diag, "patroni-url") {
+        match PatroniUrl::parse(&text) {
+            Ok(url) => gate.patroni_url = url,
+            Err(reason) => diag.invalid(&location, &fields.full_key("patroni-url"), reason),
+        }
+    }
+    let path = |key: &str, diag: &mut Diag| {
+        let (text, location) = fields.text(diag, key)?;
+        let path = PathBuf::from(text.trim());
+        if path.is_relative() {
+            diag.warn(
+                &location,
+                &fields.full_key(key),
+                format!(
+                    "{} is relative: it is resolved against the agent's working directory, not \
+                     the config file's",
+                    path.display()
+                ),
+            );
+        }
+        Some((path, location))
+    };
+    let ca = path("patroni-ca-file", diag);
+    let cert = path("patroni-cert-file", diag);
+    let key = path("patroni-key-file", diag);
+    if let Some((p, _)) = &ca {
+        gate.patroni_ca_file = Some(p.clone());
+    }
+    match (cert, key) {
+        (Some((c, _)), Some((k, _))) => {
+            gate.patroni_cert_file = Some(c);
+            gate.patroni_key_file = Some(k);
+        }
+        (Some((_, location)), None) if base.patroni_key_file.is_none() => diag.conflict(
+            &location,
+            &fields.full_key("patroni-cert-file"),
+            "a client certificate needs its private key: set `patroni-key-file` too".to_owned(),
+        ),
+        (None, Some((_, location))) if base.patroni_cert_file.is_none() => diag.conflict(
+            &location,
+            &fields.full_key("patroni-key-file"),
+            "a private key needs its client certificate: set `patroni-cert-file` too".to_owned(),
+        ),
+        (Some((c, _)), None) => gate.patroni_cert_file = Some(c),
+        (None, Some((k, _))) => gate.patroni_key_file = Some(k),
+        (None, None) => {}
+    }
+    let user = fields.text(diag, "patroni-user");
+    let password = fields.text(diag, "patroni-password");
+    match (user, password) {
+        (Some((u, _)), Some((p, _))) => {
+            gate.patroni_user = Some(u);
+            gate.patroni_password = Some(Secret::new(p));
+        }
+        (None, Some((_, location))) if base.patroni_user.is_none() => diag.conflict(
+            &location,
+            &fields.full_key("patroni-password"),
+            "set without `patroni-user`; Patroni's basic authentication needs both".to_owned(),
+        ),
+        (Some((_, location)), None) if base.patroni_password.is_none() => diag.conflict(
+            &location,
+            &fields.full_key("patroni-user"),
+            "set without `patroni-password`; Patroni's basic authentication needs both".to_owned(),
+        ),
+        (Some((u, _)), None) => gate.patroni_user = Some(u),
+        (None, Some((p, _))) => gate.patroni_password = Some(Secret::new(p)),
+        (None, None) => {}
+    }
+    if let Some((dsn, location)) = fields.text(diag, "postgres-dsn") {
+        match dsn_problem(&dsn) {
+            Some(reason) => diag.invalid(&location, &fields.full_key("postgres-dsn"), reason),
+            None => gate.postgres_dsn = Some(Secret::new(dsn.trim())),
+        }
+    }
+    if let Some(((d, _), location)) = fields.read(diag, "promotion-gate-interval", values::duration)
+    {
+        if (GATE_INTERVAL_MIN..=GATE_INTERVAL_MAX).contains(&d) {
+            gate.interval = d;
+        } else {
+            diag.invalid(
+                &location,
+                &fields.full_key("promotion-gate-interval"),
+                format!(
+                    "{} is out of range {}..={}",
+                    values::format_duration(d),
+                    values::format_duration(GATE_INTERVAL_MIN),
+                    values::format_duration(GATE_INTERVAL_MAX)
+                ),
+            );
+        }
+    }
+    if let Some(((d, _), location)) = fields.read(diag, "promotion-gate-timeout", values::duration)
+    {
+        if (GATE_TIMEOUT_MIN..=GATE_TIMEOUT_MAX).contains(&d) {
+            gate.timeout = d;
+        } else {
+            diag.invalid(
+                &location,
+                &fields.full_key("promotion-gate-timeout"),
+                format!(
+                    "{} is out of range {}..={} (to answer without waiting, set \
+                     `promotion-gate: off`)",
+                    values::format_duration(d),
+                    values::format_duration(GATE_TIMEOUT_MIN),
+                    values::format_duration(GATE_TIMEOUT_MAX)
+                ),
+            );
+        }
+    }
+    if gate.mode == GateMode::Postgres && gate.postgres_dsn.is_none() {
+        let location = fields
+            .map
+            .get("promotion-gate")
+            .map_or(Location::Default, |e| e.location.clone());
+        diag.errors.push(ConfigError::Missing {
+            location,
+            key: fields.full_key("postgres-dsn"),
+            hint: "; `promotion-gate: postgres` needs it (e.g. \"host=/var/run/postgresql \
+                   user=vip_agent dbname=postgres\")"
+                .to_owned(),
+        });
+    }
+    let tls_files = gate.patroni_ca_file.is_some() || gate.patroni_cert_file.is_some();
+    if gate.mode == GateMode::Patroni && tls_files && !gate.patroni_url.tls {
+        let key = if gate.patroni_ca_file.is_some() {
+            "patroni-ca-file"
+        } else {
+            "patroni-cert-file"
+        };
+        if let Some(entry) = fields.map.get(key) {
+            let location = entry.location.clone();
+            diag.warn(
+                &location,
+                &fields.full_key(key),
+                format!(
+                    "TLS files are set but patroni-url is {}, so they are not used; write https://",
+                    gate.patroni_url
+                ),
+            );
+        }
+    }
+    gate
+}
+
+/// Why a `postgres-dsn` cannot be used, if it cannot.
+fn dsn_problem(dsn: &str) -> Option<String> {
+    let shown = values::redact_dsn(dsn);
+    match dsn.trim().parse::<tokio_postgres::Config>() {
+        Err(e) => Some(format!("{shown:?} is not a connection string: {e}")),
+        Ok(c) if c.get_hosts().is_empty() && c.get_hostaddrs().is_empty() => Some(format!(
+            "{shown:?} names no host; give host=/var/run/postgresql (the unix socket \
+             directory) or host=127.0.0.1"
+        )),
+        Ok(c) if c.get_ssl_mode() == tokio_postgres::config::SslMode::Require => Some(format!(
+            "{shown:?} requires TLS, which the gate does not speak; connect over the unix \
+             socket or loopback (sslmode=disable or prefer)"
+        )),
+        Ok(_) => None,
+    }
 }

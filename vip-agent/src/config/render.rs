@@ -2,7 +2,7 @@
 
 use serde::Serialize;
 
-use super::{Config, Secret, VipConfig, values::format_duration};
+use super::{Config, GateConfig, Secret, VipConfig, values::format_duration};
 
 #[derive(Serialize)]
 struct Effective<'a> {
@@ -48,6 +48,53 @@ struct Vip<'a> {
     trigger_key: &'a str,
     #[serde(rename = "trigger-value")]
     trigger_value: &'a str,
+    #[serde(flatten)]
+    gate: Gate<'a>,
+}
+
+#[derive(Serialize)]
+struct Gate<'a> {
+    #[serde(rename = "promotion-gate")]
+    mode: &'static str,
+    #[serde(rename = "promotion-gate-interval")]
+    interval: String,
+    #[serde(rename = "promotion-gate-timeout")]
+    timeout: String,
+    #[serde(rename = "patroni-url")]
+    patroni_url: String,
+    #[serde(rename = "patroni-ca-file", skip_serializing_if = "Option::is_none")]
+    patroni_ca_file: Option<String>,
+    #[serde(rename = "patroni-cert-file", skip_serializing_if = "Option::is_none")]
+    patroni_cert_file: Option<String>,
+    #[serde(rename = "patroni-key-file", skip_serializing_if = "Option::is_none")]
+    patroni_key_file: Option<String>,
+    #[serde(rename = "patroni-user", skip_serializing_if = "Option::is_none")]
+    patroni_user: Option<&'a str>,
+    #[serde(rename = "patroni-password", skip_serializing_if = "Option::is_none")]
+    patroni_password: Option<&'static str>,
+    #[serde(rename = "postgres-dsn", skip_serializing_if = "Option::is_none")]
+    postgres_dsn: Option<String>,
+}
+
+impl<'a> From<&'a GateConfig> for Gate<'a> {
+    fn from(g: &'a GateConfig) -> Self {
+        let path = |p: &Option<std::path::PathBuf>| p.as_ref().map(|p| p.display().to_string());
+        Self {
+            mode: g.mode.as_str(),
+            interval: format_duration(g.interval),
+            timeout: format_duration(g.timeout),
+            patroni_url: g.patroni_url.to_string(),
+            patroni_ca_file: path(&g.patroni_ca_file),
+            patroni_cert_file: path(&g.patroni_cert_file),
+            patroni_key_file: path(&g.patroni_key_file),
+            patroni_user: g.patroni_user.as_deref(),
+            patroni_password: g.patroni_password.as_ref().map(|_| Secret::REDACTED),
+            postgres_dsn: g
+                .postgres_dsn
+                .as_ref()
+                .map(|d| super::redact_dsn(d.expose())),
+        }
+    }
 }
 
 impl<'a> From<&'a VipConfig> for Vip<'a> {
@@ -58,14 +105,16 @@ impl<'a> From<&'a VipConfig> for Vip<'a> {
             interface: &v.interface,
             trigger_key: &v.trigger_key,
             trigger_value: &v.trigger_value,
+            gate: Gate::from(&v.gate),
         }
     }
 }
 
 impl Config {
     /// The effective configuration as YAML that [`super::from_yaml_str`] reads back (defaults
-    /// filled in, one VIP as top-level keys, several as `vips:`), with the etcd password shown as
-    /// `<redacted>`. A header comment names the source file.
+    /// filled in, one VIP as top-level keys, several as `vips:`, each with its promotion gate), with
+    /// the etcd and Patroni passwords shown as `<redacted>` and the password of `postgres-dsn`
+    /// replaced by it. A header comment names the source file.
     #[must_use]
     pub fn render_redacted(&self) -> String {
         let (single, vips) = match self.vips.as_slice() {

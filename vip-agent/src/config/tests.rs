@@ -1335,3 +1335,151 @@ fn notices_display_their_origin() {
         "{s}"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// The promotion gate
+
+#[test]
+fn promotion_gate_defaults_and_per_vip_overrides() {
+    let c = ok(MIN);
+    let g = &c.vips[0].gate;
+    assert_eq!(g.mode, super::GateMode::Patroni);
+    assert_eq!(g.patroni_url.to_string(), super::DEFAULT_PATRONI_URL);
+    assert_eq!(g.interval, Duration::from_millis(5));
+    assert_eq!(g.timeout, Duration::from_secs(10));
+
+    let c = ok("\
+promotion-gate-timeout: 3s
+patroni-url: https://node-a.example:8009/api/
+patroni-user: patroni
+patroni-password: s3cret
+vips:
+  - {ip: 10.0.0.10, netmask: 24, interface: eth0, trigger-key: /s/a/leader, trigger-value: a}
+  - ip: 10.0.1.10
+    netmask: 24
+    interface: eth0
+    trigger-key: /s/b/leader
+    trigger-value: b
+    promotion-gate: postgres
+    postgres-dsn: host=/var/run/postgresql port=5433 user=vip dbname=postgres
+  - {ip: 10.0.2.10, netmask: 24, interface: eth0, trigger-key: /s/c/leader, trigger-value: c,
+     promotion-gate: 'off'}
+");
+    let a = &c.vips[0].gate;
+    assert_eq!(a.mode, super::GateMode::Patroni);
+    assert_eq!(a.timeout, Duration::from_secs(3));
+    assert!(a.patroni_url.tls);
+    assert_eq!(
+        (
+            a.patroni_url.host.as_str(),
+            a.patroni_url.port,
+            a.patroni_url.base.as_str()
+        ),
+        ("node-a.example", 8009, "/api")
+    );
+    assert_eq!(a.patroni_password, Some(Secret::new("s3cret")));
+    let b = &c.vips[1].gate;
+    assert_eq!(b.mode, super::GateMode::Postgres);
+    assert_eq!(b.timeout, Duration::from_secs(3), "inherits the top level");
+    assert!(b.postgres_dsn.is_some());
+    assert_eq!(c.vips[2].gate.mode, super::GateMode::Off);
+}
+
+#[test]
+fn promotion_gate_errors_name_the_key_and_the_problem() {
+    let e = err(&min_with("promotion-gate: patrony"));
+    let msg = error_for(&e, "promotion-gate").to_string();
+    assert!(msg.contains("did you mean `patroni`"), "{msg}");
+    for (line, key, needle) in [
+        ("patroni-url: 127.0.0.1:8008", "patroni-url", "no scheme"),
+        ("patroni-url: ftp://x:8008", "patroni-url", "scheme"),
+        (
+            "patroni-url: http://u:p@x:8008",
+            "patroni-url",
+            "patroni-user",
+        ),
+        ("patroni-url: http://x:0", "patroni-url", "port"),
+        (
+            "promotion-gate-interval: 0ms",
+            "promotion-gate-interval",
+            "out of range",
+        ),
+        (
+            "promotion-gate-timeout: 20m",
+            "promotion-gate-timeout",
+            "out of range",
+        ),
+        ("patroni-password: x", "patroni-password", "patroni-user"),
+        (
+            "patroni-cert-file: /c.pem",
+            "patroni-cert-file",
+            "patroni-key-file",
+        ),
+        ("promotion-gate: postgres", "postgres-dsn", "required"),
+        (
+            "postgres-dsn: \"host=/run port=notaport\"",
+            "postgres-dsn",
+            "not a connection string",
+        ),
+        ("postgres-dsn: \"user=x\"", "postgres-dsn", "names no host"),
+        (
+            "postgres-dsn: \"host=/run sslmode=require\"",
+            "postgres-dsn",
+            "TLS",
+        ),
+    ] {
+        let e = err(&min_with(line));
+        let msg = error_for(&e, key).to_string();
+        assert!(msg.contains(needle), "{line}: {msg}");
+        assert!(msg.contains("test.yml"), "{line}: {msg}");
+    }
+    let e = err("\
+vips:
+  - {ip: 10.0.0.10, netmask: 24, interface: eth0, trigger-key: /s/a/leader, trigger-value: a,
+     promotion-gate: postgres}
+");
+    error_for(&e, "vips[0].postgres-dsn");
+}
+
+#[test]
+fn promotion_gate_secrets_are_redacted_and_the_rendering_reads_back() {
+    let c = ok(&min_with(
+        "patroni-user: api\npatroni-password: Pa55-patroni\npromotion-gate: postgres\n\
+         postgres-dsn: \"host=/run/pg user=vip password='Pa55 pg' dbname=postgres\"",
+    ));
+    assert!(!format!("{c:?}").contains("Pa55"));
+    let rendered = c.render_redacted();
+    assert!(!rendered.contains("Pa55"), "{rendered}");
+    assert!(
+        rendered.contains("patroni-password: <redacted>"),
+        "{rendered}"
+    );
+    assert!(rendered.contains("password=<redacted>"), "{rendered}");
+    assert!(rendered.contains("promotion-gate: postgres"), "{rendered}");
+    let back = ok(&rendered);
+    assert_eq!(back.vips[0].gate.mode, c.vips[0].gate.mode);
+    assert_eq!(back.vips[0].gate.interval, c.vips[0].gate.interval);
+    assert_eq!(back.vips[0].gate.patroni_url, c.vips[0].gate.patroni_url);
+    assert_eq!(
+        super::redact_dsn("postgresql://vip:Pa55@h:5432/db?password=x&sslmode=disable"),
+        "postgresql://vip:<redacted>@h:5432/db?password=<redacted>&sslmode=disable"
+    );
+}
+
+#[test]
+fn promotion_gate_flags_and_variables_set_the_keys() {
+    let a = ConfigArgs {
+        promotion_gate: Some("off".into()),
+        patroni_url: Some("http://10.0.0.1:8008".into()),
+        promotion_gate_interval: Some("20ms".into()),
+        ..args()
+    };
+    let c = match parse_with(Some(&min_with("promotion-gate: postgres")), &a) {
+        Ok(c) => c,
+        Err(e) => panic!("{e}"),
+    };
+    let g = &c.vips[0].gate;
+    assert_eq!(g.mode, super::GateMode::Off, "the flag beats the file");
+    assert_eq!(g.patroni_url.host, "10.0.0.1");
+    assert_eq!(g.interval, Duration::from_millis(20));
+}

@@ -389,3 +389,186 @@ pub(super) fn closest<'a>(key: &str, candidates: &[&'a str]) -> Option<&'a str> 
     let limit = (best.len().max(folded.len()) / 3).max(2);
     (distance <= limit).then_some(best)
 }
+
+/// Check a `patroni-url`: `http://` or `https://`, a host, an optional non-zero port (default
+/// 80/443), an optional path prefix; no user info (use `patroni-user`), query or fragment.
+pub(super) fn patroni_url(raw: &str) -> Result<super::PatroniUrl, String> {
+    let s = raw.trim();
+    let Some((scheme, rest)) = s.split_once("://") else {
+        return Err(format!(
+            "{s:?} has no scheme: write http://{s} or https://{s} (Patroni's restapi)"
+        ));
+    };
+    let tls = match scheme.to_ascii_lowercase().as_str() {
+        "http" => false,
+        "https" => true,
+        other => {
+            return Err(format!(
+                "{s:?} has scheme {other:?}; Patroni's REST API is http:// or https://"
+            ));
+        }
+    };
+    if rest.contains('?') || rest.contains('#') {
+        return Err(format!(
+            "{s:?} has a query or fragment; write scheme://host:port (the gate asks /primary)"
+        ));
+    }
+    let (authority, path) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    if authority.contains('@') {
+        return Err(format!(
+            "{s:?} carries user info; put credentials into patroni-user/patroni-password"
+        ));
+    }
+    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+        let Some((addr, after)) = v6.split_once(']') else {
+            return Err(format!("{s:?}: unterminated [IPv6] host"));
+        };
+        if addr.parse::<std::net::Ipv6Addr>().is_err() {
+            return Err(format!("{s:?}: [{addr}] is not an IPv6 address"));
+        }
+        match after {
+            "" => (addr, None),
+            p => match p.strip_prefix(':') {
+                Some(port) => (addr, Some(port)),
+                None => return Err(format!("{s:?}: unexpected {p:?} after the IPv6 host")),
+            },
+        }
+    } else {
+        match authority.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (authority, None),
+        }
+    };
+    if host.is_empty() {
+        return Err(format!("{s:?} has no host"));
+    }
+    if host.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!("{s:?}: the host contains white space"));
+    }
+    let port = match port {
+        Some(p) => match p.parse::<u16>() {
+            Ok(port @ 1..) => port,
+            _ => return Err(format!("{s:?}: port {p:?} is not a port number 1..=65535")),
+        },
+        None if tls => 443,
+        None => 80,
+    };
+    if path.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!("{s:?}: the path contains white space"));
+    }
+    Ok(super::PatroniUrl {
+        tls,
+        host: host.to_owned(),
+        port,
+        base: path.trim_end_matches('/').to_owned(),
+    })
+}
+
+/// A libpq connection string (`key=value ...` or a `postgres[ql]://` URL) with its password
+/// replaced by `<redacted>`.
+pub(super) fn redact_dsn(dsn: &str) -> String {
+    const REDACTED: &str = super::Secret::REDACTED;
+    let trimmed = dsn.trim();
+    for scheme in ["postgresql://", "postgres://"] {
+        let Some(rest) = trimmed.strip_prefix(scheme) else {
+            continue;
+        };
+        let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+        let (authority, tail) = rest.split_at(authority_end);
+        let authority = match authority.rsplit_once('@') {
+            Some((userinfo, hosts)) => match userinfo.split_once(':') {
+                Some((user, _)) => format!("{user}:{REDACTED}@{hosts}"),
+                None => authority.to_owned(),
+            },
+            None => authority.to_owned(),
+        };
+        let tail = match tail.split_once('?') {
+            Some((path, query)) => {
+                let query: Vec<String> = query
+                    .split('&')
+                    .map(|kv| match kv.split_once('=') {
+                        Some(("password", _)) => format!("password={REDACTED}"),
+                        _ => kv.to_owned(),
+                    })
+                    .collect();
+                format!("{path}?{}", query.join("&"))
+            }
+            None => tail.to_owned(),
+        };
+        return format!("{scheme}{authority}{tail}");
+    }
+    // key = value pairs; values are bare words or '...' with \' and \\ escapes.
+    let mut out = String::new();
+    let mut chars = trimmed.chars().peekable();
+    while chars.peek().is_some() {
+        while chars.peek().is_some_and(|c| c.is_whitespace()) {
+            chars.next();
+        }
+        let mut key = String::new();
+        while let Some(&c) = chars.peek() {
+            if c == '=' || c.is_whitespace() {
+                break;
+            }
+            key.push(c);
+            chars.next();
+        }
+        while chars.peek().is_some_and(|c| c.is_whitespace()) {
+            chars.next();
+        }
+        if chars.peek() != Some(&'=') {
+            // Not key=value: keep what is left as it is (the parser reports it).
+            if !key.is_empty() {
+                push_word(&mut out, &key);
+            }
+            let rest: String = chars.collect();
+            if !rest.trim().is_empty() {
+                push_word(&mut out, rest.trim());
+            }
+            break;
+        }
+        chars.next();
+        while chars.peek().is_some_and(|c| c.is_whitespace()) {
+            chars.next();
+        }
+        let mut value = String::new();
+        if chars.peek() == Some(&'\'') {
+            value.push('\'');
+            chars.next();
+            while let Some(c) = chars.next() {
+                value.push(c);
+                match c {
+                    '\\' => {
+                        if let Some(n) = chars.next() {
+                            value.push(n);
+                        }
+                    }
+                    '\'' => break,
+                    _ => {}
+                }
+            }
+        } else {
+            while let Some(&c) = chars.peek() {
+                if c.is_whitespace() {
+                    break;
+                }
+                value.push(c);
+                chars.next();
+            }
+        }
+        if key == "password" {
+            value = REDACTED.to_owned();
+        }
+        push_word(&mut out, &format!("{key}={value}"));
+    }
+    out
+}
+
+fn push_word(out: &mut String, word: &str) {
+    if !out.is_empty() {
+        out.push(' ');
+    }
+    out.push_str(word);
+}
