@@ -197,6 +197,34 @@ impl Cluster {
         node.agent = Some(node.host.ns.spawn(bin, &["--config", config], Some(&log)));
     }
 
+    /// Start node `i`'s agent through `wrapper` (a program and its arguments that end by executing
+    /// the command after them, e.g. `setpriv --bounding-set=... --`), run inside the node's
+    /// namespace: `nsenter --net=<ns> -- <wrapper...> <agent> --config <file>`. Since both `nsenter`
+    /// and such wrappers exec, the guard's PID is the agent's.
+    ///
+    /// # Panics
+    /// When `wrapper` is empty or the process cannot be started.
+    pub fn start_agent_with(&mut self, i: usize, wrapper: &[&str]) {
+        let (program, wrapper_args) = wrapper.split_first().expect("a wrapper program");
+        let node = &mut self.nodes[i];
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(&node.log)
+            .expect("agent log");
+        let bin = self.agent_bin.to_str().expect("utf-8 path");
+        let config = node.config.to_str().expect("utf-8 path");
+        let mut args = wrapper_args.to_vec();
+        args.extend([bin, "--config", config]);
+        node.agent = Some(node.host.ns.spawn(program, &args, Some(&log)));
+    }
+
+    /// The path of the agent binary the nodes run.
+    #[must_use]
+    pub fn agent_bin(&self) -> &Path {
+        &self.agent_bin
+    }
+
     /// Start vip-manager (the tool vip-agent replaces; Debian's 1.0.2 speaks the etcd v2 API) on
     /// node `i` instead of the agent, polling every `interval_ms`.
     ///

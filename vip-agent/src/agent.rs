@@ -41,6 +41,8 @@ use crate::{
 /// Errors that stop the agent from starting. Once running, failures are logged and retried.
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
+    #[error(transparent)]
+    Capabilities(#[from] crate::caps::CapsError),
     #[error("data plane on {interface}: {source}")]
     Dataplane {
         interface: String,
@@ -74,6 +76,8 @@ type SharedDataplane = Arc<Mutex<Dataplane>>;
 /// When startup fails (interface, privileges, foreign XDP program, bad TLS files, ...). Nothing is
 /// left answering: VIPs registered before the failure stay fenced.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AgentError> {
+    // Before anything: without these the agent would fail part-way (see `caps`).
+    crate::caps::check()?;
     let addresses = Addresses::new()?;
 
     // One data plane per interface, every VIP registered and fenced before anything else happens.

@@ -8,6 +8,7 @@
 
 pub mod address;
 pub mod agent;
+pub mod caps;
 pub mod cli;
 pub mod clock;
 pub mod config;
