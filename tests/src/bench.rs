@@ -245,27 +245,9 @@ fn switchovers_on(cluster: &Cluster, system: System, trials: usize) -> Vec<Trial
 
 fn one_switchover(cluster: &Cluster, keys: &Keys<'_>, from: usize, to: usize) -> Trial {
     let (old_mac, new_mac) = (cluster.nodes[from].host.mac, cluster.nodes[to].host.mac);
-    let probing = AtomicBool::new(true);
-    let (ifname, ip, vip) = (
-        cluster.client.ifname.clone(),
-        cluster.client.ip,
-        cluster.vip,
-    );
-    let (times, probes) = std::thread::scope(|s| {
-        let prober = s.spawn(|| {
-            cluster.client.ns.run_in(|| {
-                ArpSocket::open(&ifname)
-                    .and_then(|sock| {
-                        sock.probe_loop(ip, vip, Duration::from_millis(1), &probing, 20_000)
-                    })
-                    .expect("ARP prober")
-            })
-        });
+    let (times, probes) = while_probing(cluster, keys.system, || {
         std::thread::sleep(Duration::from_millis(50));
-        let times = keys.switch(&cluster.nodes[from].name, &cluster.nodes[to].name, to);
-        std::thread::sleep(keys.system.window());
-        probing.store(false, Ordering::Relaxed);
-        (times, prober.join().expect("prober thread"))
+        keys.switch(&cluster.nodes[from].name, &cluster.nodes[to].name, to)
     });
     let (t0, released, acquired) = times;
     let rel = |t: u64| t.saturating_sub(t0);
@@ -299,6 +281,32 @@ fn one_switchover(cluster: &Cluster, keys: &Keys<'_>, from: usize, to: usize) ->
             .flatten()
             .map(rel),
     }
+}
+
+/// Run `change` while the client sends an ARP request for the VIP every millisecond, and keep
+/// probing for the system's window after it; returns its result and the probes.
+fn while_probing<R: Send>(
+    cluster: &Cluster,
+    system: System,
+    change: impl FnOnce() -> R + Send,
+) -> (R, Vec<Probe>) {
+    let probing = AtomicBool::new(true);
+    let (ifname, ip, vip) = (&cluster.client.ifname, cluster.client.ip, cluster.vip);
+    std::thread::scope(|s| {
+        let prober = s.spawn(|| {
+            cluster.client.ns.run_in(|| {
+                ArpSocket::open(ifname)
+                    .and_then(|sock| {
+                        sock.probe_loop(ip, vip, Duration::from_millis(1), &probing, 20_000)
+                    })
+                    .expect("ARP prober")
+            })
+        });
+        let result = change();
+        std::thread::sleep(system.window());
+        probing.store(false, Ordering::Relaxed);
+        (result, prober.join().expect("prober thread"))
+    })
 }
 
 /// Wait (up to 10 s) until exactly node `i` answers.
@@ -381,26 +389,8 @@ fn one_expiry(cluster: &Cluster, keys: &Keys<'_>, from: usize) -> Expiry {
     let watch_from = keys.hold_with_short_lease(from_name);
     wait_for_holder(cluster, from);
     let (old_mac, new_mac) = (cluster.nodes[from].host.mac, cluster.nodes[to].host.mac);
-    let probing = AtomicBool::new(true);
-    let (ifname, ip, vip) = (
-        cluster.client.ifname.clone(),
-        cluster.client.ip,
-        cluster.vip,
-    );
-    let ((t0, acquired), probes) = std::thread::scope(|s| {
-        let prober = s.spawn(|| {
-            cluster.client.ns.run_in(|| {
-                ArpSocket::open(&ifname)
-                    .and_then(|sock| {
-                        sock.probe_loop(ip, vip, Duration::from_millis(1), &probing, 20_000)
-                    })
-                    .expect("ARP prober")
-            })
-        });
-        let times = keys.take_over_after_expiry(watch_from, to_name, to);
-        std::thread::sleep(keys.system.window());
-        probing.store(false, Ordering::Relaxed);
-        (times, prober.join().expect("prober thread"))
+    let ((t0, acquired), probes) = while_probing(cluster, keys.system, || {
+        keys.take_over_after_expiry(watch_from, to_name, to)
     });
     let signed = |t: u64| {
         i64::try_from(t)
@@ -666,7 +656,7 @@ pub fn arp_rtts(subnet: u8, probes: usize) -> Vec<ArpRtt> {
     let (node_ip, client_ip, vip) = (ip(1), ip(9), ip(100));
     node.add_addr(&node_if, &format!("{node_ip}/24"));
     client.add_addr(&client_if, &format!("{client_ip}/24"));
-    let pins = PinRoot::new();
+    let pins = crate::PinRoot::new();
     let measure = |label, target| {
         let rtt_ns = client.run_in(|| {
             let sock = ArpSocket::open(&client_if).expect("ARP socket");
@@ -688,7 +678,7 @@ pub fn arp_rtts(subnet: u8, probes: usize) -> Vec<ArpRtt> {
     };
     let mut out = vec![measure("kernel, no XDP program", node_ip)];
     {
-        let mut dp = open_dataplane(&node, &node_if, AttachMode::Generic, &pins.0);
+        let mut dp = crate::open_dataplane(&node, &node_if, AttachMode::Generic, &pins.0);
         dp.register(vip).expect("register the VIP");
         dp.answer_until(vip, monotonic_ns() + 3_600_000_000_000)
             .expect("answer");
@@ -697,8 +687,8 @@ pub fn arp_rtts(subnet: u8, probes: usize) -> Vec<ArpRtt> {
     }
     pins.detach(&node_if);
     {
-        let _peer = open_dataplane(&client, &client_if, AttachMode::Native, &pins.0);
-        let mut dp = open_dataplane(&node, &node_if, AttachMode::Native, &pins.0);
+        let _peer = crate::open_dataplane(&client, &client_if, AttachMode::Native, &pins.0);
+        let mut dp = crate::open_dataplane(&node, &node_if, AttachMode::Native, &pins.0);
         dp.register(vip).expect("register the VIP");
         dp.answer_until(vip, monotonic_ns() + 3_600_000_000_000)
             .expect("answer");
@@ -706,52 +696,6 @@ pub fn arp_rtts(subnet: u8, probes: usize) -> Vec<ArpRtt> {
         out.push(measure("XDP native (XDP_TX)", vip));
     }
     out
-}
-
-/// A pin root of our own on bpffs, emptied and removed on drop.
-struct PinRoot(std::path::PathBuf);
-
-impl PinRoot {
-    fn new() -> Self {
-        Self(std::path::PathBuf::from("/sys/fs/bpf").join(crate::unique_name("vipb")))
-    }
-
-    fn detach(&self, interface: &str) {
-        let _ = vip_agent::dataplane::detach(&self.0, interface);
-    }
-}
-
-impl Drop for PinRoot {
-    fn drop(&mut self) {
-        if let Ok(entries) = std::fs::read_dir(&self.0) {
-            for e in entries.flatten() {
-                self.detach(&e.file_name().to_string_lossy());
-            }
-        }
-        let _ = std::fs::remove_dir(&self.0);
-    }
-}
-
-/// Attach (or adopt) the data plane on `ifname` inside `ns`.
-fn open_dataplane(
-    ns: &crate::NetNs,
-    ifname: &str,
-    mode: vip_agent::dataplane::AttachMode,
-    pins: &Path,
-) -> vip_agent::dataplane::Dataplane {
-    let opts = vip_agent::dataplane::AttachOptions {
-        interface: ifname.to_owned(),
-        mode,
-        pin_root: pins.to_path_buf(),
-    };
-    ns.run_in(|| {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime")
-            .block_on(vip_agent::dataplane::Dataplane::open(&opts))
-            .expect("open the data plane")
-    })
 }
 
 /// p50 / p90 / p99 / max of `values` (nearest rank), `None` when empty.

@@ -15,8 +15,10 @@ pub mod arp;
 pub mod bench;
 pub mod cluster;
 mod netns;
+mod pins;
 
 pub use netns::{Bridge, ChildGuard, NetNs, unique_name, veth_pair};
+pub use pins::{PinRoot, open_dataplane};
 
 /// Environment variable that turns a privilege skip into a failure (set by `cargo xtask test` in CI).
 pub const REQUIRE_PRIVILEGES: &str = "VIP_TESTS_REQUIRE_PRIVILEGES";

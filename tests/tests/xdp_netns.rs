@@ -1,54 +1,15 @@
 //! Tier 2: the data plane end to end, in network namespaces these tests create: real veth, real
 //! XDP (generic and native), real ARP from a raw-socket prober and from the kernel, real ping.
 
-use std::{
-    net::Ipv4Addr,
-    path::{Path, PathBuf},
-    time::Duration,
-};
+use std::{net::Ipv4Addr, time::Duration};
 
 use vip_agent::{
     clock::monotonic_ns,
     dataplane::{self, AttachMode, AttachOptions, Dataplane, Origin},
 };
-use vip_tests::{Bridge, NetNs, arp::ArpSocket, require_privileges, unique_name};
-
-/// A pin root of our own on bpffs, removed (with whatever is left in it) on drop.
-struct PinRoot(PathBuf);
-
-impl PinRoot {
-    fn new() -> Self {
-        Self(PathBuf::from("/sys/fs/bpf").join(unique_name("vipt")))
-    }
-}
-
-impl Drop for PinRoot {
-    fn drop(&mut self) {
-        if let Ok(entries) = std::fs::read_dir(&self.0) {
-            for e in entries.flatten() {
-                let _ = dataplane::detach(&self.0, &e.file_name().to_string_lossy());
-            }
-        }
-        let _ = std::fs::remove_dir(&self.0);
-    }
-}
-
-/// Open (attach or adopt) the data plane on `ifname` inside `ns`.
-fn open(ns: &NetNs, ifname: &str, mode: AttachMode, pins: &Path) -> Dataplane {
-    let opts = AttachOptions {
-        interface: ifname.to_owned(),
-        mode,
-        pin_root: pins.to_path_buf(),
-    };
-    ns.run_in(|| {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime")
-            .block_on(Dataplane::open(&opts))
-            .expect("open the data plane")
-    })
-}
+use vip_tests::{
+    Bridge, NetNs, PinRoot, arp::ArpSocket, open_dataplane as open, require_privileges, unique_name,
+};
 
 /// Probe `vip` from `ifname` in `ns` once; return the MACs that answered.
 fn probe(ns: &NetNs, ifname: &str, src: Ipv4Addr, vip: Ipv4Addr) -> Vec<[u8; 6]> {
