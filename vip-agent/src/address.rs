@@ -20,9 +20,9 @@ use rtnetlink::{
 /// Errors of address operations, naming the operation and the address.
 #[derive(Debug, thiserror::Error)]
 pub enum AddressError {
-    #[error("open a netlink socket: {0}")]
+    #[error("open a netlink socket")]
     Connect(#[source] std::io::Error),
-    #[error("{operation} {address}/{prefix_len} on interface index {ifindex}: {source}")]
+    #[error("{operation} {address}/{prefix_len} on interface index {ifindex}")]
     Request {
         operation: &'static str,
         address: Ipv4Addr,

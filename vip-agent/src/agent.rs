@@ -39,32 +39,50 @@ use crate::{
 };
 
 /// Errors that stop the agent from starting. Once running, failures are logged and retried.
+///
+/// Like every error of this crate, each message names the failed operation only; the cause is its
+/// [`std::error::Error::source`], printed after it by `{:#}` (anyhow) or [`Chain`].
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
     #[error(transparent)]
     Capabilities(#[from] crate::caps::CapsError),
-    #[error("data plane on {interface}: {source}")]
+    #[error("data plane on {interface}")]
     Dataplane {
         interface: String,
         #[source]
         source: Box<DataplaneError>,
     },
-    #[error("leader key {key}: {source}")]
+    #[error("leader key {key}")]
     Leader {
         key: String,
         #[source]
         source: LeaderError,
     },
-    #[error("VIP addresses: {0}")]
+    #[error("VIP addresses")]
     Address(#[from] AddressError),
     #[error(transparent)]
     Metrics(#[from] MetricsError),
-    #[error("gratuitous ARP on {interface}: {source}")]
+    #[error("gratuitous ARP on {interface}")]
     Garp {
         interface: String,
         #[source]
         source: GarpError,
     },
+}
+
+/// An error and its causes, `operation: cause: cause`, for log lines (which print `Display` only).
+pub struct Chain<'a>(pub &'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut cause = self.0.source();
+        while let Some(e) = cause {
+            write!(f, ": {e}")?;
+            cause = e.source();
+        }
+        Ok(())
+    }
 }
 
 /// A data plane shared by the VIPs of one interface. Map writes are single syscalls: a plain mutex.
@@ -180,10 +198,17 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
             hooks.push(gate.hook());
             gates.push(gate);
         }
+        let etcd_registry = registry.clone();
+        let key = vip.trigger_key.clone();
         follower.on_change(move |state: &LeaderState| {
             for hook in &hooks {
                 hook.apply(state);
             }
+            etcd_registry.set_etcd(
+                &key,
+                !matches!(state.reason, Reason::EtcdUnreachable | Reason::Startup),
+                state.revision,
+            );
         });
         receivers.insert(id, follower.subscribe());
         followers.push(follower);
@@ -246,7 +271,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
         let mut dp = dp.lock().unwrap_or_else(PoisonError::into_inner);
         for vip in config.vips.iter().filter(|v| &v.interface == interface) {
             if let Err(e) = dp.fence(vip.ip) {
-                error!(vip = %vip.ip, error = %e, "fence at shutdown failed");
+                error!(vip = %vip.ip, error = %Chain(&e), "fence at shutdown failed");
             }
         }
     }
@@ -401,7 +426,7 @@ impl DataplaneWriter {
                 dp.fence(*vip)
             };
             if let Err(e) = result {
-                error!(vip = %vip, error = %e, "data plane write failed");
+                error!(vip = %vip, error = %Chain(&e), "data plane write failed");
             }
         }
         let done = monotonic_ns();
@@ -411,10 +436,6 @@ impl DataplaneWriter {
         for (vip, _) in &self.targets {
             self.registry.record_write(*vip, transition, latency_us);
         }
-        self.registry.set_etcd(
-            !matches!(state.reason, Reason::EtcdUnreachable | Reason::Startup),
-            state.revision,
-        );
         if transition {
             info!(
                 key = %self.key,
@@ -537,7 +558,7 @@ impl VipTask {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         if let Err(e) = dp.fence(self.vip.address) {
-            error!(vip = %self.vip, error = %e, "fence failed");
+            error!(vip = %self.vip, error = %Chain(&e), "fence failed");
         }
     }
 
@@ -548,7 +569,7 @@ impl VipTask {
         self.tasks.spawn(async move {
             match garp.burst(mac, vip.address, schedule, &stop).await {
                 Ok(n) => debug!(vip = %vip, announcements = n, "gratuitous ARP burst done"),
-                Err(e) => warn!(vip = %vip, error = %e, "gratuitous ARP failed"),
+                Err(e) => warn!(vip = %vip, error = %Chain(&e), "gratuitous ARP failed"),
             }
         });
     }
@@ -583,7 +604,7 @@ impl VipTask {
         };
         match result {
             Ok(change) => debug!(vip = %self.vip, present, ?change, "address converged"),
-            Err(e) => error!(vip = %self.vip, present, error = %e, "address change failed"),
+            Err(e) => error!(vip = %self.vip, present, error = %Chain(&e), "address change failed"),
         }
     }
 }

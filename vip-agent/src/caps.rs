@@ -22,7 +22,7 @@ const CAP_BPF: u32 = 39;
 /// Why the agent will not start.
 #[derive(Debug, thiserror::Error)]
 pub enum CapsError {
-    #[error("reading the effective capabilities (/proc/self/status): {0}")]
+    #[error("reading the effective capabilities (/proc/self/status)")]
     Read(#[source] io::Error),
     #[error("reading the effective capabilities: /proc/self/status has no valid CapEff line")]
     Parse,

@@ -276,6 +276,16 @@ pub struct StatusArgs {
     /// Print a JSON array, one object per VIP (`[]` when nothing is pinned).
     #[arg(long)]
     pub json: bool,
+    /// Also show each VIP's promotion gate and Patroni failsafe state, asked from the running
+    /// daemon's metrics endpoint at this address (alone: 127.0.0.1:9477). Best effort: without a
+    /// reachable daemon, a note on stderr and the usual output.
+    #[arg(
+        long,
+        value_name = "IP:PORT",
+        num_args = 0..=1,
+        default_missing_value = "127.0.0.1:9477"
+    )]
+    pub metrics_address: Option<std::net::SocketAddr>,
 }
 
 /// `vip-agent detach`.
@@ -357,7 +367,7 @@ impl CompletionShell {
 #[derive(Debug, thiserror::Error)]
 pub enum GenerateError {
     /// Writing a man page or completion script failed.
-    #[error("write {what}: {source}")]
+    #[error("write {what}")]
     Write {
         /// What was being written (a path, or stdout).
         what: String,

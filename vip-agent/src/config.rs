@@ -25,7 +25,8 @@
 //! (see [`GarpConfig`]), `fence-timeout`, `xdp-mode`, `metrics-address`, `pin-path`, and the
 //! promotion gate (see [`GateConfig`]; also allowed inside `vips:` entries): `promotion-gate`,
 //! `promotion-gate-interval`, `promotion-gate-timeout`, `patroni-url`, `patroni-ca-file`,
-//! `patroni-cert-file`, `patroni-key-file`, `patroni-user`, `patroni-password`, `postgres-dsn`.
+//! `patroni-cert-file`, `patroni-key-file`, `patroni-user`, `patroni-password`, `postgres-dsn`,
+//! `patroni-failsafe`.
 //!
 //! # Phases
 //!
@@ -38,6 +39,8 @@
 
 mod args;
 mod error;
+#[cfg(fuzzing)]
+pub mod fuzzing;
 mod host;
 mod parse;
 mod render;
@@ -219,6 +222,10 @@ pub struct GateConfig {
     pub interval: Duration,
     /// After this long the VIP answers anyway (logged with the last probe result).
     pub timeout: Duration,
+    /// `patroni-failsafe`: while etcd is unreachable, keep answering past the lease deadline as
+    /// long as Patroni's REST API reports this member a running primary in failsafe mode
+    /// (see [`crate::gate`]). Default false: fence at the lease deadline.
+    pub failsafe: bool,
 }
 
 impl Default for GateConfig {
@@ -239,6 +246,7 @@ impl Default for GateConfig {
             postgres_dsn: None,
             interval: DEFAULT_GATE_INTERVAL,
             timeout: DEFAULT_GATE_TIMEOUT,
+            failsafe: false,
         }
     }
 }

@@ -99,7 +99,7 @@ pub enum DataplaneError {
     InterfaceMissing { interface: String },
     #[error(
         "{operation} was refused: vip-agent needs root, or CAP_BPF + CAP_NET_ADMIN + CAP_PERFMON \
-         (CAP_SYS_ADMIN before Linux 5.8): {source}"
+         (CAP_SYS_ADMIN before Linux 5.8)"
     )]
     PermissionDenied {
         operation: String,
@@ -122,37 +122,37 @@ pub enum DataplaneError {
          the agent: Linux 5.9 or newer is required (5.10 LTS recommended)"
     )]
     KernelTooOld { interface: String },
-    #[error("load the embedded XDP object: {0}")]
+    #[error("load the embedded XDP object")]
     Load(#[source] aya::EbpfError),
     #[error("the embedded XDP object has no {what} named {name:?}")]
     ObjectContract {
         what: &'static str,
         name: &'static str,
     },
-    #[error("load the XDP program into the kernel: {0}")]
+    #[error("load the XDP program into the kernel")]
     LoadProgram(#[source] ProgramError),
-    #[error("attach XDP to {interface} in {mode} mode: {source}")]
+    #[error("attach XDP to {interface} in {mode} mode")]
     Attach {
         interface: String,
         mode: &'static str,
         #[source]
         source: ProgramError,
     },
-    #[error("pin {what} at {}: {source}", path.display())]
+    #[error("pin {what} at {}", path.display())]
     Pin {
         what: &'static str,
         path: PathBuf,
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
-    #[error("open pinned {what} at {}: {source}", path.display())]
+    #[error("open pinned {what} at {}", path.display())]
     OpenPinned {
         what: &'static str,
         path: PathBuf,
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
-    #[error("{operation} for VIP {vip} in map {map}: {source}")]
+    #[error("{operation} for VIP {vip} in map {map}")]
     Map {
         operation: &'static str,
         vip: Ipv4Addr,
@@ -160,7 +160,7 @@ pub enum DataplaneError {
         #[source]
         source: MapError,
     },
-    #[error("{operation} {}: {source}", path.display())]
+    #[error("{operation} {}", path.display())]
     Fs {
         operation: &'static str,
         path: PathBuf,

@@ -21,7 +21,7 @@ const BROADCAST: [u8; 6] = [0xff; 6];
 /// Errors of the GARP sender, naming the operation.
 #[derive(Debug, thiserror::Error)]
 pub enum GarpError {
-    #[error("{operation} (AF_PACKET on interface index {ifindex}): {source}")]
+    #[error("{operation} (AF_PACKET on interface index {ifindex})")]
     Socket {
         operation: &'static str,
         ifindex: u32,

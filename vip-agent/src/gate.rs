@@ -28,6 +28,20 @@
 //! The follower hook and the gate task share one mutex around the data plane writer, so a fence
 //! can never be overtaken by a late "answering" from the gate task, and the gate task ends before
 //! the agent's shutdown fence.
+//!
+//! # Patroni `failsafe_mode` (opt-in: `patroni-failsafe: true`)
+//!
+//! When the follower reports etcd unreachable ([`Reason::EtcdUnreachable`]) while this VIP is
+//! answering, the gate task asks `GET <patroni-url>/primary` every [`FAILSAFE_INTERVAL`]. An
+//! answer that proves Patroni keeps this member primary in failsafe mode (200, `role`
+//! `master`/`primary`, `state` `running` and `failsafe_mode_is_active: true`; Patroni sets that
+//! field only after **every** member accepted its `POST /failsafe`) moves the deadline to the
+//! probe's send time + [`FAILSAFE_HOLD`], which can lie past the lease deadline. Any other answer
+//! (another status, not failsafe, garbage, no answer within [`FAILSAFE_PROBE_TIMEOUT`]) withdraws
+//! the extension at once: back to the lease deadline while that still lies ahead, fenced
+//! otherwise. Only an unbroken hold is extended: once the VIP went silent, only etcd brings it
+//! back. Anything etcd says (key deleted, another value, lease expired) fences as before; the
+//! extension survives only a read that shows the key still ours, until the lease is confirmed.
 
 mod patroni;
 mod postgres;
@@ -44,8 +58,15 @@ use tracing::{debug, info, warn};
 use crate::{
     clock::monotonic_ns,
     config::{GateConfig, GateMode},
-    leader::LeaderState,
+    leader::{LeaderState, Reason},
 };
+
+/// Failsafe policy: how often Patroni is asked while etcd is unreachable and the VIP answers.
+pub const FAILSAFE_INTERVAL: Duration = Duration::from_millis(500);
+/// Failsafe policy: how far past a confirming probe's send time the deadline is moved.
+pub const FAILSAFE_HOLD: Duration = Duration::from_secs(2);
+/// Failsafe policy: a probe without an answer within this counts as "not confirmed".
+pub const FAILSAFE_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Errors building a probe (the gate then keeps waiting with this as the reason).
 #[derive(Debug, thiserror::Error)]
@@ -137,6 +158,36 @@ pub struct GateStatus {
     pub outcomes: [u64; 5],
     /// The last probe result while waiting ("" when none yet).
     pub last_probe: String,
+    /// The failsafe policy (`patroni-failsafe`).
+    pub failsafe: FailsafeStatus,
+}
+
+/// What the failsafe policy reports (metrics).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FailsafeStatus {
+    /// `patroni-failsafe: true`.
+    pub enabled: bool,
+    /// Patroni is being asked (etcd unreachable while answering).
+    pub probing: bool,
+    /// `CLOCK_MONOTONIC` ns until which the last failsafe confirmation holds the VIP (0: none).
+    pub until_ns: u64,
+    /// The lease deadline at that time: the hold is past the lease while `until_ns` lies beyond it.
+    pub lease_until_ns: u64,
+    /// Confirmations that moved the deadline past the lease deadline.
+    pub extensions: u64,
+    /// Fences because Patroni stopped confirming failsafe mode past the lease deadline.
+    pub fences: u64,
+    /// The last failsafe probe result ("" when none yet).
+    pub last_probe: String,
+}
+
+impl FailsafeStatus {
+    /// Whether the VIP is held past its lease deadline on Patroni's failsafe confirmation at
+    /// `now_ns`.
+    #[must_use]
+    pub fn holding_at(&self, now_ns: u64) -> bool {
+        now_ns < self.until_ns && now_ns >= self.lease_until_ns
+    }
 }
 
 /// A probe's answer.
@@ -181,10 +232,25 @@ struct Core {
     status: GateStatus,
     on_status: Option<StatusSink>,
     warned_no_patroni: bool,
+    /// The deadline of the last effective state while it answers (0: fenced).
+    answering_until: u64,
+    /// `patroni-failsafe`.
+    failsafe: bool,
+    failsafe_episodes: u64,
+    /// The failsafe episode the gate task should work on (0: none).
+    failsafe_wake: watch::Sender<u64>,
+    /// The deadline the last failsafe confirmation granted (0: none in effect).
+    failsafe_until: u64,
 }
 
 impl Core {
     fn emit(&mut self, state: &LeaderState) {
+        let now = monotonic_ns();
+        self.answering_until = if state.is_safe_at(now) {
+            state.safe_until_ns
+        } else {
+            0
+        };
         (self.sink)(state);
         self.effective.send_replace(*state);
     }
@@ -244,12 +310,184 @@ impl Core {
         let latest = self.latest;
         self.emit(&latest);
         self.set_state(GateState::Open);
+        // Opened while etcd is unreachable (it went away during the wait): failsafe applies too.
+        self.failsafe_follow();
     }
 
     /// A published leader state (the follower's hook).
     fn apply(&mut self, state: &LeaderState) {
         self.latest = *state;
         let now = monotonic_ns();
+        let viewed = self.failsafe_view(state, now);
+        let state = &viewed;
+        self.apply_effective(state, now);
+        self.failsafe_follow();
+    }
+
+    /// `state` with a failsafe extension still in effect applied: it survives only states in which
+    /// etcd did not take the key away (unreachable, or read back as ours before the lease is
+    /// confirmed) and only while the VIP still answers.
+    fn failsafe_view(&mut self, state: &LeaderState, now: u64) -> LeaderState {
+        let keeps = self.failsafe_until > now
+            && now < self.answering_until
+            && state.primary
+            && matches!(state.reason, Reason::EtcdUnreachable | Reason::Ours { .. });
+        if !keeps {
+            if self.failsafe_until != 0 {
+                self.failsafe_until = 0;
+                self.status.failsafe.until_ns = 0;
+                self.report();
+            }
+            return *state;
+        }
+        self.status.failsafe.lease_until_ns = state.safe_until_ns;
+        if self.failsafe_until > state.safe_until_ns {
+            LeaderState {
+                safe_until_ns: self.failsafe_until,
+                ..*state
+            }
+        } else {
+            *state
+        }
+    }
+
+    /// Start or stop asking Patroni about failsafe mode after a published state.
+    fn failsafe_follow(&mut self) {
+        if !self.failsafe {
+            return;
+        }
+        let now = monotonic_ns();
+        let want = self.latest.primary
+            && self.latest.reason == Reason::EtcdUnreachable
+            && now < self.answering_until;
+        let running = *self.failsafe_wake.borrow() != 0;
+        if want && !running {
+            self.failsafe_episodes += 1;
+            self.failsafe_wake.send_replace(self.failsafe_episodes);
+            self.status.failsafe.probing = true;
+            self.status.failsafe.last_probe.clear();
+            self.report();
+            info!(gate = %self.name,
+                "etcd unreachable while answering: asking Patroni whether it keeps this member \
+                 primary in failsafe mode");
+        } else if !want && running {
+            self.failsafe_stop();
+        }
+    }
+
+    fn failsafe_stop(&mut self) {
+        self.failsafe_wake.send_replace(0);
+        if self.status.failsafe.probing {
+            self.status.failsafe.probing = false;
+            self.report();
+        }
+    }
+
+    /// A failsafe probe result for `episode`, sent at `t_sent_ns`. Returns false when the episode
+    /// is over.
+    fn failsafe_verdict(
+        &mut self,
+        episode: u64,
+        t_sent_ns: u64,
+        verdict: Result<(), String>,
+    ) -> bool {
+        if *self.failsafe_wake.borrow() != episode {
+            return false;
+        }
+        let now = monotonic_ns();
+        let latest = self.latest;
+        if !(latest.primary && latest.reason == Reason::EtcdUnreachable) {
+            self.failsafe_stop();
+            return false;
+        }
+        let probe = match &verdict {
+            Ok(()) => "failsafe primary".to_owned(),
+            Err(why) => why.clone(),
+        };
+        if probe != self.status.failsafe.last_probe {
+            debug!(gate = %self.name, probe = %probe, "failsafe probe");
+            self.status.failsafe.last_probe = probe;
+            self.report();
+        }
+        match verdict {
+            Ok(()) => {
+                if now >= self.answering_until {
+                    // Silent before Patroni confirmed: only etcd brings the VIP back.
+                    info!(gate = %self.name,
+                        "the lease deadline passed before Patroni confirmed failsafe mode: fenced \
+                         until etcd confirms the key again");
+                    self.failsafe_stop();
+                    return false;
+                }
+                let until = t_sent_ns.saturating_add(ns(FAILSAFE_HOLD));
+                if until > self.answering_until {
+                    let past_lease = until > latest.safe_until_ns;
+                    if past_lease && self.answering_until <= latest.safe_until_ns {
+                        info!(gate = %self.name,
+                            lease_deadline_in_ms = latest.safe_until_ns.saturating_sub(now) / 1_000_000,
+                            "Patroni runs this member as primary in failsafe mode: answering past \
+                             the lease deadline while it keeps saying so");
+                    }
+                    self.failsafe_until = until;
+                    if let Phase::Open { .. } = self.phase {
+                        self.phase = Phase::Open { until_ns: until };
+                    }
+                    let extended = LeaderState {
+                        safe_until_ns: until,
+                        ..latest
+                    };
+                    self.emit(&extended);
+                    self.status.failsafe.until_ns = until;
+                    self.status.failsafe.lease_until_ns = latest.safe_until_ns;
+                    if past_lease {
+                        self.status.failsafe.extensions += 1;
+                    }
+                    self.report();
+                }
+                true
+            }
+            Err(why) => {
+                self.failsafe_until = 0;
+                self.status.failsafe.until_ns = 0;
+                if self.answering_until > latest.safe_until_ns {
+                    // An extension was granted (in effect, or lapsed a moment ago): withdraw it.
+                    if latest.is_safe_at(now) {
+                        if let Phase::Open { .. } = self.phase {
+                            self.phase = Phase::Open {
+                                until_ns: latest.safe_until_ns,
+                            };
+                        }
+                        self.emit(&latest);
+                    } else {
+                        warn!(gate = %self.name, probe = %why,
+                            "Patroni no longer confirms failsafe mode and the lease deadline has \
+                             passed: fenced");
+                        self.emit(&fenced(&latest));
+                        if self.mode != GateMode::Off {
+                            self.phase = Phase::Idle;
+                            self.set_state(GateState::Idle);
+                        }
+                        self.status.failsafe.fences += 1;
+                        self.failsafe_stop();
+                        self.report();
+                        return false;
+                    }
+                }
+                self.report();
+                // Keep asking while the lease still covers: Patroni may enter failsafe mode
+                // before it runs out.
+                if latest.is_safe_at(now) {
+                    true
+                } else {
+                    self.failsafe_stop();
+                    false
+                }
+            }
+        }
+    }
+
+    /// The promotion gate proper, on the (failsafe-extended) state.
+    fn apply_effective(&mut self, state: &LeaderState, now: u64) {
         if self.mode == GateMode::Off {
             self.emit(state);
             return;
@@ -352,6 +590,10 @@ fn fenced(state: &LeaderState) -> LeaderState {
     }
 }
 
+fn ns(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
 fn lock(core: &Mutex<Core>) -> MutexGuard<'_, Core> {
     core.lock().unwrap_or_else(PoisonError::into_inner)
 }
@@ -373,6 +615,7 @@ impl GateHook {
 pub struct Gate {
     core: Arc<Mutex<Core>>,
     wake: watch::Receiver<u64>,
+    failsafe_wake: watch::Receiver<u64>,
     config: GateConfig,
     name: String,
 }
@@ -385,11 +628,16 @@ impl Gate {
         let startup = LeaderState::startup(monotonic_ns());
         let (effective, _) = watch::channel(startup);
         let (wake_tx, wake) = watch::channel(0);
+        let (failsafe_wake_tx, failsafe_wake) = watch::channel(0);
         let status = GateStatus {
             state: if config.mode == GateMode::Off {
                 GateState::Off
             } else {
                 GateState::Idle
+            },
+            failsafe: FailsafeStatus {
+                enabled: config.failsafe,
+                ..FailsafeStatus::default()
             },
             ..GateStatus::default()
         };
@@ -406,8 +654,14 @@ impl Gate {
                 status,
                 on_status: None,
                 warned_no_patroni: false,
+                answering_until: 0,
+                failsafe: config.failsafe,
+                failsafe_episodes: 0,
+                failsafe_wake: failsafe_wake_tx,
+                failsafe_until: 0,
             })),
             wake,
+            failsafe_wake,
             config,
             name,
         }
@@ -440,72 +694,170 @@ impl Gate {
         lock(&self.core).status.clone()
     }
 
-    /// Probe during gate episodes until `cancel`; returns at once for `promotion-gate: off`. Run it
-    /// on the same tracker as the followers: it must end before the shutdown fence.
-    pub async fn run(mut self, cancel: CancellationToken) {
-        if self.config.mode == GateMode::Off {
+    /// Probe during gate episodes (and failsafe episodes) until `cancel`; returns at once for
+    /// `promotion-gate: off` without `patroni-failsafe`. Run it on the same tracker as the
+    /// followers: it must end before the shutdown fence.
+    pub async fn run(self, cancel: CancellationToken) {
+        let Self {
+            core,
+            mut wake,
+            mut failsafe_wake,
+            config,
+            name: _,
+        } = self;
+        tokio::join!(
+            promotion_loop(&core, &mut wake, &config, &cancel),
+            failsafe_loop(&core, &mut failsafe_wake, &config, &cancel),
+        );
+    }
+}
+
+/// Wait until `wake` announces an episode (non-zero); `None` on cancel or when the gate is gone.
+async fn next_episode(wake: &mut watch::Receiver<u64>, cancel: &CancellationToken) -> Option<u64> {
+    tokio::select! {
+        biased;
+        () = cancel.cancelled() => None,
+        e = wake.wait_for(|e| *e != 0) => e.ok().map(|e| *e),
+    }
+}
+
+/// After `episode` ended: wait until `wake` moves on from it (the finished one reset it to 0).
+async fn episode_done(
+    wake: &mut watch::Receiver<u64>,
+    episode: u64,
+    cancel: &CancellationToken,
+) -> bool {
+    tokio::select! {
+        biased;
+        () = cancel.cancelled() => false,
+        r = wake.wait_for(|e| *e != episode) => r.is_ok(),
+    }
+}
+
+async fn promotion_loop(
+    core: &Mutex<Core>,
+    wake: &mut watch::Receiver<u64>,
+    config: &GateConfig,
+    cancel: &CancellationToken,
+) {
+    if config.mode == GateMode::Off {
+        return;
+    }
+    while let Some(episode) = next_episode(wake, cancel).await {
+        promotion_episode(core, wake, config, episode, cancel).await;
+        if !episode_done(wake, episode, cancel).await {
             return;
         }
-        loop {
-            let episode = tokio::select! {
-                biased;
-                () = cancel.cancelled() => return,
-                e = self.wake.wait_for(|e| *e != 0) => match e {
-                    Ok(e) => *e,
-                    Err(_) => return,
-                },
-            };
-            self.episode(episode, &cancel).await;
-            // Wait for the next episode (the finished one reset the wake value to 0).
-            tokio::select! {
-                biased;
-                () = cancel.cancelled() => return,
-                r = self.wake.wait_for(|e| *e != episode) => if r.is_err() { return },
-            }
+    }
+}
+
+async fn promotion_episode(
+    core: &Mutex<Core>,
+    wake: &mut watch::Receiver<u64>,
+    config: &GateConfig,
+    episode: u64,
+    cancel: &CancellationToken,
+) {
+    let since_ns = match lock(core).phase {
+        Phase::Waiting {
+            episode: e,
+            since_ns,
+            ready: None,
+        } if e == episode => since_ns,
+        _ => return,
+    };
+    let waited = Duration::from_nanos(monotonic_ns().saturating_sub(since_ns));
+    let deadline = Instant::now() + config.timeout.saturating_sub(waited);
+    let mut prober = Prober::new(config);
+    let mut first = true;
+    loop {
+        let started = Instant::now();
+        let limit = (started + patroni::PROBE_TIMEOUT).min(deadline);
+        let result = tokio::select! {
+            biased;
+            () = cancel.cancelled() => return,
+            _ = wake.wait_for(|e| *e != episode) => return,
+            r = tokio::time::timeout_at(limit, prober.probe(first)) => r,
+        };
+        let verdict = result.unwrap_or_else(|_| {
+            prober.reset();
+            Verdict::Wait(format!(
+                "no answer within {} ms",
+                Instant::now().duration_since(started).as_millis()
+            ))
+        });
+        first = false;
+        let timed_out = Instant::now() >= deadline;
+        if !lock(core).verdict(episode, verdict, timed_out) {
+            return;
+        }
+        let next = (started + config.interval).min(deadline);
+        tokio::select! {
+            biased;
+            () = cancel.cancelled() => return,
+            _ = wake.wait_for(|e| *e != episode) => return,
+            () = tokio::time::sleep_until(next) => {}
         }
     }
+}
 
-    async fn episode(&mut self, episode: u64, cancel: &CancellationToken) {
-        let since_ns = match lock(&self.core).phase {
-            Phase::Waiting {
-                episode: e,
-                since_ns,
-                ready: None,
-            } if e == episode => since_ns,
-            _ => return,
+async fn failsafe_loop(
+    core: &Mutex<Core>,
+    wake: &mut watch::Receiver<u64>,
+    config: &GateConfig,
+    cancel: &CancellationToken,
+) {
+    if !config.failsafe {
+        return;
+    }
+    while let Some(episode) = next_episode(wake, cancel).await {
+        failsafe_episode(core, wake, config, episode, cancel).await;
+        if !episode_done(wake, episode, cancel).await {
+            return;
+        }
+    }
+}
+
+/// Ask Patroni every [`FAILSAFE_INTERVAL`] whether it keeps this member primary in failsafe mode,
+/// until the episode ends (etcd back, key lost, fenced).
+async fn failsafe_episode(
+    core: &Mutex<Core>,
+    wake: &mut watch::Receiver<u64>,
+    config: &GateConfig,
+    episode: u64,
+    cancel: &CancellationToken,
+) {
+    // TLS files are read once per episode, as for the promotion gate.
+    let probe = patroni::PatroniProbe::new(config).map_err(|e| e.to_string());
+    loop {
+        let started = Instant::now();
+        let t_sent = monotonic_ns();
+        let ask = async {
+            match &probe {
+                Ok(p) => p.failsafe().await,
+                Err(why) => Err(why.clone()),
+            }
         };
-        let waited = Duration::from_nanos(monotonic_ns().saturating_sub(since_ns));
-        let deadline = Instant::now() + self.config.timeout.saturating_sub(waited);
-        let mut prober = Prober::new(&self.config);
-        let mut first = true;
-        loop {
-            let started = Instant::now();
-            let limit = (started + patroni::PROBE_TIMEOUT).min(deadline);
-            let result = tokio::select! {
-                biased;
-                () = cancel.cancelled() => return,
-                _ = self.wake.wait_for(|e| *e != episode) => return,
-                r = tokio::time::timeout_at(limit, prober.probe(first)) => r,
-            };
-            let verdict = result.unwrap_or_else(|_| {
-                prober.reset();
-                Verdict::Wait(format!(
-                    "no answer within {} ms",
-                    Instant::now().duration_since(started).as_millis()
-                ))
-            });
-            first = false;
-            let timed_out = Instant::now() >= deadline;
-            if !lock(&self.core).verdict(episode, verdict, timed_out) {
-                return;
-            }
-            let next = (started + self.config.interval).min(deadline);
-            tokio::select! {
-                biased;
-                () = cancel.cancelled() => return,
-                _ = self.wake.wait_for(|e| *e != episode) => return,
-                () = tokio::time::sleep_until(next) => {}
-            }
+        let result = tokio::select! {
+            biased;
+            () = cancel.cancelled() => return,
+            _ = wake.wait_for(|e| *e != episode) => return,
+            r = tokio::time::timeout(FAILSAFE_PROBE_TIMEOUT, ask) => r,
+        };
+        let verdict = result.unwrap_or_else(|_| {
+            Err(format!(
+                "no answer within {} ms",
+                FAILSAFE_PROBE_TIMEOUT.as_millis()
+            ))
+        });
+        if !lock(core).failsafe_verdict(episode, t_sent, verdict) {
+            return;
+        }
+        tokio::select! {
+            biased;
+            () = cancel.cancelled() => return,
+            _ = wake.wait_for(|e| *e != episode) => return,
+            () = tokio::time::sleep_until(started + FAILSAFE_INTERVAL) => {}
         }
     }
 }

@@ -75,6 +75,8 @@
 
 mod error;
 mod follower;
+#[cfg(fuzzing)]
+pub mod fuzzing;
 mod settings;
 mod state;
 

@@ -19,7 +19,12 @@ fn main() -> ExitCode {
         None => run(&cli.config),
         Some(Command::Run(args)) => run(&args),
         Some(Command::Check(args)) => check(&args),
-        Some(Command::Status(args)) => status(&args.interface, &args.pin_path, args.json),
+        Some(Command::Status(args)) => status(
+            &args.interface,
+            &args.pin_path,
+            args.json,
+            args.metrics_address,
+        ),
         Some(Command::Detach(args)) => detach(&args.interface, &args.pin_path),
         Some(Command::Version(args)) => version(args.json),
         Some(Command::Generate(args)) => generate(args.what),
@@ -133,11 +138,29 @@ fn check(args: &ConfigArgs) -> Result<()> {
     Ok(())
 }
 
-fn status(interface: &str, pin_path: &std::path::Path, json: bool) -> Result<()> {
+fn status(
+    interface: &str,
+    pin_path: &std::path::Path,
+    json: bool,
+    metrics_address: Option<std::net::SocketAddr>,
+) -> Result<()> {
     let snapshots = dataplane::inspect(pin_path, interface)?;
     let now = vip_agent::clock::monotonic_ns();
-    let report = vip_agent::status::report(interface, pin_path, snapshots.as_deref(), now, json)
-        .context("render the status as JSON")?;
+    // Optional and best effort: the gate lives in the daemon, not in the pinned maps.
+    let gates = metrics_address.map(|address| {
+        vip_agent::status::fetch_metrics(address, std::time::Duration::from_secs(2))
+            .map(|page| vip_agent::status::gate_views(&page))
+            .map_err(|why| format!("--metrics-address {address}: {why}"))
+    });
+    let report = vip_agent::status::report_with_gates(
+        interface,
+        pin_path,
+        snapshots.as_deref(),
+        now,
+        json,
+        gates.as_ref(),
+    )
+    .context("render the status as JSON")?;
     eprint!("{}", report.stderr);
     print!("{}", report.stdout);
     Ok(())

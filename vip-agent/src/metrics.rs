@@ -2,7 +2,8 @@
 //!
 //! * `GET /metrics`: text exposition: per VIP role, deadline remaining, transitions, last event ->
 //!   data plane latency, etcd state and revision, and the XDP per-CPU counters summed;
-//! * `GET /health`: 200 while the agent runs and its leader followers reach etcd, 503 otherwise;
+//! * `GET /health`: 200 while the agent runs and every leader follower reaches etcd, 503
+//!   otherwise;
 //! * `GET /primary`: 200 only while this node answers for at least one VIP (or for `?vip=ADDR`),
 //!   503 otherwise, so HAProxy or a load balancer can check it.
 //!
@@ -10,6 +11,7 @@
 //! serves scrapes and health checks, nothing else.
 
 use std::{
+    collections::BTreeMap,
     fmt::Write as _,
     net::{Ipv4Addr, SocketAddr},
     sync::{Arc, Mutex, PoisonError},
@@ -64,15 +66,28 @@ impl std::fmt::Debug for Registry {
 #[derive(Default)]
 struct Inner {
     vips: Vec<VipReport>,
-    etcd_connected: bool,
+    /// Per trigger key: whether its follower's latest state came from etcd.
+    etcd_connected: BTreeMap<String, bool>,
     watch_revision: i64,
     snapshot: Option<SnapshotFn>,
+}
+
+impl Inner {
+    /// Every follower reaches etcd (and there is at least one).
+    fn all_connected(&self) -> bool {
+        !self.etcd_connected.is_empty() && self.etcd_connected.values().all(|c| *c)
+    }
 }
 
 impl Registry {
     /// Announce a VIP (once, at startup).
     pub fn register(&self, vip: Ipv4Addr, interface: &str, trigger_key: &str) {
-        self.lock().vips.push(VipReport {
+        let mut inner = self.lock();
+        inner
+            .etcd_connected
+            .entry(trigger_key.to_owned())
+            .or_insert(false);
+        inner.vips.push(VipReport {
             vip: Some(vip),
             interface: interface.to_owned(),
             trigger_key: trigger_key.to_owned(),
@@ -107,10 +122,12 @@ impl Registry {
         self.lock().vips = vips;
     }
 
-    /// Record the etcd connection state and the revision the watch has reached.
-    pub fn set_etcd(&self, connected: bool, revision: i64) {
+    /// Record whether the follower of `trigger_key` reaches etcd, and the revision it reached.
+    pub fn set_etcd(&self, trigger_key: &str, connected: bool, revision: i64) {
         let mut inner = self.lock();
-        inner.etcd_connected = connected;
+        inner
+            .etcd_connected
+            .insert(trigger_key.to_owned(), connected);
         inner.watch_revision = inner.watch_revision.max(revision);
     }
 
@@ -272,6 +289,24 @@ impl Registry {
             })
             .into_iter(),
         );
+        // Wall-clock time of the start of the current wait (Prometheus' timestamp convention).
+        let wall_now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        family(
+            "vip_agent_promotion_gate_waiting_since_timestamp_seconds",
+            "gauge",
+            "Unix time at which the current promotion gate wait began (0 unless waiting).",
+            &mut per_vip(&|r| {
+                if r.gate.state == GateState::Waiting && r.gate.waiting_since_ns != 0 {
+                    let waited = now.saturating_sub(r.gate.waiting_since_ns) as f64 / 1e9;
+                    format!("{:.3}", (wall_now - waited).max(0.0))
+                } else {
+                    "0".to_owned()
+                }
+            })
+            .into_iter(),
+        );
         family(
             "vip_agent_promotion_gate_last_wait_seconds",
             "gauge",
@@ -295,10 +330,62 @@ impl Registry {
             })
             .into_iter(),
         );
+        family(
+            "vip_agent_promotion_gate_last_probe_info",
+            "gauge",
+            "Why the promotion gate is (or last was) waiting: the last probe result, in the probe label.",
+            &mut inner
+                .vips
+                .iter()
+                .filter(|r| !r.gate.last_probe.is_empty())
+                .map(|r| {
+                    (
+                        format!(
+                            "{},probe=\"{}\"",
+                            labels(r),
+                            escape(&clip(&r.gate.last_probe))
+                        ),
+                        "1".to_owned(),
+                    )
+                }),
+        );
+        family(
+            "vip_agent_failsafe_holding",
+            "gauge",
+            "1 while the VIP is answered past its lease deadline because Patroni reports this member primary in failsafe mode (patroni-failsafe).",
+            &mut per_vip(&|r| u8::from(r.gate.failsafe.holding_at(now)).to_string()).into_iter(),
+        );
+        family(
+            "vip_agent_failsafe_probing",
+            "gauge",
+            "1 while etcd is unreachable and Patroni is asked about failsafe mode (patroni-failsafe).",
+            &mut per_vip(&|r| u8::from(r.gate.failsafe.probing).to_string()).into_iter(),
+        );
+        family(
+            "vip_agent_failsafe_extensions_total",
+            "counter",
+            "Patroni failsafe confirmations that moved the deadline past the lease deadline.",
+            &mut per_vip(&|r| r.gate.failsafe.extensions.to_string()).into_iter(),
+        );
+        family(
+            "vip_agent_failsafe_fences_total",
+            "counter",
+            "Fences because Patroni stopped confirming failsafe mode after the lease deadline.",
+            &mut per_vip(&|r| r.gate.failsafe.fences.to_string()).into_iter(),
+        );
+        family(
+            "vip_agent_etcd_key_connected",
+            "gauge",
+            "1 while the leader follower of this trigger key reaches etcd.",
+            &mut inner
+                .etcd_connected
+                .iter()
+                .map(|(key, c)| (format!("key=\"{}\"", escape(key)), u8::from(*c).to_string())),
+        );
         let _ = writeln!(
             out,
-            "# HELP vip_agent_etcd_connected 1 while the leader followers reach etcd.\n# TYPE vip_agent_etcd_connected gauge\nvip_agent_etcd_connected {}",
-            u8::from(inner.etcd_connected)
+            "# HELP vip_agent_etcd_connected 1 while every leader follower reaches etcd.\n# TYPE vip_agent_etcd_connected gauge\nvip_agent_etcd_connected {}",
+            u8::from(inner.all_connected())
         );
         let _ = writeln!(
             out,
@@ -309,7 +396,16 @@ impl Registry {
     }
 
     fn healthy(&self) -> bool {
-        self.lock().etcd_connected
+        self.lock().all_connected()
+    }
+}
+
+/// A label value of bounded length (probe results are short, but come from outside).
+fn clip(s: &str) -> String {
+    const MAX: usize = 200;
+    match s.char_indices().nth(MAX) {
+        Some((i, _)) => format!("{}...", &s[..i]),
+        None => s.to_owned(),
     }
 }
 
@@ -322,7 +418,7 @@ fn escape(s: &str) -> String {
 /// Errors of the metrics server.
 #[derive(Debug, thiserror::Error)]
 pub enum MetricsError {
-    #[error("bind the metrics address {address}: {source}")]
+    #[error("bind the metrics address {address}")]
     Bind {
         address: SocketAddr,
         #[source]
@@ -483,9 +579,149 @@ mod tests {
     fn health_follows_etcd() {
         let r = registry(0);
         assert_eq!(route("GET", "/health", &r).0, "503 Service Unavailable");
-        r.set_etcd(true, 42);
+        r.set_etcd("/service/pg/leader", true, 42);
         assert_eq!(route("GET", "/health", &r).0, "200 OK");
-        assert!(r.render().contains("vip_agent_watch_revision 42"));
+        let page = r.render();
+        assert!(page.contains("vip_agent_watch_revision 42"), "{page}");
+        assert!(page.contains("\nvip_agent_etcd_connected 1\n"), "{page}");
+    }
+
+    #[test]
+    fn etcd_connected_is_per_key_and_all_of_them_unlabeled() {
+        let r = Registry::default();
+        r.register(Ipv4Addr::new(10, 0, 0, 5), "eth0", "/service/a/leader");
+        r.register(Ipv4Addr::new(10, 0, 0, 6), "eth0", "/service/b/leader");
+        r.register(Ipv4Addr::new(10, 0, 0, 7), "eth1", "/service/b/leader");
+        let sample = |page: &str, series: &str| -> String {
+            page.lines()
+                .find_map(|l| l.strip_prefix(series).and_then(|v| v.strip_prefix(' ')))
+                .unwrap_or_else(|| panic!("no {series} in:\n{page}"))
+                .to_owned()
+        };
+        let page = r.render();
+        assert_eq!(
+            sample(&page, "vip_agent_etcd_connected"),
+            "0",
+            "nothing read yet"
+        );
+        // Key a's follower reaches etcd, b's does not yet: not connected overall.
+        r.set_etcd("/service/a/leader", true, 10);
+        let page = r.render();
+        assert_eq!(
+            sample(
+                &page,
+                "vip_agent_etcd_key_connected{key=\"/service/a/leader\"}"
+            ),
+            "1"
+        );
+        assert_eq!(
+            sample(
+                &page,
+                "vip_agent_etcd_key_connected{key=\"/service/b/leader\"}"
+            ),
+            "0"
+        );
+        assert_eq!(sample(&page, "vip_agent_etcd_connected"), "0");
+        assert_eq!(route("GET", "/health", &r).0, "503 Service Unavailable");
+        r.set_etcd("/service/b/leader", true, 11);
+        assert_eq!(sample(&r.render(), "vip_agent_etcd_connected"), "1");
+        assert_eq!(route("GET", "/health", &r).0, "200 OK");
+        // Whichever published last, a's outage shows (it used to be hidden by b's publish).
+        r.set_etcd("/service/a/leader", false, 12);
+        r.set_etcd("/service/b/leader", true, 12);
+        let page = r.render();
+        assert_eq!(sample(&page, "vip_agent_etcd_connected"), "0");
+        assert_eq!(
+            sample(
+                &page,
+                "vip_agent_etcd_key_connected{key=\"/service/a/leader\"}"
+            ),
+            "0"
+        );
+        assert_eq!(route("GET", "/health", &r).0, "503 Service Unavailable");
+        assert_eq!(
+            page.matches("vip_agent_etcd_key_connected{").count(),
+            2,
+            "one series per key, not per VIP:\n{page}"
+        );
+    }
+
+    #[test]
+    fn gate_wait_reason_and_failsafe_are_on_the_page() {
+        let r = registry(0);
+        let labels = "vip=\"10.0.0.5\",interface=\"eth0\",key=\"/service/pg/leader\"";
+        let now = monotonic_ns();
+        r.set_gate(
+            Ipv4Addr::new(10, 0, 0, 5),
+            &GateStatus {
+                state: GateState::Waiting,
+                waiting_since_ns: now.saturating_sub(2_000_000_000),
+                last_probe: "200 but role replica, state running: \"quoted\"".to_owned(),
+                failsafe: crate::gate::FailsafeStatus {
+                    enabled: true,
+                    probing: true,
+                    until_ns: now + 60_000_000_000,
+                    lease_until_ns: now.saturating_sub(1),
+                    extensions: 4,
+                    fences: 1,
+                    last_probe: String::new(),
+                },
+                ..GateStatus::default()
+            },
+        );
+        let page = r.render();
+        let value = |series: &str| -> f64 {
+            page.lines()
+                .find_map(|l| l.strip_prefix(series).and_then(|v| v.strip_prefix(' ')))
+                .unwrap_or_else(|| panic!("no {series} in:\n{page}"))
+                .parse()
+                .expect("a number")
+        };
+        let waited = value(&format!(
+            "vip_agent_promotion_gate_waiting_seconds{{{labels}}}"
+        ));
+        assert!(waited >= 2.0, "{waited}");
+        let since = value(&format!(
+            "vip_agent_promotion_gate_waiting_since_timestamp_seconds{{{labels}}}"
+        ));
+        let wall = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("after 1970")
+            .as_secs_f64();
+        assert!(since > 0.0 && since <= wall - 1.9, "{since} vs {wall}");
+        assert!(page.contains(&format!(
+            "vip_agent_promotion_gate_last_probe_info{{{labels},probe=\"200 but role replica, state running: \\\"quoted\\\"\"}} 1"
+        )), "{page}");
+        assert_eq!(
+            value(&format!("vip_agent_failsafe_holding{{{labels}}}")),
+            1.0
+        );
+        assert_eq!(
+            value(&format!("vip_agent_failsafe_probing{{{labels}}}")),
+            1.0
+        );
+        assert_eq!(
+            value(&format!("vip_agent_failsafe_extensions_total{{{labels}}}")),
+            4.0
+        );
+        assert_eq!(
+            value(&format!("vip_agent_failsafe_fences_total{{{labels}}}")),
+            1.0
+        );
+        // Not waiting: no start time, and no failsafe hold once it lapsed.
+        r.set_gate(Ipv4Addr::new(10, 0, 0, 5), &GateStatus::default());
+        let page = r.render();
+        assert!(
+            page.contains(&format!(
+                "vip_agent_promotion_gate_waiting_since_timestamp_seconds{{{labels}}} 0\n"
+            )),
+            "{page}"
+        );
+        assert!(page.contains(&format!("vip_agent_failsafe_holding{{{labels}}} 0\n")));
+        assert!(
+            !page.contains("vip_agent_promotion_gate_last_probe_info{"),
+            "{page}"
+        );
     }
 
     #[test]

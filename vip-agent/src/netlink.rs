@@ -11,9 +11,9 @@ use rtnetlink::packet_route::link::{
 /// Errors of netlink queries, naming the operation.
 #[derive(Debug, thiserror::Error)]
 pub enum NetlinkError {
-    #[error("open a netlink socket: {0}")]
+    #[error("open a netlink socket")]
     Connect(#[source] std::io::Error),
-    #[error("netlink {operation}: {source}")]
+    #[error("netlink {operation}")]
     Request {
         operation: &'static str,
         #[source]

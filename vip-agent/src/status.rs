@@ -2,8 +2,20 @@
 //!
 //! Pure functions of a [`VipSnapshot`] (read by [`crate::dataplane::inspect`]) and the kernel
 //! monotonic time at which it is shown; the binary only reads the pins and prints.
+//!
+//! The promotion gate and the Patroni failsafe policy live in the daemon, not in the maps. With
+//! `--metrics-address`, the binary also fetches the daemon's `/metrics` page ([`fetch_metrics`]),
+//! and [`report_with_gates`] adds one `gate` line (JSON: a `gate` object) per VIP it names. That
+//! part is optional and best effort: without a reachable daemon, the report is the usual one plus
+//! a note on stderr.
 
-use std::{net::Ipv4Addr, path::Path};
+use std::{
+    collections::BTreeMap,
+    io::{Read as _, Write as _},
+    net::{Ipv4Addr, SocketAddr, TcpStream},
+    path::Path,
+    time::Duration,
+};
 
 use crate::dataplane::VipSnapshot;
 
@@ -30,6 +42,158 @@ pub struct VipStatus {
     pub conflicts: u64,
     /// Since the last ARP reply; `None` (JSON `null`) when the program never replied.
     pub last_reply_ago_ms: Option<u64>,
+    /// The promotion gate as the daemon reports it (only with `--metrics-address`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gate: Option<GateView>,
+}
+
+/// One VIP's promotion gate and failsafe policy, read from the daemon's `/metrics` page.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct GateView {
+    /// `off`, `idle`, `waiting` or `open`.
+    pub state: String,
+    /// How long the current wait has lasted (0 unless waiting).
+    pub waiting_ms: u64,
+    /// The last probe result: why it waits (or last waited).
+    pub last_probe: Option<String>,
+    /// How the last wait ended: `primary`, `standby_leader`, `no_patroni`, `timeout`, `cancelled`.
+    pub last_outcome: Option<String>,
+    /// How long the last finished wait took.
+    pub last_wait_ms: u64,
+    /// Held past the lease deadline on Patroni's failsafe confirmation right now.
+    pub failsafe_holding: bool,
+}
+
+impl GateView {
+    /// The text form: `gate state=open waiting_ms=0 last_outcome=primary last_wait_ms=12
+    /// failsafe_holding=false last_probe="..."`.
+    #[must_use]
+    pub fn text(&self) -> String {
+        let mut line = format!(
+            "gate state={} waiting_ms={} last_outcome={} last_wait_ms={} failsafe_holding={}",
+            self.state,
+            self.waiting_ms,
+            self.last_outcome.as_deref().unwrap_or("none"),
+            self.last_wait_ms,
+            self.failsafe_holding
+        );
+        if let Some(probe) = &self.last_probe {
+            line.push_str(&format!(" last_probe={probe:?}"));
+        }
+        line
+    }
+}
+
+/// `GET /metrics` from the daemon at `address`, each step bounded by `timeout`.
+///
+/// # Errors
+/// A sentence naming what failed (connect, send, read, a status other than 200).
+pub fn fetch_metrics(address: SocketAddr, timeout: Duration) -> Result<String, String> {
+    let mut stream = TcpStream::connect_timeout(&address, timeout)
+        .map_err(|e| format!("connect: {e} (is the daemon running, with this metrics-address?)"))?;
+    stream
+        .set_read_timeout(Some(timeout))
+        .and_then(|()| stream.set_write_timeout(Some(timeout)))
+        .map_err(|e| format!("socket timeouts: {e}"))?;
+    stream
+        .write_all(b"GET /metrics HTTP/1.0\r\nHost: vip-agent\r\n\r\n")
+        .map_err(|e| format!("send the request: {e}"))?;
+    let mut raw = Vec::new();
+    stream
+        .take(16 * 1024 * 1024)
+        .read_to_end(&mut raw)
+        .map_err(|e| format!("read the response: {e}"))?;
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text.split_once("\r\n\r\n").ok_or("not an HTTP response")?;
+    let status = head.lines().next().unwrap_or_default();
+    if status.split_whitespace().nth(1) != Some("200") {
+        return Err(format!("the daemon answered {status:?}"));
+    }
+    Ok(body.to_owned())
+}
+
+/// A sample's labels: (name, unescaped value).
+type Labels = Vec<(String, String)>;
+
+/// One sample of the Prometheus text format: name, labels, value.
+fn sample(line: &str) -> Option<(&str, Labels, &str)> {
+    if line.starts_with('#') {
+        return None;
+    }
+    let (series, value) = line.rsplit_once(' ')?;
+    let Some((name, rest)) = series.split_once('{') else {
+        return Some((series, Vec::new(), value));
+    };
+    let mut labels = Vec::new();
+    let mut chars = rest.strip_suffix('}')?.chars().peekable();
+    loop {
+        let key: String = chars.by_ref().take_while(|c| *c != '=').collect();
+        if key.is_empty() {
+            break;
+        }
+        if chars.next() != Some('"') {
+            return None;
+        }
+        let mut value = String::new();
+        loop {
+            match chars.next()? {
+                '\\' => match chars.next()? {
+                    'n' => value.push('\n'),
+                    other => value.push(other),
+                },
+                '"' => break,
+                c => value.push(c),
+            }
+        }
+        labels.push((key.trim_start_matches(',').to_owned(), value));
+        if chars.peek() == Some(&',') {
+            chars.next();
+        }
+    }
+    Some((name, labels, value))
+}
+
+/// The gate of every VIP on a `/metrics` page, by VIP.
+#[must_use]
+pub fn gate_views(page: &str) -> BTreeMap<Ipv4Addr, GateView> {
+    let mut views: BTreeMap<Ipv4Addr, GateView> = BTreeMap::new();
+    let seconds_ms = |v: &str| v.parse::<f64>().map_or(0, |s| (s * 1000.0).round() as u64);
+    for line in page.lines() {
+        let Some((name, labels, value)) = sample(line) else {
+            continue;
+        };
+        let label = |k: &str| labels.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+        let Some(vip) = label("vip").and_then(|v| v.parse::<Ipv4Addr>().ok()) else {
+            continue;
+        };
+        let on = value == "1";
+        match name {
+            "vip_agent_promotion_gate_state" => {
+                let view = views.entry(vip).or_default();
+                if on {
+                    view.state = label("state").unwrap_or_default();
+                }
+            }
+            "vip_agent_promotion_gate_waiting_seconds" => {
+                views.entry(vip).or_default().waiting_ms = seconds_ms(value);
+            }
+            "vip_agent_promotion_gate_last_wait_seconds" => {
+                views.entry(vip).or_default().last_wait_ms = seconds_ms(value);
+            }
+            "vip_agent_promotion_gate_last_outcome" if on => {
+                views.entry(vip).or_default().last_outcome = label("outcome");
+            }
+            "vip_agent_promotion_gate_last_probe_info" if on => {
+                views.entry(vip).or_default().last_probe = label("probe");
+            }
+            "vip_agent_failsafe_holding" => {
+                views.entry(vip).or_default().failsafe_holding = on;
+            }
+            _ => {}
+        }
+    }
+    views.retain(|_, v| !v.state.is_empty());
+    views
 }
 
 impl VipStatus {
@@ -47,6 +211,7 @@ impl VipStatus {
             conflicts: s.stats.conflicts,
             last_reply_ago_ms: (s.stats.last_reply_ns != 0)
                 .then(|| now_ns.saturating_sub(s.stats.last_reply_ns) / NS_PER_MS),
+            gate: None,
         }
     }
 
@@ -97,6 +262,44 @@ pub fn report(
     now_ns: u64,
     json: bool,
 ) -> Result<Report, serde_json::Error> {
+    report_with_gates(interface, pin_path, snapshots, now_ns, json, None)
+}
+
+/// [`report`], plus each VIP's gate from `gates` (`--metrics-address`): `Ok` the daemon's views
+/// by VIP (text: a `gate ...` line after the VIP's line; JSON: a `gate` object), `Err` why the
+/// daemon could not be asked (a note on stderr, the report as without it).
+///
+/// # Errors
+/// When the JSON cannot be rendered.
+pub fn report_with_gates(
+    interface: &str,
+    pin_path: &Path,
+    snapshots: Option<&[VipSnapshot]>,
+    now_ns: u64,
+    json: bool,
+    gates: Option<&Result<BTreeMap<Ipv4Addr, GateView>, String>>,
+) -> Result<Report, serde_json::Error> {
+    let note = match gates {
+        Some(Err(why)) => format!("note: gate not shown: {why}\n"),
+        _ => String::new(),
+    };
+    let views = match gates {
+        Some(Ok(views)) => Some(views),
+        _ => None,
+    };
+    let mut report = report_pins(interface, pin_path, snapshots, now_ns, json, views)?;
+    report.stderr.push_str(&note);
+    Ok(report)
+}
+
+fn report_pins(
+    interface: &str,
+    pin_path: &Path,
+    snapshots: Option<&[VipSnapshot]>,
+    now_ns: u64,
+    json: bool,
+    views: Option<&BTreeMap<Ipv4Addr, GateView>>,
+) -> Result<Report, serde_json::Error> {
     let Some(snapshots) = snapshots else {
         let message = format!(
             "{interface}: no vip-agent data plane pinned under {}\n",
@@ -116,14 +319,23 @@ pub fn report(
     };
     let statuses: Vec<VipStatus> = snapshots
         .iter()
-        .map(|s| VipStatus::at(interface, s, now_ns))
+        .map(|s| VipStatus {
+            gate: views.and_then(|v| v.get(&s.vip).cloned()),
+            ..VipStatus::at(interface, s, now_ns)
+        })
         .collect();
     let stdout = if json {
         let mut text = serde_json::to_string_pretty(&statuses)?;
         text.push('\n');
         text
     } else {
-        statuses.iter().map(|s| s.text() + "\n").collect()
+        statuses
+            .iter()
+            .map(|s| match &s.gate {
+                Some(g) => format!("{}\n  {}\n", s.text(), g.text()),
+                None => s.text() + "\n",
+            })
+            .collect()
     };
     Ok(Report {
         stdout,
@@ -267,5 +479,149 @@ mod tests {
         let empty = report("eth9", Path::new("/pins"), Some(&[]), NOW, true).expect("renders");
         assert_eq!(empty.stdout, "[]\n");
         assert_eq!(empty.stderr, "");
+    }
+
+    fn rendered_page() -> String {
+        use crate::gate::{GateState, GateStatus, Outcome};
+        let r = crate::metrics::Registry::default();
+        r.register(Ipv4Addr::new(10, 0, 0, 10), "eth1", "/service/pg/leader");
+        r.register(Ipv4Addr::new(10, 0, 0, 11), "eth1", "/service/pg2/leader");
+        r.set_gate(
+            Ipv4Addr::new(10, 0, 0, 10),
+            &GateStatus {
+                state: GateState::Open,
+                last_wait_ns: 12_000_000,
+                last_outcome: Some(Outcome::Primary),
+                outcomes: [1, 0, 0, 0, 0],
+                ..GateStatus::default()
+            },
+        );
+        r.set_gate(
+            Ipv4Addr::new(10, 0, 0, 11),
+            &GateStatus {
+                state: GateState::Waiting,
+                waiting_since_ns: crate::clock::monotonic_ns().saturating_sub(1_500_000_000),
+                last_probe: "200 but role replica, state running: \"x\"".to_owned(),
+                ..GateStatus::default()
+            },
+        );
+        r.render()
+    }
+
+    #[test]
+    fn gate_views_read_back_what_the_metrics_page_says() {
+        let views = gate_views(&rendered_page());
+        assert_eq!(views.len(), 2, "{views:?}");
+        let open = &views[&Ipv4Addr::new(10, 0, 0, 10)];
+        assert_eq!(
+            open,
+            &GateView {
+                state: "open".to_owned(),
+                waiting_ms: 0,
+                last_probe: None,
+                last_outcome: Some("primary".to_owned()),
+                last_wait_ms: 12,
+                failsafe_holding: false,
+            }
+        );
+        let waiting = &views[&Ipv4Addr::new(10, 0, 0, 11)];
+        assert_eq!(waiting.state, "waiting");
+        assert!(waiting.waiting_ms >= 1_500, "{waiting:?}");
+        assert_eq!(
+            waiting.last_probe.as_deref(),
+            Some("200 but role replica, state running: \"x\""),
+            "labels unescaped"
+        );
+        assert_eq!(waiting.last_outcome, None);
+        assert!(gate_views("garbage\n# HELP x\nx{vip=\"nope\"} 1\n").is_empty());
+    }
+
+    #[test]
+    fn report_with_gates_adds_a_line_per_vip_or_a_note() {
+        let views = gate_views(&rendered_page());
+        let r = report_with_gates(
+            "eth1",
+            Path::new("/pins"),
+            Some(&[answering()]),
+            NOW,
+            false,
+            Some(&Ok(views.clone())),
+        )
+        .expect("renders");
+        let lines: Vec<&str> = r.stdout.lines().collect();
+        assert_eq!(lines.len(), 2, "{}", r.stdout);
+        assert!(lines[0].starts_with("eth1 10.0.0.10 answering "));
+        assert_eq!(
+            lines[1],
+            "  gate state=open waiting_ms=0 last_outcome=primary last_wait_ms=12 failsafe_holding=false"
+        );
+        let j = report_with_gates(
+            "eth1",
+            Path::new("/pins"),
+            Some(&[answering()]),
+            NOW,
+            true,
+            Some(&Ok(views)),
+        )
+        .expect("renders");
+        let json: serde_json::Value = serde_json::from_str(&j.stdout).expect("JSON");
+        assert_eq!(json[0]["gate"]["state"], "open", "{json}");
+        assert_eq!(json[0]["gate"]["last_wait_ms"], 12, "{json}");
+        // The daemon cannot be asked: the usual report, and why on stderr.
+        let plain =
+            report("eth1", Path::new("/pins"), Some(&[answering()]), NOW, false).expect("renders");
+        let failed = report_with_gates(
+            "eth1",
+            Path::new("/pins"),
+            Some(&[answering()]),
+            NOW,
+            false,
+            Some(&Err(
+                "--metrics-address 127.0.0.1:9: connect: refused".to_owned()
+            )),
+        )
+        .expect("renders");
+        assert_eq!(failed.stdout, plain.stdout);
+        assert_eq!(
+            failed.stderr,
+            "note: gate not shown: --metrics-address 127.0.0.1:9: connect: refused\n"
+        );
+    }
+
+    #[test]
+    fn fetch_metrics_reads_the_page_and_names_failures() {
+        use std::io::{BufRead as _, BufReader};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let address = listener.local_addr().expect("address");
+        let server = std::thread::spawn(move || {
+            for status in ["200 OK", "503 Service Unavailable"] {
+                let (stream, _) = listener.accept().expect("accept");
+                let mut reader = BufReader::new(stream);
+                let mut request = String::new();
+                reader.read_line(&mut request).expect("request line");
+                assert_eq!(request, "GET /metrics HTTP/1.0\r\n");
+                let mut line = String::new();
+                while line != "\r\n" {
+                    line.clear();
+                    reader.read_line(&mut line).expect("header");
+                }
+                let body = "vip_agent_etcd_connected 1\n";
+                let mut stream = reader.into_inner();
+                write!(
+                    stream,
+                    "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                )
+                .expect("respond");
+            }
+        });
+        let page = fetch_metrics(address, Duration::from_secs(5)).expect("a page");
+        assert_eq!(page, "vip_agent_etcd_connected 1\n");
+        let e = fetch_metrics(address, Duration::from_secs(5)).expect_err("503");
+        assert!(e.contains("503"), "{e}");
+        server.join().expect("server thread");
+        // Nothing listens there any more.
+        let e = fetch_metrics(address, Duration::from_secs(5)).expect_err("refused");
+        assert!(e.starts_with("connect:"), "{e}");
     }
 }

@@ -3,249 +3,22 @@
 //! nothing listens (the "no Patroni here" rule, first probe only), and never answers when the key
 //! is lost while gating. The gate is driven through the library with a recording sink in place of
 //! the BPF map writer.
+//!
+//! With `patroni-failsafe`, the same fake Patroni stands for a primary kept by failsafe mode: the
+//! gate keeps answering past the lease deadline while Patroni says so, and fences the moment it
+//! does not (another answer, garbage, a hang), never when disabled.
 
-use std::{
-    net::SocketAddr,
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicUsize, Ordering},
-    },
-    time::Duration,
-};
+pub mod common;
 
-use tokio::{
-    io::{AsyncReadExt as _, AsyncWriteExt as _},
-    net::{TcpListener, TcpStream},
-    task::JoinHandle,
-};
-use tokio_util::sync::CancellationToken;
+use std::time::Duration;
+
+use common::patroni::{FakePatroni, Harness, Mode, config, eventually, lost, ours};
 use vip_agent::{
     clock::monotonic_ns,
-    config::{GateConfig, GateMode, PatroniUrl},
-    gate::{Gate, GateHook, GateState, Outcome},
-    leader::{LeaderState, Reason, Via},
+    config::{GateMode, PatroniUrl},
+    gate::{FAILSAFE_HOLD, GateState, Outcome},
+    leader::{LeaderState, Reason},
 };
-
-/// What the fake Patroni answers.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Mode {
-    /// 503, PostgreSQL still a replica.
-    Replica,
-    /// 200 (leader lock held) but PostgreSQL still in recovery: what Patroni says mid-promotion.
-    LockedInRecovery,
-    /// 200, running primary (Patroni 3.0 says `master`).
-    Primary,
-    /// Accept, read the request, never answer.
-    Hang,
-    /// Bytes that are not HTTP, then close.
-    Garbage,
-}
-
-struct FakePatroni {
-    addr: SocketAddr,
-    mode: Arc<Mutex<Mode>>,
-    requests: Arc<AtomicUsize>,
-    task: JoinHandle<()>,
-}
-
-impl FakePatroni {
-    async fn start(mode: Mode) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let mode = Arc::new(Mutex::new(mode));
-        let requests = Arc::new(AtomicUsize::new(0));
-        let (m, r) = (Arc::clone(&mode), Arc::clone(&requests));
-        let task = tokio::spawn(async move {
-            let mut held = Vec::new();
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    return;
-                };
-                let mode = *m.lock().expect("mode");
-                r.fetch_add(1, Ordering::SeqCst);
-                held.push(tokio::spawn(serve(stream, mode)));
-            }
-        });
-        Self {
-            addr,
-            mode,
-            requests,
-            task,
-        }
-    }
-
-    fn set(&self, mode: Mode) {
-        *self.mode.lock().expect("mode") = mode;
-    }
-
-    fn requests(&self) -> usize {
-        self.requests.load(Ordering::SeqCst)
-    }
-
-    fn url(&self) -> PatroniUrl {
-        PatroniUrl::parse(&format!("http://{}", self.addr)).expect("url")
-    }
-
-    /// Stop listening: later connections are refused.
-    async fn stop(self) {
-        self.task.abort();
-        let _ = self.task.await;
-    }
-}
-
-async fn serve(mut stream: TcpStream, mode: Mode) {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 1024];
-    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-        match stream.read(&mut chunk).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-        }
-    }
-    assert!(
-        buf.starts_with(b"GET /primary HTTP/1.1\r\n"),
-        "unexpected request {:?}",
-        String::from_utf8_lossy(&buf)
-    );
-    // Patroni's handler speaks HTTP/1.0 without Content-Length: the body ends with the connection.
-    let (status, body) = match mode {
-        Mode::Replica => (
-            "503 Service Unavailable",
-            r#"{"state": "running", "role": "replica"}"#,
-        ),
-        Mode::LockedInRecovery => ("200 OK", r#"{"state": "running", "role": "replica"}"#),
-        Mode::Primary => (
-            "200 OK",
-            r#"{"state": "running", "role": "master", "timeline": 2}"#,
-        ),
-        Mode::Hang => {
-            tokio::time::sleep(Duration::from_secs(3600)).await;
-            return;
-        }
-        Mode::Garbage => {
-            let _ = stream.write_all(b"SSH-2.0-OpenSSH_9.2p1\r\n").await;
-            return;
-        }
-    };
-    let response = format!(
-        "HTTP/1.0 {status}\r\nServer: BaseHTTP/0.6 Python/3.11\r\nContent-Type: application/json\r\n\r\n{body}"
-    );
-    let _ = stream.write_all(response.as_bytes()).await;
-}
-
-/// The states the gate wrote to its sink (in place of the data plane).
-#[derive(Clone, Default)]
-struct Writes(Arc<Mutex<Vec<LeaderState>>>);
-
-impl Writes {
-    fn answering(&self) -> bool {
-        self.0
-            .lock()
-            .expect("writes")
-            .last()
-            .is_some_and(|s| s.is_safe_at(monotonic_ns()))
-    }
-
-    fn ever_answered(&self) -> bool {
-        self.0
-            .lock()
-            .expect("writes")
-            .iter()
-            .any(|s| s.primary || s.safe_until_ns != 0)
-    }
-
-    fn last(&self) -> LeaderState {
-        *self.0.lock().expect("writes").last().expect("a write")
-    }
-}
-
-struct Harness {
-    gate_status: Arc<Mutex<vip_agent::gate::GateStatus>>,
-    hook: GateHook,
-    writes: Writes,
-    stop: CancellationToken,
-    task: JoinHandle<()>,
-}
-
-impl Harness {
-    fn start(config: GateConfig) -> Self {
-        let writes = Writes::default();
-        let w = writes.clone();
-        let gate = Gate::new(
-            "test",
-            config,
-            Box::new(move |s: &LeaderState| w.0.lock().expect("writes").push(*s)),
-        );
-        let gate_status = Arc::new(Mutex::new(gate.status()));
-        let gs = Arc::clone(&gate_status);
-        gate.on_status(Box::new(move |s| *gs.lock().expect("status") = s.clone()));
-        let hook = gate.hook();
-        let stop = CancellationToken::new();
-        let task = tokio::spawn(gate.run(stop.clone()));
-        Self {
-            gate_status,
-            hook,
-            writes,
-            stop,
-            task,
-        }
-    }
-
-    fn status(&self) -> vip_agent::gate::GateStatus {
-        self.gate_status.lock().expect("status").clone()
-    }
-
-    async fn finish(self) {
-        self.stop.cancel();
-        self.task.await.expect("gate task");
-    }
-}
-
-fn config(url: PatroniUrl, timeout: Duration) -> GateConfig {
-    GateConfig {
-        mode: GateMode::Patroni,
-        patroni_url: url,
-        interval: Duration::from_millis(5),
-        timeout,
-        ..GateConfig::default()
-    }
-}
-
-/// The key is ours, confirmed until `ttl` from now.
-fn ours(ttl: Duration, revision: i64) -> LeaderState {
-    let now = monotonic_ns();
-    LeaderState {
-        primary: true,
-        safe_until_ns: now + u64::try_from(ttl.as_nanos()).expect("ttl"),
-        revision,
-        lease_id: 7,
-        reason: Reason::Confirmed,
-        observed_at_ns: now,
-    }
-}
-
-fn lost(revision: i64) -> LeaderState {
-    LeaderState {
-        primary: false,
-        safe_until_ns: 0,
-        revision,
-        lease_id: 0,
-        reason: Reason::Deleted { via: Via::Watch },
-        observed_at_ns: monotonic_ns(),
-    }
-}
-
-/// Poll `cond` every 2 ms; panic with `what` after 10 s.
-async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !cond() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting until {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-}
 
 #[tokio::test]
 async fn gate_patroni_opens_only_after_a_running_primary_and_then_passes_everything_through() {
@@ -450,4 +223,295 @@ fn gate_patroni_loopback_down_counts_as_no_patroni() {
     })
     .join()
     .expect("the test thread");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Patroni failsafe_mode (patroni-failsafe)
+
+fn failsafe_config(patroni: &FakePatroni, on: bool) -> vip_agent::config::GateConfig {
+    let mut c = config(patroni.url(), Duration::from_secs(60));
+    c.failsafe = on;
+    c
+}
+
+/// What the follower publishes when etcd becomes unreachable: the last state, its deadline.
+fn unreachable(last: &LeaderState) -> LeaderState {
+    LeaderState {
+        reason: Reason::EtcdUnreachable,
+        observed_at_ns: monotonic_ns(),
+        ..*last
+    }
+}
+
+/// Open the gate on a running primary for a lease confirmed until `lease` from now, then report
+/// etcd unreachable while Patroni answers as `outage`. Returns the lease deadline.
+async fn answering_then_etcd_unreachable(
+    h: &Harness,
+    patroni: &FakePatroni,
+    lease: Duration,
+    outage: Mode,
+) -> u64 {
+    let confirmed = ours(lease, 10);
+    h.hook.apply(&confirmed);
+    eventually("the gate opens", || h.writes.answering()).await;
+    assert_eq!(h.status().last_outcome, Some(Outcome::Primary));
+    patroni.set(outage);
+    h.hook.apply(&unreachable(&confirmed));
+    confirmed.safe_until_ns
+}
+
+/// Sleep until kernel monotonic time `t_ns`.
+async fn sleep_until_ns(t_ns: u64) {
+    tokio::time::sleep(Duration::from_nanos(t_ns.saturating_sub(monotonic_ns()))).await;
+}
+
+fn fenced(s: &LeaderState) -> bool {
+    !s.primary && s.safe_until_ns == 0
+}
+
+#[tokio::test]
+async fn failsafe_keeps_answering_past_the_lease_while_patroni_says_so_then_fences() {
+    let patroni = FakePatroni::start(Mode::Primary).await;
+    let h = Harness::start(failsafe_config(&patroni, true));
+    let lease_deadline = answering_then_etcd_unreachable(
+        &h,
+        &patroni,
+        Duration::from_millis(800),
+        Mode::FailsafePrimary,
+    )
+    .await;
+
+    // Well past the lease deadline (by more than one hold): still answering, on Patroni's word.
+    sleep_until_ns(lease_deadline + 2 * u64::try_from(FAILSAFE_HOLD.as_nanos()).expect("fits"))
+        .await;
+    assert!(
+        h.writes.answering(),
+        "answering past the lease: {:?}",
+        h.writes.last()
+    );
+    let last = h.writes.last();
+    assert!(
+        last.safe_until_ns > lease_deadline && last.reason == Reason::EtcdUnreachable,
+        "{last:?}"
+    );
+    let status = h.status();
+    assert!(
+        status.failsafe.probing && status.failsafe.extensions >= 2,
+        "{status:?}"
+    );
+    assert!(status.failsafe.holding_at(monotonic_ns()), "{status:?}");
+    assert_eq!(status.state, GateState::Open);
+    let writes = h.writes.all();
+    let opened = writes.iter().position(|s| s.primary).expect("opened");
+    assert!(
+        writes[opened..].iter().all(|s| !fenced(s)),
+        "never fenced while Patroni confirmed: {writes:?}"
+    );
+
+    // Patroni demotes (a member did not accept its POST /failsafe): fenced by the next probe,
+    // written explicitly rather than left to the hold running out.
+    patroni.set(Mode::Replica);
+    eventually("fenced after Patroni stopped confirming", || {
+        fenced(&h.writes.last())
+    })
+    .await;
+    let status = h.status();
+    assert_eq!(
+        (status.failsafe.fences, status.state),
+        (1, GateState::Idle),
+        "{status:?}"
+    );
+    assert!(status.failsafe.last_probe.contains("503"), "{status:?}");
+    assert!(!status.failsafe.probing);
+    // And it stays fenced: only etcd brings the VIP back, not Patroni saying failsafe again.
+    patroni.set(Mode::FailsafePrimary);
+    let probes = patroni.requests();
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert!(fenced(&h.writes.last()), "{:?}", h.writes.last());
+    assert_eq!(
+        patroni.requests(),
+        probes,
+        "no more failsafe probes after the fence"
+    );
+    h.finish().await;
+    patroni.stop().await;
+}
+
+#[tokio::test]
+async fn failsafe_garbage_or_a_hang_fences_past_the_lease() {
+    for bad in [Mode::Garbage, Mode::Hang, Mode::Primary] {
+        let patroni = FakePatroni::start(Mode::Primary).await;
+        let h = Harness::start(failsafe_config(&patroni, true));
+        let lease_deadline = answering_then_etcd_unreachable(
+            &h,
+            &patroni,
+            Duration::from_millis(1000),
+            Mode::FailsafePrimary,
+        )
+        .await;
+        eventually("held past the lease deadline", || {
+            h.status().failsafe.holding_at(monotonic_ns())
+        })
+        .await;
+        assert!(monotonic_ns() >= lease_deadline);
+        patroni.set(bad);
+        eventually(&format!("fenced after {bad:?}"), || {
+            fenced(&h.writes.last())
+        })
+        .await;
+        let status = h.status();
+        assert_eq!(status.failsafe.fences, 1, "{bad:?}: {status:?}");
+        let why = &status.failsafe.last_probe;
+        match bad {
+            Mode::Garbage => assert!(why.contains("not an HTTP response"), "{why}"),
+            Mode::Hang => assert!(why.contains("no answer within"), "{why}"),
+            // A running primary without failsafe_mode_is_active is not a failsafe confirmation.
+            _ => assert!(why.contains("failsafe_mode_is_active false"), "{why}"),
+        }
+        h.finish().await;
+        patroni.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn failsafe_key_lost_fences_at_once_whatever_patroni_says() {
+    let patroni = FakePatroni::start(Mode::Primary).await;
+    let h = Harness::start(failsafe_config(&patroni, true));
+    answering_then_etcd_unreachable(
+        &h,
+        &patroni,
+        Duration::from_millis(1000),
+        Mode::FailsafePrimary,
+    )
+    .await;
+    eventually("held past the lease deadline", || {
+        h.status().failsafe.holding_at(monotonic_ns())
+    })
+    .await;
+    // etcd is back and says the key is gone: fenced synchronously, in the follower's hook.
+    h.hook.apply(&lost(11));
+    assert!(fenced(&h.writes.last()), "{:?}", h.writes.last());
+    assert!(!h.writes.answering());
+    // Patroni still claims failsafe: nothing re-opens.
+    let writes = h.writes.all().len();
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(h.writes.all().len(), writes, "{:?}", h.writes.all());
+    assert!(!h.status().failsafe.holding_at(monotonic_ns()));
+    h.finish().await;
+    patroni.stop().await;
+}
+
+#[tokio::test]
+async fn failsafe_hold_survives_the_key_read_back_as_ours_until_the_lease_is_confirmed() {
+    let patroni = FakePatroni::start(Mode::Primary).await;
+    let h = Harness::start(failsafe_config(&patroni, true));
+    answering_then_etcd_unreachable(
+        &h,
+        &patroni,
+        Duration::from_millis(1000),
+        Mode::FailsafePrimary,
+    )
+    .await;
+    eventually("held past the lease deadline", || {
+        h.status().failsafe.holding_at(monotonic_ns())
+    })
+    .await;
+    // etcd answers again: the key is still ours (same lease, its old deadline long gone).
+    let mut read = ours(Duration::ZERO, 12);
+    read.safe_until_ns = monotonic_ns().saturating_sub(1);
+    read.reason = Reason::Ours {
+        via: vip_agent::leader::Via::Read,
+    };
+    h.hook.apply(&read);
+    assert!(
+        h.writes.answering(),
+        "no gap while the lease is confirmed: {:?}",
+        h.writes.last()
+    );
+    let confirmed = ours(Duration::from_secs(30), 12);
+    h.hook.apply(&confirmed);
+    assert_eq!(h.writes.last(), confirmed, "back on the lease");
+    assert!(
+        !h.status().failsafe.probing,
+        "etcd is back: Patroni is no longer asked"
+    );
+    h.finish().await;
+    patroni.stop().await;
+}
+
+#[tokio::test]
+async fn failsafe_needs_the_confirmation_before_the_lease_runs_out() {
+    let patroni = FakePatroni::start(Mode::Primary).await;
+    let h = Harness::start(failsafe_config(&patroni, true));
+    // Patroni has not entered failsafe mode (yet): the lease alone holds the VIP.
+    let lease_deadline =
+        answering_then_etcd_unreachable(&h, &patroni, Duration::from_millis(1000), Mode::Primary)
+            .await;
+    sleep_until_ns(lease_deadline + 200_000_000).await;
+    eventually("silent at the lease deadline", || !h.writes.answering()).await;
+    // Failsafe confirmed only after the VIP went silent: it stays silent until etcd confirms.
+    patroni.set(Mode::FailsafePrimary);
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert!(!h.writes.answering(), "{:?}", h.writes.last());
+    assert!(
+        h.writes
+            .all()
+            .iter()
+            .all(|s| s.safe_until_ns <= lease_deadline),
+        "never past the lease: {:?}",
+        h.writes.all()
+    );
+    h.finish().await;
+    patroni.stop().await;
+}
+
+#[tokio::test]
+async fn failsafe_disabled_fences_at_the_lease_deadline_without_asking() {
+    let patroni = FakePatroni::start(Mode::Primary).await;
+    let h = Harness::start(failsafe_config(&patroni, false));
+    let lease_deadline = answering_then_etcd_unreachable(
+        &h,
+        &patroni,
+        Duration::from_millis(1000),
+        Mode::FailsafePrimary,
+    )
+    .await;
+    let probes = patroni.requests();
+    sleep_until_ns(lease_deadline + 1_000_000_000).await;
+    assert!(!h.writes.answering(), "{:?}", h.writes.last());
+    assert!(
+        h.writes
+            .all()
+            .iter()
+            .all(|s| s.safe_until_ns <= lease_deadline),
+        "{:?}",
+        h.writes.all()
+    );
+    assert_eq!(
+        patroni.requests(),
+        probes,
+        "Patroni is not asked about failsafe"
+    );
+    assert!(!h.status().failsafe.enabled && h.status().failsafe.extensions == 0);
+    h.finish().await;
+    patroni.stop().await;
+}
+
+#[tokio::test]
+async fn failsafe_works_without_the_promotion_gate() {
+    let patroni = FakePatroni::start(Mode::FailsafePrimary).await;
+    let mut c = failsafe_config(&patroni, true);
+    c.mode = GateMode::Off;
+    let h = Harness::start(c);
+    let confirmed = ours(Duration::from_millis(1000), 10);
+    h.hook.apply(&confirmed);
+    assert_eq!(h.writes.last(), confirmed, "off: answering at once");
+    h.hook.apply(&unreachable(&confirmed));
+    sleep_until_ns(confirmed.safe_until_ns + 1_000_000_000).await;
+    assert!(h.writes.answering(), "{:?}", h.writes.last());
+    patroni.set(Mode::Replica);
+    eventually("fenced", || fenced(&h.writes.last())).await;
+    assert_eq!(h.status().state, GateState::Off);
+    h.finish().await;
+    patroni.stop().await;
 }

@@ -159,6 +159,11 @@ pub struct ConfigArgs {
         hide_env_values = true
     )]
     pub postgres_dsn: Option<String>,
+    /// While etcd is unreachable, keep answering past the lease deadline as long as Patroni's
+    /// REST API reports this member a running primary in failsafe mode: true or false
+    /// [default: false].
+    #[arg(long, env = "VIP_PATRONI_FAILSAFE", value_name = "BOOL")]
+    pub patroni_failsafe: Option<String>,
 }
 
 /// One string-valued argument: the config key it sets, its flag, its variable and its value.
@@ -172,7 +177,7 @@ pub(super) struct ArgValue<'a> {
 impl ConfigArgs {
     /// The string-valued arguments with their config key names (all but `config` and
     /// `dcs-endpoints`, which have their own types).
-    pub(super) fn string_values(&self) -> [ArgValue<'_>; 32] {
+    pub(super) fn string_values(&self) -> [ArgValue<'_>; 33] {
         let Self {
             config: _,
             ip,
@@ -208,6 +213,7 @@ impl ConfigArgs {
             patroni_user,
             patroni_password,
             postgres_dsn,
+            patroni_failsafe,
         } = self;
         macro_rules! arg {
             ($key:literal, $env:literal, $value:expr) => {
@@ -264,6 +270,7 @@ impl ConfigArgs {
             arg!("patroni-user", "VIP_PATRONI_USER", patroni_user),
             arg!("patroni-password", "VIP_PATRONI_PASSWORD", patroni_password),
             arg!("postgres-dsn", "VIP_POSTGRES_DSN", postgres_dsn),
+            arg!("patroni-failsafe", "VIP_PATRONI_FAILSAFE", patroni_failsafe),
         ]
     }
 }

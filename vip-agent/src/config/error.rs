@@ -10,7 +10,7 @@ use super::Location;
 #[non_exhaustive]
 pub enum ConfigError {
     /// The config file given with `--config`/`VIP_CONFIG` cannot be read.
-    #[error("config file {}: cannot read it: {source}", path.display())]
+    #[error("config file {}: cannot read it", path.display())]
     ReadFile {
         path: PathBuf,
         #[source]

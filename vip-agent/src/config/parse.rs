@@ -25,7 +25,7 @@ pub(super) struct Source<'a> {
 }
 
 /// Every top-level key vip-agent reads (vip-manager's, Pigsty's `hosting-type`, and ours).
-const TOP_LEVEL_KEYS: [&str; 36] = [
+const TOP_LEVEL_KEYS: [&str; 37] = [
     "ip",
     "netmask",
     "interface",
@@ -62,10 +62,11 @@ const TOP_LEVEL_KEYS: [&str; 36] = [
     "patroni-user",
     "patroni-password",
     "postgres-dsn",
+    "patroni-failsafe",
 ];
 
 /// The promotion-gate keys: top-level (every VIP) and inside `vips:` entries (that VIP).
-const GATE_KEYS: [&str; 10] = [
+const GATE_KEYS: [&str; 11] = [
     "promotion-gate",
     "promotion-gate-interval",
     "promotion-gate-timeout",
@@ -76,6 +77,7 @@ const GATE_KEYS: [&str; 10] = [
     "patroni-user",
     "patroni-password",
     "postgres-dsn",
+    "patroni-failsafe",
 ];
 
 /// The keys of one VIP: top-level in vip-manager style, or inside each `vips:` entry.
@@ -1261,6 +1263,9 @@ fn gate(fields: &Fields, base: &GateConfig, diag: &mut Diag) -> GateConfig {
                 ),
             );
         }
+    }
+    if let Some((on, _)) = fields.read(diag, "patroni-failsafe", values::boolean) {
+        gate.failsafe = on;
     }
     if gate.mode == GateMode::Postgres && gate.postgres_dsn.is_none() {
         let location = fields

@@ -74,6 +74,8 @@ struct Gate<'a> {
     patroni_password: Option<&'static str>,
     #[serde(rename = "postgres-dsn", skip_serializing_if = "Option::is_none")]
     postgres_dsn: Option<String>,
+    #[serde(rename = "patroni-failsafe")]
+    failsafe: bool,
 }
 
 impl<'a> From<&'a GateConfig> for Gate<'a> {
@@ -93,6 +95,7 @@ impl<'a> From<&'a GateConfig> for Gate<'a> {
                 .postgres_dsn
                 .as_ref()
                 .map(|d| super::redact_dsn(d.expose())),
+            failsafe: g.failsafe,
         }
     }
 }

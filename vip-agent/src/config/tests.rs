@@ -1483,3 +1483,42 @@ fn promotion_gate_flags_and_variables_set_the_keys() {
     assert_eq!(g.patroni_url.host, "10.0.0.1");
     assert_eq!(g.interval, Duration::from_millis(20));
 }
+
+#[test]
+fn patroni_failsafe_is_off_by_default_and_set_per_vip_or_by_flag() {
+    assert!(
+        !ok(MIN).vips[0].gate.failsafe,
+        "fence at the lease deadline"
+    );
+    let c = ok("\
+patroni-failsafe: true
+vips:
+  - {ip: 10.0.0.10, netmask: 24, interface: eth0, trigger-key: /s/a/leader, trigger-value: a}
+  - {ip: 10.0.1.10, netmask: 24, interface: eth0, trigger-key: /s/b/leader, trigger-value: b,
+     patroni-failsafe: false}
+");
+    assert!(
+        c.vips[0].gate.failsafe,
+        "the top level applies to every VIP"
+    );
+    assert!(!c.vips[1].gate.failsafe, "a vips: entry overrides it");
+    let rendered = c.render_redacted();
+    assert!(rendered.contains("patroni-failsafe: true"), "{rendered}");
+    let back = ok(&rendered);
+    assert_eq!(
+        (back.vips[0].gate.failsafe, back.vips[1].gate.failsafe),
+        (true, false)
+    );
+    let e = err(&min_with("patroni-failsafe: maybe"));
+    let msg = error_for(&e, "patroni-failsafe").to_string();
+    assert!(msg.contains("expected true or false"), "{msg}");
+    let a = ConfigArgs {
+        patroni_failsafe: Some("yes".into()),
+        ..args()
+    };
+    let c = match parse_with(Some(MIN), &a) {
+        Ok(c) => c,
+        Err(e) => panic!("{e}"),
+    };
+    assert!(c.vips[0].gate.failsafe, "the flag sets it");
+}

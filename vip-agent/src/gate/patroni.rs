@@ -13,6 +13,17 @@
 //! gate opens on 200 **and** `role` ∈ {`master`, `primary`} **and** `state` = `running`, nothing
 //! less. A standby cluster's leader (`role: standby_leader`, `state: running`, 503 on `/primary`)
 //! never becomes read-write: the gate opens for it at once ([`Outcome::StandbyLeader`]).
+//!
+//! # Failsafe mode
+//!
+//! Patroni (3.0+, `failsafe_mode: true` in its DCS configuration) keeps a primary that cannot
+//! reach etcd running when every member accepts its `POST /failsafe`: its HA loop then calls
+//! `set_is_leader(True)` (so `/primary` keeps answering 200) and `Failsafe.set_is_active(now)`,
+//! and the status document of every health-check endpoint carries `"failsafe_mode_is_active":
+//! true` (`api.py`, `get_postgresql_status`: the key is present only while `ha.failsafe_is_active()`
+//! holds). When a member does not accept, Patroni resets failsafe (`set_is_active(0)`, the key
+//! disappears) and demotes. [`judge_failsafe`] therefore accepts exactly: 200, `role`
+//! `master`/`primary`, `state` `running` and `failsafe_mode_is_active` `true`.
 
 use std::{io, net::SocketAddr, path::Path, sync::Arc, time::Duration};
 
@@ -79,6 +90,15 @@ impl PatroniProbe {
             Ok(response) => judge(response.status, &response.body),
             Err(Fetch::Refused(_)) if first => Verdict::Ready(Outcome::NoPatroni),
             Err(e) => Verdict::Wait(e.to_string()),
+        }
+    }
+
+    /// Ask once whether Patroni keeps this member primary in failsafe mode (see the module
+    /// documentation); `Err` names what it said instead.
+    pub(super) async fn failsafe(&self) -> Result<(), String> {
+        match self.get().await {
+            Ok(response) => judge_failsafe(response.status, &response.body),
+            Err(e) => Err(e.to_string()),
         }
     }
 
@@ -345,6 +365,33 @@ pub(super) fn judge(status: u16, body: &[u8]) -> Verdict {
     }
 }
 
+/// Whether a `/primary` response says Patroni keeps this member primary in failsafe mode.
+pub(super) fn judge_failsafe(status: u16, body: &[u8]) -> Result<(), String> {
+    let Ok(doc) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return Err(format!(
+            "{status} without a JSON status document (first bytes: {:?})",
+            preview(body)
+        ));
+    };
+    let text = |name: &str| doc.get(name).and_then(serde_json::Value::as_str);
+    let (role, state) = (text("role"), text("state"));
+    let failsafe = doc
+        .get("failsafe_mode_is_active")
+        .and_then(serde_json::Value::as_bool)
+        == Some(true);
+    let primary = matches!(role, Some("master" | "primary")) && state == Some("running");
+    if status == 200 && primary && failsafe {
+        Ok(())
+    } else {
+        Err(format!(
+            "{status}, role {}, state {}, failsafe_mode_is_active {}: not a failsafe primary",
+            role.unwrap_or("-"),
+            state.unwrap_or("-"),
+            failsafe
+        ))
+    }
+}
+
 fn tls_config(config: &GateConfig) -> Result<ClientConfig, GateError> {
     let err = |what: &str, path: &Path, reason: String| GateError::Tls {
         what: format!("{what} {}", path.display()),
@@ -454,6 +501,36 @@ mod tests {
             )
             .is_err()
         );
+    }
+
+    #[test]
+    fn only_a_running_failsafe_primary_with_200_confirms_failsafe() {
+        let body = |role: &str, state: &str, failsafe: &str| {
+            format!(
+                r#"{{"state": "{state}", "role": "{role}", "cluster_unlocked": true{failsafe}, "dcs_last_seen": 1692356928}}"#
+            )
+        };
+        for role in ["master", "primary"] {
+            let ok = body(role, "running", r#", "failsafe_mode_is_active": true"#);
+            assert_eq!(judge_failsafe(200, ok.as_bytes()), Ok(()), "{role}");
+            // A running primary that is not in failsafe mode (Patroni omits the key then).
+            let e = judge_failsafe(200, body(role, "running", "").as_bytes()).expect_err(role);
+            assert!(e.contains("failsafe_mode_is_active false"), "{e}");
+        }
+        let replica = body("replica", "running", r#", "failsafe_mode_is_active": true"#);
+        assert!(judge_failsafe(200, replica.as_bytes()).is_err());
+        let unknown = body("master", "unknown", r#", "failsafe_mode_is_active": true"#);
+        assert!(judge_failsafe(200, unknown.as_bytes()).is_err());
+        let demoting = body("primary", "running", r#", "failsafe_mode_is_active": true"#);
+        assert!(judge_failsafe(503, demoting.as_bytes()).is_err());
+        let stringly = body(
+            "primary",
+            "running",
+            r#", "failsafe_mode_is_active": "true""#,
+        );
+        assert!(judge_failsafe(200, stringly.as_bytes()).is_err());
+        let e = judge_failsafe(200, b"<html>ok</html>").expect_err("garbage");
+        assert!(e.contains("without a JSON status document"), "{e}");
     }
 
     #[test]

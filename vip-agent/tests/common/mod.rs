@@ -4,6 +4,7 @@
 
 pub mod certs;
 pub mod etcd;
+pub mod patroni;
 pub mod proxy;
 
 use std::sync::{Arc, Mutex};

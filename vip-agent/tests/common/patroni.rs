@@ -1,0 +1,266 @@
+//! A fake Patroni REST API on loopback and a promotion gate driven through the library with a
+//! recording sink in place of the BPF map writer (shared by `gate_patroni` and `failsafe_*`).
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::{TcpListener, TcpStream},
+    task::JoinHandle,
+};
+use tokio_util::sync::CancellationToken;
+use vip_agent::{
+    clock::monotonic_ns,
+    config::{GateConfig, GateMode, PatroniUrl},
+    gate::{Gate, GateHook, GateStatus},
+    leader::{LeaderState, Reason, Via},
+};
+
+/// What the fake Patroni answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// 503, PostgreSQL still a replica.
+    Replica,
+    /// 200 (leader lock held) but PostgreSQL still in recovery: what Patroni says mid-promotion.
+    LockedInRecovery,
+    /// 200, running primary (Patroni 3.0 says `master`), DCS reachable: no failsafe key.
+    Primary,
+    /// 200, running primary kept by failsafe mode: etcd unreachable, every member accepted
+    /// `POST /failsafe` (`failsafe_mode_is_active: true`, `cluster_unlocked: true`).
+    FailsafePrimary,
+    /// Accept, read the request, never answer.
+    Hang,
+    /// Bytes that are not HTTP, then close.
+    Garbage,
+}
+
+pub struct FakePatroni {
+    addr: SocketAddr,
+    mode: Arc<Mutex<Mode>>,
+    requests: Arc<AtomicUsize>,
+    task: JoinHandle<()>,
+}
+
+impl FakePatroni {
+    pub async fn start(mode: Mode) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let mode = Arc::new(Mutex::new(mode));
+        let requests = Arc::new(AtomicUsize::new(0));
+        let (m, r) = (Arc::clone(&mode), Arc::clone(&requests));
+        let task = tokio::spawn(async move {
+            let mut held = Vec::new();
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let mode = *m.lock().expect("mode");
+                r.fetch_add(1, Ordering::SeqCst);
+                held.push(tokio::spawn(serve(stream, mode)));
+            }
+        });
+        Self {
+            addr,
+            mode,
+            requests,
+            task,
+        }
+    }
+
+    pub fn set(&self, mode: Mode) {
+        *self.mode.lock().expect("mode") = mode;
+    }
+
+    pub fn requests(&self) -> usize {
+        self.requests.load(Ordering::SeqCst)
+    }
+
+    pub fn url(&self) -> PatroniUrl {
+        PatroniUrl::parse(&format!("http://{}", self.addr)).expect("url")
+    }
+
+    /// Stop listening: later connections are refused.
+    pub async fn stop(self) {
+        self.task.abort();
+        let _ = self.task.await;
+    }
+}
+
+async fn serve(mut stream: TcpStream, mode: Mode) {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 1024];
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    assert!(
+        buf.starts_with(b"GET /primary HTTP/1.1\r\n"),
+        "unexpected request {:?}",
+        String::from_utf8_lossy(&buf)
+    );
+    // Patroni's handler speaks HTTP/1.0 without Content-Length: the body ends with the connection.
+    let (status, body) = match mode {
+        Mode::Replica => (
+            "503 Service Unavailable",
+            r#"{"state": "running", "role": "replica"}"#,
+        ),
+        Mode::LockedInRecovery => ("200 OK", r#"{"state": "running", "role": "replica"}"#),
+        Mode::Primary => (
+            "200 OK",
+            r#"{"state": "running", "role": "master", "timeline": 2}"#,
+        ),
+        // The shape of Patroni 4.0's document in failsafe mode (docs/rest_api.rst).
+        Mode::FailsafePrimary => (
+            "200 OK",
+            r#"{"state": "running", "role": "primary", "timeline": 2, "cluster_unlocked": true, "failsafe_mode_is_active": true, "dcs_last_seen": 1692356928, "patroni": {"version": "4.0.0", "scope": "demo", "name": "pg1"}}"#,
+        ),
+        Mode::Hang => {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            return;
+        }
+        Mode::Garbage => {
+            let _ = stream.write_all(b"SSH-2.0-OpenSSH_9.2p1\r\n").await;
+            return;
+        }
+    };
+    let response = format!(
+        "HTTP/1.0 {status}\r\nServer: BaseHTTP/0.6 Python/3.11\r\nContent-Type: application/json\r\n\r\n{body}"
+    );
+    let _ = stream.write_all(response.as_bytes()).await;
+}
+
+/// The states the gate wrote to its sink (in place of the data plane).
+#[derive(Clone, Default)]
+pub struct Writes(pub Arc<Mutex<Vec<LeaderState>>>);
+
+impl Writes {
+    /// The data plane (the last write) answers now.
+    pub fn answering(&self) -> bool {
+        self.0
+            .lock()
+            .expect("writes")
+            .last()
+            .is_some_and(|s| s.is_safe_at(monotonic_ns()))
+    }
+
+    pub fn ever_answered(&self) -> bool {
+        self.0
+            .lock()
+            .expect("writes")
+            .iter()
+            .any(|s| s.primary || s.safe_until_ns != 0)
+    }
+
+    pub fn last(&self) -> LeaderState {
+        *self.0.lock().expect("writes").last().expect("a write")
+    }
+
+    pub fn all(&self) -> Vec<LeaderState> {
+        self.0.lock().expect("writes").clone()
+    }
+}
+
+/// A running gate: its follower-side hook, what it wrote, its status.
+pub struct Harness {
+    pub gate_status: Arc<Mutex<GateStatus>>,
+    pub hook: GateHook,
+    pub writes: Writes,
+    pub stop: CancellationToken,
+    pub task: JoinHandle<()>,
+}
+
+impl Harness {
+    pub fn start(config: GateConfig) -> Self {
+        let writes = Writes::default();
+        let w = writes.clone();
+        let gate = Gate::new(
+            "test",
+            config,
+            Box::new(move |s: &LeaderState| w.0.lock().expect("writes").push(*s)),
+        );
+        let gate_status = Arc::new(Mutex::new(gate.status()));
+        let gs = Arc::clone(&gate_status);
+        gate.on_status(Box::new(move |s| *gs.lock().expect("status") = s.clone()));
+        let hook = gate.hook();
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(gate.run(stop.clone()));
+        Self {
+            gate_status,
+            hook,
+            writes,
+            stop,
+            task,
+        }
+    }
+
+    pub fn status(&self) -> GateStatus {
+        self.gate_status.lock().expect("status").clone()
+    }
+
+    pub async fn finish(self) {
+        self.stop.cancel();
+        self.task.await.expect("gate task");
+    }
+}
+
+/// A `patroni` gate against `url`, polling every 5 ms, answering anyway after `timeout`.
+pub fn config(url: PatroniUrl, timeout: Duration) -> GateConfig {
+    GateConfig {
+        mode: GateMode::Patroni,
+        patroni_url: url,
+        interval: Duration::from_millis(5),
+        timeout,
+        ..GateConfig::default()
+    }
+}
+
+/// The key is ours, confirmed until `ttl` from now.
+pub fn ours(ttl: Duration, revision: i64) -> LeaderState {
+    let now = monotonic_ns();
+    LeaderState {
+        primary: true,
+        safe_until_ns: now + u64::try_from(ttl.as_nanos()).expect("ttl"),
+        revision,
+        lease_id: 7,
+        reason: Reason::Confirmed,
+        observed_at_ns: now,
+    }
+}
+
+/// The key was deleted (a watch event).
+pub fn lost(revision: i64) -> LeaderState {
+    LeaderState {
+        primary: false,
+        safe_until_ns: 0,
+        revision,
+        lease_id: 0,
+        reason: Reason::Deleted { via: Via::Watch },
+        observed_at_ns: monotonic_ns(),
+    }
+}
+
+/// Poll `cond` every 2 ms; panic with `what` after `limit`.
+pub async fn eventually_within(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + limit;
+    while !cond() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting until {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// Poll `cond` every 2 ms; panic with `what` after 10 s.
+pub async fn eventually(what: &str, cond: impl FnMut() -> bool) {
+    eventually_within(Duration::from_secs(10), what, cond).await;
+}
