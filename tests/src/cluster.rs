@@ -219,6 +219,27 @@ impl Cluster {
         node.agent = Some(node.host.ns.spawn(program, &args, Some(&log)));
     }
 
+    /// Plug one more host into the segment: namespace `tag` (<= 5 bytes), address `10.77.<subnet>.<last>`
+    /// (pick one the layout leaves free, e.g. `.8`). The caller owns it; dropping it removes it.
+    ///
+    /// # Panics
+    /// When a step fails.
+    #[must_use]
+    pub fn add_host(&self, tag: &str, last: u8) -> Host {
+        let ns = NetNs::new(tag);
+        let ifname = self._bridge.plug(&self._switch, &ns);
+        let [a, b, c, _] = self.vip.octets();
+        let ip = Ipv4Addr::new(a, b, c, last);
+        ns.add_addr(&ifname, &format!("{ip}/24"));
+        let mac = ns.mac(&ifname);
+        Host {
+            ns,
+            ifname,
+            ip,
+            mac,
+        }
+    }
+
     /// The path of the agent binary the nodes run.
     #[must_use]
     pub fn agent_bin(&self) -> &Path {
@@ -334,6 +355,58 @@ impl Cluster {
             .host
             .ns
             .ip(&["route", "del", "blackhole", &to]);
+    }
+
+    /// Whether node `i`'s agent has exited since it was started: its exit status (the process is
+    /// then reaped and forgotten), or `None` while it runs or is stopped, or when none was started.
+    pub fn agent_exited(&mut self, i: usize) -> Option<std::process::ExitStatus> {
+        let status = self.nodes[i].agent.as_mut()?.wait_timeout(Duration::ZERO)?;
+        self.nodes[i].agent = None;
+        Some(status)
+    }
+
+    /// Whether node `i`'s interface carries the VIP address.
+    #[must_use]
+    pub fn has_vip_address(&self, i: usize) -> bool {
+        let node = &self.nodes[i].host;
+        node.ns
+            .ip(&["-4", "-o", "addr", "show", "dev", &node.ifname])
+            .contains(&format!(" {}/24 ", self.vip))
+    }
+
+    /// Add the VIP address to node `i`'s interface by hand, as an operator would; whether `ip`
+    /// succeeded (it fails when the address is already there).
+    #[must_use]
+    pub fn add_vip_address(&self, i: usize) -> bool {
+        self.vip_address_op(i, "add")
+    }
+
+    /// Remove the VIP address from node `i`'s interface by hand; whether `ip` succeeded (it fails
+    /// when the address is not there).
+    #[must_use]
+    pub fn remove_vip_address(&self, i: usize) -> bool {
+        self.vip_address_op(i, "del")
+    }
+
+    fn vip_address_op(&self, i: usize, op: &str) -> bool {
+        let node = &self.nodes[i].host;
+        std::process::Command::new("ip")
+            .args(["-n", node.ns.name(), "addr", op])
+            .arg(format!("{}/24", self.vip))
+            .args(["dev", &node.ifname])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    }
+
+    /// Node `i`'s pinned map entry and counters for the VIP, read from bpffs (with or without a
+    /// running agent); `None` before the program was pinned.
+    #[must_use]
+    pub fn dataplane_snapshot(&self, i: usize) -> Option<vip_agent::dataplane::VipSnapshot> {
+        vip_agent::dataplane::inspect(&self.pins, &self.nodes[i].host.ifname)
+            .ok()
+            .flatten()?
+            .into_iter()
+            .find(|s| s.vip == self.vip)
     }
 
     /// The MACs that answer one ARP request for the VIP from the client (within `wait`).

@@ -1,13 +1,16 @@
 //! The benchmark's own smoke run, so `cargo xtask bench` cannot rot: a few switchovers and lease
-//! expiries of each kind of system and a short idle window, through the same code, checked for
+//! expiries of each kind of system, a short idle window, and one trial of each failure scenario
+//! (partition, agent killed, etcd outage of each shape), through the same code, checked for
 //! structure and for vip-agent's hard properties (never two MACs answering; an old holder is silent
-//! once its lease has expired). Timings are reported by the benchmark, never asserted here.
+//! once its lease has expired and after the deadline in its map; a restarted agent adopts its
+//! pinned program; the key never moves when it should not). Timings are reported by the benchmark,
+//! never asserted here.
 
 use std::time::Duration;
 
 use vip_tests::{
     agent_binary,
-    bench::{Plan, System, arp_rtts, run_system},
+    bench::{OUTAGES, Plan, System, arp_rtts, run_system},
     require_privileges,
 };
 
@@ -15,6 +18,9 @@ const PLAN: Plan = Plan {
     switchovers: 2,
     expiries: 2,
     idle: Duration::from_secs(1),
+    partitions: 1,
+    kills: 1,
+    etcd_outages: 1,
 };
 
 #[test]
@@ -37,6 +43,15 @@ fn vip_agent_failovers_are_measured_and_never_overlap() {
         );
         assert_eq!(t.overlap, 0, "probes answered by both nodes: {t:?}");
         assert_ne!(t.from, t.to);
+        // The client's view: the new holder announced itself and the client's kernel followed.
+        assert!(
+            t.first_garp_ns.is_some(),
+            "a gratuitous ARP from the new holder: {t:?}"
+        );
+        assert!(
+            t.client_had_old_mac && t.client_switch_ns.is_some(),
+            "the client's neighbour entry moved from the old MAC to the new one: {t:?}"
+        );
     }
     assert_ne!(trials[0].to, trials[1].to, "directions alternate");
 
@@ -63,6 +78,80 @@ fn vip_agent_failovers_are_measured_and_never_overlap() {
     for u in &run.idle {
         assert!(u.window_ms >= 1000, "{u:?}");
         assert!(u.rss_kib > 0, "{u:?}");
+    }
+
+    assert_eq!(run.partitions.len(), 1);
+    for p in &run.partitions {
+        assert!(p.probes > 0);
+        assert!(
+            p.last_old_after_cut_ns.is_some(),
+            "the deadline outlived the cut: the old holder still answered after it: {p:?}"
+        );
+        assert_eq!(
+            p.old_answers_after_expiry, 0,
+            "cut off from etcd, the old holder went silent at its deadline, before the lease expired: {p:?}"
+        );
+        assert!(p.last_old_ns.is_some_and(|t| t < 0), "{p:?}");
+        assert!(
+            !p.old_answering_at_end,
+            "silent until the partition healed: {p:?}"
+        );
+        assert!(p.first_new_ns.is_some(), "the new holder answered: {p:?}");
+        assert_eq!(p.overlap, 0, "{p:?}");
+    }
+
+    assert_eq!(run.kills.len(), 1);
+    for k in &run.kills {
+        assert!(k.probes > 0);
+        assert!(
+            k.deadline_after_kill_ns.is_some(),
+            "the dead agent's deadline is in the pinned map: {k:?}"
+        );
+        assert_eq!(
+            k.answered_after_deadline, 0,
+            "no reply to a probe sent after the deadline: {k:?}"
+        );
+        assert!(
+            !k.answering_at_end,
+            "with its agent dead, the holder went dark within the lease: {k:?}"
+        );
+        assert!(
+            k.restart_answer_ns.is_some(),
+            "the restarted agent answers again: {k:?}"
+        );
+        assert_eq!(
+            k.adopted,
+            Some(true),
+            "the restarted agent adopted the pinned program: {k:?}"
+        );
+        assert_eq!(k.other_answers, 0, "the key never moved: {k:?}");
+    }
+
+    assert_eq!(run.etcd_outages.len(), OUTAGES.len(), "one trial per shape");
+    for e in &run.etcd_outages {
+        assert!(e.probes > 0);
+        assert_eq!(e.other_answers, 0, "the key never moved: {e:?}");
+        let deadline = e
+            .deadline_after_stop_ns
+            .expect("the deadline is in the pinned map");
+        assert_eq!(
+            e.answered_after_deadline, 0,
+            "nothing answered past the deadline while etcd was down: {e:?}"
+        );
+        assert!(
+            e.answering_at_end,
+            "the holder answers again once etcd is back: {e:?}"
+        );
+        if e.shape.lease_ttl_s * 1_000_000_000 < i64::try_from(e.down_ns).expect("ns") {
+            // An outage longer than the lease the agent saw: dark from the deadline until etcd is back.
+            assert!(e.blackout(), "dark past the deadline: {e:?}");
+        } else {
+            assert!(
+                deadline > e.down_ns,
+                "a {} s lease outlasts the outage: {e:?}",
+                e.shape.lease_ttl_s
+            );
+        }
     }
 }
 
@@ -93,6 +182,24 @@ fn vip_manager_failovers_are_measured() {
         );
     }
     assert_eq!(run.idle.len(), 2);
+    assert_eq!(run.partitions.len(), 1);
+    assert!(
+        run.partitions[0].first_new_ns.is_some(),
+        "vip-manager's new holder answered after the expiry: {:?}",
+        run.partitions[0]
+    );
+    assert_eq!(run.kills.len(), 1);
+    let k = &run.kills[0];
+    assert!(k.probes > 0);
+    assert!(
+        k.deadline_after_kill_ns.is_none() && k.adopted.is_none(),
+        "vip-manager has no data plane: {k:?}"
+    );
+    assert_eq!(run.etcd_outages.len(), OUTAGES.len());
+    for e in &run.etcd_outages {
+        assert!(e.probes > 0 && e.deadline_after_stop_ns.is_none(), "{e:?}");
+        assert_eq!(e.other_answers, 0, "the key never moved: {e:?}");
+    }
 }
 
 #[test]

@@ -2,7 +2,10 @@
 //!
 //! * `setup`: install everything a fresh Debian 12 machine needs (idempotent, quick when done);
 //! * `build-ebpf`: build the XDP object (the recipe lives in vip-agent/build.rs) and show it;
-//! * `test`: setup if needed, build, run every test (CI runs exactly this);
+//! * `test`: setup if needed, build, run every test, then each fuzz target briefly (CI runs exactly
+//!   this);
+//! * `fuzz`: the cargo-fuzz targets in fuzz/, for longer (see fuzz.rs);
+//! * `soak`: the fault suite for longer, writing RELIABILITY.md;
 //! * `package`: a Debian package (`target/debian/vip-agent_<version>_<arch>.deb`).
 
 use std::{
@@ -13,6 +16,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
 
+mod fuzz;
 mod package;
 mod setup;
 
@@ -46,11 +50,48 @@ enum Task {
         /// Seconds of the idle CPU/memory measurement (0 skips it).
         #[arg(long, default_value_t = 60)]
         idle_secs: u64,
+        /// Holder cut off from etcd per system (each waits for a 5 s lease to run out; 0 skips).
+        #[arg(long, default_value_t = 10)]
+        partition_trials: usize,
+        /// SIGKILLs of the holder's agent per system, each with two restarts (about 10 s each).
+        #[arg(long, default_value_t = 5)]
+        kill_trials: usize,
+        /// etcd outages per system and shape (3 s and 6 s down; 0 skips).
+        #[arg(long, default_value_t = 3)]
+        etcd_trials: usize,
+        /// Where BENCHMARKS.md and bench/ go (default: the workspace root, the committed report).
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
     /// Build target/debian/vip-agent_<version>_<arch>.deb: binary, systemd units, example config,
     /// man pages, completions (dpkg-deb; prints the path of the package on stdout).
     Package,
-    /// Run setup if needed, build, then run every test (unit, integration, privileged netns).
+    /// The fault suite (tests/src/chaos.rs) for longer than `test` runs it; writes RELIABILITY.md
+    /// (fails when any invariant was violated).
+    Soak {
+        /// Minutes of fault injection.
+        #[arg(long, default_value_t = 10.0)]
+        minutes: f64,
+        /// RNG seed, to replay a run (default: random, printed).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Nodes with an agent (2 to 7).
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
+        /// Where RELIABILITY.md goes (default: the workspace root, the committed report).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Run the cargo-fuzz targets in fuzz/ (libFuzzer): each for --seconds, or only TARGET.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = fuzz::DEFAULT_SECONDS)]
+        seconds: u64,
+        /// One of frame, config, etcd_value (default: all, one after the other).
+        target: Option<String>,
+    },
+    /// Run setup if needed, build, then run every test (unit, integration, privileged netns), then
+    /// a bounded run of each fuzz target.
     Test {
         /// Extra arguments for `cargo test` (after `--`), e.g. a test name filter.
         #[arg(trailing_var_arg = true)]
@@ -77,9 +118,30 @@ fn run(cli: Cli) -> Result<()> {
             trials,
             expiry_trials,
             idle_secs,
-        } => bench(trials, expiry_trials, idle_secs),
+            partition_trials,
+            kill_trials,
+            etcd_trials,
+            out,
+        } => bench(
+            &[
+                ("--trials", trials),
+                ("--expiry-trials", expiry_trials),
+                ("--partition-trials", partition_trials),
+                ("--kill-trials", kill_trials),
+                ("--etcd-trials", etcd_trials),
+            ],
+            idle_secs,
+            out,
+        ),
         Task::Test { args } => test(&args),
         Task::Package => package::run().map(|_| ()),
+        Task::Fuzz { seconds, target } => fuzz::run(seconds, target.as_deref()),
+        Task::Soak {
+            minutes,
+            seed,
+            nodes,
+            out,
+        } => soak(minutes, seed, nodes, out),
     }
 }
 
@@ -149,18 +211,40 @@ fn demo() -> Result<()> {
     run_cmd(Command::new(demo).arg(agent))
 }
 
-fn bench(trials: usize, expiry_trials: usize, idle_secs: u64) -> Result<()> {
+fn bench(counts: &[(&str, usize)], idle_secs: u64, out: Option<PathBuf>) -> Result<()> {
     let (bench, agent) = release_build("vip-bench")?;
+    let out = out.unwrap_or_else(workspace);
+    let mut cmd = Command::new(bench);
+    cmd.arg("--agent").arg(agent);
+    for (flag, n) in counts {
+        cmd.args([*flag, &n.to_string()]);
+    }
     run_cmd(
-        Command::new(bench)
-            .arg("--agent")
-            .arg(agent)
-            .args(["--trials", &trials.to_string()])
-            .args(["--expiry-trials", &expiry_trials.to_string()])
-            .args(["--idle-secs", &idle_secs.to_string(), "--out"])
-            .arg(workspace()),
+        cmd.args(["--idle-secs", &idle_secs.to_string(), "--out"])
+            .arg(&out),
     )?;
-    eprintln!("xtask: wrote BENCHMARKS.md, bench/results.json and bench/timeline.svg");
+    eprintln!(
+        "xtask: wrote BENCHMARKS.md, bench/results.json and bench/timeline.svg in {}",
+        out.display()
+    );
+    Ok(())
+}
+
+fn soak(minutes: f64, seed: Option<u64>, nodes: usize, out: Option<PathBuf>) -> Result<()> {
+    let (soak, agent) = release_build("vip-soak")?;
+    let out = out.unwrap_or_else(workspace);
+    let mut cmd = Command::new(soak);
+    cmd.arg("--agent")
+        .arg(agent)
+        .args(["--minutes", &minutes.to_string()])
+        .args(["--nodes", &nodes.to_string()])
+        .arg("--out")
+        .arg(&out);
+    if let Some(seed) = seed {
+        cmd.args(["--seed", &seed.to_string()]);
+    }
+    run_cmd(&mut cmd)?;
+    eprintln!("xtask: wrote {}", out.join("RELIABILITY.md").display());
     Ok(())
 }
 
@@ -179,6 +263,10 @@ fn test(extra: &[String]) -> Result<()> {
         cmd.env("VIP_TESTS_REQUIRE_PRIVILEGES", "1");
     }
     run_cmd(&mut cmd)?;
+    // A test-name filter selects tests: the fuzz step belongs to the whole run only.
+    if extra.is_empty() {
+        fuzz::bounded()?;
+    }
     eprintln!("xtask: all tests passed in {:.0?}", started.elapsed());
     Ok(())
 }

@@ -60,6 +60,10 @@ const PACKAGES: &[(&str, &str)] = &[
     ("systemd", "systemd-analyze verify for the unit-file tests"),
     ("binutils", "readelf and strip for cargo xtask package"),
     (
+        "g++",
+        "the C++ compiler libfuzzer-sys builds libFuzzer with (cargo xtask fuzz)",
+    ),
+    (
         "postgresql-15",
         "a real standby promoted under the promotion gate (gate_postgres test)",
     ),
@@ -67,6 +71,9 @@ const PACKAGES: &[(&str, &str)] = &[
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
+/// cargo-fuzz, for the libFuzzer targets in fuzz/ (`cargo xtask fuzz`, and the bounded run in
+/// `cargo xtask test`).
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
 
 pub(crate) fn run(check_only: bool) -> Result<()> {
     let missing: Vec<&str> = PACKAGES
@@ -75,8 +82,9 @@ pub(crate) fn run(check_only: bool) -> Result<()> {
         .map(|(name, _)| *name)
         .collect();
     let linker_ok = bpf_linker_version().as_deref() == Some(BPF_LINKER_VERSION);
+    let fuzz_ok = cargo_fuzz_version().as_deref() == Some(CARGO_FUZZ_VERSION);
 
-    if missing.is_empty() && linker_ok {
+    if missing.is_empty() && linker_ok && fuzz_ok {
         eprintln!("xtask setup: everything is installed");
         return Ok(());
     }
@@ -91,9 +99,12 @@ pub(crate) fn run(check_only: bool) -> Result<()> {
         if !linker_ok {
             eprintln!("missing bpf-linker {BPF_LINKER_VERSION} (LLVM 22)");
         }
+        if !fuzz_ok {
+            eprintln!("missing cargo-fuzz {CARGO_FUZZ_VERSION}");
+        }
         bail!("setup is incomplete: run `cargo xtask setup`");
     }
-    if !is_root() {
+    if (!missing.is_empty() || !linker_ok) && !is_root() {
         bail!(
             "setup needs root to install {} (apt-get); run it as root or with sudo",
             if missing.is_empty() {
@@ -133,6 +144,24 @@ pub(crate) fn run(check_only: bool) -> Result<()> {
             }
         }
     }
+    if !fuzz_ok {
+        eprintln!("xtask setup: installing cargo-fuzz {CARGO_FUZZ_VERSION} (a minute or two)");
+        run_cmd(
+            Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into())).args([
+                "install",
+                "cargo-fuzz",
+                "--version",
+                CARGO_FUZZ_VERSION,
+                "--locked",
+            ]),
+        )?;
+        match cargo_fuzz_version() {
+            Some(v) if v == CARGO_FUZZ_VERSION => {}
+            other => {
+                bail!("cargo-fuzz install finished but `cargo fuzz --version` reports {other:?}")
+            }
+        }
+    }
     eprintln!("xtask setup: done");
     Ok(())
 }
@@ -163,6 +192,21 @@ fn bpf_linker_version() -> Option<String> {
         }
     }
     None
+}
+
+/// The installed cargo-fuzz's version (`cargo fuzz --version` prints `cargo-fuzz 0.13.2`).
+fn cargo_fuzz_version() -> Option<String> {
+    let out = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+        .args(["fuzz", "--version"])
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .nth(1)
+        .map(str::to_owned)
 }
 
 fn is_root() -> bool {

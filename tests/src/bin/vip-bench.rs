@@ -1,7 +1,8 @@
 //! `cargo xtask bench`: failover of vip-agent against vip-manager in the same run, plus the data
 //! plane's own costs. Writes BENCHMARKS.md and bench/results.json.
 //!
-//! Usage: vip-bench --agent PATH [--trials N] [--expiry-trials N] [--idle-secs S] [--out DIR]
+//! Usage: vip-bench --agent PATH [--trials N] [--expiry-trials N] [--partition-trials N]
+//! [--kill-trials N] [--etcd-trials N] [--idle-secs S] [--out DIR]
 
 use std::{fmt::Write as _, path::PathBuf, time::Duration};
 
@@ -18,8 +19,9 @@ use vip_common::{
 };
 use vip_tests::{
     bench::{
-        ArpRtt, EXPIRY_TTL_S, Expiry, Plan, System, SystemRun, Trial, Usage, arp_rtts, percentiles,
-        run_system,
+        ArpRtt, BLACKOUT_MIN_NS, EXPIRY_TTL_S, EtcdOutage, Expiry, HELD_TTL_S, Kill, OUTAGES,
+        OutageShape, Partition, Plan, RENEW_INTERVAL, SYSTEMD_RESTART, System, SystemRun, Trial,
+        Usage, arp_rtts, percentiles, run_system,
     },
     require_privileges,
 };
@@ -28,6 +30,9 @@ struct Args {
     agent: PathBuf,
     trials: usize,
     expiry_trials: usize,
+    partition_trials: usize,
+    kill_trials: usize,
+    etcd_trials: usize,
     idle_secs: u64,
     out: PathBuf,
 }
@@ -37,6 +42,9 @@ fn parse_args() -> Args {
         agent: PathBuf::from("target/release/vip-agent"),
         trials: 200,
         expiry_trials: 20,
+        partition_trials: 10,
+        kill_trials: 5,
+        etcd_trials: 3,
         idle_secs: 60,
         out: PathBuf::from("."),
     };
@@ -57,6 +65,21 @@ fn parse_args() -> Args {
                     .parse()
                     .unwrap_or_else(|_| usage("--expiry-trials takes a number"))
             }
+            "--partition-trials" => {
+                args.partition_trials = value
+                    .parse()
+                    .unwrap_or_else(|_| usage("--partition-trials takes a number"))
+            }
+            "--kill-trials" => {
+                args.kill_trials = value
+                    .parse()
+                    .unwrap_or_else(|_| usage("--kill-trials takes a number"))
+            }
+            "--etcd-trials" => {
+                args.etcd_trials = value
+                    .parse()
+                    .unwrap_or_else(|_| usage("--etcd-trials takes a number"))
+            }
             "--idle-secs" => {
                 args.idle_secs = value
                     .parse()
@@ -71,7 +94,8 @@ fn parse_args() -> Args {
 
 fn usage(problem: &str) -> ! {
     eprintln!(
-        "vip-bench: {problem}\nusage: vip-bench --agent PATH [--trials N] [--expiry-trials N] [--idle-secs S] [--out DIR]"
+        "vip-bench: {problem}\nusage: vip-bench --agent PATH [--trials N] [--expiry-trials N] [--partition-trials N] \
+         [--kill-trials N] [--etcd-trials N] [--idle-secs S] [--out DIR]"
     );
     std::process::exit(2)
 }
@@ -82,6 +106,10 @@ struct Row {
     trials: Vec<Trial>,
     expiries: Vec<Expiry>,
     idle: Vec<Usage>,
+    partitions: Vec<Partition>,
+    kills: Vec<Kill>,
+    etcd_outages: Vec<EtcdOutage>,
+    took: Vec<(&'static str, Duration)>,
 }
 
 fn main() {
@@ -104,34 +132,54 @@ fn main() {
             Duration::from_secs(args.idle_secs)
         };
         eprintln!(
-            "vip-bench: {}: {} switchovers, {} lease expiries ({EXPIRY_TTL_S} s leases), {} s idle ...",
+            "vip-bench: {}: {} switchovers, {} lease expiries ({EXPIRY_TTL_S} s leases), {} s idle, \
+             {} partitions, {} agent kills, {} x {} etcd outages ...",
             system.label(),
             args.trials,
             args.expiry_trials,
-            idle.as_secs()
+            idle.as_secs(),
+            args.partition_trials,
+            args.kill_trials,
+            args.etcd_trials,
+            OUTAGES.len()
         );
         let subnet = 240 + u8::try_from(n).expect("few systems");
         let plan = Plan {
             switchovers: args.trials,
             expiries: args.expiry_trials,
             idle,
+            partitions: args.partition_trials,
+            kills: args.kill_trials,
+            etcd_outages: args.etcd_trials,
         };
         let SystemRun {
             switchovers,
             expiries,
             idle,
+            partitions,
+            kills,
+            etcd_outages,
+            took,
         } = run_system(system, subnet, plan, &args.agent);
         rows.push(Row {
             system,
             trials: switchovers,
             expiries,
             idle,
+            partitions,
+            kills,
+            etcd_outages,
+            took,
         });
     }
     eprintln!("vip-bench: XDP program and map costs ...");
+    let t = std::time::Instant::now();
     let mut micro = micro();
+    micro.took.push(("XDP and map costs", t.elapsed()));
     eprintln!("vip-bench: ARP round trips, kernel against XDP ...");
+    let t = std::time::Instant::now();
     micro.rtts = arp_rtts(237, 1000);
+    micro.took.push(("ARP round trips", t.elapsed()));
     let report = render(&rows, &micro, &args, started.elapsed());
     std::fs::create_dir_all(args.out.join("bench")).expect("output dir");
     std::fs::write(args.out.join("bench/timeline.svg"), svg(&rows)).expect("write timeline.svg");
@@ -148,6 +196,8 @@ struct Micro {
     pass_ns: f64,
     map_write_ns: f64,
     rtts: Vec<ArpRtt>,
+    /// (measurement, how long it ran).
+    took: Vec<(&'static str, Duration)>,
 }
 
 fn micro() -> Micro {
@@ -220,6 +270,7 @@ fn micro() -> Micro {
         pass_ns,
         map_write_ns,
         rtts: Vec::new(),
+        took: Vec::new(),
     }
 }
 
@@ -388,12 +439,16 @@ fn render(rows: &[Row], micro: &Micro, args: &Args, took: Duration) -> String {
         micro.map_write_ns
     );
     rtt_section(&mut md, &micro.rtts);
+    client_section(&mut md, rows);
     expiry_section(&mut md, rows);
+    partition_section(&mut md, rows);
+    kill_section(&mut md, rows);
+    etcd_section(&mut md, rows);
     idle_section(&mut md, rows, args.idle_secs);
+    runtime_section(&mut md, rows, micro, took);
     let _ = writeln!(
         md,
-        "Not measured yet (issue 4 asks for them): SIGKILL, partition, etcd-stopped and restart \
-         scenarios; the client's neighbour-entry switch time; keepalived."
+        "Not measured yet (issue 4 asks for it): keepalived as a third column."
     );
     md
 }
@@ -699,6 +754,9 @@ fn json(rows: &[Row], micro: &Micro) -> String {
                         "new_dataplane_ns": t.new_dataplane_ns,
                         "overlap": t.overlap,
                         "probes": t.probes,
+                        "first_garp_ns": t.first_garp_ns,
+                        "client_switch_ns": t.client_switch_ns,
+                        "client_had_old_mac": t.client_had_old_mac,
                     })
                 })
                 .collect();
@@ -729,11 +787,78 @@ fn json(rows: &[Row], micro: &Micro) -> String {
                     })
                 })
                 .collect();
+            let partitions: Vec<_> = row
+                .partitions
+                .iter()
+                .map(|p| {
+                    serde_json::json!({
+                        "from": format!("node{}", p.from + 1),
+                        "to": format!("node{}", p.to + 1),
+                        "expiry_after_cut_ns": p.expiry_after_cut_ns,
+                        "last_old_after_cut_ns": p.last_old_after_cut_ns,
+                        "last_old_ns": p.last_old_ns,
+                        "old_answers_after_expiry": p.old_answers_after_expiry,
+                        "acquire_acked_ns": p.acquire_acked_ns,
+                        "first_new_ns": p.first_new_ns,
+                        "overlap": p.overlap,
+                        "old_answering_at_end": p.old_answering_at_end,
+                        "probes": p.probes,
+                    })
+                })
+                .collect();
+            let kills: Vec<_> = row
+                .kills
+                .iter()
+                .map(|k| {
+                    serde_json::json!({
+                        "node": format!("node{}", k.node + 1),
+                        "deadline_after_kill_ns": k.deadline_after_kill_ns,
+                        "last_reply_ns": k.last_reply_ns,
+                        "answered_after_deadline": k.answered_after_deadline,
+                        "answering_at_end": k.answering_at_end,
+                        "restart_answer_ns": k.restart_answer_ns,
+                        "adopted": k.adopted,
+                        "quick_restart_gap_ns": k.quick_gap_ns,
+                        "quick_restart_gap_start_ns": k.quick_gap_start_ns,
+                        "other_answers": k.other_answers,
+                        "probes": k.probes,
+                    })
+                })
+                .collect();
+            let outages: Vec<_> = row
+                .etcd_outages
+                .iter()
+                .map(|e| {
+                    serde_json::json!({
+                        "node": format!("node{}", e.node + 1),
+                        "lease_ttl_s": e.shape.lease_ttl_s,
+                        "planned_down_ms": e.shape.down.as_millis(),
+                        "down_ns": e.down_ns,
+                        "deadline_after_stop_ns": e.deadline_after_stop_ns,
+                        "answered_after_deadline": e.answered_after_deadline,
+                        "gap_ns": e.gap_ns,
+                        "gap_start_ns": e.gap_start_ns,
+                        "gap_end_after_up_ns": e.gap_end_after_up_ns,
+                        "answering_at_end": e.answering_at_end,
+                        "other_answers": e.other_answers,
+                        "probes": e.probes,
+                    })
+                })
+                .collect();
+            let took: serde_json::Map<String, serde_json::Value> = row
+                .took
+                .iter()
+                .map(|(name, d)| ((*name).to_owned(), serde_json::json!(d.as_secs_f64())))
+                .collect();
             serde_json::json!({
                 "system": row.system.label(),
                 "trials": trials,
                 "lease_expiries": expiries,
                 "idle": idle,
+                "partitions": partitions,
+                "agent_kills": kills,
+                "etcd_outages": outages,
+                "took_s": took,
             })
         })
         .collect();
@@ -752,4 +877,385 @@ fn json(rows: &[Row], micro: &Micro) -> String {
             .collect::<Vec<_>>(),
     });
     serde_json::to_string_pretty(&doc).unwrap_or_default()
+}
+
+/// `p50 / p99 / max` in ms with one decimal, or `-`.
+fn spread(values: &[u64]) -> String {
+    percentiles(values).map_or("-".to_owned(), |[p50, _, p99, max]| {
+        format!(
+            "{:.1} / {:.1} / {:.1}",
+            p50 as f64 / 1e6,
+            p99 as f64 / 1e6,
+            max as f64 / 1e6
+        )
+    })
+}
+
+/// [`spread`] for signed values.
+fn spread_signed(values: &[i64]) -> String {
+    percentiles(values).map_or("-".to_owned(), |[p50, _, p99, max]| {
+        format!(
+            "{:.1} / {:.1} / {:.1}",
+            p50 as f64 / 1e6,
+            p99 as f64 / 1e6,
+            max as f64 / 1e6
+        )
+    })
+}
+
+/// Why a scenario has fewer trials than the switchovers' 200.
+fn fewer(n: usize, why: &str, flag: &str) -> String {
+    if n < 200 {
+        format!(" (fewer than the 200 of the switchovers: {why}; `{flag}` sets it)")
+    } else {
+        String::new()
+    }
+}
+
+/// The client's view of the switchovers: the new holder's first gratuitous ARP, and when the
+/// application client's kernel moved its neighbour entry for the VIP to the new MAC.
+fn client_section(md: &mut String, rows: &[Row]) {
+    if rows.iter().all(|r| r.trials.is_empty()) {
+        return;
+    }
+    let _ = writeln!(md, "## Client switch (during the switchovers)\n");
+    let _ = writeln!(
+        md,
+        "What a database client sees. An application host on the same segment sends a UDP datagram \
+         to the VIP every millisecond from its kernel, so it keeps a neighbour (ARP cache) entry for \
+         the VIP as a client with an open connection does. Its packets go to whatever MAC that entry \
+         holds: until the entry changes they reach the old node, where they are lost. Measured in the \
+         switchover trials above, from the same t0 (release sent): the first gratuitous ARP from the \
+         new holder on the wire (sender IP = target IP = VIP), and when the client's entry took the new \
+         holder's MAC (netlink `RTM_NEWNEIGH`). The client itself never asks: since Linux 4.13 a \
+         gratuitous ARP overrides an existing entry at once, otherwise the entry only changes when it \
+         goes stale and is probed again (tens of seconds). Within the trial's window (vip-agent \
+         300 ms, vip-manager 2 x interval + 800 ms).\n"
+    );
+    let _ = writeln!(
+        md,
+        "| system | first GARP from the new holder, p50 / p99 / max (ms from t0) | client's entry on the \
+         new MAC, p50 / p99 / max | trials without a GARP | entry did not switch (of the trials starting \
+         from the old MAC) | trials starting from the old MAC |\n|---|---|---|---|---|---|"
+    );
+    for row in rows.iter().filter(|r| !r.trials.is_empty()) {
+        let t = &row.trials;
+        let garp: Vec<u64> = t.iter().filter_map(|x| x.first_garp_ns).collect();
+        let from_old: Vec<&Trial> = t.iter().filter(|x| x.client_had_old_mac).collect();
+        let switched: Vec<u64> = from_old.iter().filter_map(|x| x.client_switch_ns).collect();
+        let n = t.len();
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} of {n} | {} of {} | {} of {n} |",
+            row.system.label(),
+            spread(&garp),
+            spread(&switched),
+            n - garp.len(),
+            from_old.len() - switched.len(),
+            from_old.len(),
+            from_old.len(),
+        );
+    }
+    md.push('\n');
+}
+
+/// The holder cut off from etcd together with its Patroni.
+fn partition_section(md: &mut String, rows: &[Row]) {
+    let Some(n) = rows
+        .iter()
+        .map(|r| r.partitions.len())
+        .max()
+        .filter(|&n| n > 0)
+    else {
+        return;
+    };
+    let _ = writeln!(md, "## Holder cut off from etcd (its Patroni too)\n");
+    let _ = writeln!(
+        md,
+        "The holder keeps a {HELD_TTL_S} s lease that its Patroni renews every {} s (Patroni's ttl 30 s \
+         and loop_wait 10 s, scaled down). At the cut, a blackhole route on the holder's node drops \
+         everything to etcd, and its Patroni stops renewing (it lost etcd too); the client still \
+         reaches the node. etcd expires the key when the lease runs out; t0 = a watcher on the client \
+         host sees that, and the other member takes the key at once. What matters: does the old node \
+         go silent by itself before etcd can give the key away, or does it keep answering beside the \
+         new primary until the network heals? The partition heals at the end of the window \
+         (vip-agent 300 ms after the new holder's first reply, vip-manager 2 x interval + 800 ms). \
+         {n} trials per system{}.\n",
+        RENEW_INTERVAL.as_secs(),
+        fewer(
+            n,
+            "each trial waits for a lease to run out",
+            "--partition-trials"
+        )
+    );
+    let _ = writeln!(
+        md,
+        "| system | key expired (ms after the cut), p50 | old holder's last reply, p50 / p99 / max (ms \
+         after the cut) | same, from t0 (negative: before the expiry) | trials where the old holder \
+         answered after t0 | new holder's first reply, p50 / p99 / max (ms from t0) | overlap \
+         (probes, trials) | old holder still answering when the partition healed |\n\
+         |---|---|---|---|---|---|---|---|"
+    );
+    for row in rows.iter().filter(|r| !r.partitions.is_empty()) {
+        let p = &row.partitions;
+        let expiry: Vec<u64> = p.iter().map(|x| x.expiry_after_cut_ns).collect();
+        let after_cut: Vec<u64> = p.iter().filter_map(|x| x.last_old_after_cut_ns).collect();
+        let from_t0: Vec<i64> = p.iter().filter_map(|x| x.last_old_ns).collect();
+        let first: Vec<u64> = p.iter().filter_map(|x| x.first_new_ns).collect();
+        let late = p.iter().filter(|x| x.old_answers_after_expiry > 0).count();
+        let late_probes: usize = p.iter().map(|x| x.old_answers_after_expiry).sum();
+        let overlap: usize = p.iter().map(|x| x.overlap).sum();
+        let overlapping = p.iter().filter(|x| x.overlap > 0).count();
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {late} of {n} ({late_probes} probes) | {} | {overlap}, {overlapping} | {} of {n} |",
+            row.system.label(),
+            percentiles(&expiry).map_or("-".to_owned(), |q| format!("{:.0}", q[0] as f64 / 1e6)),
+            spread(&after_cut),
+            spread_signed(&from_t0),
+            spread(&first),
+            p.iter().filter(|x| x.old_answering_at_end).count(),
+            n = p.len()
+        );
+    }
+    md.push('\n');
+}
+
+/// SIGKILL of the holder's agent while its Patroni keeps the key, and the restarts.
+fn kill_section(md: &mut String, rows: &[Row]) {
+    let Some(n) = rows.iter().map(|r| r.kills.len()).max().filter(|&n| n > 0) else {
+        return;
+    };
+    let _ = writeln!(
+        md,
+        "## The holder's agent killed (SIGKILL) while Patroni is fine\n"
+    );
+    let _ = writeln!(
+        md,
+        "The holder's Patroni keeps renewing its {HELD_TTL_S} s lease every {} s; its agent (or \
+         vip-manager) gets SIGKILL, a crash or an OOM kill, and nothing restarts it for {HELD_TTL_S} s. \
+         The key never moves: this is not a failover but the question of what the clients of a \
+         healthy primary see when the VIP's manager dies. vip-agent's pinned XDP program keeps \
+         answering by itself until the deadline the dead agent last wrote (read from the pinned map \
+         after the kill), then drops ARP for the VIP and traffic to it: the VIP goes dark although \
+         PostgreSQL is fine, until an agent runs again. With Patroni's defaults (ttl 30 s renewed every \
+         10 s) that deadline lies about 18.5 to 29.5 s after a kill (here, with {HELD_TTL_S} s renewed \
+         every second, 2.5 to 4.5 s): that is how long a dead agent keeps the VIP up. vip-manager \
+         leaves the address on the interface, so the kernel answers for as long as the node runs, \
+         also after the key moves to another node while nothing follows it. {n} trials per system{}.\n",
+        RENEW_INTERVAL.as_secs(),
+        fewer(
+            n,
+            "each trial waits for the dead agent's deadline",
+            "--kill-trials"
+        )
+    );
+    let _ = writeln!(
+        md,
+        "| system | deadline left by the dead agent, p50 / p99 / max (ms after the kill) | holder's last \
+         reply, p50 / p99 / max (ms after the kill) | still answering {HELD_TTL_S} s after the kill | \
+         probes answered after the deadline | other node answered (probes) |\n|---|---|---|---|---|---|"
+    );
+    for row in rows.iter().filter(|r| !r.kills.is_empty()) {
+        let k = &row.kills;
+        let deadline: Vec<u64> = k.iter().filter_map(|x| x.deadline_after_kill_ns).collect();
+        let last: Vec<u64> = k.iter().filter_map(|x| x.last_reply_ns).collect();
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} of {n} | {} | {} |",
+            row.system.label(),
+            spread(&deadline),
+            spread(&last),
+            k.iter().filter(|x| x.answering_at_end).count(),
+            k.iter().map(|x| x.answered_after_deadline).sum::<usize>(),
+            k.iter().map(|x| x.other_answers).sum::<usize>(),
+            n = k.len()
+        );
+    }
+    let _ = writeln!(
+        md,
+        "\nThen the same node's process is started again: once after that window (for vip-agent the \
+         VIP is dark by then: how soon a restarted agent brings it back, adopting the pinned program \
+         instead of attaching a new one), and once more after a second SIGKILL, {} s later, as \
+         systemd's `RestartSec=1s` in dist/systemd/vip-agent.service does, while the dead agent's \
+         deadline still runs: the longest stretch without a reply from the holder shows whether a \
+         crash and restart interrupts the VIP (a blackout: more than {} ms). A restarted vip-agent \
+         starts fenced and answers again after its first confirmation (the first restart column), so \
+         that stretch includes this restart gap.\n",
+        SYSTEMD_RESTART.as_secs(),
+        BLACKOUT_MIN_NS / 1_000_000
+    );
+    let _ = writeln!(
+        md,
+        "| system | restart after the window: first reply, p50 / p99 / max (ms from the start) | pinned \
+         program adopted | restart {} s after a crash: longest stretch without a reply, p50 / p99 / max \
+         (ms) | blackout starts, p50 (ms from the restart) | trials with a blackout |\n|---|---|---|---|---|---|",
+        SYSTEMD_RESTART.as_secs()
+    );
+    for row in rows.iter().filter(|r| !r.kills.is_empty()) {
+        let k = &row.kills;
+        let back: Vec<u64> = k.iter().filter_map(|x| x.restart_answer_ns).collect();
+        let gaps: Vec<u64> = k.iter().map(|x| x.quick_gap_ns).collect();
+        let starts: Vec<i64> = k
+            .iter()
+            .filter(|x| x.quick_gap_ns > BLACKOUT_MIN_NS)
+            .map(|x| x.quick_gap_start_ns)
+            .collect();
+        let adopted = if row.system == System::VipAgent {
+            format!(
+                "{} of {}",
+                k.iter().filter(|x| x.adopted == Some(true)).count(),
+                k.len()
+            )
+        } else {
+            "no XDP program".to_owned()
+        };
+        let _ = writeln!(
+            md,
+            "| {} | {} | {adopted} | {} | {} | {} of {} |",
+            row.system.label(),
+            spread(&back),
+            spread(&gaps),
+            percentiles(&starts).map_or("-".to_owned(), |q| format!("{:.1}", q[0] as f64 / 1e6)),
+            k.iter()
+                .filter(|x| x.quick_gap_ns > BLACKOUT_MIN_NS)
+                .count(),
+            k.len()
+        );
+    }
+    md.push('\n');
+}
+
+/// etcd stopped and restarted with no leadership change.
+fn etcd_section(md: &mut String, rows: &[Row]) {
+    let Some(n) = rows
+        .iter()
+        .map(|r| r.etcd_outages.len())
+        .max()
+        .filter(|&n| n > 0)
+    else {
+        return;
+    };
+    let per_shape = n / OUTAGES.len().max(1);
+    let _ = writeln!(md, "## etcd stopped and restarted, leadership unchanged\n");
+    let _ = writeln!(
+        md,
+        "etcd (the only member) gets SIGKILL and is started again on the same data; the holder's \
+         Patroni keeps its key and renews it again every {} s once etcd is back. This is an etcd \
+         restart, a rolling upgrade or a certificate rotation: nothing can move leadership while etcd \
+         is down, so ideally clients notice nothing. vip-agent keeps answering until the deadline it \
+         could prove before the outage (read from its pinned map 100 ms after the stop) and answers \
+         again once it reaches etcd and the key is still its own (its retry backoff doubles from \
+         100 ms up to 5 s). vip-manager 1.0.2 polls etcd's v2 API and treats a failed poll as \"not \
+         the leader\". Two shapes: a 3 s outage under Patroni's default 30 s lease (the deadline is \
+         about 28 s ahead), and a 6 s outage under a {HELD_TTL_S} s lease, longer than the deadline. \
+         (Patroni itself demotes the primary after ttl without etcd unless `failsafe_mode` is on; \
+         neither Patroni nor PostgreSQL runs here.) A blackout is a stretch of more than {} ms without \
+         a reply from the holder (probes go every ms). {per_shape} trials per shape and system{}.\n",
+        RENEW_INTERVAL.as_secs(),
+        BLACKOUT_MIN_NS / 1_000_000,
+        fewer(
+            per_shape,
+            "each trial keeps etcd down for seconds",
+            "--etcd-trials"
+        )
+    );
+    let _ = writeln!(
+        md,
+        "| system | outage | etcd serving again (ms after the stop), p50 | trials with a blackout | \
+         longest stretch without a reply, p50 / p99 / max (ms) | blackout starts (ms after the stop), \
+         p50 | answering again (ms after etcd serves again), p50 / p99 / max | deadline at the stop \
+         (ms ahead), p50 | probes answered after the deadline | other node answered (probes) |\n\
+         |---|---|---|---|---|---|---|---|---|---|"
+    );
+    for row in rows.iter().filter(|r| !r.etcd_outages.is_empty()) {
+        for shape in OUTAGES {
+            let e: Vec<&EtcdOutage> = row
+                .etcd_outages
+                .iter()
+                .filter(|x| x.shape == shape)
+                .collect();
+            if e.is_empty() {
+                continue;
+            }
+            let OutageShape { lease_ttl_s, down } = shape;
+            let lease = if row.system == System::VipAgent {
+                format!("{lease_ttl_s} s lease")
+            } else {
+                "v2 key".to_owned()
+            };
+            let p50 = |v: &[u64]| {
+                percentiles(v).map_or("-".to_owned(), |q| format!("{:.0}", q[0] as f64 / 1e6))
+            };
+            let dark: Vec<&&EtcdOutage> = e.iter().filter(|x| x.blackout()).collect();
+            let up: Vec<u64> = e.iter().map(|x| x.down_ns).collect();
+            let gaps: Vec<u64> = e.iter().map(|x| x.gap_ns).collect();
+            let starts: Vec<u64> = dark.iter().map(|x| x.gap_start_ns).collect();
+            let back: Vec<i64> = dark.iter().map(|x| x.gap_end_after_up_ns).collect();
+            let deadline: Vec<u64> = e.iter().filter_map(|x| x.deadline_after_stop_ns).collect();
+            let _ = writeln!(
+                md,
+                "| {} | {} s ({lease}) | {} | {} of {} | {} | {} | {} | {} | {} | {} |",
+                row.system.label(),
+                down.as_secs(),
+                p50(&up),
+                dark.len(),
+                e.len(),
+                spread(&gaps),
+                p50(&starts),
+                spread_signed(&back),
+                p50(&deadline),
+                e.iter().map(|x| x.answered_after_deadline).sum::<usize>(),
+                e.iter().map(|x| x.other_answers).sum::<usize>()
+            );
+        }
+    }
+    md.push('\n');
+}
+
+/// How long each scenario took, per system.
+fn runtime_section(md: &mut String, rows: &[Row], micro: &Micro, total: Duration) {
+    let _ = writeln!(md, "## Run time\n");
+    let _ = writeln!(
+        md,
+        "Wall-clock seconds per scenario and system (setup = building the namespaces, etcd and the \
+         two nodes); total {:.0} s.\n",
+        total.as_secs_f64()
+    );
+    let mut header = "| scenario |".to_owned();
+    let mut rule = "|---|".to_owned();
+    for row in rows {
+        let _ = write!(header, " {} |", row.system.label());
+        rule.push_str("---|");
+    }
+    let _ = writeln!(md, "{header}\n{rule}");
+    let mut scenarios: Vec<&str> = Vec::new();
+    for row in rows {
+        for (name, _) in &row.took {
+            if !scenarios.contains(name) {
+                scenarios.push(name);
+            }
+        }
+    }
+    for name in scenarios {
+        let mut line = format!("| {name} |");
+        for row in rows {
+            match row.took.iter().find(|(n, _)| *n == name) {
+                Some((_, d)) => {
+                    let _ = write!(line, " {:.0} |", d.as_secs_f64());
+                }
+                None => line.push_str(" - |"),
+            }
+        }
+        let _ = writeln!(md, "{line}");
+    }
+    for (name, d) in &micro.took {
+        let _ = writeln!(
+            md,
+            "| {name} (once) | {:.0} |{}",
+            d.as_secs_f64(),
+            " |".repeat(rows.len().saturating_sub(1))
+        );
+    }
+    md.push('\n');
 }
