@@ -4,7 +4,9 @@
 //! * [`NetNs`]: a network namespace with a unique name, removed on drop; processes started in it
 //!   ([`NetNs::spawn`]) are killed by PID on drop; [`NetNs::run_in`] runs Rust code inside it;
 //! * [`veth_pair`], [`Bridge`]: links between namespaces, with unique interface names;
-//! * [`arp::ArpSocket`]: a raw-socket ARP prober.
+//! * [`arp::ArpSocket`]: a raw-socket ARP prober;
+//! * [`chaos`]: the fault suite (chaos driver and invariant checks) behind `tests/tests/fault_suite.rs`
+//!   and `cargo xtask soak`.
 //!
 //! Processes enter a namespace with `nsenter --net` only (not `ip netns exec`), so they keep the
 //! host's mount namespace and bpffs: pins made there outlive the process, as in production.
@@ -13,6 +15,7 @@
 
 pub mod arp;
 pub mod bench;
+pub mod chaos;
 pub mod cluster;
 mod netns;
 mod pins;
