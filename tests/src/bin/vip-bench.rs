@@ -530,18 +530,7 @@ fn expiry_section(md: &mut String, rows: &[Row]) {
         let e = &row.expiries;
         let last: Vec<i64> = e.iter().filter_map(|x| x.last_old_ns).collect();
         let first: Vec<u64> = e.iter().filter_map(|x| x.first_new_ns).collect();
-        let signed = |v: i64| format!("{:.1}", v as f64 / 1e6);
-        let last = percentiles(&last).map_or("-".to_owned(), |[p50, _, p99, max]| {
-            format!("{} / {} / {}", signed(p50), signed(p99), signed(max))
-        });
-        let first = percentiles(&first).map_or("-".to_owned(), |[p50, _, p99, max]| {
-            format!(
-                "{:.1} / {:.1} / {:.1}",
-                p50 as f64 / 1e6,
-                p99 as f64 / 1e6,
-                max as f64 / 1e6
-            )
-        });
+        let (last, first) = (spread_signed(&last), spread(&first));
         let late = e.iter().filter(|x| x.old_answers_after_expiry > 0).count();
         let late_probes: usize = e.iter().map(|x| x.old_answers_after_expiry).sum();
         let overlap: usize = e.iter().map(|x| x.overlap).sum();
@@ -881,24 +870,21 @@ fn json(rows: &[Row], micro: &Micro) -> String {
 
 /// `p50 / p99 / max` in ms with one decimal, or `-`.
 fn spread(values: &[u64]) -> String {
-    percentiles(values).map_or("-".to_owned(), |[p50, _, p99, max]| {
-        format!(
-            "{:.1} / {:.1} / {:.1}",
-            p50 as f64 / 1e6,
-            p99 as f64 / 1e6,
-            max as f64 / 1e6
-        )
-    })
+    spread_as(values, |v| v as f64)
 }
 
 /// [`spread`] for signed values.
 fn spread_signed(values: &[i64]) -> String {
+    spread_as(values, |v| v as f64)
+}
+
+fn spread_as<T: Ord + Copy>(values: &[T], ns: impl Fn(T) -> f64) -> String {
     percentiles(values).map_or("-".to_owned(), |[p50, _, p99, max]| {
         format!(
             "{:.1} / {:.1} / {:.1}",
-            p50 as f64 / 1e6,
-            p99 as f64 / 1e6,
-            max as f64 / 1e6
+            ns(p50) / 1e6,
+            ns(p99) / 1e6,
+            ns(max) / 1e6
         )
     })
 }
