@@ -1223,7 +1223,9 @@ fn gate(fields: &Fields, base: &GateConfig, diag: &mut Diag) -> GateConfig {
         (None, Some((p, _))) => gate.patroni_password = Some(Secret::new(p)),
         (None, None) => {}
     }
+    let mut dsn_given = false;
     if let Some((dsn, location)) = fields.text(diag, "postgres-dsn") {
+        dsn_given = true;
         match dsn_problem(&dsn) {
             Some(reason) => diag.invalid(&location, &fields.full_key("postgres-dsn"), reason),
             None => gate.postgres_dsn = Some(Secret::new(dsn.trim())),
@@ -1267,7 +1269,7 @@ fn gate(fields: &Fields, base: &GateConfig, diag: &mut Diag) -> GateConfig {
     if let Some((on, _)) = fields.read(diag, "patroni-failsafe", values::boolean) {
         gate.failsafe = on;
     }
-    if gate.mode == GateMode::Postgres && gate.postgres_dsn.is_none() {
+    if gate.mode == GateMode::Postgres && !dsn_given {
         let location = fields
             .map
             .get("promotion-gate")
@@ -1306,7 +1308,18 @@ fn gate(fields: &Fields, base: &GateConfig, diag: &mut Diag) -> GateConfig {
 fn dsn_problem(dsn: &str) -> Option<String> {
     let shown = values::redact_dsn(dsn);
     match dsn.trim().parse::<tokio_postgres::Config>() {
-        Err(e) => Some(format!("{shown:?} is not a connection string: {e}")),
+        // Not echoed: an unparsable string may carry a password nobody can redact.
+        Err(e) => {
+            let mut why = e.to_string();
+            let mut cause = std::error::Error::source(&e);
+            while let Some(c) = cause {
+                why = format!("{why}: {c}");
+                cause = c.source();
+            }
+            Some(format!(
+                "the value is not a connection string: {why} (not shown, it may hold a password)"
+            ))
+        }
         Ok(c) if c.get_hosts().is_empty() && c.get_hostaddrs().is_empty() => Some(format!(
             "{shown:?} names no host; give host=/var/run/postgresql (the unix socket \
              directory) or host=127.0.0.1"

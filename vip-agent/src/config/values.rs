@@ -350,6 +350,11 @@ pub(super) fn endpoint(raw: &str) -> Result<Endpoint, String> {
     if host.is_empty() {
         return Err(format!("{s:?} has no host"));
     }
+    if !rest.starts_with('[') && host.contains(':') {
+        return Err(format!(
+            "{s:?}: host {host:?} has a ':'; write an IPv6 address in brackets, [addr]:port"
+        ));
+    }
     if let Some(p) = port {
         match p.parse::<u16>() {
             Ok(1..) => {}
@@ -445,6 +450,11 @@ pub(super) fn patroni_url(raw: &str) -> Result<super::PatroniUrl, String> {
     if host.is_empty() {
         return Err(format!("{s:?} has no host"));
     }
+    if !authority.starts_with('[') && host.contains(':') {
+        return Err(format!(
+            "{s:?}: host {host:?} has a ':'; write an IPv6 address in brackets, [addr]:port"
+        ));
+    }
     if host.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err(format!("{s:?}: the host contains white space"));
     }
@@ -467,108 +477,153 @@ pub(super) fn patroni_url(raw: &str) -> Result<super::PatroniUrl, String> {
     })
 }
 
-/// A libpq connection string (`key=value ...` or a `postgres[ql]://` URL) with its password
-/// replaced by `<redacted>`.
+/// A libpq connection string (`key=value ...` or a `postgres[ql]://` URL) as tokio-postgres
+/// understood it, in `key=value` form with the password shown as `<redacted>`.
+///
+/// Rendered from the parsed configuration rather than by editing the text: the text may hide a
+/// password where a hand-written redactor does not look (a tail the parser ignores, a URL with
+/// several `@`), while the parsed form holds exactly what the gate will use. A string that does
+/// not parse is not shown at all: whatever it contains may be a password.
 pub(super) fn redact_dsn(dsn: &str) -> String {
-    const REDACTED: &str = super::Secret::REDACTED;
-    let trimmed = dsn.trim();
-    for scheme in ["postgresql://", "postgres://"] {
-        let Some(rest) = trimmed.strip_prefix(scheme) else {
-            continue;
-        };
-        let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
-        let (authority, tail) = rest.split_at(authority_end);
-        let authority = match authority.rsplit_once('@') {
-            Some((userinfo, hosts)) => match userinfo.split_once(':') {
-                Some((user, _)) => format!("{user}:{REDACTED}@{hosts}"),
-                None => authority.to_owned(),
-            },
-            None => authority.to_owned(),
-        };
-        let tail = match tail.split_once('?') {
-            Some((path, query)) => {
-                let query: Vec<String> = query
-                    .split('&')
-                    .map(|kv| match kv.split_once('=') {
-                        Some(("password", _)) => format!("password={REDACTED}"),
-                        _ => kv.to_owned(),
+    use tokio_postgres::config::{
+        ChannelBinding, Host, LoadBalanceHosts, SslMode, SslNegotiation, TargetSessionAttrs,
+    };
+
+    let Ok(c) = dsn.trim().parse::<tokio_postgres::Config>() else {
+        return "<not a connection string>".to_owned();
+    };
+    let defaults = tokio_postgres::Config::new();
+    let mut out = Vec::<String>::new();
+    let mut put = |key: &str, value: &str| out.push(format!("{key}={}", dsn_value(value)));
+    let join = |items: Vec<String>| items.join(",");
+
+    if !c.get_hosts().is_empty() {
+        put(
+            "host",
+            &join(
+                c.get_hosts()
+                    .iter()
+                    .map(|h| match h {
+                        Host::Tcp(name) => name.clone(),
+                        Host::Unix(path) => path.to_string_lossy().into_owned(),
                     })
-                    .collect();
-                format!("{path}?{}", query.join("&"))
-            }
-            None => tail.to_owned(),
-        };
-        return format!("{scheme}{authority}{tail}");
+                    .collect(),
+            ),
+        );
     }
-    // key = value pairs; values are bare words or '...' with \' and \\ escapes.
-    let mut out = String::new();
-    let mut chars = trimmed.chars().peekable();
-    while chars.peek().is_some() {
-        while chars.peek().is_some_and(|c| c.is_whitespace()) {
-            chars.next();
-        }
-        let mut key = String::new();
-        while let Some(&c) = chars.peek() {
-            if c == '=' || c.is_whitespace() {
-                break;
-            }
-            key.push(c);
-            chars.next();
-        }
-        while chars.peek().is_some_and(|c| c.is_whitespace()) {
-            chars.next();
-        }
-        if chars.peek() != Some(&'=') {
-            // Not key=value: keep what is left as it is (the parser reports it).
-            if !key.is_empty() {
-                push_word(&mut out, &key);
-            }
-            let rest: String = chars.collect();
-            if !rest.trim().is_empty() {
-                push_word(&mut out, rest.trim());
-            }
-            break;
-        }
-        chars.next();
-        while chars.peek().is_some_and(|c| c.is_whitespace()) {
-            chars.next();
-        }
-        let mut value = String::new();
-        if chars.peek() == Some(&'\'') {
-            value.push('\'');
-            chars.next();
-            while let Some(c) = chars.next() {
-                value.push(c);
-                match c {
-                    '\\' => {
-                        if let Some(n) = chars.next() {
-                            value.push(n);
-                        }
-                    }
-                    '\'' => break,
-                    _ => {}
-                }
-            }
-        } else {
-            while let Some(&c) = chars.peek() {
-                if c.is_whitespace() {
-                    break;
-                }
-                value.push(c);
-                chars.next();
-            }
-        }
-        if key == "password" {
-            value = REDACTED.to_owned();
-        }
-        push_word(&mut out, &format!("{key}={value}"));
+    if !c.get_hostaddrs().is_empty() {
+        put(
+            "hostaddr",
+            &join(c.get_hostaddrs().iter().map(ToString::to_string).collect()),
+        );
     }
-    out
+    if !c.get_ports().is_empty() {
+        put(
+            "port",
+            &join(c.get_ports().iter().map(ToString::to_string).collect()),
+        );
+    }
+    for (key, value) in [
+        ("user", c.get_user()),
+        ("dbname", c.get_dbname()),
+        ("options", c.get_options()),
+        ("application_name", c.get_application_name()),
+    ] {
+        if let Some(v) = value {
+            put(key, v);
+        }
+    }
+    if c.get_password().is_some() {
+        put("password", super::Secret::REDACTED);
+    }
+    if c.get_ssl_mode() != defaults.get_ssl_mode() {
+        put(
+            "sslmode",
+            match c.get_ssl_mode() {
+                SslMode::Disable => "disable",
+                SslMode::Require => "require",
+                _ => "prefer",
+            },
+        );
+    }
+    if c.get_ssl_negotiation() != defaults.get_ssl_negotiation() {
+        put(
+            "sslnegotiation",
+            match c.get_ssl_negotiation() {
+                SslNegotiation::Direct => "direct",
+                _ => "postgres",
+            },
+        );
+    }
+    let secs = |d: &std::time::Duration| d.as_secs().to_string();
+    if let Some(d) = c.get_connect_timeout() {
+        put("connect_timeout", &secs(d));
+    }
+    if let Some(d) = c.get_tcp_user_timeout() {
+        put("tcp_user_timeout", &secs(d));
+    }
+    if c.get_keepalives() != defaults.get_keepalives() {
+        put("keepalives", if c.get_keepalives() { "1" } else { "0" });
+    }
+    if c.get_keepalives_idle() != defaults.get_keepalives_idle() {
+        put("keepalives_idle", &secs(&c.get_keepalives_idle()));
+    }
+    if let Some(d) = c.get_keepalives_interval() {
+        put("keepalives_interval", &secs(&d));
+    }
+    if let Some(n) = c.get_keepalives_retries() {
+        put("keepalives_retries", &n.to_string());
+    }
+    if c.get_target_session_attrs() != defaults.get_target_session_attrs() {
+        put(
+            "target_session_attrs",
+            match c.get_target_session_attrs() {
+                TargetSessionAttrs::ReadWrite => "read-write",
+                TargetSessionAttrs::ReadOnly => "read-only",
+                _ => "any",
+            },
+        );
+    }
+    if c.get_channel_binding() != defaults.get_channel_binding() {
+        put(
+            "channel_binding",
+            match c.get_channel_binding() {
+                ChannelBinding::Disable => "disable",
+                ChannelBinding::Require => "require",
+                _ => "prefer",
+            },
+        );
+    }
+    if c.get_load_balance_hosts() != defaults.get_load_balance_hosts() {
+        put(
+            "load_balance_hosts",
+            match c.get_load_balance_hosts() {
+                LoadBalanceHosts::Random => "random",
+                _ => "disable",
+            },
+        );
+    }
+    out.join(" ")
 }
 
-fn push_word(out: &mut String, word: &str) {
-    if !out.is_empty() {
-        out.push(' ');
+/// A `key=value` value as libpq reads it back: bare when it is plain, else `'...'` with `\'` and
+/// `\\` escaped.
+fn dsn_value(value: &str) -> String {
+    let plain = !value.is_empty()
+        && value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_-./:,@<>+".contains(c));
+    if plain {
+        return value.to_owned();
     }
-    out.push_str(word);
+    let mut quoted = String::with_capacity(value.len() + 2);
+    quoted.push('\'');
+    for c in value.chars() {
+        if c == '\'' || c == '\\' {
+            quoted.push('\\');
+        }
+        quoted.push(c);
+    }
+    quoted.push('\'');
+    quoted
 }
