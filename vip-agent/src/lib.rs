@@ -9,6 +9,7 @@
 pub mod address;
 pub mod agent;
 pub mod caps;
+pub mod cert;
 pub mod cli;
 pub mod clock;
 pub mod config;

@@ -77,6 +77,54 @@ async fn tls_wrong_ca_fails_clearly() {
     f.stop().await;
 }
 
+/// An expired certificate on either side fails the connection with an error that names the
+/// endpoint and says the certificate expired, and the follower never reports a primary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_expired_certificates_fail_clearly() {
+    init_tracing();
+    let pki = Pki::generate();
+
+    // The server presents an expired certificate: rustls refuses it.
+    let etcd = Etcd::start_with(
+        Some(ServerTls {
+            cert: pki.expired_server_cert.clone(),
+            key: pki.expired_server_key.clone(),
+            client_ca: None,
+        }),
+        None,
+    );
+    let mut s = settings(vec![etcd.endpoint()], KEY);
+    s.ca_file = Some(pki.ca.clone());
+    let e = check_connection(&s).await.unwrap_err();
+    let msg = e.to_string();
+    eprintln!("expired server certificate: {msg}");
+    assert!(msg.contains(&etcd.endpoint()), "{msg}");
+    assert!(msg.to_ascii_lowercase().contains("expired"), "{msg}");
+    let f = Running::start(s);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(f.published().iter().all(|s| !s.primary));
+    f.stop().await;
+    drop(etcd);
+
+    // Our client certificate expired: etcd refuses the handshake.
+    let etcd = tls_etcd(&pki, true);
+    let mut admin = etcd.client().await;
+    admin.put(KEY, "pg1", None).await.unwrap();
+    let mut s = settings(vec![etcd.endpoint()], KEY);
+    s.ca_file = Some(pki.ca.clone());
+    s.cert_file = Some(pki.expired_client_cert.clone());
+    s.key_file = Some(pki.expired_client_key.clone());
+    let e = check_connection(&s).await.unwrap_err();
+    let msg = e.to_string();
+    eprintln!("expired client certificate: {msg}");
+    assert!(msg.contains(&etcd.endpoint()), "{msg}");
+    assert!(msg.to_ascii_lowercase().contains("expired"), "{msg}");
+    let f = Running::start(s);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(f.published().iter().all(|s| !s.primary));
+    f.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_without_ca_file_uses_the_system_bundle() {
     init_tracing();

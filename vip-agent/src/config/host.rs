@@ -336,7 +336,8 @@ impl HostCheck<'_> {
         }
     }
 
-    /// A CA/certificate/key file: readable, PEM; a world-readable key is a warning.
+    /// A CA/certificate/key file: readable, PEM; a world-readable key and a certificate outside its
+    /// validity period are warnings.
     fn pem_file(&mut self, key: &str, path: &Path) {
         let content = match fs::read(path) {
             Ok(content) => content,
@@ -354,6 +355,18 @@ impl HostCheck<'_> {
                 ),
             );
             return;
+        }
+        if (key.ends_with("cert-file") || key.ends_with("ca-file"))
+            && let Some(problem) = crate::cert::pem_problem(&content, std::time::SystemTime::now())
+        {
+            self.notice(
+                NoticeLevel::Warning,
+                key,
+                format!(
+                    "the certificate {} {problem}; TLS connections that check it will fail",
+                    path.display()
+                ),
+            );
         }
         if key.ends_with("key-file")
             && let Ok(meta) = fs::metadata(path)

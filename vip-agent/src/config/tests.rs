@@ -1225,7 +1225,23 @@ fn host_certificate_files() {
     let open_key = dir.file("open.key", "-----BEGIN PRIVATE KEY-----\n", 0o644);
     let n = host_ok(&ok(&yaml(&ca, &cert, &open_key)), &f);
     notice_for(&n, "etcd-key-file", NoticeLevel::Warning);
+
+    // `openssl x509 -req -days -1`: notAfter 2026-11-30 21:35:52 UTC, already past.
+    let expired = dir.file("expired.crt", EXPIRED_CERT, 0o644);
+    let n = host_ok(&ok(&yaml(&ca, &expired, &key)), &f);
+    let msg = &notice_for(&n, "etcd-cert-file", NoticeLevel::Warning).message;
+    assert!(msg.contains("expired at 2026-11-30 21:35:52 UTC"), "{msg}");
 }
+
+const EXPIRED_CERT: &str = "-----BEGIN CERTIFICATE-----
+MIIBGDCBvwIUV1CLm7xJF1/qBQuzq7vW04TtRQEwCgYIKoZIzj0EAwIwDTELMAkG
+A1UEAwwCY2EwHhcNMjYxMjAxMjEzNTUyWhcNMjYxMTMwMjEzNTUyWjARMQ8wDQYD
+VQQDDAZjbGllbnQwWTATBgcqhkjOPQIBBggqhkjOPQMBBwNCAASDMp9WG4McQIi+
+TrKZT1+2/8juJsV6Y0z9OrYtVRCiYuRmGla1gSxeEdJuWSqckyjQHjQYaWyC3Ko6
+WRhTT0AfMAoGCCqGSM49BAMCA0gAMEUCIQDzCbB19r6o/9a+JZeoM/AiOZozhObM
+O9AKkuAlwJskogIgeH6NCyR6DMoCbvzhtO5dhTOkamsFvmRkWsrlJgfxFig=
+-----END CERTIFICATE-----
+";
 
 #[test]
 fn host_pin_path() {

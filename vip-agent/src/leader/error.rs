@@ -174,6 +174,17 @@ pub enum LeaderError {
         /// The limit.
         after: Duration,
     },
+    /// A network error while our client certificate is outside its validity period: the likely
+    /// cause, which TLS 1.3 reports to the client only as a closed connection.
+    #[error("{cause}; the etcd client certificate {} {problem}", path.display())]
+    ClientCertificate {
+        /// The failed operation.
+        cause: Box<LeaderError>,
+        /// `etcd-cert-file`.
+        path: PathBuf,
+        /// Expired or not yet valid, with the date.
+        problem: crate::cert::ValidityProblem,
+    },
 }
 
 impl LeaderError {

@@ -137,6 +137,7 @@ impl LeaderFollower {
                 backoff.reset();
             }
             let delay = backoff.next_delay();
+            let error = self.settings.explain(error);
             self.on_failure(&endpoint, &error, delay);
             index = index.wrapping_add(1);
             tokio::select! {
@@ -634,6 +635,7 @@ pub async fn check_connection(settings: &LeaderSettings) -> Result<(), LeaderErr
         match check_endpoint(settings, &endpoint).await {
             Ok(()) => return Ok(()),
             Err(e) => {
+                let e = settings.explain(e);
                 tracing::warn!(%endpoint, error = %e, "etcd endpoint check failed");
                 first_error.get_or_insert(e);
             }

@@ -286,6 +286,32 @@ impl LeaderSettings {
         Ok(opts)
     }
 
+    /// `error` with the client certificate's validity problem attached, when a network operation
+    /// failed while the certificate is expired or not yet valid. The connection is still tried
+    /// with such a certificate: an etcd without `--client-cert-auth` never looks at it.
+    pub(super) fn explain(&self, error: LeaderError) -> LeaderError {
+        let network = matches!(
+            error,
+            LeaderError::Connect { .. }
+                | LeaderError::Get { .. }
+                | LeaderError::Watch { .. }
+                | LeaderError::WatchEnded { .. }
+                | LeaderError::LeaseTimeToLive { .. }
+                | LeaderError::Timeout { .. }
+        );
+        let Some(path) = self.cert_file.as_ref().filter(|_| network) else {
+            return error;
+        };
+        match crate::cert::file_problem(path, std::time::SystemTime::now()) {
+            Some(problem) => LeaderError::ClientCertificate {
+                cause: Box::new(error),
+                path: path.clone(),
+                problem,
+            },
+            None => error,
+        }
+    }
+
     fn tls_options(&self) -> Result<TlsOptions, LeaderError> {
         let mut tls = TlsOptions::new()
             .assume_http2(true)

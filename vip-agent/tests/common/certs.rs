@@ -15,6 +15,11 @@ pub struct Pki {
     pub client_key: PathBuf,
     /// A CA that signed nothing here.
     pub other_ca: PathBuf,
+    /// Signed by `ca` like the others, but expired.
+    pub expired_server_cert: PathBuf,
+    pub expired_server_key: PathBuf,
+    pub expired_client_cert: PathBuf,
+    pub expired_client_key: PathBuf,
 }
 
 fn openssl(dir: &Path, args: &[&str]) {
@@ -57,7 +62,9 @@ fn ca(dir: &Path, name: &str) {
     );
 }
 
-fn leaf(dir: &Path, ca: &str, name: &str, ext: &str) {
+/// A certificate for `name` signed by `ca`, valid for `days` from now; `-1` makes one that has
+/// already expired (its notAfter lies before its notBefore, which no verifier accepts).
+fn leaf(dir: &Path, ca: &str, name: &str, days: &str, ext: &str) {
     openssl(
         dir,
         &[
@@ -89,7 +96,7 @@ fn leaf(dir: &Path, ca: &str, name: &str, ext: &str) {
             &format!("{ca}.key"),
             "-CAcreateserial",
             "-days",
-            "2",
+            days,
             "-extfile",
             &format!("{name}.ext"),
             "-out",
@@ -104,23 +111,17 @@ impl Pki {
         let d = dir.path();
         ca(d, "ca");
         ca(d, "other-ca");
-        leaf(
-            d,
-            "ca",
-            "server",
-            "subjectAltName=IP:127.0.0.1,DNS:localhost\n\
-             basicConstraints=critical,CA:FALSE\n\
-             keyUsage=critical,digitalSignature,keyEncipherment\n\
-             extendedKeyUsage=serverAuth,clientAuth\n",
-        );
-        leaf(
-            d,
-            "ca",
-            "client",
-            "basicConstraints=critical,CA:FALSE\n\
-             keyUsage=critical,digitalSignature,keyEncipherment\n\
-             extendedKeyUsage=clientAuth\n",
-        );
+        let server_ext = "subjectAltName=IP:127.0.0.1,DNS:localhost\n\
+                          basicConstraints=critical,CA:FALSE\n\
+                          keyUsage=critical,digitalSignature,keyEncipherment\n\
+                          extendedKeyUsage=serverAuth,clientAuth\n";
+        let client_ext = "basicConstraints=critical,CA:FALSE\n\
+                          keyUsage=critical,digitalSignature,keyEncipherment\n\
+                          extendedKeyUsage=clientAuth\n";
+        leaf(d, "ca", "server", "2", server_ext);
+        leaf(d, "ca", "client", "2", client_ext);
+        leaf(d, "ca", "expired-server", "-1", server_ext);
+        leaf(d, "ca", "expired-client", "-1", client_ext);
         Self {
             ca: d.join("ca.crt"),
             server_cert: d.join("server.crt"),
@@ -128,6 +129,10 @@ impl Pki {
             client_cert: d.join("client.crt"),
             client_key: d.join("client.key"),
             other_ca: d.join("other-ca.crt"),
+            expired_server_cert: d.join("expired-server.crt"),
+            expired_server_key: d.join("expired-server.key"),
+            expired_client_cert: d.join("expired-client.crt"),
+            expired_client_key: d.join("expired-client.key"),
             dir,
         }
     }
