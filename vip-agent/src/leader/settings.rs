@@ -22,8 +22,10 @@ pub const DEFAULT_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 pub const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(3);
 /// Default [`LeaderSettings::backoff_min`].
 pub const DEFAULT_BACKOFF_MIN: Duration = Duration::from_millis(100);
-/// Default [`LeaderSettings::backoff_max`].
-pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Default [`LeaderSettings::backoff_max`]. Small on purpose: while etcd is unreachable the
+/// VIP goes dark at its deadline, and every second of backoff after etcd is back is a second more
+/// of blackout. One attempt per second per agent is nothing to etcd (vip-manager polls at 1 s).
+pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// A key without a lease stays confirmed for this many confirmation intervals (see
 /// [`LeaderSettings::no_lease_validity`]).
 pub const NO_LEASE_CONFIRM_FACTOR: u32 = 3;
