@@ -1132,7 +1132,7 @@ fn etcd_section(md: &mut String, rows: &[Row]) {
          is down, so ideally clients notice nothing. vip-agent keeps answering until the deadline it \
          could prove before the outage (read from its pinned map 100 ms after the stop) and answers \
          again once it reaches etcd and the key is still its own (its retry backoff doubles from \
-         100 ms up to 5 s). vip-manager 1.0.2 polls etcd's v2 API and treats a failed poll as \"not \
+         100 ms up to 1 s). vip-manager 1.0.2 polls etcd's v2 API and treats a failed poll as \"not \
          the leader\". Two shapes: a 3 s outage under Patroni's default 30 s lease (the deadline is \
          about 28 s ahead), and a 6 s outage under a {HELD_TTL_S} s lease, longer than the deadline. \
          (Patroni itself demotes the primary after ttl without etcd unless `failsafe_mode` is on; \
