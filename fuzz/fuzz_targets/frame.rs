@@ -2,15 +2,18 @@
 //! bytes against a small VIP table.
 //!
 //! Input: one selector byte (which VIPs answer, the clock), then the frame. The committed seeds in
-//! `fuzz/corpus/frame/` are real frames (ARP requests, replies, probes, gratuitous ARP, IPv4, VLAN
-//! tagged, truncated) for the VIPs below, so the fuzzer starts next to every branch.
+//! `fuzz/corpus/frame/` are real frames (ARP requests, replies, probes, gratuitous ARP, IPv4, 802.1Q
+//! tagged, QinQ and 802.1ad, truncated) for the VIPs below, so the fuzzer starts next to every branch.
 //!
-//! Properties checked on every input (independently of `frame.rs`, from the frame layout):
+//! Properties checked on every input (independently of `frame.rs`, from the frame layout). A frame
+//! is untagged (ethertype at 12) or carries exactly one 802.1Q tag (TPID 0x8100 at 12, TCI at 14,
+//! ethertype at 16); 802.1ad (0x88a8) and a second tag are neither ARP nor IPv4 here, so they pass.
 //! * XDP_TX only for a well-formed Ethernet/IPv4 ARP request (op 1, htype 1 or 6, ptype 0x0800,
 //!   hlen 6, plen 4) whose target IP is a configured VIP that answers now, from a unicast sender
 //!   MAC, and that is not a conflict; and then the frame is exactly our reply: Ethernet dst = the
-//!   requester's MAC, src = the VIP's MAC, op 2, htype 1, sender = (VIP MAC, VIP), target =
-//!   (requester MAC, requester IP), length and trailing bytes unchanged;
+//!   requester's MAC, src = the VIP's MAC, the tag (TPID and TCI) and ethertype unchanged, op 2,
+//!   htype 1, sender = (VIP MAC, VIP), target = (requester MAC, requester IP), length and trailing
+//!   bytes unchanged;
 //! * any other verdict leaves every byte unchanged;
 //! * a fenced VIP (deadline 0, or a deadline not after now) is never answered; every drop is for a
 //!   configured VIP that is fenced (or, for ARP, a non-unicast requester);
@@ -97,30 +100,46 @@ fn arr<const N: usize>(f: &[u8], at: usize) -> [u8; N] {
     out
 }
 
-/// The fields of an Ethernet/IPv4 ARP packet, read straight from the layout (RFC 826).
+/// The fields of an Ethernet/IPv4 ARP packet, read straight from the layout (RFC 826), and where
+/// the packet starts (14 untagged, 18 after one 802.1Q tag).
 #[derive(Clone, Copy)]
 struct Arp {
+    at: usize,
     op: u16,
     sha: [u8; 6],
     spa: [u8; 4],
     tpa: [u8; 4],
 }
 
+/// The offset of the packet after the Ethernet header and its ethertype: untagged (14), or after
+/// exactly one 802.1Q tag (18). `None` when the header is cut short.
+fn l3(f: &[u8]) -> Option<(usize, [u8; 2])> {
+    let outer = f.get(12..14)?;
+    if outer == [0x81, 0x00] {
+        Some((18, arr(f.get(..18)?, 16)))
+    } else {
+        Some((14, arr(f, 12)))
+    }
+}
+
 /// `Some` for a frame that carries a well-formed Ethernet/IPv4 ARP packet.
 fn parse_arp(f: &[u8]) -> Option<Arp> {
-    if f.len() < 42 || f[12..14] != [0x08, 0x06] {
+    let (at, ether_type) = l3(f)?;
+    if ether_type != [0x08, 0x06] || f.len() < at + 28 {
         return None;
     }
-    let htype = u16::from_be_bytes([f[14], f[15]]);
-    let ptype = u16::from_be_bytes([f[16], f[17]]);
-    if !(htype == 1 || htype == 6) || ptype != 0x0800 || f[18] != 6 || f[19] != 4 {
+    let a = &f[at..];
+    let htype = u16::from_be_bytes([a[0], a[1]]);
+    let ptype = u16::from_be_bytes([a[2], a[3]]);
+    if !(htype == 1 || htype == 6) || ptype != 0x0800 || a[4] != 6 || a[5] != 4 {
         return None;
     }
     Some(Arp {
-        op: u16::from_be_bytes([f[20], f[21]]),
-        sha: arr(f, 22),
-        spa: arr(f, 28),
-        tpa: arr(f, 38),
+        at,
+        op: u16::from_be_bytes([a[6], a[7]]),
+        sha: arr(a, 8),
+        spa: arr(a, 14),
+        tpa: arr(a, 24),
     })
 }
 
@@ -128,10 +147,12 @@ fn unicast(mac: &[u8; 6]) -> bool {
     mac[0] & 1 == 0 && *mac != [0; 6]
 }
 
-/// Whether the frame is an IPv4 packet (version 4, IHL >= 5, the fixed header present).
+/// Whether the frame is an IPv4 packet (version 4, IHL >= 5, the fixed header present), tagged or
+/// not: its destination.
 fn ipv4_dst(f: &[u8]) -> Option<[u8; 4]> {
-    (f.len() >= 34 && f[12..14] == [0x08, 0x00] && f[14] >> 4 == 4 && f[14] & 0x0f >= 5)
-        .then(|| arr(f, 30))
+    let (at, ether_type) = l3(f)?;
+    (ether_type == [0x08, 0x00] && f.len() >= at + 20 && f[at] >> 4 == 4 && f[at] & 0x0f >= 5)
+        .then(|| arr(f, at + 16))
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -178,19 +199,37 @@ fuzz_target!(|data: &[u8]| {
                     "answered a request whose sender claims one of our answering VIPs"
                 );
             }
-            // The reply, byte for byte.
+            // The reply, byte for byte; `a` is where the ARP packet starts (after any tag).
+            let a = arp.at;
             assert_eq!(buf.len(), original.len(), "length changed");
             assert_eq!(&buf[0..6], &arp.sha, "Ethernet dst is not the requester");
             assert_eq!(&buf[6..12], &state.mac, "Ethernet src is not our MAC");
-            assert_eq!(&buf[12..14], &[0x08, 0x06], "ethertype changed");
-            assert_eq!(&buf[14..16], &[0x00, 0x01], "htype is not Ethernet");
-            assert_eq!(&buf[16..20], &original[16..20], "ptype/hlen/plen changed");
-            assert_eq!(&buf[20..22], &[0x00, 0x02], "op is not reply");
-            assert_eq!(&buf[22..28], &state.mac, "sender MAC is not ours");
-            assert_eq!(&buf[28..32], &arp.tpa, "sender IP is not the VIP");
-            assert_eq!(&buf[32..38], &arp.sha, "target MAC is not the requester's");
-            assert_eq!(&buf[38..42], &arp.spa, "target IP is not the requester's");
-            assert_eq!(&buf[42..], &original[42..], "padding changed");
+            assert_eq!(
+                &buf[12..a],
+                &original[12..a],
+                "VLAN tag or ethertype changed"
+            );
+            assert_eq!(&buf[a - 2..a], &[0x08, 0x06], "not ARP");
+            assert_eq!(&buf[a..a + 2], &[0x00, 0x01], "htype is not Ethernet");
+            assert_eq!(
+                &buf[a + 2..a + 6],
+                &original[a + 2..a + 6],
+                "ptype/hlen/plen changed"
+            );
+            assert_eq!(&buf[a + 6..a + 8], &[0x00, 0x02], "op is not reply");
+            assert_eq!(&buf[a + 8..a + 14], &state.mac, "sender MAC is not ours");
+            assert_eq!(&buf[a + 14..a + 18], &arp.tpa, "sender IP is not the VIP");
+            assert_eq!(
+                &buf[a + 18..a + 24],
+                &arp.sha,
+                "target MAC is not the requester's"
+            );
+            assert_eq!(
+                &buf[a + 24..a + 28],
+                &arp.spa,
+                "target IP is not the requester's"
+            );
+            assert_eq!(&buf[a + 28..], &original[a + 28..], "padding changed");
 
             // Our reply looped back: not a request, and from our own MAC: pass untouched.
             let mut again = buf.clone();

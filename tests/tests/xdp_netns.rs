@@ -453,3 +453,452 @@ fn gratuitous_arp_needs_no_ipv4_address_on_the_interface() {
         .collect();
     assert_eq!(ops, vec![1, 2], "a request and a reply announcing the VIP");
 }
+
+// ---- 802.1Q ----
+//
+// A program on the parent of VLAN devices sees tagged frames; one on a VLAN device sees them
+// untagged. The parent cases send the tags in band from a raw socket on the client's veth, so they
+// need no VLAN support in the kernel (CONFIG_VLAN_8021Q; this test VM has none) and the tag is
+// certainly in the bytes the program reads: a VLAN device on a veth hands its tag over as offload
+// metadata (veth offloads tag insertion), and generic XDP shows the program only the bytes. The
+// receiving kernel moves a tag into metadata before packet sockets see the frame, so replies are read
+// back with their tag through PACKET_AUXDATA.
+
+const VLAN_ID: u16 = 100;
+
+/// `struct tpacket_auxdata` (linux/if_packet.h).
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct TpacketAuxdata {
+    tp_status: u32,
+    tp_len: u32,
+    tp_snaplen: u32,
+    tp_mac: u16,
+    tp_net: u16,
+    tp_vlan_tci: u16,
+    tp_vlan_tpid: u16,
+}
+const PACKET_AUXDATA: libc::c_int = 8;
+const TP_STATUS_VLAN_VALID: u32 = 1 << 4;
+const PACKET_OUTGOING: u8 = 4;
+
+/// A frame that arrived, with the 802.1Q tag (TCI) it carried on the wire, if any.
+#[derive(Debug)]
+struct Received {
+    frame: Vec<u8>,
+    tci: Option<u16>,
+}
+
+/// An `AF_PACKET` socket for every ethertype on one interface: sends frames exactly as given, reads
+/// incoming frames with their VLAN tag.
+struct TagSocket {
+    fd: std::os::fd::OwnedFd,
+}
+
+impl TagSocket {
+    /// Open on `ifname` in `ns`.
+    fn open(ns: &NetNs, ifname: &str) -> Self {
+        use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+        ns.run_in(|| {
+            let index = nix::net::if_::if_nametoindex(ifname).expect("ifindex");
+            let all = (libc::ETH_P_ALL as u16).to_be();
+            // SAFETY: plain socket(2); checked below.
+            let raw = unsafe {
+                libc::socket(
+                    libc::AF_PACKET,
+                    libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                    i32::from(all),
+                )
+            };
+            assert!(raw >= 0, "socket: {}", std::io::Error::last_os_error());
+            // SAFETY: a fresh descriptor owned by nobody else.
+            let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+            // SAFETY: all-zero sockaddr_ll is valid; fields set below.
+            let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+            addr.sll_family = libc::AF_PACKET as u16;
+            addr.sll_protocol = all;
+            addr.sll_ifindex = i32::try_from(index).expect("ifindex fits");
+            // SAFETY: addr is a valid sockaddr_ll of the given size.
+            let rc = unsafe {
+                libc::bind(
+                    fd.as_raw_fd(),
+                    (&raw const addr).cast(),
+                    size_of::<libc::sockaddr_ll>() as u32,
+                )
+            };
+            assert_eq!(rc, 0, "bind: {}", std::io::Error::last_os_error());
+            let one: libc::c_int = 1;
+            // SAFETY: an int option of the right size.
+            let rc = unsafe {
+                libc::setsockopt(
+                    fd.as_raw_fd(),
+                    libc::SOL_PACKET,
+                    PACKET_AUXDATA,
+                    (&raw const one).cast(),
+                    size_of::<libc::c_int>() as u32,
+                )
+            };
+            assert_eq!(rc, 0, "PACKET_AUXDATA: {}", std::io::Error::last_os_error());
+            Self { fd }
+        })
+    }
+
+    fn send(&self, frame: &[u8]) {
+        use std::os::fd::AsRawFd as _;
+        // SAFETY: buffer valid for its length.
+        let n = unsafe { libc::send(self.fd.as_raw_fd(), frame.as_ptr().cast(), frame.len(), 0) };
+        assert_eq!(
+            usize::try_from(n).ok(),
+            Some(frame.len()),
+            "send: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+
+    /// Every incoming frame (not our own outgoing ones) for `wait`.
+    fn recv_for(&self, wait: Duration) -> Vec<Received> {
+        use std::os::fd::AsRawFd as _;
+        let deadline = std::time::Instant::now() + wait;
+        let mut seen = Vec::new();
+        loop {
+            let now = std::time::Instant::now();
+            if now >= deadline {
+                return seen;
+            }
+            let mut pfd = libc::pollfd {
+                fd: self.fd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            let timeout = i32::try_from((deadline - now).as_millis().max(1)).unwrap_or(i32::MAX);
+            // SAFETY: one valid pollfd.
+            if unsafe { libc::poll(&raw mut pfd, 1, timeout) } <= 0 {
+                continue;
+            }
+            let mut buf = [0u8; 2048];
+            let mut iov = libc::iovec {
+                iov_base: buf.as_mut_ptr().cast(),
+                iov_len: buf.len(),
+            };
+            // u64 elements keep the control buffer aligned for cmsghdr.
+            let mut control = [0u64; 16];
+            // SAFETY: all-zero sockaddr_ll and msghdr are valid; pointers set below.
+            let mut from: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+            // SAFETY: as above.
+            let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+            msg.msg_name = (&raw mut from).cast();
+            msg.msg_namelen = size_of::<libc::sockaddr_ll>() as u32;
+            msg.msg_iov = &raw mut iov;
+            msg.msg_iovlen = 1;
+            msg.msg_control = control.as_mut_ptr().cast();
+            msg.msg_controllen = size_of_val(&control);
+            // SAFETY: msg points at live buffers of the stated sizes.
+            let n = unsafe { libc::recvmsg(self.fd.as_raw_fd(), &raw mut msg, libc::MSG_DONTWAIT) };
+            let Ok(len) = usize::try_from(n) else {
+                continue;
+            };
+            if from.sll_pkttype == PACKET_OUTGOING {
+                continue;
+            }
+            let mut tci = None;
+            // SAFETY: walking the control messages the kernel just wrote into `control`.
+            unsafe {
+                let mut cmsg = libc::CMSG_FIRSTHDR(&raw const msg);
+                while !cmsg.is_null() {
+                    if (*cmsg).cmsg_level == libc::SOL_PACKET && (*cmsg).cmsg_type == PACKET_AUXDATA
+                    {
+                        let aux: TpacketAuxdata =
+                            std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast());
+                        if aux.tp_status & TP_STATUS_VLAN_VALID != 0 {
+                            tci = Some(aux.tp_vlan_tci);
+                        }
+                    }
+                    cmsg = libc::CMSG_NXTHDR(&raw const msg, cmsg);
+                }
+            }
+            seen.push(Received {
+                frame: buf[..len].to_vec(),
+                tci,
+            });
+        }
+    }
+}
+
+/// `frame` with one 802.1Q tag (TCI = `pcp` << 13 | `vid`) after the MAC addresses.
+fn tagged(frame: &[u8], vid: u16, pcp: u8) -> Vec<u8> {
+    let tci = (u16::from(pcp) << 13) | vid;
+    let mut out = frame[..12].to_vec();
+    out.extend_from_slice(&[0x81, 0x00]);
+    out.extend_from_slice(&tci.to_be_bytes());
+    out.extend_from_slice(&frame[12..]);
+    out
+}
+
+/// A broadcast ARP request for `target` from `mac`/`ip`.
+fn arp_request(mac: [u8; 6], ip: Ipv4Addr, target: Ipv4Addr) -> Vec<u8> {
+    vip_common::frame::build_arp(
+        [0xff; 6],
+        mac,
+        vip_common::frame::ARP_OP_REQUEST,
+        mac,
+        ip.octets(),
+        [0; 6],
+        target.octets(),
+    )
+    .to_vec()
+}
+
+/// An ARP reply as the client received it.
+#[derive(Debug, PartialEq, Eq)]
+struct TaggedReply {
+    eth_dst: [u8; 6],
+    sha: [u8; 6],
+    tpa: [u8; 4],
+    /// The 802.1Q TCI it carried on the wire.
+    tci: Option<u16>,
+}
+
+/// The ARP replies (op 2) from `sender` IP among `seen`.
+fn arp_replies(seen: &[Received], sender: Ipv4Addr) -> Vec<TaggedReply> {
+    seen.iter()
+        .filter_map(|r| {
+            let f = r
+                .frame
+                .first_chunk::<{ vip_common::frame::ARP_FRAME_LEN }>()?;
+            (f[12..14] == [0x08, 0x06]).then_some(())?;
+            let arp = vip_common::frame::ArpView::parse(f)?;
+            (arp.op == 2 && arp.spa == sender.octets()).then(|| TaggedReply {
+                eth_dst: [f[0], f[1], f[2], f[3], f[4], f[5]],
+                sha: arp.sha,
+                tpa: arp.tpa,
+                tci: r.tci,
+            })
+        })
+        .collect()
+}
+
+/// The Internet checksum (RFC 1071) of `data`.
+fn inet_checksum(data: &[u8]) -> [u8; 2] {
+    let mut sum: u32 = data
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], c.get(1).copied().unwrap_or(0)])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    (!(sum as u16)).to_be_bytes()
+}
+
+/// An ICMP echo request `src` -> `dst` with identifier `id`, valid checksums, untagged.
+fn echo_request(
+    eth_dst: [u8; 6],
+    eth_src: [u8; 6],
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    id: u16,
+) -> Vec<u8> {
+    let mut f =
+        vip_common::frame::build_ipv4(eth_dst, eth_src, src.octets(), dst.octets(), 1).to_vec();
+    let ip_sum = inet_checksum(&f[14..34]);
+    f[24..26].copy_from_slice(&ip_sum);
+    f[34] = 8; // echo request
+    f[38..40].copy_from_slice(&id.to_be_bytes());
+    f[40..42].copy_from_slice(&1u16.to_be_bytes());
+    let icmp_sum = inet_checksum(&f[34..42]);
+    f[36..38].copy_from_slice(&icmp_sum);
+    f
+}
+
+/// Echo replies (IPv4, ICMP type 0) from `src` with identifier `id` among `seen`.
+fn echo_replies(seen: &[Received], src: Ipv4Addr, id: u16) -> usize {
+    seen.iter()
+        .filter(|r| {
+            let f = &r.frame;
+            f.len() >= 42
+                && f[12..14] == [0x08, 0x00]
+                && f[23] == 1
+                && f[26..30] == src.octets()
+                && f[34] == 0
+                && f[38..40] == id.to_be_bytes()
+        })
+        .count()
+}
+
+#[test]
+fn parent_answers_tagged_arp_keeping_vlan_and_priority() {
+    if !require_privileges("parent_answers_tagged_arp_keeping_vlan_and_priority") {
+        return;
+    }
+    let p = Pair::new(21);
+    let pins = PinRoot::new();
+    let mut dp = open(&p.node, &p.node_if, AttachMode::Generic, &pins.0);
+    dp.register(p.vip).expect("register");
+    dp.answer_until(p.vip, far_deadline()).expect("answer");
+    let client_mac = p.client.mac(&p.client_if);
+    let sock = TagSocket::open(&p.client, &p.client_if);
+    let request = arp_request(client_mac, p.client_ip, p.vip);
+
+    // VLAN 100 with priority 5, and a priority tag (VLAN 0) with priority 3.
+    for (vid, pcp) in [(VLAN_ID, 5u8), (0, 3)] {
+        sock.send(&tagged(&request, vid, pcp));
+        let replies = arp_replies(&sock.recv_for(Duration::from_millis(300)), p.vip);
+        assert_eq!(
+            replies,
+            vec![TaggedReply {
+                eth_dst: client_mac,
+                sha: p.node_mac(),
+                tpa: p.client_ip.octets(),
+                tci: Some((u16::from(pcp) << 13) | vid),
+            }],
+            "one reply from the node's MAC, on VLAN {vid} with priority {pcp}"
+        );
+    }
+    // Two tags (QinQ): not ours, and the node's kernel (no VLAN 100 device) ignores it too.
+    sock.send(&tagged(&tagged(&request, 200, 0), VLAN_ID, 0));
+    assert_eq!(
+        arp_replies(&sock.recv_for(Duration::from_millis(300)), p.vip),
+        vec![],
+        "a double-tagged request passes to the kernel, which does not answer it"
+    );
+    let stats = dp.stats(p.vip).expect("stats");
+    assert_eq!((stats.arp_replied, stats.arp_dropped), (2, 0), "{stats:?}");
+}
+
+#[test]
+fn fenced_parent_drops_priority_tagged_arp_and_ipv4_the_kernel_would_answer() {
+    if !require_privileges(
+        "fenced_parent_drops_priority_tagged_arp_and_ipv4_the_kernel_would_answer",
+    ) {
+        return;
+    }
+    let p = Pair::new(22);
+    let pins = PinRoot::new();
+    let mut dp = open(&p.node, &p.node_if, AttachMode::Generic, &pins.0);
+    dp.register(p.vip).expect("register");
+    dp.fence(p.vip).expect("fence");
+    p.configure_vip();
+    let client_mac = p.client.mac(&p.client_if);
+    let sock = TagSocket::open(&p.client, &p.client_if);
+
+    // A priority-tagged (VLAN 0) frame is the parent's own traffic to the kernel: it answers a
+    // request for its own address...
+    sock.send(&tagged(
+        &arp_request(client_mac, p.client_ip, p.node_ip),
+        0,
+        3,
+    ));
+    assert_eq!(
+        arp_replies(&sock.recv_for(Duration::from_millis(300)), p.node_ip).len(),
+        1,
+        "the kernel answers a priority-tagged request for the node's own address"
+    );
+    // ... and would answer the same for the configured VIP: the program drops it.
+    sock.send(&tagged(&arp_request(client_mac, p.client_ip, p.vip), 0, 3));
+    assert_eq!(
+        arp_replies(&sock.recv_for(Duration::from_millis(300)), p.vip),
+        vec![],
+        "a fenced node answers no tagged ARP for the VIP"
+    );
+    let echo = tagged(
+        &echo_request(p.node_mac(), client_mac, p.client_ip, p.vip, 0x7701),
+        0,
+        0,
+    );
+    sock.send(&echo);
+    assert_eq!(
+        echo_replies(&sock.recv_for(Duration::from_millis(300)), p.vip, 0x7701),
+        0,
+        "no echo reply from a fenced VIP"
+    );
+    let stats = dp.stats(p.vip).expect("stats");
+    assert_eq!(
+        (stats.arp_dropped, stats.ipv4_dropped, stats.arp_replied),
+        (1, 1, 0),
+        "{stats:?}"
+    );
+
+    // Answering, the tagged echo request reaches the kernel, which replies.
+    dp.answer_until(p.vip, far_deadline()).expect("answer");
+    sock.send(&echo);
+    assert_eq!(
+        echo_replies(&sock.recv_for(Duration::from_millis(500)), p.vip, 0x7701),
+        1,
+        "the kernel answers a tagged echo request to an answering VIP"
+    );
+    assert_eq!(dp.stats(p.vip).expect("stats").ipv4_dropped, 1);
+}
+
+/// Ignored by default: it needs a kernel with 802.1Q devices (`CONFIG_VLAN_8021Q`), which the
+/// kernel of our CI machines lacks. Run it with `cargo test -p vip-tests --test xdp_netns --
+/// --ignored program_on_a_vlan_device` where `ip link add ... type vlan` works; there it fails
+/// (rather than skips) when the VLAN device cannot be created.
+#[test]
+#[ignore = "needs CONFIG_VLAN_8021Q (VLAN devices), which the CI kernel lacks"]
+fn program_on_a_vlan_device_answers_and_fences_its_untagged_view() {
+    if !require_privileges("program_on_a_vlan_device_answers_and_fences_its_untagged_view") {
+        return;
+    }
+    let p = Pair::new(23);
+    let (node_vlan, client_vlan) = (unique_name("vl"), unique_name("vl"));
+    let added = p.node.exec(
+        "ip",
+        &[
+            "link", "add", "link", &p.node_if, "name", &node_vlan, "type", "vlan", "id", "100",
+        ],
+    );
+    assert!(
+        added.status.success(),
+        "cannot create a VLAN device (a kernel without CONFIG_VLAN_8021Q?): {}",
+        String::from_utf8_lossy(&added.stderr).trim()
+    );
+    p.client.ip(&[
+        "link",
+        "add",
+        "link",
+        &p.client_if,
+        "name",
+        &client_vlan,
+        "type",
+        "vlan",
+        "id",
+        "100",
+    ]);
+    // VLAN 100 is its own subnet (10.77.24.0/24); the parents keep 10.77.23.0/24 untagged.
+    let vip = Ipv4Addr::new(10, 77, 24, 100);
+    let client_ip = Ipv4Addr::new(10, 77, 24, 9);
+    p.node.add_addr(&node_vlan, "10.77.24.1/24");
+    p.client.add_addr(&client_vlan, &format!("{client_ip}/24"));
+    let pins = PinRoot::new();
+    let mut dp = open(&p.node, &node_vlan, AttachMode::Auto, &pins.0);
+    // A VLAN device has no native XDP: `auto` (the configuration's default) falls back to generic.
+    assert_eq!(dp.attachment().to_string(), "generic");
+    dp.register(vip).expect("register");
+    dp.answer_until(vip, far_deadline()).expect("answer");
+    let node_mac = p.node.mac(&node_vlan);
+    assert_eq!(
+        probe(&p.client, &client_vlan, client_ip, vip),
+        vec![node_mac],
+        "the program on the VLAN device answers, XDP_TX through the device back onto VLAN 100"
+    );
+
+    dp.fence(vip).expect("fence");
+    p.node
+        .ip(&["addr", "add", &format!("{vip}/24"), "dev", &node_vlan]);
+    assert!(
+        probe(&p.client, &client_vlan, client_ip, vip).is_empty(),
+        "fenced: silent on the VLAN although the address is configured"
+    );
+    p.client
+        .static_neighbour(&client_vlan, &vip.to_string(), &node_mac);
+    assert_eq!(
+        p.client.ping(&vip.to_string(), 3),
+        0,
+        "no echo reply when fenced"
+    );
+    let stats = dp.stats(vip).expect("stats");
+    assert_eq!(
+        (stats.arp_replied, stats.arp_dropped, stats.ipv4_dropped),
+        (1, 1, 3),
+        "{stats:?}"
+    );
+}

@@ -10,6 +10,23 @@
 //! * Everything else, including truncated or malformed frames: [`Verdict::PASS`], untouched. A frame
 //!   is only rewritten after every field of it has been validated.
 //!
+//! The same rules apply to a frame with one 802.1Q tag (TPID 0x8100, any VLAN ID including 0, any
+//! PCP/DEI): the ARP or IPv4 packet after the tag is judged as if untagged, and a reply keeps the tag
+//! exactly as it came (bytes 12..18 are never written), so it goes back out on the requester's VLAN
+//! with its priority. This is what a program attached to the *parent* of VLAN devices sees; a
+//! program on a VLAN device (`eth0.100`) sees untagged frames and needs none of it.
+//!
+//! The VIP table is not per VLAN: a VIP is answered, and fenced, on every VLAN of the interface and
+//! untagged. Fencing must cover every path the kernel could answer on, and by default
+//! (`arp_ignore=0`, the weak host model) the kernel answers ARP for a local address arriving on any
+//! interface, so a stale VIP on the parent would otherwise still be reachable through `eth0.100`.
+//! Even without VLAN devices the kernel takes a priority-tagged frame (VLAN ID 0) as untagged
+//! traffic of the parent and answers it. Answering follows the same default.
+//!
+//! 802.1ad (TPID 0x88a8) and stacked tags (QinQ, 0x8100 inside 0x8100) pass untouched: the program
+//! cannot know which pair of tags a VIP belongs to. A program on the inner VLAN device sees them
+//! untagged.
+//!
 //! Frame access goes through [`Packet`], which hands out fixed-size prefixes (`&[u8; N]`): in the
 //! kernel that is one bounds check against `data_end` per prefix, which the verifier accepts, and every
 //! field access after it is a constant offset.
@@ -23,13 +40,29 @@ pub const XDP_TX: u32 = 3;
 
 /// Ethernet header length (no VLAN tag).
 pub const ETH_LEN: usize = 14;
+/// One 802.1Q tag: TPID (2 bytes) + TCI (PCP, DEI, VLAN ID; 2 bytes).
+pub const VLAN_TAG_LEN: usize = 4;
+/// Ethernet header with one 802.1Q tag: the inner ethertype is at bytes 16..18.
+pub const VLAN_ETH_LEN: usize = ETH_LEN + VLAN_TAG_LEN;
+/// An Ethernet/IPv4 ARP packet (without the Ethernet header).
+pub const ARP_LEN: usize = 28;
+/// The fixed part of an IPv4 header.
+pub const IPV4_HEADER_LEN: usize = 20;
 /// Ethernet header + an Ethernet/IPv4 ARP packet.
-pub const ARP_FRAME_LEN: usize = ETH_LEN + 28;
+pub const ARP_FRAME_LEN: usize = ETH_LEN + ARP_LEN;
 /// Ethernet header + the fixed part of an IPv4 header.
-pub const IPV4_FRAME_LEN: usize = ETH_LEN + 20;
+pub const IPV4_FRAME_LEN: usize = ETH_LEN + IPV4_HEADER_LEN;
+/// 802.1Q-tagged Ethernet header + an Ethernet/IPv4 ARP packet.
+pub const VLAN_ARP_FRAME_LEN: usize = VLAN_ETH_LEN + ARP_LEN;
+/// 802.1Q-tagged Ethernet header + the fixed part of an IPv4 header.
+pub const VLAN_IPV4_FRAME_LEN: usize = VLAN_ETH_LEN + IPV4_HEADER_LEN;
 
 pub const ETH_P_ARP: [u8; 2] = [0x08, 0x06];
 pub const ETH_P_IP: [u8; 2] = [0x08, 0x00];
+/// 802.1Q VLAN tag (C-tag): handled.
+pub const ETH_P_8021Q: [u8; 2] = [0x81, 0x00];
+/// 802.1ad service tag (S-tag, QinQ outer): passed untouched.
+pub const ETH_P_8021AD: [u8; 2] = [0x88, 0xa8];
 pub const ARP_OP_REQUEST: u16 = 1;
 pub const ARP_OP_REPLY: u16 = 2;
 /// ARP hardware types the kernel accepts on Ethernet devices (`arp_process`): Ethernet and IEEE 802.
@@ -125,25 +158,70 @@ pub fn process<P: Packet + ?Sized, L: VipLookup>(pkt: &mut P, table: &L) -> Verd
     };
     let ether_type = [eth[12], eth[13]];
     if ether_type == ETH_P_IP {
-        process_ipv4(pkt, table)
+        process_ipv4::<P, L, IPV4_FRAME_LEN, ETH_LEN>(pkt, table)
     } else if ether_type == ETH_P_ARP {
-        process_arp(pkt, table)
+        process_arp::<P, L, ARP_FRAME_LEN, ETH_LEN>(pkt, table)
+    } else if ether_type == ETH_P_8021Q {
+        process_tagged(pkt, table)
     } else {
         Verdict::PASS
     }
 }
 
+/// One 802.1Q tag: the same decisions on the packet after it. Two branches with constant offsets
+/// (rather than one parser with a variable header length) keep every packet access at a constant
+/// offset from `data` after a single bounds check, which the verifier accepts without range tracking.
 #[inline(always)]
-fn process_ipv4<P: Packet + ?Sized, L: VipLookup>(pkt: &P, table: &L) -> Verdict {
-    let Some(f) = pkt.head::<IPV4_FRAME_LEN>() else {
+fn process_tagged<P: Packet + ?Sized, L: VipLookup>(pkt: &mut P, table: &L) -> Verdict {
+    let Some(eth) = pkt.head::<VLAN_ETH_LEN>() else {
+        return Verdict::PASS;
+    };
+    let inner_type = [eth[16], eth[17]];
+    if inner_type == ETH_P_IP {
+        process_ipv4::<P, L, VLAN_IPV4_FRAME_LEN, VLAN_ETH_LEN>(pkt, table)
+    } else if inner_type == ETH_P_ARP {
+        process_arp::<P, L, VLAN_ARP_FRAME_LEN, VLAN_ETH_LEN>(pkt, table)
+    } else {
+        // Includes a second tag (QinQ): not ours to judge.
+        Verdict::PASS
+    }
+}
+
+/// `N` bytes at offset `AT` of a `FRAME`-byte prefix. `FRAME`, `AT` and `N` are constants of each
+/// instantiation, so this compiles to a constant offset with no check left (and no panic path: an
+/// impossible combination is `None`, and the callers assert at compile time that it is possible).
+#[inline(always)]
+fn part<const FRAME: usize, const AT: usize, const N: usize>(f: &[u8; FRAME]) -> Option<&[u8; N]> {
+    f.get(AT..)?.first_chunk::<N>()
+}
+
+/// Like [`part`], writable.
+#[inline(always)]
+fn part_mut<const FRAME: usize, const AT: usize, const N: usize>(
+    f: &mut [u8; FRAME],
+) -> Option<&mut [u8; N]> {
+    f.get_mut(AT..)?.first_chunk_mut::<N>()
+}
+
+/// IPv4 at offset `L3` (after the Ethernet header, tagged or not); `FRAME` = `L3` + 20.
+#[inline(always)]
+fn process_ipv4<P: Packet + ?Sized, L: VipLookup, const FRAME: usize, const L3: usize>(
+    pkt: &P,
+    table: &L,
+) -> Verdict {
+    const { assert!(FRAME == L3 + IPV4_HEADER_LEN) };
+    let Some(ip) = pkt
+        .head::<FRAME>()
+        .and_then(part::<FRAME, L3, IPV4_HEADER_LEN>)
+    else {
         return Verdict::PASS;
     };
     // Version 4, IHL >= 5: anything else the kernel discards by itself.
-    let version_ihl = f[ETH_LEN];
+    let version_ihl = ip[0];
     if version_ihl >> 4 != 4 || version_ihl & 0x0f < 5 {
         return Verdict::PASS;
     }
-    let vip = VipKey::new([f[30], f[31], f[32], f[33]]);
+    let vip = VipKey::new([ip[16], ip[17], ip[18], ip[19]]);
     match table.state(&vip) {
         Some(state) if !state.answering_at(table.now_ns()) => {
             Verdict::new(Outcome::DroppedIpv4, vip)
@@ -163,33 +241,49 @@ pub struct ArpView {
 }
 
 impl ArpView {
-    /// Parse the ARP part of an Ethernet frame; `None` unless it is Ethernet (or IEEE 802) hardware,
-    /// IPv4 protocol, hlen 6 and plen 4.
+    /// Parse the ARP part of an untagged Ethernet frame; see [`ArpView::parse_packet`].
     #[inline(always)]
     #[must_use]
     pub fn parse(f: &[u8; ARP_FRAME_LEN]) -> Option<Self> {
-        let htype = u16::from_be_bytes([f[14], f[15]]);
-        let ptype = u16::from_be_bytes([f[16], f[17]]);
+        part::<ARP_FRAME_LEN, ETH_LEN, ARP_LEN>(f).and_then(Self::parse_packet)
+    }
+
+    /// Parse an ARP packet (the bytes after the Ethernet header and any tag); `None` unless it is
+    /// Ethernet (or IEEE 802) hardware, IPv4 protocol, hlen 6 and plen 4.
+    #[inline(always)]
+    #[must_use]
+    pub fn parse_packet(a: &[u8; ARP_LEN]) -> Option<Self> {
+        let htype = u16::from_be_bytes([a[0], a[1]]);
+        let ptype = u16::from_be_bytes([a[2], a[3]]);
         if (htype != ARPHRD_ETHER && htype != ARPHRD_IEEE802)
             || ptype != ARP_PTYPE_IPV4
-            || f[18] != 6
-            || f[19] != 4
+            || a[4] != 6
+            || a[5] != 4
         {
             return None;
         }
         Some(Self {
-            op: u16::from_be_bytes([f[20], f[21]]),
-            sha: [f[22], f[23], f[24], f[25], f[26], f[27]],
-            spa: [f[28], f[29], f[30], f[31]],
-            tha: [f[32], f[33], f[34], f[35], f[36], f[37]],
-            tpa: [f[38], f[39], f[40], f[41]],
+            op: u16::from_be_bytes([a[6], a[7]]),
+            sha: [a[8], a[9], a[10], a[11], a[12], a[13]],
+            spa: [a[14], a[15], a[16], a[17]],
+            tha: [a[18], a[19], a[20], a[21], a[22], a[23]],
+            tpa: [a[24], a[25], a[26], a[27]],
         })
     }
 }
 
+/// ARP at offset `L3` (after the Ethernet header, tagged or not); `FRAME` = `L3` + 28.
 #[inline(always)]
-fn process_arp<P: Packet + ?Sized, L: VipLookup>(pkt: &mut P, table: &L) -> Verdict {
-    let Some(arp) = pkt.head::<ARP_FRAME_LEN>().and_then(ArpView::parse) else {
+fn process_arp<P: Packet + ?Sized, L: VipLookup, const FRAME: usize, const L3: usize>(
+    pkt: &mut P,
+    table: &L,
+) -> Verdict {
+    const { assert!(FRAME == L3 + ARP_LEN && L3 >= 12) };
+    let Some(arp) = pkt
+        .head::<FRAME>()
+        .and_then(part::<FRAME, L3, ARP_LEN>)
+        .and_then(ArpView::parse_packet)
+    else {
         return Verdict::PASS;
     };
 
@@ -212,12 +306,20 @@ fn process_arp<P: Packet + ?Sized, L: VipLookup>(pkt: &mut P, table: &L) -> Verd
     if !state.answering_at(table.now_ns()) || !is_unicast(&arp.sha) {
         return Verdict::new(Outcome::DroppedArp, vip);
     }
-    match pkt.head_mut::<ARP_FRAME_LEN>() {
-        Some(f) => {
-            write_arp_reply(f, &state.mac, &vip.addr, &arp.sha, &arp.spa);
-            Verdict::new(Outcome::Replied, vip)
-        }
-        // Unreachable (the same prefix was readable above), but never transmit what we did not write.
+    // Rewrite the MAC addresses and the ARP packet; the ethertype, and a VLAN tag between them,
+    // stay as they came.
+    let written = pkt.head_mut::<FRAME>().and_then(|f| {
+        let macs = part_mut::<FRAME, 0, 12>(f)?;
+        macs[0..6].copy_from_slice(&arp.sha);
+        macs[6..12].copy_from_slice(&state.mac);
+        let packet = part_mut::<FRAME, L3, ARP_LEN>(f)?;
+        write_arp_reply_packet(packet, &state.mac, &vip.addr, &arp.sha, &arp.spa);
+        Some(())
+    });
+    match written {
+        Some(()) => Verdict::new(Outcome::Replied, vip),
+        // Unreachable (the same prefix was readable above, and the parts are constant offsets in
+        // it), but never transmit what we did not write.
         None => Verdict::new(Outcome::DroppedArp, vip),
     }
 }
@@ -242,16 +344,30 @@ pub fn write_arp_reply(
 ) {
     f[0..6].copy_from_slice(requester_mac);
     f[6..12].copy_from_slice(our_mac);
+    if let Some(packet) = part_mut::<ARP_FRAME_LEN, ETH_LEN, ARP_LEN>(f) {
+        write_arp_reply_packet(packet, our_mac, vip, requester_mac, requester_ip);
+    }
+}
+
+/// The ARP packet part of [`write_arp_reply`] (the bytes after the Ethernet header and any tag).
+#[inline(always)]
+pub fn write_arp_reply_packet(
+    a: &mut [u8; ARP_LEN],
+    our_mac: &[u8; 6],
+    vip: &[u8; 4],
+    requester_mac: &[u8; 6],
+    requester_ip: &[u8; 4],
+) {
     // htype Ethernet (an IEEE 802 request is answered as Ethernet, like the kernel does).
-    f[14] = 0;
-    f[15] = 1;
+    a[0] = 0;
+    a[1] = 1;
     let [op_hi, op_lo] = ARP_OP_REPLY.to_be_bytes();
-    f[20] = op_hi;
-    f[21] = op_lo;
-    f[22..28].copy_from_slice(our_mac);
-    f[28..32].copy_from_slice(vip);
-    f[32..38].copy_from_slice(requester_mac);
-    f[38..42].copy_from_slice(requester_ip);
+    a[6] = op_hi;
+    a[7] = op_lo;
+    a[8..14].copy_from_slice(our_mac);
+    a[14..18].copy_from_slice(vip);
+    a[18..24].copy_from_slice(requester_mac);
+    a[24..28].copy_from_slice(requester_ip);
 }
 
 /// Build a complete ARP frame (used by the agent for gratuitous ARP and by tests).

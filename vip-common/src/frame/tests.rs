@@ -288,15 +288,170 @@ fn malformed_arp_passes_untouched() {
     }
 }
 
+/// `frame` with one 802.1Q tag inserted after the MAC addresses.
+fn tagged(frame: &[u8], vid: u16, pcp: u8) -> Vec<u8> {
+    let tci = (u16::from(pcp) << 13) | vid;
+    let mut out = frame[..12].to_vec();
+    out.extend_from_slice(&ETH_P_8021Q);
+    out.extend_from_slice(&tci.to_be_bytes());
+    out.extend_from_slice(&frame[12..]);
+    out
+}
+
 #[test]
-fn vlan_tagged_frames_pass() {
-    // 802.1Q is not parsed yet: the tagged frame is left to the kernel (and to a program on the VLAN
-    // sub-interface, where the tag is already stripped).
-    let plain = request(BCAST, CLIENT_MAC, CLIENT_IP, VIP);
-    let mut tagged = plain[..12].to_vec();
-    tagged.extend_from_slice(&[0x81, 0x00, 0x00, 0x0a]);
-    tagged.extend_from_slice(&plain[12..]);
-    assert_untouched(&Table::fenced(), tagged, Verdict::PASS);
+fn tagged_request_for_vip_is_answered_keeping_the_tag() {
+    // VID 0 is a priority tag: the kernel delivers it to the parent untagged, so it is answered too.
+    for (vid, pcp) in [(100, 0), (4094, 7), (0, 3), (1, 1)] {
+        let frame = tagged(&request(BCAST, CLIENT_MAC, CLIENT_IP, VIP), vid, pcp);
+        let (v, out) = run(&Table::answering(), frame);
+        assert_eq!(
+            v,
+            Verdict::new(Outcome::Replied, VipKey::new(VIP)),
+            "vid {vid}"
+        );
+        let reply = build_arp(
+            CLIENT_MAC,
+            OUR_MAC,
+            ARP_OP_REPLY,
+            OUR_MAC,
+            VIP,
+            CLIENT_MAC,
+            CLIENT_IP,
+        );
+        assert_eq!(out, tagged(&reply, vid, pcp), "vid {vid} pcp {pcp}");
+    }
+}
+
+#[test]
+fn tagged_padded_ieee802_request_is_answered_and_keeps_padding_and_dei() {
+    let mut frame = tagged(&request(OUR_MAC, CLIENT_MAC, CLIENT_IP, VIP), 7, 2);
+    frame[14] |= 0x10; // DEI
+    frame[19] = 6; // htype IEEE 802
+    frame.resize(64, 0xab);
+    let (v, out) = run(&Table::answering(), frame.clone());
+    assert_eq!(v.xdp_action(), XDP_TX);
+    assert_eq!(out.len(), 64);
+    assert_eq!(&out[12..18], &frame[12..18], "tag and ethertype unchanged");
+    assert_eq!(&out[18..20], &[0, 1], "answered as Ethernet");
+    assert_eq!(&out[24..26], &[0, 2], "op reply");
+    assert!(out[46..].iter().all(|b| *b == 0xab), "padding kept");
+}
+
+#[test]
+fn tagged_fenced_request_and_ipv4_for_vip_are_dropped_untouched() {
+    let vip = VipKey::new(VIP);
+    let arp = tagged(&request(BCAST, CLIENT_MAC, CLIENT_IP, VIP), 100, 0);
+    assert_untouched(
+        &Table::fenced(),
+        arp,
+        Verdict::new(Outcome::DroppedArp, vip),
+    );
+    let ip = tagged(&ipv4(VIP), 100, 0);
+    assert_untouched(
+        &Table::fenced(),
+        ip.clone(),
+        Verdict::new(Outcome::DroppedIpv4, vip),
+    );
+    assert_untouched(&Table::answering(), ip, Verdict::PASS);
+    // A non-unicast requester on a VLAN is dropped as untagged.
+    let mut bad = tagged(&request(BCAST, CLIENT_MAC, CLIENT_IP, VIP), 100, 0);
+    bad[26..32].copy_from_slice(&BCAST);
+    assert_untouched(
+        &Table::answering(),
+        bad,
+        Verdict::new(Outcome::DroppedArp, vip),
+    );
+}
+
+#[test]
+fn tagged_conflict_is_counted_and_passed() {
+    let mut garp = build_arp(
+        BCAST,
+        STRANGER_MAC,
+        ARP_OP_REPLY,
+        STRANGER_MAC,
+        VIP,
+        BCAST,
+        VIP,
+    )
+    .to_vec();
+    garp = tagged(&garp, 100, 0);
+    assert_untouched(
+        &Table::answering(),
+        garp,
+        Verdict::new(Outcome::Conflict, VipKey::new(VIP)),
+    );
+}
+
+#[test]
+fn tagged_frames_not_about_a_vip_pass_untouched() {
+    let req = request(BCAST, CLIENT_MAC, CLIENT_IP, VIP);
+    let mut bad_plen = req.clone();
+    bad_plen[19] = 6;
+    let mut v6 = ipv4(VIP);
+    v6[12..14].copy_from_slice(&[0x86, 0xdd]);
+    let mut bad_ihl = ipv4(VIP);
+    bad_ihl[14] = 0x44;
+    let full = tagged(&req, 100, 0);
+    let cases = [
+        (
+            "other address",
+            tagged(&request(BCAST, CLIENT_MAC, CLIENT_IP, NODE_IP), 100, 0),
+        ),
+        ("IPv4 to other address", tagged(&ipv4(NODE_IP), 100, 0)),
+        ("bad plen", tagged(&bad_plen, 100, 0)),
+        ("IPv6", tagged(&v6, 100, 0)),
+        ("IPv4 ihl 4", tagged(&bad_ihl, 100, 0)),
+        ("truncated ARP", full[..45].to_vec()),
+        ("truncated IPv4", tagged(&ipv4(VIP), 100, 0)[..37].to_vec()),
+        ("tag only", full[..18].to_vec()),
+        ("tag cut", full[..17].to_vec()),
+        ("TPID only", full[..15].to_vec()),
+    ];
+    for t in [Table::answering(), Table::fenced()] {
+        for (name, frame) in &cases {
+            let (v, out) = run(&t, frame.clone());
+            assert_eq!(v, Verdict::PASS, "{name}");
+            assert_eq!(&out, frame, "{name} must not be modified");
+        }
+    }
+}
+
+#[test]
+fn qinq_and_8021ad_pass_untouched() {
+    // Stacked tags: the program does not know which pair of tags a VIP belongs to.
+    let inner = tagged(&request(BCAST, CLIENT_MAC, CLIENT_IP, VIP), 200, 0);
+    let double = tagged(&inner, 100, 0);
+    let mut s_tag = inner.clone();
+    s_tag[12..14].copy_from_slice(&ETH_P_8021AD);
+    let mut s_tag_only = tagged(&request(BCAST, CLIENT_MAC, CLIENT_IP, VIP), 100, 0);
+    s_tag_only[12..14].copy_from_slice(&ETH_P_8021AD);
+    let mut s_over_c = tagged(&inner, 100, 0);
+    s_over_c[12..14].copy_from_slice(&ETH_P_8021AD);
+    for t in [Table::answering(), Table::fenced()] {
+        for frame in [&double, &s_tag, &s_tag_only, &s_over_c] {
+            assert_untouched(&t, frame.clone(), Verdict::PASS);
+        }
+        assert_untouched(&t, tagged(&tagged(&ipv4(VIP), 1, 0), 2, 0), Verdict::PASS);
+    }
+}
+
+#[test]
+fn answering_is_not_per_vlan() {
+    // The table has no VLAN dimension: a VIP is served on every VLAN of the interface and untagged,
+    // like the kernel answers ARP for a local address on any interface (arp_ignore=0).
+    for vid in [1, 100, 200] {
+        let (v, _) = run(
+            &Table::answering(),
+            tagged(&request(BCAST, CLIENT_MAC, CLIENT_IP, VIP), vid, 0),
+        );
+        assert_eq!(v.xdp_action(), XDP_TX, "vid {vid}");
+        let (v, _) = run(
+            &Table::fenced(),
+            tagged(&request(BCAST, CLIENT_MAC, CLIENT_IP, VIP), vid, 0),
+        );
+        assert_eq!(v.xdp_action(), XDP_DROP, "vid {vid}");
+    }
 }
 
 #[test]
