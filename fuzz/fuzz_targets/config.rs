@@ -65,6 +65,10 @@ fn set_arg(args: &mut ConfigArgs, key: &str, value: &str) -> bool {
         "patroni-user" => &mut args.patroni_user,
         "patroni-password" => &mut args.patroni_password,
         "postgres-dsn" => &mut args.postgres_dsn,
+        "on-promote" => &mut args.on_promote,
+        "on-demote" => &mut args.on_demote,
+        "hook-timeout" => &mut args.hook_timeout,
+        "hook-retries" => &mut args.hook_retries,
         "dcs-endpoints" => {
             args.dcs_endpoints = value.split(',').map(str::to_owned).collect();
             return true;

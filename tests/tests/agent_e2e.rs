@@ -434,3 +434,90 @@ fn sighup_reloads_a_changed_config_and_keeps_running_on_a_bad_one() {
     assert!(c.log(0).contains("no-such-key"), "the error names the key");
     assert_eq!(answering(&c), vec![mac(&c, 0)], "still serving");
 }
+
+/// `on-promote` / `on-demote` run after the data plane changed: the promote hook finds the address
+/// already on the interface, the demote hook finds it gone; a holder's SIGTERM runs `on-demote`
+/// before the agent exits; a failing hook is retried and never holds up the data plane.
+#[test]
+fn hooks_run_after_each_transition_and_at_shutdown() {
+    if !require_privileges("hooks_run_after_each_transition_and_at_shutdown") {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("vip-agent-e2e-hooks-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("hook log dir");
+    struct Remove(std::path::PathBuf);
+    impl Drop for Remove {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _cleanup = Remove(dir.clone());
+    // Each line: event, VIP, and how many times the VIP is on the interface at that moment.
+    let line = |event: &str| {
+        format!(
+            "echo \"{event} $VIP_AGENT_VIP $(ip -4 -o addr show dev \"$VIP_AGENT_INTERFACE\" | \
+             grep -c \" $VIP_AGENT_VIP/\")\" >> {}/\"$VIP_AGENT_TRIGGER_VALUE\".log",
+            dir.display()
+        )
+    };
+    // The demote hook also fails on its first attempt (hook-retries: 1 gives it a second one).
+    let extra = format!(
+        "on-promote: '{}'\non-demote: '{}; test -e {d}/\"$VIP_AGENT_TRIGGER_VALUE\".failed || \
+         {{ touch {d}/\"$VIP_AGENT_TRIGGER_VALUE\".failed; exit 7; }}'\nhook-retries: 1\n\
+         hook-timeout: 10s\n",
+        line("promote"),
+        line("demote"),
+        d = dir.display()
+    );
+    let mut c = cluster(41, &extra);
+    let vip = c.vip;
+    let log =
+        |name: &str| std::fs::read_to_string(dir.join(format!("{name}.log"))).unwrap_or_default();
+
+    let (l1, l2) = (grant(&c, 30), grant(&c, 30));
+    acquire(&c, "node1", l1);
+    eventually(Duration::from_secs(5), "node1's on-promote ran", || {
+        !log("node1").is_empty()
+    });
+    assert_eq!(
+        log("node1"),
+        format!("promote {vip} 1\n"),
+        "the address was up"
+    );
+    assert!(answering(&c) == vec![mac(&c, 0)]);
+
+    release(&c, "node1");
+    acquire(&c, "node2", l2);
+    eventually(Duration::from_secs(5), "node2's on-promote ran", || {
+        !log("node2").is_empty()
+    });
+    // node1's demote hook failed once, then ran again a second later.
+    eventually(
+        Duration::from_secs(5),
+        "node1's on-demote ran twice",
+        || {
+            log("node1")
+                .lines()
+                .filter(|l| l.starts_with("demote"))
+                .count()
+                == 2
+        },
+    );
+    assert_eq!(
+        log("node1"),
+        format!("promote {vip} 1\ndemote {vip} 0\ndemote {vip} 0\n"),
+        "the address was gone when on-demote ran"
+    );
+    assert_eq!(log("node2"), format!("promote {vip} 1\n"));
+    assert!(answering(&c) == vec![mac(&c, 1)]);
+
+    // Giving the VIP up at shutdown is a demotion too; it runs before the agent exits.
+    let status = c.terminate_agent(1).expect("the agent exits on SIGTERM");
+    assert!(status.success(), "{status:?}");
+    assert_eq!(
+        log("node2"),
+        format!("promote {vip} 1\ndemote {vip} 0\n"),
+        "on-demote ran at shutdown (once: the first attempt of node2's demote hook fails, and a \
+         shutdown does not retry)"
+    );
+}

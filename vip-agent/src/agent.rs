@@ -29,10 +29,11 @@ use tracing::{debug, error, info, warn};
 use crate::{
     address::{AddressError, AddressEvent, AddressEvents, Addresses, Vip},
     clock::monotonic_ns,
-    config::{Config, GarpConfig, GateConfig, VipConfig},
+    config::{Config, GarpConfig, GateConfig, HookConfig, VipConfig},
     dataplane::{AttachOptions, Dataplane, DataplaneError},
     garp::{GarpError, GarpSender},
     gate::{Gate, GateHook},
+    hooks::{self, HookContext, HookEvent},
     leader::{LeaderError, LeaderFollower, LeaderSettings, LeaderState, Reason},
     metrics::{self, MetricsError, Registry},
     notify::Notifier,
@@ -229,6 +230,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
             addresses.clone(),
             rx.clone(),
             &config.garp,
+            registry.clone(),
         )?);
     }
     let vip_stop = CancellationToken::new();
@@ -466,6 +468,9 @@ struct VipTask {
     leader: watch::Receiver<LeaderState>,
     garp: Arc<GarpSender>,
     garp_config: GarpConfig,
+    registry: Registry,
+    /// Stops the hook of the previous transition (the latest transition wins).
+    hook_stop: CancellationToken,
     tasks: TaskTracker,
 }
 
@@ -476,6 +481,7 @@ impl VipTask {
         addresses: Addresses,
         leader: watch::Receiver<LeaderState>,
         garp_config: &GarpConfig,
+        registry: Registry,
     ) -> Result<Self, AgentError> {
         let (ifindex, mac) = {
             let dp = dataplane.lock().unwrap_or_else(PoisonError::into_inner);
@@ -499,6 +505,8 @@ impl VipTask {
             leader,
             garp: Arc::new(garp),
             garp_config: *garp_config,
+            registry,
+            hook_stop: CancellationToken::new(),
             tasks: TaskTracker::new(),
         })
     }
@@ -519,6 +527,7 @@ impl VipTask {
                     self.converge_address(true).await;
                     garp_stop = CancellationToken::new();
                     self.spawn_garp(garp_stop.clone());
+                    self.spawn_hook(HookEvent::Promote);
                 } else {
                     garp_stop.cancel();
                     if state.primary && state.safe_until_ns <= now {
@@ -528,6 +537,7 @@ impl VipTask {
                     }
                     info!(vip = %self.vip, interface = %self.config.interface, "demoted: removing address");
                     self.converge_address(false).await;
+                    self.spawn_hook(HookEvent::Demote);
                 }
             }
             let deadline = holding.then_some(state.safe_until_ns);
@@ -548,8 +558,65 @@ impl VipTask {
         garp_stop.cancel();
         self.fence();
         self.converge_address(false).await;
+        if holding {
+            // Giving the VIP up at shutdown is a demotion: its hook runs once (no retries), within
+            // its timeout, before the agent exits.
+            self.hook_stop.cancel();
+            let config = HookConfig {
+                retries: 0,
+                timeout: self.config.hooks.timeout.min(hooks::SHUTDOWN_LIMIT),
+                ..self.config.hooks.clone()
+            };
+            let context = self.hook_context();
+            if let Some(report) = hooks::run(
+                &config,
+                HookEvent::Demote,
+                &context,
+                &CancellationToken::new(),
+            )
+            .await
+            {
+                self.registry
+                    .record_hook(self.vip.address, HookEvent::Demote, &report);
+            }
+        }
+        self.hook_stop.cancel();
         self.tasks.close();
         self.tasks.wait().await;
+    }
+
+    fn hook_context(&self) -> HookContext {
+        HookContext {
+            vip: self.vip.address,
+            prefix_len: self.vip.prefix_len,
+            interface: self.config.interface.clone(),
+            trigger_key: self.config.trigger_key.clone(),
+            trigger_value: self.config.trigger_value.clone(),
+        }
+    }
+
+    /// Start the hook of `event` (if configured), killing the previous transition's hook.
+    fn spawn_hook(&mut self, event: HookEvent) {
+        self.hook_stop.cancel();
+        self.hook_stop = CancellationToken::new();
+        let hooks = match event {
+            HookEvent::Promote => &self.config.hooks.on_promote,
+            HookEvent::Demote => &self.config.hooks.on_demote,
+        };
+        if hooks.is_none() {
+            return;
+        }
+        let (config, context, stop) = (
+            self.config.hooks.clone(),
+            self.hook_context(),
+            self.hook_stop.clone(),
+        );
+        let registry = self.registry.clone();
+        self.tasks.spawn(async move {
+            if let Some(report) = hooks::run(&config, event, &context, &stop).await {
+                registry.record_hook(context.vip, event, &report);
+            }
+        });
     }
 
     fn fence(&self) {

@@ -123,6 +123,40 @@ pub struct VipConfig {
     /// When to start answering after the key names this node (the top-level `promotion-gate`
     /// keys, overridden by the VIP's own in a `vips:` entry).
     pub gate: GateConfig,
+    /// Commands run after this node started or stopped answering (top-level `on-promote` etc.,
+    /// overridden by the VIP's own).
+    pub hooks: HookConfig,
+}
+
+/// Time a hook may run unless configured.
+pub const DEFAULT_HOOK_TIMEOUT: Duration = Duration::from_secs(30);
+/// Further attempts after a hook failed unless configured.
+pub const DEFAULT_HOOK_RETRIES: u32 = 2;
+
+/// `on-promote` / `on-demote`: shell commands run after the data plane changed, for what the data
+/// plane cannot do itself (a cloud VIP that is a secondary private IP reassigned through the
+/// provider's API, a load balancer to tell, a page to send). See `docs/hooks.md`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HookConfig {
+    /// Run (`/bin/sh -c`) once this node answers for the VIP and its address is up.
+    pub on_promote: Option<String>,
+    /// Run once this node stopped answering for the VIP and its address is gone.
+    pub on_demote: Option<String>,
+    /// One attempt is killed (its whole process group) after this long.
+    pub timeout: Duration,
+    /// Attempts after a failed one (non-zero exit, signal, timeout), 1 s apart.
+    pub retries: u32,
+}
+
+impl Default for HookConfig {
+    fn default() -> Self {
+        Self {
+            on_promote: None,
+            on_demote: None,
+            timeout: DEFAULT_HOOK_TIMEOUT,
+            retries: DEFAULT_HOOK_RETRIES,
+        }
+    }
 }
 
 /// Patroni's REST API address unless configured: its usual `restapi.listen` port on loopback.

@@ -16,6 +16,7 @@ pub mod config;
 pub mod dataplane;
 pub mod garp;
 pub mod gate;
+pub mod hooks;
 pub mod leader;
 pub mod metrics;
 pub mod netlink;

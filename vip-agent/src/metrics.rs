@@ -29,6 +29,7 @@ use vip_common::{VipState, VipStats};
 use crate::{
     clock::monotonic_ns,
     gate::{GateState, GateStatus, Outcome},
+    hooks::{HookEvent, HookOutcome, HookReport},
 };
 
 /// What the agent knows about one VIP, for the metrics page.
@@ -46,6 +47,17 @@ pub struct VipReport {
     pub last_event_to_dataplane_us: u64,
     /// The promotion gate in front of this VIP.
     pub gate: GateStatus,
+    /// `on-promote` / `on-demote` runs.
+    pub hooks: HookStats,
+}
+
+/// Finished hook runs of one VIP, indexed by [`HookEvent::index`] and [`HookOutcome::index`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct HookStats {
+    pub runs: [[u64; HookOutcome::ALL.len()]; HookEvent::ALL.len()],
+    pub attempts: [u64; HookEvent::ALL.len()],
+    pub last_duration: [Duration; HookEvent::ALL.len()],
+    pub last_outcome: [Option<HookOutcome>; HookEvent::ALL.len()],
 }
 
 /// Reads the data plane's current entries at scrape time: `(vip, state, summed counters)`.
@@ -106,6 +118,18 @@ impl Registry {
         if let Some(r) = inner.vips.iter_mut().find(|r| r.vip == Some(vip)) {
             r.transitions += u64::from(transition);
             r.last_event_to_dataplane_us = latency_us;
+        }
+    }
+
+    /// A finished `on-promote` / `on-demote` run of `vip`.
+    pub fn record_hook(&self, vip: Ipv4Addr, event: HookEvent, report: &HookReport) {
+        let mut inner = self.lock();
+        if let Some(r) = inner.vips.iter_mut().find(|r| r.vip == Some(vip)) {
+            let e = event.index();
+            r.hooks.runs[e][report.outcome.index()] += 1;
+            r.hooks.attempts[e] += u64::from(report.attempts);
+            r.hooks.last_duration[e] = report.duration;
+            r.hooks.last_outcome[e] = Some(report.outcome);
         }
     }
 
@@ -373,6 +397,60 @@ impl Registry {
             "Fences because Patroni stopped confirming failsafe mode after the lease deadline.",
             &mut per_vip(&|r| r.gate.failsafe.fences.to_string()).into_iter(),
         );
+        let hook_outcomes: Vec<String> = HookEvent::ALL
+            .iter()
+            .flat_map(|e| {
+                HookOutcome::ALL
+                    .iter()
+                    .map(move |o| format!("event=\"{}\",outcome=\"{}\"", e.as_str(), o.as_str()))
+            })
+            .collect();
+        let hook_outcomes: Vec<&str> = hook_outcomes.iter().map(String::as_str).collect();
+        let per_hook_outcome = |f: &dyn Fn(&VipReport, HookEvent, HookOutcome) -> String| {
+            inner
+                .vips
+                .iter()
+                .flat_map(|r| {
+                    hook_outcomes.iter().enumerate().map(move |(i, l)| {
+                        let e = HookEvent::ALL[i / HookOutcome::ALL.len()];
+                        let o = HookOutcome::ALL[i % HookOutcome::ALL.len()];
+                        (format!("{},{l}", labels(r)), f(r, e, o))
+                    })
+                })
+                .collect::<Vec<_>>()
+        };
+        family(
+            "vip_agent_hook_runs_total",
+            "counter",
+            "Finished on-promote / on-demote runs (with their retries) by outcome (success, failure, timeout, cancelled).",
+            &mut per_hook_outcome(&|r, e, o| r.hooks.runs[e.index()][o.index()].to_string())
+                .into_iter(),
+        );
+        family(
+            "vip_agent_hook_last_outcome",
+            "gauge",
+            "1 for the outcome of the last finished run of each hook.",
+            &mut per_hook_outcome(&|r, e, o| {
+                u8::from(r.hooks.last_outcome[e.index()] == Some(o)).to_string()
+            })
+            .into_iter(),
+        );
+        let events: Vec<&str> = HookEvent::ALL.iter().map(|e| e.as_str()).collect();
+        family(
+            "vip_agent_hook_attempts_total",
+            "counter",
+            "Hook attempts started (a run retries a failed attempt hook-retries times).",
+            &mut per_vip_and("event", &events, &|r, i| r.hooks.attempts[i].to_string()).into_iter(),
+        );
+        family(
+            "vip_agent_hook_last_duration_seconds",
+            "gauge",
+            "Duration of the last finished run of each hook, retries included.",
+            &mut per_vip_and("event", &events, &|r, i| {
+                format!("{:.3}", r.hooks.last_duration[i].as_secs_f64())
+            })
+            .into_iter(),
+        );
         family(
             "vip_agent_etcd_key_connected",
             "gauge",
@@ -548,6 +626,7 @@ mod tests {
                 outcomes: [3, 0, 0, 1, 0],
                 ..GateStatus::default()
             },
+            hooks: HookStats::default(),
         }]);
         r
     }
@@ -722,6 +801,40 @@ mod tests {
             !page.contains("vip_agent_promotion_gate_last_probe_info{"),
             "{page}"
         );
+    }
+
+    #[test]
+    fn hook_runs_are_counted_by_event_and_outcome() {
+        let r = registry(0);
+        let vip = Ipv4Addr::new(10, 0, 0, 5);
+        for (event, outcome, attempts) in [
+            (HookEvent::Promote, HookOutcome::Failure, 3),
+            (HookEvent::Promote, HookOutcome::Success, 2),
+            (HookEvent::Demote, HookOutcome::Timeout, 1),
+        ] {
+            let report = HookReport {
+                outcome,
+                attempts,
+                duration: Duration::from_millis(1250),
+            };
+            r.record_hook(vip, event, &report);
+        }
+        let page = r.render();
+        let labels = "vip=\"10.0.0.5\",interface=\"eth0\",key=\"/service/pg/leader\"";
+        for want in [
+            "vip_agent_hook_runs_total{L,event=\"promote\",outcome=\"failure\"} 1\n",
+            "vip_agent_hook_runs_total{L,event=\"promote\",outcome=\"success\"} 1\n",
+            "vip_agent_hook_runs_total{L,event=\"demote\",outcome=\"timeout\"} 1\n",
+            "vip_agent_hook_runs_total{L,event=\"demote\",outcome=\"success\"} 0\n",
+            "vip_agent_hook_last_outcome{L,event=\"promote\",outcome=\"success\"} 1\n",
+            "vip_agent_hook_last_outcome{L,event=\"promote\",outcome=\"failure\"} 0\n",
+            "vip_agent_hook_attempts_total{L,event=\"promote\"} 5\n",
+            "vip_agent_hook_attempts_total{L,event=\"demote\"} 1\n",
+            "vip_agent_hook_last_duration_seconds{L,event=\"demote\"} 1.250\n",
+        ] {
+            let want = want.replace('L', labels);
+            assert!(page.contains(&want), "{want} missing in:\n{page}");
+        }
     }
 
     #[test]

@@ -164,6 +164,19 @@ pub struct ConfigArgs {
     /// [default: false].
     #[arg(long, env = "VIP_PATRONI_FAILSAFE", value_name = "BOOL")]
     pub patroni_failsafe: Option<String>,
+
+    /// Shell command run after this node started answering for the VIP (see docs/hooks.md).
+    #[arg(long, env = "VIP_ON_PROMOTE", value_name = "COMMAND")]
+    pub on_promote: Option<String>,
+    /// Shell command run after this node stopped answering for the VIP.
+    #[arg(long, env = "VIP_ON_DEMOTE", value_name = "COMMAND")]
+    pub on_demote: Option<String>,
+    /// Kill a hook attempt after this long, e.g. 30s [default: 30s].
+    #[arg(long, env = "VIP_HOOK_TIMEOUT", value_name = "DURATION")]
+    pub hook_timeout: Option<String>,
+    /// Attempts after a failed hook, 1 s apart [default: 2].
+    #[arg(long, env = "VIP_HOOK_RETRIES", value_name = "N")]
+    pub hook_retries: Option<String>,
 }
 
 /// One string-valued argument: the config key it sets, its flag, its variable and its value.
@@ -177,7 +190,7 @@ pub(super) struct ArgValue<'a> {
 impl ConfigArgs {
     /// The string-valued arguments with their config key names (all but `config` and
     /// `dcs-endpoints`, which have their own types).
-    pub(super) fn string_values(&self) -> [ArgValue<'_>; 33] {
+    pub(super) fn string_values(&self) -> [ArgValue<'_>; 37] {
         let Self {
             config: _,
             ip,
@@ -214,6 +227,10 @@ impl ConfigArgs {
             patroni_password,
             postgres_dsn,
             patroni_failsafe,
+            on_promote,
+            on_demote,
+            hook_timeout,
+            hook_retries,
         } = self;
         macro_rules! arg {
             ($key:literal, $env:literal, $value:expr) => {
@@ -271,6 +288,10 @@ impl ConfigArgs {
             arg!("patroni-password", "VIP_PATRONI_PASSWORD", patroni_password),
             arg!("postgres-dsn", "VIP_POSTGRES_DSN", postgres_dsn),
             arg!("patroni-failsafe", "VIP_PATRONI_FAILSAFE", patroni_failsafe),
+            arg!("on-promote", "VIP_ON_PROMOTE", on_promote),
+            arg!("on-demote", "VIP_ON_DEMOTE", on_demote),
+            arg!("hook-timeout", "VIP_HOOK_TIMEOUT", hook_timeout),
+            arg!("hook-retries", "VIP_HOOK_RETRIES", hook_retries),
         ]
     }
 }

@@ -13,8 +13,8 @@ use vip_common::maps::MAX_VIPS;
 
 use super::{
     Config, ConfigArgs, ConfigError, DEFAULT_ETCD_ENDPOINT, DEFAULT_METRICS_ADDRESS,
-    DEFAULT_PIN_PATH, EtcdConfig, GarpConfig, GateConfig, GateMode, Location, Notice, NoticeLevel,
-    PatroniUrl, Provenance, Secret, VipConfig, XdpModeSetting, values,
+    DEFAULT_PIN_PATH, EtcdConfig, GarpConfig, GateConfig, GateMode, HookConfig, Location, Notice,
+    NoticeLevel, PatroniUrl, Provenance, Secret, VipConfig, XdpModeSetting, values,
 };
 
 /// A YAML document and the name it goes by in messages.
@@ -25,7 +25,7 @@ pub(super) struct Source<'a> {
 }
 
 /// Every top-level key vip-agent reads (vip-manager's, Pigsty's `hosting-type`, and ours).
-const TOP_LEVEL_KEYS: [&str; 37] = [
+const TOP_LEVEL_KEYS: [&str; 41] = [
     "ip",
     "netmask",
     "interface",
@@ -63,7 +63,14 @@ const TOP_LEVEL_KEYS: [&str; 37] = [
     "patroni-password",
     "postgres-dsn",
     "patroni-failsafe",
+    "on-promote",
+    "on-demote",
+    "hook-timeout",
+    "hook-retries",
 ];
+
+/// The hook keys: top-level (every VIP) and inside `vips:` entries (that VIP).
+const HOOK_KEYS: [&str; 4] = ["on-promote", "on-demote", "hook-timeout", "hook-retries"];
 
 /// The promotion-gate keys: top-level (every VIP) and inside `vips:` entries (that VIP).
 const GATE_KEYS: [&str; 11] = [
@@ -259,7 +266,8 @@ pub(super) fn build(
 
     compat_keys(&top, &mut diag);
     let top_gate = gate(&top, &GateConfig::default(), &mut diag);
-    let vips = vips(&top, &top_gate, &mut diag, &mut hostname);
+    let top_hooks = hooks(&top, &HookConfig::default(), &mut diag);
+    let vips = vips(&top, (&top_gate, &top_hooks), &mut diag, &mut hostname);
     let etcd = etcd(&top, &mut diag);
     let garp = garp(&top, &mut diag);
     let fence_timeout = fence_timeout(&top, &mut diag);
@@ -540,12 +548,12 @@ impl Hostname<'_> {
 /// The VIPs: top-level vip-manager keys, or the `vips:` list.
 fn vips(
     top: &Fields,
-    top_gate: &GateConfig,
+    (top_gate, top_hooks): (&GateConfig, &HookConfig),
     diag: &mut Diag,
     hostname: &mut Hostname<'_>,
 ) -> Vec<VipConfig> {
     let Some(list) = top.get(diag, "vips").cloned() else {
-        return vip(top, top_gate.clone(), diag, hostname)
+        return vip(top, (top_gate.clone(), top_hooks.clone()), diag, hostname)
             .into_iter()
             .collect();
     };
@@ -612,7 +620,10 @@ fn vips(
                 );
                 continue;
             };
-            if VIP_KEYS.contains(&key.as_str()) || GATE_KEYS.contains(&key.as_str()) {
+            if VIP_KEYS.contains(&key.as_str())
+                || GATE_KEYS.contains(&key.as_str())
+                || HOOK_KEYS.contains(&key.as_str())
+            {
                 if !is_unset(value) {
                     map.insert(
                         key.clone(),
@@ -634,8 +645,11 @@ fn vips(
                 diag.errors.push(ConfigError::UnknownKey {
                     location: list.location.clone(),
                     key: format!("{prefix}{key}"),
-                    suggestion: values::closest(key, &[&VIP_KEYS[..], &GATE_KEYS[..]].concat())
-                        .map(str::to_owned),
+                    suggestion: values::closest(
+                        key,
+                        &[&VIP_KEYS[..], &GATE_KEYS[..], &HOOK_KEYS[..]].concat(),
+                    )
+                    .map(str::to_owned),
                 });
             }
         }
@@ -645,7 +659,8 @@ fn vips(
             file: file.clone(),
         };
         let gate = gate(&fields, top_gate, diag);
-        out.extend(vip(&fields, gate, diag, hostname));
+        let hooks = hooks(&fields, top_hooks, diag);
+        out.extend(vip(&fields, (gate, hooks), diag, hostname));
     }
     check_vip_set(&out, &list.location, diag);
     out
@@ -679,7 +694,7 @@ fn check_vip_set(vips: &[VipConfig], location: &Location, diag: &mut Diag) {
 /// One VIP from `fields`; `None` (with errors recorded) if any part is unusable.
 fn vip(
     fields: &Fields,
-    gate: GateConfig,
+    (gate, hooks): (GateConfig, HookConfig),
     diag: &mut Diag,
     hostname: &mut Hostname<'_>,
 ) -> Option<VipConfig> {
@@ -804,7 +819,67 @@ fn vip(
         trigger_key: trigger_key?,
         trigger_value: trigger_value?,
         gate,
+        hooks,
     })
+}
+
+const HOOK_TIMEOUT_MIN: Duration = Duration::from_millis(100);
+const HOOK_TIMEOUT_MAX: Duration = Duration::from_secs(600);
+const HOOK_RETRIES_MAX: u64 = 10;
+
+/// `on-promote`, `on-demote`, `hook-timeout`, `hook-retries` over `base`.
+fn hooks(fields: &Fields, base: &HookConfig, diag: &mut Diag) -> HookConfig {
+    let mut hooks = base.clone();
+    for (key, slot) in [
+        ("on-promote", &mut hooks.on_promote),
+        ("on-demote", &mut hooks.on_demote),
+    ] {
+        if let Some((command, location)) = fields.text(diag, key) {
+            let command = command.trim();
+            if command.is_empty() {
+                diag.invalid(
+                    &location,
+                    &fields.full_key(key),
+                    "the command is empty; remove the key to run nothing".to_owned(),
+                );
+            } else if command.contains('\0') {
+                diag.invalid(
+                    &location,
+                    &fields.full_key(key),
+                    "the command contains a NUL byte".to_owned(),
+                );
+            } else {
+                *slot = Some(command.to_owned());
+            }
+        }
+    }
+    if let Some(((d, _), location)) = fields.read(diag, "hook-timeout", values::duration) {
+        if (HOOK_TIMEOUT_MIN..=HOOK_TIMEOUT_MAX).contains(&d) {
+            hooks.timeout = d;
+        } else {
+            diag.invalid(
+                &location,
+                &fields.full_key("hook-timeout"),
+                format!(
+                    "{} is out of range {}..={}",
+                    values::format_duration(d),
+                    values::format_duration(HOOK_TIMEOUT_MIN),
+                    values::format_duration(HOOK_TIMEOUT_MAX)
+                ),
+            );
+        }
+    }
+    if let Some((n, location)) = fields.read(diag, "hook-retries", values::unsigned) {
+        match u32::try_from(n) {
+            Ok(n) if u64::from(n) <= HOOK_RETRIES_MAX => hooks.retries = n,
+            _ => diag.invalid(
+                &location,
+                &fields.full_key("hook-retries"),
+                format!("{n} is out of range 0..={HOOK_RETRIES_MAX}"),
+            ),
+        }
+    }
+    hooks
 }
 
 /// `dcs-endpoints` and the `etcd-*` keys.

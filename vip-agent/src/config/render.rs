@@ -2,7 +2,7 @@
 
 use serde::Serialize;
 
-use super::{Config, GateConfig, Secret, VipConfig, values::format_duration};
+use super::{Config, GateConfig, HookConfig, Secret, VipConfig, values::format_duration};
 
 #[derive(Serialize)]
 struct Effective<'a> {
@@ -50,6 +50,31 @@ struct Vip<'a> {
     trigger_value: &'a str,
     #[serde(flatten)]
     gate: Gate<'a>,
+    #[serde(flatten)]
+    hooks: Hooks<'a>,
+}
+
+#[derive(Serialize)]
+struct Hooks<'a> {
+    #[serde(rename = "on-promote", skip_serializing_if = "Option::is_none")]
+    on_promote: Option<&'a str>,
+    #[serde(rename = "on-demote", skip_serializing_if = "Option::is_none")]
+    on_demote: Option<&'a str>,
+    #[serde(rename = "hook-timeout")]
+    timeout: String,
+    #[serde(rename = "hook-retries")]
+    retries: u32,
+}
+
+impl<'a> From<&'a HookConfig> for Hooks<'a> {
+    fn from(h: &'a HookConfig) -> Self {
+        Self {
+            on_promote: h.on_promote.as_deref(),
+            on_demote: h.on_demote.as_deref(),
+            timeout: format_duration(h.timeout),
+            retries: h.retries,
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -109,6 +134,7 @@ impl<'a> From<&'a VipConfig> for Vip<'a> {
             trigger_key: &v.trigger_key,
             trigger_value: &v.trigger_value,
             gate: Gate::from(&v.gate),
+            hooks: Hooks::from(&v.hooks),
         }
     }
 }

@@ -1588,3 +1588,70 @@ vips:
     };
     assert!(c.vips[0].gate.failsafe, "the flag sets it");
 }
+
+#[test]
+fn hooks_are_set_at_the_top_per_vip_or_by_flag_and_render_back() {
+    let none = ok(MIN);
+    assert_eq!(none.vips[0].hooks, super::HookConfig::default());
+    assert_eq!(none.vips[0].hooks.timeout, super::DEFAULT_HOOK_TIMEOUT);
+
+    let c = ok("\
+on-promote: /usr/local/bin/claim-vip --ip \"$VIP_AGENT_VIP\"
+hook-timeout: 20s
+hook-retries: 4
+vips:
+  - {ip: 10.0.0.10, netmask: 24, interface: eth0, trigger-key: /s/a/leader, trigger-value: a}
+  - {ip: 10.0.1.10, netmask: 24, interface: eth0, trigger-key: /s/b/leader, trigger-value: b,
+     on-promote: 'logger promoted', on-demote: 'logger demoted', hook-retries: 0}
+");
+    let (a, b) = (&c.vips[0].hooks, &c.vips[1].hooks);
+    assert_eq!(
+        a.on_promote.as_deref(),
+        Some("/usr/local/bin/claim-vip --ip \"$VIP_AGENT_VIP\"")
+    );
+    assert_eq!((a.on_demote.as_deref(), a.retries), (None, 4));
+    assert_eq!(a.timeout, std::time::Duration::from_secs(20));
+    assert_eq!(b.on_promote.as_deref(), Some("logger promoted"));
+    assert_eq!(b.on_demote.as_deref(), Some("logger demoted"));
+    assert_eq!(
+        (b.retries, b.timeout),
+        (0, a.timeout),
+        "entries inherit the rest"
+    );
+
+    let rendered = c.render_redacted();
+    let back = ok(&rendered);
+    assert_eq!(back.vips[0].hooks, c.vips[0].hooks, "{rendered}");
+    assert_eq!(back.vips[1].hooks, c.vips[1].hooks, "{rendered}");
+
+    let flags = ConfigArgs {
+        on_demote: Some("logger bye".into()),
+        hook_timeout: Some("500ms".into()),
+        ..args()
+    };
+    let c = match parse_with(Some(MIN), &flags) {
+        Ok(c) => c,
+        Err(e) => panic!("{e}"),
+    };
+    assert_eq!(c.vips[0].hooks.on_demote.as_deref(), Some("logger bye"));
+    assert_eq!(
+        c.vips[0].hooks.timeout,
+        std::time::Duration::from_millis(500)
+    );
+
+    for (line, key, needle) in [
+        ("hook-timeout: 1ms", "hook-timeout", "out of range"),
+        ("hook-timeout: 11m", "hook-timeout", "out of range"),
+        ("hook-retries: 11", "hook-retries", "out of range"),
+        ("hook-retries: -1", "hook-retries", "whole number"),
+    ] {
+        let e = err(&min_with(line));
+        let msg = error_for(&e, key).to_string();
+        assert!(msg.contains(needle), "{line}: {msg}");
+    }
+    let e = err(
+        "vips:\n  - {ip: 10.0.0.10, netmask: 24, interface: eth0, trigger-key: /a, on-promot: x}\n",
+    );
+    let msg = e.to_string();
+    assert!(msg.contains("did you mean `on-promote`"), "{msg}");
+}
