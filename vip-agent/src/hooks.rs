@@ -293,6 +293,13 @@ mod tests {
         }
     }
 
+    /// The promote hook of `c`, which is configured, uncancelled.
+    async fn promote(c: &HookConfig) -> HookReport {
+        run(c, HookEvent::Promote, &context(), &CancellationToken::new())
+            .await
+            .expect("on-promote is configured")
+    }
+
     struct Dir(std::path::PathBuf);
     impl Dir {
         fn new(name: &str) -> Self {
@@ -332,14 +339,7 @@ mod tests {
             Duration::from_secs(10),
             0,
         );
-        let r = run(
-            &c,
-            HookEvent::Promote,
-            &context(),
-            &CancellationToken::new(),
-        )
-        .await
-        .unwrap();
+        let r = promote(&c).await;
         assert_eq!((r.outcome, r.attempts), (HookOutcome::Success, 1));
         assert_eq!(
             std::fs::read_to_string(&out).unwrap(),
@@ -360,28 +360,14 @@ mod tests {
             Duration::from_secs(10),
             2,
         );
-        let r = run(
-            &c,
-            HookEvent::Promote,
-            &context(),
-            &CancellationToken::new(),
-        )
-        .await
-        .unwrap();
+        let r = promote(&c).await;
         assert_eq!((r.outcome, r.attempts), (HookOutcome::Success, 3));
         assert!(r.duration >= 2 * RETRY_DELAY, "{r:?}");
 
         // With one retry it gives up after two attempts.
         std::fs::remove_file(&count).unwrap();
         let c = HookConfig { retries: 1, ..c };
-        let r = run(
-            &c,
-            HookEvent::Promote,
-            &context(),
-            &CancellationToken::new(),
-        )
-        .await
-        .unwrap();
+        let r = promote(&c).await;
         assert_eq!((r.outcome, r.attempts), (HookOutcome::Failure, 2));
     }
 
@@ -395,14 +381,7 @@ mod tests {
             Duration::from_millis(300),
             0,
         );
-        let r = run(
-            &c,
-            HookEvent::Promote,
-            &context(),
-            &CancellationToken::new(),
-        )
-        .await
-        .unwrap();
+        let r = promote(&c).await;
         assert_eq!((r.outcome, r.attempts), (HookOutcome::Timeout, 1));
         let pid: i32 = std::fs::read_to_string(&pid_file)
             .unwrap()
@@ -441,14 +420,7 @@ mod tests {
     #[tokio::test]
     async fn a_missing_program_is_a_failure_with_the_shells_message() {
         let c = config("/nonexistent/vip-hook", Duration::from_secs(10), 0);
-        let r = run(
-            &c,
-            HookEvent::Promote,
-            &context(),
-            &CancellationToken::new(),
-        )
-        .await
-        .unwrap();
+        let r = promote(&c).await;
         assert_eq!((r.outcome, r.attempts), (HookOutcome::Failure, 1));
     }
 }

@@ -95,18 +95,11 @@ async fn tls_expired_certificates_fail_clearly() {
     );
     let mut s = settings(vec![etcd.endpoint()], KEY);
     s.ca_file = Some(pki.ca.clone());
-    let e = check_connection(&s).await.unwrap_err();
-    let msg = e.to_string();
-    eprintln!("expired server certificate: {msg}");
-    assert!(msg.contains(&etcd.endpoint()), "{msg}");
-    assert!(msg.to_ascii_lowercase().contains("expired"), "{msg}");
-    let f = Running::start(s);
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    assert!(f.published().iter().all(|s| !s.primary));
-    f.stop().await;
+    assert_fails_as_expired("server", &etcd, &s).await;
     drop(etcd);
 
-    // Our client certificate expired: etcd refuses the handshake.
+    // Our client certificate expired: etcd refuses the handshake. The key names us, yet the
+    // follower never reports a primary.
     let etcd = tls_etcd(&pki, true);
     let mut admin = etcd.client().await;
     admin.put(KEY, "pg1", None).await.unwrap();
@@ -114,15 +107,19 @@ async fn tls_expired_certificates_fail_clearly() {
     s.ca_file = Some(pki.ca.clone());
     s.cert_file = Some(pki.expired_client_cert.clone());
     s.key_file = Some(pki.expired_client_key.clone());
-    let e = check_connection(&s).await.unwrap_err();
-    let msg = e.to_string();
-    eprintln!("expired client certificate: {msg}");
-    assert!(msg.contains(&etcd.endpoint()), "{msg}");
-    assert!(msg.to_ascii_lowercase().contains("expired"), "{msg}");
+    assert_fails_as_expired("client", &etcd, &s).await;
     let f = Running::start(s);
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(f.published().iter().all(|s| !s.primary));
     f.stop().await;
+}
+
+/// `check_connection` fails naming the endpoint and saying the (`side`'s) certificate expired.
+async fn assert_fails_as_expired(side: &str, etcd: &Etcd, s: &vip_agent::leader::LeaderSettings) {
+    let msg = check_connection(s).await.unwrap_err().to_string();
+    eprintln!("expired {side} certificate: {msg}");
+    assert!(msg.contains(&etcd.endpoint()), "{msg}");
+    assert!(msg.to_ascii_lowercase().contains("expired"), "{msg}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
