@@ -521,3 +521,189 @@ fn hooks_run_after_each_transition_and_at_shutdown() {
          shutdown does not retry)"
     );
 }
+
+/// A client that connects to the VIP while it moves reaches the new primary without a SYN
+/// retransmission: the new primary's kernel has the address before its XDP program answers the
+/// client's ARP (checked directly too: when the new primary's map entry turns answering, the
+/// address is already on its interface). (The other order loses the client's first SYN, sent the moment the ARP reply
+/// arrives, and costs it the 1 s initial retransmission timeout.) ARP requests for the VIP leave
+/// the client every 100 µs, so its SYN follows the first answer within about that.
+#[test]
+fn clients_connecting_during_a_switchover_lose_no_syn() {
+    if !require_privileges("clients_connecting_during_a_switchover_lose_no_syn") {
+        return;
+    }
+    const PORT: u16 = 15432;
+    const TRIALS: usize = 12;
+    let c = cluster(42, "promotion-gate: off\n");
+    let client_if = c.client.ifname.clone();
+    for (knob, value) in [("retrans_time_ms", "10"), ("mcast_solicit", "255")] {
+        c.client.ns.exec_ok(
+            "sysctl",
+            &["-qw", &format!("net.ipv4.neigh.{client_if}.{knob}={value}")],
+        );
+    }
+    // Each node answers a connection with its name.
+    let listeners: Vec<std::net::TcpListener> = (0..2)
+        .map(|i| {
+            c.nodes[i].host.ns.run_in(|| {
+                std::net::TcpListener::bind(("0.0.0.0", PORT)).expect("listen on the node")
+            })
+        })
+        .collect();
+    let running = AtomicBool::new(true);
+    std::thread::scope(|scope| {
+        // Also when an assertion below fails: the listeners end and the scope can unwind.
+        let _stop = ClearOnDrop(&running);
+        for (i, listener) in listeners.iter().enumerate() {
+            let (name, running) = (c.nodes[i].name.clone(), &running);
+            listener
+                .set_nonblocking(true)
+                .expect("non-blocking listener");
+            scope.spawn(move || {
+                while running.load(Ordering::Relaxed) {
+                    match listener.accept() {
+                        Ok((mut conn, _)) => {
+                            use std::io::Write as _;
+                            let _ = conn.write_all(name.as_bytes());
+                        }
+                        Err(_) => std::thread::sleep(Duration::from_millis(1)),
+                    }
+                }
+            });
+        }
+
+        let leases = [grant(&c, 60), grant(&c, 60)];
+        acquire(&c, "node1", leases[0]);
+        eventually(Duration::from_secs(5), "node1 answers", || {
+            answering(&c) == vec![mac(&c, 0)]
+        });
+        let mut retransmitted = Vec::new();
+        for trial in 0..TRIALS {
+            let (from, to) = if trial % 2 == 0 { (0, 1) } else { (1, 0) };
+            release(&c, &c.nodes[from].name);
+            eventually(
+                Duration::from_secs(5),
+                "nobody answers after the release",
+                || answering(&c).is_empty(),
+            );
+            c.client
+                .ns
+                .exec_ok("ip", &["neigh", "flush", "dev", &client_if]);
+            let vip = c.vip;
+            let resolving = AtomicBool::new(true);
+            let (answered_by, retrans, address_first) = std::thread::scope(|inner| {
+                // On the new primary: the moment its map entry turns answering, is the address
+                // already there? (Map reads cost microseconds; the address check follows at once.)
+                let order = inner.spawn(|| {
+                    let (host, pins) = (&c.nodes[to].host, &c.pins);
+                    host.ns.run_in(move || {
+                        let deadline = Instant::now() + Duration::from_secs(10);
+                        loop {
+                            assert!(Instant::now() < deadline, "the new primary never answered");
+                            let answering = vip_agent::dataplane::inspect(pins, &host.ifname)
+                                .ok()
+                                .flatten()
+                                .and_then(|s| s.into_iter().find(|s| s.vip == vip))
+                                .map(|s| s.state)
+                                .is_some_and(|s| s.answering_at(vip_agent::clock::monotonic_ns()));
+                            if answering {
+                                return nix::ifaddrs::getifaddrs().expect("getifaddrs").any(|a| {
+                                    a.interface_name == host.ifname
+                                        && a.address
+                                            .as_ref()
+                                            .and_then(|a| a.as_sockaddr_in())
+                                            .is_some_and(|a| a.ip() == vip)
+                                });
+                            }
+                        }
+                    })
+                });
+                // ARP requests for the VIP every 100 µs from the client's address: the client's
+                // kernel takes the first reply for its unresolved entry and sends the SYN at once.
+                inner.spawn(|| {
+                    let (ifname, ip, resolving) = (&client_if, c.client.ip, &resolving);
+                    c.client.ns.run_in(move || {
+                        let sock = vip_tests::arp::ArpSocket::open(ifname).expect("ARP socket");
+                        while resolving.load(Ordering::Relaxed) {
+                            let _ = sock.send_request(ip, vip);
+                            std::thread::sleep(Duration::from_micros(100));
+                        }
+                    });
+                });
+                let connect = inner.spawn(|| {
+                    // However this thread ends, the ARP requests stop with it.
+                    let _stop = ClearOnDrop(&resolving);
+                    c.client.ns.run_in(move || {
+                        let deadline = Instant::now() + Duration::from_secs(10);
+                        loop {
+                            assert!(Instant::now() < deadline, "no connection to the VIP");
+                            let Ok(mut s) = std::net::TcpStream::connect_timeout(
+                                &(vip, PORT).into(),
+                                Duration::from_secs(3),
+                            ) else {
+                                std::thread::sleep(Duration::from_millis(5));
+                                continue;
+                            };
+                            let retrans = tcp_total_retrans(&s);
+                            let mut name = String::new();
+                            use std::io::Read as _;
+                            let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+                            let _ = s.read_to_string(&mut name);
+                            return (name, retrans);
+                        }
+                    })
+                });
+                // The client is already resolving the VIP (nobody answers) when the key moves.
+                std::thread::sleep(Duration::from_millis(30));
+                acquire(&c, &c.nodes[to].name, leases[to]);
+                let (name, retrans) = connect.join().expect("the connecting thread");
+                (name, retrans, order.join().expect("the watching thread"))
+            });
+            assert_eq!(answered_by, c.nodes[to].name, "trial {trial}");
+            assert!(
+                address_first,
+                "trial {trial}: {} answered before its kernel had the address",
+                c.nodes[to].name
+            );
+            retransmitted.push(retrans);
+            eventually(Duration::from_secs(5), "the new holder answers", || {
+                answering(&c) == vec![mac(&c, to)]
+            });
+        }
+        assert!(
+            retransmitted.iter().all(|r| *r == 0),
+            "SYNs retransmitted per connection to the new primary: {retransmitted:?}"
+        );
+    });
+}
+
+/// Clears its flag when dropped, also while unwinding from a failed assertion.
+struct ClearOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for ClearOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Relaxed);
+    }
+}
+
+/// `tcpi_total_retrans` of a connected socket: segments (here: SYNs) sent again.
+fn tcp_total_retrans(stream: &std::net::TcpStream) -> u32 {
+    use std::os::fd::AsRawFd as _;
+    // SAFETY: tcp_info is plain data; getsockopt writes at most `len` bytes into it.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = libc::socklen_t::try_from(std::mem::size_of::<libc::tcp_info>())
+        .expect("tcp_info fits a socklen_t");
+    // SAFETY: a valid socket, and `info`/`len` describe a writable buffer of that size.
+    let rc = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&raw mut info).cast(),
+            &raw mut len,
+        )
+    };
+    assert_eq!(rc, 0, "getsockopt(TCP_INFO)");
+    info.tcpi_total_retrans
+}

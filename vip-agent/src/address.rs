@@ -31,6 +31,15 @@ pub enum AddressError {
         #[source]
         source: rtnetlink::Error,
     },
+    #[error("{operation} {address}/{prefix_len} on interface index {ifindex}")]
+    Io {
+        operation: &'static str,
+        address: Ipv4Addr,
+        prefix_len: u8,
+        ifindex: u32,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// What an idempotent operation did.
@@ -155,6 +164,65 @@ fn request_error(operation: &'static str, vip: Vip, source: rtnetlink::Error) ->
         prefix_len: vip.prefix_len,
         ifindex: vip.ifindex,
         source,
+    }
+}
+
+/// Add `vip` now, on the calling thread: one `RTM_NEWADDR` on a fresh netlink socket and its
+/// acknowledgement, tens of microseconds. For the promotion path, which must have the address in
+/// place before the data plane answers ARP for it: a client that learns the MAC from our first
+/// reply sends its SYN at once, and a SYN to an address the kernel does not have yet is dropped
+/// and retransmitted only after a second. An existing address is success.
+///
+/// # Errors
+/// When the socket cannot be used or the kernel refuses for another reason than "exists".
+pub fn add_blocking(vip: Vip) -> Result<Change, AddressError> {
+    use rtnetlink::{
+        AddressMessageBuilder,
+        packet_core::{NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST},
+        sys::{Socket, protocols::NETLINK_ROUTE},
+    };
+    let io = |source: std::io::Error| AddressError::Io {
+        operation: "add",
+        address: vip.address,
+        prefix_len: vip.prefix_len,
+        ifindex: vip.ifindex,
+        source,
+    };
+    let mut socket = Socket::new(NETLINK_ROUTE).map_err(io)?;
+    socket.bind_auto().map_err(io)?;
+    socket.connect(&SocketAddr::new(0, 0)).map_err(io)?;
+    let message = AddressMessageBuilder::<Ipv4Addr>::new()
+        .index(vip.ifindex)
+        .address(vip.address, vip.prefix_len)
+        .build();
+    let mut request = NetlinkMessage::from(RouteNetlinkMessage::NewAddress(message));
+    request.header.flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_EXCL | NLM_F_CREATE;
+    request.header.sequence_number = 1;
+    request.finalize();
+    let mut buf = vec![0; request.buffer_len()];
+    request.serialize(&mut buf);
+    socket.send(&buf, 0).map_err(io)?;
+    loop {
+        let (reply, _) = socket.recv_from_full().map_err(io)?;
+        let reply = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&reply).map_err(|e| {
+            io(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("undecodable netlink reply: {e}"),
+            ))
+        })?;
+        if reply.header.sequence_number != 1 {
+            continue;
+        }
+        return match reply.payload {
+            NetlinkPayload::Error(e) if e.code.is_none() => Ok(Change::Changed),
+            NetlinkPayload::Error(e) if e.raw_code() == -libc::EEXIST => Ok(Change::Unchanged),
+            NetlinkPayload::Error(e) => Err(request_error(
+                "add",
+                vip,
+                rtnetlink::Error::NetlinkError(e),
+            )),
+            _ => continue,
+        };
     }
 }
 

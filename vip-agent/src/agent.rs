@@ -163,12 +163,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
         }
         let mut hooks: Vec<GateHook> = Vec::new();
         for (gate_config, members) in groups {
-            let targets: Vec<(Ipv4Addr, SharedDataplane)> = members
+            let targets: Vec<(Ipv4Addr, u8, SharedDataplane)> = members
                 .iter()
                 .filter_map(|v| {
                     dataplanes
                         .get(&v.interface)
-                        .map(|dp| (v.ip, Arc::clone(dp)))
+                        .map(|dp| (v.ip, v.prefix_len, Arc::clone(dp)))
                 })
                 .collect();
             let ips: Vec<Ipv4Addr> = members.iter().map(|v| v.ip).collect();
@@ -400,7 +400,8 @@ fn leader_settings(config: &Config, vip: &VipConfig) -> LeaderSettings {
 /// task (through the gate's hook) for everything but an opening gate, in the gate's task for that.
 struct DataplaneWriter {
     key: String,
-    targets: Vec<(Ipv4Addr, SharedDataplane)>,
+    /// VIP, prefix length, data plane.
+    targets: Vec<(Ipv4Addr, u8, SharedDataplane)>,
     registry: Registry,
     /// The deadline of the last write (0: fenced). The data plane answers while it lies ahead, so
     /// a deadline that ran out counts as fenced and the next confirmation logs a transition.
@@ -408,7 +409,11 @@ struct DataplaneWriter {
 }
 
 impl DataplaneWriter {
-    fn new(key: String, targets: Vec<(Ipv4Addr, SharedDataplane)>, registry: Registry) -> Self {
+    fn new(
+        key: String,
+        targets: Vec<(Ipv4Addr, u8, SharedDataplane)>,
+        registry: Registry,
+    ) -> Self {
         Self {
             key,
             targets,
@@ -420,8 +425,24 @@ impl DataplaneWriter {
     fn apply(&mut self, state: &LeaderState) {
         let now = monotonic_ns();
         let answer = state.is_safe_at(now);
-        for (vip, dp) in &self.targets {
+        let promoting = answer && now >= self.answering_until;
+        for (vip, prefix_len, dp) in &self.targets {
             let mut dp = dp.lock().unwrap_or_else(PoisonError::into_inner);
+            if promoting {
+                // The kernel address first, then the ARP answers: a client that learns our MAC
+                // sends its SYN at once, and the kernel drops a SYN to an address it does not
+                // have yet (the client retries after a second). Fenced, the address is harmless:
+                // the program drops ARP and IPv4 for the VIP. The VIP's task adds it too (and
+                // keeps it), so a failure here only costs that race.
+                let address = Vip {
+                    ifindex: dp.ifindex(),
+                    address: *vip,
+                    prefix_len: *prefix_len,
+                };
+                if let Err(e) = crate::address::add_blocking(address) {
+                    warn!(vip = %vip, error = %Chain(&e), "adding the address before answering failed");
+                }
+            }
             let result = if answer {
                 dp.answer_until(*vip, state.safe_until_ns)
             } else {
@@ -435,7 +456,7 @@ impl DataplaneWriter {
         let latency_us = done.saturating_sub(state.observed_at_ns) / 1_000;
         let transition = answer != (now < self.answering_until);
         self.answering_until = if answer { state.safe_until_ns } else { 0 };
-        for (vip, _) in &self.targets {
+        for (vip, _, _) in &self.targets {
             self.registry.record_write(*vip, transition, latency_us);
         }
         if transition {
@@ -619,6 +640,15 @@ impl VipTask {
         });
     }
 
+    /// Whether the data plane answers for this VIP right now (read under its lock).
+    fn answering_now(&self) -> bool {
+        let dp = self
+            .dataplane
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        matches!(dp.state(self.vip.address), Ok(Some(s)) if s.answering_at(monotonic_ns()))
+    }
+
     fn fence(&self) {
         let mut dp = self
             .dataplane
@@ -652,6 +682,14 @@ impl VipTask {
             Some(AddressEvent::Added(v))
                 if !holding && v.ifindex == self.vip.ifindex && v.address == self.vip.address =>
             {
+                // A promotion adds the address just before the map write, both under the data
+                // plane's lock (`DataplaneWriter::apply`); its state change may reach this task
+                // after the address event. Under the same lock, an answering map entry means the
+                // address is ours.
+                if self.answering_now() {
+                    debug!(vip = %self.vip, "address added by the promotion in progress");
+                    return;
+                }
                 warn!(vip = %self.vip, "VIP address added to the interface while not primary: removing it (the data plane keeps it fenced)");
                 self.converge_address(false).await;
             }

@@ -116,7 +116,10 @@ async fn tls_expired_certificates_fail_clearly() {
 
 /// `check_connection` fails naming the endpoint and saying the (`side`'s) certificate expired.
 async fn assert_fails_as_expired(side: &str, etcd: &Etcd, s: &vip_agent::leader::LeaderSettings) {
-    let msg = check_connection(s).await.unwrap_err().to_string();
+    let msg = check_connection(s)
+        .await
+        .expect_err("an expired certificate cannot connect")
+        .to_string();
     eprintln!("expired {side} certificate: {msg}");
     assert!(msg.contains(&etcd.endpoint()), "{msg}");
     assert!(msg.to_ascii_lowercase().contains("expired"), "{msg}");
