@@ -110,14 +110,25 @@ impl GarpSender {
     /// # Errors
     /// When the kernel refuses the frame (interface down, no buffer space, ...).
     pub fn send(&self, frame: &[u8]) -> Result<(), GarpError> {
+        let mut result = self.send_once(frame);
+        // When the interface goes down, the kernel leaves ENETDOWN pending on a bound packet
+        // socket; the first send after the link is back up returns (and clears) it, and the frame
+        // is not sent. Once more: a link that is still down fails again, a stale error does not.
+        if matches!(&result, Err(e) if e.raw_os_error() == Some(libc::ENETDOWN)) {
+            result = self.send_once(frame);
+        }
+        result.map_err(|source| GarpError::Socket {
+            operation: "send",
+            ifindex: self.ifindex,
+            source,
+        })
+    }
+
+    fn send_once(&self, frame: &[u8]) -> io::Result<()> {
         // SAFETY: the buffer is valid for `frame.len()` bytes; the socket is bound to the interface.
         let n = unsafe { libc::send(self.fd.as_raw_fd(), frame.as_ptr().cast(), frame.len(), 0) };
         if n < 0 {
-            return Err(GarpError::Socket {
-                operation: "send",
-                ifindex: self.ifindex,
-                source: io::Error::last_os_error(),
-            });
+            return Err(io::Error::last_os_error());
         }
         Ok(())
     }
