@@ -15,12 +15,16 @@
 //!   once the key is gone. A member whose node is partitioned from etcd cannot reach etcd either:
 //!   no keepalive, no writes. A "Patroni death" stops the holder's keepalives until the lease
 //!   expires and etcd deletes the key.
+//! * **etcd** is a cluster of [`ChaosConfig::etcd_members`] members (three by default), each in its
+//!   own namespace; the agents list every member in `dcs-endpoints` and the simulated Patroni, like
+//!   Patroni, talks to one member at a time and moves to the next one when a request fails.
 //! * **Faults** ([`Action`]): an operator's delete, another member's value, SIGKILL, SIGSTOP then
-//!   SIGCONT, SIGTERM then restart, a node cut off from etcd (blackhole route), etcd killed and
-//!   restarted, the VIP address removed by hand on the holder or added by hand on a standby, and
-//!   a gratuitous ARP for the VIP from the client. Storms, in which all of them may happen and
-//!   overlap on different nodes, alternate with calms, in which agents, links and etcd are left
-//!   alone ([`STORM`], [`CALM`]).
+//!   SIGCONT, SIGTERM then restart, a node cut off from etcd (blackhole routes), a node's
+//!   interface set down then up, one etcd member killed and restarted (quorum kept), the whole
+//!   etcd cluster killed and restarted, the VIP address removed by hand on the holder or added by
+//!   hand on a standby, and a gratuitous ARP for the VIP from the client. Storms, in which all of
+//!   them may happen and overlap on different nodes, alternate with calms, in which agents, links
+//!   and etcd are left alone ([`STORM`], [`CALM`]).
 //! * **Timestamps** are kernel `CLOCK_MONOTONIC` ns, the clock of the XDP program's deadline. Every
 //!   change is recorded with the time just before it was made and the time it was complete, so each
 //!   check can take whichever of the two makes it lenient; a violation is only counted when it is
@@ -31,9 +35,16 @@
 //!
 //! * **At most one MAC** answers a probe, except within [`Bounds::settle`] of a change of the key,
 //!   or while one of the two nodes has not been able to see the change (agent stopped, killed or
-//!   cut off from etcd, or reconnected less than [`Bounds::answer_after_reconnect`] ago). Those are
-//!   counted apart; the deadline invariants bound them. A node the key does not name does not
-//!   answer under the same conditions.
+//!   cut off from etcd, its interface down, or reconnected less than
+//!   [`Bounds::answer_after_reconnect`] ago). Those are counted apart; the deadline invariants
+//!   bound them. A node the key does not name does not answer under the same conditions.
+//!
+//!   A node is *connected* while its agent runs, its interface is up, no blackhole route cuts it
+//!   off and etcd serves. The kill of one etcd member counts as a reconnection of every node for
+//!   the liveness checks (the agents whose member died move to the next endpoint with backoff, and
+//!   if it was the raft leader no member serves linearizable reads until a new one is elected), but
+//!   not for the deadline checks: etcd as a whole kept serving, so a confirmation could still have
+//!   been made, which only makes the deadline bound later (more lenient), never tighter.
 //! * **No node answers after its deadline**: a probe sent at `t` may be answered by node `i` only
 //!   if `t < C + TTL − 500 ms`, where `C` is the last moment at or before `t` at which node `i`'s
 //!   agent was running, reachable from etcd, and the key named it: no confirmation the agent can
@@ -43,12 +54,16 @@
 //!   deletion was observed.
 //! * **The holder answers**: while the key names node `i`, its agent runs and reaches etcd and its
 //!   Patroni keeps the lease alive, node `i` answers within [`Bounds::answer_after_change`] of the
-//!   change (or [`Bounds::answer_after_reconnect`] of its agent's return), and is then never silent
-//!   for that long.
+//!   change (or [`Bounds::answer_after_reconnect`] of its agent's return: restart, SIGCONT,
+//!   partition healed, interface up, etcd back, an etcd member killed), and is then never silent
+//!   for [`Bounds::holder_gap`].
 //! * **The agent never panics and never exits on its own**; SIGTERM ends it with status 0.
 //! * The address removed by hand on the holder comes back, the one added by hand on a standby goes
 //!   away (and the standby stays silent), and a GARP for the VIP from another host is counted as a
 //!   conflict by the node that answers.
+//! * An interface set down and up keeps the agent's XDP program attached (same program id), and
+//!   a node whose data plane answers once the link is back has the VIP address (IPv4 addresses
+//!   survive a link down; the agent does not have to re-add it).
 
 use std::{
     collections::BTreeMap,
@@ -167,6 +182,9 @@ pub struct ChaosConfig {
     pub seed: u64,
     /// TTL of every Patroni lease, in seconds.
     pub lease_ttl_s: i64,
+    /// Members of the etcd cluster (1 to 5). With fewer than 3, [`Action::EtcdMemberLoss`] is
+    /// never applicable (one member down would take the quorum with it).
+    pub etcd_members: usize,
     /// The bounds of the checks.
     pub bounds: Bounds,
     /// Print every action to stderr as it happens.
@@ -174,7 +192,8 @@ pub struct ChaosConfig {
 }
 
 impl ChaosConfig {
-    /// A run of `duration` on `nodes` nodes with 3 s leases and the default bounds.
+    /// A run of `duration` on `nodes` nodes with 3 s leases, a three-member etcd cluster and the
+    /// default bounds.
     #[must_use]
     pub fn new(agent_bin: &Path, subnet: u8, nodes: usize, duration: Duration, seed: u64) -> Self {
         Self {
@@ -184,6 +203,7 @@ impl ChaosConfig {
             duration,
             seed,
             lease_ttl_s: 3,
+            etcd_members: 3,
             bounds: Bounds::default(),
             verbose: false,
         }
@@ -208,9 +228,14 @@ pub enum Action {
     Stop,
     /// SIGTERM an agent (must exit 0) and start it again at once.
     Restart,
-    /// Cut a node (agent and Patroni) off from etcd with a blackhole route for 0.3-5 s.
+    /// Cut a node (agent and Patroni) off from etcd with blackhole routes for 0.3-5 s.
     Partition,
-    /// SIGKILL etcd; restarted 0.3-3 s later with its data.
+    /// Set a node's interface down for 0.3-3 s, then up: the node can neither answer nor reach
+    /// etcd meanwhile (its Patroni neither).
+    LinkDown,
+    /// SIGKILL one etcd member (the quorum stays); restarted 0.3-5 s later with its data.
+    EtcdMemberLoss,
+    /// SIGKILL every etcd member (etcd is down); restarted 0.3-3 s later with their data.
     EtcdRestart,
     /// Remove the VIP address by hand on the answering holder: the agent puts it back.
     AddressRemoved,
@@ -223,7 +248,7 @@ pub enum Action {
 
 impl Action {
     /// Every action.
-    pub const ALL: [Self; 12] = [
+    pub const ALL: [Self; 14] = [
         Self::Switchover,
         Self::Delete,
         Self::ForeignValue,
@@ -232,6 +257,8 @@ impl Action {
         Self::Stop,
         Self::Restart,
         Self::Partition,
+        Self::LinkDown,
+        Self::EtcdMemberLoss,
         Self::EtcdRestart,
         Self::AddressRemoved,
         Self::AddressAdded,
@@ -250,7 +277,9 @@ impl Action {
             Self::Stop => "agent SIGSTOP + SIGCONT",
             Self::Restart => "agent SIGTERM + restart",
             Self::Partition => "node cut off from etcd",
-            Self::EtcdRestart => "etcd killed + restarted",
+            Self::LinkDown => "interface down + up",
+            Self::EtcdMemberLoss => "one etcd member killed + restarted",
+            Self::EtcdRestart => "etcd killed + restarted (every member)",
             Self::AddressRemoved => "address removed on holder",
             Self::AddressAdded => "address added on standby",
             Self::ForeignGarp => "GARP for the VIP from another host",
@@ -277,9 +306,17 @@ impl Action {
             Self::Stop => "SIGSTOP of an agent, SIGCONT 0.3-4 s later",
             Self::Restart => "SIGTERM of an agent (it must exit 0), started again at once",
             Self::Partition => {
-                "a node (its agent and its Patroni) cut off from etcd by a blackhole route for 0.3-5 s"
+                "a node (its agent and its Patroni) cut off from etcd by blackhole routes for 0.3-5 s"
             }
-            Self::EtcdRestart => "etcd SIGKILLed and restarted 0.3-3 s later with its data",
+            Self::LinkDown => {
+                "a node's interface set down (`ip link set dev X down`) for 0.3-3 s, then up: no answers and no etcd meanwhile; its XDP program must stay attached and its address stay"
+            }
+            Self::EtcdMemberLoss => {
+                "one member of the etcd cluster SIGKILLed (the quorum stays), restarted 0.3-5 s later with its data; the agents move to another endpoint"
+            }
+            Self::EtcdRestart => {
+                "every etcd member SIGKILLed (etcd down), restarted 0.3-3 s later with their data"
+            }
             Self::AddressRemoved => {
                 "the VIP address removed by hand on the answering holder: the agent must put it back"
             }
@@ -304,7 +341,13 @@ impl Action {
     const fn node_fault(self) -> bool {
         matches!(
             self,
-            Self::Kill | Self::Stop | Self::Restart | Self::Partition | Self::EtcdRestart
+            Self::Kill
+                | Self::Stop
+                | Self::Restart
+                | Self::Partition
+                | Self::LinkDown
+                | Self::EtcdMemberLoss
+                | Self::EtcdRestart
         )
     }
 }
@@ -332,6 +375,8 @@ pub enum Invariant {
     AddressNotRemoved,
     /// A GARP from another host while a node answered was not counted as a conflict.
     ConflictNotCounted,
+    /// An interface came back up without the XDP program it had before it went down.
+    XdpDetached,
     /// An agent exited without being told to.
     AgentExited,
     /// SIGTERM did not end an agent with status 0 within 10 s.
@@ -342,7 +387,7 @@ pub enum Invariant {
 
 impl Invariant {
     /// Every invariant, in report order.
-    pub const ALL: [Self; 13] = [
+    pub const ALL: [Self; 14] = [
         Self::TwoAnswers,
         Self::StaleAnswer,
         Self::PastDeadline,
@@ -353,6 +398,7 @@ impl Invariant {
         Self::AddressNotRestored,
         Self::AddressNotRemoved,
         Self::ConflictNotCounted,
+        Self::XdpDetached,
         Self::AgentExited,
         Self::UncleanStop,
         Self::AgentPanicked,
@@ -382,10 +428,13 @@ impl Invariant {
             }
             Self::ForeignAnswer => "probes answered by a MAC of no node",
             Self::AddressNotRestored => {
-                "hand-removed addresses the holder's agent did not put back"
+                "hand-removed addresses the holder's agent did not put back, and answering nodes without the address after their interface came back up"
             }
             Self::AddressNotRemoved => "hand-added addresses a standby's agent did not remove",
             Self::ConflictNotCounted => "GARPs from another host not counted as a conflict",
+            Self::XdpDetached => {
+                "interfaces set down and up that came back without the XDP program they had"
+            }
             Self::AgentExited => "agents that exited on their own",
             Self::UncleanStop => "SIGTERMs after which the agent did not exit 0",
             Self::AgentPanicked => "agent log lines saying `panicked`",
@@ -429,6 +478,8 @@ pub struct ChaosReport {
     pub seed: u64,
     /// Nodes with an agent.
     pub nodes: usize,
+    /// Members of the etcd cluster.
+    pub etcd_members: usize,
     /// Lease TTL, seconds.
     pub lease_ttl_s: i64,
     /// The bounds used.
@@ -473,10 +524,16 @@ pub struct ChaosReport {
     pub conflicts_counted: u64,
     /// GARPs whose check was inconclusive (the node stopped answering meanwhile).
     pub conflicts_inconclusive: u64,
+    /// Interfaces back up with the same XDP program attached.
+    pub links_intact: u64,
     /// Change of the key → old holder's `data plane fenced` (agent log), when it was connected.
     pub fence_latency: Latency,
     /// Change of the key → new holder's `data plane answering` (agent log), when it was connected.
     pub answer_latency: Latency,
+    /// The longest silence of an answering holder in the lease TTL after an etcd member kill, or
+    /// until its hold ended (the key naming it, its agent, link and Patroni fine; at least the
+    /// settle window): what riding through a member loss took.
+    pub member_loss_silence: Latency,
     /// Violations by invariant (every invariant present, 0 when none).
     pub violations: BTreeMap<Invariant, u64>,
     /// The first few violations of each invariant, with their context.
@@ -500,10 +557,11 @@ impl ChaosReport {
         let mut s = String::new();
         let _ = writeln!(
             s,
-            "seed {} ({SEED_ENV}={} replays it), {} nodes, {} s leases, {:.0} s of faults and recovery, {:.0} s in all",
+            "seed {} ({SEED_ENV}={} replays it), {} nodes, {} etcd members, {} s leases, {:.0} s of faults and recovery, {:.0} s in all",
             self.seed,
             self.seed,
             self.nodes,
+            self.etcd_members,
             self.lease_ttl_s,
             self.chaos.as_secs_f64(),
             self.took.as_secs_f64()
@@ -537,11 +595,12 @@ impl ChaosReport {
         );
         let _ = writeln!(
             s,
-            "addresses restored {}, removed {}; conflicts counted {} (inconclusive {})",
+            "addresses restored {}, removed {}; conflicts counted {} (inconclusive {}); interfaces back up with XDP attached {}",
             self.addresses_restored,
             self.addresses_removed,
             self.conflicts_counted,
-            self.conflicts_inconclusive
+            self.conflicts_inconclusive,
+            self.links_intact
         );
         let _ = writeln!(
             s,
@@ -549,6 +608,14 @@ impl ChaosReport {
             latency_text(&self.fence_latency),
             latency_text(&self.answer_latency)
         );
+        let _ = writeln!(
+            s,
+            "holder's longest silence in the TTL after an etcd member kill: {}",
+            latency_text(&self.member_loss_silence)
+        );
+        for e in self.two_answer_examples.iter().take(3) {
+            let _ = writeln!(s, "two answers, not a violation: {e}");
+        }
         let violations: Vec<String> = self
             .violations
             .iter()
@@ -617,9 +684,10 @@ impl ChaosReport {
             md,
             "Probes answered by two MACs: {} in all, {} within the settle window of a change, {} \
              while one of the nodes could not see the change (its agent stopped, killed or cut off \
-             from etcd when an operator deleted the key or Patroni switched over: the documented \
-             limit of docs/safety.md §6, bounded by that node's deadline, which the deadline \
-             invariant checks), {} violations.\n",
+             from etcd, or reconnecting after its interface came back, etcd came back or an etcd \
+             member was killed, when an operator deleted the key or Patroni switched over: the \
+             documented limit of docs/safety.md §6, bounded by that node's deadline, which the \
+             deadline invariant checks), {} violations.\n",
             self.two_answers,
             self.two_answers_settling,
             self.two_answers_unseen,
@@ -644,14 +712,20 @@ impl ChaosReport {
             "\nFlips (the key made to name a node, by switchover or failover): {}. Changes of the \
              key in all: {}, of which {} deletions by lease expiry. Addresses put back by the \
              agent: {}; hand-added addresses removed: {}. Conflicts counted after a GARP: {} ({} \
-             inconclusive: the node stopped answering meanwhile).\n",
+             inconclusive: the node stopped answering meanwhile). Interfaces back up with their XDP \
+             program still attached: {}. etcd ran as a cluster of {} member(s); after a member \
+             was killed, the holder's longest silence within the lease TTL or until its hold \
+             ended (when it had been answering and nothing else happened to it): {}.\n",
             self.flips,
             self.key_changes,
             self.expiries,
             self.addresses_restored,
             self.addresses_removed,
             self.conflicts_counted,
-            self.conflicts_inconclusive
+            self.conflicts_inconclusive,
+            self.links_intact,
+            self.etcd_members,
+            latency_text(&self.member_loss_silence)
         );
         let _ = writeln!(md, "## Bounds\n");
         let b = &self.bounds;
@@ -661,7 +735,7 @@ impl ChaosReport {
              | lease TTL | {} s | every Patroni lease; keepalive every 500 ms |\n\
              | deadline bound | C + TTL - {} ms | the agent's deadline is `t_sent + remaining TTL - 500 ms` from a confirmation sent at or before C |\n\
              | settle window | {} ms | after each change; the agents' logs show the change reaching the data plane in {} (fence) and {} (answer) |\n\
-             | holder answers | {} ms after the change, {} ms after its agent returns | the agents' logs show milliseconds; the reconnect backoff tops out at 5 s |\n\
+             | holder answers | {} ms after the change, {} ms after its agent returns (restart, SIGCONT, partition healed, interface up, etcd back, an etcd member killed) | the agents' logs show milliseconds; the reconnect backoff tops out at 5 s |\n\
              | holder gap | {} ms | while holding, never silent this long: 3 s leases keep the deadline 1.5 s ahead of each 1 s confirmation |\n\
              | drift and conflicts | {} ms | for the agent to restore or remove an address, and for the conflicts counter |\n",
             self.lease_ttl_s,
@@ -724,7 +798,13 @@ pub fn run(config: &ChaosConfig) -> ChaosReport {
         "the fault suite runs 2 to 7 nodes"
     );
     let started = Instant::now();
-    let mut cluster = Cluster::new(config.subnet, config.nodes, &config.agent_bin, "");
+    let mut cluster = Cluster::with_etcd_members(
+        config.subnet,
+        config.nodes,
+        &config.agent_bin,
+        "",
+        config.etcd_members,
+    );
     let t_start = monotonic_ns();
     for i in 0..config.nodes {
         cluster.start_agent(i);
@@ -747,7 +827,7 @@ pub fn run(config: &ChaosConfig) -> ChaosReport {
     };
     let patroni_env = PatroniEnv {
         ns: cluster.client.ns.path(),
-        endpoint: cluster.endpoint.clone(),
+        endpoints: cluster.endpoints.clone(),
         key: cluster.key.clone(),
         ttl: config.lease_ttl_s,
     };
@@ -761,9 +841,11 @@ pub fn run(config: &ChaosConfig) -> ChaosReport {
         for i in 0..config.nodes {
             driver.flag(Flag::Agent(i), true, t_start, t_running);
             driver.flag(Flag::Reach(i), true, t_start, t_start);
+            driver.flag(Flag::Link(i), true, t_start, t_start);
             driver.flag(Flag::Patroni(i), true, t_start, t_start);
         }
         driver.flag(Flag::Etcd, true, t_start, t_start);
+        driver.flag(Flag::Members, true, t_start, t_start);
         let chaos_started = Instant::now();
         driver.run(config.duration);
         driver.wind_down();
@@ -994,7 +1076,9 @@ type Reply = mpsc::Sender<Result<bool, String>>;
 
 struct PatroniEnv {
     ns: PathBuf,
-    endpoint: String,
+    /// Every etcd member's client URL: like Patroni, the simulator uses one at a time and moves
+    /// to the next after a failed request.
+    endpoints: Vec<String>,
     key: String,
     ttl: i64,
 }
@@ -1036,6 +1120,8 @@ struct Patroni<'a> {
     env: &'a PatroniEnv,
     shared: &'a Mutex<Shared>,
     client: Option<Client>,
+    /// Index (modulo the count) of the endpoint the next connection uses.
+    endpoint: usize,
 }
 
 impl Patroni<'_> {
@@ -1050,19 +1136,33 @@ impl Patroni<'_> {
         let opts = ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(1))
             .with_timeout(OP_TIMEOUT);
-        let c = timed(
-            "connect",
-            Client::connect([self.env.endpoint.clone()], Some(opts)),
-        )
-        .await?;
+        let endpoint = self
+            .env
+            .endpoints
+            .get(self.endpoint % self.env.endpoints.len().max(1))
+            .cloned()
+            .unwrap_or_default();
+        let c = match timed("connect", Client::connect([endpoint], Some(opts))).await {
+            Ok(c) => c,
+            Err(e) => {
+                self.drop_client();
+                return Err(e);
+            }
+        };
         self.client = Some(c.clone());
         Ok(c)
+    }
+
+    /// Forget the connection after a failure; the next one goes to the next member.
+    fn drop_client(&mut self) {
+        self.client = None;
+        self.endpoint = self.endpoint.wrapping_add(1);
     }
 
     async fn handle(&mut self, cmd: Cmd) -> Result<bool, String> {
         let result = self.handle_inner(cmd).await;
         if result.is_err() {
-            self.client = None;
+            self.drop_client();
         }
         result
     }
@@ -1189,7 +1289,7 @@ impl Patroni<'_> {
             return;
         };
         if self.poll(&mut client).await.is_err() {
-            self.client = None;
+            self.drop_client();
             return;
         }
         if !keepalive {
@@ -1233,6 +1333,7 @@ fn patroni_thread(env: &PatroniEnv, shared: &Mutex<Shared>, rx: &mpsc::Receiver<
         env,
         shared,
         client: None,
+        endpoint: 0,
     };
     let mut next_poll = Instant::now();
     let mut next_keepalive = Instant::now();
@@ -1265,10 +1366,18 @@ enum Flag {
     Agent(usize),
     /// The node reaches etcd (no blackhole route).
     Reach(usize),
+    /// The node's interface is up (while it is down the node neither answers nor reaches etcd).
+    Link(usize),
     /// The member's Patroni refreshes its lease.
     Patroni(usize),
-    /// etcd runs.
+    /// etcd runs (enough members for a quorum: only [`Action::EtcdRestart`] takes it down).
     Etcd,
+    /// No etcd member is being killed. Around each [`Action::EtcdMemberLoss`] it goes down when
+    /// the kill starts and up again once the member is gone: the liveness checks (narrow view)
+    /// treat that moment as a reconnection of every agent, since an agent whose member died must
+    /// move to another endpoint (with backoff) and, when the raft leader died, no member serves
+    /// until a new one is elected. The deadline checks ignore it: etcd as a whole kept serving.
+    Members,
 }
 
 /// A flag went up or down: the change was started at `begin` and complete at `end`.
@@ -1290,6 +1399,8 @@ enum AgentRt {
 struct NodeRt {
     agent: AgentRt,
     partitioned_until: Option<Instant>,
+    /// The interface is down until then; the XDP program id it had before.
+    link_down: Option<(Instant, Option<u64>)>,
     patroni_back: Option<Instant>,
 }
 
@@ -1315,6 +1426,7 @@ struct Recorded {
     addresses_removed: u64,
     conflicts_counted: u64,
     conflicts_inconclusive: u64,
+    links_intact: u64,
     /// (kernel ns, line) of every action.
     timeline: Vec<(u64, String)>,
 }
@@ -1326,6 +1438,8 @@ struct Driver<'c> {
     patroni: PatroniHandle,
     nodes: Vec<NodeRt>,
     etcd_back: Option<Instant>,
+    /// The etcd member that is down, and when it comes back.
+    member_back: Option<(usize, Instant)>,
     rec: Recorded,
 }
 
@@ -1335,6 +1449,7 @@ impl<'c> Driver<'c> {
             .map(|_| NodeRt {
                 agent: AgentRt::Running,
                 partitioned_until: None,
+                link_down: None,
                 patroni_back: None,
             })
             .collect();
@@ -1345,6 +1460,7 @@ impl<'c> Driver<'c> {
             patroni,
             nodes,
             etcd_back: None,
+            member_back: None,
             rec: Recorded {
                 t0,
                 chaos: Duration::ZERO,
@@ -1358,6 +1474,7 @@ impl<'c> Driver<'c> {
                 addresses_removed: 0,
                 conflicts_counted: 0,
                 conflicts_inconclusive: 0,
+                links_intact: 0,
                 timeline: Vec::new(),
             },
         }
@@ -1408,6 +1525,7 @@ impl<'c> Driver<'c> {
     fn patroni_ok(&self, i: usize) -> bool {
         self.etcd_up()
             && self.nodes[i].partitioned_until.is_none()
+            && self.nodes[i].link_down.is_none()
             && self.nodes[i].patroni_back.is_none()
     }
 
@@ -1419,7 +1537,9 @@ impl<'c> Driver<'c> {
     }
 
     fn faulted(&self, i: usize) -> bool {
-        self.nodes[i].agent != AgentRt::Running || self.nodes[i].partitioned_until.is_some()
+        self.nodes[i].agent != AgentRt::Running
+            || self.nodes[i].partitioned_until.is_some()
+            || self.nodes[i].link_down.is_some()
     }
 
     fn pick_node(&mut self, ok: impl Fn(&Self, usize) -> bool) -> Option<usize> {
@@ -1570,6 +1690,11 @@ impl<'c> Driver<'c> {
                 let name = self.name(i);
                 self.note(format!("{name}: reaches etcd again"));
             }
+            if let Some((until, xdp_before)) = self.nodes[i].link_down
+                && (force || until <= now)
+            {
+                self.link_up(i, xdp_before);
+            }
             if let Some(until) = self.nodes[i].patroni_back
                 && (force || until <= now)
             {
@@ -1580,6 +1705,17 @@ impl<'c> Driver<'c> {
                 let name = self.name(i);
                 self.note(format!("{name}: Patroni refreshes its lease again"));
             }
+        }
+        if let Some((k, until)) = self.member_back
+            && (force || until <= now)
+        {
+            self.c.start_etcd_member(k);
+            self.member_back = None;
+            self.note(format!(
+                "etcd member {} ({}) started again with its data",
+                k + 1,
+                self.c.etcd_member_ip(k)
+            ));
         }
         if let Some(until) = self.etcd_back
             && (force || until <= now)
@@ -1644,14 +1780,24 @@ impl<'c> Driver<'c> {
             Action::PatroniDeath => {
                 matches!(holder, Holder::Node(h) if self.patroni_ok(h))
             }
-            Action::Kill | Action::Stop | Action::Partition => {
+            Action::Kill | Action::Stop | Action::Partition | Action::LinkDown => {
                 faulted + 1 < n && (0..n).any(|i| !self.faulted(i))
             }
             Action::Restart => (0..n).any(|i| self.nodes[i].agent == AgentRt::Running),
-            Action::EtcdRestart => self.etcd_up(),
-            Action::AddressRemoved | Action::ForeignGarp => {
+            // One etcd fault at a time: a member down, or all of them.
+            Action::EtcdMemberLoss => {
+                self.c.etcd_members() >= 3 && self.etcd_up() && self.member_back.is_none()
+            }
+            Action::EtcdRestart => self.etcd_up() && self.member_back.is_none(),
+            Action::AddressRemoved => {
                 (0..n).any(|i| self.nodes[i].agent == AgentRt::Running && self.answering(i))
             }
+            // A node whose interface is down cannot hear the GARP.
+            Action::ForeignGarp => (0..n).any(|i| {
+                self.nodes[i].agent == AgentRt::Running
+                    && self.nodes[i].link_down.is_none()
+                    && self.answering(i)
+            }),
             Action::AddressAdded => (0..n).any(|i| {
                 self.nodes[i].agent == AgentRt::Running
                     && holder != Holder::Node(i)
@@ -1755,7 +1901,7 @@ impl<'c> Driver<'c> {
                     "{name}: Patroni stops refreshing its lease for {back:?}"
                 ));
             }
-            Action::Kill | Action::Stop | Action::Partition => {
+            Action::Kill | Action::Stop | Action::Partition | Action::LinkDown => {
                 let Some(i) = self.pick_node(|d, i| !d.faulted(i)) else {
                     return;
                 };
@@ -1787,6 +1933,19 @@ impl<'c> Driver<'c> {
                             until: Instant::now() + down,
                         };
                         self.note(format!("{name}: agent SIGSTOPped for {down:?}"));
+                    }
+                    Action::LinkDown => {
+                        let down = self.random_ms(300, 3000);
+                        let xdp = self.c.xdp_prog_id(i);
+                        let begin = monotonic_ns();
+                        // Patroni runs on the node too: it loses etcd with the link.
+                        self.patroni.with(|s| s.members[i].reachable = false);
+                        self.c.set_link(i, false);
+                        self.flag(Flag::Link(i), false, begin, monotonic_ns());
+                        self.nodes[i].link_down = Some((Instant::now() + down, xdp));
+                        self.note(format!(
+                            "{name}: interface down for {down:?} (XDP program {xdp:?})"
+                        ));
                     }
                     _ => {
                         let down = self.random_ms(300, 5000);
@@ -1820,6 +1979,22 @@ impl<'c> Driver<'c> {
                 self.flag(Flag::Agent(i), true, begin, monotonic_ns());
                 self.note(format!("{name}: agent SIGTERMed ({status:?}) and started"));
             }
+            Action::EtcdMemberLoss => {
+                let k = self.rng.usize(..self.c.etcd_members());
+                self.count(action);
+                let down = self.random_ms(300, 5000);
+                let begin = monotonic_ns();
+                self.c.stop_etcd_member(k);
+                let end = monotonic_ns();
+                self.flag(Flag::Members, false, begin, end);
+                self.flag(Flag::Members, true, end, end);
+                self.member_back = Some((k, Instant::now() + down));
+                self.note(format!(
+                    "etcd member {} ({}) SIGKILLed for {down:?}; the quorum stays",
+                    k + 1,
+                    self.c.etcd_member_ip(k)
+                ));
+            }
             Action::EtcdRestart => {
                 self.count(action);
                 let down = self.random_ms(300, 3000);
@@ -1828,7 +2003,7 @@ impl<'c> Driver<'c> {
                 self.c.stop_etcd();
                 self.flag(Flag::Etcd, false, begin, monotonic_ns());
                 self.etcd_back = Some(Instant::now() + down);
-                self.note(format!("etcd killed for {down:?}"));
+                self.note(format!("etcd (every member) killed for {down:?}"));
             }
             Action::AddressRemoved => {
                 let Some(h) = self.pick_node(|d, i| {
@@ -1897,9 +2072,11 @@ impl<'c> Driver<'c> {
                 }
             }
             Action::ForeignGarp => {
-                let Some(h) =
-                    self.pick_node(|d, i| d.nodes[i].agent == AgentRt::Running && d.answering(i))
-                else {
+                let Some(h) = self.pick_node(|d, i| {
+                    d.nodes[i].agent == AgentRt::Running
+                        && d.nodes[i].link_down.is_none()
+                        && d.answering(i)
+                }) else {
                     return;
                 };
                 self.count(action);
@@ -1942,6 +2119,52 @@ impl<'c> Driver<'c> {
                     ));
                 }
             }
+        }
+    }
+
+    /// Bring node `i`'s interface back up and check what the link down left: the same XDP program
+    /// attached as before (a bpf_link survives down/up), and, if the data plane answers, the VIP
+    /// address on the interface (IPv4 addresses survive a link down; the agent has until the drift
+    /// bound to put it back if it went anyway).
+    fn link_up(&mut self, i: usize, xdp_before: Option<u64>) {
+        let begin = monotonic_ns();
+        self.c.set_link(i, true);
+        self.patroni.with(|s| s.members[i].reachable = true);
+        self.flag(Flag::Link(i), true, begin, monotonic_ns());
+        self.nodes[i].link_down = None;
+        let name = self.name(i);
+        let xdp_after = self.c.xdp_prog_id(i);
+        self.note(format!("{name}: interface up (XDP program {xdp_after:?})"));
+        if xdp_before.is_some() {
+            if xdp_after == xdp_before {
+                self.rec.links_intact += 1;
+            } else {
+                self.find(
+                    Invariant::XdpDetached,
+                    format!(
+                        "{name}: XDP program {xdp_before:?} before the interface went down, {xdp_after:?} once it was up"
+                    ),
+                );
+            }
+        }
+        let limit = Instant::now() + self.config.bounds.drift;
+        let missing = loop {
+            let missing = self.nodes[i].agent == AgentRt::Running
+                && self.answering(i)
+                && !self.c.has_vip_address(i);
+            if !missing || Instant::now() >= limit {
+                break missing;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        if missing {
+            self.find(
+                Invariant::AddressNotRestored,
+                format!(
+                    "{name}: its data plane answers but the VIP address is not on the interface {:?} after it came back up",
+                    self.config.bounds.drift
+                ),
+            );
         }
     }
 
@@ -2162,10 +2385,13 @@ fn analyse(
         tally.add(f.invariant, || text);
     }
 
-    // Per node: connected (agent ∧ reach ∧ etcd), the key names it, Patroni alive.
+    // Per node: connected (agent ∧ reach ∧ link ∧ etcd), the key names it, Patroni alive. The
+    // narrow view (must answer, has caught up) also starts afresh after each etcd member kill.
     let etcd_w = flag_spans(&rec.flags, Flag::Etcd, View::Wide);
-    let etcd_n = flag_spans(&rec.flags, Flag::Etcd, View::Narrow);
+    let members_n = flag_spans(&rec.flags, Flag::Members, View::Narrow);
     let mut conn_narrow = Vec::new();
+    // Connected (narrow) regardless of etcd member kills: for the member-loss silence statistic.
+    let mut conn_through_kills = Vec::new();
     let mut held = Vec::new(); // names ∧ connected, wide: where a confirmation could be made
     let mut healthy = Vec::new(); // names ∧ connected ∧ Patroni, narrow: must answer
     let mut names_narrow = Vec::new();
@@ -2173,24 +2399,32 @@ fn analyse(
     for i in 0..n {
         let cw = intersect(
             &intersect(
-                &flag_spans(&rec.flags, Flag::Agent(i), View::Wide),
-                &flag_spans(&rec.flags, Flag::Reach(i), View::Wide),
+                &intersect(
+                    &flag_spans(&rec.flags, Flag::Agent(i), View::Wide),
+                    &flag_spans(&rec.flags, Flag::Reach(i), View::Wide),
+                ),
+                &flag_spans(&rec.flags, Flag::Link(i), View::Wide),
             ),
             &etcd_w,
         );
-        let cn = intersect(
+        let cn_through = intersect(
             &intersect(
-                &flag_spans(&rec.flags, Flag::Agent(i), View::Narrow),
-                &flag_spans(&rec.flags, Flag::Reach(i), View::Narrow),
+                &intersect(
+                    &flag_spans(&rec.flags, Flag::Agent(i), View::Narrow),
+                    &flag_spans(&rec.flags, Flag::Reach(i), View::Narrow),
+                ),
+                &flag_spans(&rec.flags, Flag::Link(i), View::Narrow),
             ),
-            &etcd_n,
+            &flag_spans(&rec.flags, Flag::Etcd, View::Narrow),
         );
+        let cn = intersect(&cn_through, &members_n);
         let nw = names_spans(&rec.changes, i, View::Wide);
         let nn = names_spans(&rec.changes, i, View::Narrow);
         let pn = flag_spans(&rec.flags, Flag::Patroni(i), View::Narrow);
         held.push(intersect(&nw, &cw));
         healthy.push(intersect(&intersect(&nn, &cn), &pn));
         conn_narrow.push(cn);
+        conn_through_kills.push(cn_through);
         names_narrow.push(nn);
         patroni_narrow.push(pn);
     }
@@ -2242,6 +2476,7 @@ fn analyse(
     let mut report = ChaosReport {
         seed: config.seed,
         nodes: n,
+        etcd_members: config.etcd_members,
         lease_ttl_s: config.lease_ttl_s,
         bounds: b,
         chaos: rec.chaos,
@@ -2256,6 +2491,7 @@ fn analyse(
         addresses_removed: rec.addresses_removed,
         conflicts_counted: rec.conflicts_counted,
         conflicts_inconclusive: rec.conflicts_inconclusive,
+        links_intact: rec.links_intact,
         timeline: timeline(rec),
         ..ChaosReport::default()
     };
@@ -2482,6 +2718,52 @@ fn analyse(
     report.fence_latency = Latency::of(fence);
     report.answer_latency = Latency::of(answer);
 
+    // How long a holder that was answering went silent around each etcd member kill (not an
+    // invariant: the kill counts as a reconnection above; this shows what the agents did).
+    let mut silences = Vec::new();
+    let kills = rec
+        .flags
+        .iter()
+        .filter(|f| f.flag == Flag::Members && !f.up)
+        .map(|f| f.begin);
+    for kill in kills {
+        for i in 0..n {
+            let bit = 1u8 << i;
+            // Until the TTL has passed or the hold ends (a switchover, another fault), whichever
+            // comes first; at least the settle window.
+            let until = |spans: &Spans| containing(spans, kill).map_or(kill, |(_, end)| end);
+            let window_end = kill
+                .saturating_add(ttl)
+                .min(until(&names_narrow[i]))
+                .min(until(&conn_through_kills[i]))
+                .min(until(&patroni_narrow[i]));
+            if window_end < kill.saturating_add(settle) {
+                continue;
+            }
+            let from = probes
+                .sent
+                .partition_point(|&s| s < kill.saturating_sub(ns(b.settle)));
+            let at = probes.sent.partition_point(|&s| s < kill);
+            let to = probes.sent.partition_point(|&s| s < window_end);
+            // Only a holder that answered in the second before the kill.
+            if !(from..at).any(|p| masks[p] & bit != 0) {
+                continue;
+            }
+            let mut last = kill;
+            let mut longest = 0;
+            for (&sent, _) in probes.sent[at..to]
+                .iter()
+                .zip(&masks[at..to])
+                .filter(|(_, m)| **m & bit != 0)
+            {
+                longest = longest.max(sent.saturating_sub(last));
+                last = sent;
+            }
+            silences.push(longest.max(window_end.saturating_sub(last)));
+        }
+    }
+    report.member_loss_silence = Latency::of(silences);
+
     for (i, log) in logs.iter().enumerate() {
         for line in log.lines().filter(|l| l.contains("panicked")) {
             tally.add(Invariant::AgentPanicked, || {
@@ -2559,10 +2841,25 @@ mod tests {
         node2_from: u64,
         node2_silent_from: u64,
     ) -> ChaosReport {
+        scenario_with(extra, node2_from, node2_silent_from, &[])
+    }
+
+    /// [`scenario`] with more flag changes (ms, flag, up), each complete 1 ms after it began.
+    fn scenario_with(
+        extra: &[(std::ops::Range<u64>, u8)],
+        node2_from: u64,
+        node2_silent_from: u64,
+        more_flags: &[(u64, Flag, bool)],
+    ) -> ChaosReport {
         let config = ChaosConfig::new(Path::new("/nonexistent"), 1, 2, Duration::ZERO, 7);
         let mut flags = Vec::new();
         for i in 0..2 {
-            for flag in [Flag::Agent(i), Flag::Reach(i), Flag::Patroni(i)] {
+            for flag in [
+                Flag::Agent(i),
+                Flag::Reach(i),
+                Flag::Link(i),
+                Flag::Patroni(i),
+            ] {
                 flags.push(FlagChange {
                     flag,
                     up: true,
@@ -2571,12 +2868,22 @@ mod tests {
                 });
             }
         }
-        flags.push(FlagChange {
-            flag: Flag::Etcd,
-            up: true,
-            begin: 0,
-            end: 0,
-        });
+        for flag in [Flag::Etcd, Flag::Members] {
+            flags.push(FlagChange {
+                flag,
+                up: true,
+                begin: 0,
+                end: 0,
+            });
+        }
+        for &(at, flag, up) in more_flags {
+            flags.push(FlagChange {
+                flag,
+                up,
+                begin: at * MS_,
+                end: (at + 1) * MS_,
+            });
+        }
         let change = |at: u64, holder, revision| KeyChange {
             begin: at * MS_,
             end: (at + 1) * MS_,
@@ -2601,6 +2908,7 @@ mod tests {
             addresses_removed: 0,
             conflicts_counted: 0,
             conflicts_inconclusive: 0,
+            links_intact: 0,
             timeline: Vec::new(),
         };
         let mut probes = ProbeLog {
@@ -2669,6 +2977,43 @@ mod tests {
         let r = scenario(&[], 23_000, u64::MAX);
         assert_eq!(r.violations[&Invariant::HolderSilent], 23_000 - 21_003);
         assert_eq!(r.total_violations(), 23_000 - 21_003, "{:?}", r.examples);
+    }
+
+    #[test]
+    fn a_link_down_or_an_etcd_member_kill_gives_the_holder_the_reconnect_bound() {
+        // node2 holds the key and falls silent from 30 s to 34 s.
+        let back = [(34_000..40_000, 1)];
+        let r = scenario(&back, 20_010, 30_000);
+        // Silent for the 2 s gap bound from 32 s on: probes 32_000..34_000.
+        assert_eq!(r.violations[&Invariant::HolderSilent], 2_000);
+        assert_eq!(r.member_loss_silence.n, 0);
+
+        // Its interface was down from 30 s to 31 s: due 8 s after it came up, and it answered at 34 s.
+        let link = [
+            (30_000, Flag::Link(1), false),
+            (31_000, Flag::Link(1), true),
+        ];
+        let r = scenario_with(&back, 20_010, 30_000, &link);
+        assert_eq!(r.total_violations(), 0, "{:?}", r.examples);
+        // While the link is down no confirmation can be made: with it down from 30 s to 35 s,
+        // answers sent from 30.001 + 3 - 0.5 s on are past the deadline.
+        let long_link = [
+            (30_000, Flag::Link(1), false),
+            (35_000, Flag::Link(1), true),
+        ];
+        let r = scenario_with(&[(30_000..33_000, 1)], 20_010, 30_000, &long_link);
+        assert_eq!(r.violations[&Invariant::PastDeadline], 33_000 - 32_501);
+
+        // An etcd member killed at 30 s: every node reconnects, the silence is excused and measured.
+        let kill = [
+            (30_000, Flag::Members, false),
+            (30_001, Flag::Members, true),
+        ];
+        let r = scenario_with(&back, 20_010, 30_000, &kill);
+        assert_eq!(r.total_violations(), 0, "{:?}", r.examples);
+        assert_eq!(r.member_loss_silence.n, 1);
+        // Silent for the whole TTL after the kill.
+        assert!((r.member_loss_silence.max_ms - 3_000.0).abs() < 2.0);
     }
 
     #[test]

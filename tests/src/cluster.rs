@@ -2,6 +2,10 @@
 //! vip-agent binary, and a client. Used by the end-to-end tests and by `cargo xtask demo`.
 //!
 //! Addresses: `10.77.<subnet>.0/24`; etcd `.2`, client `.9`, node i `.(11 + i)`, VIP `.100`.
+//! [`Cluster::with_etcd_members`] runs an etcd cluster of several members instead of one, each in its
+//! own namespace on the segment: member k (from 0) at `.(2 + k)`. The agents are then configured
+//! with every member's endpoint, and a member can be killed and restarted on its own
+//! ([`Cluster::stop_etcd_member`], [`Cluster::start_etcd_member`]).
 //! Everything (namespaces, processes, pins, temp files) is removed on drop.
 
 use std::{
@@ -36,12 +40,19 @@ pub struct Node {
 #[derive(Debug)]
 pub struct Cluster {
     pub nodes: Vec<Node>,
-    etcd: Option<ChildGuard>,
+    /// One slot per etcd member (member order); `None` while that member is stopped.
+    etcd: Vec<Option<ChildGuard>>,
+    /// The host of etcd's first member (the only one by default).
     pub etcd_host: Host,
+    /// The hosts of the other etcd members (empty with one member).
+    pub etcd_peers: Vec<Host>,
     pub client: Host,
     pub vip: Ipv4Addr,
     pub key: String,
+    /// The first member's client URL.
     pub endpoint: String,
+    /// Every member's client URL, in member order: what the agents and [`Self::etcd`] use.
+    pub endpoints: Vec<String>,
     pub pins: PathBuf,
     pub dir: PathBuf,
     /// etcd's data directory: on tmpfs (/dev/shm) when there is one, so fsync costs no disk I/O.
@@ -60,6 +71,30 @@ impl Cluster {
     /// When any step fails.
     #[must_use]
     pub fn new(subnet: u8, nodes: usize, agent_bin: &Path, extra_config: &str) -> Self {
+        Self::with_etcd_members(subnet, nodes, agent_bin, extra_config, 1)
+    }
+
+    /// [`Self::new`] with an etcd cluster of `members` members (1 to 5), each in its own namespace
+    /// at `10.77.<subnet>.(2 + k)`, and every member's endpoint in each agent's `dcs-endpoints`.
+    /// With more than one member it returns once the cluster serves a linearizable read.
+    /// Members run etcd's defaults plus `--pre-vote=true` (the default from etcd 3.5 on, while
+    /// Debian's 3.4 still defaults to false): a member that rejoins cannot depose a working leader
+    /// with a higher term.
+    ///
+    /// # Panics
+    /// When any step fails, or `members` is not 1 to 5.
+    #[must_use]
+    pub fn with_etcd_members(
+        subnet: u8,
+        nodes: usize,
+        agent_bin: &Path,
+        extra_config: &str,
+        members: usize,
+    ) -> Self {
+        assert!(
+            (1..=5).contains(&members),
+            "an etcd cluster of 1 to 5 members"
+        );
         let switch = NetNs::new("sw");
         let bridge = Bridge::new(&switch);
         let host = |tag: &str, last: u8| {
@@ -76,6 +111,9 @@ impl Cluster {
             }
         };
         let etcd_host = host("etcd", 2);
+        let etcd_peers: Vec<Host> = (1..members)
+            .map(|k| host("etcd", 2 + u8::try_from(k).expect("few members")))
+            .collect();
         let client = host("cli", 9);
         let dir = std::env::temp_dir().join(unique_name("vipc"));
         std::fs::create_dir_all(&dir).expect("cluster temp dir");
@@ -89,6 +127,10 @@ impl Cluster {
         let vip = Ipv4Addr::new(10, 77, subnet, 100);
         let key = "/service/demo/leader".to_owned();
         let endpoint = format!("http://{}:2379", etcd_host.ip);
+        let endpoints: Vec<String> = std::iter::once(endpoint.clone())
+            .chain(etcd_peers.iter().map(|h| format!("http://{}:2379", h.ip)))
+            .collect();
+        let dcs_endpoints = endpoints.join(",");
 
         let mut cluster_nodes = Vec::new();
         for i in 0..nodes {
@@ -100,7 +142,7 @@ impl Cluster {
                 &config,
                 format!(
                     "ip: {vip}\nnetmask: 24\ninterface: {}\ntrigger-key: {key}\ntrigger-value: {name}\n\
-                     dcs-type: etcd\ndcs-endpoints: {endpoint}\npin-path: {}\n{extra_config}",
+                     dcs-type: etcd\ndcs-endpoints: {dcs_endpoints}\npin-path: {}\n{extra_config}",
                     h.ifname,
                     pins.display()
                 ),
@@ -116,12 +158,14 @@ impl Cluster {
         }
         let mut cluster = Self {
             nodes: cluster_nodes,
-            etcd: None,
+            etcd: (0..members).map(|_| None).collect(),
             etcd_host,
+            etcd_peers,
             client,
             vip,
             key,
             endpoint,
+            endpoints,
             pins,
             dir,
             etcd_data,
@@ -130,36 +174,190 @@ impl Cluster {
             _switch: switch,
         };
         cluster.start_etcd();
+        if members > 1 {
+            assert!(
+                cluster.wait_etcd_serving(Duration::from_secs(30)),
+                "the etcd cluster does not serve: see {}",
+                cluster.dir.display()
+            );
+        }
         cluster
     }
 
-    /// (Re)start etcd on the etcd host, keeping its data directory; waits until it serves.
+    /// How many etcd members the cluster has.
+    #[must_use]
+    pub fn etcd_members(&self) -> usize {
+        self.etcd.len()
+    }
+
+    /// The host of etcd member `k` (from 0).
+    fn etcd_member_host(&self, k: usize) -> &Host {
+        k.checked_sub(1)
+            .map_or(&self.etcd_host, |p| &self.etcd_peers[p])
+    }
+
+    /// The address of etcd member `k` (from 0).
     ///
     /// # Panics
-    /// When etcd does not come up within 20 s.
-    pub fn start_etcd(&mut self) {
-        let data = self.etcd_data.clone();
+    /// When there is no such member.
+    #[must_use]
+    pub fn etcd_member_ip(&self, k: usize) -> Ipv4Addr {
+        self.etcd_member_host(k).ip
+    }
+
+    /// Whether etcd member `k` runs (started and not stopped by [`Self::stop_etcd_member`]).
+    #[must_use]
+    pub fn etcd_member_running(&self, k: usize) -> bool {
+        self.etcd.get(k).is_some_and(Option::is_some)
+    }
+
+    /// Member `k`'s log file and command line (name `m<k+1>`, data in `etcd_data/m<k+1>`). One
+    /// member keeps the layout of the single-etcd cluster (name `vipc`, data in `etcd_data`, log
+    /// `etcd.log`).
+    fn etcd_member_command(&self, k: usize) -> (PathBuf, Vec<String>) {
+        let url = |ip: Ipv4Addr, port: u16| format!("http://{ip}:{port}");
+        let members = self.etcd_members();
+        let (name, data, log) = if members == 1 {
+            (
+                "vipc".to_owned(),
+                self.etcd_data.clone(),
+                self.dir.join("etcd.log"),
+            )
+        } else {
+            let name = format!("m{}", k + 1);
+            let data = self.etcd_data.join(&name);
+            let log = self.dir.join(format!("etcd-{name}.log"));
+            (name, data, log)
+        };
+        let ip = self.etcd_member_ip(k);
+        let (client_url, peer_url) = (url(ip, 2379), url(ip, 2380));
+        let initial_cluster = if members == 1 {
+            format!("{name}={peer_url}")
+        } else {
+            (0..members)
+                .map(|m| format!("m{}={}", m + 1, url(self.etcd_member_ip(m), 2380)))
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        let mut args = vec![
+            format!("--name={name}"),
+            format!("--data-dir={}", data.display()),
+            format!("--listen-client-urls={client_url}"),
+            format!("--advertise-client-urls={client_url}"),
+            format!("--listen-peer-urls={peer_url}"),
+            format!("--initial-advertise-peer-urls={peer_url}"),
+            format!("--initial-cluster={initial_cluster}"),
+            "--enable-v2=true".to_owned(),
+            "--logger=zap".to_owned(),
+        ];
+        if members > 1 {
+            // The bootstrap flags only matter on the first start: a restarted member has its data.
+            args.extend([
+                "--initial-cluster-state=new".to_owned(),
+                format!(
+                    "--initial-cluster-token={}",
+                    self.etcd_data
+                        .file_name()
+                        .map_or_else(|| "vipc".into(), |n| n.to_string_lossy())
+                ),
+                "--pre-vote=true".to_owned(),
+            ]);
+        }
+        (log, args)
+    }
+
+    /// Start etcd member `k` unless it runs (no wait).
+    fn spawn_etcd_member(&mut self, k: usize) {
+        if self.etcd_member_running(k) {
+            return;
+        }
+        let (log, args) = self.etcd_member_command(k);
         let log = File::options()
             .create(true)
             .append(true)
-            .open(self.dir.join("etcd.log"))
+            .open(&log)
             .expect("etcd log");
-        let client_url = format!("http://{}:2379", self.etcd_host.ip);
-        let peer_url = format!("http://{}:2380", self.etcd_host.ip);
-        let args = [
-            "--name=vipc",
-            &format!("--data-dir={}", data.display()),
-            &format!("--listen-client-urls={client_url}"),
-            &format!("--advertise-client-urls={client_url}"),
-            &format!("--listen-peer-urls={peer_url}"),
-            &format!("--initial-advertise-peer-urls={peer_url}"),
-            &format!("--initial-cluster=vipc={peer_url}"),
-            "--enable-v2=true",
-            "--logger=zap",
-        ];
-        self.etcd = Some(self.etcd_host.ns.spawn("etcd", &args, Some(&log)));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let child = self.etcd_member_host(k).ns.spawn("etcd", &args, Some(&log));
+        self.etcd[k] = Some(child);
+    }
+
+    /// (Re)start etcd (every member that is not running), keeping the data directories; waits until
+    /// each member accepts connections on its client port. A lone member then serves; a cluster
+    /// serves once a quorum has elected a leader ([`Self::wait_etcd_serving`]).
+    ///
+    /// # Panics
+    /// When a member does not come up within 20 s.
+    pub fn start_etcd(&mut self) {
+        for k in 0..self.etcd_members() {
+            self.spawn_etcd_member(k);
+        }
+        for k in 0..self.etcd_members() {
+            self.wait_etcd_port(k);
+        }
+    }
+
+    /// (Re)start etcd member `k` alone, with its data; waits until it accepts connections.
+    ///
+    /// # Panics
+    /// When there is no such member, or it does not come up within 20 s.
+    pub fn start_etcd_member(&mut self, k: usize) {
+        self.spawn_etcd_member(k);
+        self.wait_etcd_port(k);
+    }
+
+    /// Kill etcd member `k` (SIGKILL by PID, then reaped); its data stays.
+    pub fn stop_etcd_member(&mut self, k: usize) {
+        if let Some(slot) = self.etcd.get_mut(k) {
+            *slot = None;
+        }
+    }
+
+    /// Whether a linearizable read succeeds through any member within `within` (tried from the
+    /// client host, one member after the other).
+    #[must_use]
+    pub fn wait_etcd_serving(&self, within: Duration) -> bool {
+        let endpoints = self.endpoints.clone();
+        let deadline = Instant::now() + within;
+        self.client.ns.run_in(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            let step = Duration::from_secs(1);
+            for endpoint in endpoints.iter().cycle() {
+                if Instant::now() >= deadline {
+                    return false;
+                }
+                let ok = rt.block_on(async {
+                    let opts = etcd_client::ConnectOptions::new()
+                        .with_connect_timeout(step)
+                        .with_timeout(step);
+                    let Ok(Ok(mut client)) = tokio::time::timeout(
+                        step,
+                        etcd_client::Client::connect([endpoint.as_str()], Some(opts)),
+                    )
+                    .await
+                    else {
+                        return false;
+                    };
+                    matches!(
+                        tokio::time::timeout(step, client.get("/", None)).await,
+                        Ok(Ok(_))
+                    )
+                });
+                if ok {
+                    return true;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            false
+        })
+    }
+
+    fn wait_etcd_port(&self, k: usize) {
         let deadline = Instant::now() + Duration::from_secs(20);
-        let addr = std::net::SocketAddr::from((self.etcd_host.ip, 2379));
+        let addr = std::net::SocketAddr::from((self.etcd_member_ip(k), 2379));
         let ready = self.client.ns.run_in(|| {
             while Instant::now() < deadline {
                 if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
@@ -171,14 +369,17 @@ impl Cluster {
         });
         assert!(
             ready,
-            "etcd did not start: see {}",
-            self.dir.join("etcd.log").display()
+            "etcd member {} did not start: see {}",
+            k + 1,
+            self.etcd_member_command(k).0.display()
         );
     }
 
-    /// Stop etcd (SIGKILL).
+    /// Stop etcd (every member, SIGKILL by PID).
     pub fn stop_etcd(&mut self) {
-        self.etcd = None;
+        for slot in &mut self.etcd {
+            *slot = None;
+        }
     }
 
     /// Start node `i`'s agent (its log goes to `node.log`).
@@ -265,7 +466,7 @@ impl Cluster {
             format!("--trigger-key={}", self.key),
             format!("--trigger-value={}", node.name),
             "--dcs-type=etcd".to_owned(),
-            format!("--dcs-endpoints={}", self.endpoint),
+            format!("--dcs-endpoints={}", self.endpoints.join(",")),
             format!("--interval={interval_ms}"),
         ];
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -339,22 +540,50 @@ impl Cluster {
         }
     }
 
-    /// Cut node `i` off from etcd (a blackhole route), leaving its data path to the client intact.
+    /// Cut node `i` off from etcd (a blackhole route to every member), leaving its data path to the
+    /// client intact.
     pub fn partition(&self, i: usize) {
-        let to = format!("{}/32", self.etcd_host.ip);
-        self.nodes[i]
-            .host
-            .ns
-            .ip(&["route", "add", "blackhole", &to]);
+        for k in 0..self.etcd_members() {
+            let to = format!("{}/32", self.etcd_member_ip(k));
+            self.nodes[i]
+                .host
+                .ns
+                .ip(&["route", "add", "blackhole", &to]);
+        }
     }
 
     /// Undo [`Self::partition`].
     pub fn heal(&self, i: usize) {
-        let to = format!("{}/32", self.etcd_host.ip);
-        self.nodes[i]
-            .host
-            .ns
-            .ip(&["route", "del", "blackhole", &to]);
+        for k in 0..self.etcd_members() {
+            let to = format!("{}/32", self.etcd_member_ip(k));
+            self.nodes[i]
+                .host
+                .ns
+                .ip(&["route", "del", "blackhole", &to]);
+        }
+    }
+
+    /// Set node `i`'s interface (its only link: to the client and to etcd) administratively down
+    /// or up (`ip link set dev X down|up` in its namespace).
+    ///
+    /// # Panics
+    /// When `ip` fails.
+    pub fn set_link(&self, i: usize, up: bool) {
+        let node = &self.nodes[i].host;
+        node.ns.ip(&[
+            "link",
+            "set",
+            "dev",
+            &node.ifname,
+            if up { "up" } else { "down" },
+        ]);
+    }
+
+    /// The id of the XDP program attached to node `i`'s interface, if any.
+    #[must_use]
+    pub fn xdp_prog_id(&self, i: usize) -> Option<u64> {
+        let node = &self.nodes[i].host;
+        node.ns.xdp_prog_id(&node.ifname)
     }
 
     /// Whether node `i`'s agent has exited since it was started: its exit status (the process is
@@ -430,14 +659,14 @@ impl Cluster {
         F: AsyncFnOnce(&mut etcd_client::Client) -> R + Send,
         R: Send,
     {
-        let endpoint = self.endpoint.clone();
+        let endpoints = self.endpoints.clone();
         self.client.ns.run_in(move || {
             tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .expect("runtime")
                 .block_on(async move {
-                    let mut client = etcd_client::Client::connect([endpoint], None)
+                    let mut client = etcd_client::Client::connect(endpoints, None)
                         .await
                         .expect("connect to etcd");
                     f(&mut client).await
@@ -490,7 +719,7 @@ impl Drop for Cluster {
         for node in &mut self.nodes {
             node.agent = None;
         }
-        self.etcd = None;
+        self.stop_etcd();
         if let Ok(entries) = std::fs::read_dir(&self.pins) {
             for e in entries.flatten() {
                 let _ = vip_agent::dataplane::detach(&self.pins, &e.file_name().to_string_lossy());
