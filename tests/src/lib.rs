@@ -15,8 +15,10 @@
 
 pub mod arp;
 pub mod bench;
+pub mod bench_rw;
 pub mod chaos;
 pub mod cluster;
+pub mod flood;
 mod netns;
 mod pins;
 
