@@ -59,6 +59,10 @@ enum Task {
         /// etcd outages per system and shape (3 s and 6 s down; 0 skips).
         #[arg(long, default_value_t = 3)]
         etcd_trials: usize,
+        /// Promotions of a real PostgreSQL standby per gate setting (off, postgres): "commit ->
+        /// answers" against "commit -> answers and read-write" (0 skips).
+        #[arg(long, default_value_t = 20)]
+        rw_trials: usize,
         /// Where BENCHMARKS.md and bench/ go (default: the workspace root, the committed report).
         #[arg(long)]
         out: Option<PathBuf>,
@@ -121,6 +125,7 @@ fn run(cli: Cli) -> Result<()> {
             partition_trials,
             kill_trials,
             etcd_trials,
+            rw_trials,
             out,
         } => bench(
             &[
@@ -129,6 +134,7 @@ fn run(cli: Cli) -> Result<()> {
                 ("--partition-trials", partition_trials),
                 ("--kill-trials", kill_trials),
                 ("--etcd-trials", etcd_trials),
+                ("--rw-trials", rw_trials),
             ],
             idle_secs,
             out,

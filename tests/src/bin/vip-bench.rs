@@ -2,7 +2,7 @@
 //! plane's own costs. Writes BENCHMARKS.md and bench/results.json.
 //!
 //! Usage: vip-bench --agent PATH [--trials N] [--expiry-trials N] [--partition-trials N]
-//! [--kill-trials N] [--etcd-trials N] [--idle-secs S] [--out DIR]
+//! [--kill-trials N] [--etcd-trials N] [--rw-trials N] [--idle-secs S] [--out DIR]
 
 use std::{fmt::Write as _, path::PathBuf, time::Duration};
 
@@ -33,6 +33,8 @@ struct Args {
     partition_trials: usize,
     kill_trials: usize,
     etcd_trials: usize,
+    /// Promotions with a real PostgreSQL standby, per gate setting (0: skip).
+    rw_trials: usize,
     idle_secs: u64,
     out: PathBuf,
 }
@@ -45,6 +47,7 @@ fn parse_args() -> Args {
         partition_trials: 10,
         kill_trials: 5,
         etcd_trials: 3,
+        rw_trials: 20,
         idle_secs: 60,
         out: PathBuf::from("."),
     };
@@ -75,6 +78,11 @@ fn parse_args() -> Args {
                     .parse()
                     .unwrap_or_else(|_| usage("--kill-trials takes a number"))
             }
+            "--rw-trials" => {
+                args.rw_trials = value
+                    .parse()
+                    .unwrap_or_else(|_| usage("--rw-trials takes a number"));
+            }
             "--etcd-trials" => {
                 args.etcd_trials = value
                     .parse()
@@ -95,7 +103,7 @@ fn parse_args() -> Args {
 fn usage(problem: &str) -> ! {
     eprintln!(
         "vip-bench: {problem}\nusage: vip-bench --agent PATH [--trials N] [--expiry-trials N] [--partition-trials N] \
-         [--kill-trials N] [--etcd-trials N] [--idle-secs S] [--out DIR]"
+         [--kill-trials N] [--etcd-trials N] [--rw-trials N] [--idle-secs S] [--out DIR]"
     );
     std::process::exit(2)
 }
@@ -180,7 +188,20 @@ fn main() {
     let t = std::time::Instant::now();
     micro.rtts = arp_rtts(237, 1000);
     micro.took.push(("ARP round trips", t.elapsed()));
-    let report = render(&rows, &micro, &args, started.elapsed());
+    eprintln!(
+        "vip-bench: promotion with a real PostgreSQL standby, {} trials per gate setting ...",
+        args.rw_trials
+    );
+    let rw = (args.rw_trials > 0 && vip_tests::bench_rw::postgres_available())
+        .then(|| vip_tests::bench_rw::run(args.rw_trials, 236, &args.agent));
+    let mut report = render(&rows, &micro, &args, started.elapsed());
+    match &rw {
+        Some(rw) => report.push_str(&rw.markdown()),
+        None => report.push_str(
+            "\n## Promotion: answers vs answers and read-write\n\nNot measured in this run \
+             (`--rw-trials 0`, or no PostgreSQL 15 binaries; `cargo xtask setup` installs them).\n",
+        ),
+    }
     std::fs::create_dir_all(args.out.join("bench")).expect("output dir");
     std::fs::write(args.out.join("bench/timeline.svg"), svg(&rows)).expect("write timeline.svg");
     std::fs::write(args.out.join("BENCHMARKS.md"), &report).expect("write BENCHMARKS.md");

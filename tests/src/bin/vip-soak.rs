@@ -11,6 +11,9 @@ use vip_tests::{
     require_privileges,
 };
 
+/// The ARP flood that follows the chaos run (the same as `tests/tests/flood.rs`).
+const FLOOD: Duration = Duration::from_secs(20);
+
 struct Args {
     agent: PathBuf,
     minutes: f64,
@@ -115,6 +118,12 @@ fn main() -> ExitCode {
     };
     let report = chaos::run(&config);
     eprintln!("{}", report.summary());
+    eprintln!(
+        "vip-soak: ARP flood during switchovers ({} s) ...",
+        FLOOD.as_secs()
+    );
+    let flood = vip_tests::flood::run(&vip_tests::flood::FloodConfig::new(&args.agent, 72, FLOOD));
+    eprintln!("{}", flood.summary());
 
     let date = first_line("date", &["-u", "+%Y-%m-%d %H:%M UTC"]);
     let etcd = first_line("etcd", &["--version"]);
@@ -189,6 +198,8 @@ fn main() -> ExitCode {
            the VIP address if its data plane answers.\n"
     );
     md.push_str(&report.markdown());
+    md.push_str(&flood.markdown());
+    md.push('\n');
     let _ = writeln!(md, "## Not covered here\n");
     let _ = writeln!(
         md,
@@ -196,7 +207,8 @@ fn main() -> ExitCode {
            carrier on the far side only (the suite sets the node's own interface down).\n\
          * ICMP echo to the VIP: the probes are ARP requests only (the data plane's IPv4 fencing \
            is tested in `tests/tests/xdp_netns.rs`).\n\
-         * ARP floods and load: not part of this run.\n"
+         * Floods from several senders or hosts: the flood above is one client thread on one \
+           segment, and it measures that client's worth of load.\n"
     );
 
     let path = args.out.join("RELIABILITY.md");
@@ -205,8 +217,12 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     eprintln!("vip-soak: wrote {}", path.display());
-    if report.total_violations() > 0 {
-        eprintln!("vip-soak: violations:\n{}", report.explain());
+    if report.total_violations() > 0 || !flood.violations.is_empty() {
+        eprintln!(
+            "vip-soak: violations:\n{}\n{}",
+            report.explain(),
+            flood.violations.join("\n")
+        );
         return ExitCode::FAILURE;
     }
     ExitCode::SUCCESS
