@@ -196,7 +196,10 @@ fn main() {
         .then(|| vip_tests::bench_rw::run(args.rw_trials, 236, &args.agent));
     let mut report = render(&rows, &micro, &args, started.elapsed());
     match &rw {
-        Some(rw) => report.push_str(&rw.markdown()),
+        Some(rw) => {
+            report.push_str(PROMOTION_INTRO);
+            report.push_str(&rw.markdown());
+        }
         None => report.push_str(
             "\n## Promotion: answers vs answers and read-write\n\nNot measured in this run \
              (`--rw-trials 0`, or no PostgreSQL 15 binaries; `cargo xtask setup` installs them).\n",
@@ -1266,3 +1269,6 @@ fn runtime_section(md: &mut String, rows: &[Row], micro: &Micro, total: Duration
     }
     md.push('\n');
 }
+
+/// The heading and explanation of the promotion scenario in BENCHMARKS.md.
+const PROMOTION_INTRO: &str = "\n## Promotion: answers vs answers and read-write\n\nPatroni takes the leader key before PostgreSQL has finished promoting. Here a real PostgreSQL 15 standby on node2 (streaming from a primary outside the cluster) is promoted with `pg_ctl promote` right after the key moves to node2, as Patroni does, and a client writes through the VIP. Each trial starts from a fresh copy of the standby; node1 runs no PostgreSQL and its agent runs with the gate off. \"answers\" is the first ARP reply from node2, \"answers and read-write\" the first `INSERT` through the VIP that succeeds. With the gate off, node2 answers while PostgreSQL is still in recovery and clients get a read-only server; with `promotion-gate: postgres` (or the default `patroni`, which waits for Patroni's `/primary` to say the same) the VIP stays fenced until the database takes writes, and is then answered within a poll interval (5 ms). Since the client cannot write before promotion ends either way, the gate costs nothing on the time to the first successful write (the two columns differ by run-to-run noise of PostgreSQL's promotion).\n\n";
