@@ -216,11 +216,9 @@ pub fn add_blocking(vip: Vip) -> Result<Change, AddressError> {
         return match reply.payload {
             NetlinkPayload::Error(e) if e.code.is_none() => Ok(Change::Changed),
             NetlinkPayload::Error(e) if e.raw_code() == -libc::EEXIST => Ok(Change::Unchanged),
-            NetlinkPayload::Error(e) => Err(request_error(
-                "add",
-                vip,
-                rtnetlink::Error::NetlinkError(e),
-            )),
+            NetlinkPayload::Error(e) => {
+                Err(request_error("add", vip, rtnetlink::Error::NetlinkError(e)))
+            }
             _ => continue,
         };
     }

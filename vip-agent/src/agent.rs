@@ -409,11 +409,7 @@ struct DataplaneWriter {
 }
 
 impl DataplaneWriter {
-    fn new(
-        key: String,
-        targets: Vec<(Ipv4Addr, u8, SharedDataplane)>,
-        registry: Registry,
-    ) -> Self {
+    fn new(key: String, targets: Vec<(Ipv4Addr, u8, SharedDataplane)>, registry: Registry) -> Self {
         Self {
             key,
             targets,
