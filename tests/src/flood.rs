@@ -28,11 +28,10 @@
 //!   vs flood, and not asserted).
 
 use std::{
-    ffi::CString,
     fmt::Write as _,
     io::{self, Read as _, Write as _},
     net::{Ipv4Addr, SocketAddr, TcpStream},
-    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    os::fd::{AsRawFd as _, OwnedFd},
     path::{Path, PathBuf},
     sync::atomic::{AtomicBool, AtomicU64, Ordering},
     time::{Duration, Instant},
@@ -431,54 +430,6 @@ fn percent(part: u64, whole: u64) -> f64 {
 // ---------------------------------------------------------------------------------------------
 // Raw sockets
 
-/// An `AF_PACKET` raw socket bound to `ifname` (in the calling thread's namespace), receiving
-/// `protocol` (0: nothing).
-fn packet_socket(ifname: &str, protocol: u16) -> io::Result<(OwnedFd, i32)> {
-    let cname = CString::new(ifname)
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in name"))?;
-    // SAFETY: valid NUL-terminated string.
-    let ifindex = unsafe { libc::if_nametoindex(cname.as_ptr()) };
-    let ifindex = i32::try_from(ifindex).map_err(|_| io::Error::other("ifindex"))?;
-    if ifindex == 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: plain socket(2); checked below.
-    let raw = unsafe {
-        libc::socket(
-            libc::AF_PACKET,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            i32::from(protocol.to_be()),
-        )
-    };
-    if raw < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: fresh descriptor owned by nobody else.
-    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-    let addr = sockaddr_ll(ifindex, protocol);
-    // SAFETY: addr is a valid sockaddr_ll of the given size.
-    let rc = unsafe {
-        libc::bind(
-            fd.as_raw_fd(),
-            (&raw const addr).cast(),
-            size_of::<libc::sockaddr_ll>() as u32,
-        )
-    };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok((fd, ifindex))
-}
-
-fn sockaddr_ll(ifindex: i32, protocol: u16) -> libc::sockaddr_ll {
-    // SAFETY: all-zero sockaddr_ll is valid; fields set below.
-    let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-    addr.sll_family = libc::AF_PACKET as u16;
-    addr.sll_protocol = protocol.to_be();
-    addr.sll_ifindex = ifindex;
-    addr
-}
-
 fn set_int_option(fd: &OwnedFd, level: i32, name: i32, value: i32) -> io::Result<()> {
     // SAFETY: an int option with its size.
     let rc = unsafe {
@@ -565,12 +516,12 @@ struct SenderPlan {
 /// Flood until the duration or the frame cap is reached (or `log.stop`). One frame in two asks for
 /// the VIP, one in four for an unowned address (.150–.199), one in four for a node's own address.
 fn send_flood(plan: &SenderPlan, log: &SendLog) -> io::Result<SendResult> {
-    let (fd, ifindex) = packet_socket(&plan.ifname, 0)?;
+    let (fd, ifindex) = crate::arp::packet_socket(&plan.ifname, 0)?;
     if plan.qdisc_bypass {
         set_int_option(&fd, libc::SOL_PACKET, libc::PACKET_QDISC_BYPASS, 1)?;
     }
     let mac = plan.mac;
-    let dest = sockaddr_ll(ifindex, ETH_P_ARP);
+    let dest = crate::arp::sockaddr_ll(ifindex, ETH_P_ARP);
     let request = |spa: [u8; 4], tpa: [u8; 4]| {
         build_arp(BROADCAST, mac, ARP_OP_REQUEST, mac, spa, [0; 6], tpa)
     };
@@ -682,7 +633,7 @@ struct Received {
 }
 
 fn receive(plan: &ReceiverPlan, log: &SendLog, ready: &AtomicBool) -> io::Result<Received> {
-    let (fd, _) = packet_socket(&plan.ifname, ETH_P_ARP)?;
+    let (fd, _) = crate::arp::packet_socket(&plan.ifname, ETH_P_ARP)?;
     set_int_option(&fd, libc::SOL_PACKET, libc::PACKET_IGNORE_OUTGOING, 1)?;
     set_int_option(&fd, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, 64 << 20)?;
     let nodes = plan.node_macs.len();
