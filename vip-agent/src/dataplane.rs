@@ -597,8 +597,87 @@ pub fn detach(pin_root: &Path, interface: &str) -> Result<bool, DataplaneError> 
     if !pin_dir.exists() {
         return Ok(false);
     }
+    let link_path = pin_dir.join(LINK_PIN);
+    // Unpinning alone is not enough: the kernel releases an unreferenced bpf_link from a
+    // workqueue, so the program could still be attached for a moment after this function
+    // returned. BPF_LINK_DETACH takes it off the interface synchronously (under RTNL).
+    match link_detach(&link_path) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+        Err(source) => {
+            return Err(DataplaneError::Fs {
+                operation: "detach (BPF_LINK_DETACH) the link pinned at",
+                path: link_path,
+                source,
+            });
+        }
+    }
     remove_pins(&pin_dir)?;
     Ok(true)
+}
+
+/// `BPF_OBJ_GET` the link pinned at `path`, then `BPF_LINK_DETACH` it (Linux 5.9+).
+///
+/// After this the link object still exists (its pin and our fd hold it) but is defunct: the
+/// program no longer runs on the interface.
+fn link_detach(path: &Path) -> io::Result<()> {
+    use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+    use std::os::unix::ffi::OsStrExt as _;
+
+    const BPF_OBJ_GET: libc::c_long = 7;
+    const BPF_LINK_DETACH: libc::c_long = 34;
+    /// The `BPF_OBJ_*` member of `union bpf_attr`.
+    #[repr(C)]
+    struct ObjAttr {
+        pathname: u64,
+        bpf_fd: u32,
+        file_flags: u32,
+    }
+    /// The `link_detach` member of `union bpf_attr`.
+    #[repr(C)]
+    struct LinkDetachAttr {
+        link_fd: u32,
+    }
+
+    let cpath = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let get = ObjAttr {
+        pathname: cpath.as_ptr() as u64,
+        bpf_fd: 0,
+        file_flags: 0,
+    };
+    // SAFETY: `get` is a valid `bpf_attr` prefix of the size passed; `cpath` outlives the call.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET,
+            &raw const get,
+            size_of::<ObjAttr>() as u32,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let fd = i32::try_from(fd).map_err(|_| io::Error::from_raw_os_error(libc::EBADF))?;
+    // SAFETY: the kernel just returned this descriptor to us and nothing else owns it.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let detach = LinkDetachAttr {
+        link_fd: u32::try_from(fd.as_raw_fd())
+            .map_err(|_| io::Error::from_raw_os_error(libc::EBADF))?,
+    };
+    // SAFETY: `detach` is a valid `bpf_attr` prefix of the size passed.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_LINK_DETACH,
+            &raw const detach,
+            size_of::<LinkDetachAttr>() as u32,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 fn snapshot(
