@@ -213,6 +213,9 @@ fn redacted(config: &Config) -> Config {
             vip.gate.postgres_dsn = Some(Secret::new(redact_dsn(dsn.expose()).trim()));
         }
     }
+    if let Some(repmgr) = &mut c.repmgr {
+        repmgr.postgres_dsn = Secret::new(redact_dsn(repmgr.postgres_dsn.expose()).trim());
+    }
     c
 }
 

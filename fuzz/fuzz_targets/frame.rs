@@ -3,11 +3,13 @@
 //!
 //! Input: one selector byte (which VIPs answer, the clock), then the frame. The committed seeds in
 //! `fuzz/corpus/frame/` are real frames (ARP requests, replies, probes, gratuitous ARP, IPv4, 802.1Q
-//! tagged, QinQ and 802.1ad, truncated) for the VIPs below, so the fuzzer starts next to every branch.
+//! tagged, QinQ and 802.1ad, truncated; IPv6 Neighbor Solicitations, DAD, advertisements, IPv6 to
+//! a VIP) for the VIPs below, so the fuzzer starts next to every branch.
 //!
-//! Properties checked on every input (independently of `frame.rs`, from the frame layout). A frame
-//! is untagged (ethertype at 12) or carries exactly one 802.1Q tag (TPID 0x8100 at 12, TCI at 14,
-//! ethertype at 16); 802.1ad (0x88a8) and a second tag are neither ARP nor IPv4 here, so they pass.
+//! Properties checked on every input (independently of `frame.rs` and `ipv6.rs`, from the frame
+//! layout). A frame is untagged (ethertype at 12) or carries exactly one 802.1Q tag (TPID 0x8100
+//! at 12, TCI at 14, ethertype at 16); 802.1ad (0x88a8) and a second tag are neither ARP, IPv4 nor
+//! IPv6 here, so they pass.
 //! * XDP_TX only for a well-formed Ethernet/IPv4 ARP request (op 1, htype 1 or 6, ptype 0x0800,
 //!   hlen 6, plen 4) whose target IP is a configured VIP that answers now, from a unicast sender
 //!   MAC, and that is not a conflict; and then the frame is exactly our reply: Ethernet dst = the
@@ -19,12 +21,27 @@
 //!   configured VIP that is fenced (or, for ARP, a non-unicast requester);
 //! * our own reply, looped back, is passed untouched (never answered, never a conflict);
 //! * the verdict's XDP action and VIP are consistent with its outcome.
+//!
+//! IPv6 (RFC 4861), for the IPv6 VIPs of the table (an IPv4-mapped address `::ffff:a.b.c.d` is the
+//! key of the IPv4 VIP `a.b.c.d` and never matches an IPv6 packet):
+//! * XDP_TX only for a Neighbor Solicitation (ICMPv6 right after the IPv6 header) whose target is
+//!   an IPv6 VIP that answers now, in the one form answered in XDP: payload length 32, hop limit
+//!   255, code 0, checksum right, one 8-byte option, a non-multicast source, and either a source
+//!   link-layer address option with a unicast MAC or, from `::`, a non-SLLA option and the
+//!   target's solicited-node group as destination. The frame is then a well-formed Neighbor
+//!   Advertisement (checksum right by our own sum and by `NdView`, type 136, code 0, hop limit 255,
+//!   src = target = the VIP, TLLA option with the entry's MAC, O set, R clear, S set unless the
+//!   solicitation came from `::`) to the SLLA MAC and source (or `ff02::1`), from the entry's MAC,
+//!   with the tag, length and trailing bytes unchanged;
+//! * a solicitation for a fenced IPv6 VIP is dropped, whatever its form, an advertisement for an
+//!   answering VIP from another MAC is a conflict, other IPv6 to a fenced VIP is dropped, and
+//!   nothing else about IPv6 is ever rewritten, dropped or counted.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use vip_common::{
     VipKey, VipLookup, VipState,
-    frame::{Outcome, Verdict, XDP_DROP, XDP_PASS, XDP_TX, process},
+    frame::{ND_LEN, NdView, Outcome, Verdict, XDP_DROP, XDP_PASS, XDP_TX, process},
 };
 
 /// The VIPs of the table: two in one subnet, one elsewhere, and the two edge addresses.
@@ -33,6 +50,18 @@ const VIP_B: [u8; 4] = [10, 77, 0, 101];
 const VIP_C: [u8; 4] = [192, 168, 56, 10];
 const VIP_ZERO: [u8; 4] = [0, 0, 0, 0];
 const VIP_BCAST: [u8; 4] = [255, 255, 255, 255];
+/// IPv6 VIPs, following VIP_A/B/C's state: 2001:db8:77::100; fd00:99::100, in the same
+/// solicited-node group (ff02::1:ff00:100) as the first; and fe80::aa:100, link-local. The edge
+/// ones (with bit 5): `::` and the IPv4-compatible form of VIP_A, `::10.77.0.100`.
+const VIP6_A: [u8; 16] = [
+    0x20, 0x01, 0x0d, 0xb8, 0, 0x77, 0, 0, 0, 0, 0, 0, 0, 0, 0x01, 0x00,
+];
+const VIP6_B: [u8; 16] = [0xfd, 0, 0, 0x99, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x01, 0x00];
+const VIP6_C: [u8; 16] = [
+    0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xaa, 0x01, 0x00,
+];
+const VIP6_ZERO: [u8; 16] = [0; 16];
+const VIP6_V4_COMPATIBLE: [u8; 16] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 10, 77, 0, 100];
 /// The interface's MAC (what every VIP entry carries).
 const OUR_MAC: [u8; 6] = [0x02, 0xaa, 0x00, 0x00, 0x00, 0x01];
 /// Another unicast MAC some entries carry instead (two agents' tables never mix, but the program
@@ -55,10 +84,10 @@ impl VipLookup for Table {
 }
 
 impl Table {
-    /// Bits of `sel`: 0/1/2 VIP_A/B/C answering (else fenced); 3: VIP_C's deadline is exactly now
-    /// (fenced: the program answers while now < deadline); 4: clock at 0 instead of NOW; 5: the
-    /// edge VIPs 0.0.0.0 and 255.255.255.255 exist (answering); 6: VIP_B carries ALT_MAC; 7: empty
-    /// table.
+    /// Bits of `sel`: 0/1/2 VIP_A/B/C and VIP6_A/B/C answering (else fenced); 3: VIP_C's and
+    /// VIP6_C's deadline is exactly now (fenced: the program answers while now < deadline); 4:
+    /// clock at 0 instead of NOW; 5: the edge VIPs 0.0.0.0, 255.255.255.255, `::` and
+    /// `::10.77.0.100` exist (answering); 6: VIP_B and VIP6_B carry ALT_MAC; 7: empty table.
     fn from_selector(sel: u8) -> Self {
         let bit = |n: u8| sel & (1 << n) != 0;
         let now = if bit(4) { 0 } else { NOW };
@@ -71,26 +100,47 @@ impl Table {
         };
         let mut entries = Vec::new();
         if !bit(7) {
-            entries.push((VipKey::new(VIP_A), state(bit(0), OUR_MAC)));
             let b_mac = if bit(6) { ALT_MAC } else { OUR_MAC };
-            entries.push((VipKey::new(VIP_B), state(bit(1), b_mac)));
             let c = if bit(3) {
                 VipState::answering_until(OUR_MAC, now)
             } else {
                 state(bit(2), OUR_MAC)
             };
-            entries.push((VipKey::new(VIP_C), c));
+            entries.push((VipKey::v4(VIP_A), state(bit(0), OUR_MAC)));
+            entries.push((VipKey::v4(VIP_B), state(bit(1), b_mac)));
+            entries.push((VipKey::v4(VIP_C), c));
+            entries.push((VipKey::v6(VIP6_A), state(bit(0), OUR_MAC)));
+            entries.push((VipKey::v6(VIP6_B), state(bit(1), b_mac)));
+            entries.push((VipKey::v6(VIP6_C), c));
             if bit(5) {
-                entries.push((VipKey::new(VIP_ZERO), state(true, OUR_MAC)));
-                entries.push((VipKey::new(VIP_BCAST), state(true, OUR_MAC)));
+                entries.push((VipKey::v4(VIP_ZERO), state(true, OUR_MAC)));
+                entries.push((VipKey::v4(VIP_BCAST), state(true, OUR_MAC)));
+                entries.push((VipKey::v6(VIP6_ZERO), state(true, OUR_MAC)));
+                entries.push((VipKey::v6(VIP6_V4_COMPATIBLE), state(true, OUR_MAC)));
             }
         }
         Self { entries, now }
     }
 
     fn answering(&self, ip: [u8; 4]) -> Option<VipState> {
-        self.state(&VipKey::new(ip))
-            .filter(|s| self.now < s.deadline_ns)
+        self.answering_key(&VipKey::v4(ip))
+    }
+
+    fn answering_key(&self, key: &VipKey) -> Option<VipState> {
+        self.state(key).filter(|s| self.now < s.deadline_ns)
+    }
+
+    /// The entry an IPv6 address in a packet may match: none for an IPv4-mapped address, which is
+    /// an IPv4 VIP's key and never an IPv6 address on the wire.
+    fn state6(&self, addr: &[u8; 16]) -> Option<VipState> {
+        if addr[..12] == [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff] {
+            return None;
+        }
+        self.state(&VipKey::v6(*addr))
+    }
+
+    fn answering6(&self, addr: &[u8; 16]) -> Option<VipState> {
+        self.state6(addr).filter(|s| self.now < s.deadline_ns)
     }
 }
 
@@ -155,6 +205,207 @@ fn ipv4_dst(f: &[u8]) -> Option<[u8; 4]> {
         .then(|| arr(f, at + 16))
 }
 
+/// An IPv6 packet (version 6, the fixed header present), tagged or not: where it starts and its
+/// header fields.
+struct Ipv6 {
+    at: usize,
+    payload_len: u16,
+    next_header: u8,
+    hop_limit: u8,
+    src: [u8; 16],
+    dst: [u8; 16],
+}
+
+fn parse_ipv6(f: &[u8]) -> Option<Ipv6> {
+    let (at, ether_type) = l3(f)?;
+    if ether_type != [0x86, 0xdd] || f.len() < at + 40 || f[at] >> 4 != 6 {
+        return None;
+    }
+    Some(Ipv6 {
+        at,
+        payload_len: u16::from_be_bytes([f[at + 4], f[at + 5]]),
+        next_header: f[at + 6],
+        hop_limit: f[at + 7],
+        src: arr(f, at + 8),
+        dst: arr(f, at + 24),
+    })
+}
+
+const ICMPV6: u8 = 58;
+const NS: u8 = 135;
+const NA: u8 = 136;
+const ALL_NODES: [u8; 16] = [0xff, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+const ALL_NODES_MAC: [u8; 6] = [0x33, 0x33, 0, 0, 0, 1];
+
+/// A Neighbor Solicitation or Advertisement right after the IPv6 header, at least as long as one
+/// without options (24 bytes): its type and target.
+fn nd_message(f: &[u8], ip: &Ipv6) -> Option<(u8, [u8; 16])> {
+    if ip.next_header != ICMPV6 || f.len() < ip.at + 64 {
+        return None;
+    }
+    let kind = f[ip.at + 40];
+    (kind == NS || kind == NA).then(|| (kind, arr(f, ip.at + 48)))
+}
+
+/// The one's-complement sum (RFC 1071) of the ICMPv6 pseudo-header (RFC 8200 8.1) and `body`,
+/// folded: 0xffff over a message whose checksum is right.
+fn ones_sum(src: &[u8; 16], dst: &[u8; 16], len: u32, body: &[u8]) -> u16 {
+    let mut sum: u64 = 0;
+    let mut add = |bytes: &[u8]| {
+        for w in bytes.chunks(2) {
+            sum += (u64::from(w[0]) << 8) | u64::from(w.get(1).copied().unwrap_or(0));
+        }
+    };
+    add(src);
+    add(dst);
+    add(&len.to_be_bytes());
+    add(&[0, 0, 0, ICMPV6]);
+    add(body);
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    u16::try_from(sum).expect("folded")
+}
+
+/// The solicited-node group of `target` (RFC 4291 2.7.1).
+fn solicited_node(target: &[u8; 16]) -> [u8; 16] {
+    let mut g = [0xff, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0xff, 0, 0, 0];
+    g[13..].copy_from_slice(&target[13..]);
+    g
+}
+
+/// Whether a solicitation has the one form answered in XDP (see the module documentation).
+fn answerable(f: &[u8], ip: &Ipv6) -> bool {
+    let at = ip.at;
+    if f.len() < at + 72 {
+        return false;
+    }
+    let icmp = &f[at + 40..at + 72];
+    let target: [u8; 16] = arr(icmp, 8);
+    let (option_type, option_len, option_mac) = (icmp[24], icmp[25], arr::<6>(icmp, 26));
+    let form = ip.payload_len == 32
+        && ip.next_header == ICMPV6
+        && ip.hop_limit == 255
+        && icmp[0] == NS
+        && icmp[1] == 0
+        && ones_sum(&ip.src, &ip.dst, 32, icmp) == 0xffff
+        && option_len == 1
+        && ip.src[0] != 0xff;
+    form && if ip.src == [0; 16] {
+        ip.dst == solicited_node(&target) && option_type != 1
+    } else {
+        option_type == 1 && unicast(&option_mac)
+    }
+}
+
+/// The IPv6 properties (module documentation) of one verdict.
+fn check_ipv6(table: &Table, verdict: Verdict, original: &[u8], buf: &[u8], ip: &Ipv6) {
+    let eth_src: [u8; 6] = arr(original, 6);
+    let expected = match nd_message(original, ip) {
+        Some((NS, target)) if table.state6(&target).is_some() => {
+            let vip = VipKey::v6(target);
+            if table.answering6(&target).is_none() {
+                Verdict::new(Outcome::DroppedArp, vip)
+            } else if answerable(original, ip) {
+                Verdict::new(Outcome::Replied, vip)
+            } else {
+                Verdict::PASS
+            }
+        }
+        Some((NA, target)) if table.answering6(&target).is_some_and(|s| s.mac != eth_src) => {
+            Verdict::new(Outcome::Conflict, VipKey::v6(target))
+        }
+        _ if table.state6(&ip.dst).is_some() && table.answering6(&ip.dst).is_none() => {
+            Verdict::new(Outcome::DroppedIp, VipKey::v6(ip.dst))
+        }
+        _ => Verdict::PASS,
+    };
+    assert_eq!(verdict, expected, "IPv6 from {:?} to {:?}", ip.src, ip.dst);
+    if verdict.outcome != Outcome::Replied {
+        assert_eq!(
+            buf, original,
+            "{verdict:?}: an IPv6 frame we do not answer was modified"
+        );
+        return;
+    }
+
+    // Our advertisement, field by field; `at` is where the IPv6 header starts (after any tag).
+    let at = ip.at;
+    let vip = verdict.vip.addr;
+    let state = table
+        .answering6(&vip)
+        .expect("XDP_TX for an IPv6 VIP that is fenced or not configured");
+    let from_unspecified = ip.src == [0; 16];
+    let (eth_dst, ip_dst) = if from_unspecified {
+        (ALL_NODES_MAC, ALL_NODES)
+    } else {
+        (arr::<6>(original, at + 66), ip.src)
+    };
+    assert_eq!(buf.len(), original.len(), "length changed");
+    assert_eq!(&buf[0..6], &eth_dst, "Ethernet dst");
+    assert_eq!(
+        &buf[6..12],
+        &state.mac,
+        "Ethernet src is not the entry's MAC"
+    );
+    assert_eq!(
+        &buf[12..at],
+        &original[12..at],
+        "VLAN tag or ethertype changed"
+    );
+    assert_eq!(
+        &buf[at..at + 4],
+        &[0x60, 0, 0, 0],
+        "version, class, flow label"
+    );
+    let packet: &[u8; ND_LEN] = buf[at..at + ND_LEN].try_into().expect("72 bytes");
+    let na = NdView::parse_packet(packet).expect("our NA does not parse as IPv6");
+    assert!(na.checksum_ok, "NdView: NA checksum wrong");
+    assert_eq!(
+        ones_sum(&vip, &ip_dst, 32, &buf[at + 40..at + 72]),
+        0xffff,
+        "NA checksum wrong by our own sum"
+    );
+    assert_eq!(na.payload_len, 32);
+    assert_eq!(na.next_header, ICMPV6);
+    assert_eq!(na.hop_limit, 255);
+    assert_eq!(na.icmp_type, NA);
+    assert_eq!(na.code, 0);
+    assert_eq!(na.src, vip, "NA not from the VIP");
+    assert_eq!(na.target, vip, "NA target is not the VIP");
+    assert_eq!(na.dst, ip_dst, "NA destination");
+    assert_eq!(na.flags & 0x20, 0x20, "Override clear");
+    assert_eq!(na.flags & 0x80, 0, "Router set");
+    assert_eq!(
+        na.flags & 0x40 != 0,
+        !from_unspecified,
+        "Solicited must be set exactly when the source was not ::"
+    );
+    assert_eq!(na.flags & 0x1f, 0, "reserved flag bits");
+    assert_eq!(&buf[at + 45..at + 48], &[0, 0, 0], "reserved bytes");
+    assert_eq!(
+        (na.option_type, na.option_len),
+        (2, 1),
+        "not one TLLA option"
+    );
+    assert_eq!(na.option_mac, state.mac, "TLLA is not the entry's MAC");
+    assert_eq!(
+        &buf[at + 72..],
+        &original[at + 72..],
+        "trailing bytes changed"
+    );
+
+    // Our advertisement looped back: never answered, never a conflict, never rewritten (dropped
+    // only when its destination is a fenced VIP of ours).
+    let mut again = buf.to_vec();
+    let v2 = process(again.as_mut_slice(), table);
+    assert!(
+        matches!(v2.outcome, Outcome::Pass | Outcome::DroppedIp),
+        "our own NA looped back: {v2:?}"
+    );
+    assert_eq!(again, buf, "our own NA was modified");
+}
+
 fuzz_target!(|data: &[u8]| {
     let Some((&sel, frame)) = data.split_first() else {
         return;
@@ -168,7 +419,7 @@ fuzz_target!(|data: &[u8]| {
     let expected_action = match verdict.outcome {
         Outcome::Pass | Outcome::Conflict => XDP_PASS,
         Outcome::Replied => XDP_TX,
-        Outcome::DroppedArp | Outcome::DroppedIpv4 => XDP_DROP,
+        Outcome::DroppedArp | Outcome::DroppedIp => XDP_DROP,
     };
     assert_eq!(verdict.xdp_action(), expected_action, "{verdict:?}");
     if verdict.outcome == Outcome::Pass {
@@ -180,13 +431,19 @@ fuzz_target!(|data: &[u8]| {
         );
     }
 
+    if let Some(ip) = parse_ipv6(&original) {
+        check_ipv6(&table, verdict, &original, &buf, &ip);
+        return;
+    }
+
     let arp = parse_arp(&original);
     match verdict.outcome {
         Outcome::Replied => {
             let arp = arp.expect("XDP_TX for a frame that is not a well-formed ARP packet");
             assert_eq!(arp.op, 1, "XDP_TX for ARP op {} (not a request)", arp.op);
             assert_eq!(
-                verdict.vip.addr, arp.tpa,
+                verdict.vip,
+                VipKey::v4(arp.tpa),
                 "answered for another VIP than asked"
             );
             let state = table
@@ -246,15 +503,15 @@ fuzz_target!(|data: &[u8]| {
                 Outcome::DroppedArp => {
                     let arp = arp.expect("ARP drop of a frame that is not well-formed ARP");
                     assert_eq!(arp.op, 1, "ARP drop of a non-request");
-                    assert_eq!(verdict.vip.addr, arp.tpa);
+                    assert_eq!(verdict.vip, VipKey::v4(arp.tpa));
                     assert!(
                         table.answering(arp.tpa).is_none() || !unicast(&arp.sha),
                         "dropped a request we should have answered"
                     );
                 }
-                Outcome::DroppedIpv4 => {
+                Outcome::DroppedIp => {
                     let dst = ipv4_dst(&original).expect("IPv4 drop of a frame that is not IPv4");
-                    assert_eq!(verdict.vip.addr, dst);
+                    assert_eq!(verdict.vip, VipKey::v4(dst));
                     assert!(
                         table.answering(dst).is_none(),
                         "dropped IPv4 to an answering VIP"
@@ -262,7 +519,7 @@ fuzz_target!(|data: &[u8]| {
                 }
                 Outcome::Conflict => {
                     let arp = arp.expect("conflict on a frame that is not well-formed ARP");
-                    assert_eq!(verdict.vip.addr, arp.spa);
+                    assert_eq!(verdict.vip, VipKey::v4(arp.spa));
                     let state = table
                         .answering(arp.spa)
                         .expect("conflict for a VIP we do not answer");
@@ -278,7 +535,7 @@ fuzz_target!(|data: &[u8]| {
         let conflict = table.answering(arp.spa).is_some_and(|s| s.mac != arp.sha);
         if conflict {
             assert_eq!(verdict.outcome, Outcome::Conflict);
-        } else if arp.op == 1 && table.state(&VipKey::new(arp.tpa)).is_some() {
+        } else if arp.op == 1 && table.state(&VipKey::v4(arp.tpa)).is_some() {
             let expected = if table.answering(arp.tpa).is_some() && unicast(&arp.sha) {
                 Outcome::Replied
             } else {
@@ -289,9 +546,9 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(verdict.outcome, Outcome::Pass);
         }
     } else if let Some(dst) = ipv4_dst(&original) {
-        let fenced_vip = table.state(&VipKey::new(dst)).is_some() && table.answering(dst).is_none();
+        let fenced_vip = table.state(&VipKey::v4(dst)).is_some() && table.answering(dst).is_none();
         let expected = if fenced_vip {
-            Outcome::DroppedIpv4
+            Outcome::DroppedIp
         } else {
             Outcome::Pass
         };

@@ -87,52 +87,8 @@ impl ArpSocket {
     /// When receiving fails for another reason than the timeout.
     pub fn recv_until(&self, deadline: Instant) -> io::Result<Vec<ArpSeen>> {
         let mut seen = Vec::new();
-        let mut buf = [0u8; 1600];
-        loop {
-            let now = Instant::now();
-            if now >= deadline {
-                return Ok(seen);
-            }
-            let timeout = i32::try_from((deadline - now).as_millis().max(1)).unwrap_or(i32::MAX);
-            let mut pfd = libc::pollfd {
-                fd: self.fd.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            };
-            // SAFETY: one valid pollfd.
-            let rc = unsafe { libc::poll(&raw mut pfd, 1, timeout) };
-            if rc < 0 {
-                let e = io::Error::last_os_error();
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(e);
-            }
-            if rc == 0 {
-                continue;
-            }
-            // SAFETY: buffer valid for its length.
-            let n = unsafe {
-                libc::recv(
-                    self.fd.as_raw_fd(),
-                    buf.as_mut_ptr().cast(),
-                    buf.len(),
-                    libc::MSG_DONTWAIT,
-                )
-            };
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
-                ) {
-                    continue;
-                }
-                return Err(e);
-            }
-            let at_ns = monotonic_ns();
-            let len = usize::try_from(n).unwrap_or(0);
-            if let Some(frame) = buf[..len].first_chunk::<ARP_FRAME_LEN>()
+        recv_each(&self.fd, deadline, |frame, at_ns| {
+            if let Some(frame) = frame.first_chunk::<ARP_FRAME_LEN>()
                 && let Some(arp) = ArpView::parse(frame)
             {
                 let mut eth_dst = [0; 6];
@@ -146,7 +102,8 @@ impl ArpSocket {
                     at_ns,
                 });
             }
-        }
+        })?;
+        Ok(seen)
     }
 
     /// Ask who has `target` and return the replies (ARP op 2 for `target`) within `timeout`.
@@ -213,7 +170,66 @@ impl ArpSocket {
     }
 }
 
-fn interface_mac(fd: &OwnedFd, ifname: &str) -> io::Result<[u8; 6]> {
+/// Hand every frame that arrives on `fd` until `deadline` to `each`, with the kernel monotonic time
+/// it was read at.
+///
+/// # Errors
+/// When polling or receiving fails for another reason than a timeout or an interruption.
+pub(crate) fn recv_each(
+    fd: &OwnedFd,
+    deadline: Instant,
+    mut each: impl FnMut(&[u8], u64),
+) -> io::Result<()> {
+    let mut buf = [0u8; 1600];
+    loop {
+        let now = Instant::now();
+        if now >= deadline {
+            return Ok(());
+        }
+        let timeout = i32::try_from((deadline - now).as_millis().max(1)).unwrap_or(i32::MAX);
+        let mut pfd = libc::pollfd {
+            fd: fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd.
+        let rc = unsafe { libc::poll(&raw mut pfd, 1, timeout) };
+        if rc < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if rc == 0 {
+            continue;
+        }
+        // SAFETY: buffer valid for its length.
+        let n = unsafe {
+            libc::recv(
+                fd.as_raw_fd(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                libc::MSG_DONTWAIT,
+            )
+        };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+            ) {
+                continue;
+            }
+            return Err(e);
+        }
+        let at_ns = monotonic_ns();
+        let len = usize::try_from(n).unwrap_or(0);
+        each(&buf[..len.min(buf.len())], at_ns);
+    }
+}
+
+pub(crate) fn interface_mac(fd: &OwnedFd, ifname: &str) -> io::Result<[u8; 6]> {
     // SAFETY: all-zero ifreq is valid; name copied below within bounds.
     let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
     for (dst, src) in req

@@ -19,6 +19,7 @@ pub mod bench_rw;
 pub mod chaos;
 pub mod cluster;
 pub mod flood;
+pub mod ndp;
 mod netns;
 mod pins;
 

@@ -393,6 +393,55 @@ fn promotion_announces_the_vip_with_gratuitous_arp() {
 }
 
 #[test]
+fn primary_announces_the_vip_again_when_its_interface_comes_back_up() {
+    if !require_privileges("primary_announces_the_vip_again_when_its_interface_comes_back_up") {
+        return;
+    }
+    let c = cluster(46, "");
+    let lease = grant(&c, 30);
+    acquire(&c, "node1", lease);
+    eventually(Duration::from_secs(5), "node1 answers", || {
+        answering(&c) == vec![mac(&c, 0)]
+    });
+    // Past the promotion's own burst (announcements at 0, 100 ms and 1.1 s by default).
+    std::thread::sleep(Duration::from_millis(1500));
+    c.set_link(0, false);
+    std::thread::sleep(Duration::from_millis(300));
+    let (ifname, vip) = (c.client.ifname.clone(), c.vip.octets());
+    let frames = std::thread::scope(|s| {
+        let capture = s.spawn(|| {
+            c.client.ns.run_in(|| {
+                let sock = vip_tests::arp::ArpSocket::open(&ifname).expect("socket");
+                sock.recv_until(Instant::now() + Duration::from_millis(900))
+                    .expect("capture")
+            })
+        });
+        std::thread::sleep(Duration::from_millis(100));
+        c.set_link(0, true);
+        capture.join().expect("capture thread")
+    });
+    let garps: Vec<_> = frames
+        .iter()
+        .filter(|f| f.arp.spa == vip && f.arp.tpa == vip && f.eth_dst == [0xff; 6])
+        .collect();
+    assert!(
+        garps
+            .iter()
+            .all(|f| f.arp.sha == mac(&c, 0) && f.eth_src == mac(&c, 0)),
+        "only node1 announces: {garps:?}"
+    );
+    assert!(
+        garps.iter().any(|f| f.arp.op == 1) && garps.iter().any(|f| f.arp.op == 2),
+        "node1 announced the VIP again after its link came back: {frames:?}"
+    );
+    assert!(
+        c.log(0).contains("came back up while primary"),
+        "the re-announcement is logged"
+    );
+    assert_eq!(answering(&c), vec![mac(&c, 0)], "and it still answers");
+}
+
+#[test]
 fn sighup_reloads_a_changed_config_and_keeps_running_on_a_bad_one() {
     if !require_privileges("sighup_reloads_a_changed_config_and_keeps_running_on_a_bad_one") {
         return;

@@ -10,8 +10,9 @@ use vip_agent::{clock::monotonic_ns, dataplane::ebpf_object};
 use vip_common::{
     VipKey, VipState, VipStats,
     frame::{
-        ARP_OP_REPLY, ARP_OP_REQUEST, ETH_P_8021AD, ETH_P_8021Q, XDP_DROP, XDP_PASS, XDP_TX,
-        build_arp, build_ipv4,
+        ARP_OP_REPLY, ARP_OP_REQUEST, ETH_LEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_IPV6,
+        NA_FLAG_OVERRIDE, NA_FLAG_SOLICITED, NdView, XDP_DROP, XDP_PASS, XDP_TX, all_nodes,
+        build_arp, build_ipv4, build_na, build_ns, solicited_node,
     },
     maps::{MAP_NAMES, PROGRAM_NAME, STATE_MAP, STATS_MAP},
 };
@@ -56,14 +57,14 @@ impl Loaded {
         .expect("values");
         loaded
             .stats
-            .insert(VipKey::new(VIP), zero, 0)
+            .insert(VipKey::v4(VIP), zero, 0)
             .expect("stats entry");
         loaded
     }
 
     fn set(&mut self, state: VipState) {
         self.state
-            .insert(VipKey::new(VIP), state, 0)
+            .insert(VipKey::v4(VIP), state, 0)
             .expect("write state");
     }
 
@@ -97,12 +98,118 @@ impl Loaded {
     }
 
     fn stats(&self) -> VipStats {
+        self.stats_of(VipKey::v4(VIP))
+    }
+
+    fn stats_of(&self, key: VipKey) -> VipStats {
         self.stats
-            .get(&VipKey::new(VIP), 0)
+            .get(&key, 0)
             .expect("stats")
             .iter()
             .fold(VipStats::default(), |a, s| a.merge(s))
     }
+
+    /// Register VIP6 as well (zeroed counters), in `state`.
+    fn with_vip6(mut self, state: VipState) -> Self {
+        let zero = PerCpuValues::try_from(vec![
+            VipStats::default();
+            aya::util::nr_cpus().expect("cpus")
+        ])
+        .expect("values");
+        self.stats
+            .insert(VipKey::v6(VIP6), zero, 0)
+            .expect("stats entry");
+        self.set6(state);
+        self
+    }
+
+    fn set6(&mut self, state: VipState) {
+        self.state
+            .insert(VipKey::v6(VIP6), state, 0)
+            .expect("write state");
+    }
+
+    fn stats6(&self) -> VipStats {
+        self.stats_of(VipKey::v6(VIP6))
+    }
+}
+
+/// 2001:db8:77:1::100, the IPv6 VIP; the node's and a client's addresses in the same /64.
+const VIP6: [u8; 16] = [
+    0x20, 0x01, 0x0d, 0xb8, 0, 0x77, 0, 1, 0, 0, 0, 0, 0, 0, 0x01, 0x00,
+];
+const NODE6: [u8; 16] = [
+    0x20, 0x01, 0x0d, 0xb8, 0, 0x77, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0x01,
+];
+const CLIENT6: [u8; 16] = [
+    0x20, 0x01, 0x0d, 0xb8, 0, 0x77, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0x09,
+];
+/// ND option types: source link-layer address, and the RFC 7527 nonce of a DAD probe.
+const OPT_SLLA: u8 = 1;
+const OPT_NONCE: u8 = 14;
+
+fn answering_state() -> VipState {
+    VipState::answering_until(OUR_MAC, monotonic_ns() + 60_000_000_000)
+}
+
+/// The MAC of an IPv6 multicast group (RFC 2464 7).
+fn multicast_mac(group: &[u8; 16]) -> [u8; 6] {
+    [0x33, 0x33, group[12], group[13], group[14], group[15]]
+}
+
+/// A client's Neighbor Solicitation for `target`, to its solicited-node group.
+fn ns_for(target: [u8; 16]) -> Vec<u8> {
+    let group = solicited_node(&target);
+    build_ns(
+        multicast_mac(&group),
+        CLIENT_MAC,
+        CLIENT6,
+        group,
+        target,
+        OPT_SLLA,
+        CLIENT_MAC,
+    )
+    .to_vec()
+}
+
+/// Duplicate address detection for VIP6 from another node: from `::`, with a nonce.
+fn dad_ns() -> Vec<u8> {
+    let group = solicited_node(&VIP6);
+    build_ns(
+        multicast_mac(&group),
+        STRANGER_MAC,
+        [0; 16],
+        group,
+        VIP6,
+        OPT_NONCE,
+        [1, 2, 3, 4, 5, 6],
+    )
+    .to_vec()
+}
+
+/// Our answer to `ns_for(VIP6)`.
+fn na_to_client() -> Vec<u8> {
+    build_na(
+        CLIENT_MAC,
+        OUR_MAC,
+        VIP6,
+        CLIENT6,
+        NA_FLAG_SOLICITED | NA_FLAG_OVERRIDE,
+    )
+    .to_vec()
+}
+
+/// An IPv6 packet (next header UDP, 8 zero bytes) from the client to `dst`.
+fn udp6_to(dst: [u8; 16]) -> Vec<u8> {
+    let mut f = Vec::with_capacity(62);
+    f.extend_from_slice(&OUR_MAC);
+    f.extend_from_slice(&CLIENT_MAC);
+    f.extend_from_slice(&ETH_P_IPV6);
+    f.extend_from_slice(&[0x60, 0, 0, 0, 0, 8, 17, 64]);
+    f.extend_from_slice(&CLIENT6);
+    f.extend_from_slice(&dst);
+    f.extend_from_slice(&[0; 8]);
+    f
 }
 
 fn arp_request(tpa: [u8; 4]) -> Vec<u8> {
@@ -442,7 +549,7 @@ fn unregistered_vip_is_just_another_address() {
 }
 
 /// Not a check: the program's cost per frame through BPF_PROG_TEST_RUN, printed for comparison
-/// (untagged vs 802.1Q-tagged). `cargo test -p vip-tests --test xdp_test_run -- --ignored --nocapture`.
+/// (untagged vs 802.1Q-tagged, ARP vs IPv6 NS). `cargo test -p vip-tests --test xdp_test_run -- --ignored --nocapture`.
 #[test]
 #[ignore = "measurement only; prints ns per run"]
 fn cost_per_frame() {
@@ -458,7 +565,7 @@ fn cost_per_frame() {
     }
     for round in 0..6 {
         for (object_name, object) in &objects {
-            let mut l = Loaded::with_object(object);
+            let mut l = Loaded::with_object(object).with_vip6(answering_state());
             l.answering();
             measure(&l, object_name, round);
         }
@@ -491,10 +598,16 @@ fn measure(l: &Loaded, object_name: &str, round: u32) {
             tagged(&arp_request(VIP), 100, 0),
             tagged(&icmp_to(NODE_IP), 100, 0),
         ),
+        ("IPv6 NS", ns_for(VIP6), udp6_to(NODE6)),
+        (
+            "802.1Q IPv6 NS",
+            tagged(&ns_for(VIP6), 100, 0),
+            tagged(&udp6_to(NODE6), 100, 0),
+        ),
     ];
     for (name, request, pass) in &cases {
         let passed = run(pass, 1_000_000, XDP_PASS);
-        // A baseline from before 802.1Q support passes tagged requests: no reply to time.
+        // A baseline from before 802.1Q (or IPv6) support passes those requests: no reply to time.
         let reply = if object_name == "baseline" && *name != "untagged" {
             f64::NAN
         } else {
@@ -502,4 +615,196 @@ fn measure(l: &Loaded, object_name: &str, round: u32) {
         };
         eprintln!("{object_name}, {name}, round {round}: reply {reply:.1} ns, pass {passed:.1} ns");
     }
+}
+
+#[test]
+fn answers_ns_for_ipv6_vip_byte_exact() {
+    if !privileged("answers_ns_for_ipv6_vip_byte_exact") {
+        return;
+    }
+    let mut l = Loaded::new().with_vip6(answering_state());
+    // The IPv4 VIP fenced on the same interface: no effect on the IPv6 one.
+    l.fenced();
+    let before = monotonic_ns();
+    let (action, out) = l.run(&ns_for(VIP6));
+    assert_eq!(action, XDP_TX);
+    assert_eq!(out, na_to_client());
+    let view = NdView::parse(out.as_slice().try_into().expect("86 bytes")).expect("IPv6");
+    assert!(view.checksum_ok, "the NA's checksum as the kernel wrote it");
+    // Duplicate address detection from another node is defended: to all nodes, S clear.
+    let (action, out) = l.run(&dad_ns());
+    assert_eq!(action, XDP_TX);
+    let (all_nodes_ip, all_nodes_mac) = all_nodes();
+    let expected = build_na(all_nodes_mac, OUR_MAC, VIP6, all_nodes_ip, NA_FLAG_OVERRIDE);
+    assert_eq!(out, expected.to_vec());
+    let after = monotonic_ns();
+    let s = l.stats6();
+    assert_eq!((s.arp_replied, s.arp_dropped, s.ipv4_dropped), (2, 0, 0));
+    assert!(
+        (before..=after).contains(&s.last_reply_ns),
+        "last reply time {} outside [{before}, {after}]",
+        s.last_reply_ns
+    );
+    assert_eq!(
+        l.stats(),
+        VipStats::default(),
+        "the IPv4 VIP counted nothing"
+    );
+}
+
+#[test]
+fn fenced_drops_ns_and_ipv6_for_ipv6_vip_and_counts_them() {
+    if !privileged("fenced_drops_ns_and_ipv6_for_ipv6_vip_and_counts_them") {
+        return;
+    }
+    let mut l = Loaded::new().with_vip6(VipState::fenced(OUR_MAC));
+    l.answering();
+    let mut hop_limit_64 = ns_for(VIP6);
+    hop_limit_64[21] = 64;
+    let solicitations = [ns_for(VIP6), dad_ns(), hop_limit_64];
+    for frame in &solicitations {
+        let (action, out) = l.run(frame);
+        assert_eq!(action, XDP_DROP);
+        assert_eq!(&out, frame, "a dropped frame is not rewritten");
+    }
+    for _ in 0..5 {
+        let frame = udp6_to(VIP6);
+        let (action, out) = l.run(&frame);
+        assert_eq!(action, XDP_DROP);
+        assert_eq!(out, frame);
+    }
+    let s = l.stats6();
+    assert_eq!((s.arp_replied, s.arp_dropped, s.ipv4_dropped), (0, 3, 5));
+    assert_eq!(s.last_reply_ns, 0);
+    // A deadline in the past is fenced too; a future one answers, and IPv6 to the VIP passes.
+    l.set6(VipState::answering_until(OUR_MAC, monotonic_ns() - 1));
+    assert_eq!(l.run(&ns_for(VIP6)).0, XDP_DROP);
+    l.set6(answering_state());
+    assert_eq!(l.run(&ns_for(VIP6)).0, XDP_TX);
+    let frame = udp6_to(VIP6);
+    assert_eq!(l.run(&frame), (XDP_PASS, frame));
+    // Answering, a solicitation of another form is the kernel's to judge: passed untouched.
+    let mut bad_checksum = ns_for(VIP6);
+    bad_checksum[57] ^= 1;
+    for frame in [&solicitations[2], &bad_checksum] {
+        assert_eq!(l.run(frame), (XDP_PASS, frame.clone()));
+    }
+    let s = l.stats6();
+    assert_eq!((s.arp_replied, s.arp_dropped, s.ipv4_dropped), (1, 4, 5));
+    assert_eq!(
+        l.stats(),
+        VipStats::default(),
+        "the IPv4 VIP counted nothing"
+    );
+}
+
+#[test]
+fn other_ipv6_passes_untouched_in_both_states() {
+    if !privileged("other_ipv6_passes_untouched_in_both_states") {
+        return;
+    }
+    let mut l = Loaded::new().with_vip6(VipState::fenced(OUR_MAC));
+    let (all_nodes_ip, all_nodes_mac) = all_nodes();
+    let mut mapped = [0u8; 16];
+    mapped[10..12].copy_from_slice(&[0xff, 0xff]);
+    mapped[12..].copy_from_slice(&VIP);
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("NS for the node's own address", ns_for(NODE6)),
+        ("IPv6 to the node's own address", udp6_to(NODE6)),
+        (
+            "our own NA looped back",
+            build_na(all_nodes_mac, OUR_MAC, VIP6, all_nodes_ip, NA_FLAG_OVERRIDE).to_vec(),
+        ),
+        ("NS for ::ffff:<IPv4 VIP>", ns_for(mapped)),
+        ("IPv6 to ::ffff:<IPv4 VIP>", udp6_to(mapped)),
+        ("truncated NS (77 bytes)", ns_for(VIP6)[..77].to_vec()),
+        ("truncated IPv6 header", udp6_to(VIP6)[..53].to_vec()),
+        ("Ethernet header only", ns_for(VIP6)[..ETH_LEN].to_vec()),
+        (
+            "tagged NS for the node's own address",
+            tagged(&ns_for(NODE6), 100, 0),
+        ),
+        (
+            "truncated tagged NS",
+            tagged(&ns_for(VIP6), 100, 0)[..81].to_vec(),
+        ),
+        (
+            "QinQ NS for the VIP",
+            tagged(&tagged(&ns_for(VIP6), 200, 0), 100, 0),
+        ),
+    ];
+    for (state, set_ipv4) in [
+        (answering_state(), Loaded::answering as fn(&mut Loaded)),
+        (VipState::fenced(OUR_MAC), Loaded::fenced),
+    ] {
+        l.set6(state);
+        set_ipv4(&mut l);
+        for (name, frame) in &cases {
+            let (action, out) = l.run(frame);
+            assert_eq!(action, XDP_PASS, "{name}");
+            assert_eq!(&out, frame, "{name} must pass unmodified");
+        }
+    }
+    assert_eq!(l.stats6(), VipStats::default(), "no IPv6 VIP counter moved");
+    assert_eq!(l.stats(), VipStats::default(), "no IPv4 VIP counter moved");
+}
+
+#[test]
+fn tagged_ns_for_ipv6_vip_is_answered_keeping_the_tag() {
+    if !privileged("tagged_ns_for_ipv6_vip_is_answered_keeping_the_tag") {
+        return;
+    }
+    let mut l = Loaded::new().with_vip6(answering_state());
+    let mut runs = 0;
+    for (vid, pcp, dei) in [(100u16, 0u8, false), (0, 5, false), (4094, 7, true)] {
+        let mut request = tagged(&ns_for(VIP6), vid, pcp);
+        let mut expected = tagged(&na_to_client(), vid, pcp);
+        if dei {
+            request[14] |= 0x10;
+            expected[14] |= 0x10;
+        }
+        let (action, out) = l.run(&request);
+        runs += 1;
+        assert_eq!(action, XDP_TX, "vid {vid}");
+        assert_eq!(out, expected, "vid {vid} pcp {pcp} dei {dei}");
+    }
+    let s = l.stats6();
+    assert_eq!((s.arp_replied, s.arp_dropped), (runs, 0));
+    // Fenced, tagged: the NS and IPv6 to the VIP are dropped.
+    l.set6(VipState::fenced(OUR_MAC));
+    for frame in [
+        tagged(&ns_for(VIP6), 100, 0),
+        tagged(&udp6_to(VIP6), 100, 3),
+    ] {
+        let (action, out) = l.run(&frame);
+        assert_eq!(action, XDP_DROP);
+        assert_eq!(out, frame);
+    }
+    let s = l.stats6();
+    assert_eq!((s.arp_replied, s.arp_dropped, s.ipv4_dropped), (runs, 1, 1));
+}
+
+#[test]
+fn na_from_another_mac_counts_a_conflict_for_ipv6_vip() {
+    if !privileged("na_from_another_mac_counts_a_conflict_for_ipv6_vip") {
+        return;
+    }
+    let mut l = Loaded::new().with_vip6(answering_state());
+    let (all_nodes_ip, all_nodes_mac) = all_nodes();
+    let na = build_na(
+        all_nodes_mac,
+        STRANGER_MAC,
+        VIP6,
+        all_nodes_ip,
+        NA_FLAG_OVERRIDE,
+    )
+    .to_vec();
+    assert_eq!(l.run(&na), (XDP_PASS, na.clone()));
+    let tagged_na = tagged(&na, 100, 0);
+    assert_eq!(l.run(&tagged_na), (XDP_PASS, tagged_na));
+    assert_eq!(l.stats6().conflicts, 2);
+    // Fenced, the new holder's advertisement is expected: no conflict.
+    l.set6(VipState::fenced(OUR_MAC));
+    assert_eq!(l.run(&na), (XDP_PASS, na));
+    assert_eq!(l.stats6().conflicts, 2);
 }

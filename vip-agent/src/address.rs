@@ -1,10 +1,14 @@
 //! The VIP as a kernel address, through rtnetlink (no `ip` subprocess).
 //!
 //! Adding is idempotent (an existing address is success); matching is exact on address and prefix
-//! length, never textual. [`AddressEvents`] follows the kernel's IPv4 address notifications so that an
-//! address removed by hand on the primary is put back at once, not on a timer.
+//! length, never textual. [`AddressEvents`] follows the kernel's IPv4 and IPv6 address notifications
+//! so that an address removed by hand on the primary is put back at once, not on a timer.
+//!
+//! An IPv6 VIP is added with `IFA_F_NODAD`: it is usable at once instead of after a second of
+//! duplicate address detection, and our own data plane, not the kernel's DAD, decides who answers
+//! for it (the fenced nodes drop every solicitation for it).
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use futures::{StreamExt as _, TryStreamExt as _, channel::mpsc::UnboundedReceiver};
 use rtnetlink::{
@@ -25,7 +29,7 @@ pub enum AddressError {
     #[error("{operation} {address}/{prefix_len} on interface index {ifindex}")]
     Request {
         operation: &'static str,
-        address: Ipv4Addr,
+        address: IpAddr,
         prefix_len: u8,
         ifindex: u32,
         #[source]
@@ -34,7 +38,7 @@ pub enum AddressError {
     #[error("{operation} {address}/{prefix_len} on interface index {ifindex}")]
     Io {
         operation: &'static str,
-        address: Ipv4Addr,
+        address: IpAddr,
         prefix_len: u8,
         ifindex: u32,
         #[source]
@@ -51,11 +55,11 @@ pub enum Change {
     Unchanged,
 }
 
-/// One IPv4 address on one interface.
+/// One IPv4 or IPv6 address on one interface.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Vip {
     pub ifindex: u32,
-    pub address: Ipv4Addr,
+    pub address: IpAddr,
     pub prefix_len: u8,
 }
 
@@ -87,12 +91,12 @@ impl Addresses {
     /// # Errors
     /// When the kernel refuses for another reason than "exists".
     pub async fn add(&self, vip: Vip) -> Result<Change, AddressError> {
-        let result = self
+        let mut request = self
             .handle
             .address()
-            .add(vip.ifindex, IpAddr::V4(vip.address), vip.prefix_len)
-            .execute()
-            .await;
+            .add(vip.ifindex, vip.address, vip.prefix_len);
+        *request.message_mut() = new_address_message(vip);
+        let result = request.execute().await;
         match result {
             Ok(()) => Ok(Change::Changed),
             Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::EEXIST => {
@@ -148,7 +152,7 @@ impl Addresses {
         {
             if msg.header.index == vip.ifindex
                 && (!exact_prefix || msg.header.prefix_len == vip.prefix_len)
-                && ipv4_of(&msg) == Some(vip.address)
+                && address_of(&msg) == Some(vip.address)
             {
                 found.push(msg);
             }
@@ -177,7 +181,6 @@ fn request_error(operation: &'static str, vip: Vip, source: rtnetlink::Error) ->
 /// When the socket cannot be used or the kernel refuses for another reason than "exists".
 pub fn add_blocking(vip: Vip) -> Result<Change, AddressError> {
     use rtnetlink::{
-        AddressMessageBuilder,
         packet_core::{NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST},
         sys::{Socket, protocols::NETLINK_ROUTE},
     };
@@ -191,11 +194,8 @@ pub fn add_blocking(vip: Vip) -> Result<Change, AddressError> {
     let mut socket = Socket::new(NETLINK_ROUTE).map_err(io)?;
     socket.bind_auto().map_err(io)?;
     socket.connect(&SocketAddr::new(0, 0)).map_err(io)?;
-    let message = AddressMessageBuilder::<Ipv4Addr>::new()
-        .index(vip.ifindex)
-        .address(vip.address, vip.prefix_len)
-        .build();
-    let mut request = NetlinkMessage::from(RouteNetlinkMessage::NewAddress(message));
+    let mut request =
+        NetlinkMessage::from(RouteNetlinkMessage::NewAddress(new_address_message(vip)));
     request.header.flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_EXCL | NLM_F_CREATE;
     request.header.sequence_number = 1;
     request.finalize();
@@ -224,29 +224,57 @@ pub fn add_blocking(vip: Vip) -> Result<Change, AddressError> {
     }
 }
 
-/// The IPv4 local address of an address message (`IFA_LOCAL`, else `IFA_ADDRESS`).
-fn ipv4_of(msg: &AddressMessage) -> Option<Ipv4Addr> {
+/// The `RTM_NEWADDR` message for `vip`; IPv6 with `IFA_F_NODAD` (see the module documentation).
+fn new_address_message(vip: Vip) -> AddressMessage {
+    use rtnetlink::{
+        AddressMessageBuilder,
+        packet_route::address::{AddressFlags, AddressHeaderFlags},
+    };
+    match vip.address {
+        IpAddr::V4(a) => AddressMessageBuilder::<Ipv4Addr>::new()
+            .index(vip.ifindex)
+            .address(a, vip.prefix_len)
+            .build(),
+        IpAddr::V6(a) => {
+            let mut message = AddressMessageBuilder::<Ipv6Addr>::new()
+                .index(vip.ifindex)
+                .address(a, vip.prefix_len)
+                .build();
+            message.header.flags = AddressHeaderFlags::Nodad;
+            message
+                .attributes
+                .push(AddressAttribute::Flags(AddressFlags::Nodad));
+            message
+        }
+    }
+}
+
+/// The local address of an address message (`IFA_LOCAL`, else `IFA_ADDRESS`; an IPv6 message
+/// carries only `IFA_ADDRESS` for a local address).
+fn address_of(msg: &AddressMessage) -> Option<IpAddr> {
     let mut address = None;
     for attr in &msg.attributes {
         match attr {
-            AddressAttribute::Local(IpAddr::V4(a)) => return Some(*a),
-            AddressAttribute::Address(IpAddr::V4(a)) => address = Some(*a),
+            AddressAttribute::Local(a) => return Some(*a),
+            AddressAttribute::Address(a) => address = Some(*a),
             _ => {}
         }
     }
     address
 }
 
-/// A kernel notification about an IPv4 address.
+/// A kernel notification about an IPv4 or IPv6 address.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AddressEvent {
     Added(Vip),
     Removed(Vip),
 }
 
-/// The kernel's IPv4 address notifications (`RTNLGRP_IPV4_IFADDR`) for the calling thread's namespace.
+/// The kernel's address notifications (`RTNLGRP_IPV4_IFADDR`, `RTNLGRP_IPV6_IFADDR`) for the calling
+/// thread's namespace.
 pub struct AddressEvents {
     messages: UnboundedReceiver<(NetlinkMessage<RouteNetlinkMessage>, SocketAddr)>,
+    ended: bool,
 }
 
 impl AddressEvents {
@@ -255,22 +283,31 @@ impl AddressEvents {
     /// # Errors
     /// When the netlink socket cannot be opened or bound to the group.
     pub fn subscribe() -> Result<Self, AddressError> {
-        let (connection, _handle, messages) =
-            rtnetlink::new_multicast_connection(&[MulticastGroup::Ipv4Ifaddr])
-                .map_err(AddressError::Connect)?;
+        let (connection, _handle, messages) = rtnetlink::new_multicast_connection(&[
+            MulticastGroup::Ipv4Ifaddr,
+            MulticastGroup::Ipv6Ifaddr,
+        ])
+        .map_err(AddressError::Connect)?;
         tokio::spawn(connection);
-        Ok(Self { messages })
+        Ok(Self {
+            messages,
+            ended: false,
+        })
     }
 
-    /// The next address event; `None` when the netlink connection ended.
+    /// The next address event; `None` once when the netlink connection ended, then never ready
+    /// again (so a `select!` loop does not spin on it).
     pub async fn next(&mut self) -> Option<AddressEvent> {
+        if self.ended {
+            return std::future::pending().await;
+        }
         while let Some((msg, _)) = self.messages.next().await {
             let (added, msg) = match msg.payload {
                 NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewAddress(m)) => (true, m),
                 NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelAddress(m)) => (false, m),
                 _ => continue,
             };
-            let Some(address) = ipv4_of(&msg) else {
+            let Some(address) = address_of(&msg) else {
                 continue;
             };
             let vip = Vip {
@@ -284,6 +321,7 @@ impl AddressEvents {
                 AddressEvent::Removed(vip)
             });
         }
+        self.ended = true;
         None
     }
 }

@@ -12,13 +12,15 @@
 //! * **address drift**: an address removed by hand while we hold the VIP is put back at once (kernel
 //!   notification, not a timer); one added by hand while we do not is removed (the program keeps it
 //!   fenced either way).
+//! * **link back up** while we hold the VIP: another gratuitous-ARP (IPv6: unsolicited NA) burst,
+//!   since neighbours and switches may have forgotten us while it was down.
 //! * **shutdown** (SIGTERM/SIGINT): fence, remove the address, leave the pinned program fenced.
 //!
 //! The agent starts fenced: nothing answers before the first successful read of the key.
 
 use std::{
     collections::BTreeMap,
-    net::Ipv4Addr,
+    net::IpAddr,
     sync::{Arc, Mutex, PoisonError},
 };
 
@@ -36,7 +38,9 @@ use crate::{
     hooks::{self, HookContext, HookEvent},
     leader::{LeaderError, LeaderFollower, LeaderSettings, LeaderState, Reason},
     metrics::{self, MetricsError, Registry},
+    netlink::LinkEvents,
     notify::Notifier,
+    repmgr::{LeaderSource, RepmgrSettings, RepmgrSource},
 };
 
 /// Errors that stop the agent from starting. Once running, failures are logged and retried.
@@ -59,8 +63,12 @@ pub enum AgentError {
         #[source]
         source: LeaderError,
     },
+    #[error("repmgr leader source")]
+    Repmgr(#[from] crate::repmgr::RepmgrError),
     #[error("VIP addresses")]
     Address(#[from] AddressError),
+    #[error("subscribe to link notifications")]
+    LinkEvents(#[source] crate::netlink::NetlinkError),
     #[error(transparent)]
     Metrics(#[from] MetricsError),
     #[error("gratuitous ARP on {interface}")]
@@ -134,7 +142,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
     let tasks = TaskTracker::new();
     let followers_stop = CancellationToken::new();
     let mut receivers: BTreeMap<(String, String), watch::Receiver<LeaderState>> = BTreeMap::new();
-    let mut vip_receivers: BTreeMap<Ipv4Addr, watch::Receiver<LeaderState>> = BTreeMap::new();
+    let mut vip_receivers: BTreeMap<IpAddr, watch::Receiver<LeaderState>> = BTreeMap::new();
     let mut followers = Vec::new();
     let mut gates = Vec::new();
     for vip in &config.vips {
@@ -142,13 +150,24 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
         if receivers.contains_key(&id) {
             continue;
         }
-        let mut follower =
-            LeaderFollower::new(leader_settings(&config, vip)).map_err(|source| {
-                AgentError::Leader {
-                    key: vip.trigger_key.clone(),
-                    source,
-                }
-            })?;
+        // `dcs-type: repmgr`: every VIP carries the same label key, so this runs once.
+        let mut follower = match &config.repmgr {
+            Some(r) => {
+                let settings = RepmgrSettings::from_config(r, config.fence_timeout)?;
+                let mut source = RepmgrSource::new(settings)?;
+                let events = registry.clone();
+                source.on_event(move |outcome| events.record_repmgr_event(outcome));
+                LeaderSource::Repmgr(source)
+            }
+            None => {
+                LeaderSource::Etcd(LeaderFollower::new(leader_settings(&config, vip)).map_err(
+                    |source| AgentError::Leader {
+                        key: vip.trigger_key.clone(),
+                        source,
+                    },
+                )?)
+            }
+        };
         let same_key: Vec<&VipConfig> = config
             .vips
             .iter()
@@ -163,7 +182,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
         }
         let mut hooks: Vec<GateHook> = Vec::new();
         for (gate_config, members) in groups {
-            let targets: Vec<(Ipv4Addr, u8, SharedDataplane)> = members
+            let targets: Vec<(IpAddr, u8, SharedDataplane)> = members
                 .iter()
                 .filter_map(|v| {
                     dataplanes
@@ -171,7 +190,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
                         .map(|dp| (v.ip, v.prefix_len, Arc::clone(dp)))
                 })
                 .collect();
-            let ips: Vec<Ipv4Addr> = members.iter().map(|v| v.ip).collect();
+            let ips: Vec<IpAddr> = members.iter().map(|v| v.ip).collect();
             let name = format!(
                 "{} ({})",
                 vip.trigger_key,
@@ -326,7 +345,7 @@ fn snapshot_fn(
     vips: &[VipConfig],
     dataplanes: &BTreeMap<String, SharedDataplane>,
 ) -> metrics::SnapshotFn {
-    let targets: Vec<(Ipv4Addr, SharedDataplane)> = vips
+    let targets: Vec<(IpAddr, SharedDataplane)> = vips
         .iter()
         .filter_map(|v| {
             dataplanes
@@ -360,7 +379,7 @@ fn prepare_dataplane(
         interface: interface.to_owned(),
         source: Box::new(source),
     };
-    let ours: Vec<Ipv4Addr> = vips
+    let ours: Vec<IpAddr> = vips
         .iter()
         .filter(|v| v.interface == interface)
         .map(|v| v.ip)
@@ -401,7 +420,7 @@ fn leader_settings(config: &Config, vip: &VipConfig) -> LeaderSettings {
 struct DataplaneWriter {
     key: String,
     /// VIP, prefix length, data plane.
-    targets: Vec<(Ipv4Addr, u8, SharedDataplane)>,
+    targets: Vec<(IpAddr, u8, SharedDataplane)>,
     registry: Registry,
     /// The deadline of the last write (0: fenced). The data plane answers while it lies ahead, so
     /// a deadline that ran out counts as fenced and the next confirmation logs a transition.
@@ -409,7 +428,7 @@ struct DataplaneWriter {
 }
 
 impl DataplaneWriter {
-    fn new(key: String, targets: Vec<(Ipv4Addr, u8, SharedDataplane)>, registry: Registry) -> Self {
+    fn new(key: String, targets: Vec<(IpAddr, u8, SharedDataplane)>, registry: Registry) -> Self {
         Self {
             key,
             targets,
@@ -482,6 +501,10 @@ struct VipTask {
     mac: [u8; 6],
     addresses: Addresses,
     events: AddressEvents,
+    /// Link notifications: a primary announces the VIP again when its interface comes back.
+    links: LinkEvents,
+    /// Whether the interface could carry traffic at the last link notification.
+    carrier: bool,
     leader: watch::Receiver<LeaderState>,
     garp: Arc<GarpSender>,
     garp_config: GarpConfig,
@@ -519,6 +542,8 @@ impl VipTask {
             mac,
             addresses,
             events: AddressEvents::subscribe()?,
+            links: LinkEvents::subscribe().map_err(AgentError::LinkEvents)?,
+            carrier: true,
             leader,
             garp: Arc::new(garp),
             garp_config: *garp_config,
@@ -570,6 +595,15 @@ impl VipTask {
                 }
                 () = sleep_until_ns(deadline) => {}
                 event = self.events.next() => self.on_address_event(event, holding).await,
+                link = self.links.next() => {
+                    if self.on_link_event(link) && holding {
+                        info!(vip = %self.vip, interface = %self.config.interface,
+                            "interface came back up while primary: announcing the VIP again");
+                        garp_stop.cancel();
+                        garp_stop = CancellationToken::new();
+                        self.spawn_garp(garp_stop.clone());
+                    }
+                }
             }
         }
         garp_stop.cancel();
@@ -667,6 +701,28 @@ impl VipTask {
         });
     }
 
+    /// Track this interface's carrier; `true` when it just came back (down -> up). Neighbours and
+    /// switches may have forgotten us while it was down (a cable pulled, a switch port reset), so a
+    /// primary announces again, as on promotion.
+    fn on_link_event(&mut self, event: Option<(u32, bool)>) -> bool {
+        match event {
+            Some((ifindex, carrier)) if ifindex == self.vip.ifindex => {
+                let came_back = carrier && !self.carrier;
+                if carrier != self.carrier {
+                    info!(vip = %self.vip, interface = %self.config.interface, carrier,
+                        "interface {}", if carrier { "up" } else { "down" });
+                }
+                self.carrier = carrier;
+                came_back
+            }
+            Some(_) => false,
+            None => {
+                error!(vip = %self.vip, "link notifications ended; no re-announcement after a link bounce");
+                false
+            }
+        }
+    }
+
     async fn on_address_event(&self, event: Option<AddressEvent>, holding: bool) {
         match event {
             Some(AddressEvent::Removed(v))
@@ -691,8 +747,9 @@ impl VipTask {
             }
             Some(_) => {}
             None => {
+                // Only the drift correction stops: the leader and the deadline go on being
+                // followed (`AddressEvents::next` is never ready again).
                 error!(vip = %self.vip, "address notifications ended; drift is no longer corrected");
-                std::future::pending::<()>().await;
             }
         }
     }

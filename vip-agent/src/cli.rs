@@ -99,6 +99,11 @@ pub const HELP_SECTIONS: &[HelpSection] = &[
                  counters. Reads the pinned maps, so it works without the daemon.",
             ),
             entry(
+                "vip-agent event %n %e %s \"%t\" \"%d\"",
+                "repmgr's event_notification_command (dcs-type: repmgr): hand one event to the \
+                 running agent over its socket. See docs/repmgr.md.",
+            ),
+            entry(
                 "vip-agent detach --interface eth0",
                 "Remove the XDP program and its pins (stop the daemon first).",
             ),
@@ -120,6 +125,11 @@ pub const HELP_SECTIONS: &[HelpSection] = &[
                 "/etc/vip-agent/NAME.yml",
                 "The configuration of vip-agent@NAME.service, one agent per cluster; \
                  /etc/vip-agent/vip-agent.yml is a commented example.",
+            ),
+            entry(
+                "/run/vip-agent/repmgr.sock, /var/lib/vip-agent/repmgr.state",
+                "With dcs-type: repmgr, the socket vip-agent event talks to and the last accepted \
+                 role event (repmgr-socket, repmgr-state-file).",
             ),
             entry(
                 "/sys/fs/bpf/vip-agent/IFACE/",
@@ -259,6 +269,15 @@ pub enum Command {
     Detach(DetachArgs),
     /// Print the version and build facts: the embedded XDP object, the kernel floor.
     Version(VersionArgs),
+    /// Hand a repmgr event to the running agent (repmgr's event_notification_command).
+    #[command(
+        long_about = "Hand one repmgr event to the running agent (dcs-type: repmgr), for \
+                      repmgr.conf: event_notification_command='sudo /usr/bin/vip-agent event %n \
+                      %e %s \"%t\" \"%d\"'. Exit status 0 when the agent accepted it (applied or \
+                      ignored, as printed), 1 with a one-line reason otherwise: no agent on the \
+                      socket, permission denied, malformed arguments. See docs/repmgr.md."
+    )]
+    Event(EventArgs),
     /// Write the man pages or shell completions (used by `cargo xtask package`).
     #[command(hide = true)]
     Generate(GenerateArgs),
@@ -297,6 +316,40 @@ pub struct DetachArgs {
     /// bpffs directory of the pins.
     #[arg(long, value_name = "DIR", default_value = DEFAULT_PIN_ROOT)]
     pub pin_path: PathBuf,
+}
+
+/// `vip-agent event`. The words stay strings here so that a malformed one gets vip-agent's own
+/// one-line error rather than clap's usage text.
+#[derive(Debug, Args)]
+pub struct EventArgs {
+    /// The agent's socket [default: repmgr-socket of --config, else /run/vip-agent/repmgr.sock].
+    #[arg(long, env = "VIP_REPMGR_SOCKET", value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+    /// Read repmgr-socket from this configuration file.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// %n: the repmgr node id the event is about.
+    #[arg(value_name = "NODE_ID", allow_hyphen_values = true)]
+    pub node_id: String,
+    /// %e: the event, e.g. standby_promote.
+    #[arg(value_name = "EVENT", allow_hyphen_values = true)]
+    pub event: String,
+    /// %s: 1 (success) or 0 (failure).
+    #[arg(value_name = "SUCCESS", allow_hyphen_values = true)]
+    pub success: String,
+    /// %t: repmgr's timestamp (logged only).
+    #[arg(value_name = "TIMESTAMP", allow_hyphen_values = true)]
+    pub timestamp: Option<String>,
+    /// %d: repmgr's details (logged only). repmgr does not escape them, so a double quote inside
+    /// splits them into several words: they are all taken and joined with spaces, rather than
+    /// losing the event to a usage error.
+    #[arg(
+        value_name = "DETAILS",
+        allow_hyphen_values = true,
+        num_args = 0..,
+        trailing_var_arg = true
+    )]
+    pub details: Vec<String>,
 }
 
 /// `vip-agent version`.
@@ -601,6 +654,53 @@ mod tests {
     }
 
     #[test]
+    fn event_takes_repmgr_placeholders_verbatim() {
+        let cli = Cli::try_parse_from([
+            "vip-agent",
+            "event",
+            "--socket",
+            "/tmp/s",
+            "3",
+            "standby_promote",
+            "1",
+            "2026-12-02 01:00:00+00",
+            "node 3 promoted -- \"pg3\"",
+        ])
+        .expect("event parses");
+        let Some(Command::Event(e)) = cli.command else {
+            panic!("expected event, got {:?}", cli.command)
+        };
+        assert_eq!(e.socket, Some(PathBuf::from("/tmp/s")));
+        assert_eq!(
+            (e.node_id.as_str(), e.event.as_str(), e.success.as_str()),
+            ("3", "standby_promote", "1")
+        );
+        assert_eq!(e.details, ["node 3 promoted -- \"pg3\""]);
+        let cli = Cli::try_parse_from([
+            "vip-agent",
+            "event",
+            "3",
+            "standby_follow",
+            "1",
+            "ts",
+            "node ",
+            "pg1",
+            " followed",
+        ])
+        .expect("details split by a stray quote");
+        let Some(Command::Event(e)) = cli.command else {
+            panic!("expected event, got {:?}", cli.command)
+        };
+        assert_eq!(e.details.join(" "), "node  pg1  followed");
+        // Malformed words reach vip-agent's own checks (one-line errors), not clap's.
+        let cli = Cli::try_parse_from(["vip-agent", "event", "x", "-e", "yes"]).expect("strings");
+        assert!(matches!(cli.command, Some(Command::Event(_))));
+        let err = Cli::try_parse_from(["vip-agent", "event", "3", "standby_promote"])
+            .expect_err("success is required");
+        assert_eq!(err.exit_code(), 2);
+    }
+
+    #[test]
     fn top_level_flags_and_a_subcommand_conflict() {
         let err = Cli::try_parse_from(["vip-agent", "--ip", "10.0.0.1", "status"])
             .expect_err("flags before a subcommand are refused");
@@ -682,7 +782,7 @@ mod tests {
         let status = std::fs::read_to_string(dir.join("vip-agent-status.8"));
         drop(std::fs::remove_dir_all(&dir));
         let written = written.expect("pages written");
-        assert_eq!(written.len(), 6, "{written:?}");
+        assert_eq!(written.len(), 7, "{written:?}");
         assert!(written[0].ends_with("vip-agent.8"), "{written:?}");
         let mut names = names;
         names.sort();
@@ -691,6 +791,7 @@ mod tests {
             [
                 "vip-agent-check.8",
                 "vip-agent-detach.8",
+                "vip-agent-event.8",
                 "vip-agent-run.8",
                 "vip-agent-status.8",
                 "vip-agent-version.8",

@@ -28,6 +28,11 @@
 //! `patroni-cert-file`, `patroni-key-file`, `patroni-user`, `patroni-password`, `postgres-dsn`,
 //! `patroni-failsafe`.
 //!
+//! `dcs-type: repmgr` follows this node's repmgr role instead of an etcd key: `repmgr-node-id`
+//! (required), `repmgr-socket`, `repmgr-socket-group`, `repmgr-check-interval`,
+//! `repmgr-state-file`, and the top-level `postgres-dsn` (required); see [`RepmgrConfig`] and
+//! `docs/repmgr.md`.
+//!
 //! # Phases
 //!
 //! [`load`]/[`from_yaml_str`] parse and check everything that does not depend on the machine
@@ -51,7 +56,7 @@ mod values;
 use std::{
     collections::BTreeMap,
     fmt, fs,
-    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
+    net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4},
     os::unix::fs::PermissionsExt as _,
     path::PathBuf,
     time::Duration,
@@ -60,6 +65,10 @@ use std::{
 pub use args::ConfigArgs;
 pub use error::ConfigError;
 pub use host::{HostFacts, InterfaceFacts};
+pub use parse::repmgr::{
+    DEFAULT_REPMGR_CHECK_INTERVAL, DEFAULT_REPMGR_SOCKET, DEFAULT_REPMGR_STATE_FILE,
+    REPMGR_VALIDITY_INTERVALS, RepmgrConfig,
+};
 
 /// etcd endpoint used when none is configured (vip-manager's default).
 pub const DEFAULT_ETCD_ENDPOINT: &str = "http://127.0.0.1:2379";
@@ -83,8 +92,12 @@ pub const GARP_QUICK_REPEAT: Duration = Duration::from_millis(100);
 pub struct Config {
     /// The VIPs this agent manages (one for vip-manager style files; `vips:` gives several).
     pub vips: Vec<VipConfig>,
-    /// How to reach etcd (one client for all VIPs).
+    /// How to reach etcd (one client for all VIPs); unused (no endpoints) with `dcs-type: repmgr`.
     pub etcd: EtcdConfig,
+    /// `dcs-type: repmgr`: every VIP follows this node's repmgr role instead of an etcd key
+    /// (see [`RepmgrConfig`]; each VIP's `trigger-key` is then the label `repmgr` and its
+    /// `trigger-value` the node id).
+    pub repmgr: Option<RepmgrConfig>,
     /// Gratuitous ARPs on takeover.
     pub garp: GarpConfig,
     /// How long a node that lost leadership, or cannot confirm it, keeps fencing the VIP. `None`
@@ -104,7 +117,7 @@ pub struct Config {
     pub provenance: Provenance,
 }
 
-/// One VIP: an IPv4 address with its prefix on an interface, held while `trigger-key` has the
+/// One VIP: an IPv4 or IPv6 address with its prefix on an interface, held while `trigger-key` has the
 /// value `trigger-value`.
 ///
 /// In a file, either the top-level keys `ip`, `netmask`, `interface`, `trigger-key`,
@@ -112,8 +125,8 @@ pub struct Config {
 /// per VIP; not both. Each `trigger-value` defaults to the host name.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VipConfig {
-    pub ip: Ipv4Addr,
-    /// 1..=32, as vip-manager's `netmask`.
+    pub ip: IpAddr,
+    /// 1..=32 (IPv6: 1..=128), as vip-manager's `netmask`.
     pub prefix_len: u8,
     pub interface: String,
     /// The Patroni leader key, e.g. `/service/batman/leader` or Pigsty's `/pg/<cluster>/leader`.
@@ -531,6 +544,7 @@ impl Config {
         let Self {
             vips,
             etcd,
+            repmgr,
             garp,
             fence_timeout,
             xdp_mode,
@@ -542,6 +556,7 @@ impl Config {
         } = self;
         *vips == other.vips
             && *etcd == other.etcd
+            && *repmgr == other.repmgr
             && *garp == other.garp
             && *fence_timeout == other.fence_timeout
             && *xdp_mode == other.xdp_mode

@@ -13,7 +13,7 @@
 
 use std::{
     fmt, io,
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
 };
 
@@ -155,10 +155,10 @@ pub enum DataplaneError {
     #[error("{operation} for VIP {vip} in map {map}")]
     Map {
         operation: &'static str,
-        vip: Ipv4Addr,
+        vip: IpAddr,
         map: &'static str,
         #[source]
-        source: MapError,
+        source: Box<MapError>,
     },
     #[error("{operation} {}", path.display())]
     Fs {
@@ -256,6 +256,20 @@ impl Dataplane {
             remove_pins(pin_dir)?;
             return Ok(None);
         };
+        if let Some(found) = incompatible_layout(pin_dir) {
+            // An older (or newer) vip-agent's program: its maps cannot carry our entries. Take it
+            // off now and attach ours; until then nothing filters, and the agent starts fenced.
+            warn!(interface = %facts.name, pin = %pin_dir.display(), pinned_prog_id = prog_id,
+                %found, "pinned XDP program is from a vip-agent with another map layout; replacing it");
+            drop(fd_link);
+            link_detach(&link_path).map_err(|source| DataplaneError::Fs {
+                operation: "detach (BPF_LINK_DETACH) the incompatible link pinned at",
+                path: link_path.clone(),
+                source,
+            })?;
+            remove_pins(pin_dir)?;
+            return Ok(None);
+        }
         let link = fd_link.pin(&link_path).or_else(|e| match e {
             // Already pinned at that path (it is the same link): reopen it.
             aya::pin::PinError::SyscallError(ref s)
@@ -447,8 +461,9 @@ impl Dataplane {
     ///
     /// # Errors
     /// When a map update fails.
-    pub fn register(&mut self, vip: Ipv4Addr) -> Result<(), DataplaneError> {
-        let key = VipKey::new(vip.octets());
+    pub fn register(&mut self, vip: impl Into<IpAddr>) -> Result<(), DataplaneError> {
+        let vip = vip.into();
+        let key = vip_key(vip);
         let nr_cpus = aya::util::nr_cpus().map_err(|(_, e)| DataplaneError::Fs {
             operation: "count possible CPUs from",
             path: "/sys/devices/system/cpu/possible".into(),
@@ -460,7 +475,7 @@ impl Dataplane {
                     operation: "build zeroed counters",
                     vip,
                     map: STATS_MAP,
-                    source: MapError::IoError(source),
+                    source: Box::new(MapError::IoError(source)),
                 }
             })?;
         ignore_exists(self.stats.insert(key, zero, BPF_NOEXIST)).map_err(|source| {
@@ -468,7 +483,7 @@ impl Dataplane {
                 operation: "create counters",
                 vip,
                 map: STATS_MAP,
-                source,
+                source: Box::new(source),
             }
         })?;
         ignore_exists(
@@ -479,7 +494,7 @@ impl Dataplane {
             operation: "register",
             vip,
             map: STATE_MAP,
-            source,
+            source: Box::new(source),
         })
     }
 
@@ -487,17 +502,21 @@ impl Dataplane {
     ///
     /// # Errors
     /// When the map update fails.
-    pub fn fence(&mut self, vip: Ipv4Addr) -> Result<(), DataplaneError> {
-        self.write(vip, VipState::fenced(self.mac), "fence")
+    pub fn fence(&mut self, vip: impl Into<IpAddr>) -> Result<(), DataplaneError> {
+        self.write(vip.into(), VipState::fenced(self.mac), "fence")
     }
 
     /// Answer for `vip` until kernel monotonic time `deadline_ns` (see [`crate::clock`]).
     ///
     /// # Errors
     /// When the map update fails.
-    pub fn answer_until(&mut self, vip: Ipv4Addr, deadline_ns: u64) -> Result<(), DataplaneError> {
+    pub fn answer_until(
+        &mut self,
+        vip: impl Into<IpAddr>,
+        deadline_ns: u64,
+    ) -> Result<(), DataplaneError> {
         self.write(
-            vip,
+            vip.into(),
             VipState::answering_until(self.mac, deadline_ns),
             "answer",
         )
@@ -505,17 +524,17 @@ impl Dataplane {
 
     fn write(
         &mut self,
-        vip: Ipv4Addr,
+        vip: IpAddr,
         value: VipState,
         operation: &'static str,
     ) -> Result<(), DataplaneError> {
         self.state
-            .insert(VipKey::new(vip.octets()), value, BPF_ANY)
+            .insert(vip_key(vip), value, BPF_ANY)
             .map_err(|source| DataplaneError::Map {
                 operation,
                 vip,
                 map: STATE_MAP,
-                source,
+                source: Box::new(source),
             })
     }
 
@@ -523,19 +542,20 @@ impl Dataplane {
     ///
     /// # Errors
     /// When a map update fails for another reason than the entry being absent.
-    pub fn unregister(&mut self, vip: Ipv4Addr) -> Result<(), DataplaneError> {
-        let key = VipKey::new(vip.octets());
+    pub fn unregister(&mut self, vip: impl Into<IpAddr>) -> Result<(), DataplaneError> {
+        let vip = vip.into();
+        let key = vip_key(vip);
         ignore_missing(self.state.remove(&key)).map_err(|source| DataplaneError::Map {
             operation: "remove",
             vip,
             map: STATE_MAP,
-            source,
+            source: Box::new(source),
         })?;
         ignore_missing(self.stats.remove(&key)).map_err(|source| DataplaneError::Map {
             operation: "remove counters",
             vip,
             map: STATS_MAP,
-            source,
+            source: Box::new(source),
         })
     }
 
@@ -543,16 +563,16 @@ impl Dataplane {
     ///
     /// # Errors
     /// When the lookup fails for another reason than the entry being absent.
-    pub fn state(&self, vip: Ipv4Addr) -> Result<Option<VipState>, DataplaneError> {
-        lookup_state(&self.state, vip)
+    pub fn state(&self, vip: impl Into<IpAddr>) -> Result<Option<VipState>, DataplaneError> {
+        lookup_state(&self.state, vip.into())
     }
 
     /// Counters for `vip` summed over CPUs (latest reply time: the maximum).
     ///
     /// # Errors
     /// When the lookup fails.
-    pub fn stats(&self, vip: Ipv4Addr) -> Result<VipStats, DataplaneError> {
-        lookup_stats(&self.stats, vip)
+    pub fn stats(&self, vip: impl Into<IpAddr>) -> Result<VipStats, DataplaneError> {
+        lookup_stats(&self.stats, vip.into())
     }
 
     /// Every VIP the program knows, with its state and counters.
@@ -567,7 +587,7 @@ impl Dataplane {
 /// One VIP as the maps show it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct VipSnapshot {
-    pub vip: Ipv4Addr,
+    pub vip: IpAddr,
     pub state: VipState,
     pub stats: VipStats,
 }
@@ -688,11 +708,11 @@ fn snapshot(
     for entry in state.iter() {
         let (key, value) = entry.map_err(|source| DataplaneError::Map {
             operation: "iterate",
-            vip: Ipv4Addr::UNSPECIFIED,
+            vip: IpAddr::V6(Ipv6Addr::UNSPECIFIED),
             map: STATE_MAP,
-            source,
+            source: Box::new(source),
         })?;
-        let vip = Ipv4Addr::from(key.addr);
+        let vip = vip_ip(key);
         out.push(VipSnapshot {
             vip,
             state: value,
@@ -703,27 +723,45 @@ fn snapshot(
     Ok(out)
 }
 
+/// The map key of a VIP: IPv4 as its IPv4-mapped IPv6 address (see [`VipKey`]).
+#[must_use]
+pub fn vip_key(vip: IpAddr) -> VipKey {
+    match vip {
+        IpAddr::V4(v4) => VipKey::v4(v4.octets()),
+        IpAddr::V6(v6) => VipKey::v6(v6.octets()),
+    }
+}
+
+/// The VIP of a map key (inverse of [`vip_key`]).
+#[must_use]
+pub fn vip_ip(key: VipKey) -> IpAddr {
+    match key.as_v4() {
+        Some(v4) => IpAddr::V4(Ipv4Addr::from(v4)),
+        None => IpAddr::V6(Ipv6Addr::from(key.addr)),
+    }
+}
+
 fn lookup_state(
     map: &HashMap<MapData, VipKey, VipState>,
-    vip: Ipv4Addr,
+    vip: IpAddr,
 ) -> Result<Option<VipState>, DataplaneError> {
-    match map.get(&VipKey::new(vip.octets()), 0) {
+    match map.get(&vip_key(vip), 0) {
         Ok(v) => Ok(Some(v)),
         Err(MapError::KeyNotFound) => Ok(None),
         Err(source) => Err(DataplaneError::Map {
             operation: "look up",
             vip,
             map: STATE_MAP,
-            source,
+            source: Box::new(source),
         }),
     }
 }
 
 fn lookup_stats(
     map: &PerCpuHashMap<MapData, VipKey, VipStats>,
-    vip: Ipv4Addr,
+    vip: IpAddr,
 ) -> Result<VipStats, DataplaneError> {
-    match map.get(&VipKey::new(vip.octets()), 0) {
+    match map.get(&vip_key(vip), 0) {
         Ok(values) => Ok(values
             .iter()
             .fold(VipStats::default(), |acc, s| acc.merge(s))),
@@ -732,7 +770,7 @@ fn lookup_stats(
             operation: "read counters",
             vip,
             map: STATS_MAP,
-            source,
+            source: Box::new(source),
         }),
     }
 }
@@ -791,6 +829,26 @@ fn open_pinned_maps(pin_dir: &Path) -> Result<Maps, DataplaneError> {
     let stats = PerCpuHashMap::try_from(open(STATS_MAP)?)
         .map_err(|e| open_pinned_error(STATS_MAP, &pin_dir.join(STATS_MAP), e))?;
     Ok((state, stats))
+}
+
+/// Whether the pinned maps have other key or value sizes than this build's contract: `Some(what
+/// was found)` when they do. A map that cannot be opened at all is left to the normal open path and
+/// its error.
+fn incompatible_layout(pin_dir: &Path) -> Option<String> {
+    let expected = [
+        (STATE_MAP, size_of::<VipKey>(), size_of::<VipState>()),
+        (STATS_MAP, size_of::<VipKey>(), size_of::<VipStats>()),
+    ];
+    for (name, key, value) in expected {
+        let info = MapData::from_pin(pin_dir.join(name)).ok()?.info().ok()?;
+        let (k, v) = (info.key_size() as usize, info.value_size() as usize);
+        if (k, v) != (key, value) {
+            return Some(format!(
+                "{name}: key {k} / value {v} bytes, expected {key} / {value}"
+            ));
+        }
+    }
+    None
 }
 
 fn open_pinned_error<E: std::error::Error + Send + Sync + 'static>(

@@ -4,16 +4,23 @@
 //! ARP client refused to send without one). Each announcement is sent in both forms that neighbours
 //! act on: an ARP request (RFC 5227 announcement: sender = target = VIP) and an ARP reply (sender =
 //! VIP, target = broadcast), both to the Ethernet broadcast address.
+//!
+//! An IPv6 VIP is announced the IPv6 way (RFC 4861 7.2.6): an unsolicited Neighbor Advertisement to
+//! all nodes (`ff02::1`), Override set so that neighbours replace a cached MAC, our MAC as the target
+//! link-layer address.
 
 use std::{
     io,
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
     time::Duration,
 };
 
 use tokio_util::sync::CancellationToken;
-use vip_common::frame::{ARP_FRAME_LEN, ARP_OP_REPLY, ARP_OP_REQUEST, build_arp};
+use vip_common::frame::{
+    ARP_FRAME_LEN, ARP_OP_REPLY, ARP_OP_REQUEST, NA_FLAG_OVERRIDE, ND_FRAME_LEN, all_nodes,
+    build_arp, build_na,
+};
 
 const ETH_P_ARP: u16 = 0x0806;
 const BROADCAST: [u8; 6] = [0xff; 6];
@@ -40,7 +47,20 @@ pub fn announcement(mac: [u8; 6], vip: Ipv4Addr) -> [[u8; ARP_FRAME_LEN]; 2] {
     ]
 }
 
-/// A raw socket bound to one interface for sending ARP frames.
+/// The unsolicited Neighbor Advertisement announcing IPv6 `vip` at `mac`.
+#[must_use]
+pub fn na_announcement(mac: [u8; 6], vip: Ipv6Addr) -> [u8; ND_FRAME_LEN] {
+    let (all_nodes_ip, all_nodes_mac) = all_nodes();
+    build_na(
+        all_nodes_mac,
+        mac,
+        vip.octets(),
+        all_nodes_ip,
+        NA_FLAG_OVERRIDE,
+    )
+}
+
+/// A raw socket bound to one interface for sending ARP (and IPv6 Neighbor Discovery) frames.
 #[derive(Debug)]
 pub struct GarpSender {
     fd: OwnedFd,
@@ -133,13 +153,18 @@ impl GarpSender {
         Ok(())
     }
 
-    /// Send one announcement (request and reply forms).
+    /// Send one announcement (IPv4: request and reply forms; IPv6: an unsolicited advertisement).
     ///
     /// # Errors
     /// When a send fails.
-    pub fn announce(&self, mac: [u8; 6], vip: Ipv4Addr) -> Result<(), GarpError> {
-        for frame in announcement(mac, vip) {
-            self.send(&frame)?;
+    pub fn announce(&self, mac: [u8; 6], vip: impl Into<IpAddr>) -> Result<(), GarpError> {
+        match vip.into() {
+            IpAddr::V4(v4) => {
+                for frame in announcement(mac, v4) {
+                    self.send(&frame)?;
+                }
+            }
+            IpAddr::V6(v6) => self.send(&na_announcement(mac, v6))?,
         }
         Ok(())
     }
@@ -153,10 +178,11 @@ impl GarpSender {
     pub async fn burst(
         &self,
         mac: [u8; 6],
-        vip: Ipv4Addr,
+        vip: impl Into<IpAddr>,
         schedule: impl IntoIterator<Item = Duration>,
         stop: &CancellationToken,
     ) -> Result<u32, GarpError> {
+        let vip = vip.into();
         let start = tokio::time::Instant::now();
         let mut sent = 0;
         for offset in schedule {
@@ -174,7 +200,7 @@ impl GarpSender {
 
 #[cfg(test)]
 mod tests {
-    use vip_common::frame::ArpView;
+    use vip_common::frame::{ArpView, ICMPV6_NA, NdView};
 
     use super::*;
 
@@ -194,5 +220,34 @@ mod tests {
         }
         assert_eq!(ArpView::parse(&req).map(|a| a.tha), Some([0; 6]));
         assert_eq!(ArpView::parse(&rep).map(|a| a.tha), Some(BROADCAST));
+    }
+
+    #[test]
+    fn ipv6_announcement_is_an_unsolicited_override_advertisement_to_all_nodes() {
+        let mac = [2, 0, 0, 0, 0, 7];
+        let vip: Ipv6Addr = "fd00:77::100".parse().expect("address");
+        let frame = na_announcement(mac, vip);
+        assert_eq!(
+            &frame[0..6],
+            &[0x33, 0x33, 0, 0, 0, 1],
+            "all-nodes multicast MAC"
+        );
+        assert_eq!(&frame[6..12], &mac);
+        assert_eq!(&frame[12..14], &[0x86, 0xdd]);
+        let na = NdView::parse(&frame).expect("IPv6");
+        assert_eq!(na.icmp_type, ICMPV6_NA);
+        assert_eq!(na.hop_limit, 255);
+        assert_eq!(na.src, vip.octets());
+        assert_eq!(
+            na.dst,
+            "ff02::1".parse::<Ipv6Addr>().expect("ff02::1").octets()
+        );
+        assert_eq!(na.target, vip.octets());
+        assert_eq!(
+            na.flags, NA_FLAG_OVERRIDE,
+            "Override, not Solicited, not Router"
+        );
+        assert_eq!((na.option_type, na.option_len, na.option_mac), (2, 1, mac));
+        assert!(na.checksum_ok);
     }
 }

@@ -12,7 +12,7 @@
 //! promotion or demotion of the VIP kills the hook still running for the previous one, so a
 //! slow `on-promote` can never finish after the `on-demote` that followed it.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::process::{ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
@@ -94,7 +94,7 @@ impl HookOutcome {
 /// The VIP a hook runs for, passed to it as environment variables.
 #[derive(Clone, Debug)]
 pub struct HookContext {
-    pub vip: Ipv4Addr,
+    pub vip: IpAddr,
     pub prefix_len: u8,
     pub interface: String,
     pub trigger_key: String,
@@ -276,7 +276,7 @@ mod tests {
 
     fn context() -> HookContext {
         HookContext {
-            vip: Ipv4Addr::new(10, 0, 0, 10),
+            vip: IpAddr::from([10, 0, 0, 10]),
             prefix_len: 24,
             interface: "eth0".into(),
             trigger_key: "/service/pg/leader".into(),

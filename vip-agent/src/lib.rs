@@ -21,4 +21,6 @@ pub mod leader;
 pub mod metrics;
 pub mod netlink;
 pub mod notify;
+pub mod pg;
+pub mod repmgr;
 pub mod status;

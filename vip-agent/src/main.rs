@@ -28,6 +28,7 @@ fn main() -> ExitCode {
         Some(Command::Detach(args)) => detach(&args.interface, &args.pin_path),
         Some(Command::Version(args)) => version(args.json),
         Some(Command::Generate(args)) => generate(args.what),
+        Some(Command::Event(args)) => event(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -172,6 +173,40 @@ fn detach(interface: &str, pin_path: &std::path::Path) -> Result<()> {
     } else {
         println!("{interface}: nothing pinned under {}", pin_path.display());
     }
+    Ok(())
+}
+
+/// `vip-agent event`: check the words, send them, print the agent's verdict (one line).
+fn event(args: &vip_agent::cli::EventArgs) -> Result<()> {
+    use vip_agent::repmgr::{EventRequest, client};
+    let request = EventRequest::from_args(
+        &args.node_id,
+        &args.event,
+        &args.success,
+        args.timestamp.as_deref(),
+        Some(&args.details.join(" ")),
+    )
+    .map_err(|why| anyhow::anyhow!("event: {why}"))?;
+    let socket = match (&args.socket, &args.config) {
+        (Some(socket), _) => socket.clone(),
+        (None, Some(file)) => {
+            let config = config::load(&ConfigArgs {
+                config: Some(file.clone()),
+                ..ConfigArgs::default()
+            })
+            .context("event: read the socket path from the configuration")?;
+            match config.repmgr {
+                Some(r) => r.socket,
+                None => anyhow::bail!(
+                    "event: {} does not set dcs-type: repmgr, so no agent listens for events",
+                    file.display()
+                ),
+            }
+        }
+        (None, None) => std::path::PathBuf::from(config::DEFAULT_REPMGR_SOCKET),
+    };
+    let reply = client::send(&socket, &request).map_err(|e| anyhow::anyhow!("event: {e}"))?;
+    println!("{reply}");
     Ok(())
 }
 

@@ -13,7 +13,7 @@
 use std::{
     collections::BTreeMap,
     fmt::Write as _,
-    net::{Ipv4Addr, SocketAddr},
+    net::{IpAddr, SocketAddr},
     sync::{Arc, Mutex, PoisonError},
     time::Duration,
 };
@@ -35,7 +35,7 @@ use crate::{
 /// What the agent knows about one VIP, for the metrics page.
 #[derive(Clone, Debug, Default)]
 pub struct VipReport {
-    pub vip: Option<Ipv4Addr>,
+    pub vip: Option<IpAddr>,
     pub interface: String,
     pub trigger_key: String,
     /// The data plane's current entry.
@@ -61,7 +61,7 @@ pub struct HookStats {
 }
 
 /// Reads the data plane's current entries at scrape time: `(vip, state, summed counters)`.
-pub type SnapshotFn = Arc<dyn Fn() -> Vec<(Ipv4Addr, Option<VipState>, VipStats)> + Send + Sync>;
+pub type SnapshotFn = Arc<dyn Fn() -> Vec<(IpAddr, Option<VipState>, VipStats)> + Send + Sync>;
 
 /// Shared registry the agent updates and the HTTP server reads.
 #[derive(Clone, Default)]
@@ -82,6 +82,9 @@ struct Inner {
     etcd_connected: BTreeMap<String, bool>,
     watch_revision: i64,
     snapshot: Option<SnapshotFn>,
+    /// `dcs-type: repmgr`: requests on the event socket by outcome (applied, ignored, rejected);
+    /// `None` (not rendered) until the first one.
+    repmgr_events: Option<BTreeMap<&'static str, u64>>,
 }
 
 impl Inner {
@@ -93,7 +96,7 @@ impl Inner {
 
 impl Registry {
     /// Announce a VIP (once, at startup).
-    pub fn register(&self, vip: Ipv4Addr, interface: &str, trigger_key: &str) {
+    pub fn register(&self, vip: IpAddr, interface: &str, trigger_key: &str) {
         let mut inner = self.lock();
         inner
             .etcd_connected
@@ -113,7 +116,7 @@ impl Registry {
     }
 
     /// A data-plane write for `vip`: whether it changed the role, and its event -> map latency.
-    pub fn record_write(&self, vip: Ipv4Addr, transition: bool, latency_us: u64) {
+    pub fn record_write(&self, vip: IpAddr, transition: bool, latency_us: u64) {
         let mut inner = self.lock();
         if let Some(r) = inner.vips.iter_mut().find(|r| r.vip == Some(vip)) {
             r.transitions += u64::from(transition);
@@ -122,7 +125,7 @@ impl Registry {
     }
 
     /// A finished `on-promote` / `on-demote` run of `vip`.
-    pub fn record_hook(&self, vip: Ipv4Addr, event: HookEvent, report: &HookReport) {
+    pub fn record_hook(&self, vip: IpAddr, event: HookEvent, report: &HookReport) {
         let mut inner = self.lock();
         if let Some(r) = inner.vips.iter_mut().find(|r| r.vip == Some(vip)) {
             let e = event.index();
@@ -134,7 +137,7 @@ impl Registry {
     }
 
     /// The promotion gate status of `vip`.
-    pub fn set_gate(&self, vip: Ipv4Addr, status: &GateStatus) {
+    pub fn set_gate(&self, vip: IpAddr, status: &GateStatus) {
         let mut inner = self.lock();
         if let Some(r) = inner.vips.iter_mut().find(|r| r.vip == Some(vip)) {
             r.gate.clone_from(status);
@@ -153,6 +156,18 @@ impl Registry {
             .etcd_connected
             .insert(trigger_key.to_owned(), connected);
         inner.watch_revision = inner.watch_revision.max(revision);
+    }
+
+    /// A request on the repmgr event socket: `applied`, `ignored` or `rejected`.
+    pub fn record_repmgr_event(&self, outcome: &'static str) {
+        let mut inner = self.lock();
+        let counts = inner.repmgr_events.get_or_insert_with(|| {
+            ["applied", "ignored", "rejected"]
+                .into_iter()
+                .map(|o| (o, 0))
+                .collect()
+        });
+        *counts.entry(outcome).or_default() += 1;
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -177,7 +192,7 @@ impl Registry {
 
     /// Whether this node answers for `vip` (or for any VIP when `None`) at this moment.
     #[must_use]
-    pub fn answering(&self, vip: Option<Ipv4Addr>) -> bool {
+    pub fn answering(&self, vip: Option<IpAddr>) -> bool {
         self.refresh();
         let now = monotonic_ns();
         self.lock()
@@ -470,6 +485,18 @@ impl Registry {
             "# HELP vip_agent_watch_revision etcd revision the leader watch has reached.\n# TYPE vip_agent_watch_revision gauge\nvip_agent_watch_revision {}",
             inner.watch_revision
         );
+        if let Some(counts) = &inner.repmgr_events {
+            let _ = writeln!(
+                out,
+                "# HELP vip_agent_repmgr_events_total Requests on the repmgr event socket, by outcome.\n# TYPE vip_agent_repmgr_events_total counter"
+            );
+            for (outcome, n) in counts {
+                let _ = writeln!(
+                    out,
+                    "vip_agent_repmgr_events_total{{outcome=\"{outcome}\"}} {n}"
+                );
+            }
+        }
         out
     }
 
@@ -584,7 +611,7 @@ fn route(method: &str, target: &str, registry: &Registry) -> (&'static str, Stri
         "/health" if registry.healthy() => ("200 OK", "ok\n".to_owned()),
         "/health" => ("503 Service Unavailable", "etcd unreachable\n".to_owned()),
         "/primary" => {
-            let vip = query.strip_prefix("vip=").map(str::parse::<Ipv4Addr>);
+            let vip = query.strip_prefix("vip=").map(str::parse::<IpAddr>);
             match vip {
                 Some(Err(_)) => (
                     "400 Bad Request",
@@ -609,7 +636,7 @@ mod tests {
     fn registry(deadline_ns: u64) -> Registry {
         let r = Registry::default();
         r.set_vips(vec![VipReport {
-            vip: Some(Ipv4Addr::new(10, 0, 0, 5)),
+            vip: Some(IpAddr::from([10, 0, 0, 5])),
             interface: "eth0".into(),
             trigger_key: "/service/pg/leader".into(),
             state: Some(VipState::answering_until([2, 0, 0, 0, 0, 1], deadline_ns)),
@@ -668,9 +695,9 @@ mod tests {
     #[test]
     fn etcd_connected_is_per_key_and_all_of_them_unlabeled() {
         let r = Registry::default();
-        r.register(Ipv4Addr::new(10, 0, 0, 5), "eth0", "/service/a/leader");
-        r.register(Ipv4Addr::new(10, 0, 0, 6), "eth0", "/service/b/leader");
-        r.register(Ipv4Addr::new(10, 0, 0, 7), "eth1", "/service/b/leader");
+        r.register(IpAddr::from([10, 0, 0, 5]), "eth0", "/service/a/leader");
+        r.register(IpAddr::from([10, 0, 0, 6]), "eth0", "/service/b/leader");
+        r.register(IpAddr::from([10, 0, 0, 7]), "eth1", "/service/b/leader");
         let sample = |page: &str, series: &str| -> String {
             page.lines()
                 .find_map(|l| l.strip_prefix(series).and_then(|v| v.strip_prefix(' ')))
@@ -731,7 +758,7 @@ mod tests {
         let labels = "vip=\"10.0.0.5\",interface=\"eth0\",key=\"/service/pg/leader\"";
         let now = monotonic_ns();
         r.set_gate(
-            Ipv4Addr::new(10, 0, 0, 5),
+            IpAddr::from([10, 0, 0, 5]),
             &GateStatus {
                 state: GateState::Waiting,
                 waiting_since_ns: now.saturating_sub(2_000_000_000),
@@ -788,7 +815,7 @@ mod tests {
             1.0
         );
         // Not waiting: no start time, and no failsafe hold once it lapsed.
-        r.set_gate(Ipv4Addr::new(10, 0, 0, 5), &GateStatus::default());
+        r.set_gate(IpAddr::from([10, 0, 0, 5]), &GateStatus::default());
         let page = r.render();
         assert!(
             page.contains(&format!(
@@ -806,7 +833,7 @@ mod tests {
     #[test]
     fn hook_runs_are_counted_by_event_and_outcome() {
         let r = registry(0);
-        let vip = Ipv4Addr::new(10, 0, 0, 5);
+        let vip = IpAddr::from([10, 0, 0, 5]);
         for (event, outcome, attempts) in [
             (HookEvent::Promote, HookOutcome::Failure, 3),
             (HookEvent::Promote, HookOutcome::Success, 2),

@@ -3,9 +3,15 @@
 //! Everything goes through a netlink socket opened by the calling thread, so the answers belong to
 //! that thread's network namespace (sysfs would show the namespace it was mounted in instead).
 
-use futures::TryStreamExt as _;
-use rtnetlink::packet_route::link::{
-    InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage, LinkXdp, XdpAttached,
+use futures::{StreamExt as _, TryStreamExt as _, channel::mpsc::UnboundedReceiver};
+use rtnetlink::{
+    MulticastGroup,
+    packet_core::{NetlinkMessage, NetlinkPayload},
+    packet_route::{
+        RouteNetlinkMessage,
+        link::{InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage, LinkXdp, XdpAttached},
+    },
+    sys::SocketAddr,
 };
 
 /// Errors of netlink queries, naming the operation.
@@ -150,5 +156,58 @@ pub async fn link_by_name(name: &str) -> Result<Option<LinkFacts>, NetlinkError>
             operation: "get link",
             source,
         }),
+    }
+}
+
+/// Whether an interface can carry traffic: administratively up with a carrier (`IFF_UP` and
+/// `IFF_LOWER_UP`).
+fn carrier(msg: &LinkMessage) -> bool {
+    msg.header.flags.contains(LinkFlags::Up) && msg.header.flags.contains(LinkFlags::LowerUp)
+}
+
+/// The kernel's link notifications (`RTNLGRP_LINK`) for the calling thread's namespace, reduced to
+/// "interface `index` can / cannot carry traffic now".
+pub struct LinkEvents {
+    messages: UnboundedReceiver<(NetlinkMessage<RouteNetlinkMessage>, SocketAddr)>,
+    ended: bool,
+}
+
+impl LinkEvents {
+    /// Subscribe. Events are queued from this call on.
+    ///
+    /// # Errors
+    /// When the netlink socket cannot be opened or bound to the group.
+    pub fn subscribe() -> Result<Self, NetlinkError> {
+        let (connection, _handle, messages) =
+            rtnetlink::new_multicast_connection(&[MulticastGroup::Link])
+                .map_err(NetlinkError::Connect)?;
+        tokio::spawn(connection);
+        Ok(Self {
+            messages,
+            ended: false,
+        })
+    }
+
+    /// The next link notification as `(ifindex, carrier)`; `None` once when the connection ended,
+    /// then never ready again (so a `select!` loop does not spin on it). The kernel sends a
+    /// notification for many reasons (statistics, XDP, MTU): a caller compares with the state it
+    /// knew.
+    pub async fn next(&mut self) -> Option<(u32, bool)> {
+        if self.ended {
+            return std::future::pending().await;
+        }
+        while let Some((msg, _)) = self.messages.next().await {
+            match msg.payload {
+                NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(m)) => {
+                    return Some((m.header.index, carrier(&m)));
+                }
+                NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelLink(m)) => {
+                    return Some((m.header.index, false));
+                }
+                _ => {}
+            }
+        }
+        self.ended = true;
+        None
     }
 }

@@ -12,7 +12,7 @@
 use std::{
     collections::BTreeMap,
     io::{Read as _, Write as _},
-    net::{Ipv4Addr, SocketAddr, TcpStream},
+    net::{IpAddr, SocketAddr, TcpStream},
     path::Path,
     time::Duration,
 };
@@ -27,7 +27,7 @@ pub struct VipStatus {
     /// The interface whose pins were read.
     pub interface: String,
     /// The VIP.
-    pub vip: Ipv4Addr,
+    pub vip: IpAddr,
     /// The data plane answers ARP for the VIP now (its deadline lies ahead).
     pub answering: bool,
     /// Until the deadline; 0 when fenced or expired.
@@ -155,15 +155,15 @@ fn sample(line: &str) -> Option<(&str, Labels, &str)> {
 
 /// The gate of every VIP on a `/metrics` page, by VIP.
 #[must_use]
-pub fn gate_views(page: &str) -> BTreeMap<Ipv4Addr, GateView> {
-    let mut views: BTreeMap<Ipv4Addr, GateView> = BTreeMap::new();
+pub fn gate_views(page: &str) -> BTreeMap<IpAddr, GateView> {
+    let mut views: BTreeMap<IpAddr, GateView> = BTreeMap::new();
     let seconds_ms = |v: &str| v.parse::<f64>().map_or(0, |s| (s * 1000.0).round() as u64);
     for line in page.lines() {
         let Some((name, labels, value)) = sample(line) else {
             continue;
         };
         let label = |k: &str| labels.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
-        let Some(vip) = label("vip").and_then(|v| v.parse::<Ipv4Addr>().ok()) else {
+        let Some(vip) = label("vip").and_then(|v| v.parse::<IpAddr>().ok()) else {
             continue;
         };
         let on = value == "1";
@@ -277,7 +277,7 @@ pub fn report_with_gates(
     snapshots: Option<&[VipSnapshot]>,
     now_ns: u64,
     json: bool,
-    gates: Option<&Result<BTreeMap<Ipv4Addr, GateView>, String>>,
+    gates: Option<&Result<BTreeMap<IpAddr, GateView>, String>>,
 ) -> Result<Report, serde_json::Error> {
     let note = match gates {
         Some(Err(why)) => format!("note: gate not shown: {why}\n"),
@@ -298,7 +298,7 @@ fn report_pins(
     snapshots: Option<&[VipSnapshot]>,
     now_ns: u64,
     json: bool,
-    views: Option<&BTreeMap<Ipv4Addr, GateView>>,
+    views: Option<&BTreeMap<IpAddr, GateView>>,
 ) -> Result<Report, serde_json::Error> {
     let Some(snapshots) = snapshots else {
         let message = format!(
@@ -355,7 +355,7 @@ mod tests {
 
     fn snapshot(state: VipState, stats: VipStats) -> VipSnapshot {
         VipSnapshot {
-            vip: Ipv4Addr::new(10, 0, 0, 10),
+            vip: IpAddr::from([10, 0, 0, 10]),
             state,
             stats,
         }
@@ -484,10 +484,10 @@ mod tests {
     fn rendered_page() -> String {
         use crate::gate::{GateState, GateStatus, Outcome};
         let r = crate::metrics::Registry::default();
-        r.register(Ipv4Addr::new(10, 0, 0, 10), "eth1", "/service/pg/leader");
-        r.register(Ipv4Addr::new(10, 0, 0, 11), "eth1", "/service/pg2/leader");
+        r.register(IpAddr::from([10, 0, 0, 10]), "eth1", "/service/pg/leader");
+        r.register(IpAddr::from([10, 0, 0, 11]), "eth1", "/service/pg2/leader");
         r.set_gate(
-            Ipv4Addr::new(10, 0, 0, 10),
+            IpAddr::from([10, 0, 0, 10]),
             &GateStatus {
                 state: GateState::Open,
                 last_wait_ns: 12_000_000,
@@ -497,7 +497,7 @@ mod tests {
             },
         );
         r.set_gate(
-            Ipv4Addr::new(10, 0, 0, 11),
+            IpAddr::from([10, 0, 0, 11]),
             &GateStatus {
                 state: GateState::Waiting,
                 waiting_since_ns: crate::clock::monotonic_ns().saturating_sub(1_500_000_000),
@@ -512,7 +512,7 @@ mod tests {
     fn gate_views_read_back_what_the_metrics_page_says() {
         let views = gate_views(&rendered_page());
         assert_eq!(views.len(), 2, "{views:?}");
-        let open = &views[&Ipv4Addr::new(10, 0, 0, 10)];
+        let open = &views[&IpAddr::from([10, 0, 0, 10])];
         assert_eq!(
             open,
             &GateView {
@@ -524,7 +524,7 @@ mod tests {
                 failsafe_holding: false,
             }
         );
-        let waiting = &views[&Ipv4Addr::new(10, 0, 0, 11)];
+        let waiting = &views[&IpAddr::from([10, 0, 0, 11])];
         assert_eq!(waiting.state, "waiting");
         assert!(waiting.waiting_ms >= 1_500, "{waiting:?}");
         assert_eq!(

@@ -182,6 +182,7 @@ fn generate_man_out_writes_one_page_per_subcommand() {
         [
             "vip-agent-check.8",
             "vip-agent-detach.8",
+            "vip-agent-event.8",
             "vip-agent-run.8",
             "vip-agent-status.8",
             "vip-agent-version.8",
@@ -321,6 +322,7 @@ fn example_config_passes_the_checks_on_a_host_with_its_interface() {
                 up: true,
                 loopback: false,
                 ipv4,
+                ipv6: Vec::new(),
             },
         )]),
     };

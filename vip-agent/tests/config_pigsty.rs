@@ -132,6 +132,7 @@ fn config_pigsty_file_passes_host_checks_with_real_certificate_files() {
                         up: true,
                         loopback: true,
                         ipv4: vec![(Ipv4Addr::LOCALHOST, 8)],
+                        ipv6: Vec::new(),
                     },
                 ),
                 (
@@ -140,6 +141,7 @@ fn config_pigsty_file_passes_host_checks_with_real_certificate_files() {
                         up: true,
                         loopback: false,
                         ipv4,
+                        ipv6: Vec::new(),
                     },
                 ),
             ]

@@ -6,7 +6,8 @@
 //!   place into our reply ([`Outcome::Replied`], XDP_TX); fenced -> [`Outcome::DroppedArp`]. A request
 //!   for a VIP is never handed to the kernel, so a stale address on a fenced node cannot answer.
 //! * ARP whose *sender* claims a VIP we answer for, from another MAC: [`Outcome::Conflict`] (pass).
-//! * IPv4 to a VIP while fenced: [`Outcome::DroppedIpv4`].
+//! * IPv4 to a VIP while fenced: [`Outcome::DroppedIp`].
+//! * IPv6 VIPs get the same rules through Neighbor Discovery: see the `ipv6` submodule.
 //! * Everything else, including truncated or malformed frames: [`Verdict::PASS`], untouched. A frame
 //!   is only rewritten after every field of it has been validated.
 //!
@@ -33,6 +34,14 @@
 
 use crate::maps::{VipKey, VipState};
 
+mod ipv6;
+pub use ipv6::{
+    ICMPV6_NA, ICMPV6_NS, IPV6_FRAME_LEN, IPV6_HEADER_LEN, NA_FLAG_OVERRIDE, NA_FLAG_ROUTER,
+    NA_FLAG_SOLICITED, ND_FRAME_LEN, ND_LEN, NS_MIN_FRAME_LEN, NS_MIN_LEN, NdView,
+    VLAN_IPV6_FRAME_LEN, VLAN_ND_FRAME_LEN, VLAN_NS_MIN_FRAME_LEN, all_nodes, build_na, build_ns,
+    icmpv6_checksum, solicited_node, write_na_packet,
+};
+
 /// XDP action codes (`enum xdp_action` in the kernel UAPI).
 pub const XDP_DROP: u32 = 1;
 pub const XDP_PASS: u32 = 2;
@@ -58,6 +67,7 @@ pub const VLAN_ARP_FRAME_LEN: usize = VLAN_ETH_LEN + ARP_LEN;
 pub const VLAN_IPV4_FRAME_LEN: usize = VLAN_ETH_LEN + IPV4_HEADER_LEN;
 
 pub const ETH_P_ARP: [u8; 2] = [0x08, 0x06];
+pub const ETH_P_IPV6: [u8; 2] = [0x86, 0xdd];
 pub const ETH_P_IP: [u8; 2] = [0x08, 0x00];
 /// 802.1Q VLAN tag (C-tag): handled.
 pub const ETH_P_8021Q: [u8; 2] = [0x81, 0x00];
@@ -104,12 +114,13 @@ pub trait VipLookup {
 pub enum Outcome {
     /// Not ours to judge: hand it to the kernel untouched.
     Pass,
-    /// The frame was rewritten into our ARP reply: transmit it back.
+    /// The frame was rewritten into our ARP reply (IPv6: Neighbor Advertisement): transmit it back.
     Replied,
-    /// An ARP request for the VIP that we must not answer (fenced, or an unusable requester).
+    /// An ARP request (IPv6: Neighbor Solicitation) for the VIP that we must not answer (fenced, or
+    /// an unusable requester).
     DroppedArp,
-    /// IPv4 addressed to the VIP while fenced.
-    DroppedIpv4,
+    /// IPv4 (IPv6 for an IPv6 VIP) addressed to the VIP while fenced.
+    DroppedIp,
     /// Someone else claims the VIP while we answer for it: pass, and count it.
     Conflict,
 }
@@ -117,7 +128,7 @@ pub enum Outcome {
 /// What to do with a frame, and which VIP it concerned.
 ///
 /// A plain struct rather than an enum with payloads on purpose: every field is always initialised
-/// (`vip` is 0.0.0.0 for [`Outcome::Pass`]), so the compiled program never copies undefined payload
+/// (`vip` is `::` for [`Outcome::Pass`]), so the compiled program never copies undefined payload
 /// bytes, which the BPF verifier rejects as reads of uninitialised registers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Verdict {
@@ -129,7 +140,7 @@ impl Verdict {
     /// Nothing to do with any VIP.
     pub const PASS: Self = Self {
         outcome: Outcome::Pass,
-        vip: VipKey::new([0; 4]),
+        vip: VipKey::v6([0; 16]),
     };
 
     #[inline(always)]
@@ -145,7 +156,7 @@ impl Verdict {
         match self.outcome {
             Outcome::Pass | Outcome::Conflict => XDP_PASS,
             Outcome::Replied => XDP_TX,
-            Outcome::DroppedArp | Outcome::DroppedIpv4 => XDP_DROP,
+            Outcome::DroppedArp | Outcome::DroppedIp => XDP_DROP,
         }
     }
 }
@@ -161,6 +172,10 @@ pub fn process<P: Packet + ?Sized, L: VipLookup>(pkt: &mut P, table: &L) -> Verd
         process_ipv4::<P, L, IPV4_FRAME_LEN, ETH_LEN>(pkt, table)
     } else if ether_type == ETH_P_ARP {
         process_arp::<P, L, ARP_FRAME_LEN, ETH_LEN>(pkt, table)
+    } else if ether_type == ETH_P_IPV6 {
+        ipv6::process_ipv6::<P, L, IPV6_FRAME_LEN, NS_MIN_FRAME_LEN, ND_FRAME_LEN, ETH_LEN>(
+            pkt, table,
+        )
     } else if ether_type == ETH_P_8021Q {
         process_tagged(pkt, table)
     } else {
@@ -181,6 +196,15 @@ fn process_tagged<P: Packet + ?Sized, L: VipLookup>(pkt: &mut P, table: &L) -> V
         process_ipv4::<P, L, VLAN_IPV4_FRAME_LEN, VLAN_ETH_LEN>(pkt, table)
     } else if inner_type == ETH_P_ARP {
         process_arp::<P, L, VLAN_ARP_FRAME_LEN, VLAN_ETH_LEN>(pkt, table)
+    } else if inner_type == ETH_P_IPV6 {
+        ipv6::process_ipv6::<
+            P,
+            L,
+            VLAN_IPV6_FRAME_LEN,
+            VLAN_NS_MIN_FRAME_LEN,
+            VLAN_ND_FRAME_LEN,
+            VLAN_ETH_LEN,
+        >(pkt, table)
     } else {
         // Includes a second tag (QinQ): not ours to judge.
         Verdict::PASS
@@ -221,11 +245,9 @@ fn process_ipv4<P: Packet + ?Sized, L: VipLookup, const FRAME: usize, const L3: 
     if version_ihl >> 4 != 4 || version_ihl & 0x0f < 5 {
         return Verdict::PASS;
     }
-    let vip = VipKey::new([ip[16], ip[17], ip[18], ip[19]]);
+    let vip = VipKey::v4([ip[16], ip[17], ip[18], ip[19]]);
     match table.state(&vip) {
-        Some(state) if !state.answering_at(table.now_ns()) => {
-            Verdict::new(Outcome::DroppedIpv4, vip)
-        }
+        Some(state) if !state.answering_at(table.now_ns()) => Verdict::new(Outcome::DroppedIp, vip),
         _ => Verdict::PASS,
     }
 }
@@ -288,7 +310,7 @@ fn process_arp<P: Packet + ?Sized, L: VipLookup, const FRAME: usize, const L3: u
     };
 
     // Someone else announcing or asking from a VIP we hold: keep the evidence, let it through.
-    let sender = VipKey::new(arp.spa);
+    let sender = VipKey::v4(arp.spa);
     if let Some(state) = table.state(&sender)
         && arp.sha != state.mac
         && state.answering_at(table.now_ns())
@@ -299,7 +321,7 @@ fn process_arp<P: Packet + ?Sized, L: VipLookup, const FRAME: usize, const L3: u
     if arp.op != ARP_OP_REQUEST {
         return Verdict::PASS;
     }
-    let vip = VipKey::new(arp.tpa);
+    let vip = VipKey::v4(arp.tpa);
     let Some(state) = table.state(&vip) else {
         return Verdict::PASS;
     };
@@ -313,7 +335,7 @@ fn process_arp<P: Packet + ?Sized, L: VipLookup, const FRAME: usize, const L3: u
         macs[0..6].copy_from_slice(&arp.sha);
         macs[6..12].copy_from_slice(&state.mac);
         let packet = part_mut::<FRAME, L3, ARP_LEN>(f)?;
-        write_arp_reply_packet(packet, &state.mac, &vip.addr, &arp.sha, &arp.spa);
+        write_arp_reply_packet(packet, &state.mac, &arp.tpa, &arp.sha, &arp.spa);
         Some(())
     });
     match written {

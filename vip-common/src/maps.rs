@@ -25,18 +25,46 @@ pub const MAX_VIPS: u32 = 256;
 /// reused while a reader still holds it.)
 pub const BPF_F_NO_PREALLOC: u32 = 1;
 
-/// Key of both maps: an IPv4 VIP in network byte order.
+/// Key of both maps: a VIP in network byte order, IPv6 or IPv4. An IPv4 VIP is stored as its
+/// IPv4-mapped IPv6 address (`::ffff:a.b.c.d`, RFC 4291 2.5.5.2), so one table and one lookup serve
+/// both families and the two can never collide.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct VipKey {
-    pub addr: [u8; 4],
+    pub addr: [u8; 16],
 }
-const _: () = assert!(size_of::<VipKey>() == 4);
+const _: () = assert!(size_of::<VipKey>() == 16);
+
+/// The prefix of an IPv4-mapped IPv6 address.
+const V4_MAPPED_PREFIX: [u8; 12] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff];
 
 impl VipKey {
+    /// The key of an IPv4 VIP.
+    #[inline(always)]
     #[must_use]
-    pub const fn new(addr: [u8; 4]) -> Self {
+    pub const fn v4(addr: [u8; 4]) -> Self {
+        let [a, b, c, d] = addr;
+        Self {
+            addr: [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a, b, c, d],
+        }
+    }
+
+    /// The key of an IPv6 VIP.
+    #[inline(always)]
+    #[must_use]
+    pub const fn v6(addr: [u8; 16]) -> Self {
         Self { addr }
+    }
+
+    /// The IPv4 address, when this is an IPv4 VIP's key.
+    #[must_use]
+    pub fn as_v4(&self) -> Option<[u8; 4]> {
+        let (prefix, v4) = self.addr.split_first_chunk::<12>()?;
+        if *prefix == V4_MAPPED_PREFIX {
+            v4.first_chunk::<4>().copied()
+        } else {
+            None
+        }
     }
 }
 
@@ -93,13 +121,15 @@ impl VipState {
 #[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct VipStats {
-    /// ARP requests for the VIP answered with XDP_TX.
+    /// ARP requests (IPv6 VIP: Neighbor Solicitations) for the VIP answered with XDP_TX.
     pub arp_replied: u64,
-    /// ARP requests for the VIP dropped (fenced, or a requester with a non-unicast hardware address).
+    /// ARP requests (IPv6: Neighbor Solicitations) for the VIP dropped (fenced, or a requester with
+    /// a non-unicast hardware address).
     pub arp_dropped: u64,
-    /// IPv4 packets to the VIP dropped because we were fenced.
+    /// IP packets (IPv4, or IPv6 for an IPv6 VIP) to the VIP dropped because we were fenced.
     pub ipv4_dropped: u64,
-    /// ARP frames claiming the VIP from another MAC while we were answering.
+    /// ARP frames (IPv6: Neighbor Advertisements) claiming the VIP from another MAC while we were
+    /// answering.
     pub conflicts: u64,
     /// Kernel monotonic time (ns) of the last reply sent from this CPU; 0 = never.
     pub last_reply_ns: u64,
@@ -139,6 +169,20 @@ mod pod {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ipv4_keys_are_v4_mapped_and_never_collide_with_ipv6() {
+        let k = VipKey::v4([10, 0, 0, 1]);
+        assert_eq!(k.as_v4(), Some([10, 0, 0, 1]));
+        assert_eq!(&k.addr[..12], &V4_MAPPED_PREFIX);
+        // The IPv4-compatible (deprecated) form is an IPv6 key, not the IPv4 one.
+        let mut compat = [0u8; 16];
+        compat[12..].copy_from_slice(&[10, 0, 0, 1]);
+        assert_ne!(VipKey::v6(compat), k);
+        assert_eq!(VipKey::v6(compat).as_v4(), None);
+        let six = VipKey::v6([0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
+        assert_eq!(six.as_v4(), None);
+    }
 
     #[test]
     fn deadline_zero_is_fenced_at_any_time() {

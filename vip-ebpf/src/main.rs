@@ -1,8 +1,8 @@
 //! vip-ebpf: the XDP half of vip-agent.
 //!
-//! While this node holds a VIP it answers ARP requests for it itself (XDP_TX); while it does not, it
-//! drops ARP requests for the VIP and every IPv4 packet addressed to it, so a stale old primary can
-//! never respond even if the address is still configured. "Holds" is a deadline in a map, not a flag:
+//! While this node holds a VIP it answers ARP requests (IPv6: Neighbor Solicitations) for it itself
+//! (XDP_TX); while it does not, it drops them and every packet addressed to the VIP, so a stale old
+//! primary can never respond even if the address is still configured. "Holds" is a deadline in a map, not a flag:
 //! when the agent stops renewing it (killed, hung, cut off from etcd) the node goes silent by itself.
 //!
 //! The decision is `vip_common::frame::process`, shared with the host tests; this file only binds it
@@ -121,7 +121,7 @@ fn count(verdict: &Verdict) {
             stats.last_reply_ns = unsafe { bpf_ktime_get_ns() };
         }
         Outcome::DroppedArp => stats.arp_dropped += 1,
-        Outcome::DroppedIpv4 => stats.ipv4_dropped += 1,
+        Outcome::DroppedIp => stats.ipv4_dropped += 1,
         Outcome::Conflict => stats.conflicts += 1,
     }
 }

@@ -238,10 +238,10 @@ fn micro() -> Micro {
     let mac = [2, 0, 0, 0, 0, 1];
     let far = monotonic_ns() + 3_600_000_000_000;
     state
-        .insert(VipKey::new(vip), VipState::answering_until(mac, far), 0)
+        .insert(VipKey::v4(vip), VipState::answering_until(mac, far), 0)
         .expect("insert");
     state
-        .insert(VipKey::new(fenced_vip), VipState::fenced(mac), 0)
+        .insert(VipKey::v4(fenced_vip), VipState::fenced(mac), 0)
         .expect("insert");
     let client = [2, 0, 0, 0, 0, 9];
     let request = |tpa| {
@@ -281,7 +281,7 @@ fn micro() -> Micro {
     for i in 0..writes {
         state
             .insert(
-                VipKey::new(vip),
+                VipKey::v4(vip),
                 VipState::answering_until(mac, far + u64::from(i)),
                 0,
             )

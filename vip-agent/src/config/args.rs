@@ -177,6 +177,26 @@ pub struct ConfigArgs {
     /// Attempts after a failed hook, 1 s apart [default: 2].
     #[arg(long, env = "VIP_HOOK_RETRIES", value_name = "N")]
     pub hook_retries: Option<String>,
+
+    /// With --dcs-type repmgr: this node's node_id in repmgr.conf (required there).
+    #[arg(long, env = "VIP_REPMGR_NODE_ID", value_name = "ID")]
+    pub repmgr_node_id: Option<String>,
+    /// With --dcs-type repmgr: the socket `vip-agent event` talks to
+    /// [default: /run/vip-agent/repmgr.sock].
+    #[arg(long, env = "VIP_REPMGR_SOCKET", value_name = "PATH")]
+    pub repmgr_socket: Option<String>,
+    /// With --dcs-type repmgr: a group whose members may send events (socket mode 0660)
+    /// [default: root only, 0600].
+    #[arg(long, env = "VIP_REPMGR_SOCKET_GROUP", value_name = "GROUP")]
+    pub repmgr_socket_group: Option<String>,
+    /// With --dcs-type repmgr: period of the pg_is_in_recovery() check, 100ms..=10s
+    /// [default: 1s].
+    #[arg(long, env = "VIP_REPMGR_CHECK_INTERVAL", value_name = "DURATION")]
+    pub repmgr_check_interval: Option<String>,
+    /// With --dcs-type repmgr: where the last accepted role event is kept
+    /// [default: /var/lib/vip-agent/repmgr.state].
+    #[arg(long, env = "VIP_REPMGR_STATE_FILE", value_name = "FILE")]
+    pub repmgr_state_file: Option<String>,
 }
 
 /// One string-valued argument: the config key it sets, its flag, its variable and its value.
@@ -190,7 +210,7 @@ pub(super) struct ArgValue<'a> {
 impl ConfigArgs {
     /// The string-valued arguments with their config key names (all but `config` and
     /// `dcs-endpoints`, which have their own types).
-    pub(super) fn string_values(&self) -> [ArgValue<'_>; 37] {
+    pub(super) fn string_values(&self) -> [ArgValue<'_>; 42] {
         let Self {
             config: _,
             ip,
@@ -231,6 +251,11 @@ impl ConfigArgs {
             on_demote,
             hook_timeout,
             hook_retries,
+            repmgr_node_id,
+            repmgr_socket,
+            repmgr_socket_group,
+            repmgr_check_interval,
+            repmgr_state_file,
         } = self;
         macro_rules! arg {
             ($key:literal, $env:literal, $value:expr) => {
@@ -292,6 +317,23 @@ impl ConfigArgs {
             arg!("on-demote", "VIP_ON_DEMOTE", on_demote),
             arg!("hook-timeout", "VIP_HOOK_TIMEOUT", hook_timeout),
             arg!("hook-retries", "VIP_HOOK_RETRIES", hook_retries),
+            arg!("repmgr-node-id", "VIP_REPMGR_NODE_ID", repmgr_node_id),
+            arg!("repmgr-socket", "VIP_REPMGR_SOCKET", repmgr_socket),
+            arg!(
+                "repmgr-socket-group",
+                "VIP_REPMGR_SOCKET_GROUP",
+                repmgr_socket_group
+            ),
+            arg!(
+                "repmgr-check-interval",
+                "VIP_REPMGR_CHECK_INTERVAL",
+                repmgr_check_interval
+            ),
+            arg!(
+                "repmgr-state-file",
+                "VIP_REPMGR_STATE_FILE",
+                repmgr_state_file
+            ),
         ]
     }
 }

@@ -27,7 +27,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     fs,
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     os::unix::fs::PermissionsExt as _,
     path::Path,
 };
@@ -51,6 +51,8 @@ pub struct InterfaceFacts {
     pub loopback: bool,
     /// IPv4 addresses with prefix lengths, in the kernel's order (primaries first).
     pub ipv4: Vec<(Ipv4Addr, u8)>,
+    /// IPv6 addresses with prefix lengths.
+    pub ipv6: Vec<(Ipv6Addr, u8)>,
 }
 
 impl HostFacts {
@@ -78,6 +80,15 @@ impl HostFacts {
                     .and_then(|m| u8::try_from(m.ip().to_bits().count_ones()).ok())
                     .unwrap_or(32);
                 facts.ipv4.push((addr.ip(), prefix));
+            }
+            if let Some(addr) = ifa.address.as_ref().and_then(|a| a.as_sockaddr_in6()) {
+                let prefix = ifa
+                    .netmask
+                    .as_ref()
+                    .and_then(|m| m.as_sockaddr_in6())
+                    .and_then(|m| u8::try_from(m.ip().to_bits().count_ones()).ok())
+                    .unwrap_or(128);
+                facts.ipv6.push((addr.ip(), prefix));
             }
         }
         Ok(Self { interfaces })
@@ -147,6 +158,15 @@ impl Config {
             }
         }
         check.pin_path();
+        if let Some(group) = self.repmgr.as_ref().and_then(|r| r.socket_group.as_deref())
+            && group.parse::<u32>().is_err()
+            && !matches!(nix::unistd::Group::from_name(group), Ok(Some(_)))
+        {
+            check.error(
+                "repmgr-socket-group",
+                format!("there is no group {group:?} on this host"),
+            );
+        }
         match ConfigError::from_list(check.errors) {
             Some(error) => Err(error),
             None => Ok(check.notices),
@@ -239,26 +259,33 @@ impl HostCheck<'_> {
             );
         }
 
+        let vip4 = match vip.ip {
+            IpAddr::V4(v4) => v4,
+            IpAddr::V6(v6) => {
+                self.vip_ipv6(&ip_key, vip, v6, iface, facts);
+                return;
+            }
+        };
         for (name, other) in &facts.interfaces {
-            if *name != vip.interface && other.ipv4.iter().any(|(a, _)| *a == vip.ip) {
+            if *name != vip.interface && other.ipv4.iter().any(|(a, _)| *a == vip4) {
                 self.error(
                     &ip_key,
                     format!(
                         "{} is configured on {name}, not on {}: either it is {name}'s own \
                          address, or a stale VIP that would answer ARP outside vip-agent's \
                          control; remove it (`ip addr del {}/.. dev {name}`) or fix `interface`",
-                        vip.ip, vip.interface, vip.ip
+                        vip4, vip.interface, vip4
                     ),
                 );
             }
         }
 
-        let position = iface.ipv4.iter().position(|(a, _)| *a == vip.ip);
+        let position = iface.ipv4.iter().position(|(a, _)| *a == vip4);
         let others: Vec<(Ipv4Addr, u8)> = iface
             .ipv4
             .iter()
             .copied()
-            .filter(|(a, _)| *a != vip.ip)
+            .filter(|(a, _)| *a != vip4)
             .collect();
         if let Some(position) = position {
             let (_, present_prefix) = iface.ipv4[position];
@@ -270,7 +297,7 @@ impl HostCheck<'_> {
                          address, which can neither move nor be fenced without cutting the node \
                          off. A VIP must be an extra address (if {} only ever carries the VIP, \
                          start vip-agent while the VIP is not configured)",
-                        vip.ip, vip.interface, vip.interface
+                        vip4, vip.interface, vip.interface
                     ),
                 );
                 return;
@@ -283,10 +310,10 @@ impl HostCheck<'_> {
                          own address comes first, a VIP is added after it. Use a free address \
                          as the VIP (if this is a stale VIP left over from before the node's \
                          address was re-added, remove it with `ip addr del {}/{} dev {}`)",
-                        vip.ip,
+                        vip4,
                         vip.interface,
                         list(&others),
-                        vip.ip,
+                        vip4,
                         present_prefix,
                         vip.interface
                     ),
@@ -300,7 +327,7 @@ impl HostCheck<'_> {
                     format!(
                         "{}/{present_prefix} is configured on {}, but netmask is {}: not the \
                          address vip-agent adds; remove the stale one",
-                        vip.ip, vip.interface, vip.prefix_len
+                        vip4, vip.interface, vip.prefix_len
                     ),
                 );
             } else {
@@ -309,7 +336,7 @@ impl HostCheck<'_> {
                     &ip_key,
                     format!(
                         "{}/{} is currently configured on {} (this node held it last)",
-                        vip.ip, vip.prefix_len, vip.interface
+                        vip4, vip.prefix_len, vip.interface
                     ),
                 );
             }
@@ -317,7 +344,7 @@ impl HostCheck<'_> {
 
         let on_link = others
             .iter()
-            .any(|&(a, p)| same_subnet(a, vip.ip, p) || same_subnet(a, vip.ip, vip.prefix_len));
+            .any(|&(a, p)| same_subnet(a, vip4, p) || same_subnet(a, vip4, vip.prefix_len));
         if !on_link {
             let have = if others.is_empty() {
                 "no other IPv4 address".to_owned()
@@ -330,7 +357,86 @@ impl HostCheck<'_> {
                 format!(
                     "{}/{} shares no subnet with {}'s addresses ({have}): clients on that segment \
                      only ARP for it if they route it there",
-                    vip.ip, vip.prefix_len, vip.interface
+                    vip4, vip.prefix_len, vip.interface
+                ),
+            );
+        }
+    }
+
+    /// The address checks of an IPv6 VIP. The IPv4 heuristics about the node's own (first, only)
+    /// address do not apply: every IPv6 interface has several addresses, and the kernel picks
+    /// source addresses by scope and prefix, not by order.
+    fn vip_ipv6(
+        &mut self,
+        ip_key: &str,
+        vip: &VipConfig,
+        ip: Ipv6Addr,
+        iface: &InterfaceFacts,
+        facts: &HostFacts,
+    ) {
+        for (name, other) in &facts.interfaces {
+            if *name != vip.interface && other.ipv6.iter().any(|(a, _)| *a == ip) {
+                self.error(
+                    ip_key,
+                    format!(
+                        "{ip} is configured on {name}, not on {}: either it is {name}'s own \
+                         address, or a stale VIP that would answer neighbour solicitations \
+                         outside vip-agent's control; remove it (`ip addr del {ip}/.. dev \
+                         {name}`) or fix `interface`",
+                        vip.interface
+                    ),
+                );
+            }
+        }
+        if let Some((_, present)) = iface.ipv6.iter().find(|(a, _)| *a == ip) {
+            self.notice(
+                if *present == vip.prefix_len {
+                    NoticeLevel::Info
+                } else {
+                    NoticeLevel::Warning
+                },
+                ip_key,
+                if *present == vip.prefix_len {
+                    format!(
+                        "{ip}/{present} is currently configured on {} (this node held it last)",
+                        vip.interface
+                    )
+                } else {
+                    format!(
+                        "{ip}/{present} is configured on {}, but netmask is {}: not the address \
+                         vip-agent adds; remove the stale one",
+                        vip.interface, vip.prefix_len
+                    )
+                },
+            );
+        }
+        // Link-local addresses say nothing about the segment's prefixes.
+        let others: Vec<(Ipv6Addr, u8)> = iface
+            .ipv6
+            .iter()
+            .copied()
+            .filter(|(a, _)| *a != ip && !a.is_unicast_link_local())
+            .collect();
+        let on_link = others
+            .iter()
+            .any(|&(a, p)| same_prefix6(a, ip, p) || same_prefix6(a, ip, vip.prefix_len));
+        if !on_link {
+            let have = if others.is_empty() {
+                "no other global or unique-local IPv6 address".to_owned()
+            } else {
+                others
+                    .iter()
+                    .map(|(a, p)| format!("{a}/{p}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            self.notice(
+                NoticeLevel::Warning,
+                ip_key,
+                format!(
+                    "{ip}/{} shares no prefix with {}'s IPv6 addresses ({have}): clients on that \
+                     segment only solicit it if they route it there",
+                    vip.prefix_len, vip.interface
                 ),
             );
         }
@@ -424,6 +530,13 @@ fn on_bpffs(path: &Path) -> bool {
 fn same_subnet(a: Ipv4Addr, b: Ipv4Addr, prefix_len: u8) -> bool {
     let mask = u32::MAX
         .checked_shl(32 - u32::from(prefix_len.min(32)))
+        .unwrap_or(0);
+    a.to_bits() & mask == b.to_bits() & mask
+}
+
+fn same_prefix6(a: Ipv6Addr, b: Ipv6Addr, prefix_len: u8) -> bool {
+    let mask = u128::MAX
+        .checked_shl(128 - u32::from(prefix_len.min(128)))
         .unwrap_or(0);
     a.to_bits() & mask == b.to_bits() & mask
 }

@@ -17,6 +17,8 @@ use super::{
     NoticeLevel, PatroniUrl, Provenance, Secret, VipConfig, XdpModeSetting, values,
 };
 
+pub(super) mod repmgr;
+
 /// A YAML document and the name it goes by in messages.
 #[derive(Clone, Copy)]
 pub(super) struct Source<'a> {
@@ -254,6 +256,7 @@ pub(super) fn build(
     if let Some(args) = args {
         add_args(args, &mut map);
     }
+    let repmgr_mode = repmgr::prepare(&mut map, &mut diag);
     let top = Fields {
         prefix: String::new(),
         map,
@@ -268,7 +271,24 @@ pub(super) fn build(
     let top_gate = gate(&top, &GateConfig::default(), &mut diag);
     let top_hooks = hooks(&top, &HookConfig::default(), &mut diag);
     let vips = vips(&top, (&top_gate, &top_hooks), &mut diag, &mut hostname);
-    let etcd = etcd(&top, &mut diag);
+    let etcd = if repmgr_mode {
+        repmgr::ignored_etcd_keys(&top, &mut diag);
+        EtcdConfig {
+            endpoints: Vec::new(),
+            user: None,
+            password: None,
+            ca_file: None,
+            cert_file: None,
+            key_file: None,
+        }
+    } else {
+        etcd(&top, &mut diag)
+    };
+    let repmgr = if repmgr_mode {
+        repmgr::parse(&top, &top_gate, &mut diag)
+    } else {
+        None
+    };
     let garp = garp(&top, &mut diag);
     let fence_timeout = fence_timeout(&top, &mut diag);
     let xdp_mode = xdp_mode(&top, &mut diag);
@@ -278,12 +298,17 @@ pub(super) fn build(
         .read(&mut diag, "verbose", values::boolean)
         .is_some_and(|(v, _)| v);
 
+    repmgr::check_fence_timeout(repmgr.as_ref(), fence_timeout, &top, &mut diag);
+    if repmgr_mode {
+        repmgr::drop_label_notices(&mut diag);
+    }
     if let Some(error) = ConfigError::from_list(std::mem::take(&mut diag.errors)) {
         return Err(error);
     }
     Ok(Config {
         vips,
         etcd,
+        repmgr,
         garp,
         fence_timeout,
         xdp_mode,
@@ -335,7 +360,7 @@ fn read_file(
         if is_unset(&value) {
             continue;
         }
-        if TOP_LEVEL_KEYS.contains(&key.as_str()) {
+        if TOP_LEVEL_KEYS.contains(&key.as_str()) || repmgr::KEYS.contains(&key.as_str()) {
             map.insert(
                 key,
                 Entry {
@@ -363,6 +388,7 @@ fn read_file(
         } else {
             let candidates: Vec<&str> = TOP_LEVEL_KEYS
                 .iter()
+                .chain(repmgr::KEYS.iter())
                 .copied()
                 .filter(|k| *k != "hosting-type")
                 .collect();
@@ -442,7 +468,7 @@ fn hosting_type_notice(key: &str, value: &Value, location: &Location, diag: &mut
 fn compat_keys(top: &Fields, diag: &mut Diag) {
     if let Some((dcs, location)) = top.text(diag, "dcs-type") {
         match dcs.trim() {
-            "etcd" | "etcd3" => {}
+            "etcd" | "etcd3" | "repmgr" => {}
             "consul" => diag.unsupported(
                 &location,
                 "dcs-type",
@@ -462,8 +488,8 @@ fn compat_keys(top: &Fields, diag: &mut Diag) {
                 "dcs-type",
                 format!(
                     "unknown dcs-type {other:?}{}; vip-agent supports `etcd` and `etcd3` (both the \
-                     etcd v3 API)",
-                    suggest(other, &["etcd", "etcd3", "consul", "patroni"])
+                     etcd v3 API) and `repmgr` (repmgr event notifications)",
+                    suggest(other, &["etcd", "etcd3", "consul", "patroni", "repmgr"])
                 ),
             ),
         }
@@ -668,7 +694,7 @@ fn vips(
 
 /// No VIP twice; no more per interface than the data plane's map holds.
 fn check_vip_set(vips: &[VipConfig], location: &Location, diag: &mut Diag) {
-    let mut seen: HashMap<std::net::Ipv4Addr, usize> = HashMap::new();
+    let mut seen: HashMap<std::net::IpAddr, usize> = HashMap::new();
     let mut per_interface: BTreeMap<&str, u32> = BTreeMap::new();
     for (i, v) in vips.iter().enumerate() {
         if let Some(first) = seen.insert(v.ip, i) {
@@ -707,37 +733,18 @@ fn vip(
             None
         }
         Some((text, location)) => match values::ip(&text) {
-            values::IpReading::V4(ip) => Some((ip, location)),
-            values::IpReading::V6 => {
-                diag.unsupported(
-                    &location,
-                    &ip_key,
-                    format!(
-                        "{} is an IPv6 address; IPv6 VIPs are not supported yet (the XDP program \
-                         answers ARP, not neighbour discovery)",
-                        text.trim()
-                    ),
-                );
-                None
-            }
+            values::IpReading::Ip(ip) => Some((ip, location)),
             values::IpReading::Bad(reason) => {
                 diag.invalid(&location, &ip_key, reason);
                 None
             }
         },
     };
-    let ipv6 = fields
-        .map
-        .get("ip")
-        .and_then(|e| values::text(&e.value).ok())
-        .is_some_and(|t| matches!(values::ip(&t), values::IpReading::V6));
-    // An IPv6 VIP is refused already; its prefix would only add a misleading range error.
-    let prefix_len = if ipv6 {
-        fields.get(diag, "netmask");
-        None
-    } else {
-        fields.read(diag, "netmask", values::prefix_len)
+    let max_prefix = match &ip {
+        Some((std::net::IpAddr::V6(_), _)) => 128,
+        _ => 32,
     };
+    let prefix_len = fields.read(diag, "netmask", |v| values::prefix_len(v, max_prefix));
     if prefix_len.is_none() && !fields.map.contains_key("netmask") {
         diag.errors.push(fields.missing("netmask"));
     }

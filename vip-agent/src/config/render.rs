@@ -12,8 +12,10 @@ struct Effective<'a> {
     vips: Option<Vec<Vip<'a>>>,
     #[serde(rename = "dcs-type")]
     dcs_type: &'static str,
-    #[serde(rename = "dcs-endpoints")]
+    #[serde(rename = "dcs-endpoints", skip_serializing_if = "<[String]>::is_empty")]
     dcs_endpoints: &'a [String],
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    repmgr: Option<Repmgr<'a>>,
     #[serde(rename = "etcd-user", skip_serializing_if = "Option::is_none")]
     etcd_user: Option<&'a str>,
     #[serde(rename = "etcd-password", skip_serializing_if = "Option::is_none")]
@@ -39,15 +41,37 @@ struct Effective<'a> {
     verbose: bool,
 }
 
+/// `dcs-type: repmgr`'s keys. `postgres-dsn` is the VIPs' (flattened with a single VIP); with a
+/// `vips:` list it is written at the top level too, where repmgr mode reads it.
+#[derive(Serialize)]
+struct Repmgr<'a> {
+    #[serde(rename = "repmgr-node-id")]
+    node_id: u32,
+    #[serde(rename = "repmgr-socket")]
+    socket: String,
+    #[serde(
+        rename = "repmgr-socket-group",
+        skip_serializing_if = "Option::is_none"
+    )]
+    socket_group: Option<&'a str>,
+    #[serde(rename = "repmgr-check-interval")]
+    check_interval: String,
+    #[serde(rename = "repmgr-state-file")]
+    state_file: String,
+    #[serde(rename = "postgres-dsn", skip_serializing_if = "Option::is_none")]
+    postgres_dsn: Option<String>,
+}
+
 #[derive(Serialize)]
 struct Vip<'a> {
     ip: String,
     netmask: u8,
     interface: &'a str,
-    #[serde(rename = "trigger-key")]
-    trigger_key: &'a str,
-    #[serde(rename = "trigger-value")]
-    trigger_value: &'a str,
+    /// Left out with `dcs-type: repmgr`, where they are labels made up by the parser.
+    #[serde(rename = "trigger-key", skip_serializing_if = "Option::is_none")]
+    trigger_key: Option<&'a str>,
+    #[serde(rename = "trigger-value", skip_serializing_if = "Option::is_none")]
+    trigger_value: Option<&'a str>,
     #[serde(flatten)]
     gate: Gate<'a>,
     #[serde(flatten)]
@@ -131,8 +155,8 @@ impl<'a> From<&'a VipConfig> for Vip<'a> {
             ip: v.ip.to_string(),
             netmask: v.prefix_len,
             interface: &v.interface,
-            trigger_key: &v.trigger_key,
-            trigger_value: &v.trigger_value,
+            trigger_key: Some(&v.trigger_key),
+            trigger_value: Some(&v.trigger_value),
             gate: Gate::from(&v.gate),
             hooks: Hooks::from(&v.hooks),
         }
@@ -146,16 +170,39 @@ impl Config {
     /// replaced by it. A header comment names the source file.
     #[must_use]
     pub fn render_redacted(&self) -> String {
-        let (single, vips) = match self.vips.as_slice() {
-            [one] => (Some(Vip::from(one)), None),
-            many => (None, Some(many.iter().map(Vip::from).collect())),
+        let vip = |v| {
+            let mut out = Vip::from(v);
+            if self.repmgr.is_some() {
+                out.trigger_key = None;
+                out.trigger_value = None;
+            }
+            out
         };
+        let (single, vips) = match self.vips.as_slice() {
+            [one] => (Some(vip(one)), None),
+            many => (None, Some(many.iter().map(vip).collect())),
+        };
+        let repmgr = self.repmgr.as_ref().map(|r| Repmgr {
+            node_id: r.node_id,
+            socket: r.socket.display().to_string(),
+            socket_group: r.socket_group.as_deref(),
+            check_interval: format_duration(r.check_interval),
+            state_file: r.state_file.display().to_string(),
+            postgres_dsn: vips
+                .is_some()
+                .then(|| super::redact_dsn(r.postgres_dsn.expose())),
+        });
         let path = |p: &Option<std::path::PathBuf>| p.as_ref().map(|p| p.display().to_string());
         let effective = Effective {
             single,
             vips,
-            dcs_type: "etcd",
+            dcs_type: if self.repmgr.is_some() {
+                "repmgr"
+            } else {
+                "etcd"
+            },
             dcs_endpoints: &self.etcd.endpoints,
+            repmgr,
             etcd_user: self.etcd.user.as_deref(),
             etcd_password: self.etcd.password.as_ref().map(|_| Secret::REDACTED),
             etcd_ca_file: path(&self.etcd.ca_file),

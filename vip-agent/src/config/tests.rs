@@ -3,7 +3,7 @@
 
 use std::{
     fs,
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr},
     os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
     sync::atomic::{AtomicUsize, Ordering},
@@ -262,8 +262,15 @@ fn netmask_must_be_a_prefix_length() {
 fn bad_ip_addresses_are_rejected_with_reasons() {
     for (value, needle) in [
         ("10.0.0.10/24", "netmask: 24"),
-        ("not-an-ip", "not an IPv4 address"),
-        ("010.0.0.10", "not an IPv4 address"),
+        ("not-an-ip", "not an IPv4 or IPv6 address"),
+        ("010.0.0.10", "not an IPv4 or IPv6 address"),
+        ("fd00::10/64", "netmask: 64"),
+        ("::", "unspecified"),
+        ("::1", "loopback"),
+        ("ff02::1:ff00:10", "multicast"),
+        ("fe80::10", "link-local"),
+        ("::ffff:10.0.0.10", "IPv4-mapped"),
+        ("fd00::", "subnet-router anycast"),
         ("127.0.0.5", "loopback"),
         ("0.0.0.0", "this network"),
         ("224.0.0.5", "multicast"),
@@ -282,16 +289,42 @@ fn bad_ip_addresses_are_rejected_with_reasons() {
 }
 
 #[test]
-fn ipv6_vips_are_not_supported_yet() {
-    for value in ["fd00::10", "fd00::10/64"] {
-        let yaml =
-            min_replacing("ip", &format!("ip: \"{value}\"")).replace("netmask: 24", "netmask: 64");
-        let e = err(&yaml);
-        assert_eq!(e.errors().len(), 1, "only the IPv6 error, not the /64: {e}");
-        let e = error_for(&e, "ip");
-        assert!(matches!(e, ConfigError::Unsupported { .. }), "{e:?}");
-        assert!(e.to_string().contains("not supported yet"), "{e}");
-    }
+fn ipv6_vips_take_prefix_lengths_up_to_128() {
+    let v6 = |netmask: &str| {
+        min_replacing("ip", "ip: \"fd00::10\"")
+            .replace("netmask: 24", &format!("netmask: {netmask}"))
+    };
+    let c = ok(&v6("64"));
+    assert_eq!(c.vips[0].ip, "fd00::10".parse::<IpAddr>().expect("ip"));
+    assert_eq!(c.vips[0].prefix_len, 64);
+    assert_eq!(ok(&v6("128")).vips[0].prefix_len, 128);
+    // The anycast rule only applies where the address is the all-zero host of its prefix.
+    ok(&min_replacing("ip", "ip: \"fd00::\"").replace("netmask: 24", "netmask: 128"));
+    let e = err(&v6("129"));
+    let msg = error_for(&e, "netmask").to_string();
+    assert!(
+        msg.contains("out of range 1..=128 for an IPv6 VIP"),
+        "{msg}"
+    );
+    // An IPv4 VIP keeps the IPv4 range.
+    let e = err(&min_replacing("netmask", "netmask: 64"));
+    assert!(
+        error_for(&e, "netmask").to_string().contains("1..=32"),
+        "{e}"
+    );
+}
+
+#[test]
+fn ipv4_and_ipv6_vips_mix_in_one_agent() {
+    let yaml = "vips:\n  - ip: 10.0.0.10\n    netmask: 24\n    interface: eth0\n    trigger-key: /service/a/leader\n    trigger-value: node-a\n  - ip: \"fd00::10\"\n    netmask: 64\n    interface: eth0\n    trigger-key: /service/a/leader\n    trigger-value: node-a\n";
+    let c = ok(yaml);
+    assert_eq!(
+        c.vips.iter().map(|v| v.ip).collect::<Vec<_>>(),
+        [
+            "10.0.0.10".parse::<IpAddr>().expect("v4"),
+            "fd00::10".parse().expect("v6")
+        ]
+    );
 }
 
 #[test]
@@ -1062,6 +1095,7 @@ fn facts(interfaces: &[Iface<'_>]) -> HostFacts {
                         up,
                         loopback,
                         ipv4: ipv4.to_vec(),
+                        ipv6: Vec::new(),
                     },
                 )
             })

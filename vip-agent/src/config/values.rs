@@ -2,7 +2,7 @@
 //! that the caller wraps with the source and key.
 
 use std::{
-    net::{IpAddr, Ipv4Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     time::Duration,
 };
 
@@ -182,38 +182,37 @@ pub(super) fn format_duration(d: Duration) -> String {
 
 /// The parsed VIP, or why not.
 pub(super) enum IpReading {
-    V4(Ipv4Addr),
-    V6,
+    Ip(IpAddr),
     Bad(String),
 }
 
-/// Read `ip`: an IPv4 address. An IPv6 address is recognised (so the caller can say "not yet"),
-/// and `a.b.c.d/nn` gets a hint to put the prefix into `netmask`.
+/// Read `ip`: an IPv4 or IPv6 address; `address/nn` gets a hint to put the prefix into `netmask`.
 pub(super) fn ip(text: &str) -> IpReading {
     let t = text.trim();
     match t.parse::<IpAddr>() {
-        Ok(IpAddr::V4(v4)) => IpReading::V4(v4),
-        Ok(IpAddr::V6(_)) => IpReading::V6,
+        Ok(ip) => IpReading::Ip(ip),
         Err(_) => match t.split_once('/') {
-            Some((addr, prefix)) if addr.parse::<IpAddr>().is_ok() => {
-                if addr.parse::<std::net::Ipv6Addr>().is_ok() {
-                    IpReading::V6
-                } else {
-                    IpReading::Bad(format!(
-                        "{t:?} is an address with a prefix: write `ip: {addr}` and \
-                         `netmask: {prefix}` (vip-manager keeps them apart)"
-                    ))
-                }
-            }
-            _ => IpReading::Bad(format!("{t:?} is not an IPv4 address")),
+            Some((addr, prefix)) if addr.parse::<IpAddr>().is_ok() => IpReading::Bad(format!(
+                "{t:?} is an address with a prefix: write `ip: {addr}` and `netmask: {prefix}` \
+                 (vip-manager keeps them apart)"
+            )),
+            _ => IpReading::Bad(format!("{t:?} is not an IPv4 or IPv6 address")),
         },
     }
 }
 
-/// Why an IPv4 address cannot be a VIP with this prefix, if it cannot.
-pub(super) fn vip_address_problem(ip: Ipv4Addr, prefix_len: u8) -> Option<String> {
+/// Why an address cannot be a VIP with this prefix, if it cannot.
+pub(super) fn vip_address_problem(ip: IpAddr, prefix_len: u8) -> Option<String> {
+    let reason = match ip {
+        IpAddr::V4(v4) => ipv4_problem(v4, prefix_len)?,
+        IpAddr::V6(v6) => ipv6_problem(v6, prefix_len)?,
+    };
+    Some(format!("{ip}/{prefix_len} {reason}"))
+}
+
+fn ipv4_problem(ip: Ipv4Addr, prefix_len: u8) -> Option<&'static str> {
     let o = ip.octets();
-    let reason = if ip.is_unspecified() || o[0] == 0 {
+    Some(if ip.is_unspecified() || o[0] == 0 {
         "is in 0.0.0.0/8 (\"this network\"), not a usable address"
     } else if ip.is_loopback() {
         "is a loopback address: it never leaves the host, so it cannot float between nodes"
@@ -235,12 +234,32 @@ pub(super) fn vip_address_problem(ip: Ipv4Addr, prefix_len: u8) -> Option<String
         }
     } else {
         return None;
-    };
-    Some(format!("{ip}/{prefix_len} {reason}"))
+    })
 }
 
-/// Read `netmask`: a prefix length 1..=32. A dotted mask gets a hint with its prefix length.
-pub(super) fn prefix_len(value: &Value) -> Result<u8, String> {
+fn ipv6_problem(ip: Ipv6Addr, prefix_len: u8) -> Option<&'static str> {
+    let bits = ip.to_bits();
+    Some(if ip.is_unspecified() {
+        "is the unspecified address"
+    } else if ip.is_loopback() {
+        "is the loopback address: it never leaves the host, so it cannot float between nodes"
+    } else if ip.is_multicast() {
+        "is a multicast address"
+    } else if ip.to_ipv4_mapped().is_some() {
+        "is an IPv4-mapped address: write the IPv4 address itself"
+    } else if bits >> 118 == 0x3fa {
+        "is link-local (fe80::/10): such an address belongs to one link's own scope and needs a \
+         zone; use a global or unique-local (fd00::/8) address"
+    } else if prefix_len <= 126 && bits & (u128::MAX >> prefix_len) == 0 {
+        "is the subnet-router anycast address of its prefix (RFC 4291 2.6.1)"
+    } else {
+        return None;
+    })
+}
+
+/// Read `netmask`: a prefix length, 1..=32 for an IPv4 VIP and 1..=128 for an IPv6 one
+/// (`max`). A dotted mask gets a hint with its prefix length.
+pub(super) fn prefix_len(value: &Value, max: u8) -> Result<u8, String> {
     let n = match value {
         Value::String(s) if s.contains('.') => {
             let hint = match s.trim().parse::<Ipv4Addr>() {
@@ -254,13 +273,16 @@ pub(super) fn prefix_len(value: &Value) -> Result<u8, String> {
                  e.g. 24{hint}"
             ));
         }
-        other => unsigned(other).map_err(|e| format!("{e}; expected a prefix length 1..=32"))?,
+        other => unsigned(other).map_err(|e| format!("{e}; expected a prefix length 1..={max}"))?,
     };
     match u8::try_from(n) {
-        Ok(p @ 1..=32) => Ok(p),
-        _ => Err(format!(
+        Ok(p) if (1..=max).contains(&p) => Ok(p),
+        _ if max == 32 => Err(format!(
             "prefix length {n} is out of range 1..=32 (vip-manager silently used the classful \
              default mask instead; vip-agent refuses)"
+        )),
+        _ => Err(format!(
+            "prefix length {n} is out of range 1..={max} for an IPv6 VIP"
         )),
     }
 }

@@ -1,0 +1,704 @@
+//! The running leader source: the socket, the PostgreSQL checks, the state file.
+
+use std::{
+    io,
+    os::unix::fs::{FileTypeExt as _, MetadataExt as _, PermissionsExt as _},
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use tokio::{
+    io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader},
+    net::{UnixListener, UnixStream},
+    sync::{mpsc, oneshot, watch},
+};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tracing::{debug, error, info, warn};
+
+use super::{
+    events::EventClass,
+    protocol::{EventRequest, MAX_REQUEST, Reply},
+    tracker::{Check, Decision, Ignored, Role, Tracker},
+};
+use crate::{clock::monotonic_ns, leader::LeaderState};
+
+/// How long a client may take to send its request.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(2);
+/// Connections handled at once; more wait in the kernel's backlog.
+const MAX_CONNECTIONS: usize = 16;
+
+/// Called with every published state, in the source's task, before the watch channel.
+pub type StateHook = Box<dyn FnMut(&LeaderState) + Send>;
+/// Called with the outcome of every request: `applied`, `ignored` or `rejected`.
+pub type EventHook = std::sync::Arc<dyn Fn(&'static str) + Send + Sync>;
+
+/// Everything the source needs, resolved (group id, parsed connection string).
+#[derive(Clone, Debug)]
+pub struct RepmgrSettings {
+    /// This node's repmgr `node_id`.
+    pub node_id: u32,
+    /// The Unix socket `vip-agent event` talks to.
+    pub socket: PathBuf,
+    /// Group whose members may send events (socket mode 0660); `None`: root only (0600).
+    pub socket_group: Option<u32>,
+    /// Period of `SELECT pg_is_in_recovery()` while primary (also the check's timeout).
+    pub check_interval: Duration,
+    /// How long one successful check keeps the VIP answering (from when it was sent).
+    pub validity: Duration,
+    /// Where the last accepted role event is kept across restarts.
+    pub state_file: PathBuf,
+    /// The local PostgreSQL.
+    pub postgres: tokio_postgres::Config,
+}
+
+/// Why the source cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum RepmgrError {
+    #[error("repmgr socket {}: {operation}", path.display())]
+    Socket {
+        path: PathBuf,
+        operation: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error("repmgr socket {}: {reason}", path.display())]
+    SocketInUse { path: PathBuf, reason: String },
+    #[error("repmgr-socket-group {group:?}: {reason}")]
+    Group { group: String, reason: String },
+    #[error("postgres-dsn: not a connection string")]
+    Dsn(#[source] tokio_postgres::Error),
+}
+
+impl RepmgrSettings {
+    /// Resolve a configuration: the socket group's id, the connection string, the validity
+    /// (3 check intervals, capped by `fence_timeout`).
+    ///
+    /// # Errors
+    /// An unknown group, an unparsable connection string.
+    pub fn from_config(
+        config: &crate::config::RepmgrConfig,
+        fence_timeout: Option<Duration>,
+    ) -> Result<Self, RepmgrError> {
+        let socket_group = match &config.socket_group {
+            None => None,
+            Some(g) => Some(resolve_group(g)?),
+        };
+        let postgres = config
+            .postgres_dsn
+            .expose()
+            .parse::<tokio_postgres::Config>()
+            .map_err(RepmgrError::Dsn)?;
+        Ok(Self {
+            node_id: config.node_id,
+            socket: config.socket.clone(),
+            socket_group,
+            check_interval: config.check_interval,
+            validity: config.validity(fence_timeout),
+            state_file: config.state_file.clone(),
+            postgres,
+        })
+    }
+}
+
+/// A group name or number to its id.
+fn resolve_group(group: &str) -> Result<u32, RepmgrError> {
+    if let Ok(gid) = group.parse::<u32>() {
+        return Ok(gid);
+    }
+    match nix::unistd::Group::from_name(group) {
+        Ok(Some(g)) => Ok(g.gid.as_raw()),
+        Ok(None) => Err(RepmgrError::Group {
+            group: group.to_owned(),
+            reason: "no such group".to_owned(),
+        }),
+        Err(e) => Err(RepmgrError::Group {
+            group: group.to_owned(),
+            reason: format!("cannot look it up: {e}"),
+        }),
+    }
+}
+
+/// Peer credentials, as `SO_PEERCRED` gives them, plus the peer's supplementary groups.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Peer {
+    pub uid: u32,
+    pub gid: u32,
+    pub pid: Option<i32>,
+    pub groups: Vec<u32>,
+}
+
+/// Whether `peer` may send events: root (or the agent's own user), or, when a socket group is
+/// configured, a member of it (primary or supplementary group). The socket's file mode already
+/// keeps others out; this check holds even if the mode was loosened by hand.
+///
+/// # Errors
+/// The reason, for the log line and the error reply.
+pub fn peer_allowed(peer: &Peer, own_uid: u32, group: Option<u32>) -> Result<(), String> {
+    if peer.uid == 0 || peer.uid == own_uid {
+        return Ok(());
+    }
+    match group {
+        Some(g) if peer.gid == g || peer.groups.contains(&g) => Ok(()),
+        Some(g) => Err(format!(
+            "uid {} (gid {}) is neither root nor in the socket group (gid {g})",
+            peer.uid, peer.gid
+        )),
+        None => Err(format!(
+            "uid {} is not root, and no repmgr-socket-group is configured",
+            peer.uid
+        )),
+    }
+}
+
+/// The supplementary groups of process `pid` (`Groups:` of `/proc/<pid>/status`).
+fn supplementary_groups(pid: i32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            status.lines().find_map(|l| {
+                l.strip_prefix("Groups:").map(|rest| {
+                    rest.split_whitespace()
+                        .filter_map(|g| g.parse().ok())
+                        .collect()
+                })
+            })
+        })
+        .unwrap_or_default()
+}
+
+/// The role persisted by a previous run for `node_id`, if any (a file for another node, or one
+/// that cannot be read, is logged and ignored: the agent then starts fenced, as without one).
+#[must_use]
+pub fn load_state(path: &Path, node_id: u32) -> Option<Role> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return None,
+        Err(e) => {
+            warn!(path = %path.display(), error = %e, "cannot read the repmgr state file; starting without a role");
+            return None;
+        }
+    };
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix('='))
+            .map(str::trim)
+    };
+    match (
+        field("node_id").and_then(|n| n.parse::<u32>().ok()),
+        field("role").and_then(Role::parse),
+    ) {
+        (Some(n), Some(role)) if n == node_id => Some(role),
+        (Some(n), Some(_)) => {
+            warn!(path = %path.display(), file_node = n, node_id, "the repmgr state file is for another node; ignoring it");
+            None
+        }
+        _ => {
+            warn!(path = %path.display(), "the repmgr state file is malformed; ignoring it");
+            None
+        }
+    }
+}
+
+/// Persist `role` atomically: a temporary file in the same directory, fsync, rename, fsync the
+/// directory. A crash leaves the old file or the new one, never a torn one.
+///
+/// # Errors
+/// The failed step.
+pub fn save_state(path: &Path, node_id: u32, role: Role, event: &str) -> io::Result<()> {
+    use std::io::Write as _;
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let mut tmp_name = path.file_name().unwrap_or_default().to_owned();
+    tmp_name.push(".tmp");
+    let tmp = dir.join(tmp_name);
+    let body = format!(
+        "# vip-agent repmgr state: the last role event accepted (written atomically)\n\
+         node_id={node_id}\nrole={}\nevent={event}\n",
+        role.as_str()
+    );
+    {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(body.as_bytes())?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+use std::os::unix::fs::OpenOptionsExt as _;
+
+/// A request from a connection task to the source task.
+type Pending = (EventRequest, oneshot::Sender<Reply>);
+
+/// The repmgr leader source. Build it, [`subscribe`](Self::subscribe) and/or hook it with
+/// [`on_change`](Self::on_change), then drive [`run`](Self::run) on a task; it removes its socket
+/// when it ends.
+pub struct RepmgrSource {
+    settings: RepmgrSettings,
+    listener: UnixListener,
+    /// Device and inode of our socket file: only that file is removed at the end.
+    socket_id: (u64, u64),
+    tracker: Tracker,
+    tx: watch::Sender<LeaderState>,
+    hook: Option<StateHook>,
+    on_event: Option<EventHook>,
+}
+
+impl std::fmt::Debug for RepmgrSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RepmgrSource")
+            .field("settings", &self.settings)
+            .field("state", self.tracker.state())
+            .finish_non_exhaustive()
+    }
+}
+
+impl RepmgrSource {
+    /// Read the state file and create the socket (a stale one is replaced; one that a running
+    /// process answers on is an error). Must run inside a tokio runtime.
+    ///
+    /// # Errors
+    /// The socket cannot be created, or another agent listens on it.
+    pub fn new(settings: RepmgrSettings) -> Result<Self, RepmgrError> {
+        let restored = load_state(&settings.state_file, settings.node_id);
+        if let Some(role) = restored {
+            info!(role = role.as_str(), path = %settings.state_file.display(), "repmgr role restored from the state file (a primary still waits for PostgreSQL's confirmation)");
+        }
+        let (listener, socket_id) = bind(&settings.socket, settings.socket_group)?;
+        let tracker = Tracker::new(
+            settings.node_id,
+            settings.validity,
+            restored,
+            monotonic_ns(),
+        );
+        let (tx, _) = watch::channel(*tracker.state());
+        Ok(Self {
+            settings,
+            listener,
+            socket_id,
+            tracker,
+            tx,
+            hook: None,
+            on_event: None,
+        })
+    }
+
+    /// A receiver of the published state (starts fenced, [`crate::leader::Reason::Startup`]).
+    #[must_use]
+    pub fn subscribe(&self) -> watch::Receiver<LeaderState> {
+        self.tx.subscribe()
+    }
+
+    /// A hook called in the source task with each published state, before the watch channel.
+    pub fn on_change(&mut self, hook: impl FnMut(&LeaderState) + Send + 'static) {
+        self.hook = Some(Box::new(hook));
+    }
+
+    /// A hook called with the outcome of every request (for the metrics).
+    pub fn on_event(&mut self, hook: impl Fn(&'static str) + Send + Sync + 'static) {
+        self.on_event = Some(std::sync::Arc::new(hook));
+    }
+
+    fn publish(&mut self) {
+        let state = *self.tracker.state();
+        if let Some(hook) = &mut self.hook {
+            hook(&state);
+        }
+        self.tx.send_replace(state);
+    }
+
+    fn count(&self, outcome: &'static str) {
+        if let Some(hook) = &self.on_event {
+            hook(outcome);
+        }
+    }
+
+    fn persist(&self, role: Role, event: &str) {
+        if let Err(e) = save_state(
+            &self.settings.state_file,
+            self.settings.node_id,
+            role,
+            event,
+        ) {
+            error!(path = %self.settings.state_file.display(), error = %e, role = role.as_str(), "cannot persist the repmgr role; a restarted agent would not know it");
+        }
+    }
+
+    /// Serve events and check PostgreSQL until `cancel`; then remove the socket.
+    pub async fn run(mut self, cancel: CancellationToken) {
+        info!(node_id = self.settings.node_id, socket = %self.settings.socket.display(),
+            interval_ms = self.settings.check_interval.as_millis(),
+            validity_ms = self.settings.validity.as_millis(), "following this node's repmgr role");
+        let (req_tx, mut req_rx) = mpsc::channel::<Pending>(MAX_CONNECTIONS);
+        let (check_tx, mut check_rx) = mpsc::channel::<(u64, Check)>(4);
+        let check_now = std::sync::Arc::new(tokio::sync::Notify::new());
+        let tasks = TaskTracker::new();
+        let stop = cancel.child_token();
+        tasks.spawn(checker(
+            self.settings.postgres.clone(),
+            self.settings.check_interval,
+            std::sync::Arc::clone(&check_now),
+            check_tx,
+            stop.clone(),
+        ));
+        let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+        let own_uid = nix::unistd::geteuid().as_raw();
+        loop {
+            tokio::select! {
+                biased;
+                () = cancel.cancelled() => break,
+                Some((request, reply)) = req_rx.recv() => {
+                    let answer = self.apply(&request, &check_now);
+                    let _ = reply.send(answer);
+                }
+                Some((t_sent, check)) = check_rx.recv() => self.apply_check(t_sent, &check),
+                accepted = self.listener.accept() => match accepted {
+                    Ok((stream, _)) => {
+                        // Never wait for a slot here: the connection tasks wait for this loop.
+                        let Ok(permit) = std::sync::Arc::clone(&slots).try_acquire_owned() else {
+                            warn!("too many repmgr socket connections at once; dropping one");
+                            continue;
+                        };
+                        let (req_tx, group, stop) = (req_tx.clone(), self.settings.socket_group, stop.clone());
+                        let counter = self.on_event.clone();
+                        tasks.spawn(async move {
+                            tokio::select! {
+                                () = stop.cancelled() => {}
+                                () = serve(stream, own_uid, group, req_tx, counter) => {}
+                            }
+                            drop(permit);
+                        });
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "accepting on the repmgr socket failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                },
+            }
+        }
+        stop.cancel();
+        tasks.close();
+        tasks.wait().await;
+        self.remove_socket();
+        info!("repmgr source stopped; socket removed");
+    }
+
+    /// Apply one valid request, log it, and build the reply.
+    fn apply(&mut self, request: &EventRequest, check_now: &tokio::sync::Notify) -> Reply {
+        let decision = self.tracker.event(request, monotonic_ns());
+        let node_id = self.settings.node_id;
+        let (event, ts, details) = (&request.event, &request.timestamp, &request.details);
+        match decision {
+            Decision::Applied {
+                class,
+                role,
+                publish,
+                check,
+            } => {
+                if publish {
+                    self.publish();
+                }
+                self.persist(role, event);
+                if check {
+                    check_now.notify_one();
+                }
+                let message = match class {
+                    EventClass::Primary if publish => format!(
+                        "{event}: node {node_id} is primary; the VIP answers once PostgreSQL \
+                         confirms it is not in recovery"
+                    ),
+                    EventClass::Primary => format!("{event}: node {node_id} is already primary"),
+                    _ => format!("{event}: node {node_id} is not primary; the VIP is fenced"),
+                };
+                info!(event = %event, node_id, timestamp = %ts, details = %details,
+                    role = role.as_str(), "repmgr event applied");
+                self.count("applied");
+                Reply::Ok {
+                    outcome: "applied".to_owned(),
+                    message,
+                }
+            }
+            Decision::Ignored(why) => {
+                let message = why.describe(event, node_id);
+                if why == Ignored::Failed {
+                    warn!(event = %event, node = request.node_id, timestamp = %ts,
+                        details = %details, "repmgr event ignored: {message}");
+                } else {
+                    info!(event = %event, node = request.node_id, timestamp = %ts,
+                        details = %details, "repmgr event ignored: {message}");
+                }
+                self.count("ignored");
+                Reply::Ok {
+                    outcome: "ignored".to_owned(),
+                    message,
+                }
+            }
+        }
+    }
+
+    fn apply_check(&mut self, t_sent: u64, check: &Check) {
+        let before = self.tracker.role();
+        let effect = self.tracker.check(t_sent, check, monotonic_ns());
+        match check {
+            Check::Failed(why) if effect.publish => {
+                warn!(error = %why, role = before.as_str(),
+                    "PostgreSQL check failed: the deadline is not renewed");
+            }
+            Check::Failed(why) => debug!(error = %why, "PostgreSQL check failed"),
+            Check::InRecovery if effect.persist => {
+                warn!(
+                    "PostgreSQL is in recovery although the last repmgr event made this node \
+                     primary: fenced until the next promoting event"
+                );
+            }
+            _ => {}
+        }
+        if effect.publish {
+            self.publish();
+        }
+        if effect.persist {
+            self.persist(self.tracker.role(), "pg_is_in_recovery");
+        }
+    }
+
+    fn remove_socket(&self) {
+        let path = &self.settings.socket;
+        match std::fs::symlink_metadata(path) {
+            Ok(m) if (m.dev(), m.ino()) == self.socket_id => {
+                if let Err(e) = std::fs::remove_file(path) {
+                    warn!(socket = %path.display(), error = %e, "cannot remove the repmgr socket");
+                }
+            }
+            Ok(_) => warn!(socket = %path.display(),
+                "the repmgr socket was replaced by another file; leaving it"),
+            Err(_) => {}
+        }
+    }
+}
+
+/// Create the socket: its directory (0700, or 0750 with a group, when we create it), a stale
+/// socket file removed, mode 0600 (0660 and the group with a group).
+fn bind(path: &Path, group: Option<u32>) -> Result<(UnixListener, (u64, u64)), RepmgrError> {
+    let err = |operation: &'static str| {
+        move |source: io::Error| RepmgrError::Socket {
+            path: path.to_owned(),
+            operation,
+            source,
+        }
+    };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
+        && !dir.exists()
+    {
+        std::fs::create_dir_all(dir).map_err(err("create its directory"))?;
+        let mode = if group.is_some() { 0o750 } else { 0o700 };
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
+            .map_err(err("set its directory's mode"))?;
+        if let Some(gid) = group {
+            nix::unistd::chown(dir, None, Some(nix::unistd::Gid::from_raw(gid)))
+                .map_err(|e| err("set its directory's group")(io::Error::from(e)))?;
+        }
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_socket() => {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(RepmgrError::SocketInUse {
+                    path: path.to_owned(),
+                    reason: "a running process listens on it (another vip-agent?)".to_owned(),
+                });
+            }
+            std::fs::remove_file(path).map_err(err("remove the stale socket"))?;
+        }
+        Ok(_) => {
+            return Err(RepmgrError::SocketInUse {
+                path: path.to_owned(),
+                reason: "exists and is not a socket; remove it or choose another repmgr-socket"
+                    .to_owned(),
+            });
+        }
+        Err(_) => {}
+    }
+    let listener = UnixListener::bind(path).map_err(err("bind"))?;
+    let mode = if group.is_some() { 0o660 } else { 0o600 };
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(err("set its mode"))?;
+    if let Some(gid) = group {
+        nix::unistd::chown(path, None, Some(nix::unistd::Gid::from_raw(gid)))
+            .map_err(|e| err("set its group")(io::Error::from(e)))?;
+    }
+    let m = std::fs::symlink_metadata(path).map_err(err("stat"))?;
+    Ok((listener, (m.dev(), m.ino())))
+}
+
+/// One connection: check the peer, read one line (bounded in size and time), hand it to the
+/// source, write its reply.
+async fn serve(
+    stream: UnixStream,
+    own_uid: u32,
+    group: Option<u32>,
+    requests: mpsc::Sender<Pending>,
+    counter: Option<EventHook>,
+) {
+    let count = |outcome| {
+        if let Some(c) = &counter {
+            c(outcome);
+        }
+    };
+    let peer = match stream.peer_cred() {
+        Ok(c) => Peer {
+            uid: c.uid(),
+            gid: c.gid(),
+            pid: c.pid(),
+            groups: c.pid().map(supplementary_groups).unwrap_or_default(),
+        },
+        Err(e) => {
+            warn!(error = %e, "repmgr socket: cannot read the peer's credentials; refusing");
+            count("rejected");
+            return;
+        }
+    };
+    let (read, mut write) = stream.into_split();
+    if let Err(why) = peer_allowed(&peer, own_uid, group) {
+        warn!(uid = peer.uid, gid = peer.gid, pid = ?peer.pid, "repmgr socket: request refused: {why}");
+        count("rejected");
+        let reply = Reply::Error(format!("permission denied: {why}"));
+        let _ =
+            tokio::time::timeout(READ_TIMEOUT, write.write_all(reply.encode().as_bytes())).await;
+        return;
+    }
+    let mut line = Vec::new();
+    let limit = u64::try_from(MAX_REQUEST).unwrap_or(u64::MAX);
+    let mut reader = BufReader::new(tokio::io::AsyncReadExt::take(read, limit));
+    let read = tokio::time::timeout(READ_TIMEOUT, reader.read_until(b'\n', &mut line)).await;
+    let request = match read {
+        Err(_) => Err(format!(
+            "no complete request within {} s",
+            READ_TIMEOUT.as_secs()
+        )),
+        Ok(Err(e)) => Err(format!("reading the request failed: {e}")),
+        Ok(Ok(_)) if !line.ends_with(b"\n") && line.len() >= MAX_REQUEST => {
+            Err(format!("the request is longer than {MAX_REQUEST} bytes"))
+        }
+        Ok(Ok(_)) if !line.ends_with(b"\n") => {
+            Err("the request does not end with a newline".to_owned())
+        }
+        Ok(Ok(_)) => EventRequest::decode(&line),
+    };
+    let reply = match request {
+        Err(why) => {
+            warn!(uid = peer.uid, pid = ?peer.pid, "repmgr socket: bad request refused: {why}");
+            count("rejected");
+            Reply::Error(why)
+        }
+        Ok(request) => {
+            let (tx, rx) = oneshot::channel();
+            if requests.send((request, tx)).await.is_err() {
+                return;
+            }
+            match rx.await {
+                Ok(reply) => reply,
+                Err(_) => return,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(READ_TIMEOUT, write.write_all(reply.encode().as_bytes())).await;
+}
+
+/// Ask `SELECT pg_is_in_recovery()` every `interval` (and at once when notified), each answer
+/// bounded by `interval`; report `(t_sent, result)`. One connection, kept while it works.
+async fn checker(
+    config: tokio_postgres::Config,
+    interval: Duration,
+    now: std::sync::Arc<tokio::sync::Notify>,
+    results: mpsc::Sender<(u64, Check)>,
+    stop: CancellationToken,
+) {
+    let mut probe = crate::pg::RecoveryProbe::new(config);
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            biased;
+            () = stop.cancelled() => break,
+            () = now.notified() => {}
+            _ = ticker.tick() => {}
+        }
+        let t_sent = monotonic_ns();
+        let check = if let Ok(check) = tokio::time::timeout(interval, probe.check()).await {
+            check
+        } else {
+            probe.reset();
+            Check::Failed(format!("no answer within {} ms", interval.as_millis()))
+        };
+        if results.send((t_sent, check)).await.is_err() {
+            break;
+        }
+    }
+    probe.reset();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer(uid: u32, gid: u32, groups: &[u32]) -> Peer {
+        Peer {
+            uid,
+            gid,
+            pid: Some(1),
+            groups: groups.to_vec(),
+        }
+    }
+
+    #[test]
+    fn only_root_the_agent_user_or_the_socket_group_may_send() {
+        assert!(peer_allowed(&peer(0, 0, &[]), 0, None).is_ok());
+        assert!(
+            peer_allowed(&peer(990, 990, &[]), 990, None).is_ok(),
+            "own uid"
+        );
+        let err = peer_allowed(&peer(1000, 1000, &[]), 0, None).expect_err("no group");
+        assert!(
+            err.contains("uid 1000") && err.contains("repmgr-socket-group"),
+            "{err}"
+        );
+        assert!(
+            peer_allowed(&peer(1000, 50, &[]), 0, Some(50)).is_ok(),
+            "primary gid"
+        );
+        assert!(
+            peer_allowed(&peer(1000, 1000, &[4, 50]), 0, Some(50)).is_ok(),
+            "supplementary"
+        );
+        let err = peer_allowed(&peer(1000, 1000, &[4]), 0, Some(50)).expect_err("not a member");
+        assert!(err.contains("gid 50"), "{err}");
+    }
+
+    #[test]
+    fn the_state_file_round_trips_and_is_per_node() {
+        let dir = std::env::temp_dir().join(format!("vip-repmgr-state-{}", std::process::id()));
+        let path = dir.join("sub").join("state");
+        save_state(&path, 4, Role::Primary, "standby_promote").expect("save");
+        assert_eq!(load_state(&path, 4), Some(Role::Primary));
+        assert_eq!(load_state(&path, 5), None, "another node's file");
+        save_state(&path, 4, Role::NotPrimary, "node_rejoin").expect("save");
+        assert_eq!(load_state(&path, 4), Some(Role::NotPrimary));
+        let mode = std::fs::metadata(&path).expect("stat").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert!(
+            !dir.join("sub").join("state.tmp").exists(),
+            "no temporary file left"
+        );
+        std::fs::write(&path, "garbage").expect("write");
+        assert_eq!(load_state(&path, 4), None);
+        assert_eq!(load_state(&dir.join("absent"), 4), None);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
