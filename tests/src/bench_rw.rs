@@ -39,33 +39,28 @@
 //! `promotion-gate-timeout` (10 s) on every move back, which measures nothing and only slows the
 //! run; node1's behaviour is not what this scenario measures.
 //!
-//! PostgreSQL (Debian's postgresql-15, the newest `/usr/lib/postgresql/<major>/bin`) runs as the
-//! `postgres` user in a directory on tmpfs; every postmaster is stopped by PID and the directory
-//! removed at the end.
+//! PostgreSQL (Debian's postgresql-15, through [`crate::postgres`]) runs as the `postgres` user in
+//! a directory on tmpfs; every postmaster is stopped by PID and the directory removed at the end.
 
 use std::{
     fmt::Write as _,
     fs::File,
     net::Ipv4Addr,
-    os::unix::{fs::PermissionsExt as _, process::CommandExt as _},
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::Command,
     sync::atomic::{AtomicBool, AtomicU64, Ordering},
     time::{Duration, Instant},
 };
 
-use nix::{
-    sys::signal::{Signal, kill},
-    unistd::{Pid, User, chown},
-};
-use tokio_postgres::{NoTls, SimpleQueryMessage, error::SqlState};
+use nix::sys::signal::Signal;
+use tokio_postgres::{NoTls, error::SqlState};
 use vip_agent::clock::monotonic_ns;
 
 use crate::{
     arp::{ArpSocket, Probe},
     bench::percentiles,
     cluster::{self, Cluster},
-    unique_name,
+    postgres::{Installation, PgDir, Postmaster, Start, connect, in_recovery},
 };
 
 /// The primary's port (unix socket only, host namespace).
@@ -231,101 +226,16 @@ impl RwReport {
 
 // ---- PostgreSQL ----
 
-/// The newest `/usr/lib/postgresql/<major>/bin` (Debian's layout).
-#[must_use]
-pub fn postgres_bin() -> Option<PathBuf> {
-    let mut majors: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
-        .ok()?
-        .flatten()
-        .filter_map(|e| {
-            let major = e.file_name().to_str()?.parse().ok()?;
-            let bin = e.path().join("bin");
-            bin.join("postgres").is_file().then_some((major, bin))
-        })
-        .collect();
-    majors.sort();
-    majors.pop().map(|(_, bin)| bin)
-}
+pub use crate::postgres::{postgres_available, postgres_bin};
 
-/// Whether PostgreSQL can be run here (its binaries and the `postgres` user exist).
-#[must_use]
-pub fn postgres_available() -> bool {
-    postgres_bin().is_some() && matches!(User::from_name("postgres"), Ok(Some(_)))
-}
-
-/// A postmaster started here: stopped by PID on drop with `stop` (SIGQUIT: immediate shutdown,
-/// SIGINT: fast), SIGKILL if it lingers past 10 s.
-struct Postmaster {
-    child: Child,
-    stop: Signal,
-}
-
-impl Drop for Postmaster {
-    fn drop(&mut self) {
-        if let Ok(pid) = i32::try_from(self.child.id()) {
-            let _ = kill(Pid::from_raw(pid), self.stop);
-        }
-        for _ in 0..1000 {
-            if matches!(self.child.try_wait(), Ok(Some(_))) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// The primary and the standby template. Field order is drop order: the primary stops before
-/// its directory goes.
+/// The primary and the standby template. Field order is drop order: the primary stops first
+/// (the directory stays until every postmaster started from it is gone in any case).
 struct Pg {
     _primary: Postmaster,
-    bin: PathBuf,
-    user: User,
-    /// Everything (data directories, sockets, logs).
-    dir: PathBuf,
+    /// Everything (data directories, sockets, logs), on tmpfs.
+    dir: PgDir,
     template: PathBuf,
     standby: PathBuf,
-    /// Removes `dir`, after the primary stopped.
-    _dir_guard: DirGuard,
-}
-
-/// Removes the PostgreSQL directory on drop.
-struct DirGuard(PathBuf);
-
-impl Drop for DirGuard {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// `program` as the `postgres` user, with an empty environment, in `dir`.
-fn pg_command(bin: &Path, user: &User, dir: &Path, program: &str) -> Command {
-    let mut cmd = Command::new(bin.join(program));
-    cmd.uid(user.uid.as_raw())
-        .gid(user.gid.as_raw())
-        .current_dir(dir)
-        .env_clear()
-        .env("PATH", "/usr/bin:/bin")
-        .stdin(Stdio::null());
-    cmd
-}
-
-fn pg_run(bin: &Path, user: &User, dir: &Path, program: &str, args: &[&str]) {
-    let out = pg_command(bin, user, dir, program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("run {program}: {e}"));
-    assert!(
-        out.status.success(),
-        "{program} {args:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn utf8(path: &Path) -> &str {
-    path.to_str().expect("utf-8 path")
 }
 
 fn current_thread() -> tokio::runtime::Runtime {
@@ -335,91 +245,20 @@ fn current_thread() -> tokio::runtime::Runtime {
         .expect("tokio runtime")
 }
 
-/// Connect (retrying for up to 30 s while the server starts); the connection runs on `rt`.
-async fn connect_retrying(dsn: &str) -> tokio_postgres::Client {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        match tokio_postgres::connect(dsn, NoTls).await {
-            Ok((client, connection)) => {
-                tokio::spawn(async move {
-                    let _ = connection.await;
-                });
-                return client;
-            }
-            Err(e) => {
-                assert!(
-                    Instant::now() < deadline,
-                    "PostgreSQL at {dsn} did not come up: {e}"
-                );
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
-    }
-}
-
-/// `pg_is_in_recovery()` as `t`/`f`, or the error.
-async fn in_recovery(client: &tokio_postgres::Client) -> Result<bool, tokio_postgres::Error> {
-    let rows = client.simple_query("SELECT pg_is_in_recovery()").await?;
-    Ok(rows.iter().any(|m| match m {
-        SimpleQueryMessage::Row(row) => row.get(0) == Some("t"),
-        _ => false,
-    }))
-}
-
 impl Pg {
     /// initdb, start the primary (unix socket only), create the client's table, take the standby
     /// template with `pg_basebackup -R` and let it accept TCP from anywhere (`trust`: every
     /// address is inside this run's namespaces).
     fn prepare() -> Self {
-        let bin = postgres_bin().expect("PostgreSQL binaries (postgresql-15)");
-        let user = User::from_name("postgres")
-            .ok()
-            .flatten()
-            .expect("the postgres user");
-        let shm = Path::new("/dev/shm");
-        let root = if shm.is_dir() {
-            shm.to_path_buf()
-        } else {
-            std::env::temp_dir()
-        };
-        let dir = root.join(unique_name("vbrw"));
-        std::fs::create_dir_all(&dir).expect("PostgreSQL directory");
-        let guard = DirGuard(dir.clone());
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).expect("chmod");
-        chown(&dir, Some(user.uid), Some(user.gid)).expect("chown");
-        let primary_data = dir.join("primary");
-        let template = dir.join("template");
-        pg_run(
-            &bin,
-            &user,
-            &dir,
-            "initdb",
-            &[
-                "-D",
-                utf8(&primary_data),
-                "-U",
-                "postgres",
-                "--auth=trust",
-                "-N",
-            ],
-        );
-        let log = File::create(dir.join("primary.log")).expect("primary log");
-        let err = log.try_clone().expect("log");
-        let child = pg_command(&bin, &user, &dir, "postgres")
-            .args(["-D", utf8(&primary_data), "-p", &PRIMARY_PORT.to_string()])
-            .args(["-k", utf8(&dir)])
-            .args(["-c", "listen_addresses=", "-c", "fsync=off"])
-            .stdout(log)
-            .stderr(err)
-            .spawn()
-            .expect("start the primary");
-        let primary = Postmaster {
-            child,
-            stop: Signal::SIGINT,
-        };
-        let dsn = socket_dsn(&dir, PRIMARY_PORT);
+        let installation = Installation::find()
+            .expect("PostgreSQL binaries (postgresql-15) and the postgres user");
+        let dir = PgDir::on_tmpfs(installation, "vip-bench-rw");
+        let primary_data = dir.path().join("primary");
+        let template = dir.path().join("template");
+        dir.initdb(&primary_data);
+        let primary = dir.start(&primary_data, PRIMARY_PORT);
         current_thread().block_on(async {
-            let client = connect_retrying(&dsn).await;
+            let client = connect(&dir.dsn(PRIMARY_PORT)).await;
             client
                 .simple_query(&format!(
                     "CREATE TABLE IF NOT EXISTS {TABLE} (at bigint NOT NULL)"
@@ -427,49 +266,28 @@ impl Pg {
                 .await
                 .expect("create the client's table");
         });
-        pg_run(
-            &bin,
-            &user,
-            &dir,
-            "pg_basebackup",
-            &[
-                "-h",
-                utf8(&dir),
-                "-p",
-                &PRIMARY_PORT.to_string(),
-                "-U",
-                "postgres",
-                "-D",
-                utf8(&template),
-                "-X",
-                "stream",
-                "-R",
-            ],
-        );
+        dir.basebackup(PRIMARY_PORT, &template);
         let hba = template.join("pg_hba.conf");
         let mut text = std::fs::read_to_string(&hba).expect("read pg_hba.conf");
         text.push_str("host all all 0.0.0.0/0 trust\n");
         std::fs::write(&hba, text).expect("write pg_hba.conf");
-        let standby = dir.join("standby");
+        let standby = dir.path().join("standby");
         Self {
             _primary: primary,
-            bin,
-            user,
             dir,
             template,
             standby,
-            _dir_guard: guard,
         }
     }
 
     /// The standby's unix-socket DSN (the gate's and the observer's).
     fn standby_dsn(&self) -> String {
-        socket_dsn(&self.dir, STANDBY_PORT)
+        self.dir.dsn(STANDBY_PORT)
     }
 
-    /// A fresh standby from the template, started in the namespace at `ns`
-    /// (`nsenter --net --setuid --setgid`, which execs: the guard's PID is the postmaster's) on
-    /// every address; returns once it serves read-only queries in recovery.
+    /// A fresh standby from the template, started in the namespace at `ns` on every address and
+    /// stopped with SIGQUIT (immediate shutdown: the next trial starts from the template anyway);
+    /// returns once it serves read-only queries in recovery.
     fn start_standby(&self, ns: &Path) -> Postmaster {
         let _ = std::fs::remove_dir_all(&self.standby);
         let out = Command::new("cp")
@@ -483,42 +301,24 @@ impl Pg {
             "cp -a the standby template: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let log = File::options()
-            .create(true)
-            .append(true)
-            .open(self.dir.join("standby.log"))
-            .expect("standby log");
-        let err = log.try_clone().expect("log");
-        let child = Command::new("nsenter")
-            .arg(format!("--net={}", ns.display()))
-            .arg(format!("--setuid={}", self.user.uid))
-            .arg(format!("--setgid={}", self.user.gid))
-            .arg("--")
-            .arg(self.bin.join("postgres"))
-            .args(["-D", utf8(&self.standby), "-p", &STANDBY_PORT.to_string()])
-            .args(["-k", utf8(&self.dir)])
-            .args(["-c", "listen_addresses=*", "-c", "fsync=off"])
-            .current_dir(&self.dir)
-            .env_clear()
-            .env("PATH", "/usr/bin:/bin")
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(err)
-            .spawn()
-            .expect("start the standby");
-        let standby = Postmaster {
-            child,
-            stop: Signal::SIGQUIT,
-        };
+        let standby = self.dir.start_with(
+            &self.standby,
+            STANDBY_PORT,
+            &Start {
+                netns: Some(ns),
+                listen: "*",
+                stop: Signal::SIGQUIT,
+            },
+        );
         let dsn = self.standby_dsn();
         let recovering = current_thread().block_on(async {
-            let client = connect_retrying(&dsn).await;
+            let client = connect(&dsn).await;
             in_recovery(&client).await
         });
         assert!(
             matches!(recovering, Ok(true)),
             "the fresh standby is not in recovery: {recovering:?}; see {}",
-            self.dir.join("standby.log").display()
+            standby.log().display()
         );
         standby
     }
@@ -526,21 +326,8 @@ impl Pg {
     /// `pg_ctl promote -W` of the running standby, as the `postgres` user (it only signals the
     /// postmaster, as Patroni's promote does).
     fn promote(&self) {
-        pg_run(
-            &self.bin,
-            &self.user,
-            &self.dir,
-            "pg_ctl",
-            &["promote", "-W", "-D", utf8(&self.standby)],
-        );
+        self.dir.promote(&self.standby);
     }
-}
-
-fn socket_dsn(dir: &Path, port: u16) -> String {
-    format!(
-        "host={} port={port} user=postgres dbname=postgres",
-        dir.display()
-    )
 }
 
 // ---- The cluster ----
@@ -710,7 +497,7 @@ async fn observe_recovery(
     last_true_sent: &AtomicU64,
     first_false_at: &AtomicU64,
 ) {
-    let client = connect_retrying(dsn).await;
+    let client = connect(dsn).await;
     while running.load(Ordering::Relaxed) {
         let sent = monotonic_ns();
         match in_recovery(&client).await {

@@ -22,9 +22,26 @@ pub mod flood;
 pub mod ndp;
 mod netns;
 mod pins;
+pub mod postgres;
 
 pub use netns::{Bridge, ChildGuard, NetNs, unique_name, veth_pair};
 pub use pins::{PinRoot, open_dataplane};
+
+/// Poll `cond` every 20 ms until it holds; panic with `what` after `limit`. The bound is a
+/// generous limit for a documented behaviour, not a measurement.
+///
+/// # Panics
+/// When `cond` does not hold within `limit`.
+pub fn eventually(limit: std::time::Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + limit;
+    while !cond() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out after {limit:?} waiting until {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
 
 /// Environment variable that turns a privilege skip into a failure (set by `cargo xtask test` in CI).
 pub const REQUIRE_PRIVILEGES: &str = "VIP_TESTS_REQUIRE_PRIVILEGES";

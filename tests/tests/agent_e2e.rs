@@ -10,8 +10,9 @@ use std::{
 use etcd_client::PutOptions;
 use nix::sys::signal::Signal;
 use vip_tests::{
+    arp::ArpSeen,
     cluster::{self, Cluster},
-    require_privileges,
+    eventually, require_privileges,
 };
 
 const KEY: &str = "/service/demo/leader";
@@ -23,18 +24,6 @@ fn cluster(subnet: u8, extra: &str) -> Cluster {
     c.start_agent(1);
     c.wait_running();
     c
-}
-
-/// Poll `cond` every 20 ms until it holds; panic with `what` after `limit`.
-fn eventually(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !cond() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {limit:?} waiting until {what}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 fn grant(c: &Cluster, ttl: i64) -> i64 {
@@ -72,6 +61,30 @@ fn has_vip_address(c: &Cluster, i: usize) -> bool {
     node.ns
         .ip(&["-4", "-o", "addr", "show", "dev", &node.ifname])
         .contains(&format!(" {}/24 ", c.vip))
+}
+
+/// Every ARP frame the client sees in 900 ms while `during` runs (100 ms in), and among them the
+/// gratuitous ARPs for the VIP (sender = target = VIP, to the Ethernet broadcast).
+fn capture_garps(c: &Cluster, during: impl FnOnce()) -> (Vec<ArpSeen>, Vec<ArpSeen>) {
+    let (ifname, vip) = (c.client.ifname.clone(), c.vip.octets());
+    let frames = std::thread::scope(|s| {
+        let capture = s.spawn(|| {
+            c.client.ns.run_in(|| {
+                let sock = vip_tests::arp::ArpSocket::open(&ifname).expect("socket");
+                sock.recv_until(Instant::now() + Duration::from_millis(900))
+                    .expect("capture")
+            })
+        });
+        std::thread::sleep(Duration::from_millis(100));
+        during();
+        capture.join().expect("capture thread")
+    });
+    let garps = frames
+        .iter()
+        .filter(|f| f.arp.spa == vip && f.arp.tpa == vip && f.eth_dst == [0xff; 6])
+        .copied()
+        .collect();
+    (frames, garps)
 }
 
 #[test]
@@ -359,23 +372,7 @@ fn promotion_announces_the_vip_with_gratuitous_arp() {
     }
     let c = cluster(39, "");
     let lease = grant(&c, 30);
-    let (ifname, vip) = (c.client.ifname.clone(), c.vip.octets());
-    let frames = std::thread::scope(|s| {
-        let capture = s.spawn(|| {
-            c.client.ns.run_in(|| {
-                let sock = vip_tests::arp::ArpSocket::open(&ifname).expect("socket");
-                sock.recv_until(Instant::now() + Duration::from_millis(900))
-                    .expect("capture")
-            })
-        });
-        std::thread::sleep(Duration::from_millis(100));
-        acquire(&c, "node1", lease);
-        capture.join().expect("capture thread")
-    });
-    let garps: Vec<_> = frames
-        .iter()
-        .filter(|f| f.arp.spa == vip && f.arp.tpa == vip && f.eth_dst == [0xff; 6])
-        .collect();
+    let (_, garps) = capture_garps(&c, || acquire(&c, "node1", lease));
     assert!(
         garps
             .iter()
@@ -407,23 +404,7 @@ fn primary_announces_the_vip_again_when_its_interface_comes_back_up() {
     std::thread::sleep(Duration::from_millis(1500));
     c.set_link(0, false);
     std::thread::sleep(Duration::from_millis(300));
-    let (ifname, vip) = (c.client.ifname.clone(), c.vip.octets());
-    let frames = std::thread::scope(|s| {
-        let capture = s.spawn(|| {
-            c.client.ns.run_in(|| {
-                let sock = vip_tests::arp::ArpSocket::open(&ifname).expect("socket");
-                sock.recv_until(Instant::now() + Duration::from_millis(900))
-                    .expect("capture")
-            })
-        });
-        std::thread::sleep(Duration::from_millis(100));
-        c.set_link(0, true);
-        capture.join().expect("capture thread")
-    });
-    let garps: Vec<_> = frames
-        .iter()
-        .filter(|f| f.arp.spa == vip && f.arp.tpa == vip && f.eth_dst == [0xff; 6])
-        .collect();
+    let (frames, garps) = capture_garps(&c, || c.set_link(0, true));
     assert!(
         garps
             .iter()

@@ -26,24 +26,12 @@ use vip_agent::clock::monotonic_ns;
 use vip_tests::{
     arp::ArpSocket,
     cluster::{self, Cluster},
-    require_privileges,
+    eventually, require_privileges,
 };
 
 const KEY: &str = "/service/demo/leader";
 const METRICS_PORT: u16 = 9477;
 const PROBE: Duration = Duration::from_millis(150);
-
-/// Poll `cond` every 20 ms until it holds; panic with `what` after `limit`.
-fn eventually(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !cond() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {limit:?} waiting until {what}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 fn grant(c: &Cluster, ttl: i64) -> i64 {
     c.etcd(async |e| e.lease_grant(ttl, None).await.expect("lease").id())
@@ -328,7 +316,13 @@ fn read_maps(pins: &Path, ifname: &str) -> Vec<MapEntry> {
         .map(|e| {
             let key = hex_bytes(&e["key"]);
             let value = hex_bytes(&e["value"]);
-            assert_eq!((key.len(), value.len()), (4, 16), "VIP_STATE layout: {e}");
+            assert_eq!((key.len(), value.len()), (16, 16), "VIP_STATE layout: {e}");
+            // An IPv4 VIP is keyed by its IPv4-mapped IPv6 address, ::ffff:a.b.c.d.
+            assert_eq!(
+                key[..12],
+                [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff],
+                "IPv4-mapped key: {e}"
+            );
             let per_cpu = stats
                 .iter()
                 .find(|s| hex_bytes(&s["key"]) == key)
@@ -349,7 +343,7 @@ fn read_maps(pins: &Path, ifname: &str) -> Vec<MapEntry> {
                 })
                 .collect();
             MapEntry {
-                vip: Ipv4Addr::new(key[0], key[1], key[2], key[3]),
+                vip: Ipv4Addr::new(key[12], key[13], key[14], key[15]),
                 deadline_ns: le_u64(&value, 0),
                 mac: value[8..14].try_into().expect("6 bytes"),
                 per_cpu,

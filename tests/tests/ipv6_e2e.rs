@@ -10,6 +10,7 @@ use std::{
 use vip_common::frame::{NA_FLAG_OVERRIDE, NA_FLAG_ROUTER, NA_FLAG_SOLICITED};
 use vip_tests::{
     cluster::{self, Cluster},
+    eventually,
     ndp::{NaSeen, NdpSocket},
     require_privileges,
 };
@@ -24,18 +25,6 @@ fn vip() -> Ipv6Addr {
 
 fn client_ip() -> Ipv6Addr {
     Ipv6Addr::new(0xfd77, u16::from(SUBNET), 0, 0, 0, 0, 0, 9)
-}
-
-/// Poll `cond` every 20 ms until it holds; panic with `what` after `limit`.
-fn eventually(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !cond() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {limit:?} waiting until {what}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// The cluster with every node's agent configured for the IPv6 VIP instead of the IPv4 one, and

@@ -6,178 +6,23 @@
 //! fences and drops the role; a restarted source resumes from its state file after one check; a
 //! demoting event fences at once.
 //!
-//! Needs root and Debian's postgresql-15, as `gate_postgres.rs` (whose helpers are copied here:
-//! integration tests are separate crates); without them it skips loudly, and under `CI=true` a
-//! skip is a failure. Every process it starts is stopped by PID, and the directory is removed.
+//! Needs root and Debian's postgresql-15, as `gate_postgres.rs` (both use `vip_tests::postgres`);
+//! without them it skips loudly, and under `CI=true` a skip is a failure. Every process it starts
+//! is stopped by PID, and the directory is removed.
 
 use std::{
-    os::unix::{fs::PermissionsExt as _, process::CommandExt as _},
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
     sync::{Arc, Mutex},
     time::Duration,
 };
 
-use nix::{
-    sys::signal::{Signal, kill},
-    unistd::{Pid, User, chown},
-};
 use tokio_util::sync::CancellationToken;
 use vip_agent::{
     clock::monotonic_ns,
     leader::{LeaderState, Reason, Via},
     repmgr::{EventRequest, Reply, RepmgrSettings, RepmgrSource, client},
 };
-
-/// Whether this test can run; a loud skip otherwise (a failure under CI).
-fn can_run(test: &str) -> Option<(User, PathBuf)> {
-    let reason = if !nix::unistd::geteuid().is_root() {
-        Some("needs root to run PostgreSQL as the postgres user".to_owned())
-    } else {
-        match (User::from_name("postgres"), postgres_bin()) {
-            (Ok(Some(user)), Some(bin)) => return Some((user, bin)),
-            _ => Some(
-                "PostgreSQL is not installed (cargo xtask setup installs postgresql-15)".to_owned(),
-            ),
-        }
-    };
-    let reason = reason.unwrap_or_default();
-    let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
-        || std::env::var("VIP_TESTS_REQUIRE_PRIVILEGES").is_ok_and(|v| v == "1");
-    assert!(
-        !ci,
-        "{test}: {reason}; privileged tests may not skip under CI"
-    );
-    eprintln!("SKIPPED {test}: {reason}");
-    None
-}
-
-/// The newest `/usr/lib/postgresql/<major>/bin`.
-fn postgres_bin() -> Option<PathBuf> {
-    let mut majors: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
-        .ok()?
-        .flatten()
-        .filter_map(|e| {
-            let major = e.file_name().to_str()?.parse().ok()?;
-            let bin = e.path().join("bin");
-            bin.join("postgres").is_file().then_some((major, bin))
-        })
-        .collect();
-    majors.sort();
-    majors.pop().map(|(_, bin)| bin)
-}
-
-/// A temporary directory owned by postgres, removed on drop.
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// A postmaster started by this test: fast shutdown (SIGINT) by PID on drop, SIGKILL if it lingers.
-struct Postmaster(Child);
-
-impl Drop for Postmaster {
-    fn drop(&mut self) {
-        let pid = Pid::from_raw(i32::try_from(self.0.id()).expect("pid"));
-        let _ = kill(pid, Signal::SIGINT);
-        for _ in 0..500 {
-            if matches!(self.0.try_wait(), Ok(Some(_))) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-struct Pg {
-    bin: PathBuf,
-    user: User,
-    dir: PathBuf,
-}
-
-impl Pg {
-    fn command(&self, program: &str) -> Command {
-        let mut cmd = Command::new(self.bin.join(program));
-        cmd.uid(self.user.uid.as_raw())
-            .gid(self.user.gid.as_raw())
-            .current_dir(&self.dir)
-            .env_clear()
-            .env("PATH", "/usr/bin:/bin")
-            .stdin(Stdio::null());
-        cmd
-    }
-
-    fn run(&self, program: &str, args: &[&str]) {
-        let out = self
-            .command(program)
-            .args(args)
-            .output()
-            .unwrap_or_else(|e| panic!("run {program}: {e}"));
-        assert!(
-            out.status.success(),
-            "{program} {args:?} failed: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
-    fn start(&self, data: &Path, port: u16) -> Postmaster {
-        let log = std::fs::File::create(self.dir.join(format!("{port}.log"))).expect("log");
-        let err = log.try_clone().expect("log");
-        let child = self
-            .command("postgres")
-            .args(["-D", data.to_str().expect("utf-8"), "-p", &port.to_string()])
-            .args(["-k", self.dir.to_str().expect("utf-8")])
-            .args(["-c", "listen_addresses=", "-c", "fsync=off"])
-            .stdout(log)
-            .stderr(err)
-            .spawn()
-            .expect("start postgres");
-        Postmaster(child)
-    }
-
-    fn dsn(&self, port: u16) -> String {
-        format!(
-            "host={} port={port} user=postgres dbname=postgres",
-            self.dir.display()
-        )
-    }
-}
-
-/// Connect (retrying while the server starts) and return the client.
-async fn connect(dsn: &str) -> tokio_postgres::Client {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        match tokio_postgres::connect(dsn, tokio_postgres::NoTls).await {
-            Ok((client, connection)) => {
-                tokio::spawn(async move {
-                    let _ = connection.await;
-                });
-                return client;
-            }
-            Err(e) => {
-                assert!(
-                    tokio::time::Instant::now() < deadline,
-                    "PostgreSQL at {dsn} did not come up: {e}"
-                );
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    }
-}
-
-async fn in_recovery(client: &tokio_postgres::Client) -> bool {
-    client
-        .query_one("SELECT pg_is_in_recovery()", &[])
-        .await
-        .expect("pg_is_in_recovery")
-        .get(0)
-}
+use vip_tests::postgres::{PgDir, connect, in_recovery, require_postgres};
 
 const CHECK: Duration = Duration::from_millis(200);
 const VALIDITY: Duration = Duration::from_millis(600);
@@ -274,37 +119,20 @@ impl Source {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn repmgr_role_follows_events_and_the_local_postgres() {
-    let Some((user, bin)) = can_run("repmgr_role_follows_events_and_the_local_postgres") else {
+    let Some(installation) = require_postgres("repmgr_role_follows_events_and_the_local_postgres")
+    else {
         return;
     };
-    let dir = TempDir(std::env::temp_dir().join(format!("vip-repmgr-pg-{}", std::process::id())));
-    std::fs::create_dir_all(&dir.0).expect("temp dir");
-    std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o700)).expect("chmod");
-    chown(&dir.0, Some(user.uid), Some(user.gid)).expect("chown");
-    let pg = Pg {
-        bin,
-        user,
-        dir: dir.0.clone(),
-    };
-    let port = 20_000 + u16::try_from(std::process::id() % 20_000).expect("port") + 7;
-    let data = dir.0.join("data");
-    pg.run(
-        "initdb",
-        &[
-            "-D",
-            data.to_str().expect("utf-8"),
-            "-U",
-            "postgres",
-            "--auth=trust",
-            "-N",
-        ],
-    );
+    let pg = PgDir::new(installation, "vip-repmgr-pg");
+    let port = pg.port();
+    let data = pg.path().join("data");
+    pg.initdb(&data);
     let mut server = Some(pg.start(&data, port));
     let client = connect(&pg.dsn(port)).await;
-    assert!(!in_recovery(&client).await);
+    assert!(!in_recovery(&client).await.expect("pg_is_in_recovery"));
     drop(client);
 
-    let source = Source::start(&dir.0, &pg.dsn(port));
+    let source = Source::start(pg.path(), &pg.dsn(port));
     // A primary PostgreSQL alone does not make this node answer: no role event yet.
     source
         .wait_for("the first check is published", |s| s.last().is_some())
@@ -357,13 +185,7 @@ async fn repmgr_role_follows_events_and_the_local_postgres() {
         .await;
 
     // Back, but in recovery (a standby): fenced, and the role is dropped.
-    std::fs::write(data.join("standby.signal"), "").expect("standby.signal");
-    chown(
-        &data.join("standby.signal"),
-        Some(pg.user.uid),
-        Some(pg.user.gid),
-    )
-    .expect("chown");
+    pg.mark_standby(&data);
     server = Some(pg.start(&data, port));
     source
         .wait_for("recovery seen", |s| {
@@ -377,16 +199,13 @@ async fn repmgr_role_follows_events_and_the_local_postgres() {
         })
         .await;
     let state_file =
-        std::fs::read_to_string(dir.0.join("agent").join("repmgr.state")).expect("state");
+        std::fs::read_to_string(pg.path().join("agent").join("repmgr.state")).expect("state");
     assert!(state_file.contains("role=not-primary"), "{state_file}");
     // Out of recovery without repmgr saying so: still fenced.
-    pg.run(
-        "pg_ctl",
-        &["promote", "-w", "-D", data.to_str().expect("utf-8")],
-    );
+    pg.promote_and_wait(&data);
     let client = connect(&pg.dsn(port)).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while in_recovery(&client).await {
+    while in_recovery(&client).await.expect("pg_is_in_recovery") {
         assert!(
             tokio::time::Instant::now() < deadline,
             "PostgreSQL never left recovery"
@@ -406,7 +225,7 @@ async fn repmgr_role_follows_events_and_the_local_postgres() {
 
     // A restarted source resumes from its state file, after one successful check.
     source.stop().await;
-    let source = Source::start(&dir.0, &pg.dsn(port));
+    let source = Source::start(pg.path(), &pg.dsn(port));
     assert!(!source.answering(), "nothing before the first check");
     source
         .wait_for("answering after a restart", Source::answering)
