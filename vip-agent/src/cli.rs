@@ -373,7 +373,7 @@ pub struct GenerateArgs {
 pub enum Generate {
     /// The man pages: vip-agent(8) to stdout, or with --out every page (one per subcommand too).
     Man {
-        /// Directory to write vip-agent.8 and vip-agent-<subcommand>.8 into.
+        /// Directory to write vip-agent.8 and vip-agent-SUBCOMMAND.8 into.
         #[arg(long, value_name = "DIR")]
         out: Option<PathBuf>,
     },

@@ -109,7 +109,7 @@ impl Notifier {
     /// they are replaced by spaces.
     ///
     /// # Errors
-    /// When the datagram cannot be sent (socket gone, queue full for [`SEND_TIMEOUT`], ...).
+    /// When the datagram cannot be sent (socket gone, queue full for the send timeout, ...).
     pub fn send(&self, assignments: &[(&str, &str)]) -> io::Result<()> {
         let Some(socket) = &self.socket else {
             return Ok(());
