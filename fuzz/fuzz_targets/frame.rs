@@ -33,8 +33,9 @@
 //!   src = target = the VIP, TLLA option with the entry's MAC, O set, R clear, S set unless the
 //!   solicitation came from `::`) to the SLLA MAC and source (or `ff02::1`), from the entry's MAC,
 //!   with the tag, length and trailing bytes unchanged;
-//! * a solicitation for a fenced IPv6 VIP is dropped, whatever its form, an advertisement for an
-//!   answering VIP from another MAC is a conflict, other IPv6 to a fenced VIP is dropped, and
+//! * a solicitation from an answering IPv6 VIP (not `::`) by another MAC is a conflict (before
+//!   anything else about it), a solicitation for a fenced IPv6 VIP is dropped, whatever its form, an
+//!   advertisement for an answering VIP from another MAC is a conflict, other IPv6 to a fenced VIP is dropped, and
 //!   nothing else about IPv6 is ever rewritten, dropped or counted.
 #![no_main]
 
@@ -302,6 +303,14 @@ fn answerable(f: &[u8], ip: &Ipv6) -> bool {
 fn check_ipv6(table: &Table, verdict: Verdict, original: &[u8], buf: &[u8], ip: &Ipv6) {
     let eth_src: [u8; 6] = arr(original, 6);
     let expected = match nd_message(original, ip) {
+        Some((NS, _))
+            if ip.src != [0; 16]
+                && table
+                    .answering6(&ip.src)
+                    .is_some_and(|s| s.mac != eth_src) =>
+        {
+            Verdict::new(Outcome::Conflict, VipKey::v6(ip.src))
+        }
         Some((NS, target)) if table.state6(&target).is_some() => {
             let vip = VipKey::v6(target);
             if table.answering6(&target).is_none() {

@@ -13,7 +13,8 @@
 //!     needed and the verifier sees constant offsets only;
 //!   * answering, any other form (more or other options, extension headers) -> passed: the
 //!     kernel, which holds the address while we answer, validates and answers it.
-//! * Neighbor Advertisement for a VIP we answer, from another MAC: [`Outcome::Conflict`] (pass).
+//! * Neighbor Advertisement for a VIP we answer, or a Neighbor Solicitation *from* it, from another
+//!   MAC: [`Outcome::Conflict`] (pass).
 //! * Any other IPv6 packet to a VIP while fenced: [`Outcome::DroppedIp`].
 //! * Everything else passes untouched. In particular an IPv4-mapped destination or target
 //!   (`::ffff:a.b.c.d`) is never looked up: it is the key of the IPv4 VIP `a.b.c.d`
@@ -123,6 +124,19 @@ fn neighbour_discovery<
     let icmp_type = nd[40];
     if icmp_type != ICMPV6_NS && icmp_type != ICMPV6_NA {
         return None;
+    }
+    if icmp_type == ICMPV6_NS {
+        // Another MAC soliciting *from* a VIP we hold uses it as its own address: someone else
+        // holds it too (the IPv6 counterpart of ARP's sender check). Pass, and count it.
+        let src = VipKey::v6(*part::<{ IPV6_HEADER_LEN + NS_MIN_LEN }, 8, 16>(nd)?);
+        if src.addr != [0; 16]
+            && !is_v4_mapped(&src.addr)
+            && let Some(state) = table.state(&src)
+            && eth_src != state.mac
+            && state.answering_at(table.now_ns())
+        {
+            return Some(Verdict::new(Outcome::Conflict, src));
+        }
     }
     let vip = VipKey::v6(*part::<{ IPV6_HEADER_LEN + NS_MIN_LEN }, 48, 16>(nd)?);
     if is_v4_mapped(&vip.addr) {

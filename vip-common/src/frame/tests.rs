@@ -1479,3 +1479,41 @@ fn nd_view_refuses_what_process_filters_before_it() {
     v4[14] = 0x45;
     assert_eq!(NdView::parse(&v4), None, "not IPv6");
 }
+
+#[test]
+fn ns_from_the_vip_by_another_mac_while_answering_is_a_conflict() {
+    // Another host resolving a neighbour from the VIP: it uses our address as its own.
+    let from_vip = |mac: [u8; 6], target: [u8; 16]| {
+        ns6(
+            BCAST,
+            mac,
+            VIP6,
+            solicited_node(&target),
+            target,
+            Some((1, mac)),
+        )
+    };
+    assert_untouched(
+        &Table::answering(),
+        from_vip(STRANGER_MAC, CLIENT6),
+        Verdict::new(Outcome::Conflict, key6(VIP6)),
+    );
+    // Checked before the target: a solicitation from the VIP for another VIP is the conflict too.
+    assert_untouched(
+        &Table::answering(),
+        from_vip(STRANGER_MAC, VIP6),
+        Verdict::new(Outcome::Conflict, key6(VIP6)),
+    );
+    // Fenced: the holder soliciting from the VIP is the expected state.
+    assert_untouched(
+        &Table::fenced(),
+        from_vip(STRANGER_MAC, CLIENT6),
+        Verdict::PASS,
+    );
+    // Our own MAC (a looped-back solicitation of our kernel): no conflict.
+    assert_untouched(
+        &Table::answering(),
+        from_vip(OUR_MAC, CLIENT6),
+        Verdict::PASS,
+    );
+}
