@@ -867,12 +867,7 @@ fn hooks(fields: &Fields, base: &HookConfig, diag: &mut Diag) -> HookConfig {
             diag.invalid(
                 &location,
                 &fields.full_key("hook-timeout"),
-                format!(
-                    "{} is out of range {}..={}",
-                    values::format_duration(d),
-                    values::format_duration(HOOK_TIMEOUT_MIN),
-                    values::format_duration(HOOK_TIMEOUT_MAX)
-                ),
+                values::duration_out_of_range(d, HOOK_TIMEOUT_MIN, HOOK_TIMEOUT_MAX),
             );
         }
     }
@@ -1096,12 +1091,7 @@ fn garp(top: &Fields, diag: &mut Diag) -> GarpConfig {
             diag.invalid(
                 &location,
                 "garp-interval",
-                format!(
-                    "{} is out of range {}..={}",
-                    values::format_duration(d),
-                    values::format_duration(GARP_INTERVAL_MIN),
-                    values::format_duration(GARP_INTERVAL_MAX)
-                ),
+                values::duration_out_of_range(d, GARP_INTERVAL_MIN, GARP_INTERVAL_MAX),
             );
         }
     }
@@ -1321,12 +1311,7 @@ fn gate(fields: &Fields, base: &GateConfig, diag: &mut Diag) -> GateConfig {
             diag.invalid(
                 &location,
                 &fields.full_key("promotion-gate-interval"),
-                format!(
-                    "{} is out of range {}..={}",
-                    values::format_duration(d),
-                    values::format_duration(GATE_INTERVAL_MIN),
-                    values::format_duration(GATE_INTERVAL_MAX)
-                ),
+                values::duration_out_of_range(d, GATE_INTERVAL_MIN, GATE_INTERVAL_MAX),
             );
         }
     }
@@ -1339,11 +1324,8 @@ fn gate(fields: &Fields, base: &GateConfig, diag: &mut Diag) -> GateConfig {
                 &location,
                 &fields.full_key("promotion-gate-timeout"),
                 format!(
-                    "{} is out of range {}..={} (to answer without waiting, set \
-                     `promotion-gate: off`)",
-                    values::format_duration(d),
-                    values::format_duration(GATE_TIMEOUT_MIN),
-                    values::format_duration(GATE_TIMEOUT_MAX)
+                    "{} (to answer without waiting, set `promotion-gate: off`)",
+                    values::duration_out_of_range(d, GATE_TIMEOUT_MIN, GATE_TIMEOUT_MAX)
                 ),
             );
         }

@@ -158,6 +158,16 @@ pub(super) fn parse_duration(input: &str) -> Result<Duration, String> {
     Ok(Duration::new(secs, nanos))
 }
 
+/// "`d` is out of range `min..=max`", the durations written as in the configuration.
+pub(super) fn duration_out_of_range(d: Duration, min: Duration, max: Duration) -> String {
+    format!(
+        "{} is out of range {}..={}",
+        format_duration(d),
+        format_duration(min),
+        format_duration(max)
+    )
+}
+
 /// Format a duration so that [`parse_duration`] reads it back exactly, in the largest unit that
 /// divides it.
 pub(super) fn format_duration(d: Duration) -> String {

@@ -503,17 +503,20 @@ fn malformed_ipv4_passes() {
     }
 }
 
+/// A table whose clock must not be read: frames that concern no VIP are judged without it.
+struct NoClock(Table);
+
+impl VipLookup for NoClock {
+    fn state(&self, vip: &VipKey) -> Option<VipState> {
+        self.0.state(vip)
+    }
+    fn now_ns(&self) -> u64 {
+        panic!("the clock must not be read for frames that concern no VIP")
+    }
+}
+
 #[test]
 fn time_is_read_only_for_vip_frames() {
-    struct NoClock(Table);
-    impl VipLookup for NoClock {
-        fn state(&self, vip: &VipKey) -> Option<VipState> {
-            self.0.state(vip)
-        }
-        fn now_ns(&self) -> u64 {
-            panic!("the clock must not be read for frames that concern no VIP")
-        }
-    }
     let t = NoClock(Table::answering());
     let mut f = ipv4(NODE_IP);
     assert_eq!(process(f.as_mut_slice(), &t), Verdict::PASS);
@@ -1087,15 +1090,6 @@ fn ns_for_a_non_vip_passes_untouched() {
 
 #[test]
 fn time_is_not_read_for_ipv6_frames_about_no_vip() {
-    struct NoClock(Table);
-    impl VipLookup for NoClock {
-        fn state(&self, vip: &VipKey) -> Option<VipState> {
-            self.0.state(vip)
-        }
-        fn now_ns(&self) -> u64 {
-            panic!("the clock must not be read for frames that concern no VIP")
-        }
-    }
     let t = NoClock(Table::answering());
     let mut f = client_ns(NODE6);
     assert_eq!(process(f.as_mut_slice(), &t), Verdict::PASS);

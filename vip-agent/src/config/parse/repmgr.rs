@@ -253,12 +253,7 @@ pub(super) fn parse(top: &Fields, top_gate: &GateConfig, diag: &mut Diag) -> Opt
             diag.invalid(
                 &location,
                 "repmgr-check-interval",
-                format!(
-                    "{} is out of range {}..={}",
-                    values::format_duration(d),
-                    values::format_duration(CHECK_INTERVAL_MIN),
-                    values::format_duration(CHECK_INTERVAL_MAX)
-                ),
+                values::duration_out_of_range(d, CHECK_INTERVAL_MIN, CHECK_INTERVAL_MAX),
             );
         }
     }
