@@ -22,8 +22,10 @@ pub struct ArpSeen {
     pub eth_dst: [u8; 6],
     pub eth_src: [u8; 6],
     pub arp: ArpView,
-    /// When it was read: kernel `CLOCK_MONOTONIC` ns (the clock of the agent's logs and of XDP).
+    /// When it arrived: kernel `CLOCK_MONOTONIC` ns (the clock of the agent's logs and of XDP).
     pub at_ns: u64,
+    /// Whether `at_ns` is the kernel's receive timestamp (else: when it was read).
+    pub kernel_stamped: bool,
 }
 
 /// An `AF_PACKET` socket bound to one interface for ARP.
@@ -87,7 +89,7 @@ impl ArpSocket {
     /// When receiving fails for another reason than the timeout.
     pub fn recv_until(&self, deadline: Instant) -> io::Result<Vec<ArpSeen>> {
         let mut seen = Vec::new();
-        recv_each(&self.fd, deadline, |frame, at_ns| {
+        recv_each(&self.fd, deadline, |frame, at_ns, kernel_stamped| {
             if let Some(frame) = frame.first_chunk::<ARP_FRAME_LEN>()
                 && let Some(arp) = ArpView::parse(frame)
             {
@@ -100,6 +102,7 @@ impl ArpSocket {
                     eth_src,
                     arp,
                     at_ns,
+                    kernel_stamped,
                 });
             }
         })?;
@@ -170,17 +173,21 @@ impl ArpSocket {
     }
 }
 
-/// Hand every frame that arrives on `fd` until `deadline` to `each`, with the kernel monotonic time
-/// it was read at.
+/// Hand every frame that arrives on `fd` until `deadline` to `each`, with the time it arrived in
+/// kernel monotonic ns and whether that time is the kernel's: its receive timestamp
+/// (`SO_TIMESTAMPNS`, which [`packet_socket`] turns on) moved from `CLOCK_REALTIME` to
+/// `CLOCK_MONOTONIC`, or the time it was read when a frame carries no timestamp.
 ///
 /// # Errors
 /// When polling or receiving fails for another reason than a timeout or an interruption.
 pub(crate) fn recv_each(
     fd: &OwnedFd,
     deadline: Instant,
-    mut each: impl FnMut(&[u8], u64),
+    mut each: impl FnMut(&[u8], u64, bool),
 ) -> io::Result<()> {
     let mut buf = [0u8; 1600];
+    // Room for one cmsghdr + timespec, aligned for cmsghdr.
+    let mut control = [0u64; 8];
     loop {
         let now = Instant::now();
         if now >= deadline {
@@ -204,15 +211,18 @@ pub(crate) fn recv_each(
         if rc == 0 {
             continue;
         }
-        // SAFETY: buffer valid for its length.
-        let n = unsafe {
-            libc::recv(
-                fd.as_raw_fd(),
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-                libc::MSG_DONTWAIT,
-            )
+        let mut iov = libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
         };
+        // SAFETY: an all-zero msghdr is valid; the pointers set below outlive the call.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_iov = &raw mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = size_of_val(&control);
+        // SAFETY: msg points at a buffer and a control buffer valid for their lengths.
+        let n = unsafe { libc::recvmsg(fd.as_raw_fd(), &raw mut msg, libc::MSG_DONTWAIT) };
         if n < 0 {
             let e = io::Error::last_os_error();
             if matches!(
@@ -223,10 +233,48 @@ pub(crate) fn recv_each(
             }
             return Err(e);
         }
-        let at_ns = monotonic_ns();
+        let read_ns = monotonic_ns();
+        let stamp = kernel_timestamp(&msg);
+        let at_ns = stamp.map_or(read_ns, |real| realtime_to_monotonic(real, read_ns));
         let len = usize::try_from(n).unwrap_or(0);
-        each(&buf[..len.min(buf.len())], at_ns);
+        each(&buf[..len.min(buf.len())], at_ns, stamp.is_some());
     }
+}
+
+/// The `SCM_TIMESTAMPNS` of a received message, in `CLOCK_REALTIME` ns.
+fn kernel_timestamp(msg: &libc::msghdr) -> Option<u64> {
+    // SAFETY: msg was filled by recvmsg; the CMSG_* macros stay within msg_controllen.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(msg);
+        while !cmsg.is_null() {
+            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_TIMESTAMPNS
+            {
+                let ts: libc::timespec = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast());
+                let secs = u64::try_from(ts.tv_sec).ok()?;
+                let nanos = u64::try_from(ts.tv_nsec).ok()?;
+                return Some(secs * 1_000_000_000 + nanos);
+            }
+            cmsg = libc::CMSG_NXTHDR(msg, cmsg);
+        }
+    }
+    None
+}
+
+/// A `CLOCK_REALTIME` time `real_ns` shortly before `mono_now_ns`, in `CLOCK_MONOTONIC` ns: the
+/// offset between the clocks is read now, next to the receive, so a slewing or stepped wall clock
+/// moves only that offset's reading, not the span since the frame arrived. A timestamp that would
+/// lie in the future (a step between the two reads) is clamped to now.
+fn realtime_to_monotonic(real_ns: u64, mono_now_ns: u64) -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid out pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &raw mut ts) };
+    let real_now = u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000
+        + u64::try_from(ts.tv_nsec).unwrap_or(0);
+    let age = real_now.saturating_sub(real_ns);
+    mono_now_ns.saturating_sub(age)
 }
 
 pub(crate) fn interface_mac(fd: &OwnedFd, ifname: &str) -> io::Result<[u8; 6]> {
@@ -277,6 +325,20 @@ pub(crate) fn packet_socket(ifname: &str, protocol: u16) -> io::Result<(OwnedFd,
     }
     // SAFETY: fresh descriptor owned by nobody else.
     let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    let on: libc::c_int = 1;
+    // SAFETY: an int option of the right size.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_TIMESTAMPNS,
+            (&raw const on).cast(),
+            size_of::<libc::c_int>() as u32,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
     let addr = sockaddr_ll(ifindex, protocol);
     // SAFETY: addr is a valid sockaddr_ll of the given size.
     let rc = unsafe {
@@ -299,4 +361,43 @@ pub(crate) fn sockaddr_ll(ifindex: i32, protocol: u16) -> libc::sockaddr_ll {
     addr.sll_protocol = protocol.to_be();
     addr.sll_ifindex = ifindex;
     addr
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn realtime_ns() -> u64 {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: valid out pointer.
+        unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &raw mut ts) };
+        u64::try_from(ts.tv_sec).expect("after 1970") * 1_000_000_000
+            + u64::try_from(ts.tv_nsec).expect("nanoseconds")
+    }
+
+    #[test]
+    fn a_wall_clock_timestamp_keeps_its_age_on_the_monotonic_clock() {
+        let age = 5_000_000;
+        let stamped = realtime_ns() - age;
+        let mono_now = monotonic_ns();
+        let converted = realtime_to_monotonic(stamped, mono_now);
+        // The two clock reads inside lie microseconds apart; the age must survive within 1 ms.
+        let seen_age = mono_now - converted;
+        assert!(
+            (age..age + 1_000_000).contains(&seen_age),
+            "a frame stamped 5 ms ago converted to {seen_age} ns ago"
+        );
+    }
+
+    #[test]
+    fn a_timestamp_from_the_future_is_clamped_to_now() {
+        let mono_now = monotonic_ns();
+        assert_eq!(
+            realtime_to_monotonic(realtime_ns() + 10_000_000_000, mono_now),
+            mono_now
+        );
+    }
 }

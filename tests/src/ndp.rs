@@ -83,7 +83,7 @@ impl NdpSocket {
     /// When receiving fails.
     pub fn recv_advertisements_until(&self, deadline: Instant) -> io::Result<Vec<NaSeen>> {
         let mut seen = Vec::new();
-        recv_each(&self.fd, deadline, |frame, at_ns| {
+        recv_each(&self.fd, deadline, |frame, at_ns, _| {
             if let Some(f) = frame.first_chunk::<ND_FRAME_LEN>()
                 && let Some(na) = NdView::parse(f)
                 && na.icmp_type == ICMPV6_NA
