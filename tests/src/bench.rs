@@ -23,7 +23,7 @@
 use std::{
     fs::File,
     io::{Read as _, Write as _},
-    net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket},
+    net::{Ipv4Addr, SocketAddr, TcpStream},
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
     path::{Path, PathBuf},
     sync::{
@@ -49,6 +49,11 @@ pub enum System {
     VipManager {
         interval_ms: u32,
     },
+    /// keepalived 2.2 (VRRP) whose `vrrp_script` checks the leader key every `interval_s` seconds
+    /// (see [`Cluster::start_keepalived`]).
+    Keepalived {
+        interval_s: u32,
+    },
 }
 
 impl System {
@@ -58,7 +63,17 @@ impl System {
         match self {
             Self::VipAgent => "vip-agent".to_owned(),
             Self::VipManager { interval_ms } => format!("vip-manager 1.0.2 ({interval_ms} ms)"),
+            Self::Keepalived { interval_s } => {
+                format!("keepalived 2.2.7 (check every {interval_s} s)")
+            }
         }
+    }
+
+    /// Whether this system follows the etcd v3 key (vip-agent, keepalived's `etcdctl` check) rather
+    /// than the v2 key (Debian's vip-manager 1.0.2).
+    #[must_use]
+    pub const fn v3(self) -> bool {
+        !matches!(self, Self::VipManager { .. })
     }
 
     /// How long after t0 a trial keeps probing: long enough for the slowest expected takeover.
@@ -68,6 +83,12 @@ impl System {
             Self::VipManager { interval_ms } => {
                 Duration::from_millis(u64::from(*interval_ms) * 2 + 800)
             }
+            // One check interval until the new holder's check passes, then VRRP's master-down
+            // interval (3 x advert_int + skew, 3.6 s at advert_int 1 s) when no advertisement
+            // of priority 0 came, plus slack.
+            Self::Keepalived { interval_s } => {
+                Duration::from_millis(u64::from(*interval_s) * 1000 + 4400)
+            }
         }
     }
 
@@ -76,6 +97,7 @@ impl System {
         match self {
             Self::VipAgent => cluster.start_agent(i),
             Self::VipManager { interval_ms } => cluster.start_vip_manager(i, interval_ms),
+            Self::Keepalived { interval_s } => cluster.start_keepalived(i, interval_s),
         }
     }
 }
@@ -103,6 +125,16 @@ pub struct Trial {
     pub client_switch_ns: Option<u64>,
     /// The client's entry held the old holder's MAC before t0 (the trial started from a clean state).
     pub client_had_old_mac: bool,
+    /// The application client's echo (ICMP echo request to the VIP every millisecond, sent by its
+    /// kernel to the MAC its neighbour entry holds): the last reply from the old holder's MAC
+    /// after t0 (`None`: it had stopped before t0) ...
+    pub echo_last_old_ns: Option<u64>,
+    /// ... the first reply from the new holder's MAC ...
+    pub echo_first_new_ns: Option<u64>,
+    /// ... and the echo requests sent from t0 to the end of the window that nobody answered,
+    /// of `echo_sent`.
+    pub echo_lost: usize,
+    pub echo_sent: usize,
 }
 
 impl Trial {
@@ -163,6 +195,8 @@ const PROBE_INTERVAL: Duration = Duration::from_millis(1);
 const MAX_PROBES: usize = 60_000;
 /// Probing before the change, so the trial shows the state before it.
 const LEAD_IN: Duration = Duration::from_millis(50);
+/// Upper bound of the random pause added to [`LEAD_IN`] before a switchover (uniform, ms).
+pub const JITTER_MS: u64 = 100;
 /// After the holder is in place: lets its agent confirm against a renewed lease.
 const SETTLE: Duration = Duration::from_secs(1);
 /// Probing after the awaited reply.
@@ -211,7 +245,7 @@ impl EtcdAccess {
 impl Keys {
     fn new(cluster: &Cluster, system: System) -> Self {
         let leases = match system {
-            System::VipAgent => cluster.etcd(async |c| {
+            System::VipAgent | System::Keepalived { .. } => cluster.etcd(async |c| {
                 let a = c.lease_grant(LEASE_TTL, None).await.expect("lease").id();
                 let b = c.lease_grant(LEASE_TTL, None).await.expect("lease").id();
                 [a, b]
@@ -225,7 +259,7 @@ impl Keys {
     fn switch(&self, cluster: &Cluster, from: &str, to: &str, to_index: usize) -> (u64, u64, u64) {
         let key = cluster.key.as_str();
         match self.system {
-            System::VipAgent => {
+            System::VipAgent | System::Keepalived { .. } => {
                 let lease = self.leases[to_index];
                 cluster.etcd(async |c| {
                     let t0 = monotonic_ns();
@@ -273,7 +307,7 @@ impl Keys {
     fn hold(&self, cluster: &Cluster, current: &str, name: &str, ttl_s: i64) -> Held {
         let key = cluster.key.as_str();
         match self.system {
-            System::VipAgent => cluster.etcd(async |c| {
+            System::VipAgent | System::Keepalived { .. } => cluster.etcd(async |c| {
                 cluster::release(c, key, current).await;
                 let lease = c.lease_grant(ttl_s, None).await.expect("lease").id();
                 let revision = cluster::acquire(c, key, name, lease)
@@ -327,7 +361,7 @@ impl Keys {
             }
         };
         match self.system {
-            System::VipAgent => {
+            System::VipAgent | System::Keepalived { .. } => {
                 let runtime = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()
@@ -396,7 +430,7 @@ impl Keys {
         let key = cluster.key.as_str();
         let limit = Duration::from_secs(u64::try_from(held.ttl_s).unwrap_or(3) + 10);
         match self.system {
-            System::VipAgent => {
+            System::VipAgent | System::Keepalived { .. } => {
                 let lease = self.leases[index];
                 cluster.etcd(async |c| {
                     let options =
@@ -750,6 +784,11 @@ fn current_holder(cluster: &Cluster) -> usize {
 struct Seen {
     neighbour: Vec<(u64, [u8; 6])>,
     garps: Vec<(u64, [u8; 6])>,
+    /// Echo requests the client sent: (time, sequence number).
+    echo_sent: Vec<(u64, u16)>,
+    /// Echo replies from the VIP on the client's interface: (kernel receive time, source MAC,
+    /// sequence number).
+    echo_replies: Vec<(u64, [u8; 6], u16)>,
 }
 
 /// Watches the application client while `running`.
@@ -758,8 +797,11 @@ struct Observer {
     running: AtomicBool,
 }
 
-/// UDP "discard": nothing listens there; the kernel's traffic only has to resolve the VIP.
-const DISCARD_PORT: u16 = 9;
+/// How long an echo reply may take before its request counts as lost (see [`Trial::echo_lost`]).
+const ECHO_GRACE_NS: u64 = 20_000_000;
+
+/// The identifier of the client's ICMP echo requests.
+const ECHO_ID: u16 = 0x7669;
 
 impl Observer {
     fn new() -> Self {
@@ -773,22 +815,39 @@ impl Observer {
         self.seen.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The client's kernel sends a UDP datagram to the VIP every millisecond (so it keeps a
-    /// neighbour entry for it, as a database client does) while this thread records every
-    /// neighbour update for the VIP from netlink.
+    /// The client's kernel sends an ICMP echo request to the VIP every millisecond, with a
+    /// sequence number (so it keeps a neighbour entry for it and its packets go where a database
+    /// client's would), while this thread records every neighbour update for the VIP from
+    /// netlink. The replies are captured by [`Self::capture_echo_replies`].
     fn watch_neighbours(&self, app_ns: &Path, vip: Ipv4Addr) {
         enter(app_ns);
         let netlink = neighbour_socket().expect("netlink socket for neighbour events");
-        let udp = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).expect("UDP socket");
-        udp.set_nonblocking(true).expect("non-blocking UDP");
-        let dst = SocketAddr::from((vip, DISCARD_PORT));
+        let icmp = echo_socket().expect("raw ICMP socket");
+        let dst = sockaddr_in(vip);
         let mut buf = vec![0u8; 1 << 16];
         let mut next_send = Instant::now();
+        let mut seq: u16 = 0;
         while self.running.load(Ordering::Relaxed) {
             let now = Instant::now();
             if now >= next_send {
-                // Errors (no neighbour yet, ICMP) do not matter: only the entry does.
-                let _ = udp.send_to(&[0; 8], dst);
+                seq = seq.wrapping_add(1);
+                let request = echo_request(ECHO_ID, seq);
+                let sent = monotonic_ns();
+                // SAFETY: buffer and sockaddr_in valid for their lengths.
+                let rc = unsafe {
+                    libc::sendto(
+                        icmp.as_raw_fd(),
+                        request.as_ptr().cast(),
+                        request.len(),
+                        libc::MSG_DONTWAIT,
+                        (&raw const dst).cast(),
+                        size_of::<libc::sockaddr_in>() as u32,
+                    )
+                };
+                // A failed send (no neighbour yet) is not a request on the wire.
+                if rc >= 0 {
+                    self.seen().echo_sent.push((sent, seq));
+                }
                 next_send = (next_send + PROBE_INTERVAL).max(now);
             }
             let wait = next_send.saturating_duration_since(Instant::now());
@@ -847,6 +906,29 @@ impl Observer {
         }
     }
 
+    /// Record every ICMP echo reply from the VIP to [`ECHO_ID`] on the client's interface, with
+    /// the kernel's receive time and the MAC that sent it.
+    fn capture_echo_replies(&self, app_ns: &Path, ifname: &str, vip: Ipv4Addr) {
+        enter(app_ns);
+        let (fd, _) = crate::arp::packet_socket(ifname, ETH_P_IP).expect("IPv4 capture socket");
+        while self.running.load(Ordering::Relaxed) {
+            let mut replies = Vec::new();
+            crate::arp::recv_each(
+                &fd,
+                Instant::now() + Duration::from_millis(5),
+                |frame, at, _| {
+                    if let Some((mac, seq)) = echo_reply(frame, vip, ECHO_ID) {
+                        replies.push((at, mac, seq));
+                    }
+                },
+            )
+            .expect("capture echo replies");
+            if !replies.is_empty() {
+                self.seen().echo_replies.extend(replies);
+            }
+        }
+    }
+
     /// Wait (up to 5 s) until the client's kernel has an entry for the VIP.
     fn wait_for_entry(&self) {
         let until = Instant::now() + Duration::from_secs(5);
@@ -858,6 +940,101 @@ impl Observer {
             std::thread::sleep(Duration::from_millis(10));
         }
     }
+}
+
+const ETH_P_IP: u16 = 0x0800;
+
+/// A raw ICMP socket (the kernel builds the IPv4 header) that receives nothing: replies are read
+/// from the wire with their source MAC instead.
+fn echo_socket() -> std::io::Result<OwnedFd> {
+    // SAFETY: plain socket(2); checked below.
+    let raw = unsafe {
+        libc::socket(
+            libc::AF_INET,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            libc::IPPROTO_ICMP,
+        )
+    };
+    if raw < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fresh descriptor owned by nobody else.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    // ICMP_FILTER (linux/icmp.h): a set bit drops that ICMP type; drop all of them.
+    const ICMP_FILTER: libc::c_int = 1;
+    let filter: u32 = u32::MAX;
+    // SAFETY: a u32 option of the right size.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_RAW,
+            ICMP_FILTER,
+            (&raw const filter).cast(),
+            size_of::<u32>() as u32,
+        )
+    };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(fd)
+}
+
+fn sockaddr_in(ip: Ipv4Addr) -> libc::sockaddr_in {
+    libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: 0,
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(ip).to_be(),
+        },
+        sin_zero: [0; 8],
+    }
+}
+
+/// An ICMP echo request (type 8) with `id` and `seq` and 8 bytes of payload.
+#[must_use]
+pub fn echo_request(id: u16, seq: u16) -> [u8; 16] {
+    let mut msg = [0u8; 16];
+    msg[0] = 8;
+    msg[4..6].copy_from_slice(&id.to_be_bytes());
+    msg[6..8].copy_from_slice(&seq.to_be_bytes());
+    msg[8..].copy_from_slice(b"vipbench");
+    let sum = internet_checksum(&msg);
+    msg[2..4].copy_from_slice(&sum.to_be_bytes());
+    msg
+}
+
+/// The Internet checksum (RFC 1071) of `data`.
+fn internet_checksum(data: &[u8]) -> u16 {
+    let mut sum: u32 = data
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], c.get(1).copied().unwrap_or(0)])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !u16::try_from(sum).unwrap_or(0)
+}
+
+/// The source MAC and sequence number of `frame` when it is an ICMP echo reply (type 0) from
+/// `vip` with identifier `id` (Ethernet II, IPv4 with any header length, no VLAN tag).
+#[must_use]
+pub fn echo_reply(frame: &[u8], vip: Ipv4Addr, id: u16) -> Option<([u8; 6], u16)> {
+    let ethertype = u16::from_be_bytes([*frame.get(12)?, *frame.get(13)?]);
+    let ip = frame.get(14..)?;
+    let ihl = usize::from(ip.first()? & 0x0f) * 4;
+    if ethertype != ETH_P_IP || ip[0] >> 4 != 4 || ihl < 20 || *ip.get(9)? != 1 {
+        return None;
+    }
+    if ip.get(12..16)? != vip.octets() {
+        return None;
+    }
+    let icmp = ip.get(ihl..ihl + 8)?;
+    if icmp[0] != 0 || icmp[1] != 0 || u16::from_be_bytes([icmp[4], icmp[5]]) != id {
+        return None;
+    }
+    let mut mac = [0u8; 6];
+    mac.copy_from_slice(&frame[6..12]);
+    Some((mac, u16::from_be_bytes([icmp[6], icmp[7]])))
 }
 
 /// A netlink socket subscribed to neighbour-table changes, in the calling thread's namespace.
@@ -965,6 +1142,7 @@ fn switchovers_on(bed: &Bed, trials: usize) -> Vec<Trial> {
         let _stop = StopOnDrop(&observer.running);
         s.spawn(|| observer.watch_neighbours(&app_ns, cluster.vip));
         s.spawn(|| observer.capture_garps(&app_ns, &bed.app.ifname, cluster.vip));
+        s.spawn(|| observer.capture_echo_replies(&app_ns, &bed.app.ifname, cluster.vip));
         observer.wait_for_entry();
         let mut results = Vec::new();
         for n in 0..=trials {
@@ -985,7 +1163,9 @@ fn one_switchover(bed: &Bed, keys: &Keys, from: usize, to: usize, observer: &Obs
     let (old_mac, new_mac) = (cluster.nodes[from].host.mac, cluster.nodes[to].host.mac);
     let window = bed.system.window();
     let (times, probes) = probing(&ProbeTarget::of(cluster), |_| {
-        std::thread::sleep(LEAD_IN);
+        // A random extra pause, so t0 takes no fixed phase against a poller's timer (vip-manager
+        // polls every interval, keepalived checks every second).
+        std::thread::sleep(LEAD_IN + Duration::from_millis(fastrand::u64(0..=JITTER_MS)));
         let times = keys.switch(
             cluster,
             &cluster.nodes[from].name,
@@ -1009,6 +1189,25 @@ fn one_switchover(bed: &Bed, keys: &Keys, from: usize, to: usize, observer: &Obs
             .map(|(t, _)| rel(*t))
             .min()
     };
+    // Echo requests sent from t0 until the window closed (the last few milliseconds excluded, so a
+    // reply still in flight at the end does not count as lost), and those nobody answered.
+    let window_end = t0 + u64::try_from(window.as_nanos()).unwrap_or(u64::MAX);
+    let sent_in_window: Vec<u16> = seen
+        .echo_sent
+        .iter()
+        .filter(|(t, _)| *t >= t0 && *t + ECHO_GRACE_NS <= window_end)
+        .map(|(_, q)| *q)
+        .collect();
+    let answered: std::collections::HashSet<u16> = seen
+        .echo_replies
+        .iter()
+        .filter(|(t, _, _)| *t >= t0)
+        .map(|(_, _, q)| *q)
+        .collect();
+    let echo_lost = sent_in_window
+        .iter()
+        .filter(|q| !answered.contains(q))
+        .count();
     // The MAC the client's entry held before t0: a switch counts only from another MAC.
     let before = seen
         .neighbour
@@ -1038,6 +1237,20 @@ fn one_switchover(bed: &Bed, keys: &Keys, from: usize, to: usize, observer: &Obs
             .then(|| first_from_new(&seen.neighbour))
             .flatten(),
         client_had_old_mac: before == Some(old_mac),
+        echo_last_old_ns: seen
+            .echo_replies
+            .iter()
+            .filter(|(t, m, _)| *t >= t0 && *m == old_mac)
+            .map(|(t, _, _)| rel(*t))
+            .max(),
+        echo_first_new_ns: seen
+            .echo_replies
+            .iter()
+            .filter(|(t, m, _)| *t >= t0 && *m == new_mac)
+            .map(|(t, _, _)| rel(*t))
+            .min(),
+        echo_lost,
+        echo_sent: sent_in_window.len(),
     }
 }
 
@@ -1273,7 +1486,7 @@ pub fn kills(bed: &mut Bed, trials: usize) -> Vec<Kill> {
 fn one_kill(bed: &mut Bed, keys: &Keys, current: usize, node: usize) -> Kill {
     let system = bed.system;
     let ttl = match system {
-        System::VipAgent => HELD_TTL_S,
+        System::VipAgent | System::Keepalived { .. } => HELD_TTL_S,
         System::VipManager { .. } => V2_TTL,
     };
     let name = bed.cluster.nodes[node].name.clone();
@@ -1286,7 +1499,9 @@ fn one_kill(bed: &mut Bed, keys: &Keys, current: usize, node: usize) -> Kill {
     let window = Duration::from_secs(u64::try_from(HELD_TTL_S).unwrap_or(5));
     let restart_window = match system {
         System::VipAgent => Duration::from_secs(1),
-        System::VipManager { .. } => system.window() + Duration::from_millis(200),
+        System::VipManager { .. } | System::Keepalived { .. } => {
+            system.window() + Duration::from_millis(200)
+        }
     };
     std::thread::scope(|s| {
         let _stop = StopOnDrop(&renewing);
@@ -1423,7 +1638,7 @@ fn one_etcd_outage(
 ) -> EtcdOutage {
     let system = bed.system;
     let ttl = match system {
-        System::VipAgent => shape.lease_ttl_s,
+        System::VipAgent | System::Keepalived { .. } => shape.lease_ttl_s,
         System::VipManager { .. } => V2_TTL,
     };
     let name = bed.cluster.nodes[node].name.clone();
@@ -1500,7 +1715,7 @@ pub fn idle_usage(cluster: &mut Cluster, window: Duration) -> Vec<Usage> {
     let pids: Vec<i32> = (0..cluster.nodes.len())
         .map(|i| cluster.agent(i).pid())
         .collect();
-    let before: Vec<u64> = pids.iter().map(|&p| cpu_ticks(p)).collect();
+    let before: Vec<u64> = pids.iter().map(|&p| tree_cpu_ticks(p)).collect();
     let started = std::time::Instant::now();
     std::thread::sleep(window);
     let window_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
@@ -1512,27 +1727,51 @@ pub fn idle_usage(cluster: &mut Cluster, window: Duration) -> Vec<Usage> {
     pids.iter()
         .zip(before)
         .map(|(&pid, b)| Usage {
-            cpu_ms: (cpu_ticks(pid) - b) * 1000 / hz,
+            cpu_ms: tree_cpu_ticks(pid).saturating_sub(b) * 1000 / hz,
             window_ms,
-            rss_kib: rss_kib(pid),
+            rss_kib: tree_rss_kib(pid),
         })
         .collect()
 }
 
-/// utime + stime of `pid`, in clock ticks (`/proc/<pid>/stat` fields 14 and 15).
+/// `pid` and its descendants (keepalived's VRRP child; vip-agent and vip-manager have none).
+fn process_tree(pid: i32) -> Vec<i32> {
+    let mut all = vec![pid];
+    let mut next = 0;
+    while let Some(&p) = all.get(next) {
+        all.extend(cluster::children_of(p));
+        next += 1;
+    }
+    all
+}
+
+/// CPU time of `pid`'s process tree in clock ticks: each process's utime + stime + the times of
+/// its reaped children (`/proc/<pid>/stat` fields 14 to 17), so the check scripts keepalived runs
+/// and reaps count too.
+fn tree_cpu_ticks(pid: i32) -> u64 {
+    process_tree(pid).into_iter().map(cpu_ticks).sum()
+}
+
+/// `VmRSS` of `pid`'s process tree in KiB.
+fn tree_rss_kib(pid: i32) -> u64 {
+    process_tree(pid).into_iter().map(rss_kib).sum()
+}
+
+/// utime + stime + cutime + cstime of `pid`, in clock ticks (`/proc/<pid>/stat` fields 14 to 17;
+/// 0 once it is gone).
 fn cpu_ticks(pid: i32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read /proc/<pid>/stat");
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // The command name (field 2) may hold spaces: count fields after its closing parenthesis.
     let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
     let fields: Vec<&str> = rest.split_whitespace().collect();
     let field = |n: usize| -> u64 { fields.get(n - 3).and_then(|f| f.parse().ok()).unwrap_or(0) };
-    field(14) + field(15)
+    field(14) + field(15) + field(16) + field(17)
 }
 
 /// `VmRSS` of `pid` in KiB.
 fn rss_kib(pid: i32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .expect("read /proc/<pid>/status")
+        .unwrap_or_default()
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
@@ -1737,6 +1976,67 @@ mod tests {
         msg.extend_from_slice(&[0; 10]); // flags, seq, pid
         msg.extend_from_slice(&body);
         msg
+    }
+
+    /// An Ethernet frame carrying an IPv4 ICMP message from `src` (20-byte header, no options).
+    fn icmp_frame(mac: [u8; 6], src: Ipv4Addr, icmp: &[u8]) -> Vec<u8> {
+        let mut f = vec![0xaa; 6];
+        f.extend(mac);
+        f.extend([0x08, 0x00, 0x45, 0, 0, 0, 0, 0, 0, 0, 64, 1, 0, 0]);
+        f.extend(src.octets());
+        f.extend([10, 77, 1, 8]);
+        f.extend(icmp);
+        f
+    }
+
+    #[test]
+    fn echo_request_checksum_verifies() {
+        let msg = echo_request(0x7669, 513);
+        assert_eq!(&msg[..2], &[8, 0], "echo request, code 0");
+        assert_eq!(
+            &msg[4..8],
+            &[0x76, 0x69, 2, 1],
+            "id and sequence, big endian"
+        );
+        // Summing a message with its checksum in place gives 0xffff, so its complement is 0.
+        assert_eq!(internet_checksum(&msg), 0);
+        // RFC 1071's example: 0001 f203 f4f5 f6f7 sums to ddf2, checksum 220d.
+        assert_eq!(
+            internet_checksum(&[0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7]),
+            0x220d
+        );
+    }
+
+    #[test]
+    fn echo_replies_are_matched_by_source_type_and_id() {
+        let vip = Ipv4Addr::new(10, 77, 1, 100);
+        let mac = [2, 0, 0, 0, 0, 11];
+        let mut reply = echo_request(0x7669, 7);
+        reply[0] = 0;
+        let frame = icmp_frame(mac, vip, &reply);
+        assert_eq!(echo_reply(&frame, vip, 0x7669), Some((mac, 7)));
+        assert_eq!(echo_reply(&frame, vip, 0x1234), None, "another id");
+        assert_eq!(
+            echo_reply(&frame, Ipv4Addr::new(10, 77, 1, 11), 0x7669),
+            None,
+            "from another address"
+        );
+        let request = icmp_frame(mac, vip, &echo_request(0x7669, 7));
+        assert_eq!(echo_reply(&request, vip, 0x7669), None, "a request");
+        assert_eq!(
+            echo_reply(&frame[..frame.len() - 9], vip, 0x7669),
+            None,
+            "truncated"
+        );
+        let mut udp = frame.clone();
+        udp[14 + 9] = 17;
+        assert_eq!(echo_reply(&udp, vip, 0x7669), None, "not ICMP");
+        // IPv4 options move the ICMP header.
+        let mut with_options = frame[..34].to_vec();
+        with_options[14] = 0x46;
+        with_options.extend([1, 1, 1, 0]);
+        with_options.extend(&reply);
+        assert_eq!(echo_reply(&with_options, vip, 0x7669), Some((mac, 7)));
     }
 
     #[test]

@@ -489,12 +489,98 @@ impl Cluster {
         agent.wait_timeout(Duration::from_secs(10))
     }
 
-    /// Kill node `i`'s agent with SIGKILL.
+    /// Kill node `i`'s agent with SIGKILL, as a crash or the OOM killer would, together with any
+    /// processes it forked (keepalived's VRRP child): the process is stopped first so it cannot
+    /// restart a child or clean up after it, then its children and itself are killed.
     pub fn kill_agent(&mut self, i: usize) {
+        use nix::sys::signal::Signal;
         if let Some(mut agent) = self.nodes[i].agent.take() {
-            agent.signal(nix::sys::signal::Signal::SIGKILL);
+            agent.signal(Signal::SIGSTOP);
+            let children = children_of(agent.pid());
+            if !children.is_empty() {
+                // Orphans are then re-parented to this process, which reaps them below: a zombie
+                // would keep its PID "running" for keepalived's pid-file check on the restart.
+                // SAFETY: prctl with integer arguments only.
+                unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+            }
+            for &child in &children {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child), Signal::SIGKILL);
+            }
+            agent.signal(Signal::SIGKILL);
             let _ = agent.wait_timeout(Duration::from_secs(5));
+            for child in children {
+                reap(child, Duration::from_secs(2));
+            }
         }
+    }
+
+    /// Start keepalived 2.2 on node `i` instead of the agent, as a Patroni + keepalived setup runs
+    /// it: one VRRP instance for the VIP at keepalived's defaults (advertisements every 1 s,
+    /// both nodes priority 100, preemption on), and a `vrrp_script` run every `interval_s` seconds
+    /// (keepalived's default and smallest: 1) that succeeds while the leader key holds this node's
+    /// name (read with `etcdctl`, 1 s dial and command timeouts). While the check fails the
+    /// instance is in FAULT and holds no address; keepalived then sends gratuitous ARPs itself
+    /// when it becomes MASTER.
+    ///
+    /// # Panics
+    /// When its files cannot be written or it cannot be started.
+    pub fn start_keepalived(&mut self, i: usize, interval_s: u32) {
+        use std::os::unix::fs::PermissionsExt as _;
+        let node = &mut self.nodes[i];
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(&node.log)
+            .expect("log");
+        let base = self.dir.join(format!("{}-keepalived", node.name));
+        std::fs::create_dir_all(&base).expect("keepalived dir");
+        let check = base.join("is-leader");
+        std::fs::write(
+            &check,
+            format!(
+                "#!/bin/sh
+                 v=$(ETCDCTL_API=3 etcdctl --endpoints={} --dial-timeout=1s --command-timeout=1s \
+                   get --print-value-only {}) || exit 1
+                 [ \"$v\" = \"{}\" ]
+",
+                self.endpoints.join(","),
+                self.key,
+                node.name
+            ),
+        )
+        .expect("write the keepalived check");
+        std::fs::set_permissions(&check, std::fs::Permissions::from_mode(0o755))
+            .expect("chmod the keepalived check");
+        let conf = base.join("keepalived.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "global_defs {{\n  router_id {name}\n  script_user root\n}}\n\
+                 vrrp_script leader {{\n  script \"{check}\"\n  interval {interval_s}\n  timeout 2\n  \
+                 fall 1\n  rise 1\n}}\n\
+                 vrrp_instance VIP {{\n  state BACKUP\n  interface {ifname}\n  virtual_router_id 51\n  \
+                 priority 100\n  advert_int 1\n  virtual_ipaddress {{\n    {vip}/24 dev {ifname}\n  }}\n  \
+                 track_script {{\n    leader\n  }}\n}}\n",
+                name = node.name,
+                check = check.display(),
+                ifname = node.host.ifname,
+                vip = self.vip,
+            ),
+        )
+        .expect("write keepalived.conf");
+        let path = |f: &str| base.join(f).to_string_lossy().into_owned();
+        let args = [
+            "--dont-fork".to_owned(),
+            "--log-console".to_owned(),
+            "--log-detail".to_owned(),
+            "--vrrp".to_owned(),
+            format!("--use-file={}", conf.display()),
+            format!("--pid={}", path("keepalived.pid")),
+            format!("--vrrp_pid={}", path("vrrp.pid")),
+            format!("--checkers_pid={}", path("checkers.pid")),
+        ];
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        node.agent = Some(node.host.ns.spawn("keepalived", &args, Some(&log)));
     }
 
     /// Node `i`'s log so far.
@@ -716,8 +802,8 @@ pub async fn release(client: &mut etcd_client::Client, key: &str, name: &str) ->
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        for node in &mut self.nodes {
-            node.agent = None;
+        for i in 0..self.nodes.len() {
+            self.kill_agent(i);
         }
         self.stop_etcd();
         if let Ok(entries) = std::fs::read_dir(&self.pins) {
@@ -729,6 +815,39 @@ impl Drop for Cluster {
         let _ = std::fs::remove_dir_all(&self.etcd_data);
         if std::env::var_os("VIP_KEEP_LOGS").is_none() {
             let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// The PIDs of `pid`'s child processes (`/proc/<pid>/task/*/children`).
+pub(crate) fn children_of(pid: i32) -> Vec<i32> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
+        .flat_map(|c| {
+            c.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect::<Vec<i32>>()
+        })
+        .collect()
+}
+
+/// Wait (up to `limit`) for `pid`, an orphan re-parented to this process, to be reaped.
+fn reap(pid: i32, limit: Duration) {
+    use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+    let until = Instant::now() + limit;
+    while Instant::now() < until {
+        match waitpid(nix::unistd::Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) => std::thread::sleep(Duration::from_millis(5)),
+            // ECHILD: not (yet) ours, or already gone.
+            Err(nix::errno::Errno::ECHILD) if !Path::new(&format!("/proc/{pid}")).exists() => {
+                return;
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(5)),
+            Ok(_) => return,
         }
     }
 }

@@ -52,6 +52,13 @@ fn vip_agent_failovers_are_measured_and_never_overlap() {
             t.client_had_old_mac && t.client_switch_ns.is_some(),
             "the client's neighbour entry moved from the old MAC to the new one: {t:?}"
         );
+        // The client's echo requests follow its entry: the new holder's kernel answers them.
+        assert!(t.echo_sent > 0, "the client sent echo requests: {t:?}");
+        assert!(
+            t.echo_first_new_ns.is_some(),
+            "the new holder answered the client's echo requests: {t:?}"
+        );
+        assert!(t.echo_lost <= t.echo_sent, "{t:?}");
     }
     assert_ne!(trials[0].to, trials[1].to, "directions alternate");
 
@@ -214,5 +221,66 @@ fn arp_round_trips_are_measured_for_kernel_and_xdp() {
         // Every probe answered: the kernel with our program passing, and XDP_TX in both modes.
         assert_eq!(r.rtt_ns.len(), r.probes, "{}: {r:?}", r.label);
         assert!(r.rtt_ns.iter().all(|&t| t > 0), "{r:?}");
+    }
+}
+
+#[test]
+fn keepalived_failovers_are_measured() {
+    if !require_privileges("keepalived_failovers_are_measured") {
+        return;
+    }
+    let run = run_system(
+        System::Keepalived { interval_s: 1 },
+        53,
+        PLAN,
+        &agent_binary(),
+    );
+    assert_eq!(run.switchovers.len(), 2);
+    for t in &run.switchovers {
+        assert!(t.probes > 0 && t.echo_sent > 0, "{t:?}");
+        assert!(
+            t.first_new_ns.is_some() && t.echo_first_new_ns.is_some(),
+            "keepalived's new holder answered ARP and echo within the window: {t:?}"
+        );
+        assert!(
+            t.first_garp_ns.is_some(),
+            "keepalived announced the VIP with a gratuitous ARP: {t:?}"
+        );
+        assert!(
+            t.old_dataplane_ns.is_none() && t.new_dataplane_ns.is_none(),
+            "keepalived has no data plane of ours: {t:?}"
+        );
+    }
+    assert_eq!(run.expiries.len(), 2);
+    assert!(
+        run.expiries.iter().all(|e| e.first_new_ns.is_some()),
+        "keepalived's new holder answered after each expiry: {:?}",
+        run.expiries
+    );
+    assert_eq!(run.idle.len(), 2);
+    for u in &run.idle {
+        // keepalived's own processes are nearly idle; the `etcdctl` check it runs every second
+        // costs CPU, which counts because the reaped children's times are included.
+        assert!(u.cpu_ms > 0 && u.rss_kib > 0, "{u:?}");
+    }
+    assert_eq!(run.partitions.len(), 1);
+    assert!(
+        run.partitions[0].first_new_ns.is_some(),
+        "{:?}",
+        run.partitions[0]
+    );
+    assert_eq!(run.kills.len(), 1);
+    let k = &run.kills[0];
+    assert!(
+        k.probes > 0 && k.deadline_after_kill_ns.is_none() && k.adopted.is_none(),
+        "keepalived has no deadline and no pinned program: {k:?}"
+    );
+    assert!(
+        k.answering_at_end,
+        "a SIGKILLed keepalived leaves the address, which the kernel keeps answering: {k:?}"
+    );
+    assert_eq!(run.etcd_outages.len(), OUTAGES.len());
+    for e in &run.etcd_outages {
+        assert!(e.probes > 0 && e.deadline_after_stop_ns.is_none(), "{e:?}");
     }
 }

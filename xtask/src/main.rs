@@ -39,30 +39,46 @@ enum Task {
     BuildEbpf,
     /// A two-node cluster in network namespaces with real etcd: failovers shown with their timing.
     Demo,
-    /// Failover benchmark against vip-manager in the same run; writes BENCHMARKS.md and bench/.
+    /// Failover benchmark of vip-agent against vip-manager and keepalived in the same run; writes
+    /// BENCHMARKS.md and bench/. Every scenario runs 200 trials per system unless told otherwise
+    /// (hours: the slow scenarios wait seconds per trial); `--quick` runs a handful of each slow
+    /// scenario (about an hour in all).
     Bench {
-        /// Switchovers per system (the method asks for at least 200).
-        #[arg(long, default_value_t = 200)]
-        trials: usize,
-        /// Lease expiries per system (each waits for a 3 s lease to run out).
-        #[arg(long, default_value_t = 20)]
-        expiry_trials: usize,
+        /// Keep the 200 switchovers, run 20 lease expiries, 10 partitions, 5 agent kills, 3 etcd
+        /// outages per shape and 20 promotions per gate setting; the flags below override.
+        #[arg(long)]
+        quick: bool,
+        /// Switchovers per system (default 200).
+        #[arg(long)]
+        trials: Option<usize>,
+        /// Lease expiries per system (each waits for a 3 s lease to run out; default 200).
+        #[arg(long)]
+        expiry_trials: Option<usize>,
         /// Seconds of the idle CPU/memory measurement (0 skips it).
         #[arg(long, default_value_t = 60)]
         idle_secs: u64,
-        /// Holder cut off from etcd per system (each waits for a 5 s lease to run out; 0 skips).
-        #[arg(long, default_value_t = 10)]
-        partition_trials: usize,
-        /// SIGKILLs of the holder's agent per system, each with two restarts (about 10 s each).
-        #[arg(long, default_value_t = 5)]
-        kill_trials: usize,
-        /// etcd outages per system and shape (3 s and 6 s down; 0 skips).
-        #[arg(long, default_value_t = 3)]
-        etcd_trials: usize,
+        /// Holder cut off from etcd per system (each waits for a 5 s lease to run out; 0 skips;
+        /// default 200).
+        #[arg(long)]
+        partition_trials: Option<usize>,
+        /// SIGKILLs of the holder's agent per system, each with two restarts (about 10 s each;
+        /// default 200).
+        #[arg(long)]
+        kill_trials: Option<usize>,
+        /// etcd outages per system and shape (3 s and 6 s down; 0 skips; default 200).
+        #[arg(long)]
+        etcd_trials: Option<usize>,
         /// Promotions of a real PostgreSQL standby per gate setting (off, postgres): "commit ->
-        /// answers" against "commit -> answers and read-write" (0 skips).
-        #[arg(long, default_value_t = 20)]
-        rw_trials: usize,
+        /// answers" against "commit -> answers and read-write" (0 skips; default 200).
+        #[arg(long)]
+        rw_trials: Option<usize>,
+        /// Systems to run, comma-separated: vip-agent, vip-manager (1000 ms), vip-manager-100ms,
+        /// keepalived (default: all, in a random order).
+        #[arg(long)]
+        systems: Option<String>,
+        /// Seed of the random system order and pauses (default: the time).
+        #[arg(long)]
+        seed: Option<u64>,
         /// Where BENCHMARKS.md and bench/ go (default: the workspace root, the committed report).
         #[arg(long)]
         out: Option<PathBuf>,
@@ -119,6 +135,7 @@ fn run(cli: Cli) -> Result<()> {
         Task::BuildEbpf => build_ebpf().map(|_| ()),
         Task::Demo => demo(),
         Task::Bench {
+            quick,
             trials,
             expiry_trials,
             idle_secs,
@@ -126,19 +143,36 @@ fn run(cli: Cli) -> Result<()> {
             kill_trials,
             etcd_trials,
             rw_trials,
+            systems,
+            seed,
             out,
-        } => bench(
-            &[
+        } => {
+            let mut args: Vec<String> = Vec::new();
+            if quick {
+                args.push("--quick".to_owned());
+            }
+            let counts = [
                 ("--trials", trials),
                 ("--expiry-trials", expiry_trials),
                 ("--partition-trials", partition_trials),
                 ("--kill-trials", kill_trials),
                 ("--etcd-trials", etcd_trials),
                 ("--rw-trials", rw_trials),
-            ],
-            idle_secs,
-            out,
-        ),
+            ];
+            for (flag, n) in counts {
+                if let Some(n) = n {
+                    args.extend([flag.to_owned(), n.to_string()]);
+                }
+            }
+            if let Some(seed) = seed {
+                args.extend(["--seed".to_owned(), seed.to_string()]);
+            }
+            if let Some(systems) = systems {
+                args.extend(["--systems".to_owned(), systems]);
+            }
+            args.extend(["--idle-secs".to_owned(), idle_secs.to_string()]);
+            bench(&args, out)
+        }
         Task::Test { args } => test(&args),
         Task::Package => package::run().map(|_| ()),
         Task::Fuzz { seconds, target } => fuzz::run(seconds, target.as_deref()),
@@ -217,18 +251,12 @@ fn demo() -> Result<()> {
     run_cmd(Command::new(demo).arg(agent))
 }
 
-fn bench(counts: &[(&str, usize)], idle_secs: u64, out: Option<PathBuf>) -> Result<()> {
+fn bench(args: &[String], out: Option<PathBuf>) -> Result<()> {
     let (bench, agent) = release_build("vip-bench")?;
     let out = out.unwrap_or_else(workspace);
     let mut cmd = Command::new(bench);
-    cmd.arg("--agent").arg(agent);
-    for (flag, n) in counts {
-        cmd.args([*flag, &n.to_string()]);
-    }
-    run_cmd(
-        cmd.args(["--idle-secs", &idle_secs.to_string(), "--out"])
-            .arg(&out),
-    )?;
+    cmd.arg("--agent").arg(agent).args(args);
+    run_cmd(cmd.arg("--out").arg(&out))?;
     eprintln!(
         "xtask: wrote BENCHMARKS.md, bench/results.json and bench/timeline.svg in {}",
         out.display()

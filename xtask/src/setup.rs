@@ -48,6 +48,10 @@ const PACKAGES: &[(&str, &str)] = &[
         "the tool we replace, benchmarked side by side",
     ),
     (
+        "keepalived",
+        "VRRP, benchmarked side by side (its service stays off: no /etc/keepalived/keepalived.conf)",
+    ),
+    (
         "iproute2",
         "ip netns / veth / bridge for the test topologies",
     ),

@@ -2,7 +2,11 @@
 //! plane's own costs. Writes BENCHMARKS.md and bench/results.json.
 //!
 //! Usage: vip-bench --agent PATH [--trials N] [--expiry-trials N] [--partition-trials N]
-//! [--kill-trials N] [--etcd-trials N] [--rw-trials N] [--idle-secs S] [--out DIR]
+//! [--kill-trials N] [--etcd-trials N] [--rw-trials N] [--idle-secs S]
+//! [--systems vip-agent,vip-manager,vip-manager-100ms,keepalived] [--seed N] [--quick] [--out DIR]
+//!
+//! Every scenario runs 200 trials per system by default (hours); `--quick` keeps the 200
+//! switchovers and runs a handful of each slow scenario.
 
 use std::{fmt::Write as _, path::PathBuf, time::Duration};
 
@@ -19,9 +23,9 @@ use vip_common::{
 };
 use vip_tests::{
     bench::{
-        ArpRtt, BLACKOUT_MIN_NS, EXPIRY_TTL_S, EtcdOutage, Expiry, HELD_TTL_S, Kill, OUTAGES,
-        OutageShape, Partition, Plan, RENEW_INTERVAL, SYSTEMD_RESTART, System, SystemRun, Trial,
-        Usage, arp_rtts, percentiles, run_system,
+        ArpRtt, BLACKOUT_MIN_NS, EXPIRY_TTL_S, EtcdOutage, Expiry, HELD_TTL_S, JITTER_MS, Kill,
+        OUTAGES, OutageShape, Partition, Plan, RENEW_INTERVAL, SYSTEMD_RESTART, System, SystemRun,
+        Trial, Usage, arp_rtts, percentiles, run_system,
     },
     require_privileges,
 };
@@ -36,23 +40,60 @@ struct Args {
     /// Promotions with a real PostgreSQL standby, per gate setting (0: skip).
     rw_trials: usize,
     idle_secs: u64,
+    /// The systems to run (in a random order drawn from `seed`).
+    systems: Vec<System>,
+    /// Seeds the order of the systems and the pauses before switchovers.
+    seed: u64,
     out: PathBuf,
 }
+
+/// Trials per scenario and system (per gate setting for the promotion, per shape for the etcd
+/// outage) in a full run: what the method asks for. A full run of every system takes hours: each
+/// lease-expiry, partition, agent-kill or etcd-outage trial waits seconds for a lease, a deadline
+/// or etcd.
+const FULL_TRIALS: usize = 200;
+
+/// `--quick`: lease expiries, partitions, agent kills, etcd outages (per shape), promotions (per
+/// gate setting).
+const QUICK_TRIALS: [usize; 5] = [20, 10, 5, 3, 20];
+
+/// Every system, by its `--systems` name.
+const SYSTEMS: [(&str, System); 4] = [
+    ("vip-agent", System::VipAgent),
+    ("vip-manager", System::VipManager { interval_ms: 1000 }),
+    ("vip-manager-100ms", System::VipManager { interval_ms: 100 }),
+    ("keepalived", System::Keepalived { interval_s: 1 }),
+];
 
 fn parse_args() -> Args {
     let mut args = Args {
         agent: PathBuf::from("target/release/vip-agent"),
-        trials: 200,
-        expiry_trials: 20,
-        partition_trials: 10,
-        kill_trials: 5,
-        etcd_trials: 3,
-        rw_trials: 20,
+        trials: FULL_TRIALS,
+        expiry_trials: FULL_TRIALS,
+        partition_trials: FULL_TRIALS,
+        kill_trials: FULL_TRIALS,
+        etcd_trials: FULL_TRIALS,
+        rw_trials: FULL_TRIALS,
         idle_secs: 60,
+        systems: SYSTEMS.iter().map(|(_, s)| *s).collect(),
+        seed: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_secs()),
         out: PathBuf::from("."),
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
+        if a == "--quick" {
+            // Switchovers stay at 200 (they are quick); the scenarios that wait for a lease, a
+            // deadline or etcd get a handful each. Flags after it override these.
+            let [expiry, partition, kill, etcd, rw] = QUICK_TRIALS;
+            args.expiry_trials = expiry;
+            args.partition_trials = partition;
+            args.kill_trials = kill;
+            args.etcd_trials = etcd;
+            args.rw_trials = rw;
+            continue;
+        }
         let value = it
             .next()
             .unwrap_or_else(|| usage(&format!("{a} needs a value")));
@@ -93,6 +134,26 @@ fn parse_args() -> Args {
                     .parse()
                     .unwrap_or_else(|_| usage("--idle-secs takes a number of seconds"))
             }
+            "--systems" => {
+                args.systems = value
+                    .split(',')
+                    .map(|name| {
+                        SYSTEMS
+                            .iter()
+                            .find(|(n, _)| *n == name.trim())
+                            .map(|(_, s)| *s)
+                            .unwrap_or_else(|| usage(&format!("--systems: unknown system {name}")))
+                    })
+                    .collect();
+                if args.systems.is_empty() {
+                    usage("--systems names at least one system");
+                }
+            }
+            "--seed" => {
+                args.seed = value
+                    .parse()
+                    .unwrap_or_else(|_| usage("--seed takes a number"))
+            }
             "--out" => args.out = PathBuf::from(value),
             other => usage(&format!("unknown argument {other}")),
         }
@@ -103,10 +164,14 @@ fn parse_args() -> Args {
 fn usage(problem: &str) -> ! {
     eprintln!(
         "vip-bench: {problem}\nusage: vip-bench --agent PATH [--trials N] [--expiry-trials N] [--partition-trials N] \
-         [--kill-trials N] [--etcd-trials N] [--rw-trials N] [--idle-secs S] [--out DIR]"
+         [--kill-trials N] [--etcd-trials N] [--rw-trials N] [--idle-secs S] \
+         [--systems vip-agent,vip-manager,vip-manager-100ms,keepalived] [--seed N] [--quick] [--out DIR]"
     );
     std::process::exit(2)
 }
+
+/// One number of a switchover trial, when it was measured.
+type TrialMetric = fn(&Trial) -> Option<u64>;
 
 /// Results of one system.
 struct Row {
@@ -124,15 +189,25 @@ fn main() {
     if !require_privileges("vip-bench") {
         std::process::exit(2);
     }
-    let args = parse_args();
+    let mut args = parse_args();
     let started = std::time::Instant::now();
-    let systems = [
-        System::VipAgent,
-        System::VipManager { interval_ms: 1000 },
-        System::VipManager { interval_ms: 100 },
-    ];
+    fastrand::seed(args.seed);
+    fastrand::shuffle(&mut args.systems);
+    eprintln!(
+        "vip-bench: seed {}: {}",
+        args.seed,
+        args.systems
+            .iter()
+            .map(System::label)
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     let mut rows = Vec::new();
-    for (n, system) in systems.into_iter().enumerate() {
+    for system in args.systems.iter().copied() {
+        let n = SYSTEMS
+            .iter()
+            .position(|(_, s)| *s == system)
+            .expect("a known system");
         // The idle minute for vip-agent and for vip-manager at its default interval.
         let idle = if system == (System::VipManager { interval_ms: 100 }) {
             Duration::ZERO
@@ -194,6 +269,8 @@ fn main() {
     );
     let rw = (args.rw_trials > 0 && vip_tests::bench_rw::postgres_available())
         .then(|| vip_tests::bench_rw::run(args.rw_trials, 236, &args.agent));
+    // Tables list the systems in a fixed order; the header gives the order they ran in.
+    rows.sort_by_key(|r| SYSTEMS.iter().position(|(_, s)| *s == r.system));
     let mut report = render(&rows, &micro, &args, started.elapsed());
     match &rw {
         Some(rw) => {
@@ -339,8 +416,10 @@ fn render(rows: &[Row], micro: &Micro, args: &Args, took: Duration) -> String {
         md,
         "Generated by `cargo xtask bench` on {date}: Linux {}, {cpu}, {cpus} CPUs; veth + bridge in \
          network namespaces, XDP in generic mode (veth), etcd 3.4 single member with its data on \
-         tmpfs, release build. {trials} switchovers per system after one warm-up{}, one system after \
-         the other, processes not pinned to CPUs; the run took {:.0} s. Raw data: \
+         tmpfs, release build. {trials} switchovers per system after one warm-up{}. The systems ran one \
+         after the other in a random order ({}; `--seed {}` repeats it), each on its own bed, with a \
+         random pause of 0 to {JITTER_MS} ms before each switchover so no trial keeps a fixed phase \
+         against a poller's timer; processes not pinned to CPUs; the run took {:.0} s. Raw data: \
          [bench/results.json](bench/results.json).\n",
         kernel.trim(),
         if trials < 200 {
@@ -348,6 +427,12 @@ fn render(rows: &[Row], micro: &Micro, args: &Args, took: Duration) -> String {
         } else {
             ""
         },
+        args.systems
+            .iter()
+            .map(System::label)
+            .collect::<Vec<_>>()
+            .join(", "),
+        args.seed,
         took.as_secs_f64()
     );
     let _ = writeln!(
@@ -355,8 +440,16 @@ fn render(rows: &[Row], micro: &Micro, args: &Args, took: Duration) -> String {
         "A trial replays Patroni's switchover on the leader key: t0 = the release (delete if the value \
          is the old leader's) is sent, then the new leader creates the key. vip-agent follows the v3 \
          key; vip-manager 1.0.2 (Debian) reads only the v2 API, so its key is written through v2 in \
-         the same order. The client sends an ARP request for the VIP every millisecond, so reply \
-         times have ~1 ms resolution. All times in ms from t0.\n"
+         the same order. keepalived 2.2.7 (Debian) runs one VRRP instance at its defaults \
+         (advertisement every 1 s, equal priorities) with a `vrrp_script` that runs every second and \
+         succeeds while `etcdctl get` shows the v3 key holding this node's name (a Patroni + keepalived \
+         setup checks Patroni's REST API on the same schedule); a failing check puts the instance in \
+         FAULT, which holds no address, so a node that is not the leader can never take the VIP \
+         (with a check `weight` instead, equal priorities would be decided by address, and a \
+         non-leader could win). The client sends an ARP request for the VIP every millisecond; reply \
+         times are the kernel's receive timestamps (`SO_TIMESTAMPNS`) on the client's interface, \
+         so they have the probes' ~1 ms resolution but no scheduling delay of the prober. All times \
+         in ms from t0.\n"
     );
     let _ = writeln!(
         md,
@@ -411,33 +504,59 @@ fn render(rows: &[Row], micro: &Micro, args: &Args, took: Duration) -> String {
             t.len()
         );
     }
-    if let (Some(agent), Some(manager)) = (
-        rows.iter().find(|r| r.system == System::VipAgent),
-        rows.iter()
-            .find(|r| r.system == System::VipManager { interval_ms: 1000 }),
-    ) {
-        let p50 = |r: &Row, f: fn(&Trial) -> Option<u64>| {
+    if let Some(agent) = rows.iter().find(|r| r.system == System::VipAgent) {
+        let p50 = |r: &Row, f: TrialMetric| {
             percentiles(&r.trials.iter().filter_map(f).collect::<Vec<_>>()).map(|p| p[0] as f64)
         };
-        let ratio = |f: fn(&Trial) -> Option<u64>| match (p50(manager, f), p50(agent, f)) {
+        let ratio = |other: &Row, f: TrialMetric| match (p50(other, f), p50(agent, f)) {
             (Some(m), Some(a)) if a > 0.0 => format!("{:.0}x", m / a),
             _ => "-".to_owned(),
         };
-        let _ = writeln!(
-            md,
-            "## Ratios, vip-manager 1.0.2 (1000 ms, its default) / vip-agent, p50, same run\n"
-        );
-        let _ = writeln!(md, "| metric | ratio |\n|---|---|");
-        let _ = writeln!(
-            md,
-            "| first ARP reply from the new holder | {} |",
-            ratio(|x| x.first_new_ns)
-        );
-        let _ = writeln!(
-            md,
-            "| last ARP reply from the old holder | {} |\n",
-            ratio(|x| x.last_old_ns)
-        );
+        let others: Vec<&Row> = rows
+            .iter()
+            .filter(|r| {
+                matches!(
+                    r.system,
+                    System::VipManager { interval_ms: 1000 } | System::Keepalived { .. }
+                )
+            })
+            .collect();
+        if !others.is_empty() {
+            let _ = writeln!(
+                md,
+                "## Ratios to vip-agent at the defaults (p50 of the other system / p50 of vip-agent, same run)\n"
+            );
+            let _ = writeln!(
+                md,
+                "| metric | {} |\n|---|{}",
+                others
+                    .iter()
+                    .map(|r| r.system.label())
+                    .collect::<Vec<_>>()
+                    .join(" | "),
+                "---|".repeat(others.len())
+            );
+            let metrics: [(&str, TrialMetric); 4] = [
+                ("first ARP reply from the new holder", |x| x.first_new_ns),
+                ("last ARP reply from the old holder", |x| x.last_old_ns),
+                ("first echo reply from the new holder", |x| {
+                    x.echo_first_new_ns
+                }),
+                ("client's entry on the new MAC", |x| x.client_switch_ns),
+            ];
+            for (name, f) in metrics {
+                let _ = writeln!(
+                    md,
+                    "| {name} | {} |",
+                    others
+                        .iter()
+                        .map(|r| ratio(r, f))
+                        .collect::<Vec<_>>()
+                        .join(" | ")
+                );
+            }
+            md.push('\n');
+        }
     }
     goals(&mut md, rows, micro);
     let _ = writeln!(md, "## Data plane costs\n");
@@ -470,10 +589,6 @@ fn render(rows: &[Row], micro: &Micro, args: &Args, took: Duration) -> String {
     etcd_section(&mut md, rows);
     idle_section(&mut md, rows, args.idle_secs);
     runtime_section(&mut md, rows, micro, took);
-    let _ = writeln!(
-        md,
-        "Not measured yet (issue 4 asks for it): keepalived as a third column."
-    );
     md
 }
 
@@ -536,13 +651,13 @@ fn expiry_section(md: &mut String, rows: &[Row]) {
          the surviving Patroni member does on its next loop). {n} trials per system{}. The old \
          holder's last reply is relative to t0: negative means it had gone silent before etcd gave \
          up its key. vip-agent stops at its deadline, `LeaseTimeToLive` - 500 ms after its last \
-         confirmation; vip-manager answers until its next poll sees the key gone.\n",
-        if n < 200 {
-            " (fewer than the 200 of the switchovers: each trial waits for a lease to run out; \
-             `--expiry-trials` sets it)"
-        } else {
-            ""
-        }
+         confirmation; vip-manager answers until its next poll sees the key gone, keepalived until \
+         its next check fails.\n",
+        fewer(
+            n,
+            "each trial waits for a lease to run out",
+            "--expiry-trials"
+        )
     );
     let _ = writeln!(
         md,
@@ -577,8 +692,10 @@ fn idle_section(md: &mut String, rows: &[Row], idle_secs: u64) {
     let _ = writeln!(md, "## Idle cost ({idle_secs} s, key unchanged)\n");
     let _ = writeln!(
         md,
-        "CPU time (user + system, from `/proc/<pid>/stat`) each node's process used while the key \
-         did not change, and its resident memory at the end. Release build of vip-agent.\n"
+        "CPU time (user + system, from `/proc/<pid>/stat`) each node's processes used while the key \
+         did not change, and their resident memory at the end: the process and its descendants with \
+         the children they reaped (keepalived's VRRP process and the `etcdctl` checks it runs every \
+         second; vip-agent and vip-manager are one process each). Release build of vip-agent.\n"
     );
     let _ = writeln!(
         md,
@@ -608,9 +725,9 @@ fn svg(rows: &[Row]) -> String {
     const RIGHT: f64 = 20.0;
     const ROW_H: f64 = 1.5;
     const GAP: f64 = 50.0;
-    let (lo, hi) = (0.1_f64.log10(), 3000.0_f64.log10());
+    let (lo, hi) = (0.1_f64.log10(), 10_000.0_f64.log10());
     let x = |ns: u64| {
-        let ms = (ns as f64 / 1e6).clamp(0.1, 3000.0);
+        let ms = (ns as f64 / 1e6).clamp(0.1, 10_000.0);
         LEFT + (ms.log10() - lo) / (hi - lo) * (WIDTH - LEFT - RIGHT)
     };
     let height: f64 = rows
@@ -637,7 +754,7 @@ fn svg(rows: &[Row]) -> String {
             row.system.label(),
             WIDTH - LEFT - RIGHT
         );
-        for ms in [0.1, 1.0, 10.0, 100.0, 1000.0] {
+        for ms in [0.1, 1.0, 10.0, 100.0, 1000.0, 10_000.0] {
             let tx = x((ms * 1e6) as u64);
             let _ = writeln!(
                 out,
@@ -770,6 +887,10 @@ fn json(rows: &[Row], micro: &Micro) -> String {
                         "first_garp_ns": t.first_garp_ns,
                         "client_switch_ns": t.client_switch_ns,
                         "client_had_old_mac": t.client_had_old_mac,
+                        "echo_last_old_ns": t.echo_last_old_ns,
+                        "echo_first_new_ns": t.echo_first_new_ns,
+                        "echo_lost": t.echo_lost,
+                        "echo_sent": t.echo_sent,
                     })
                 })
                 .collect();
@@ -915,8 +1036,11 @@ fn spread_as<T: Ord + Copy>(values: &[T], ns: impl Fn(T) -> f64) -> String {
 
 /// Why a scenario has fewer trials than the switchovers' 200.
 fn fewer(n: usize, why: &str, flag: &str) -> String {
-    if n < 200 {
-        format!(" (fewer than the 200 of the switchovers: {why}; `{flag}` sets it)")
+    if n < FULL_TRIALS {
+        format!(
+            " (a `--quick` run: fewer than the method's {FULL_TRIALS}, since {why}; `{flag}` sets it, \
+             and a run without `--quick` does {FULL_TRIALS})"
+        )
     } else {
         String::new()
     }
@@ -931,16 +1055,19 @@ fn client_section(md: &mut String, rows: &[Row]) {
     let _ = writeln!(md, "## Client switch (during the switchovers)\n");
     let _ = writeln!(
         md,
-        "What a database client sees. An application host on the same segment sends a UDP datagram \
-         to the VIP every millisecond from its kernel, so it keeps a neighbour (ARP cache) entry for \
-         the VIP as a client with an open connection does. Its packets go to whatever MAC that entry \
-         holds: until the entry changes they reach the old node, where they are lost. Measured in the \
-         switchover trials above, from the same t0 (release sent): the first gratuitous ARP from the \
-         new holder on the wire (sender IP = target IP = VIP), and when the client's entry took the new \
-         holder's MAC (netlink `RTM_NEWNEIGH`). The client itself never asks: since Linux 4.13 a \
+        "What a database client sees. An application host on the same segment sends an ICMP echo \
+         request (sequenced) to the VIP every millisecond from its kernel, so it keeps a neighbour \
+         (ARP cache) entry for the VIP as a client with an open connection does. Its packets go to \
+         whatever MAC that entry holds: until the entry changes they reach the old node, where they are \
+         lost once that node no longer holds the VIP. Measured in the switchover trials above, from the \
+         same t0 (release sent): the first gratuitous ARP from the new holder on the wire (sender IP = \
+         target IP = VIP), when the client's entry took the new holder's MAC (netlink `RTM_NEWNEIGH`), \
+         the last echo reply from the old holder's MAC and the first from the new one (kernel receive \
+         timestamps on the client's interface), and how many echo requests got no reply (sent from t0 \
+         to 20 ms before the window closed). The client itself never asks: since Linux 4.13 a \
          gratuitous ARP overrides an existing entry at once, otherwise the entry only changes when it \
          goes stale and is probed again (tens of seconds). Within the trial's window (vip-agent \
-         300 ms, vip-manager 2 x interval + 800 ms).\n"
+         300 ms, vip-manager 2 x interval + 800 ms, keepalived 5.4 s).\n"
     );
     let _ = writeln!(
         md,
@@ -966,6 +1093,30 @@ fn client_section(md: &mut String, rows: &[Row]) {
             from_old.len(),
         );
     }
+    let _ = writeln!(
+        md,
+        "\n| system | last echo reply from the old holder, p50 / p99 / max (ms from t0) | first echo \
+         reply from the new holder, p50 / p99 / max | echo requests lost per trial, p50 / p99 / max \
+         (1 per ms) | trials where the new holder never answered an echo | echo requests sent |\n\
+         |---|---|---|---|---|---|"
+    );
+    for row in rows.iter().filter(|r| !r.trials.is_empty()) {
+        let t = &row.trials;
+        let last_old: Vec<u64> = t.iter().filter_map(|x| x.echo_last_old_ns).collect();
+        let first_new: Vec<u64> = t.iter().filter_map(|x| x.echo_first_new_ns).collect();
+        let lost: Vec<u64> = t.iter().map(|x| x.echo_lost as u64 * 1_000_000).collect();
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} of {} | {} |",
+            row.system.label(),
+            spread(&last_old),
+            spread(&first_new),
+            spread(&lost),
+            t.len() - first_new.len(),
+            t.len(),
+            t.iter().map(|x| x.echo_sent).sum::<usize>(),
+        );
+    }
     md.push('\n');
 }
 
@@ -989,7 +1140,9 @@ fn partition_section(md: &mut String, rows: &[Row]) {
          host sees that, and the other member takes the key at once. What matters: does the old node \
          go silent by itself before etcd can give the key away, or does it keep answering beside the \
          new primary until the network heals? The partition heals at the end of the window \
-         (vip-agent 300 ms after the new holder's first reply, vip-manager 2 x interval + 800 ms). \
+         (vip-agent 300 ms after the new holder's first reply, vip-manager 2 x interval + 800 ms, \
+         keepalived 5.4 s). keepalived's check (`etcdctl`, 1 s timeouts) fails when etcd cannot be \
+         reached, so a cut-off keepalived gives up the VIP within about two seconds. \
          {n} trials per system{}.\n",
         RENEW_INTERVAL.as_secs(),
         fewer(
@@ -1052,7 +1205,10 @@ fn kill_section(md: &mut String, rows: &[Row]) {
          10 s) that deadline lies about 18.5 to 29.5 s after a kill (here, with {HELD_TTL_S} s renewed \
          every second, 2.5 to 4.5 s): that is how long a dead agent keeps the VIP up. vip-manager \
          leaves the address on the interface, so the kernel answers for as long as the node runs, \
-         also after the key moves to another node while nothing follows it. {n} trials per system{}.\n",
+         also after the key moves to another node while nothing follows it; so does keepalived \
+         (its VRRP process is killed with it), and a restarted keepalived first removes the address, \
+         starts in BACKUP and takes the VIP again only after VRRP's master-down interval (about \
+         3.6 s). {n} trials per system{}.\n",
         RENEW_INTERVAL.as_secs(),
         fewer(
             n,
@@ -1157,7 +1313,7 @@ fn etcd_section(md: &mut String, rows: &[Row]) {
          could prove before the outage (read from its pinned map 100 ms after the stop) and answers \
          again once it reaches etcd and the key is still its own (its retry backoff doubles from \
          100 ms up to 1 s). vip-manager 1.0.2 polls etcd's v2 API and treats a failed poll as \"not \
-         the leader\". Two shapes: a 3 s outage under Patroni's default 30 s lease (the deadline is \
+         the leader\"; keepalived's check fails likewise, which puts its instance in FAULT. Two shapes: a 3 s outage under Patroni's default 30 s lease (the deadline is \
          about 28 s ahead), and a 6 s outage under a {HELD_TTL_S} s lease, longer than the deadline. \
          (Patroni itself demotes the primary after ttl without etcd unless `failsafe_mode` is on; \
          neither Patroni nor PostgreSQL runs here.) A blackout is a stretch of more than {} ms without \
@@ -1189,7 +1345,7 @@ fn etcd_section(md: &mut String, rows: &[Row]) {
                 continue;
             }
             let OutageShape { lease_ttl_s, down } = shape;
-            let lease = if row.system == System::VipAgent {
+            let lease = if row.system.v3() {
                 format!("{lease_ttl_s} s lease")
             } else {
                 "v2 key".to_owned()
