@@ -7,7 +7,7 @@ use std::{
     ffi::CString,
     io,
     net::Ipv4Addr,
-    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    os::fd::{AsRawFd as _, OwnedFd},
     time::{Duration, Instant},
 };
 
@@ -312,33 +312,13 @@ pub(crate) fn packet_socket(ifname: &str, protocol: u16) -> io::Result<(OwnedFd,
     if ifindex == 0 {
         return Err(io::Error::last_os_error());
     }
-    // SAFETY: plain socket(2); checked below.
-    let raw = unsafe {
-        libc::socket(
-            libc::AF_PACKET,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            i32::from(protocol.to_be()),
-        )
-    };
-    if raw < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: fresh descriptor owned by nobody else.
-    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-    let on: libc::c_int = 1;
-    // SAFETY: an int option of the right size.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_TIMESTAMPNS,
-            (&raw const on).cast(),
-            size_of::<libc::c_int>() as u32,
-        )
-    };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    let fd = crate::sock::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(protocol.to_be()))?;
+    crate::sock::set_option(
+        &fd,
+        libc::SOL_SOCKET,
+        libc::SO_TIMESTAMPNS,
+        1 as libc::c_int,
+    )?;
     let addr = sockaddr_ll(ifindex, protocol);
     // SAFETY: addr is a valid sockaddr_ll of the given size.
     let rc = unsafe {

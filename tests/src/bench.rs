@@ -24,7 +24,7 @@ use std::{
     fs::File,
     io::{Read as _, Write as _},
     net::{Ipv4Addr, SocketAddr, TcpStream},
-    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    os::fd::{AsRawFd as _, OwnedFd},
     path::{Path, PathBuf},
     sync::{
         Mutex, PoisonError,
@@ -947,35 +947,10 @@ const ETH_P_IP: u16 = 0x0800;
 /// A raw ICMP socket (the kernel builds the IPv4 header) that receives nothing: replies are read
 /// from the wire with their source MAC instead.
 fn echo_socket() -> std::io::Result<OwnedFd> {
-    // SAFETY: plain socket(2); checked below.
-    let raw = unsafe {
-        libc::socket(
-            libc::AF_INET,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            libc::IPPROTO_ICMP,
-        )
-    };
-    if raw < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: fresh descriptor owned by nobody else.
-    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
     // ICMP_FILTER (linux/icmp.h): a set bit drops that ICMP type; drop all of them.
     const ICMP_FILTER: libc::c_int = 1;
-    let filter: u32 = u32::MAX;
-    // SAFETY: a u32 option of the right size.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_RAW,
-            ICMP_FILTER,
-            (&raw const filter).cast(),
-            size_of::<u32>() as u32,
-        )
-    };
-    if rc < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
+    let fd = crate::sock::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP)?;
+    crate::sock::set_option(&fd, libc::SOL_RAW, ICMP_FILTER, u32::MAX)?;
     Ok(fd)
 }
 
@@ -1039,19 +1014,7 @@ pub fn echo_reply(frame: &[u8], vip: Ipv4Addr, id: u16) -> Option<([u8; 6], u16)
 
 /// A netlink socket subscribed to neighbour-table changes, in the calling thread's namespace.
 fn neighbour_socket() -> std::io::Result<OwnedFd> {
-    // SAFETY: plain socket(2); checked below.
-    let raw = unsafe {
-        libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            libc::NETLINK_ROUTE,
-        )
-    };
-    if raw < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: fresh descriptor owned by nobody else.
-    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    let fd = crate::sock::socket(libc::AF_NETLINK, libc::SOCK_RAW, libc::NETLINK_ROUTE)?;
     // SAFETY: all-zero sockaddr_nl is valid; fields set below.
     let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
     addr.nl_family = libc::AF_NETLINK as u16;

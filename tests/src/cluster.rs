@@ -388,11 +388,7 @@ impl Cluster {
     /// When the agent cannot be started.
     pub fn start_agent(&mut self, i: usize) {
         let node = &mut self.nodes[i];
-        let log = File::options()
-            .create(true)
-            .append(true)
-            .open(&node.log)
-            .expect("agent log");
+        let log = append_log(&node.log);
         let bin = self.agent_bin.to_str().expect("utf-8 path");
         let config = node.config.to_str().expect("utf-8 path");
         node.agent = Some(node.host.ns.spawn(bin, &["--config", config], Some(&log)));
@@ -408,11 +404,7 @@ impl Cluster {
     pub fn start_agent_with(&mut self, i: usize, wrapper: &[&str]) {
         let (program, wrapper_args) = wrapper.split_first().expect("a wrapper program");
         let node = &mut self.nodes[i];
-        let log = File::options()
-            .create(true)
-            .append(true)
-            .open(&node.log)
-            .expect("agent log");
+        let log = append_log(&node.log);
         let bin = self.agent_bin.to_str().expect("utf-8 path");
         let config = node.config.to_str().expect("utf-8 path");
         let mut args = wrapper_args.to_vec();
@@ -454,11 +446,7 @@ impl Cluster {
     /// When it cannot be started.
     pub fn start_vip_manager(&mut self, i: usize, interval_ms: u32) {
         let node = &mut self.nodes[i];
-        let log = File::options()
-            .create(true)
-            .append(true)
-            .open(&node.log)
-            .expect("log");
+        let log = append_log(&node.log);
         let args = [
             format!("--ip={}", self.vip),
             "--netmask=24".to_owned(),
@@ -527,11 +515,7 @@ impl Cluster {
     pub fn start_keepalived(&mut self, i: usize, interval_s: u32) {
         use std::os::unix::fs::PermissionsExt as _;
         let node = &mut self.nodes[i];
-        let log = File::options()
-            .create(true)
-            .append(true)
-            .open(&node.log)
-            .expect("log");
+        let log = append_log(&node.log);
         let base = self.dir.join(format!("{}-keepalived", node.name));
         std::fs::create_dir_all(&base).expect("keepalived dir");
         let check = base.join("is-leader");
@@ -850,4 +834,14 @@ fn reap(pid: i32, limit: Duration) {
             Ok(_) => return,
         }
     }
+}
+
+/// `path` opened for appending (created if missing): a node's log, shared by the processes that
+/// run on it one after the other.
+fn append_log(path: &Path) -> File {
+    File::options()
+        .create(true)
+        .append(true)
+        .open(path)
+        .unwrap_or_else(|e| panic!("open the log {}: {e}", path.display()))
 }

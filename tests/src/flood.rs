@@ -431,21 +431,7 @@ fn percent(part: u64, whole: u64) -> f64 {
 // Raw sockets
 
 fn set_int_option(fd: &OwnedFd, level: i32, name: i32, value: i32) -> io::Result<()> {
-    // SAFETY: an int option with its size.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            level,
-            name,
-            (&raw const value).cast(),
-            size_of::<i32>() as u32,
-        )
-    };
-    if rc < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
+    crate::sock::set_option(fd, level, name, value)
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -498,21 +498,12 @@ struct TagSocket {
 impl TagSocket {
     /// Open on `ifname` in `ns`.
     fn open(ns: &NetNs, ifname: &str) -> Self {
-        use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+        use std::os::fd::AsRawFd as _;
         ns.run_in(|| {
             let index = nix::net::if_::if_nametoindex(ifname).expect("ifindex");
             let all = (libc::ETH_P_ALL as u16).to_be();
-            // SAFETY: plain socket(2); checked below.
-            let raw = unsafe {
-                libc::socket(
-                    libc::AF_PACKET,
-                    libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                    i32::from(all),
-                )
-            };
-            assert!(raw >= 0, "socket: {}", std::io::Error::last_os_error());
-            // SAFETY: a fresh descriptor owned by nobody else.
-            let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+            let fd = vip_tests::sock::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(all))
+                .expect("packet socket");
             // SAFETY: all-zero sockaddr_ll is valid; fields set below.
             let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
             addr.sll_family = libc::AF_PACKET as u16;
@@ -527,18 +518,8 @@ impl TagSocket {
                 )
             };
             assert_eq!(rc, 0, "bind: {}", std::io::Error::last_os_error());
-            let one: libc::c_int = 1;
-            // SAFETY: an int option of the right size.
-            let rc = unsafe {
-                libc::setsockopt(
-                    fd.as_raw_fd(),
-                    libc::SOL_PACKET,
-                    PACKET_AUXDATA,
-                    (&raw const one).cast(),
-                    size_of::<libc::c_int>() as u32,
-                )
-            };
-            assert_eq!(rc, 0, "PACKET_AUXDATA: {}", std::io::Error::last_os_error());
+            vip_tests::sock::set_option(&fd, libc::SOL_PACKET, PACKET_AUXDATA, 1 as libc::c_int)
+                .expect("PACKET_AUXDATA");
             Self { fd }
         })
     }
