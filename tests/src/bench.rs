@@ -979,7 +979,8 @@ pub fn echo_request(id: u16, seq: u16) -> [u8; 16] {
 }
 
 /// The Internet checksum (RFC 1071) of `data`.
-fn internet_checksum(data: &[u8]) -> u16 {
+#[must_use]
+pub fn internet_checksum(data: &[u8]) -> u16 {
     let mut sum: u32 = data
         .chunks(2)
         .map(|c| u32::from(u16::from_be_bytes([c[0], c.get(1).copied().unwrap_or(0)])))

@@ -522,11 +522,10 @@ impl Cluster {
         std::fs::write(
             &check,
             format!(
-                "#!/bin/sh
+                "#!/bin/sh\n\
                  v=$(ETCDCTL_API=3 etcdctl --endpoints={} --dial-timeout=1s --command-timeout=1s \
-                   get --print-value-only {}) || exit 1
-                 [ \"$v\" = \"{}\" ]
-",
+                 get --print-value-only {}) || exit 1\n\
+                 [ \"$v\" = \"{}\" ]\n",
                 self.endpoints.join(","),
                 self.key,
                 node.name

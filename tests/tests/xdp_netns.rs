@@ -658,16 +658,9 @@ fn arp_replies(seen: &[Received], sender: Ipv4Addr) -> Vec<TaggedReply> {
         .collect()
 }
 
-/// The Internet checksum (RFC 1071) of `data`.
+/// The Internet checksum (RFC 1071) of `data`, in network byte order.
 fn inet_checksum(data: &[u8]) -> [u8; 2] {
-    let mut sum: u32 = data
-        .chunks(2)
-        .map(|c| u32::from(u16::from_be_bytes([c[0], c.get(1).copied().unwrap_or(0)])))
-        .sum();
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    (!(sum as u16)).to_be_bytes()
+    vip_tests::bench::internet_checksum(data).to_be_bytes()
 }
 
 /// An ICMP echo request `src` -> `dst` with identifier `id`, valid checksums, untagged.

@@ -145,8 +145,13 @@ fn parse_args() -> Args {
                             .unwrap_or_else(|| usage(&format!("--systems: unknown system {name}")))
                     })
                     .collect();
-                if args.systems.is_empty() {
-                    usage("--systems names at least one system");
+                if let Some(twice) = args
+                    .systems
+                    .iter()
+                    .enumerate()
+                    .find_map(|(i, s)| args.systems[..i].contains(s).then_some(s))
+                {
+                    usage(&format!("--systems names {} twice", twice.label()));
                 }
             }
             "--seed" => {
@@ -208,7 +213,7 @@ fn main() {
             .iter()
             .position(|(_, s)| *s == system)
             .expect("a known system");
-        // The idle minute for vip-agent and for vip-manager at its default interval.
+        // The idle minute for every system but vip-manager at 100 ms (its default is measured).
         let idle = if system == (System::VipManager { interval_ms: 100 }) {
             Duration::ZERO
         } else {
