@@ -353,6 +353,34 @@ mod tests {
         assert!(!t.state().is_safe_at(18 * S + 1));
     }
 
+    /// `repmgr standby switchover` on the promoted node, in repmgr's order (repmgr's
+    /// `do_standby_switchover`): its internal promotion reports `standby_promote`, then the node
+    /// reports `standby_switchover` with `%s` = 0 when only the former primary's `node rejoin`
+    /// failed. The promoted node is the primary either way and keeps answering.
+    #[test]
+    fn a_switchover_whose_rejoin_failed_keeps_the_promoted_node_answering() {
+        let mut t = tracker();
+        t.event(&ev(2, "standby_promote", true), 11 * S);
+        t.check(12 * S, &Check::NotInRecovery, 12 * S);
+        assert!(t.state().is_safe_at(13 * S));
+        assert_eq!(
+            t.event(&ev(2, "standby_switchover", false), 13 * S),
+            Decision::Ignored(Ignored::Failed)
+        );
+        assert!(t.state().primary && t.state().is_safe_at(13 * S));
+        // The successful form changes nothing either: already primary, the deadline stays.
+        let d = t.event(&ev(2, "standby_switchover", true), 13 * S);
+        assert!(matches!(
+            d,
+            Decision::Applied {
+                class: EventClass::Primary,
+                publish: false,
+                ..
+            }
+        ));
+        assert_eq!(t.state().safe_until_ns, 15 * S);
+    }
+
     #[test]
     fn demotion_fences_at_once_and_other_events_change_nothing() {
         let mut t = tracker();
