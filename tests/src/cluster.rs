@@ -483,8 +483,12 @@ impl Cluster {
     pub fn kill_agent(&mut self, i: usize) {
         use nix::sys::signal::Signal;
         if let Some(mut agent) = self.nodes[i].agent.take() {
+            // Already reaped (it exited and a wait collected it): nothing left to kill.
+            let Some(pid) = agent.running_pid() else {
+                return;
+            };
             agent.signal(Signal::SIGSTOP);
-            let children = children_of(agent.pid());
+            let children = children_of(pid);
             if !children.is_empty() {
                 // Orphans are then re-parented to this process, which reaps them below: a zombie
                 // would keep its PID "running" for keepalived's pid-file check on the restart.

@@ -279,9 +279,19 @@ impl ChildGuard {
         i32::try_from(child.id()).expect("pid fits i32")
     }
 
-    /// Send `signal` to the process.
+    /// The process id while the process is still owned (not yet reaped).
+    #[must_use]
+    pub fn running_pid(&self) -> Option<i32> {
+        let child = self.child.as_ref()?;
+        i32::try_from(child.id()).ok()
+    }
+
+    /// Send `signal` to the process; nothing once it was reaped (its PID may belong to another
+    /// process by then).
     pub fn signal(&self, signal: nix::sys::signal::Signal) {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), signal);
+        if let Some(pid) = self.running_pid() {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal);
+        }
     }
 
     /// Wait for the process to exit (up to `timeout`); its exit status, or `None` on timeout.
