@@ -90,10 +90,19 @@ pub(super) fn prepare(map: &mut BTreeMap<String, Entry>, diag: &mut Diag) -> boo
         }
         return false;
     }
+    // The label is the node id as a number ("04" and "4" are the same node), so a rendered
+    // configuration loads back to the same labels; text that is no node id stays as written and
+    // is refused below.
     let node = map
         .get("repmgr-node-id")
         .and_then(|e| values::text(&e.value).ok())
-        .map_or_else(|| "?".to_owned(), |t| t.trim().to_owned());
+        .map_or_else(
+            || "?".to_owned(),
+            |t| {
+                crate::repmgr::protocol::parse_node_id(&t)
+                    .map_or_else(|_| t.trim().to_owned(), |id| id.to_string())
+            },
+        );
     let label = |key: &str| {
         Value::String(match key {
             "trigger-key" => TRIGGER_KEY_LABEL.to_owned(),
@@ -434,6 +443,18 @@ mod tests {
                 "{key}: {all:?}"
             );
         }
+    }
+
+    /// Found by the `config` fuzz target: `repmgr-node-id: 04` labelled the VIP "04", while the
+    /// rendered configuration says `repmgr-node-id: 4` and loaded back as "4".
+    #[test]
+    fn a_node_id_with_leading_zeros_labels_the_vip_by_its_number() {
+        let c = load(&BASE.replace("repmgr-node-id: 3", "repmgr-node-id: 03")).expect("loads");
+        assert_eq!(c.repmgr.as_ref().map(|r| r.node_id), Some(3));
+        assert_eq!(c.vips[0].trigger_value, "3");
+        let back = load(&c.render_redacted()).expect("the rendering loads");
+        assert_eq!(back.vips[0].trigger_value, "3");
+        assert!(back.same_effect(&c), "rendered and loaded back: {back:#?}");
     }
 
     #[test]
