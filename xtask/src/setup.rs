@@ -71,6 +71,26 @@ const PACKAGES: &[(&str, &str)] = &[
         "postgresql-15",
         "a real standby promoted under the promotion gate (gate_postgres test)",
     ),
+    (
+        "patroni",
+        "Patroni 3.0.2, the real cluster manager of the end-to-end Patroni tests and the benchmark",
+    ),
+    (
+        "python3-etcd",
+        "Patroni's etcd (v2) DCS module, which its etcd3 module imports too",
+    ),
+    (
+        "postgresql-15-repmgr",
+        "repmgr 5.3.3 and repmgrd, the real cluster manager of the end-to-end repmgr tests",
+    ),
+    (
+        "openssh-server",
+        "sshd inside the test namespaces: repmgr's switchover reaches the other node over ssh",
+    ),
+    (
+        "nftables",
+        "silent packet drops (partitions) in the end-to-end tests",
+    ),
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
