@@ -31,12 +31,15 @@ use tracing::{debug, error, info, warn};
 use crate::{
     address::{AddressError, AddressEvent, AddressEvents, Addresses, Vip},
     clock::monotonic_ns,
-    config::{Config, GarpConfig, GateConfig, HookConfig, VipConfig},
+    config::{Config, GarpConfig, GateConfig, GateMode, HookConfig, VipConfig},
     dataplane::{AttachOptions, Dataplane, DataplaneError},
     garp::{GarpError, GarpSender},
     gate::{Gate, GateHook},
     hooks::{self, HookContext, HookEvent},
-    leader::{LeaderError, LeaderFollower, LeaderSettings, LeaderState, Reason},
+    leader::{
+        LeaderError, LeaderFollower, LeaderSettings, LeaderState, MemberWatcher, Reason,
+        member_key, scope,
+    },
     metrics::{self, MetricsError, Registry},
     netlink::LinkEvents,
     notify::Notifier,
@@ -144,6 +147,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
     let mut receivers: BTreeMap<(String, String), watch::Receiver<LeaderState>> = BTreeMap::new();
     let mut vip_receivers: BTreeMap<IpAddr, watch::Receiver<LeaderState>> = BTreeMap::new();
     let mut followers = Vec::new();
+    let mut members = Vec::new();
     let mut gates = Vec::new();
     for vip in &config.vips {
         let id = (vip.trigger_key.clone(), vip.trigger_value.clone());
@@ -173,6 +177,22 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
             .iter()
             .filter(|v| v.trigger_key == vip.trigger_key && v.trigger_value == vip.trigger_value)
             .collect();
+        // Patroni's member key next to the leader key: where its REST API is, and the role it
+        // wrote (etcd mode, when some VIP on this key asks Patroni).
+        let asks_patroni = same_key.iter().any(|v| v.gate.mode == GateMode::Patroni);
+        let member = match (
+            &config.repmgr,
+            member_key(&vip.trigger_key, &vip.trigger_value),
+        ) {
+            (None, Some(key)) if asks_patroni => {
+                let watcher = MemberWatcher::new(leader_settings(&config, vip), key);
+                let rx = watcher.subscribe();
+                members.push(watcher);
+                Some(rx)
+            }
+            _ => None,
+        };
+        let scope = scope(&vip.trigger_key).map(str::to_owned);
         let mut groups: Vec<(&GateConfig, Vec<&VipConfig>)> = Vec::new();
         for v in same_key {
             match groups.iter_mut().find(|(g, _)| **g == v.gate) {
@@ -205,7 +225,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
                 name,
                 gate_config.clone(),
                 Box::new(move |state: &LeaderState| writer.apply(state)),
-            );
+            )
+            .with_target(member.clone(), scope.clone());
             let gate_registry = registry.clone();
             gate.on_status(Box::new(move |status| {
                 for ip in &ips {
@@ -264,6 +285,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
     }
     for gate in gates {
         follower_tasks.spawn(gate.run(followers_stop.clone()));
+    }
+    for member in members {
+        follower_tasks.spawn(member.run(followers_stop.clone()));
     }
     follower_tasks.close();
     let metrics_stop = CancellationToken::new();

@@ -231,6 +231,17 @@ impl PatroniUrl {
         values::patroni_url(raw)
     }
 
+    /// [`DEFAULT_PATRONI_URL`]: where Patroni listens when nothing else says so.
+    #[must_use]
+    pub fn local_default() -> Self {
+        Self {
+            tls: false,
+            host: "127.0.0.1".to_owned(),
+            port: 8008,
+            base: String::new(),
+        }
+    }
+
     /// The `Host:` header value and the URL authority (`[v6]:port` for IPv6).
     #[must_use]
     pub fn authority(&self) -> String {
@@ -253,8 +264,9 @@ impl fmt::Display for PatroniUrl {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GateConfig {
     pub mode: GateMode,
-    /// Patroni's REST API (mode `patroni`).
-    pub patroni_url: PatroniUrl,
+    /// Patroni's REST API (mode `patroni`), when configured. `None`: this member's `api_url`
+    /// from its key in etcd, else [`PatroniUrl::local_default`] (see [`crate::gate`]).
+    pub patroni_url: Option<PatroniUrl>,
     /// CA that verifies Patroni's certificate (`https` only; system roots when unset).
     pub patroni_ca_file: Option<PathBuf>,
     /// Client certificate for Patroni's `restapi.verify_client`; set exactly when `key_file` is.
@@ -269,9 +281,10 @@ pub struct GateConfig {
     pub interval: Duration,
     /// After this long the VIP answers anyway (logged with the last probe result).
     pub timeout: Duration,
-    /// `patroni-failsafe`: while etcd is unreachable, keep answering past the lease deadline as
-    /// long as Patroni's REST API reports this member a running primary in failsafe mode
-    /// (see [`crate::gate`]). Default false: fence at the lease deadline.
+    /// `patroni-failsafe`: follow Patroni's own `failsafe_mode` (the default, true): while etcd
+    /// is unreachable, keep answering past the lease deadline as long as Patroni's REST API
+    /// reports this member a running primary in failsafe mode, which it does only with
+    /// `failsafe_mode` on (see [`crate::gate`]). false: never past the lease deadline.
     pub failsafe: bool,
 }
 
@@ -279,12 +292,7 @@ impl Default for GateConfig {
     fn default() -> Self {
         Self {
             mode: GateMode::default(),
-            patroni_url: PatroniUrl {
-                tls: false,
-                host: "127.0.0.1".to_owned(),
-                port: 8008,
-                base: String::new(),
-            },
+            patroni_url: None,
             patroni_ca_file: None,
             patroni_cert_file: None,
             patroni_key_file: None,
@@ -293,7 +301,7 @@ impl Default for GateConfig {
             postgres_dsn: None,
             interval: DEFAULT_GATE_INTERVAL,
             timeout: DEFAULT_GATE_TIMEOUT,
-            failsafe: false,
+            failsafe: true,
         }
     }
 }

@@ -77,11 +77,13 @@ mod error;
 mod follower;
 #[cfg(fuzzing)]
 pub mod fuzzing;
+mod member;
 mod settings;
 mod state;
 
 pub use error::{LeaderError, Operation};
 pub use follower::{LeaderFollower, StateHook, check_connection, spawn};
+pub use member::{MemberView, MemberWatcher, member_key, scope};
 pub use settings::{
     DEFAULT_BACKOFF_MAX, DEFAULT_BACKOFF_MIN, DEFAULT_CONFIRM_INTERVAL, DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_KEEPALIVE_INTERVAL, DEFAULT_KEEPALIVE_TIMEOUT, DEFAULT_REQUEST_TIMEOUT,

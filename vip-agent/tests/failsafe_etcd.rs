@@ -143,13 +143,14 @@ async fn failsafe_etcd_unreachable_answers_past_the_lease_while_patroni_confirms
     assert!(status.failsafe.holding_at(monotonic_ns()), "{status:?}");
     assert!(status.failsafe.extensions >= 2, "{status:?}");
 
-    // Patroni stops confirming (it demotes): fenced by the next probe, explicitly.
+    // Patroni stops confirming (it demotes): fenced by the next check, explicitly, as a
+    // demotion (Patroni's own word), and not gated again: the lease deadline has passed.
     rig.patroni.set(Mode::LockedInRecovery);
     eventually_within(WAIT, "fenced", || fenced(&rig.writes().last())).await;
     let status = rig.gate.status();
     assert_eq!(
-        (status.failsafe.fences, status.state),
-        (1, GateState::Idle),
+        (status.demotions, status.failsafe.fences, status.state),
+        (1, 0, GateState::Idle),
         "{status:?}"
     );
 
@@ -214,7 +215,6 @@ async fn failsafe_disabled_fences_at_the_lease_deadline() {
     let mut rig = Rig::start(false).await;
     rig.primary(4).await;
     rig.patroni.set(Mode::FailsafePrimary);
-    let probes = rig.patroni.requests();
     let lease_deadline = rig.partition().await;
     sleep_until_ns(lease_deadline + 1_000_000_000).await;
     assert!(!rig.writes().answering(), "{:?}", rig.writes().last());
@@ -226,6 +226,9 @@ async fn failsafe_disabled_fences_at_the_lease_deadline() {
         "never past the lease: {:?}",
         rig.writes().all()
     );
-    assert_eq!(rig.patroni.requests(), probes, "Patroni is not asked");
+    // Patroni is still asked (the hold check), but its failsafe word never extends the VIP.
+    let status = rig.gate.status();
+    assert_eq!(status.failsafe.extensions, 0, "{status:?}");
+    assert_eq!(status.failsafe.until_ns, 0, "{status:?}");
     rig.stop().await;
 }

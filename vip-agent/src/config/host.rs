@@ -141,7 +141,10 @@ impl Config {
         let mut seen_files = BTreeSet::new();
         for (i, vip) in self.vips.iter().enumerate() {
             let gate = &vip.gate;
-            if gate.mode != super::GateMode::Patroni || !gate.patroni_url.tls {
+            // Without patroni-url, the member key may name an https API: check the files too.
+            if gate.mode != super::GateMode::Patroni
+                || gate.patroni_url.as_ref().is_some_and(|u| !u.tls)
+            {
                 continue;
             }
             for (key, path) in [

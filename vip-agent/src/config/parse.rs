@@ -1229,7 +1229,7 @@ fn gate(fields: &Fields, base: &GateConfig, diag: &mut Diag) -> GateConfig {
     }
     if let Some((text, location)) = fields.text(diag, "patroni-url") {
         match PatroniUrl::parse(&text) {
-            Ok(url) => gate.patroni_url = url,
+            Ok(url) => gate.patroni_url = Some(url),
             Err(reason) => diag.invalid(&location, &fields.full_key("patroni-url"), reason),
         }
     }
@@ -1347,7 +1347,10 @@ fn gate(fields: &Fields, base: &GateConfig, diag: &mut Diag) -> GateConfig {
         });
     }
     let tls_files = gate.patroni_ca_file.is_some() || gate.patroni_cert_file.is_some();
-    if gate.mode == GateMode::Patroni && tls_files && !gate.patroni_url.tls {
+    if let Some(url) = gate.patroni_url.as_ref().filter(|u| !u.tls)
+        && gate.mode == GateMode::Patroni
+        && tls_files
+    {
         let key = if gate.patroni_ca_file.is_some() {
             "patroni-ca-file"
         } else {
@@ -1359,8 +1362,7 @@ fn gate(fields: &Fields, base: &GateConfig, diag: &mut Diag) -> GateConfig {
                 &location,
                 &fields.full_key(key),
                 format!(
-                    "TLS files are set but patroni-url is {}, so they are not used; write https://",
-                    gate.patroni_url
+                    "TLS files are set but patroni-url is {url}, so they are not used; write https://",
                 ),
             );
         }

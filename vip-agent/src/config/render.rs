@@ -109,8 +109,8 @@ struct Gate<'a> {
     interval: String,
     #[serde(rename = "promotion-gate-timeout")]
     timeout: String,
-    #[serde(rename = "patroni-url")]
-    patroni_url: String,
+    #[serde(rename = "patroni-url", skip_serializing_if = "Option::is_none")]
+    patroni_url: Option<String>,
     #[serde(rename = "patroni-ca-file", skip_serializing_if = "Option::is_none")]
     patroni_ca_file: Option<String>,
     #[serde(rename = "patroni-cert-file", skip_serializing_if = "Option::is_none")]
@@ -134,7 +134,7 @@ impl<'a> From<&'a GateConfig> for Gate<'a> {
             mode: g.mode.as_str(),
             interval: format_duration(g.interval),
             timeout: format_duration(g.timeout),
-            patroni_url: g.patroni_url.to_string(),
+            patroni_url: g.patroni_url.as_ref().map(ToString::to_string),
             patroni_ca_file: path(&g.patroni_ca_file),
             patroni_cert_file: path(&g.patroni_cert_file),
             patroni_key_file: path(&g.patroni_key_file),

@@ -1396,7 +1396,18 @@ fn promotion_gate_defaults_and_per_vip_overrides() {
     let c = ok(MIN);
     let g = &c.vips[0].gate;
     assert_eq!(g.mode, super::GateMode::Patroni);
-    assert_eq!(g.patroni_url.to_string(), super::DEFAULT_PATRONI_URL);
+    assert_eq!(
+        g.patroni_url, None,
+        "found in the member key at run time (loopback only without one)"
+    );
+    assert_eq!(
+        super::PatroniUrl::local_default().to_string(),
+        super::DEFAULT_PATRONI_URL
+    );
+    assert!(
+        !c.render_redacted().contains("patroni-url"),
+        "an unset patroni-url renders as unset, so a rendered config discovers it too"
+    );
     assert_eq!(g.interval, Duration::from_millis(5));
     assert_eq!(g.timeout, Duration::from_secs(10));
 
@@ -1420,13 +1431,10 @@ vips:
     let a = &c.vips[0].gate;
     assert_eq!(a.mode, super::GateMode::Patroni);
     assert_eq!(a.timeout, Duration::from_secs(3));
-    assert!(a.patroni_url.tls);
+    let url = a.patroni_url.as_ref().expect("configured");
+    assert!(url.tls);
     assert_eq!(
-        (
-            a.patroni_url.host.as_str(),
-            a.patroni_url.port,
-            a.patroni_url.base.as_str()
-        ),
+        (url.host.as_str(), url.port, url.base.as_str()),
         ("node-a.example", 8009, "/api")
     );
     assert_eq!(a.patroni_password, Some(Secret::new("s3cret")));
@@ -1580,15 +1588,18 @@ fn promotion_gate_flags_and_variables_set_the_keys() {
     };
     let g = &c.vips[0].gate;
     assert_eq!(g.mode, super::GateMode::Off, "the flag beats the file");
-    assert_eq!(g.patroni_url.host, "10.0.0.1");
+    assert_eq!(
+        g.patroni_url.as_ref().map(|u| u.host.as_str()),
+        Some("10.0.0.1")
+    );
     assert_eq!(g.interval, Duration::from_millis(20));
 }
 
 #[test]
-fn patroni_failsafe_is_off_by_default_and_set_per_vip_or_by_flag() {
+fn patroni_failsafe_follows_patroni_by_default_and_is_set_per_vip_or_by_flag() {
     assert!(
-        !ok(MIN).vips[0].gate.failsafe,
-        "fence at the lease deadline"
+        ok(MIN).vips[0].gate.failsafe,
+        "follow Patroni's own failsafe_mode (reported in its status document)"
     );
     let c = ok("\
 patroni-failsafe: true
@@ -1613,14 +1624,14 @@ vips:
     let msg = error_for(&e, "patroni-failsafe").to_string();
     assert!(msg.contains("expected true or false"), "{msg}");
     let a = ConfigArgs {
-        patroni_failsafe: Some("yes".into()),
+        patroni_failsafe: Some("no".into()),
         ..args()
     };
     let c = match parse_with(Some(MIN), &a) {
         Ok(c) => c,
         Err(e) => panic!("{e}"),
     };
-    assert!(c.vips[0].gate.failsafe, "the flag sets it");
+    assert!(!c.vips[0].gate.failsafe, "the flag sets it");
 }
 
 #[test]

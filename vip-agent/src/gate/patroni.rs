@@ -22,8 +22,15 @@
 //! and the status document of every health-check endpoint carries `"failsafe_mode_is_active":
 //! true` (`api.py`, `get_postgresql_status`: the key is present only while `ha.failsafe_is_active()`
 //! holds). When a member does not accept, Patroni resets failsafe (`set_is_active(0)`, the key
-//! disappears) and demotes. [`judge_failsafe`] therefore accepts exactly: 200, `role`
-//! `master`/`primary`, `state` `running` and `failsafe_mode_is_active` `true`.
+//! disappears) and demotes. [`judge_status`] therefore reports failsafe mode for exactly: 200,
+//! `role` `master`/`primary`, `state` `running` and `failsafe_mode_is_active` `true`.
+//!
+//! # Connections
+//!
+//! Patroni's REST API is a `BaseHTTPRequestHandler` speaking HTTP/1.0: it closes the connection
+//! after each response (`protocol_version` is never raised, 3.0.2 to 4.x), so there is no
+//! connection to keep alive. Each probe is one TCP connect to the member's own address (tens of
+//! microseconds) and one request.
 
 use std::{io, net::SocketAddr, path::Path, sync::Arc, time::Duration};
 
@@ -38,7 +45,7 @@ use tokio::{
 };
 use tokio_rustls::TlsConnector;
 
-use super::{GateError, Outcome, Verdict};
+use super::{GateError, Outcome, Status, Verdict};
 use crate::config::{GateConfig, PatroniUrl};
 
 /// Responses larger than this are refused (Patroni's status document is about 1 KiB).
@@ -50,13 +57,19 @@ pub(super) struct PatroniProbe {
     path: String,
     authorization: Option<String>,
     tls: Option<(TlsConnector, ServerName<'static>)>,
+    /// The Patroni scope the answers must come from (from the leader key), when known.
+    scope: Option<String>,
 }
 
 impl PatroniProbe {
     /// Build the probe; TLS files are read here (once per gate episode, so rotated certificates
     /// are picked up at the next promotion).
-    pub(super) fn new(config: &GateConfig) -> Result<Self, GateError> {
-        let url = config.patroni_url.clone();
+    pub(super) fn new(
+        config: &GateConfig,
+        url: &PatroniUrl,
+        scope: Option<String>,
+    ) -> Result<Self, GateError> {
+        let url = url.clone();
         let tls = if url.tls {
             let connector = TlsConnector::from(Arc::new(tls_config(config)?));
             let name = ServerName::try_from(url.host.clone()).map_err(|e| GateError::Tls {
@@ -80,25 +93,30 @@ impl PatroniProbe {
             url,
             authorization,
             tls,
+            scope,
         })
     }
 
-    /// Ask once. `first`: the first probe of this gate episode, where a refused connection means
-    /// "no Patroni here" ([`Outcome::NoPatroni`]).
-    pub(super) async fn probe(&self, first: bool) -> Verdict {
+    /// The URL it asks.
+    pub(super) const fn url(&self) -> &PatroniUrl {
+        &self.url
+    }
+
+    /// Ask once. `refused_means_absent`: a refused connection means "no Patroni here"
+    /// ([`Outcome::NoPatroni`]) rather than "not yet".
+    pub(super) async fn probe(&self, refused_means_absent: bool) -> Verdict {
         match self.get().await {
-            Ok(response) => judge(response.status, &response.body),
-            Err(Fetch::Refused(_)) if first => Verdict::Ready(Outcome::NoPatroni),
+            Ok(response) => judge(response.status, &response.body, self.scope.as_deref()),
+            Err(Fetch::Refused(_)) if refused_means_absent => Verdict::Ready(Outcome::NoPatroni),
             Err(e) => Verdict::Wait(e.to_string()),
         }
     }
 
-    /// Ask once whether Patroni keeps this member primary in failsafe mode (see the module
-    /// documentation); `Err` names what it said instead.
-    pub(super) async fn failsafe(&self) -> Result<(), String> {
+    /// Ask once what Patroni says about this member's PostgreSQL (the hold check).
+    pub(super) async fn status(&self) -> Status {
         match self.get().await {
-            Ok(response) => judge_failsafe(response.status, &response.body),
-            Err(e) => Err(e.to_string()),
+            Ok(response) => judge_status(response.status, &response.body, self.scope.as_deref()),
+            Err(e) => Status::Unknown(e.to_string()),
         }
     }
 
@@ -318,7 +336,12 @@ fn dechunk(mut data: &[u8]) -> Result<Option<Vec<u8>>, String> {
         if size == 0 {
             return Ok(Some(body));
         }
-        if data.len() < size + 2 {
+        // A size near usize::MAX must not wrap (it would pass the check below and panic).
+        let with_crlf = size
+            .checked_add(2)
+            .filter(|n| *n <= MAX_RESPONSE)
+            .ok_or_else(|| format!("chunk size {size_text:?} larger than {MAX_RESPONSE} bytes"))?;
+        if data.len() < with_crlf {
             return Ok(None);
         }
         body.extend_from_slice(&data[..size]);
@@ -330,65 +353,124 @@ fn preview(buf: &[u8]) -> String {
     String::from_utf8_lossy(&buf[..buf.len().min(40)]).into_owned()
 }
 
-/// What a `/primary` response means for the gate (see the module documentation).
-pub(super) fn judge(status: u16, body: &[u8]) -> Verdict {
-    let doc: Option<serde_json::Value> = serde_json::from_slice(body).ok();
-    let field = |name: &str| {
-        doc.as_ref()
-            .and_then(|d| d.get(name))
-            .and_then(serde_json::Value::as_str)
-            .map(str::to_owned)
-    };
-    let (role, state) = (field("role"), field("state"));
-    let seen = format!(
-        "role {}, state {}",
-        role.as_deref().unwrap_or("-"),
-        state.as_deref().unwrap_or("-")
-    );
-    let running = state.as_deref() == Some("running");
-    match (status, role.as_deref()) {
-        (200, Some("master" | "primary")) if running => Verdict::Ready(Outcome::Primary),
-        (200, _) if doc.is_none() => Verdict::Wait(format!(
-            "200 without a JSON status document (first bytes: {:?})",
-            preview(body)
-        )),
-        (200, _) => Verdict::Wait(format!(
-            "200 but {seen}: Patroni holds the leader lock, PostgreSQL is not read-write yet"
-        )),
-        (_, Some("standby_leader")) if running => Verdict::Ready(Outcome::StandbyLeader),
-        (401 | 403, _) => Verdict::Wait(format!(
-            "{status}: Patroni refused the request; check patroni-user/patroni-password and the \
-             client certificate"
-        )),
-        _ if doc.is_some() => Verdict::Wait(format!("{status}, {seen}")),
-        _ => Verdict::Wait(format!("{status} (first bytes: {:?})", preview(body))),
+/// A status document: a JSON object with Patroni's `role` and `state`, from the right cluster.
+struct Document {
+    role: Option<String>,
+    state: Option<String>,
+    failsafe: bool,
+    started: Option<String>,
+}
+
+impl Document {
+    /// `Ok(None)`: not a JSON object (garbage, an HTML error page); `Err`: a status document of
+    /// another Patroni cluster than `scope`.
+    fn parse(body: &[u8], scope: Option<&str>) -> Result<Option<Self>, String> {
+        let Ok(doc) = serde_json::from_slice::<serde_json::Value>(body) else {
+            return Ok(None);
+        };
+        if !doc.is_object() {
+            return Ok(None);
+        }
+        let text = |v: &serde_json::Value, name: &str| {
+            v.get(name)
+                .and_then(serde_json::Value::as_str)
+                .map(str::to_owned)
+        };
+        if let (Some(want), Some(got)) = (scope, doc.get("patroni").and_then(|p| text(p, "scope")))
+            && want != got
+        {
+            return Err(format!(
+                "the answer comes from Patroni of scope {got:?}, not {want:?} (the leader key's)"
+            ));
+        }
+        Ok(Some(Self {
+            role: text(&doc, "role"),
+            state: text(&doc, "state"),
+            failsafe: doc
+                .get("failsafe_mode_is_active")
+                .and_then(serde_json::Value::as_bool)
+                == Some(true),
+            started: text(&doc, "postmaster_start_time"),
+        }))
+    }
+
+    fn running_primary(&self) -> bool {
+        matches!(self.role.as_deref(), Some("master" | "primary"))
+            && self.state.as_deref() == Some("running")
+    }
+
+    /// Whether it says anything about the database (`role` or `state` present).
+    fn says_something(&self) -> bool {
+        self.role.is_some() || self.state.is_some()
+    }
+
+    fn seen(&self) -> String {
+        format!(
+            "role {}, state {}",
+            self.role.as_deref().unwrap_or("-"),
+            self.state.as_deref().unwrap_or("-")
+        )
     }
 }
 
-/// Whether a `/primary` response says Patroni keeps this member primary in failsafe mode.
-pub(super) fn judge_failsafe(status: u16, body: &[u8]) -> Result<(), String> {
-    let Ok(doc) = serde_json::from_slice::<serde_json::Value>(body) else {
-        return Err(format!(
-            "{status} without a JSON status document (first bytes: {:?})",
-            preview(body)
-        ));
+/// What a `/primary` response means for the gate (see the module documentation). `scope`: the
+/// Patroni scope the answer must come from, when known.
+pub(super) fn judge(status: u16, body: &[u8], scope: Option<&str>) -> Verdict {
+    let doc = match Document::parse(body, scope) {
+        Ok(doc) => doc,
+        Err(why) => return Verdict::Wait(why),
     };
-    let text = |name: &str| doc.get(name).and_then(serde_json::Value::as_str);
-    let (role, state) = (text("role"), text("state"));
-    let failsafe = doc
-        .get("failsafe_mode_is_active")
-        .and_then(serde_json::Value::as_bool)
-        == Some(true);
-    let primary = matches!(role, Some("master" | "primary")) && state == Some("running");
-    if status == 200 && primary && failsafe {
-        Ok(())
-    } else {
-        Err(format!(
-            "{status}, role {}, state {}, failsafe_mode_is_active {}: not a failsafe primary",
-            role.unwrap_or("-"),
-            state.unwrap_or("-"),
-            failsafe
-        ))
+    let Some(doc) = doc.filter(Document::says_something) else {
+        return match status {
+            401 | 403 => Verdict::Wait(format!(
+                "{status}: Patroni refused the request; check patroni-user/patroni-password and \
+                 the client certificate"
+            )),
+            _ => Verdict::Wait(format!(
+                "{status} without a JSON status document (first bytes: {:?})",
+                preview(body)
+            )),
+        };
+    };
+    let seen = doc.seen();
+    match status {
+        200 if doc.running_primary() => Verdict::Ready(Outcome::Primary),
+        200 => Verdict::NotYet(format!(
+            "200 but {seen}: Patroni holds the leader lock, PostgreSQL is not read-write yet"
+        )),
+        _ if doc.role.as_deref() == Some("standby_leader")
+            && doc.state.as_deref() == Some("running") =>
+        {
+            Verdict::Ready(Outcome::StandbyLeader)
+        }
+        _ => Verdict::NotYet(format!("{status}, {seen}")),
+    }
+}
+
+/// What a `/primary` response says about this member's PostgreSQL while its VIP answers.
+pub(super) fn judge_status(status: u16, body: &[u8], scope: Option<&str>) -> Status {
+    let doc = match Document::parse(body, scope) {
+        Ok(Some(doc)) if doc.says_something() => doc,
+        Ok(_) => {
+            return Status::Unknown(format!(
+                "{status} without a JSON status document (first bytes: {:?})",
+                preview(body)
+            ));
+        }
+        Err(why) => return Status::Unknown(why),
+    };
+    match status {
+        200 if doc.running_primary() => Status::Primary {
+            failsafe: doc.failsafe,
+            started: doc.started,
+        },
+        200 => Status::NotPrimary(format!("Patroni reports {}", doc.seen())),
+        // 503 with a document: Patroni does not hold the leader lock (or PostgreSQL is not a
+        // running primary), whatever the role says.
+        _ => Status::NotPrimary(format!(
+            "Patroni answers {status} on /primary ({})",
+            doc.seen()
+        )),
     }
 }
 
@@ -504,38 +586,94 @@ mod tests {
     }
 
     #[test]
-    fn only_a_running_failsafe_primary_with_200_confirms_failsafe() {
-        let body = |role: &str, state: &str, failsafe: &str| {
+    fn a_huge_chunk_size_is_an_error_not_a_panic() {
+        let raw = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nffffffffffffffff\r\nab";
+        let e = parse_response(raw, false).expect_err("refused");
+        assert!(e.contains("larger than"), "{e}");
+        let raw = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n10001\r\nab";
+        assert!(parse_response(raw, true).is_err());
+    }
+
+    #[test]
+    fn the_hold_check_reads_primary_demoted_and_unknown() {
+        let body = |role: &str, state: &str, extra: &str| {
             format!(
-                r#"{{"state": "{state}", "role": "{role}", "cluster_unlocked": true{failsafe}, "dcs_last_seen": 1692356928}}"#
+                r#"{{"state": "{state}", "role": "{role}", "postmaster_start_time": "2026-12-06 10:00:00.1+00", "patroni": {{"version": "3.0.2", "scope": "pg-test"}}{extra}}}"#
             )
         };
+        let scope = Some("pg-test");
         for role in ["master", "primary"] {
-            let ok = body(role, "running", r#", "failsafe_mode_is_active": true"#);
-            assert_eq!(judge_failsafe(200, ok.as_bytes()), Ok(()), "{role}");
-            // A running primary that is not in failsafe mode (Patroni omits the key then).
-            let e = judge_failsafe(200, body(role, "running", "").as_bytes()).expect_err(role);
-            assert!(e.contains("failsafe_mode_is_active false"), "{e}");
+            assert_eq!(
+                judge_status(200, body(role, "running", "").as_bytes(), scope),
+                Status::Primary {
+                    failsafe: false,
+                    started: Some("2026-12-06 10:00:00.1+00".to_owned())
+                },
+                "{role}"
+            );
+            let failsafe = body(role, "running", r#", "failsafe_mode_is_active": true"#);
+            assert!(matches!(
+                judge_status(200, failsafe.as_bytes(), scope),
+                Status::Primary { failsafe: true, .. }
+            ));
+            // The string "true" is not Patroni's boolean.
+            let stringly = body(role, "running", r#", "failsafe_mode_is_active": "true""#);
+            assert!(matches!(
+                judge_status(200, stringly.as_bytes(), scope),
+                Status::Primary {
+                    failsafe: false,
+                    ..
+                }
+            ));
         }
-        let replica = body("replica", "running", r#", "failsafe_mode_is_active": true"#);
-        assert!(judge_failsafe(200, replica.as_bytes()).is_err());
-        let unknown = body("master", "unknown", r#", "failsafe_mode_is_active": true"#);
-        assert!(judge_failsafe(200, unknown.as_bytes()).is_err());
-        let demoting = body("primary", "running", r#", "failsafe_mode_is_active": true"#);
-        assert!(judge_failsafe(503, demoting.as_bytes()).is_err());
-        let stringly = body(
-            "primary",
-            "running",
-            r#", "failsafe_mode_is_active": "true""#,
+        // Demoted, stopping, a failed status query (a crash Patroni has not seen yet), or the
+        // lock lost: Patroni's own word that this is no longer a running primary.
+        for (status, role, state) in [
+            (503, "replica", "running"),
+            (200, "replica", "running"),
+            (503, "demoted", "stopping"),
+            (503, "master", "stopped"),
+            (200, "master", "unknown"),
+            (503, "master", "running"),
+            (503, "replica", "starting"),
+        ] {
+            let s = judge_status(status, body(role, state, "").as_bytes(), scope);
+            assert!(
+                matches!(&s, Status::NotPrimary(w) if w.contains(role) && w.contains(state)),
+                "{status} {role} {state}: {s:?}"
+            );
+        }
+        for (status, raw) in [
+            (200, ""),
+            (200, "<html>ok</html>"),
+            (401, "no auth header received"),
+            (500, "[]"),
+            (200, r#"{"patroni": {"scope": "pg-test"}}"#),
+        ] {
+            assert!(
+                matches!(
+                    judge_status(status, raw.as_bytes(), scope),
+                    Status::Unknown(_)
+                ),
+                "{status} {raw}"
+            );
+        }
+        // Another cluster's Patroni on this address proves nothing about ours.
+        let s = judge_status(200, body("master", "running", "").as_bytes(), Some("other"));
+        assert!(
+            matches!(&s, Status::Unknown(w) if w.contains("scope")),
+            "{s:?}"
         );
-        assert!(judge_failsafe(200, stringly.as_bytes()).is_err());
-        let e = judge_failsafe(200, b"<html>ok</html>").expect_err("garbage");
-        assert!(e.contains("without a JSON status document"), "{e}");
+        // Without a known scope (a key not laid out by Patroni) the scope is not checked.
+        assert!(matches!(
+            judge_status(200, body("master", "running", "").as_bytes(), None),
+            Status::Primary { .. }
+        ));
     }
 
     #[test]
     fn only_a_running_primary_with_200_opens() {
-        let ready = |status, body: &str| judge(status, body.as_bytes());
+        let ready = |status, body: &str| judge(status, body.as_bytes(), Some("pg-test"));
         for role in ["master", "primary"] {
             let body = format!(r#"{{"state": "running", "role": "{role}", "timeline": 2}}"#);
             assert_eq!(
@@ -545,23 +683,33 @@ mod tests {
             );
         }
         // The leader lock is held but PostgreSQL is still in recovery: Patroni's /primary says 200.
+        // Patroni's own word: definitive, so the timeout does not open the gate on it.
         let v = ready(200, r#"{"state": "running", "role": "replica"}"#);
         assert!(
-            matches!(&v, Verdict::Wait(w) if w.contains("role replica")),
+            matches!(&v, Verdict::NotYet(w) if w.contains("role replica")),
             "{v:?}"
         );
         // The status query failed; Patroni reports its own wish ("master") with state unknown.
         let v = ready(200, r#"{"state": "unknown", "role": "master"}"#);
         assert!(
-            matches!(&v, Verdict::Wait(w) if w.contains("state unknown")),
+            matches!(&v, Verdict::NotYet(w) if w.contains("state unknown")),
             "{v:?}"
         );
         assert!(matches!(ready(200, ""), Verdict::Wait(_)));
         assert!(matches!(ready(200, "<html>ok</html>"), Verdict::Wait(_)));
         assert!(matches!(
             ready(503, r#"{"state": "running", "role": "master"}"#),
-            Verdict::Wait(_)
+            Verdict::NotYet(_)
         ));
+        // Another cluster's Patroni: not an answer about this member.
+        let v = ready(
+            200,
+            r#"{"state": "running", "role": "master", "patroni": {"scope": "other"}}"#,
+        );
+        assert!(
+            matches!(&v, Verdict::Wait(w) if w.contains("scope")),
+            "{v:?}"
+        );
         let v = ready(401, "no auth header received");
         assert!(
             matches!(&v, Verdict::Wait(w) if w.contains("patroni-password")),
@@ -573,7 +721,7 @@ mod tests {
         );
         assert!(matches!(
             ready(503, r#"{"state": "starting", "role": "standby_leader"}"#),
-            Verdict::Wait(_)
+            Verdict::NotYet(_)
         ));
     }
 }

@@ -1,7 +1,7 @@
 //! The PostgreSQL probe (`promotion-gate: postgres`): [`crate::pg::RecoveryProbe`] on one
 //! connection kept for the gate episode, read as a gate verdict.
 
-use super::{Outcome, Verdict};
+use super::{Outcome, Status, Verdict};
 use crate::pg::{Recovery, RecoveryProbe};
 
 /// One PostgreSQL server, asked over one connection.
@@ -16,8 +16,20 @@ impl PostgresProbe {
     pub(super) async fn probe(&mut self) -> Verdict {
         match self.0.check().await {
             Recovery::NotInRecovery => Verdict::Ready(Outcome::Primary),
-            Recovery::InRecovery => Verdict::Wait("pg_is_in_recovery() is true".to_owned()),
+            Recovery::InRecovery => Verdict::NotYet("pg_is_in_recovery() is true".to_owned()),
             Recovery::Failed(why) => Verdict::Wait(why),
+        }
+    }
+
+    /// Ask once while the VIP answers (the hold check).
+    pub(super) async fn status(&mut self) -> Status {
+        match self.0.check().await {
+            Recovery::NotInRecovery => Status::Primary {
+                failsafe: false,
+                started: None,
+            },
+            Recovery::InRecovery => Status::NotPrimary("pg_is_in_recovery() is true".to_owned()),
+            Recovery::Failed(why) => Status::Unknown(why),
         }
     }
 

@@ -482,9 +482,12 @@ struct Confirmation {
     ttl: Option<Ttl>,
 }
 
-struct Read {
-    rev: i64,
-    kv: Option<(Vec<u8>, i64)>,
+pub(super) struct Read {
+    pub(super) rev: i64,
+    /// The key's value and lease, when it exists.
+    pub(super) kv: Option<(Vec<u8>, i64)>,
+    /// The key's `mod_revision` (0 when it does not exist).
+    pub(super) mod_revision: i64,
     observed_at: u64,
 }
 
@@ -514,7 +517,7 @@ async fn poll_pending<T>(pending: &mut Option<BoxFuture<'static, T>>) -> T {
     }
 }
 
-fn timeout(op: Operation, endpoint: &str, after: Duration) -> LeaderError {
+pub(super) fn timeout(op: Operation, endpoint: &str, after: Duration) -> LeaderError {
     LeaderError::Timeout {
         op,
         endpoint: endpoint.to_owned(),
@@ -527,7 +530,10 @@ fn key_name(key: &[u8]) -> String {
 }
 
 /// A client for one endpoint; authenticates when a user is configured.
-async fn connect(settings: &LeaderSettings, endpoint: &str) -> Result<Client, LeaderError> {
+pub(super) async fn connect(
+    settings: &LeaderSettings,
+    endpoint: &str,
+) -> Result<Client, LeaderError> {
     let opts = settings.connect_options()?;
     let limit = settings
         .connect_timeout
@@ -564,7 +570,7 @@ async fn connect(settings: &LeaderSettings, endpoint: &str) -> Result<Client, Le
 }
 
 /// Linearizable GET of the key (the default: not serializable).
-async fn get(
+pub(super) async fn get(
     kv: &mut KvClient,
     key: &[u8],
     endpoint: &str,
@@ -580,14 +586,11 @@ async fn get(
         })?;
     let observed_at = monotonic_ns();
     let rev = resp.header().map_or(0, |h| h.revision());
-    let kv = resp
-        .kvs()
-        .iter()
-        .find(|kv| kv.key() == key)
-        .map(|kv| (kv.value().to_vec(), kv.lease()));
+    let found = resp.kvs().iter().find(|kv| kv.key() == key);
     Ok(Read {
         rev,
-        kv,
+        kv: found.map(|kv| (kv.value().to_vec(), kv.lease())),
+        mod_revision: found.map_or(0, etcd_client::KeyValue::mod_revision),
         observed_at,
     })
 }
@@ -669,14 +672,14 @@ async fn check_endpoint(settings: &LeaderSettings, endpoint: &str) -> Result<(),
 }
 
 /// Exponential backoff with jitter: each delay is drawn from [d/2, d], d doubling up to the max.
-struct Backoff {
+pub(super) struct Backoff {
     min: Duration,
     max: Duration,
     next: Duration,
 }
 
 impl Backoff {
-    fn new(min: Duration, max: Duration) -> Self {
+    pub(super) fn new(min: Duration, max: Duration) -> Self {
         Self {
             min,
             max,
@@ -684,11 +687,11 @@ impl Backoff {
         }
     }
 
-    fn reset(&mut self) {
+    pub(super) fn reset(&mut self) {
         self.next = self.min;
     }
 
-    fn next_delay(&mut self) -> Duration {
+    pub(super) fn next_delay(&mut self) -> Duration {
         let d = self.next;
         self.next = d.saturating_mul(2).min(self.max);
         let half = d / 2;

@@ -13,6 +13,7 @@ use std::{
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
     net::{TcpListener, TcpStream},
+    sync::watch,
     task::JoinHandle,
 };
 use tokio_util::sync::CancellationToken;
@@ -20,7 +21,7 @@ use vip_agent::{
     clock::monotonic_ns,
     config::{GateConfig, GateMode, PatroniUrl},
     gate::{Gate, GateHook, GateStatus},
-    leader::{LeaderState, Reason, Via},
+    leader::{LeaderState, MemberView, Reason, Via},
 };
 
 /// What the fake Patroni answers.
@@ -32,6 +33,12 @@ pub enum Mode {
     LockedInRecovery,
     /// 200, running primary (Patroni 3.0 says `master`), DCS reachable: no failsafe key.
     Primary,
+    /// [`Mode::Primary`] after a PostgreSQL restart: another `postmaster_start_time`.
+    Restarted,
+    /// 503 while Patroni demotes: PostgreSQL stopping.
+    Demoting,
+    /// 200, a running primary of another Patroni cluster (scope `other`).
+    OtherScope,
     /// 200, running primary kept by failsafe mode: etcd unreachable, every member accepted
     /// `POST /failsafe` (`failsafe_mode_is_active: true`, `cluster_unlocked: true`).
     FailsafePrimary,
@@ -114,9 +121,22 @@ async fn serve(mut stream: TcpStream, mode: Mode) {
             r#"{"state": "running", "role": "replica"}"#,
         ),
         Mode::LockedInRecovery => ("200 OK", r#"{"state": "running", "role": "replica"}"#),
+        // Patroni 3.0.2's document (api.py, get_postgresql_status and _write_status_response).
         Mode::Primary => (
             "200 OK",
-            r#"{"state": "running", "role": "master", "timeline": 2}"#,
+            r#"{"state": "running", "postmaster_start_time": "2026-12-06 10:00:00.000000+00:00", "role": "master", "server_version": 150018, "xlog": {"location": 50331968}, "timeline": 2, "dcs_last_seen": 1765015200, "database_system_identifier": "7447000000000000000", "patroni": {"version": "3.0.2", "scope": "demo"}}"#,
+        ),
+        Mode::Restarted => (
+            "200 OK",
+            r#"{"state": "running", "postmaster_start_time": "2026-12-06 10:05:00.000000+00:00", "role": "master", "timeline": 2, "patroni": {"version": "3.0.2", "scope": "demo"}}"#,
+        ),
+        Mode::Demoting => (
+            "503 Service Unavailable",
+            r#"{"state": "stopping", "role": "demoted", "patroni": {"version": "3.0.2", "scope": "demo"}}"#,
+        ),
+        Mode::OtherScope => (
+            "200 OK",
+            r#"{"state": "running", "role": "master", "timeline": 1, "patroni": {"version": "3.0.2", "scope": "other"}}"#,
         ),
         // The shape of Patroni 4.0's document in failsafe mode (docs/rest_api.rst).
         Mode::FailsafePrimary => (
@@ -180,13 +200,23 @@ pub struct Harness {
 
 impl Harness {
     pub fn start(config: GateConfig) -> Self {
+        Self::start_with(config, None, Some("demo".to_owned()))
+    }
+
+    /// A gate that finds Patroni through `member` (a member key's views) and checks `scope`.
+    pub fn start_with(
+        config: GateConfig,
+        member: Option<watch::Receiver<MemberView>>,
+        scope: Option<String>,
+    ) -> Self {
         let writes = Writes::default();
         let w = writes.clone();
         let gate = Gate::new(
             "test",
             config,
             Box::new(move |s: &LeaderState| w.0.lock().expect("writes").push(*s)),
-        );
+        )
+        .with_target(member, scope);
         let gate_status = Arc::new(Mutex::new(gate.status()));
         let gs = Arc::clone(&gate_status);
         gate.on_status(Box::new(move |s| *gs.lock().expect("status") = s.clone()));
@@ -216,7 +246,7 @@ impl Harness {
 pub fn config(url: PatroniUrl, timeout: Duration) -> GateConfig {
     GateConfig {
         mode: GateMode::Patroni,
-        patroni_url: url,
+        patroni_url: Some(url),
         interval: Duration::from_millis(5),
         timeout,
         ..GateConfig::default()
