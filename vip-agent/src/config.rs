@@ -573,6 +573,27 @@ impl Config {
             && *verbose == other.verbose
     }
 
+    /// Where each Patroni-gated VIP finds Patroni, one line per VIP (for `vip-agent check`): the
+    /// configured `patroni-url`, or the member key the agent reads it from at run time.
+    #[must_use]
+    pub fn patroni_url_notes(&self) -> Vec<String> {
+        self.vips
+            .iter()
+            .filter(|v| v.gate.mode == GateMode::Patroni && self.repmgr.is_none())
+            .map(|v| match (&v.gate.patroni_url, crate::leader::member_key(&v.trigger_key, &v.trigger_value)) {
+                (Some(url), _) => format!("note: VIP {}: the promotion gate asks Patroni at {url} (patroni-url)", v.ip),
+                (None, Some(key)) => format!(
+                    "note: VIP {}: the promotion gate asks Patroni at the api_url Patroni writes to {key} (read at run time; {DEFAULT_PATRONI_URL} only where that key has none)",
+                    v.ip
+                ),
+                (None, None) => format!(
+                    "note: VIP {}: the promotion gate asks Patroni at {DEFAULT_PATRONI_URL} (trigger-key does not end in /leader, so there is no member key to read it from; set patroni-url)",
+                    v.ip
+                ),
+            })
+            .collect()
+    }
+
     /// Log every notice gathered while loading.
     pub fn log_notices(&self) {
         for notice in &self.notices {

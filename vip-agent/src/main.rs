@@ -135,6 +135,9 @@ fn check(args: &ConfigArgs) -> Result<()> {
     for notice in &host {
         eprintln!("{notice}");
     }
+    for note in config.patroni_url_notes() {
+        eprintln!("{note}");
+    }
     print!("{}", config.render_redacted());
     Ok(())
 }

@@ -389,6 +389,32 @@ impl Registry {
                 }),
         );
         family(
+            "vip_agent_promotion_gate_demotions_total",
+            "counter",
+            "Fences because the database stopped being a read-write primary while the VIP answered (Patroni's status or member key, a PostgreSQL restart, pg_is_in_recovery(), or no answer while the leader source is unreachable).",
+            &mut per_vip(&|r| r.gate.demotions.to_string()).into_iter(),
+        );
+        family(
+            "vip_agent_patroni_url_info",
+            "gauge",
+            "The Patroni REST API the promotion gate asks, and where that URL came from (patroni-url, member-key, default).",
+            &mut inner
+                .vips
+                .iter()
+                .filter_map(|r| Some((r, r.gate.patroni_url_source?)))
+                .map(|(r, source)| {
+                    (
+                        format!(
+                            "{},url=\"{}\",source=\"{}\"",
+                            labels(r),
+                            escape(&r.gate.patroni_url),
+                            source.as_str()
+                        ),
+                        "1".to_owned(),
+                    )
+                }),
+        );
+        family(
             "vip_agent_failsafe_holding",
             "gauge",
             "1 while the VIP is answered past its lease deadline because Patroni reports this member primary in failsafe mode (patroni-failsafe).",
@@ -397,7 +423,7 @@ impl Registry {
         family(
             "vip_agent_failsafe_probing",
             "gauge",
-            "1 while etcd is unreachable and Patroni is asked about failsafe mode (patroni-failsafe).",
+            "1 while the leader source is unreachable and the database is asked every 50 ms whether it is still a (failsafe) primary.",
             &mut per_vip(&|r| u8::from(r.gate.failsafe.probing).to_string()).into_iter(),
         );
         family(
@@ -772,10 +798,19 @@ mod tests {
                     fences: 1,
                     last_probe: String::new(),
                 },
+                demotions: 2,
+                patroni_url: "http://10.0.0.11:8008".to_owned(),
+                patroni_url_source: Some(crate::gate::UrlSource::MemberKey),
                 ..GateStatus::default()
             },
         );
         let page = r.render();
+        assert!(
+            page.contains(&format!(
+                "vip_agent_patroni_url_info{{{labels},url=\"http://10.0.0.11:8008\",source=\"member-key\"}} 1\n"
+            )),
+            "{page}"
+        );
         let value = |series: &str| -> f64 {
             page.lines()
                 .find_map(|l| l.strip_prefix(series).and_then(|v| v.strip_prefix(' ')))
@@ -814,6 +849,12 @@ mod tests {
             value(&format!("vip_agent_failsafe_fences_total{{{labels}}}")),
             1.0
         );
+        assert_eq!(
+            value(&format!(
+                "vip_agent_promotion_gate_demotions_total{{{labels}}}"
+            )),
+            2.0
+        );
         // Not waiting: no start time, and no failsafe hold once it lapsed.
         r.set_gate(IpAddr::from([10, 0, 0, 5]), &GateStatus::default());
         let page = r.render();
@@ -827,6 +868,10 @@ mod tests {
         assert!(
             !page.contains("vip_agent_promotion_gate_last_probe_info{"),
             "{page}"
+        );
+        assert!(
+            !page.contains("vip_agent_patroni_url_info{"),
+            "no URL before the gate needed one: {page}"
         );
     }
 

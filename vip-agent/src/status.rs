@@ -62,6 +62,12 @@ pub struct GateView {
     pub last_wait_ms: u64,
     /// Held past the lease deadline on Patroni's failsafe confirmation right now.
     pub failsafe_holding: bool,
+    /// Fences because the database stopped being a read-write primary while answering.
+    pub demotions: u64,
+    /// The Patroni REST API the gate asks, and where that came from (`patroni-url`,
+    /// `member-key`, `default`).
+    pub patroni_url: Option<String>,
+    pub patroni_url_source: Option<String>,
 }
 
 impl GateView {
@@ -77,6 +83,10 @@ impl GateView {
             self.last_wait_ms,
             self.failsafe_holding
         );
+        line.push_str(&format!(" demotions={}", self.demotions));
+        if let (Some(url), Some(source)) = (&self.patroni_url, &self.patroni_url_source) {
+            line.push_str(&format!(" patroni_url={url} patroni_url_from={source}"));
+        }
         if let Some(probe) = &self.last_probe {
             line.push_str(&format!(" last_probe={probe:?}"));
         }
@@ -188,6 +198,14 @@ pub fn gate_views(page: &str) -> BTreeMap<IpAddr, GateView> {
             }
             "vip_agent_failsafe_holding" => {
                 views.entry(vip).or_default().failsafe_holding = on;
+            }
+            "vip_agent_promotion_gate_demotions_total" => {
+                views.entry(vip).or_default().demotions = value.parse().unwrap_or(0);
+            }
+            "vip_agent_patroni_url_info" if on => {
+                let view = views.entry(vip).or_default();
+                view.patroni_url = label("url");
+                view.patroni_url_source = label("source");
             }
             _ => {}
         }
@@ -493,6 +511,9 @@ mod tests {
                 last_wait_ns: 12_000_000,
                 last_outcome: Some(Outcome::Primary),
                 outcomes: [1, 0, 0, 0, 0],
+                demotions: 1,
+                patroni_url: "http://10.0.0.21:8008".to_owned(),
+                patroni_url_source: Some(crate::gate::UrlSource::MemberKey),
                 ..GateStatus::default()
             },
         );
@@ -522,6 +543,9 @@ mod tests {
                 last_outcome: Some("primary".to_owned()),
                 last_wait_ms: 12,
                 failsafe_holding: false,
+                demotions: 1,
+                patroni_url: Some("http://10.0.0.21:8008".to_owned()),
+                patroni_url_source: Some("member-key".to_owned()),
             }
         );
         let waiting = &views[&IpAddr::from([10, 0, 0, 11])];
@@ -553,7 +577,8 @@ mod tests {
         assert!(lines[0].starts_with("eth1 10.0.0.10 answering "));
         assert_eq!(
             lines[1],
-            "  gate state=open waiting_ms=0 last_outcome=primary last_wait_ms=12 failsafe_holding=false"
+            "  gate state=open waiting_ms=0 last_outcome=primary last_wait_ms=12 failsafe_holding=false \
+             demotions=1 patroni_url=http://10.0.0.21:8008 patroni_url_from=member-key"
         );
         let j = report_with_gates(
             "eth1",

@@ -1700,3 +1700,27 @@ vips:
     let msg = e.to_string();
     assert!(msg.contains("did you mean `on-promote`"), "{msg}");
 }
+
+#[test]
+fn check_says_where_the_gate_finds_patroni() {
+    let c = ok("\
+vips:
+  - {ip: 10.0.0.10, netmask: 24, interface: eth0, trigger-key: /service/a/leader, trigger-value: a1}
+  - {ip: 10.0.1.10, netmask: 24, interface: eth0, trigger-key: /service/b/leader, trigger-value: b1,
+     patroni-url: 'http://10.0.0.2:8008'}
+  - {ip: 10.0.2.10, netmask: 24, interface: eth0, trigger-key: /custom/lock, trigger-value: c1}
+  - {ip: 10.0.3.10, netmask: 24, interface: eth0, trigger-key: /service/d/leader, trigger-value: d1,
+     promotion-gate: 'off'}
+");
+    let notes = c.patroni_url_notes();
+    assert_eq!(notes.len(), 3, "{notes:?}");
+    assert!(
+        notes[0].contains("/service/a/members/a1") && notes[0].contains("api_url"),
+        "{notes:?}"
+    );
+    assert!(
+        notes[1].contains("http://10.0.0.2:8008 (patroni-url)"),
+        "{notes:?}"
+    );
+    assert!(notes[2].contains("set patroni-url"), "{notes:?}");
+}
