@@ -131,14 +131,14 @@ impl DeadlinePolicy {
     /// Deadline from a lease TTL answered to a request sent at `t_sent_ns`: etcd cannot give the
     /// key to anyone else before the lease expires, which is at least `ttl_s` whole seconds after
     /// the request was sent (etcd rounds the remaining time down, leases are only ever extended).
-    /// `granted_ttl_s` caps `ttl_s`: a remaining TTL above the granted one is a lessor that is
-    /// not (yet) primary answering "forever", which proves nothing.
+    /// A remaining TTL above the granted one (`granted_ttl_s`) is no information: a lessor that
+    /// is not (yet) primary answers "forever", and a lease just taken over by a new etcd leader is
+    /// extended by an election timeout the agent cannot bound. Such an answer gives 0 (the
+    /// deadline is not moved by it); the next confirmation decides.
     pub(super) fn lease_deadline(&self, t_sent_ns: u64, ttl_s: i64, granted_ttl_s: i64) -> u64 {
-        let ttl_s = if granted_ttl_s > 0 {
-            ttl_s.min(granted_ttl_s)
-        } else {
-            ttl_s
-        };
+        if granted_ttl_s > 0 && ttl_s > granted_ttl_s {
+            return 0;
+        }
         let Ok(ttl_s) = u64::try_from(ttl_s) else {
             return 0;
         };
@@ -388,11 +388,10 @@ mod tests {
     fn lease_deadline_math() {
         let p = policy();
         assert_eq!(p.lease_deadline(100 * S, 30, 30), 130 * S - S / 2);
-        // Remaining above granted: capped at granted.
-        assert_eq!(
-            p.lease_deadline(100 * S, 9_223_372_036, 30),
-            130 * S - S / 2
-        );
+        // Remaining above granted: no information (it used to be capped at granted).
+        assert_eq!(p.lease_deadline(100 * S, 9_223_372_036, 30), 0);
+        assert_eq!(p.lease_deadline(100 * S, 31, 30), 0);
+        assert_eq!(p.lease_deadline(100 * S, 30, 30), 130 * S - S / 2);
         assert_eq!(p.lease_deadline(100 * S, 0, 30), 0);
         assert_eq!(p.lease_deadline(100 * S, -1, 30), 0);
         let fenced = DeadlinePolicy {
