@@ -463,6 +463,29 @@ fn sighup_reloads_a_changed_config_and_keeps_running_on_a_bad_one() {
     });
     assert!(c.log(0).contains("no-such-key"), "the error names the key");
     assert_eq!(answering(&c), vec![mac(&c, 0)], "still serving");
+
+    // Valid, but the agent cannot start with it: the metrics address is not on this host. The
+    // process must not exit; it goes back to the configuration that ran.
+    std::fs::write(
+        &config,
+        format!("{original}metrics-address: 192.0.2.1:9477\n"),
+    )
+    .expect("write");
+    c.agent(0).signal(Signal::SIGHUP);
+    eventually(
+        Duration::from_secs(10),
+        "the agent restarts on the previous configuration",
+        || c.log(0).contains("restarting it on the previous one"),
+    );
+    eventually(
+        Duration::from_secs(5),
+        "node1 answers again under the previous config",
+        || answering(&c) == vec![mac(&c, 0)],
+    );
+    assert!(
+        c.agent(0).running_pid().is_some(),
+        "the process is still running"
+    );
 }
 
 /// `on-promote` / `on-demote` run after the data plane changed: the promote hook finds the address

@@ -72,22 +72,38 @@ fn validate(config: &config::Config) -> Result<()> {
 }
 
 /// Run the agent; SIGTERM/SIGINT stop it (fence, remove the address, exit 0); SIGHUP re-reads the
-/// configuration and, when it changed, restarts the agent with it (a bad new configuration is
-/// logged and the running one kept).
+/// configuration and, when it changed, restarts the agent with it. A bad new configuration is
+/// logged and the running one kept; a new configuration the agent cannot start with (a metrics
+/// port taken, an interface that cannot be attached) is logged and the agent restarted on the
+/// previous one.
 async fn supervise(args: &ConfigArgs, mut config: config::Config) -> Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).context("install the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("install the SIGINT handler")?;
     let mut hup = signal(SignalKind::hangup()).context("install the SIGHUP handler")?;
+    // The configuration that ran before the last SIGHUP restart, while the new one is unproven.
+    let mut previous: Option<config::Config> = None;
     loop {
         let shutdown = CancellationToken::new();
         let agent = tokio::spawn(vip_agent::agent::run(config.clone(), shutdown.clone()));
         tokio::pin!(agent);
+        // Set when the agent returned by itself (it could not start with a new configuration).
+        let mut exited = false;
         let next = loop {
             tokio::select! {
                 result = &mut agent => {
                     // The agent only returns by itself when it could not start.
-                    return result.context("the agent task panicked")?.map_err(anyhow::Error::from);
+                    let failed = result.context("the agent task panicked")?.map_err(anyhow::Error::from);
+                    match (failed, previous.take()) {
+                        (Err(e), Some(before)) => {
+                            error!(error = %format!("{e:#}"),
+                                "SIGHUP: the agent cannot start with the new configuration; \
+                                 restarting it on the previous one");
+                            exited = true;
+                            break Some(before);
+                        }
+                        (failed, _) => return failed,
+                    }
                 }
                 _ = term.recv() => break None,
                 _ = int.recv() => break None,
@@ -98,6 +114,11 @@ async fn supervise(args: &ConfigArgs, mut config: config::Config) -> Result<()> 
                 },
             }
         };
+        if exited {
+            // The new configuration could not start: back to the previous one, no new fallback.
+            config = next.unwrap_or(config);
+            continue;
+        }
         match &next {
             None => {
                 info!("shutdown requested");
@@ -111,7 +132,7 @@ async fn supervise(args: &ConfigArgs, mut config: config::Config) -> Result<()> 
         agent.await.context("the agent task panicked")??;
         match next {
             None => return Ok(()),
-            Some(new) => config = new,
+            Some(new) => previous = Some(std::mem::replace(&mut config, new)),
         }
     }
 }
