@@ -760,3 +760,81 @@ fn tcp_total_retrans(stream: &std::net::TcpStream) -> u32 {
     assert_eq!(rc, 0, "getsockopt(TCP_INFO)");
     info.tcpi_total_retrans
 }
+
+/// A second agent on an interface already served in this network namespace refuses to start (it
+/// would adopt the same pins and forget the first one's VIPs), and the first keeps answering.
+#[test]
+fn a_second_agent_on_the_same_interface_refuses_to_start() {
+    if !require_privileges("a_second_agent_on_the_same_interface_refuses_to_start") {
+        return;
+    }
+    let c = cluster(47, "");
+    let lease = grant(&c, 30);
+    acquire(&c, "node1", lease);
+    eventually(Duration::from_secs(5), "node1 answers", || {
+        answering(&c) == vec![mac(&c, 0)]
+    });
+    let config = c.nodes[0].config.to_str().expect("utf-8").to_owned();
+    let bin = vip_tests::agent_binary();
+    let out = c.nodes[0]
+        .host
+        .ns
+        .exec(bin.to_str().expect("utf-8"), &["--config", &config]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("already served by another vip-agent"),
+        "the error names the problem: {err}"
+    );
+    assert_eq!(answering(&c), vec![mac(&c, 0)], "the first still answers");
+    assert!(has_vip_address(&c, 0), "and keeps its address");
+}
+
+/// A VIP removed from the configuration while its agent was down (SIGKILL left its address on the
+/// interface): the restarted agent removes the address before it forgets the VIP, so the kernel
+/// does not answer for it forever.
+#[test]
+fn a_vip_removed_from_the_config_while_the_agent_was_down_loses_its_address() {
+    if !require_privileges(
+        "a_vip_removed_from_the_config_while_the_agent_was_down_loses_its_address",
+    ) {
+        return;
+    }
+    let mut c = cluster(48, "");
+    let lease = grant(&c, 30);
+    acquire(&c, "node1", lease);
+    eventually(Duration::from_secs(5), "node1 answers", || {
+        answering(&c) == vec![mac(&c, 0)]
+    });
+    assert!(has_vip_address(&c, 0));
+    c.kill_agent(0);
+    assert!(has_vip_address(&c, 0), "SIGKILL leaves the address");
+    let config = c.nodes[0].config.clone();
+    let old = c.vip.to_string();
+    let moved = {
+        let mut o = c.vip.octets();
+        o[3] = 101;
+        std::net::Ipv4Addr::from(o).to_string()
+    };
+    let text = std::fs::read_to_string(&config).expect("config");
+    assert!(text.contains(&format!("ip: {old}\n")), "{text}");
+    std::fs::write(
+        &config,
+        text.replace(&format!("ip: {old}\n"), &format!("ip: {moved}\n")),
+    )
+    .expect("write");
+    c.start_agent(0);
+    eventually(
+        Duration::from_secs(10),
+        "the old VIP's address is removed",
+        || !has_vip_address(&c, 0),
+    );
+    assert!(
+        c.log(0)
+            .contains("no longer configured: removing its address"),
+        "{}",
+        c.log(0)
+    );
+    // Nobody answers for the old VIP: its entry is gone and the kernel has no address for it.
+    assert_eq!(answering(&c), Vec::<[u8; 6]>::new());
+}

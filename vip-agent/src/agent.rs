@@ -54,6 +54,24 @@ use crate::{
 pub enum AgentError {
     #[error(transparent)]
     Capabilities(#[from] crate::caps::CapsError),
+    #[error(
+        "interface {interface} is already served by another vip-agent in this network namespace \
+         (two agents on one interface would delete each other's VIPs); stop it first"
+    )]
+    InterfaceTaken { interface: String },
+    #[error("lock interface {interface} for this agent")]
+    InterfaceLock {
+        interface: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("remove the address of {vip}, no longer configured, from {interface}")]
+    StaleAddress {
+        interface: String,
+        vip: IpAddr,
+        #[source]
+        source: AddressError,
+    },
     #[error("data plane on {interface}")]
     Dataplane {
         interface: String,
@@ -111,11 +129,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
     let addresses = Addresses::new()?;
 
     // One data plane per interface, every VIP registered and fenced before anything else happens.
+    // Each interface is locked first: a second agent on it would adopt the same pins and forget
+    // the first one's VIPs as "no longer configured".
     let mut dataplanes: BTreeMap<String, SharedDataplane> = BTreeMap::new();
+    let mut interface_locks = Vec::new();
     for vip in &config.vips {
         if dataplanes.contains_key(&vip.interface) {
             continue;
         }
+        interface_locks.push(lock_interface(&vip.interface)?);
         let opts = AttachOptions {
             interface: vip.interface.clone(),
             mode: config.xdp_mode.into(),
@@ -130,7 +152,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
         dataplanes.insert(vip.interface.clone(), Arc::new(Mutex::new(dp)));
     }
     for (interface, dp) in &dataplanes {
-        prepare_dataplane(interface, dp, &config.vips)?;
+        prepare_dataplane(interface, dp, &config.vips, &addresses).await?;
     }
     let registry = Registry::default();
     for vip in &config.vips {
@@ -323,6 +345,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
     vip_stop.cancel();
     metrics_stop.cancel();
     tasks.wait().await;
+    drop(interface_locks);
     info!(
         "stopped: every VIP fenced and its address removed; the XDP program stays attached, fenced"
     );
@@ -392,13 +415,43 @@ fn snapshot_fn(
     })
 }
 
-/// Register and fence this interface's VIPs; forget VIPs left in adopted maps by an older config.
-fn prepare_dataplane(
+/// Hold the per-interface lock of this network namespace until the returned socket is dropped:
+/// an abstract Unix socket named after the interface. Abstract names live in the network
+/// namespace, like the interface itself, and vanish with the process, so a crashed agent leaves
+/// no stale lock behind (a lock file would, and a private mount namespace would not share it).
+fn lock_interface(interface: &str) -> Result<std::os::unix::net::UnixListener, AgentError> {
+    use std::os::linux::net::SocketAddrExt as _;
+    let name = format!("vip-agent/interface/{interface}");
+    let addr =
+        std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).map_err(|source| {
+            AgentError::InterfaceLock {
+                interface: interface.to_owned(),
+                source,
+            }
+        })?;
+    std::os::unix::net::UnixListener::bind_addr(&addr).map_err(|source| {
+        if source.kind() == std::io::ErrorKind::AddrInUse {
+            AgentError::InterfaceTaken {
+                interface: interface.to_owned(),
+            }
+        } else {
+            AgentError::InterfaceLock {
+                interface: interface.to_owned(),
+                source,
+            }
+        }
+    })
+}
+
+/// Register and fence this interface's VIPs. A VIP left in adopted maps by an older
+/// configuration is fenced, its kernel address removed, and only then forgotten: an unknown VIP
+/// passes to the kernel, which would answer for a leftover address forever.
+async fn prepare_dataplane(
     interface: &str,
     dp: &SharedDataplane,
     vips: &[VipConfig],
+    addresses: &Addresses,
 ) -> Result<(), AgentError> {
-    let mut dp = dp.lock().unwrap_or_else(PoisonError::into_inner);
     let err = |source| AgentError::Dataplane {
         interface: interface.to_owned(),
         source: Box::new(source),
@@ -408,15 +461,47 @@ fn prepare_dataplane(
         .filter(|v| v.interface == interface)
         .map(|v| v.ip)
         .collect();
-    for stale in dp
-        .snapshot()
-        .map_err(err)?
-        .into_iter()
-        .filter(|s| !ours.contains(&s.vip))
-    {
-        warn!(interface, vip = %stale.vip, "VIP in the pinned maps is no longer configured: forgetting it");
-        dp.unregister(stale.vip).map_err(err)?;
+    let stale: Vec<IpAddr> = {
+        let mut dp = dp.lock().unwrap_or_else(PoisonError::into_inner);
+        let stale: Vec<IpAddr> = dp
+            .snapshot()
+            .map_err(err)?
+            .into_iter()
+            .map(|s| s.vip)
+            .filter(|vip| !ours.contains(vip))
+            .collect();
+        for vip in &stale {
+            dp.fence(*vip).map_err(err)?;
+        }
+        stale
+    };
+    if !stale.is_empty() {
+        let ifindex =
+            nix::net::if_::if_nametoindex(interface).map_err(|e| AgentError::InterfaceLock {
+                interface: interface.to_owned(),
+                source: e.into(),
+            })?;
+        for vip in stale {
+            warn!(interface, %vip,
+                "VIP in the pinned maps is no longer configured: removing its address, then forgetting it");
+            let address = Vip {
+                ifindex,
+                address: vip,
+                prefix_len: if vip.is_ipv4() { 32 } else { 128 },
+            };
+            addresses
+                .remove(address)
+                .await
+                .map_err(|source| AgentError::StaleAddress {
+                    interface: interface.to_owned(),
+                    vip,
+                    source,
+                })?;
+            let mut dp = dp.lock().unwrap_or_else(PoisonError::into_inner);
+            dp.unregister(vip).map_err(err)?;
+        }
     }
+    let mut dp = dp.lock().unwrap_or_else(PoisonError::into_inner);
     for vip in ours {
         dp.register(vip).map_err(err)?;
         dp.fence(vip).map_err(err)?;
