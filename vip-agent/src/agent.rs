@@ -70,7 +70,7 @@ pub enum AgentError {
         interface: String,
         vip: IpAddr,
         #[source]
-        source: AddressError,
+        source: Box<AddressError>,
     },
     #[error("data plane on {interface}")]
     Dataplane {
@@ -495,7 +495,7 @@ async fn prepare_dataplane(
                 .map_err(|source| AgentError::StaleAddress {
                     interface: interface.to_owned(),
                     vip,
-                    source,
+                    source: Box::new(source),
                 })?;
             let mut dp = dp.lock().unwrap_or_else(PoisonError::into_inner);
             dp.unregister(vip).map_err(err)?;
