@@ -174,6 +174,7 @@ fuzz_target!(|data: &[u8]| {
                     Some(v) => KeySeen::Present {
                         value: v,
                         lease: *lease,
+                        created: *rev,
                     },
                 };
                 let (applied, stale) = match op {

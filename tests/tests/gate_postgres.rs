@@ -84,6 +84,7 @@ async fn gate_postgres_never_answers_before_the_standby_leaves_recovery() {
         safe_until_ns: now + 60_000_000_000,
         revision: 5,
         lease_id: 9,
+        term: 5,
         reason: Reason::Confirmed,
         observed_at_ns: now,
     });

@@ -325,7 +325,11 @@ impl LeaderFollower {
                                 continue;
                             }
                             let seen = match event.event_type() {
-                                EventType::Put => KeySeen::Present { value: kv.value(), lease: kv.lease() },
+                                EventType::Put => KeySeen::Present {
+                                    value: kv.value(),
+                                    lease: kv.lease(),
+                                    created: kv.create_revision(),
+                                },
                                 EventType::Delete => KeySeen::Absent,
                             };
                             publish |= self.tracker.event(kv.mod_revision(), seen, observed_at).publish;
@@ -486,6 +490,8 @@ pub(super) struct Read {
     pub(super) rev: i64,
     /// The key's value and lease, when it exists.
     pub(super) kv: Option<(Vec<u8>, i64)>,
+    /// The key's `create_revision` (0 when it does not exist).
+    pub(super) create_revision: i64,
     /// The key's `mod_revision` (0 when it does not exist).
     pub(super) mod_revision: i64,
     observed_at: u64,
@@ -497,6 +503,7 @@ impl Read {
             Some((value, lease)) => KeySeen::Present {
                 value,
                 lease: *lease,
+                created: self.create_revision,
             },
             None => KeySeen::Absent,
         }
@@ -591,6 +598,7 @@ pub(super) async fn get(
         rev,
         kv: found.map(|kv| (kv.value().to_vec(), kv.lease())),
         mod_revision: found.map_or(0, etcd_client::KeyValue::mod_revision),
+        create_revision: found.map_or(0, etcd_client::KeyValue::create_revision),
         observed_at,
     })
 }

@@ -19,6 +19,8 @@ pub enum KeySeen<'a> {
         value: &'a [u8],
         /// The key's lease id.
         lease: i64,
+        /// The key's `create_revision`.
+        created: i64,
     },
 }
 
@@ -26,7 +28,15 @@ impl<'a> From<KeySeen<'a>> for state::KeySeen<'a> {
     fn from(seen: KeySeen<'a>) -> Self {
         match seen {
             KeySeen::Absent => Self::Absent,
-            KeySeen::Present { value, lease } => Self::Present { value, lease },
+            KeySeen::Present {
+                value,
+                lease,
+                created,
+            } => Self::Present {
+                value,
+                lease,
+                created,
+            },
         }
     }
 }

@@ -61,6 +61,11 @@ pub struct LeaderState {
     pub revision: i64,
     /// The lease attached to the key while it is ours (0: none or not primary).
     pub lease_id: i64,
+    /// Which incarnation of the leadership this state is about: etcd's `create_revision` of the
+    /// key as last seen (this node's tenure while `primary`, the other holder's otherwise; 0 when
+    /// the key is absent or not read yet). A key deleted and created again is a new term; a key
+    /// rewritten in place (a new lease) is not. The fence handshake compares terms.
+    pub term: i64,
     /// Why this state was published.
     pub reason: Reason,
     /// `CLOCK_MONOTONIC` ns at which the response behind this state was received.
@@ -76,6 +81,7 @@ impl LeaderState {
             safe_until_ns: 0,
             revision: 0,
             lease_id: 0,
+            term: 0,
             reason: Reason::Startup,
             observed_at_ns: now_ns,
         }
@@ -92,7 +98,12 @@ impl LeaderState {
 #[derive(Debug, Clone, Copy)]
 pub(super) enum KeySeen<'a> {
     Absent,
-    Present { value: &'a [u8], lease: i64 },
+    /// `created`: the key's `create_revision`.
+    Present {
+        value: &'a [u8],
+        lease: i64,
+        created: i64,
+    },
 }
 
 /// Whether a lease-derived deadline is wanted after an observation.
@@ -269,8 +280,14 @@ impl Tracker {
         self.known_rev = rev;
         self.state.revision = rev;
         let before = (self.state.primary, self.state.safe_until_ns, self.lease);
+        let before_term = self.state.term;
         let reason = match seen {
-            KeySeen::Present { value, lease } if value == self.value.as_slice() => {
+            KeySeen::Present {
+                value,
+                lease,
+                created,
+            } if value == self.value.as_slice() => {
+                self.state.term = created;
                 if self.lease != Some(lease) {
                     // A new lease (or newly ours): the old deadline proves nothing about it.
                     self.state.safe_until_ns = 0;
@@ -279,17 +296,20 @@ impl Tracker {
                 self.state.primary = true;
                 Reason::Ours { via }
             }
-            KeySeen::Present { .. } => {
+            KeySeen::Present { created, .. } => {
                 self.fence();
+                self.state.term = created;
                 Reason::OtherValue { via }
             }
             KeySeen::Absent => {
                 self.fence();
+                self.state.term = 0;
                 Reason::Deleted { via }
             }
         };
         self.state.lease_id = self.lease.unwrap_or(0);
-        let changed = before != (self.state.primary, self.state.safe_until_ns, self.lease);
+        let changed = before != (self.state.primary, self.state.safe_until_ns, self.lease)
+            || before_term != self.state.term;
         let publish = changed || always_publish || !was_reachable;
         if publish {
             self.state.reason = reason;
@@ -381,6 +401,7 @@ mod tests {
         KeySeen::Present {
             value: b"pg1",
             lease,
+            created: 5,
         }
     }
 
@@ -405,6 +426,39 @@ mod tests {
         };
         assert_eq!(big_margin.lease_deadline(100 * S, 5, 5), 0);
         assert_eq!(p.no_lease_deadline(100 * S), 103 * S);
+    }
+
+    #[test]
+    fn the_term_is_the_keys_create_revision_ours_or_the_other_holders() {
+        let mut t = tracker();
+        t.read(10, ours(7), Via::Read, S, S);
+        assert_eq!((t.state().primary, t.state().term), (true, 5));
+        // Another holder's incarnation.
+        let a = t.event(
+            12,
+            KeySeen::Present {
+                value: b"pg2",
+                lease: 9,
+                created: 12,
+            },
+            2 * S,
+        );
+        assert!(a.publish);
+        assert_eq!((t.state().primary, t.state().term), (false, 12));
+        // The same holder rewriting its key (a new lease) is the same term, and still published.
+        let a = t.event(
+            13,
+            KeySeen::Present {
+                value: b"pg2",
+                lease: 10,
+                created: 12,
+            },
+            3 * S,
+        );
+        assert!(a.publish);
+        assert_eq!(t.state().term, 12);
+        t.event(14, KeySeen::Absent, 4 * S);
+        assert_eq!(t.state().term, 0, "no key, no term");
     }
 
     #[test]
@@ -448,6 +502,7 @@ mod tests {
             KeySeen::Present {
                 value: b"pg2",
                 lease: 9,
+                created: 11,
             },
             2 * S,
         );
@@ -472,6 +527,7 @@ mod tests {
             KeySeen::Present {
                 value: b"pg1 ",
                 lease: 7,
+                created: 11,
             },
             5 * S,
         );
@@ -481,6 +537,7 @@ mod tests {
             KeySeen::Present {
                 value: &[0xff, 0xfe],
                 lease: 7,
+                created: 11,
             },
             5 * S,
         );

@@ -182,6 +182,7 @@ impl Tracker {
                     safe_until_ns: 0,
                     revision: self.events,
                     lease_id: 0,
+                    term: 0,
                     reason: Reason::Ours { via: Via::Watch },
                     observed_at_ns: now_ns,
                 };
@@ -194,6 +195,7 @@ impl Tracker {
                     safe_until_ns: 0,
                     revision: self.events,
                     lease_id: 0,
+                    term: 0,
                     reason: Reason::OtherValue { via: Via::Watch },
                     observed_at_ns: now_ns,
                 };
@@ -223,6 +225,7 @@ impl Tracker {
                     safe_until_ns: t_sent_ns.saturating_add(ns(self.validity)),
                     revision: self.events,
                     lease_id: 0,
+                    term: 0,
                     reason: Reason::Confirmed,
                     observed_at_ns: now_ns,
                 };
@@ -239,6 +242,7 @@ impl Tracker {
                     safe_until_ns: 0,
                     revision: self.events,
                     lease_id: 0,
+                    term: 0,
                     reason: Reason::OtherValue {
                         via: Via::Confirmation,
                     },
@@ -270,6 +274,7 @@ impl Tracker {
                         safe_until_ns: 0,
                         revision: self.events,
                         lease_id: 0,
+                        term: 0,
                         reason: Reason::OtherValue { via: Via::Read },
                         observed_at_ns: now_ns,
                     };

@@ -261,6 +261,7 @@ pub fn ours(ttl: Duration, revision: i64) -> LeaderState {
         safe_until_ns: now + u64::try_from(ttl.as_nanos()).expect("ttl"),
         revision,
         lease_id: 7,
+        term: revision,
         reason: Reason::Confirmed,
         observed_at_ns: now,
     }
@@ -273,6 +274,7 @@ pub fn lost(revision: i64) -> LeaderState {
         safe_until_ns: 0,
         revision,
         lease_id: 0,
+        term: 0,
         reason: Reason::Deleted { via: Via::Watch },
         observed_at_ns: monotonic_ns(),
     }
