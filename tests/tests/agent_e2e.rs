@@ -838,3 +838,164 @@ fn a_vip_removed_from_the_config_while_the_agent_was_down_loses_its_address() {
     // Nobody answers for the old VIP: its entry is gone and the kernel has no address for it.
     assert_eq!(answering(&c), Vec::<[u8; 6]>::new());
 }
+
+/// The distinct MACs among `answers` (one ARP probe can see the same node twice).
+fn distinct(answers: &[[u8; 6]]) -> Vec<[u8; 6]> {
+    let mut macs = answers.to_vec();
+    macs.sort_unstable();
+    macs.dedup();
+    macs
+}
+
+/// Probe until `until` holds or `limit` passes; every probe must see at most one node. Returns
+/// the elapsed time at which `until` held.
+fn never_two_until(
+    c: &Cluster,
+    limit: Duration,
+    what: &str,
+    until: impl Fn(&[[u8; 6]]) -> bool,
+) -> Duration {
+    let start = Instant::now();
+    let mut probes = 0;
+    loop {
+        let answers = distinct(&answering(c));
+        probes += 1;
+        assert!(
+            answers.len() <= 1,
+            "probe {probes} ({:?} after the change): two nodes answer {answers:?}",
+            start.elapsed()
+        );
+        if until(&answers) {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < limit,
+            "timed out after {limit:?} waiting until {what}"
+        );
+    }
+}
+
+/// Issue 14: the holder's agent dies (SIGKILL: its pinned program keeps answering until its
+/// deadline) and the key moves on. The new holder waits for the dead agent's fence record to
+/// expire; its own deadline was bounded by that record's lease, so no probe is ever answered by
+/// both, and the blackout is bounded by the record TTL.
+#[test]
+fn a_dead_old_agent_costs_a_bounded_blackout_never_a_double_answer() {
+    if !require_privileges("a_dead_old_agent_costs_a_bounded_blackout_never_a_double_answer") {
+        return;
+    }
+    for (subnet, signal) in [(49, Signal::SIGKILL), (50, Signal::SIGSTOP)] {
+        let mut c = cluster(subnet, "fence-record-ttl: 3s\n");
+        let lease = grant(&c, 30);
+        acquire(&c, "node1", lease);
+        eventually(Duration::from_secs(5), "node1 answers", || {
+            answering(&c) == vec![mac(&c, 0)]
+        });
+        if signal == Signal::SIGKILL {
+            c.kill_agent(0);
+        } else {
+            c.agent(0).signal(Signal::SIGSTOP);
+        }
+        // Patroni's switchover on behalf of the other node (the old agent cannot see it).
+        release(&c, "node1");
+        let l2 = grant(&c, 30);
+        acquire(&c, "node2", l2);
+        let took = never_two_until(&c, Duration::from_secs(15), "node2 answers", |a| {
+            a == [mac(&c, 1)]
+        });
+        // The record TTL (3 s) plus the old lease's last keepalive period and a probe: a
+        // documented bound, not a measurement.
+        assert!(
+            took < Duration::from_secs(8),
+            "{signal:?}: node2 waited {took:?}"
+        );
+        assert!(
+            c.log(1).contains("every other agent has fenced"),
+            "{}",
+            c.log(1)
+        );
+        if signal == Signal::SIGSTOP {
+            c.agent(0).signal(Signal::SIGCONT);
+            // Woken, the old agent sees the key moved and stays silent.
+            let woken = Instant::now();
+            while woken.elapsed() < Duration::from_secs(2) {
+                assert_eq!(distinct(&answering(&c)), vec![mac(&c, 1)], "after SIGCONT");
+            }
+        }
+    }
+}
+
+/// A plain switchover: the old holder fences and records it, and the new one answers after that,
+/// never together.
+#[test]
+fn a_switchover_waits_for_the_old_holders_fence_record() {
+    if !require_privileges("a_switchover_waits_for_the_old_holders_fence_record") {
+        return;
+    }
+    let c = cluster(51, "");
+    let lease = grant(&c, 30);
+    acquire(&c, "node1", lease);
+    eventually(Duration::from_secs(5), "node1 answers", || {
+        answering(&c) == vec![mac(&c, 0)]
+    });
+    for round in 0..3 {
+        let (from, to, i) = if round % 2 == 0 {
+            ("node1", "node2", 1)
+        } else {
+            ("node2", "node1", 0)
+        };
+        release(&c, from);
+        let l = grant(&c, 30);
+        acquire(&c, to, l);
+        never_two_until(&c, Duration::from_secs(5), "the new holder answers", |a| {
+            a == [mac(&c, i)]
+        });
+    }
+}
+
+/// The mixed case of a rolling upgrade: an agent without the handshake writes no record, so the
+/// new agent never waits for it, and failovers work both ways.
+#[test]
+fn an_agent_without_the_handshake_never_blocks_a_failover() {
+    if !require_privileges("an_agent_without_the_handshake_never_blocks_a_failover") {
+        return;
+    }
+    let mut c = Cluster::new(52, 2, &vip_tests::agent_binary(), "");
+    let config = c.nodes[0].config.clone();
+    let text = std::fs::read_to_string(&config).expect("config");
+    std::fs::write(&config, format!("{text}fence-handshake: false\n")).expect("write");
+    c.start_agent(0);
+    c.start_agent(1);
+    c.wait_running();
+    for (from, to, i) in [
+        (None, "node1", 0),
+        (Some("node1"), "node2", 1),
+        (Some("node2"), "node1", 0),
+    ] {
+        if let Some(from) = from {
+            release(&c, from);
+        }
+        let l = grant(&c, 30);
+        acquire(&c, to, l);
+        eventually(Duration::from_secs(5), "the new holder answers", || {
+            answering(&c) == vec![mac(&c, i)]
+        });
+    }
+    let records = c.etcd(async |e| {
+        e.get(
+            "/vip-agent/",
+            Some(etcd_client::GetOptions::new().with_prefix()),
+        )
+        .await
+        .expect("get")
+        .kvs()
+        .iter()
+        .map(|kv| String::from_utf8_lossy(kv.key()).into_owned())
+        .collect::<Vec<_>>()
+    });
+    assert_eq!(
+        records,
+        vec![format!("/vip-agent{KEY}/node2")],
+        "only the new agent keeps a record"
+    );
+}

@@ -37,8 +37,8 @@ use crate::{
     gate::{Gate, GateHook},
     hooks::{self, HookContext, HookEvent},
     leader::{
-        LeaderError, LeaderFollower, LeaderSettings, LeaderState, MemberWatcher, Reason,
-        member_key, scope,
+        Handshake, LeaderError, LeaderFollower, LeaderSettings, LeaderState, MemberWatcher, Reason,
+        StateHook, member_key, scope,
     },
     metrics::{self, MetricsError, Registry},
     netlink::LinkEvents,
@@ -170,6 +170,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
     let mut vip_receivers: BTreeMap<IpAddr, watch::Receiver<LeaderState>> = BTreeMap::new();
     let mut followers = Vec::new();
     let mut members = Vec::new();
+    let mut handshakes = Vec::new();
+    let mut releases = Vec::new();
     let mut gates = Vec::new();
     for vip in &config.vips {
         let id = (vip.trigger_key.clone(), vip.trigger_value.clone());
@@ -261,12 +263,27 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
             hooks.push(gate.hook());
             gates.push(gate);
         }
-        let etcd_registry = registry.clone();
-        let key = vip.trigger_key.clone();
-        follower.on_change(move |state: &LeaderState| {
+        let to_gates: StateHook = Box::new(move |state: &LeaderState| {
             for hook in &hooks {
                 hook.apply(state);
             }
+        });
+        // etcd mode: the fence handshake sits between the follower and the gates.
+        let mut to_gates = match (&config.repmgr, &config.handshake) {
+            (None, Some(settings)) => {
+                let handshake =
+                    Handshake::new(leader_settings(&config, vip), settings.clone(), to_gates);
+                let hook = handshake.hook();
+                releases.push(handshake.releaser());
+                handshakes.push(handshake);
+                Box::new(move |state: &LeaderState| hook.apply(state))
+            }
+            _ => to_gates,
+        };
+        let etcd_registry = registry.clone();
+        let key = vip.trigger_key.clone();
+        follower.on_change(move |state: &LeaderState| {
+            to_gates(state);
             etcd_registry.set_etcd(
                 &key,
                 !matches!(state.reason, Reason::EtcdUnreachable | Reason::Startup),
@@ -311,6 +328,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
     for member in members {
         follower_tasks.spawn(member.run(followers_stop.clone()));
     }
+    for handshake in handshakes {
+        follower_tasks.spawn(handshake.run(followers_stop.clone()));
+    }
     follower_tasks.close();
     let metrics_stop = CancellationToken::new();
     tasks.spawn(metrics::serve(
@@ -341,6 +361,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
                 error!(vip = %vip.ip, error = %Chain(&e), "fence at shutdown failed");
             }
         }
+    }
+    // Fenced: now the other agents need not wait for this one's fence records to expire.
+    for release in releases {
+        release.release().await;
     }
     vip_stop.cancel();
     metrics_stop.cancel();

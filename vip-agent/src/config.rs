@@ -103,6 +103,10 @@ pub struct Config {
     /// How long a node that lost leadership, or cannot confirm it, keeps fencing the VIP. `None`
     /// (the default): exactly until the observed expiry of the leader key's lease.
     pub fence_timeout: Option<Duration>,
+    /// The fence handshake between the agents of one key (`fence-handshake`, `fence-record-ttl`,
+    /// `fence-record-prefix`); `None` when off (`fence-handshake: false`, or repmgr mode, which
+    /// has no etcd). See [`crate::leader::Handshake`].
+    pub handshake: Option<crate::leader::HandshakeSettings>,
     /// How to attach the XDP program.
     pub xdp_mode: XdpModeSetting,
     /// Prometheus metrics endpoint.
@@ -555,6 +559,7 @@ impl Config {
             repmgr,
             garp,
             fence_timeout,
+            handshake,
             xdp_mode,
             metrics_address,
             pin_path,
@@ -567,6 +572,7 @@ impl Config {
             && *repmgr == other.repmgr
             && *garp == other.garp
             && *fence_timeout == other.fence_timeout
+            && *handshake == other.handshake
             && *xdp_mode == other.xdp_mode
             && *metrics_address == other.metrics_address
             && *pin_path == other.pin_path

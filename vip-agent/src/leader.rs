@@ -77,12 +77,17 @@ mod error;
 mod follower;
 #[cfg(fuzzing)]
 pub mod fuzzing;
+mod handshake;
 mod member;
 mod settings;
 mod state;
 
 pub use error::{LeaderError, Operation};
 pub use follower::{LeaderFollower, StateHook, check_connection, spawn};
+pub use handshake::{
+    DEFAULT_RECORD_PREFIX, DEFAULT_RECORD_TTL, Decision, Handshake, HandshakeHook,
+    HandshakeSettings, Record, RecordState,
+};
 pub use member::{MemberView, MemberWatcher, member_key, scope};
 pub use settings::{
     DEFAULT_BACKOFF_MAX, DEFAULT_BACKOFF_MIN, DEFAULT_CONFIRM_INTERVAL, DEFAULT_CONNECT_TIMEOUT,

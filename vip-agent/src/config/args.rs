@@ -109,6 +109,16 @@ pub struct ConfigArgs {
     /// [default: until the observed leader-key lease expires].
     #[arg(long, env = "VIP_FENCE_TIMEOUT", value_name = "DURATION")]
     pub fence_timeout: Option<String>,
+    /// Answer only once every other agent of the key has recorded in etcd that it fenced:
+    /// true or false [default: true].
+    #[arg(long, env = "VIP_FENCE_HANDSHAKE", value_name = "BOOL")]
+    pub fence_handshake: Option<String>,
+    /// TTL of this agent's fence record in etcd, whole seconds, 2s..60s [default: 10s].
+    #[arg(long, env = "VIP_FENCE_RECORD_TTL", value_name = "DURATION")]
+    pub fence_record_ttl: Option<String>,
+    /// etcd prefix of the fence records [default: /vip-agent].
+    #[arg(long, env = "VIP_FENCE_RECORD_PREFIX", value_name = "PREFIX")]
+    pub fence_record_prefix: Option<String>,
     /// XDP attach mode: auto, native or generic [default: auto].
     #[arg(long, env = "VIP_XDP_MODE", value_name = "MODE")]
     pub xdp_mode: Option<String>,
@@ -210,7 +220,7 @@ pub(super) struct ArgValue<'a> {
 impl ConfigArgs {
     /// The string-valued arguments with their config key names (all but `config` and
     /// `dcs-endpoints`, which have their own types).
-    pub(super) fn string_values(&self) -> [ArgValue<'_>; 42] {
+    pub(super) fn string_values(&self) -> [ArgValue<'_>; 45] {
         let Self {
             config: _,
             ip,
@@ -233,6 +243,9 @@ impl ConfigArgs {
             garp_count,
             garp_interval,
             fence_timeout,
+            fence_handshake,
+            fence_record_ttl,
+            fence_record_prefix,
             xdp_mode,
             metrics_address,
             pin_path,
@@ -287,6 +300,13 @@ impl ConfigArgs {
             arg!("garp-count", "VIP_GARP_COUNT", garp_count),
             arg!("garp-interval", "VIP_GARP_INTERVAL", garp_interval),
             arg!("fence-timeout", "VIP_FENCE_TIMEOUT", fence_timeout),
+            arg!("fence-handshake", "VIP_FENCE_HANDSHAKE", fence_handshake),
+            arg!("fence-record-ttl", "VIP_FENCE_RECORD_TTL", fence_record_ttl),
+            arg!(
+                "fence-record-prefix",
+                "VIP_FENCE_RECORD_PREFIX",
+                fence_record_prefix
+            ),
             arg!("xdp-mode", "VIP_XDP_MODE", xdp_mode),
             arg!("metrics-address", "VIP_METRICS_ADDRESS", metrics_address),
             arg!("pin-path", "VIP_PIN_PATH", pin_path),

@@ -27,7 +27,7 @@ pub(super) struct Source<'a> {
 }
 
 /// Every top-level key vip-agent reads (vip-manager's, Pigsty's `hosting-type`, and ours).
-const TOP_LEVEL_KEYS: [&str; 41] = [
+const TOP_LEVEL_KEYS: [&str; 44] = [
     "ip",
     "netmask",
     "interface",
@@ -51,6 +51,9 @@ const TOP_LEVEL_KEYS: [&str; 41] = [
     "garp-count",
     "garp-interval",
     "fence-timeout",
+    "fence-handshake",
+    "fence-record-ttl",
+    "fence-record-prefix",
     "xdp-mode",
     "metrics-address",
     "pin-path",
@@ -291,6 +294,7 @@ pub(super) fn build(
     };
     let garp = garp(&top, &mut diag);
     let fence_timeout = fence_timeout(&top, &mut diag);
+    let handshake = handshake(&top, repmgr_mode, &mut diag);
     let xdp_mode = xdp_mode(&top, &mut diag);
     let metrics_address = metrics_address(&top, &mut diag);
     let pin_path = pin_path(&top, &mut diag);
@@ -311,6 +315,7 @@ pub(super) fn build(
         repmgr,
         garp,
         fence_timeout,
+        handshake,
         xdp_mode,
         metrics_address,
         pin_path,
@@ -1096,6 +1101,59 @@ fn garp(top: &Fields, diag: &mut Diag) -> GarpConfig {
         }
     }
     garp
+}
+
+/// Bounds of `fence-record-ttl`: etcd refuses leases under its minimum TTL (1.5 × the election
+/// timeout, 2 s rounded up at etcd's defaults); a record lease longer than a minute would let a
+/// dead agent hold up failovers longer than any Patroni `ttl` in use.
+const RECORD_TTL_MIN: Duration = Duration::from_secs(2);
+const RECORD_TTL_MAX: Duration = Duration::from_secs(60);
+
+fn handshake(
+    top: &Fields,
+    repmgr_mode: bool,
+    diag: &mut Diag,
+) -> Option<crate::leader::HandshakeSettings> {
+    let on = top
+        .read(diag, "fence-handshake", values::boolean)
+        .is_none_or(|(on, _)| on);
+    let mut settings = crate::leader::HandshakeSettings::default();
+    if let Some(((d, _), location)) = top.read(diag, "fence-record-ttl", values::duration) {
+        if d < RECORD_TTL_MIN || d > RECORD_TTL_MAX {
+            diag.invalid(
+                &location,
+                "fence-record-ttl",
+                values::duration_out_of_range(d, RECORD_TTL_MIN, RECORD_TTL_MAX),
+            );
+        } else if d.subsec_nanos() != 0 {
+            diag.invalid(
+                &location,
+                "fence-record-ttl",
+                format!(
+                    "{d:?}: etcd leases last whole seconds; write \"{}s\"",
+                    d.as_secs() + 1
+                ),
+            );
+        } else {
+            settings.ttl = d;
+        }
+    }
+    if let Some((prefix, location)) = top.text(diag, "fence-record-prefix") {
+        let prefix = prefix.trim().trim_end_matches('/').to_owned();
+        if !prefix.starts_with('/') || prefix.len() < 2 || prefix.contains("//") {
+            diag.invalid(
+                &location,
+                "fence-record-prefix",
+                format!(
+                    "{prefix:?}: an etcd key prefix such as /vip-agent (absolute, not /, no empty \
+                     segment)"
+                ),
+            );
+        } else {
+            settings.prefix = prefix;
+        }
+    }
+    (on && !repmgr_mode).then_some(settings)
 }
 
 fn fence_timeout(top: &Fields, diag: &mut Diag) -> Option<Duration> {

@@ -32,6 +32,15 @@ struct Effective<'a> {
     garp_interval: String,
     #[serde(rename = "fence-timeout", skip_serializing_if = "Option::is_none")]
     fence_timeout: Option<String>,
+    #[serde(rename = "fence-handshake", skip_serializing_if = "Option::is_none")]
+    fence_handshake: Option<bool>,
+    #[serde(rename = "fence-record-ttl", skip_serializing_if = "Option::is_none")]
+    fence_record_ttl: Option<String>,
+    #[serde(
+        rename = "fence-record-prefix",
+        skip_serializing_if = "Option::is_none"
+    )]
+    fence_record_prefix: Option<&'a str>,
     #[serde(rename = "xdp-mode")]
     xdp_mode: &'static str,
     #[serde(rename = "metrics-address")]
@@ -211,6 +220,10 @@ impl Config {
             garp_count: self.garp.count,
             garp_interval: format_duration(self.garp.interval),
             fence_timeout: self.fence_timeout.map(format_duration),
+            // Not rendered in repmgr mode, where it does not apply.
+            fence_handshake: self.repmgr.is_none().then_some(self.handshake.is_some()),
+            fence_record_ttl: self.handshake.as_ref().map(|h| format_duration(h.ttl)),
+            fence_record_prefix: self.handshake.as_ref().map(|h| h.prefix.as_str()),
             xdp_mode: self.xdp_mode.as_str(),
             metrics_address: self.metrics_address.to_string(),
             pin_path: self.pin_path.display().to_string(),

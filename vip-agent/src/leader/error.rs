@@ -15,6 +15,8 @@ pub enum Operation {
     Watch,
     /// `LeaseTimeToLive` of the lease attached to the trigger key.
     LeaseTimeToLive,
+    /// Keeping the fence handshake's record and its lease (grant, put, keepalive).
+    Record,
 }
 
 impl fmt::Display for Operation {
@@ -24,6 +26,7 @@ impl fmt::Display for Operation {
             Self::Get => "get",
             Self::Watch => "watch",
             Self::LeaseTimeToLive => "lease_time_to_live",
+            Self::Record => "fence record",
         })
     }
 }
@@ -113,6 +116,21 @@ pub enum LeaderError {
         /// The client error.
         cause: etcd_client::Error,
     },
+    /// Keeping the fence handshake's record failed (lease grant or keepalive, put).
+    #[error(
+        "{operation} the fence record {key:?} on etcd at {endpoint}: {}",
+        describe(cause)
+    )]
+    Record {
+        /// What was done: "grant a lease for", "keep alive the lease of", "write".
+        operation: &'static str,
+        /// The endpoint.
+        endpoint: String,
+        /// The record key.
+        key: String,
+        /// The client error.
+        cause: etcd_client::Error,
+    },
     /// Creating or reading the watch failed.
     #[error("watch {key:?} on etcd at {endpoint}: {}", describe(cause))]
     Watch {
@@ -196,6 +214,7 @@ impl LeaderError {
             Self::Authenticate { .. } => true,
             Self::Get { cause, .. }
             | Self::Watch { cause, .. }
+            | Self::Record { cause, .. }
             | Self::LeaseTimeToLive { cause, .. } => match cause {
                 etcd_client::Error::GRpcStatus(status) => match i32::from(status.code()) {
                     GRPC_UNAUTHENTICATED | GRPC_PERMISSION_DENIED => true,
