@@ -181,6 +181,9 @@ pub struct PatroniCluster {
     /// The clock of every observation: times are durations since this instant.
     pub epoch: Instant,
     installation: Installation,
+    /// Whether the agents' default pin root existed before this cluster (if not, it is removed
+    /// on drop when empty).
+    pin_root_existed: bool,
     /// Holds the directory (on tmpfs, owned by `postgres`); dropped last.
     dir: PgDir,
 }
@@ -198,6 +201,7 @@ impl PatroniCluster {
             (120..=139).contains(&options.subnet),
             "issue 13's tests use 10.77.120.0/24 to 10.77.139.0/24"
         );
+        let pin_root_existed = Path::new(vip_agent::dataplane::DEFAULT_PIN_ROOT).exists();
         let net = Cluster::new(options.subnet, 2, agent_bin, "");
         let scope = crate::unique_name("pg");
         let dir = PgDir::on_tmpfs(installation.clone(), "vippat");
@@ -206,6 +210,7 @@ impl PatroniCluster {
             scope,
             epoch: Instant::now(),
             installation,
+            pin_root_existed,
             dir,
             net,
         };
@@ -766,6 +771,10 @@ impl Drop for PatroniCluster {
         for i in 0..self.net.nodes.len() {
             self.net.kill_agent(i);
             let _ = vip_agent::dataplane::detach(pins, &self.net.nodes[i].host.ifname);
+        }
+        if !self.pin_root_existed {
+            // Only when empty: never another agent's pins.
+            let _ = std::fs::remove_dir(pins);
         }
         if std::env::var_os("VIP_KEEP_LOGS").is_some() {
             // Keep the directory (Patroni's and PostgreSQL's logs) for a look afterwards.
@@ -1440,8 +1449,11 @@ fn run_rest(addrs: &[SocketAddr], epoch: Instant, logs: &Arc<Mutex<Logs>>, stop:
 /// What a scenario expects of the VIP while it runs.
 #[derive(Clone, Debug)]
 pub struct Expect {
-    /// Every attempt that starts inside this window must commit a write on this node (Patroni
-    /// failsafe: the primary stays reachable read-write through the etcd outage).
+    /// Every attempt made inside this window (started at or after its start, finished by its
+    /// end) must commit a write on this node (Patroni failsafe: the primary stays reachable
+    /// read-write through the etcd outage). An attempt still in flight at the end is left to the
+    /// other checks: what the agent does once etcd answers again (the lease expired during the
+    /// outage, so etcd reports the key deleted) is a failover, not the outage.
     pub reachable_rw: Option<(Duration, Duration, String)>,
     /// After the final leader key of the window (or after `trigger` when the key did not
     /// change), the VIP must give a committed write on the key's holder within this bound.
@@ -1604,7 +1616,7 @@ pub fn check_window(
     if let Some((a_from, a_to, node)) = &expect.reachable_rw {
         let inside: Vec<&Attempt> = attempts
             .iter()
-            .filter(|a| a.start >= *a_from && a.start < *a_to)
+            .filter(|a| a.start >= *a_from && a.end <= *a_to)
             .collect();
         let bad: Vec<&&Attempt> = inside
             .iter()
