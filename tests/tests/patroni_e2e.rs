@@ -2,7 +2,7 @@
 //! two DB nodes in network namespaces, Patroni's REST API on the node's address only, and the real
 //! vip-agent on each node configured with vip-manager's keys only (`ip`, `netmask`, `interface`,
 //! `trigger-key`, `trigger-value`, `dcs-type`, `dcs-endpoints`). A client connects through the VIP
-//! 25 times a second, a new connection each time, reads `pg_is_in_recovery()` and the server's
+//! 50 times a second, a new connection each time, reads `pg_is_in_recovery()` and the server's
 //! `vip_test.node`, and inserts a row (`vip_tests::patroni`).
 //!
 //! Scenarios (one cluster per test; the tests take a lock, so one cluster runs at a time):
