@@ -1738,8 +1738,30 @@ fn timeline(
     (from, trigger, to): (Duration, Duration, Duration),
 ) -> String {
     let mut lines: Vec<(Duration, String)> = Vec::new();
-    for e in keys.iter().filter(|e| e.at >= from && e.at < to) {
-        if e.key.starts_with("members/") || e.key == "optime/leader" || e.key == "status" {
+    // A member key is rewritten every loop: show it only when its role or state changes.
+    let mut member_state: std::collections::HashMap<&str, String> =
+        std::collections::HashMap::new();
+    for e in keys.iter().filter(|e| e.at < to) {
+        if e.key.starts_with("members/") {
+            let state = e.value.as_deref().map_or_else(
+                || "DELETED".to_owned(),
+                |v| {
+                    let json: serde_json::Value = serde_json::from_str(v).unwrap_or_default();
+                    format!(
+                        "role={} state={}",
+                        json["role"].as_str().unwrap_or("?"),
+                        json["state"].as_str().unwrap_or("?")
+                    )
+                },
+            );
+            let changed = member_state.get(e.key.as_str()) != Some(&state);
+            member_state.insert(&e.key, state.clone());
+            if changed && e.at >= from {
+                lines.push((e.at, format!("etcd  {} rev {} {state}", e.key, e.revision)));
+            }
+            continue;
+        }
+        if e.at < from || e.key == "optime/leader" || e.key == "status" {
             // Rewritten every loop: only the leader, failsafe, config and history matter here.
             continue;
         }

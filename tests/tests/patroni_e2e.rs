@@ -124,10 +124,11 @@ impl Run {
             (from, trigger, to),
             expect,
         );
-        println!("{}", verdict.summary);
-        if !verdict.failures.is_empty() {
-            println!("{name} timeline:\n{}", verdict.timeline);
-        }
+        // Captured by the test harness: shown on failure, or with --nocapture.
+        println!(
+            "{}\n{name} timeline:\n{}",
+            verdict.summary, verdict.timeline
+        );
         self.verdicts.push(verdict);
     }
 
