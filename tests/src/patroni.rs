@@ -314,6 +314,8 @@ postgresql:
     unix_socket_directories: '{dir}'
     vip_test.node: '{name}'
     fsync: 'off'
+    # in the data directory: a killed server leaves no segment behind in /dev/shm
+    dynamic_shared_memory_type: mmap
     full_page_writes: 'on'
     max_connections: 200
     logging_collector: 'on'
