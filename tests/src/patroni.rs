@@ -1667,7 +1667,7 @@ pub fn check_window(
     let all: Vec<&Attempt> = attempts.iter().collect();
     let longest = holder
         .as_deref()
-        .map_or(Duration::ZERO, |h| longest_gap_any(&all, h));
+        .map_or(Duration::ZERO, |h| longest_gap(&all, h));
     let mut durations: Vec<Duration> = attempts
         .iter()
         .filter(|a| a.committed().is_some())
@@ -1710,10 +1710,6 @@ pub fn check_window(
 
 /// The longest run of attempts (by start) without a commit on `node`, among `attempts`.
 fn longest_gap(attempts: &[&Attempt], node: &str) -> Duration {
-    longest_gap_any(attempts, node)
-}
-
-fn longest_gap_any(attempts: &[&Attempt], node: &str) -> Duration {
     let mut longest = Duration::ZERO;
     let mut run_start: Option<Duration> = None;
     for a in attempts {
