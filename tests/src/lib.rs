@@ -21,6 +21,7 @@ pub mod cluster;
 pub mod flood;
 pub mod ndp;
 mod netns;
+pub mod patroni;
 mod pins;
 pub mod postgres;
 pub mod sock;
