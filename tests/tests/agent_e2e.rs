@@ -303,6 +303,20 @@ fn sigterm_fences_removes_the_address_and_exits_zero() {
         node.ns.xdp_prog_id(&node.ifname).is_some(),
         "the pinned program stays, fenced"
     );
+
+    // A SIGTERM while the agent is still starting (the fault suite's restart-then-stop) is held
+    // until its handlers are in place: a clean stop, not death by the default action.
+    for delay_ms in [10, 30, 60] {
+        c.start_agent(0);
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        let status = c
+            .terminate_agent(0)
+            .expect("the agent exits on an early SIGTERM");
+        assert!(
+            status.success(),
+            "SIGTERM {delay_ms} ms after start: {status:?}"
+        );
+    }
 }
 
 #[test]

@@ -52,6 +52,12 @@ fn init_logging(verbose: bool) {
 }
 
 fn run(args: &ConfigArgs) -> Result<()> {
+    // A SIGTERM that arrives while the agent starts (before `supervise` has its handlers) must not
+    // kill it with the default action: held pending until then. Threads inherit the mask; child
+    // processes (hooks) get an empty one from std.
+    let held = shutdown_signals();
+    held.thread_block()
+        .context("hold SIGTERM, SIGINT and SIGHUP during startup")?;
     let config = config::load(args)?;
     init_logging(config.verbose);
     validate(&config)?;
@@ -81,6 +87,11 @@ async fn supervise(args: &ConfigArgs, mut config: config::Config) -> Result<()> 
     let mut term = signal(SignalKind::terminate()).context("install the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("install the SIGINT handler")?;
     let mut hup = signal(SignalKind::hangup()).context("install the SIGHUP handler")?;
+    // The handlers are in place: let the signals held since startup in (on this thread, the one
+    // `block_on` drives; a signal pending since then is delivered now).
+    shutdown_signals()
+        .thread_unblock()
+        .context("release SIGTERM, SIGINT and SIGHUP")?;
     // The configuration that ran before the last SIGHUP restart, while the new one is unproven.
     let mut previous: Option<config::Config> = None;
     loop {
@@ -135,6 +146,16 @@ async fn supervise(args: &ConfigArgs, mut config: config::Config) -> Result<()> 
             Some(new) => previous = Some(std::mem::replace(&mut config, new)),
         }
     }
+}
+
+/// The signals `supervise` handles.
+fn shutdown_signals() -> nix::sys::signal::SigSet {
+    use nix::sys::signal::{SigSet, Signal};
+    let mut set = SigSet::empty();
+    for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+        set.add(s);
+    }
+    set
 }
 
 /// `STOPPING=1` to systemd (`Type=notify`): only for a real shutdown, never for a SIGHUP restart,

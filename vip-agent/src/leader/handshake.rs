@@ -123,6 +123,11 @@ pub struct Decision {
     own_until_ns: u64,
     /// The agent is stopping: nothing answers any more.
     stopping: bool,
+    /// The term for which every other agent was seen fenced (or gone). Once cleared, a term stays
+    /// cleared: another agent can only answer again for a later term, which needs this node's own
+    /// `fenced` record first, so a record that regresses (an agent restarting) must not black out
+    /// the holder.
+    cleared: Option<i64>,
 }
 
 impl Decision {
@@ -136,13 +141,26 @@ impl Decision {
             written: None,
             own_until_ns: 0,
             stopping: false,
+            cleared: None,
         }
     }
 
-    /// What this agent's record should say.
+    /// Take a new state from the leader source.
+    pub fn set_latest(&mut self, state: LeaderState) {
+        if !state.primary || state.term != self.latest.term {
+            self.cleared = None;
+        }
+        self.latest = state;
+    }
+
+    /// What this agent's record should say; `None` before the leader source has read the key (a
+    /// restarting agent must not claim a term it has not seen).
     #[must_use]
-    pub fn desired(&self) -> Record {
-        if self.latest.primary && !self.stopping {
+    pub fn desired(&self) -> Option<Record> {
+        if self.latest.reason == crate::leader::Reason::Startup && !self.stopping {
+            return None;
+        }
+        Some(if self.latest.primary && !self.stopping {
             Record {
                 state: RecordState::Answering,
                 term: self.latest.term,
@@ -152,7 +170,7 @@ impl Decision {
                 state: RecordState::Fenced,
                 term: self.latest.term,
             }
-        }
+        })
     }
 
     /// Why this node may not answer for its term yet (`None`: it may).
@@ -172,6 +190,9 @@ impl Decision {
         }
         if now_ns >= self.own_until_ns {
             return Some("this agent's record lease is not confirmed".to_owned());
+        }
+        if self.cleared == Some(term) {
+            return None;
         }
         if !self.others_known {
             return Some("the other agents' records are not read yet".to_owned());
@@ -256,6 +277,9 @@ impl Core {
         } else {
             None
         };
+        if self.decision.latest.primary && blocked.is_none() {
+            self.decision.cleared = Some(self.decision.latest.term);
+        }
         if blocked != self.blocked {
             match &blocked {
                 Some(why) => tracing::info!(key = %self.key, reason = %why,
@@ -289,7 +313,7 @@ impl HandshakeHook {
     pub fn apply(&self, state: &LeaderState) {
         {
             let mut core = lock(&self.shared.core);
-            core.decision.latest = *state;
+            core.decision.set_latest(*state);
             core.publish(true);
         }
         self.shared.wake.notify_one();
@@ -557,7 +581,9 @@ impl Handshake {
                 let core = lock(&self.shared.core);
                 (core.decision.desired(), core.decision.written)
             };
-            if written != Some(desired) {
+            if let Some(desired) = desired
+                && written != Some(desired)
+            {
                 tokio::time::timeout(
                     limit,
                     kv.put(
@@ -796,13 +822,36 @@ mod tests {
         let mut d = ready(50);
         d.latest = replica(60);
         assert_eq!(d.effective(2 * S), replica(60), "not held back in any way");
-        assert_eq!(d.desired(), fenced(60).expect("record"));
+        assert_eq!(d.desired(), fenced(60));
         d.latest = primary(70, 30 * S);
-        assert_eq!(d.desired(), answering(70).expect("record"));
+        assert_eq!(d.desired(), answering(70));
         d.stopping = true;
-        assert_eq!(d.desired(), fenced(70).expect("record"));
+        assert_eq!(d.desired(), fenced(70));
+        d.stopping = false;
+        d.latest = LeaderState::startup(S);
+        assert_eq!(d.desired(), None, "nothing claimed before the key is read");
         let e = d.effective(2 * S);
         assert!(!e.primary && e.safe_until_ns == 0, "stopping: {e:?}");
+    }
+
+    #[test]
+    fn a_cleared_term_stays_cleared_when_another_record_regresses() {
+        let mut d = ready(50);
+        d.others.insert("pg1".into(), fenced(50));
+        assert_eq!(d.blocked_by(2 * S), None);
+        d.cleared = Some(50);
+        // pg1's agent restarts and writes a record for an older term before it reads the key.
+        d.others.insert("pg1".into(), fenced(0));
+        assert_eq!(d.blocked_by(2 * S), None, "the holder keeps answering");
+        // A new term needs the others again.
+        d.set_latest(primary(60, 30 * S));
+        d.written = answering(60);
+        assert!(d.blocked_by(2 * S).is_some());
+        // Losing the key forgets the clearance too.
+        d.set_latest(primary(60, 30 * S));
+        d.cleared = Some(60);
+        d.set_latest(replica(61));
+        assert_eq!(d.cleared, None);
     }
 
     #[test]
