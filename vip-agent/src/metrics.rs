@@ -618,18 +618,44 @@ async fn handle(mut stream: TcpStream, registry: &Registry) -> std::io::Result<(
     let line = String::from_utf8_lossy(&buf);
     let mut parts = line.split_whitespace();
     let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let response = respond(method, target, registry);
+    // The whole answer within the same bound: a client that never reads cannot hold the task.
+    match tokio::time::timeout(REQUEST_TIMEOUT, async {
+        stream.write_all(response.as_bytes()).await?;
+        stream.shutdown().await
+    })
+    .await
+    {
+        Ok(result) => result,
+        Err(_) => Ok(()),
+    }
+}
+
+/// The whole HTTP response. GET, HEAD and OPTIONS get the same status (HAProxy checks Patroni-style
+/// endpoints with `OPTIONS /primary`); HEAD and OPTIONS carry no body.
+fn respond(method: &str, target: &str, registry: &Registry) -> String {
     let (status, body) = route(method, target, registry);
-    let response = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+    let body = if matches!(method, "HEAD" | "OPTIONS") {
+        ""
+    } else {
+        body.as_str()
+    };
+    let length = if method == "HEAD" {
+        route(method, target, registry).1.len()
+    } else {
         body.len()
-    );
-    stream.write_all(response.as_bytes()).await?;
-    stream.shutdown().await
+    };
+    format!(
+        "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: {length}\r\nConnection: close\r\n\r\n{body}"
+    )
 }
 
 fn route(method: &str, target: &str, registry: &Registry) -> (&'static str, String) {
-    if method != "GET" && method != "HEAD" {
-        return ("405 Method Not Allowed", "only GET\n".to_owned());
+    if !matches!(method, "GET" | "HEAD" | "OPTIONS") {
+        return (
+            "405 Method Not Allowed",
+            "only GET, HEAD and OPTIONS\n".to_owned(),
+        );
     }
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
     match path {
@@ -641,7 +667,7 @@ fn route(method: &str, target: &str, registry: &Registry) -> (&'static str, Stri
             match vip {
                 Some(Err(_)) => (
                     "400 Bad Request",
-                    "vip= must be an IPv4 address\n".to_owned(),
+                    "vip= must be an IPv4 or IPv6 address\n".to_owned(),
                 ),
                 Some(Ok(v)) if registry.answering(Some(v)) => ("200 OK", "primary\n".to_owned()),
                 None if registry.answering(None) => ("200 OK", "primary\n".to_owned()),
@@ -658,6 +684,36 @@ fn route(method: &str, target: &str, registry: &Registry) -> (&'static str, Stri
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn haproxy_checks_primary_with_options_and_head_gets_no_body() {
+        let now = monotonic_ns();
+        let answering = registry(now + 60_000_000_000);
+        let get = respond("GET", "/primary", &answering);
+        assert!(
+            get.starts_with("HTTP/1.1 200 OK\r\n") && get.ends_with("\r\n\r\nprimary\n"),
+            "{get}"
+        );
+        let options = respond("OPTIONS", "/primary", &answering);
+        assert!(options.starts_with("HTTP/1.1 200 OK\r\n"), "{options}");
+        assert!(
+            options.ends_with("Content-Length: 0\r\nConnection: close\r\n\r\n"),
+            "{options}"
+        );
+        let head = respond("HEAD", "/primary", &answering);
+        assert!(
+            head.ends_with("Content-Length: 8\r\nConnection: close\r\n\r\n"),
+            "{head}"
+        );
+        let fenced = registry(0);
+        assert!(respond("OPTIONS", "/primary", &fenced).starts_with("HTTP/1.1 503 "));
+        assert!(respond("POST", "/primary", &fenced).starts_with("HTTP/1.1 405 "));
+        assert_eq!(
+            route("GET", "/primary?vip=fd00::5", &answering).0,
+            "503 Service Unavailable",
+            "an IPv6 VIP is a VIP (not this one)"
+        );
+    }
 
     fn registry(deadline_ns: u64) -> Registry {
         let r = Registry::default();
