@@ -200,6 +200,10 @@ fn output_suffix(output: &str) -> String {
     }
 }
 
+/// The variables a hook inherits from the agent (when set): where to find programs, the locale, the
+/// time zone and the home directory (for tools that read their credentials from it).
+pub const INHERITED_ENV: [&str; 6] = ["PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ"];
+
 async fn attempt(
     command: &str,
     event: HookEvent,
@@ -210,6 +214,14 @@ async fn attempt(
     let mut child = match Command::new("/bin/sh")
         .arg("-c")
         .arg(command)
+        // Nothing of the agent's own environment but the allow-list: it holds the etcd and
+        // Patroni passwords and the PostgreSQL DSN (VIP_*), which a hook has no business seeing.
+        .env_clear()
+        .envs(
+            INHERITED_ENV
+                .iter()
+                .filter_map(|name| std::env::var_os(name).map(|v| (*name, v))),
+        )
         .envs(context.env(event))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -324,6 +336,32 @@ mod tests {
         let cancel = CancellationToken::new();
         assert_eq!(run(&c, HookEvent::Promote, &context(), &cancel).await, None);
         assert_eq!(run(&c, HookEvent::Demote, &context(), &cancel).await, None);
+    }
+
+    #[tokio::test]
+    async fn a_hook_sees_only_the_allow_list_and_its_own_variables() {
+        let dir = Dir::new("envlist");
+        let out = dir.0.join("env");
+        let c = config(
+            &format!("env > {}", out.display()),
+            Duration::from_secs(10),
+            0,
+        );
+        let r = promote(&c).await;
+        assert_eq!(r.outcome, HookOutcome::Success);
+        let env = std::fs::read_to_string(&out).unwrap();
+        // The shell adds PWD, SHLVL and _ by itself.
+        let shell = ["PWD", "OLDPWD", "SHLVL", "_"];
+        for line in env.lines() {
+            let name = line.split('=').next().unwrap_or(line);
+            assert!(
+                name.starts_with("VIP_AGENT_")
+                    || INHERITED_ENV.contains(&name)
+                    || shell.contains(&name),
+                "a hook inherited {name} from the agent:\n{env}"
+            );
+        }
+        assert!(env.contains("VIP_AGENT_VIP=10.0.0.10"), "{env}");
     }
 
     #[tokio::test]
