@@ -963,6 +963,29 @@ fn etcd(top: &Fields, diag: &mut Diag) -> EtcdConfig {
         );
     }
 
+    if let (Some(_), Some((_, location))) = (&user, &password) {
+        let tls = ca_file.is_some() || cert_file.is_some();
+        let plain: Vec<&String> = endpoints
+            .iter()
+            .filter(|e| e.starts_with("http://") || (!e.contains("://") && !tls))
+            .filter(|e| !values::is_loopback_url(e))
+            .collect();
+        if !plain.is_empty() {
+            diag.warn(
+                location,
+                "etcd-password",
+                format!(
+                    "the etcd password goes over plain http to {}: anyone on the path can read \
+                     it; use https:// endpoints",
+                    plain
+                        .iter()
+                        .map(|e| e.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            );
+        }
+    }
     let (user, password) = match (user, password) {
         (Some((u, _)), Some((p, _))) => (Some(u), Some(Secret::new(p))),
         _ => (None, None),
@@ -1334,6 +1357,19 @@ fn gate(fields: &Fields, base: &GateConfig, diag: &mut Diag) -> GateConfig {
     }
     let user = fields.text(diag, "patroni-user");
     let password = fields.text(diag, "patroni-password");
+    if let (Some(url), Some((_, location))) = (&gate.patroni_url, &password)
+        && !url.tls
+        && !values::is_loopback_url(&url.authority())
+    {
+        diag.warn(
+            location,
+            &fields.full_key("patroni-password"),
+            format!(
+                "Patroni's basic authentication goes over plain http to {url}: anyone on the \
+                 path can read it; use https:// (patroni-ca-file)"
+            ),
+        );
+    }
     match (user, password) {
         (Some((u, _)), Some((p, _))) => {
             gate.patroni_user = Some(u);

@@ -1724,3 +1724,32 @@ vips:
     );
     assert!(notes[2].contains("set patroni-url"), "{notes:?}");
 }
+
+#[test]
+fn credentials_over_plain_http_are_warned_about() {
+    let c = ok(&min_with(
+        "etcd-user: pg\netcd-password: s3cret\ndcs-endpoints: [http://10.0.0.5:2379, http://127.0.0.1:2379]",
+    ));
+    let n = notice_for(&c.notices, "etcd-password", NoticeLevel::Warning);
+    assert!(
+        n.message.contains("http://10.0.0.5:2379") && !n.message.contains("127.0.0.1"),
+        "{n:?}"
+    );
+    let c = ok(&min_with(
+        "etcd-user: pg\netcd-password: s3cret\ndcs-endpoints: [http://localhost:2379]",
+    ));
+    assert!(
+        !c.notices.iter().any(|n| n.key == "etcd-password"),
+        "loopback stays on the machine: {:?}",
+        c.notices
+    );
+    let c = ok(&min_with(
+        "patroni-url: http://10.0.0.5:8008\npatroni-user: u\npatroni-password: p",
+    ));
+    let n = notice_for(&c.notices, "patroni-password", NoticeLevel::Warning);
+    assert!(n.message.contains("plain http"), "{n:?}");
+    let c = ok(&min_with(
+        "patroni-url: https://10.0.0.5:8008\npatroni-user: u\npatroni-password: p",
+    ));
+    assert!(!c.notices.iter().any(|n| n.key == "patroni-password"));
+}

@@ -659,3 +659,18 @@ fn dsn_value(value: &str) -> String {
     quoted.push('\'');
     quoted
 }
+
+/// Whether an endpoint URL (`scheme://host:port` or `host:port`) names a loopback host
+/// (`localhost`, 127.0.0.0/8, `::1`): traffic to it never leaves the machine.
+pub(super) fn is_loopback_url(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split('/').next().unwrap_or(rest);
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(v6),
+        None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
+    };
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
