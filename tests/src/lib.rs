@@ -23,6 +23,7 @@ pub mod ndp;
 mod netns;
 mod pins;
 pub mod postgres;
+pub mod repmgr;
 pub mod sock;
 
 pub use netns::{Bridge, ChildGuard, NetNs, unique_name, veth_pair};
