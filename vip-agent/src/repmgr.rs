@@ -34,9 +34,11 @@
 
 pub mod client;
 pub mod events;
+pub mod metadata;
 pub mod protocol;
 mod source;
 pub mod tracker;
+pub mod view;
 
 pub use events::{EVENTS, EventClass, classify};
 pub use protocol::{EventRequest, Reply};
