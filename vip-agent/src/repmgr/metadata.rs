@@ -1,6 +1,7 @@
 //! The connections to repmgr's nodes: one round reads this node's `repmgr.nodes` (over
 //! `postgres-dsn`) and asks every other active node, over the `conninfo` repmgr stores for it,
-//! whether it is in recovery, its timeline, and which primary its own `repmgr.nodes` names. Each
+//! whether it is in recovery, its timeline (a standby's: the one its WAL receiver streams), and
+//! which primary its own `repmgr.nodes` names. Each
 //! connection is kept while it works; every question is bounded by the round's timeout, and the
 //! nodes are asked at the same time. [`super::view::judge`] makes sense of the answers.
 //!
@@ -21,7 +22,8 @@ use crate::pg::describe;
 const NODES_SQL: &str = "SELECT node_id, type, active, conninfo FROM repmgr.nodes ORDER BY node_id";
 
 const PEER_SQL: &str = "SELECT pg_is_in_recovery(), \
-     CASE WHEN pg_is_in_recovery() THEN '' \
+     CASE WHEN pg_is_in_recovery() \
+          THEN coalesce((SELECT lpad(to_hex(received_tli), 8, '0') FROM pg_stat_wal_receiver), '') \
           ELSE substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8) END, \
      coalesce((SELECT string_agg(node_id::text, ',' ORDER BY node_id) FROM repmgr.nodes \
                WHERE type = 'primary' AND active), '')";
@@ -338,7 +340,7 @@ fn parse_peer(messages: &[SimpleQueryMessage]) -> Result<PeerAnswer, String> {
         "f" => false,
         other => return Err(format!("pg_is_in_recovery() answered {other:?}")),
     };
-    let timeline = if in_recovery {
+    let timeline = if timeline.is_empty() {
         None
     } else {
         Some(
@@ -346,6 +348,9 @@ fn parse_peer(messages: &[SimpleQueryMessage]) -> Result<PeerAnswer, String> {
                 .map_err(|_| format!("timeline {timeline:?} is not hexadecimal"))?,
         )
     };
+    if timeline.is_none() && !in_recovery {
+        return Err("a primary without a timeline".to_owned());
+    }
     let registered_primaries = primaries
         .split(',')
         .filter(|s| !s.is_empty())

@@ -59,7 +59,8 @@ pub enum PeerAnswer {
     Unreachable(String),
     Answered {
         in_recovery: bool,
-        /// Its timeline, when it is not in recovery.
+        /// Its timeline when it is not in recovery; when it is, the timeline its WAL receiver
+        /// streams (`pg_stat_wal_receiver.received_tli`), if it streams.
         timeline: Option<u32>,
         /// The active primaries its own `repmgr.nodes` lists.
         registered_primaries: Vec<u32>,
@@ -76,6 +77,9 @@ pub enum Contradiction {
         timeline: u32,
         ours: Option<u32>,
     },
+    /// A standby streams a timeline newer than this node's: some other node was promoted after
+    /// this one and the standby follows it. Fences at once.
+    NewerTimeline { node: u32, timeline: u32, ours: u32 },
     /// A node's `repmgr.nodes` names another node the primary.
     OtherRegistered { by: u32, names: u32 },
     /// This node's own `repmgr.nodes` does not name it the primary.
@@ -96,6 +100,15 @@ impl fmt::Display for Contradiction {
                 ),
                 None => write!(f, "node {node} is a primary on timeline {timeline}"),
             },
+            Self::NewerTimeline {
+                node,
+                timeline,
+                ours,
+            } => write!(
+                f,
+                "node {node} streams timeline {timeline} (this node: timeline {ours}): another \
+                 node was promoted after this one"
+            ),
             Self::OtherRegistered { by, names } => {
                 write!(f, "node {by}'s repmgr.nodes names node {names} the primary")
             }
@@ -135,10 +148,14 @@ impl View {
         self.nodes / 2 + 1
     }
 
-    /// A node that answered is a primary on a timeline not older than this node's.
+    /// A node that answered is a primary on a timeline not older than this node's, or a standby
+    /// streams a newer timeline: another node was promoted after this one.
     #[must_use]
     pub const fn newer_primary(&self) -> bool {
-        matches!(self.contradiction, Some(Contradiction::NewerPrimary { .. }))
+        matches!(
+            self.contradiction,
+            Some(Contradiction::NewerPrimary { .. } | Contradiction::NewerTimeline { .. })
+        )
     }
 
     /// A majority is reachable (this node counts itself) and no newer primary answered.
@@ -177,7 +194,8 @@ impl View {
 /// Rules: only active nodes count (repmgr marks a failed primary inactive). A witness never
 /// competes (it is not in recovery, but it is no primary). A node that is not in recovery on a
 /// timeline *older* than this node's is a stale former primary: it is ignored, neither support
-/// nor contradiction. Any other node that is not in recovery is a newer primary.
+/// nor contradiction. Any other node that is not in recovery is a newer primary, and so is the
+/// upstream of a standby that streams a timeline newer than this node's.
 #[must_use]
 pub fn judge(
     own: u32,
@@ -217,6 +235,17 @@ pub fn judge(
                     ours: timeline,
                 });
             }
+            continue;
+        }
+        if let (true, Some(theirs), Some(ours)) = (in_recovery, theirs, timeline)
+            && theirs > &ours
+            && newer.is_none()
+        {
+            newer = Some(Contradiction::NewerTimeline {
+                node: record.node_id,
+                timeline: *theirs,
+                ours,
+            });
             continue;
         }
         reachable += 1;
@@ -356,6 +385,37 @@ mod tests {
         // The same timeline is no older: two primaries on one timeline fence each other.
         let v = judge(1, Some(2), &records, &[(2, primary(2, &[2]))]);
         assert!(v.newer_primary(), "{v:?}");
+    }
+
+    /// The old primary still reaches a standby, but not the node repmgrd promoted: the standby
+    /// streams the new timeline, which is proof enough.
+    #[test]
+    fn a_standby_on_a_newer_timeline_fences() {
+        let records = [rec(1, P, true), rec(2, S, true), rec(3, S, true)];
+        let following_new = PeerAnswer::Answered {
+            in_recovery: true,
+            timeline: Some(5),
+            registered_primaries: vec![2],
+        };
+        let v = judge(1, Some(4), &records, &[(3, following_new)]);
+        assert!(v.newer_primary() && !v.quorum() && !v.confirms(), "{v:?}");
+        assert_eq!(
+            v.contradiction.as_ref().map(ToString::to_string).as_deref(),
+            Some(
+                "node 3 streams timeline 5 (this node: timeline 4): another node was promoted \
+                 after this one"
+            )
+        );
+        // Streaming this node's timeline (or an older one, before it follows) is support.
+        for tl in [4, 3] {
+            let a = PeerAnswer::Answered {
+                in_recovery: true,
+                timeline: Some(tl),
+                registered_primaries: vec![1],
+            };
+            let v = judge(1, Some(4), &records, &[(3, a)]);
+            assert!(v.confirms() && v.quorum(), "{tl}: {v:?}");
+        }
     }
 
     #[test]
