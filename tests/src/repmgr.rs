@@ -4,6 +4,12 @@
 //! every node in repmgr mode exactly as `docs/repmgr.md` prescribes (default intervals), and a
 //! client host that writes through the VIP, watches every node's role and probes ARP.
 //!
+//! repmgrd's timers follow `docs/repmgr.md`: `monitor_interval_secs=1`, `reconnect_attempts=5`,
+//! `reconnect_interval=3` (no promotion before (5 − 1) × 3 = 12 s without the primary, more than
+//! the agents' default `repmgr-quorum-hold` + validity of 8 s), `primary_visibility_consensus`,
+//! and `child_nodes_disconnect_command` with short child-node timers; PostgreSQL's
+//! `wal_sender_timeout` is 5 s so that repmgrd sees a cut-off standby detach.
+//!
 //! Layout: one bridge, `10.77.<subnet>.0/24`: node i (from 0) at `.(11 + i)`, the client at `.9`,
 //! the VIP at `.100`. Everything runs inside the namespaces made here, as `postgres` (PostgreSQL,
 //! repmgr, repmgrd) or root (the agents, sshd). PostgreSQL is started with `pg_ctl start`, as a user,
@@ -535,7 +541,7 @@ impl RepmgrCluster {
                  failover=automatic\n\
                  promote_command='{bin}/repmgr standby promote -f {conf} --log-to-file'\n\
                  follow_command='{bin}/repmgr standby follow -f {conf} --log-to-file --upstream-node-id=%n'\n\
-                 monitor_interval_secs=1\nreconnect_attempts=4\nreconnect_interval=3\n\
+                 monitor_interval_secs=1\nreconnect_attempts=5\nreconnect_interval=3\n\
                  primary_visibility_consensus=true\n\
                  child_nodes_check_interval=1\nchild_nodes_disconnect_timeout=2\n\
                  child_nodes_disconnect_command='/bin/true'\n\

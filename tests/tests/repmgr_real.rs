@@ -14,7 +14,7 @@
 //! Asserted over the whole run: no connection through the VIP reaches a server in recovery, no
 //! write commits on a node after another node was seen primary on a newer timeline, no ARP probe
 //! is answered by two MACs; after each trigger the VIP takes writes on the new primary within
-//! the bounds below (generous: repmgrd itself needs 4 × 3 s to give up on a primary).
+//! the bounds below (generous: repmgrd itself needs 5 × 3 s to give up on a primary).
 //!
 //! Needs root, postgresql-15, postgresql-15-repmgr, openssh-server and nftables (`cargo xtask
 //! setup`); skips loudly otherwise and fails under CI.
@@ -29,7 +29,7 @@ const SUBNET: u8 = 140;
 const BOOTSTRAP_LIMIT: Duration = Duration::from_secs(20);
 /// `repmgr standby switchover` started: the new primary takes writes within this.
 const SWITCHOVER_LIMIT: Duration = Duration::from_secs(20);
-/// Primary killed or cut off: repmgrd gives up after 4 × 3 s (+ connect timeouts), promotes, and
+/// Primary killed or cut off: repmgrd gives up after 5 × 3 s (+ connect timeouts), promotes, and
 /// the VIP takes writes on the new primary within this.
 const FAILOVER_LIMIT: Duration = Duration::from_secs(60);
 /// How long a scenario is watched after its VIP moved.
