@@ -1,4 +1,5 @@
-//! The running leader source: the socket, the PostgreSQL checks, the state file.
+//! The running leader source: the socket, the PostgreSQL checks, the rounds of repmgr's view,
+//! the state file.
 
 use std::{
     io,
