@@ -878,6 +878,22 @@ impl RepmgrCluster {
         self.nodes[i].agent = Some(child);
     }
 
+    /// Stop node `i`'s agent with SIGTERM (it fences and exits) and start it again.
+    ///
+    /// # Panics
+    /// When it does not exit within 10 s.
+    pub fn restart_agent(&mut self, i: usize) {
+        if let Some(mut agent) = self.nodes[i].agent.take() {
+            agent.signal(Signal::SIGTERM);
+            assert!(
+                agent.wait_timeout(Duration::from_secs(10)).is_some(),
+                "node{}'s agent did not exit on SIGTERM",
+                i + 1
+            );
+        }
+        self.start_agent(i);
+    }
+
     /// Node `i`'s agent log so far.
     #[must_use]
     pub fn agent_log(&self, i: usize) -> String {
@@ -1020,17 +1036,38 @@ impl RepmgrCluster {
         all
     }
 
-    /// Wait until every node but `primary` is a standby whose repmgrd monitors `primary` (it saw it
-    /// within the last 2 s): the cluster is ready for the next failure.
+    /// Wait until every node but `primary` is a standby streaming from `primary` whose repmgrd
+    /// monitors it (it saw it within the last 2 s): the cluster is ready for the next failure.
     ///
     /// # Panics
     /// After `limit`.
     pub fn wait_healthy(&self, primary: usize, limit: Duration) {
         let want = self.nodes[primary].id.to_string();
+        let standbys = (self.nodes.len() - 1).to_string();
         crate::eventually(
             limit,
-            "every standby's repmgrd monitors the primary",
+            "every standby streams and its repmgrd monitors the primary",
             || {
+                let streaming = self.run_as_postgres(
+                    primary,
+                    &self.bin("psql"),
+                    &[
+                        "-X",
+                        "-A",
+                        "-t",
+                        "-h",
+                        path_str(&self.nodes[primary].dir),
+                        "-U",
+                        "postgres",
+                        "-d",
+                        "postgres",
+                        "-c",
+                        "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'",
+                    ],
+                );
+                if String::from_utf8_lossy(&streaming.stdout).trim() != standbys {
+                    return false;
+                }
                 (0..self.nodes.len()).filter(|i| *i != primary).all(|i| {
                     let out = self.run_as_postgres(
                         i,

@@ -6,7 +6,8 @@
 //! for the VIP every 20 ms. Harness: `vip_tests::repmgr`. Subnet 140.
 //!
 //! Scenarios, in order, on one cluster: agents started on the running cluster (bootstrap from
-//! repmgr's metadata); `repmgr standby switchover`; the primary's postmaster SIGKILLed (repmgrd
+//! repmgr's metadata); the primary's agent restarted; the primary's PostgreSQL restarted (no
+//! failover: repmgr's metadata confirms it again); `repmgr standby switchover`; the primary's postmaster SIGKILLed (repmgrd
 //! promotes a standby); that crashed old primary started again with `pg_ctl start` (it must stay
 //! fenced), then rejoined; the primary cut off from the other database nodes (nft), then healed
 //! and rejoined.
@@ -164,6 +165,30 @@ fn a_real_repmgr_cluster_moves_the_vip_with_one_answering_node() {
     wait_read_write(&client, &c, 0, t, BOOTSTRAP_LIMIT);
     std::thread::sleep(SETTLE);
     report.scenario(&c, &client, "bootstrap", t, Some(0));
+
+    // The primary's agent restarted: fenced at its SIGTERM, back once repmgr's metadata confirms.
+    let t = report.start(&c);
+    c.restart_agent(0);
+    wait_read_write(&client, &c, 0, t, BOOTSTRAP_LIMIT);
+    std::thread::sleep(SETTLE);
+    report.scenario(&c, &client, "the primary's agent restarted", t, Some(0));
+
+    // The primary's PostgreSQL restarted (a configuration change): fenced at the shutdown, and a
+    // new postmaster answers only once repmgr's metadata confirms it (well before repmgrd would
+    // fail over).
+    let t = report.start(&c);
+    c.pg_stop(0);
+    c.pg_start(0);
+    wait_read_write(&client, &c, 0, t, BOOTSTRAP_LIMIT);
+    c.wait_healthy(0, Duration::from_secs(60));
+    std::thread::sleep(SETTLE);
+    report.scenario(
+        &c,
+        &client,
+        "the primary's PostgreSQL restarted",
+        t,
+        Some(0),
+    );
 
     // 2. Switchover to node2.
     let t = report.start(&c);
