@@ -55,10 +55,36 @@ use crate::{
 
 /// Probes of the ARP prober, one every this long.
 pub const ARP_EVERY: Duration = Duration::from_millis(20);
+/// Agents started on a running cluster (or restarted), or the primary's PostgreSQL restarted:
+/// the primary takes writes through the VIP within this.
+pub const START_LIMIT: Duration = Duration::from_secs(20);
+/// `repmgr standby switchover` started: the new primary takes writes within this.
+pub const SWITCHOVER_LIMIT: Duration = Duration::from_secs(20);
+/// Primary killed or cut off: repmgrd gives up after 5 × 3 s (+ connect timeouts), promotes, and
+/// the VIP takes writes on the new primary within this.
+pub const FAILOVER_LIMIT: Duration = Duration::from_secs(60);
+/// How long a scenario is watched after its VIP moved.
+pub const SETTLE: Duration = Duration::from_secs(3);
 /// Write attempts through the VIP, one every this long (15 Hz).
 pub const WRITE_EVERY: Duration = Duration::from_millis(66);
 /// How long one write attempt (connect, ask, insert) may take.
 const ATTEMPT_LIMIT: Duration = Duration::from_secs(1);
+
+/// PostgreSQL, repmgr, repmgrd, sshd and nft, when all are installed (root is the caller's
+/// business): for the benchmark, which skips what it cannot run.
+#[must_use]
+pub fn repmgr_available() -> Option<Installation> {
+    let installation = Installation::find()?;
+    [
+        installation.bin().join("repmgr"),
+        installation.bin().join("repmgrd"),
+        PathBuf::from("/usr/sbin/sshd"),
+        PathBuf::from("/usr/sbin/nft"),
+    ]
+    .iter()
+    .all(|p| p.is_file())
+    .then_some(installation)
+}
 
 /// What the real-repmgr tests need besides root and PostgreSQL: repmgr, repmgrd, sshd, nft.
 /// Skips loudly (a failure under CI) when something is missing.
@@ -1173,6 +1199,370 @@ impl RepmgrCluster {
                 tail(n.dir.join("pg.log"), 10),
             );
         }
+        out
+    }
+}
+
+/// The scenarios, by kind: what the bench sums up over passes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// Agents started on a running cluster.
+    Bootstrap,
+    /// The primary's agent restarted (SIGTERM, start).
+    AgentRestart,
+    /// The primary's PostgreSQL restarted (`pg_ctl stop`, `pg_ctl start`): no failover.
+    PostgresRestart,
+    /// `repmgr standby switchover`.
+    Switchover,
+    /// The primary's postmaster SIGKILLed: repmgrd promotes a standby.
+    Kill,
+    /// That crashed primary started again with `pg_ctl start` (then rejoined).
+    RestartCrashed,
+    /// The primary cut off from the other database nodes (then healed and rejoined).
+    Partition,
+}
+
+impl Kind {
+    /// Every kind, in the order of a pass.
+    pub const ALL: [Self; 7] = [
+        Self::Bootstrap,
+        Self::AgentRestart,
+        Self::PostgresRestart,
+        Self::Switchover,
+        Self::Kill,
+        Self::RestartCrashed,
+        Self::Partition,
+    ];
+
+    /// What the scenario does, for tables.
+    #[must_use]
+    pub const fn label(self) -> &'static str {
+        match self {
+            Self::Bootstrap => "agents started on a running cluster",
+            Self::AgentRestart => "the primary's agent restarted",
+            Self::PostgresRestart => "the primary's PostgreSQL restarted (no failover)",
+            Self::Switchover => "`repmgr standby switchover`",
+            Self::Kill => "the primary's postmaster SIGKILLed, repmgrd promotes",
+            Self::RestartCrashed => "that crashed primary started again (`pg_ctl start`)",
+            Self::Partition => "the primary cut off from the other nodes (nft)",
+        }
+    }
+}
+
+/// One scenario run.
+#[derive(Clone, Debug)]
+pub struct ScenarioResult {
+    pub kind: Kind,
+    /// The kind with the nodes involved.
+    pub label: String,
+    pub outcome: Outcome,
+    /// The repmgr events the agents received meanwhile: `[agent N] applied|ignored event=...`.
+    pub events: Vec<String>,
+}
+
+impl ScenarioResult {
+    /// The outcome line and the events, one per line.
+    #[must_use]
+    pub fn lines(&self) -> Vec<String> {
+        let mut out = vec![self.outcome.line(&self.label)];
+        out.extend(self.events.iter().map(|e| format!("    {e}")));
+        out
+    }
+}
+
+fn name(i: usize) -> String {
+    format!("node{}", i + 1)
+}
+
+impl RepmgrCluster {
+    /// Wait until a write through the VIP committed on `node` after `after_ns`.
+    ///
+    /// # Panics
+    /// After `limit`, with the nodes' logs.
+    pub fn wait_read_write(&self, client: &ClientRun, node: usize, after_ns: u64, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        let want = name(node);
+        loop {
+            let view = client.snapshot();
+            if view.attempts.iter().any(|a| {
+                a.at_ns >= after_ns && a.committed.is_some() && a.node.as_deref() == Some(&want)
+            }) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no write committed on {want} through the VIP within {limit:?}{}",
+                self.diagnostics()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The node other than `except` that becomes the only primary within `limit`.
+    ///
+    /// # Panics
+    /// After `limit`, with the nodes' logs.
+    #[must_use]
+    pub fn wait_new_primary(&self, except: usize, limit: Duration) -> usize {
+        let deadline = Instant::now() + limit;
+        loop {
+            let p: Vec<usize> = self
+                .primaries()
+                .into_iter()
+                .map(|(i, _)| i)
+                .filter(|i| *i != except)
+                .collect();
+            if let [one] = p.as_slice() {
+                return *one;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no new primary besides {} within {limit:?}{}",
+                name(except),
+                self.diagnostics()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// The only primary, seen from the client.
+    ///
+    /// # Panics
+    /// When there is not exactly one.
+    #[must_use]
+    pub fn the_primary(&self) -> usize {
+        match self.primaries().as_slice() {
+            [(i, _)] => *i,
+            other => panic!("not exactly one primary: {other:?}{}", self.diagnostics()),
+        }
+    }
+
+    fn finish(
+        &self,
+        client: &ClientRun,
+        kind: Kind,
+        label: String,
+        (from, marks): (u64, Vec<usize>),
+        expect: usize,
+    ) -> ScenarioResult {
+        let outcome =
+            client
+                .snapshot()
+                .outcome(from, vip_agent::clock::monotonic_ns(), Some(&name(expect)));
+        let events = self
+            .events_since(&marks)
+            .into_iter()
+            .map(|(on, line)| {
+                let short: Vec<&str> = line
+                    .split_whitespace()
+                    .filter(|w| w.starts_with("event=") || w.starts_with("node="))
+                    .collect();
+                let verdict = if line.contains("event applied") {
+                    "applied"
+                } else {
+                    "ignored"
+                };
+                format!("[agent {on}] {verdict} {}", short.join(" "))
+            })
+            .collect();
+        let result = ScenarioResult {
+            kind,
+            label,
+            outcome,
+            events,
+        };
+        for line in result.lines() {
+            eprintln!("{line}");
+        }
+        result
+    }
+
+    fn trigger(&self) -> (u64, Vec<usize>) {
+        (vip_agent::clock::monotonic_ns(), self.log_marks())
+    }
+
+    /// Start every agent on the running cluster: its primary must take writes through the VIP
+    /// from repmgr's metadata alone.
+    ///
+    /// # Panics
+    /// When it does not within [`START_LIMIT`].
+    pub fn bootstrap(&mut self, client: &ClientRun) -> ScenarioResult {
+        let primary = self.the_primary();
+        let t = self.trigger();
+        for i in 0..self.nodes.len() {
+            self.start_agent(i);
+        }
+        self.wait_agents_running();
+        self.wait_read_write(client, primary, t.0, START_LIMIT);
+        std::thread::sleep(SETTLE);
+        let label = format!(
+            "agents started on a running cluster ({} primary)",
+            name(primary)
+        );
+        self.finish(client, Kind::Bootstrap, label, t, primary)
+    }
+
+    /// One pass of every scenario but the bootstrap, from the current primary `p`: its agent
+    /// restarted; its PostgreSQL restarted; a switchover to the next node `q`; `q`'s postmaster
+    /// SIGKILLed (repmgrd promotes `r`); `q` started again with `pg_ctl start`, then rejoined; `r`
+    /// cut off from the others (repmgrd promotes `s`), then healed and rejoined. Each waits until
+    /// the VIP takes writes on the node it should, and until the cluster is healthy again.
+    ///
+    /// # Panics
+    /// When a step fails or a bound is exceeded.
+    pub fn pass(&mut self, client: &ClientRun) -> Vec<ScenarioResult> {
+        let mut out = Vec::new();
+        let p = self.the_primary();
+        self.wait_healthy(p, Duration::from_secs(60));
+
+        let t = self.trigger();
+        self.restart_agent(p);
+        self.wait_read_write(client, p, t.0, START_LIMIT);
+        std::thread::sleep(SETTLE);
+        let label = format!("{}'s agent restarted", name(p));
+        out.push(self.finish(client, Kind::AgentRestart, label, t, p));
+
+        let t = self.trigger();
+        self.pg_stop(p);
+        self.pg_start(p);
+        self.wait_read_write(client, p, t.0, START_LIMIT);
+        self.wait_healthy(p, Duration::from_secs(60));
+        std::thread::sleep(SETTLE);
+        let label = format!("{}'s PostgreSQL restarted", name(p));
+        out.push(self.finish(client, Kind::PostgresRestart, label, t, p));
+
+        let q = (p + 1) % self.nodes.len();
+        let t = self.trigger();
+        self.switchover(q);
+        self.wait_read_write(client, q, t.0, SWITCHOVER_LIMIT);
+        self.wait_primary(q, Duration::from_secs(30));
+        self.wait_healthy(q, Duration::from_secs(60));
+        std::thread::sleep(SETTLE);
+        let label = format!("switchover {} -> {}", name(p), name(q));
+        out.push(self.finish(client, Kind::Switchover, label, t, q));
+
+        let t = self.trigger();
+        self.pg_kill(q);
+        let r = self.wait_new_primary(q, FAILOVER_LIMIT);
+        self.wait_read_write(client, r, t.0, FAILOVER_LIMIT);
+        std::thread::sleep(SETTLE);
+        let label = format!("{}'s postmaster SIGKILLed ({} promoted)", name(q), name(r));
+        out.push(self.finish(client, Kind::Kill, label, t, r));
+
+        let t = self.trigger();
+        self.pg_start(q);
+        std::thread::sleep(Duration::from_secs(15));
+        let label = format!(
+            "the crashed {} started again ({} stays primary)",
+            name(q),
+            name(r)
+        );
+        out.push(self.finish(client, Kind::RestartCrashed, label, t, r));
+        self.rejoin(q, r);
+        self.wait_primary(r, Duration::from_secs(30));
+        self.wait_healthy(r, Duration::from_secs(60));
+
+        let t = self.trigger();
+        self.partition(r);
+        let s = self.wait_new_primary(r, FAILOVER_LIMIT);
+        self.wait_read_write(client, s, t.0, FAILOVER_LIMIT);
+        std::thread::sleep(SETTLE);
+        let label = format!(
+            "{} cut off from the other nodes ({} promoted)",
+            name(r),
+            name(s)
+        );
+        out.push(self.finish(client, Kind::Partition, label, t, s));
+        self.heal(r);
+        self.rejoin(r, s);
+        self.wait_primary(s, Duration::from_secs(30));
+        self.wait_healthy(s, Duration::from_secs(60));
+        out
+    }
+}
+
+/// `passes` passes of every scenario on one cluster (after the bootstrap), for the benchmark.
+#[derive(Clone, Debug, Default)]
+pub struct RepmgrBench {
+    pub results: Vec<ScenarioResult>,
+    pub passes: usize,
+    pub took: Duration,
+}
+
+/// Build a cluster on `10.77.<subnet>.0/24`, bootstrap the agents, and run `passes` passes.
+///
+/// # Panics
+/// When a step fails (the cluster is removed all the same).
+#[must_use]
+pub fn bench(installation: Installation, passes: usize, subnet: u8, agent: &Path) -> RepmgrBench {
+    let started = Instant::now();
+    let mut c = RepmgrCluster::new(installation, subnet, 3, agent);
+    let client = c.start_client();
+    let mut results = vec![c.bootstrap(&client)];
+    for _ in 0..passes {
+        results.extend(c.pass(&client));
+    }
+    drop(client);
+    drop(c);
+    RepmgrBench {
+        results,
+        passes,
+        took: started.elapsed(),
+    }
+}
+
+impl RepmgrBench {
+    /// The BENCHMARKS.md section: one row per kind of scenario.
+    #[must_use]
+    pub fn markdown(&self) -> String {
+        let mut out = format!(
+            "\n## repmgr 5.3.3: a real cluster\n\nThree PostgreSQL 15 nodes managed by Debian's repmgr \
+             and repmgrd (`failover=automatic`, `monitor_interval_secs=1`, `reconnect_attempts=5`, \
+             `reconnect_interval=3`, `primary_visibility_consensus`, `child_nodes_disconnect_command`), \
+             sshd for the switchover, vip-agent on each node in repmgr mode with its default intervals \
+             (`docs/repmgr.md`); a client writes through the VIP 15 times a second (a new connection each \
+             time) and probes ARP every 20 ms. The agents are started once on the running cluster, then \
+             {} pass(es) of every scenario run on the same cluster (`vip_tests::repmgr`, also \
+             `tests/tests/repmgr_real.rs`); {:.0} s in all. Trigger: the command that starts the \
+             scenario. \"Two answering\": ARP probes answered by two MACs (x 20 ms). \"Stale writes\": \
+             writes committed on a node after another node was seen primary on a newer timeline.\n\n\
+             | scenario | n | trigger -> first write through the VIP, p50 | max | two answering (probes) | \
+             connections to a server in recovery | stale writes | longest silence (ms), max |\n\
+             |---|---|---|---|---|---|---|---|\n",
+            self.passes,
+            self.took.as_secs_f64()
+        );
+        for kind in Kind::ALL {
+            let rows: Vec<&ScenarioResult> =
+                self.results.iter().filter(|r| r.kind == kind).collect();
+            if rows.is_empty() {
+                continue;
+            }
+            let mut rw: Vec<u64> = rows
+                .iter()
+                .filter_map(|r| r.outcome.to_read_write_ms)
+                .collect();
+            rw.sort_unstable();
+            let ms = |v: Option<&u64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v} ms"));
+            let sum = |f: fn(&Outcome) -> usize| rows.iter().map(|r| f(&r.outcome)).sum::<usize>();
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} | {} | {} | {} | {} |",
+                kind.label(),
+                rows.len(),
+                ms(rw.get(rw.len() / 2)),
+                ms(rw.last()),
+                sum(|o| o.double_probes),
+                sum(|o| o.in_recovery),
+                sum(|o| o.stale_writes),
+                rows.iter().map(|r| r.outcome.silent_ms).max().unwrap_or(0),
+            );
+        }
+        out.push_str(
+            "\nFor the crashed primary started again, the VIP stays where it is: its time is that of \
+             the next write on the current primary. The switchover's time is mostly repmgr's own (ssh, \
+             checkpoint, shutdown, `pg_promote()` and its 1 s poll); a failover's is repmgrd's timers.\n",
+        );
         out
     }
 }
