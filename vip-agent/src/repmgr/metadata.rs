@@ -225,7 +225,7 @@ fn peer_config(
     }
     if config.get_password().is_none()
         && let Some(path) = passfile
-        && let Some(password) = password_for(&config, path)
+        && let Some(password) = password_for(&config, path)?
     {
         config.password(password);
     }
@@ -233,18 +233,25 @@ fn peer_config(
 }
 
 /// The passfile's password for `config`'s first host, port, database and user.
-fn password_for(config: &tokio_postgres::Config, path: &std::path::Path) -> Option<String> {
+///
+/// # Errors
+/// The passfile cannot be read (named, for the log line of the unreachable node).
+fn password_for(
+    config: &tokio_postgres::Config,
+    path: &std::path::Path,
+) -> Result<Option<String>, String> {
     use std::os::unix::fs::PermissionsExt as _;
-    let meta = std::fs::metadata(path).ok()?;
+    let unreadable = |e: std::io::Error| format!("repmgr-passfile {}: {e}", path.display());
+    let meta = std::fs::metadata(path).map_err(unreadable)?;
     if meta.permissions().mode() & 0o077 != 0 {
         warn!(path = %path.display(),
             "repmgr-passfile is readable by group or others; ignoring it (chmod 0600)");
-        return None;
+        return Ok(None);
     }
-    let text = std::fs::read_to_string(path).ok()?;
-    let host = match config.get_hosts().first()? {
-        tokio_postgres::config::Host::Tcp(h) => h.clone(),
-        tokio_postgres::config::Host::Unix(_) => "localhost".to_owned(),
+    let text = std::fs::read_to_string(path).map_err(unreadable)?;
+    let host = match config.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+        Some(tokio_postgres::config::Host::Unix(_)) | None => "localhost".to_owned(),
     };
     let port = config
         .get_ports()
@@ -252,9 +259,11 @@ fn password_for(config: &tokio_postgres::Config, path: &std::path::Path) -> Opti
         .copied()
         .unwrap_or(5432)
         .to_string();
-    let user = config.get_user()?;
+    let Some(user) = config.get_user() else {
+        return Ok(None);
+    };
     let dbname = config.get_dbname().unwrap_or(user);
-    pgpass_lookup(&text, &host, &port, dbname, user)
+    Ok(pgpass_lookup(&text, &host, &port, dbname, user))
 }
 
 /// libpq's `.pgpass` rules: `host:port:database:user:password` per line, the first line that
@@ -411,5 +420,35 @@ mod tests {
         let e = peer_config("host=x nonsense=1", None, Duration::from_secs(1))
             .expect_err("unknown option");
         assert!(e.contains("conninfo cannot be used"), "{e}");
+    }
+
+    #[test]
+    fn the_passfile_gives_the_password_or_a_named_error() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = std::env::temp_dir().join(format!("vip-pgpass-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("pgpass");
+        std::fs::write(&path, "10.0.0.2:5432:repmgr:repmgr:secret\n").expect("write");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        let conninfo = "host=10.0.0.2 user=repmgr dbname=repmgr";
+        let c = peer_config(conninfo, Some(&path), Duration::from_secs(1)).expect("config");
+        assert_eq!(c.get_password(), Some(&b"secret"[..]));
+        // A password in the conninfo wins.
+        let c = peer_config(
+            "host=10.0.0.2 user=repmgr dbname=repmgr password=own",
+            Some(&path),
+            Duration::from_secs(1),
+        )
+        .expect("config");
+        assert_eq!(c.get_password(), Some(&b"own"[..]));
+        // Readable by others: ignored (with a warning), no password.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        let c = peer_config(conninfo, Some(&path), Duration::from_secs(1)).expect("config");
+        assert_eq!(c.get_password(), None);
+        let missing = dir.join("absent");
+        let e = peer_config(conninfo, Some(&missing), Duration::from_secs(1))
+            .expect_err("unreadable passfile");
+        assert!(e.contains("repmgr-passfile") && e.contains("absent"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -737,7 +737,11 @@ async fn rounds(
             continue;
         }
         let t_sent = monotonic_ns();
-        let round = rounds.round().await;
+        // A round waits up to two intervals for unreachable nodes: shutdown does not wait for it.
+        let round = tokio::select! {
+            () = stop.cancelled() => break,
+            round = rounds.round() => round,
+        };
         if results.send((t_sent, round)).await.is_err() {
             break;
         }

@@ -139,6 +139,8 @@ pub struct View {
     pub votes: usize,
     /// The first reason not to confirm this node, if any (a newer primary first).
     pub contradiction: Option<Contradiction>,
+    /// Active nodes that did not answer, and why (for the log).
+    pub unreachable: Vec<(u32, String)>,
 }
 
 impl View {
@@ -184,6 +186,9 @@ impl View {
             s.push_str("; ");
             s.push_str(&c.to_string());
         }
+        for (node, why) in &self.unreachable {
+            s.push_str(&format!("; node {node} unreachable: {why}"));
+        }
         s
     }
 }
@@ -214,18 +219,27 @@ pub fn judge(
     let mut newer = None;
     let mut other = None;
     let mut reachable = 0;
+    let mut unreachable = Vec::new();
     for record in active.iter().filter(|r| r.node_id != own) {
-        let Some((
-            _,
-            PeerAnswer::Answered {
-                in_recovery,
-                timeline: theirs,
-                registered_primaries,
-            },
-        )) = answers.iter().find(|(id, _)| *id == record.node_id)
-        else {
-            continue;
-        };
+        let (in_recovery, theirs, registered_primaries) =
+            match answers.iter().find(|(id, _)| *id == record.node_id) {
+                Some((
+                    _,
+                    PeerAnswer::Answered {
+                        in_recovery,
+                        timeline,
+                        registered_primaries,
+                    },
+                )) => (in_recovery, timeline, registered_primaries),
+                Some((_, PeerAnswer::Unreachable(why))) => {
+                    unreachable.push((record.node_id, why.clone()));
+                    continue;
+                }
+                None => {
+                    unreachable.push((record.node_id, "not asked".to_owned()));
+                    continue;
+                }
+            };
         if !in_recovery && record.node_type != NodeType::Witness {
             let stale = matches!((theirs, timeline), (Some(t), Some(o)) if t < &o);
             if !stale && newer.is_none() {
@@ -272,6 +286,7 @@ pub fn judge(
         reachable,
         votes,
         contradiction: newer.or(other).or(not_registered),
+        unreachable,
     }
 }
 
@@ -328,10 +343,24 @@ mod tests {
             ],
         );
         assert!(v.confirms() && v.quorum(), "{v:?}");
-        // Both away: this node alone is no majority.
-        let v = judge(1, Some(1), &records, &[]);
+        // Both away: this node alone is no majority, and the log says why.
+        let v = judge(
+            1,
+            Some(1),
+            &records,
+            &[(
+                2,
+                PeerAnswer::Unreachable("connect: password authentication failed".into()),
+            )],
+        );
         assert!(!v.confirms() && !v.quorum(), "{v:?}");
-        assert!(v.summary().contains("1 of 3"), "{}", v.summary());
+        let summary = v.summary();
+        assert!(
+            summary.contains("1 of 3")
+                && summary.contains("node 2 unreachable: connect: password authentication failed")
+                && summary.contains("node 3 unreachable: not asked"),
+            "{summary}"
+        );
     }
 
     /// The crashed old primary restarted after repmgrd promoted another node (issue 19): its own

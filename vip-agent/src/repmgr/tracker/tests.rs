@@ -32,6 +32,7 @@ fn view(votes: usize, reachable: usize, contradiction: Option<Contradiction>) ->
         reachable,
         votes,
         contradiction,
+        unreachable: Vec::new(),
     }
 }
 
