@@ -1006,11 +1006,14 @@ impl RepmgrCluster {
     }
 
     /// Bring node `i` back as a standby of node `primary` the way repmgr documents it: stop it
-    /// (when it runs), `repmgr node rejoin --force-rewind`, which starts it.
+    /// (when it runs), `repmgr node rejoin --force-rewind`, which starts it; then restart its
+    /// repmgrd, as an operator does after a rejoin (repmgrd 5.3.3 that watched the node as a
+    /// primary may otherwise stay in a loop of "unable to determine a new primary node" and never
+    /// monitor it as a standby again).
     ///
     /// # Panics
     /// When the rejoin fails.
-    pub fn rejoin(&self, i: usize, primary: usize) {
+    pub fn rejoin(&mut self, i: usize, primary: usize) {
         if self.nodes[i].postmaster_pid().is_some() {
             self.pg_stop(i);
         }
@@ -1026,6 +1029,8 @@ impl RepmgrCluster {
                 "--verbose",
             ],
         );
+        self.nodes[i].repmgrd = None;
+        self.start_repmgrd(i);
     }
 
     /// `repmgr standby switchover --siblings-follow` run on node `to`.
