@@ -24,6 +24,7 @@ mod netns;
 pub mod patroni;
 mod pins;
 pub mod postgres;
+pub mod repmgr;
 pub mod sock;
 
 pub use netns::{Bridge, ChildGuard, NetNs, unique_name, veth_pair};

@@ -30,8 +30,8 @@
 //!
 //! `dcs-type: repmgr` follows this node's repmgr role instead of an etcd key: `repmgr-node-id`
 //! (required), `repmgr-socket`, `repmgr-socket-group`, `repmgr-check-interval`,
-//! `repmgr-state-file`, and the top-level `postgres-dsn` (required); see [`RepmgrConfig`] and
-//! `docs/repmgr.md`.
+//! `repmgr-state-file`, `repmgr-quorum-hold`, `repmgr-passfile`, and the top-level `postgres-dsn`
+//! (required); see [`RepmgrConfig`] and `docs/repmgr.md`.
 //!
 //! # Phases
 //!
@@ -66,8 +66,8 @@ pub use args::ConfigArgs;
 pub use error::ConfigError;
 pub use host::{HostFacts, InterfaceFacts};
 pub use parse::repmgr::{
-    DEFAULT_REPMGR_CHECK_INTERVAL, DEFAULT_REPMGR_SOCKET, DEFAULT_REPMGR_STATE_FILE,
-    REPMGR_VALIDITY_INTERVALS, RepmgrConfig,
+    DEFAULT_REPMGR_CHECK_INTERVAL, DEFAULT_REPMGR_QUORUM_HOLD, DEFAULT_REPMGR_SOCKET,
+    DEFAULT_REPMGR_STATE_FILE, REPMGR_VALIDITY_INTERVALS, RepmgrConfig,
 };
 
 /// etcd endpoint used when none is configured (vip-manager's default).

@@ -1,6 +1,7 @@
 //! repmgr as the leader source (`dcs-type: repmgr`): this node's role from repmgr's event
-//! notifications, confirmed by the local PostgreSQL, published as the same [`LeaderState`] the
-//! etcd follower publishes, so the data plane, gate, hooks and metrics do not know the difference.
+//! notifications and repmgr's metadata, confirmed by the local PostgreSQL, published as the same
+//! [`LeaderState`] the etcd follower publishes, so the data plane, gate, hooks and metrics do not
+//! know the difference.
 //!
 //! # Events in
 //!
@@ -8,35 +9,38 @@
 //! `vip-agent event %n %e %s "%t" "%d"` ([`client::send`]), which hands the event to the agent over
 //! a Unix stream socket ([`protocol`]: one line each way, one request per connection, bounded in
 //! size and time). The socket is root-only (0600 in a 0700 directory), or 0660 for
-//! `repmgr-socket-group`; each peer's `SO_PEERCRED` is checked as well ([`peer_allowed`]).
+//! `repmgr-socket-group`; each peer's `SO_PEERCRED` is checked as well ([`peer_allowed`]). The
+//! table of what each event does is [`events::EVENTS`].
 //!
-//! An event moves the role only when it is about this node (`%n` = `repmgr-node-id`), succeeded
-//! (`%s` = 1) and is a role event of the table in [`events::EVENTS`]; everything else is logged and
-//! ignored. Malformed requests get an error reply and never change anything.
+//! # repmgr's word, per postmaster
+//!
+//! The VIP answers only while repmgr made this node the primary for the postmaster that runs now
+//! ([`tracker`]): a promoting event bound to the postmaster the first check after it finds, or a
+//! round of repmgr's metadata ([`metadata`], judged by [`view`]) in which a majority of repmgr's
+//! nodes names this node. A new postmaster start time, an agent restart or
+//! `child_nodes_disconnect_command` lose that word; a newer primary seen in a round fences at once.
 //!
 //! # Deadline
 //!
-//! As the etcd follower, the source publishes `primary` and a `CLOCK_MONOTONIC` deadline. After a
-//! promoting event the deadline is set only by a check, every `repmgr-check-interval`: `t_sent =
-//! now`, `SELECT pg_is_in_recovery()` answering false within the interval gives
-//! `t_sent + validity` (3 intervals, capped by `fence-timeout`). An unreachable, failing or hanging
-//! PostgreSQL renews nothing, so the data plane goes silent by itself; PostgreSQL in recovery
-//! fences at once and drops the role (a new promoting event is needed). A demoting event fences at
-//! once. A check sent before the last role change is ignored.
+//! Every `repmgr-check-interval`, and at once when the kept connection ends: `t_sent = now`, then
+//! one status query ([`crate::pg::RecoveryProbe::status`]). The bound postmaster not in recovery
+//! gives `t_sent + validity` (3 intervals, capped by `fence-timeout`), provided a round within
+//! `repmgr-quorum-hold` before found a majority of repmgr's nodes reachable. Shut down, shutting
+//! down, starting up, in recovery or restarted fences at once; no usable answer renews nothing, so
+//! the data plane goes silent by itself. An answer sent before the last role change is ignored.
 //!
-//! # Restart
-//!
-//! The last accepted role is kept in `repmgr-state-file` (written atomically): an agent restarted
-//! on the primary resumes answering after its first successful check. The limits (a partitioned
-//! old primary is fenced only by its own PostgreSQL check) are in `docs/repmgr.md`.
+//! The state file records the last accepted role for diagnosis; it never makes a node answer.
+//! Limits and the safety argument: `docs/repmgr.md`.
 //!
 //! [`LeaderState`]: crate::leader::LeaderState
 
 pub mod client;
 pub mod events;
+pub mod metadata;
 pub mod protocol;
 mod source;
 pub mod tracker;
+pub mod view;
 
 pub use events::{EVENTS, EventClass, classify};
 pub use protocol::{EventRequest, Reply};

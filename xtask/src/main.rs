@@ -72,6 +72,11 @@ enum Task {
         /// answers" against "commit -> answers and read-write" (0 skips; default 200).
         #[arg(long)]
         rw_trials: Option<usize>,
+        /// Passes of the real-repmgr scenarios on one cluster (about 90 s each: bootstrap once,
+        /// then agent and PostgreSQL restart, switchover, kill, restart of the crashed primary,
+        /// partition; 0 skips; default 20, 3 with --quick).
+        #[arg(long)]
+        repmgr_passes: Option<usize>,
         /// Systems to run, comma-separated: vip-agent, vip-manager (1000 ms), vip-manager-100ms,
         /// keepalived (default: all, in a random order).
         #[arg(long)]
@@ -143,6 +148,7 @@ fn run(cli: Cli) -> Result<()> {
             kill_trials,
             etcd_trials,
             rw_trials,
+            repmgr_passes,
             systems,
             seed,
             out,
@@ -158,6 +164,7 @@ fn run(cli: Cli) -> Result<()> {
                 ("--kill-trials", kill_trials),
                 ("--etcd-trials", etcd_trials),
                 ("--rw-trials", rw_trials),
+                ("--repmgr-passes", repmgr_passes),
             ];
             for (flag, n) in counts {
                 if let Some(n) = n {

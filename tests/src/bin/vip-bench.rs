@@ -39,6 +39,8 @@ struct Args {
     etcd_trials: usize,
     /// Promotions with a real PostgreSQL standby, per gate setting (0: skip).
     rw_trials: usize,
+    /// Passes of the real-repmgr scenarios (0: skip).
+    repmgr_passes: usize,
     idle_secs: u64,
     /// The systems to run (in a random order drawn from `seed`).
     systems: Vec<System>,
@@ -57,6 +59,9 @@ const FULL_TRIALS: usize = 200;
 /// gate setting).
 const QUICK_TRIALS: [usize; 5] = [20, 10, 5, 3, 20];
 
+/// Passes of the real-repmgr scenarios (about 90 s each): in a full run, and with `--quick`.
+const REPMGR_PASSES: [usize; 2] = [20, 3];
+
 /// Every system, by its `--systems` name.
 const SYSTEMS: [(&str, System); 4] = [
     ("vip-agent", System::VipAgent),
@@ -74,6 +79,7 @@ fn parse_args() -> Args {
         kill_trials: FULL_TRIALS,
         etcd_trials: FULL_TRIALS,
         rw_trials: FULL_TRIALS,
+        repmgr_passes: REPMGR_PASSES[0],
         idle_secs: 60,
         systems: SYSTEMS.iter().map(|(_, s)| *s).collect(),
         seed: std::time::SystemTime::now()
@@ -92,6 +98,7 @@ fn parse_args() -> Args {
             args.kill_trials = kill;
             args.etcd_trials = etcd;
             args.rw_trials = rw;
+            args.repmgr_passes = REPMGR_PASSES[1];
             continue;
         }
         let value = it
@@ -123,6 +130,11 @@ fn parse_args() -> Args {
                 args.rw_trials = value
                     .parse()
                     .unwrap_or_else(|_| usage("--rw-trials takes a number"));
+            }
+            "--repmgr-passes" => {
+                args.repmgr_passes = value
+                    .parse()
+                    .unwrap_or_else(|_| usage("--repmgr-passes takes a number"));
             }
             "--etcd-trials" => {
                 args.etcd_trials = value
@@ -169,7 +181,7 @@ fn parse_args() -> Args {
 fn usage(problem: &str) -> ! {
     eprintln!(
         "vip-bench: {problem}\nusage: vip-bench --agent PATH [--trials N] [--expiry-trials N] [--partition-trials N] \
-         [--kill-trials N] [--etcd-trials N] [--rw-trials N] [--idle-secs S] \
+         [--kill-trials N] [--etcd-trials N] [--rw-trials N] [--repmgr-passes N] [--idle-secs S] \
          [--systems vip-agent,vip-manager,vip-manager-100ms,keepalived] [--seed N] [--quick] [--out DIR]"
     );
     std::process::exit(2)
@@ -285,6 +297,22 @@ fn main() {
         None => report.push_str(
             "\n## Promotion: answers vs answers and read-write\n\nNot measured in this run \
              (`--rw-trials 0`, or no PostgreSQL 15 binaries; `cargo xtask setup` installs them).\n",
+        ),
+    }
+    let repmgr = vip_tests::repmgr::repmgr_available().filter(|_| args.repmgr_passes > 0);
+    match repmgr {
+        Some(installation) => {
+            eprintln!(
+                "vip-bench: a real repmgr cluster, {} pass(es) of its scenarios ...",
+                args.repmgr_passes
+            );
+            let bench =
+                vip_tests::repmgr::bench(installation, args.repmgr_passes, 141, &args.agent);
+            report.push_str(&bench.markdown());
+        }
+        None => report.push_str(
+            "\n## repmgr 5.3.3: a real cluster\n\nNot measured in this run (`--repmgr-passes 0`, \
+             or no repmgr, sshd or nft; `cargo xtask setup` installs them).\n",
         ),
     }
     std::fs::create_dir_all(args.out.join("bench")).expect("output dir");

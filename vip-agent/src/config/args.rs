@@ -42,7 +42,8 @@ pub struct ConfigArgs {
     #[arg(long, env = "VIP_TRIGGER_VALUE", value_name = "VALUE")]
     pub trigger_value: Option<String>,
 
-    /// DCS type: etcd or etcd3 (both mean the etcd v3 API).
+    /// DCS type: etcd or etcd3 (both mean the etcd v3 API), or repmgr (this node's repmgr role,
+    /// from repmgr's event notifications and metadata; see docs/repmgr.md).
     #[arg(long, env = "VIP_DCS_TYPE", value_name = "TYPE")]
     pub dcs_type: Option<String>,
     /// etcd endpoints, comma separated, each with http:// or https://
@@ -207,6 +208,13 @@ pub struct ConfigArgs {
     /// [default: /var/lib/vip-agent/repmgr.state].
     #[arg(long, env = "VIP_REPMGR_STATE_FILE", value_name = "FILE")]
     pub repmgr_state_file: Option<String>,
+    /// With --dcs-type repmgr: how long a primary keeps renewing without a majority of repmgr's
+    /// nodes reachable, 1s..=300s [default: 5s].
+    #[arg(long, env = "VIP_REPMGR_QUORUM_HOLD", value_name = "DURATION")]
+    pub repmgr_quorum_hold: Option<String>,
+    /// With --dcs-type repmgr: passwords for the other nodes' conninfo, in libpq's .pgpass format.
+    #[arg(long, env = "VIP_REPMGR_PASSFILE", value_name = "FILE")]
+    pub repmgr_passfile: Option<String>,
 }
 
 /// One string-valued argument: the config key it sets, its flag, its variable and its value.
@@ -220,7 +228,7 @@ pub(super) struct ArgValue<'a> {
 impl ConfigArgs {
     /// The string-valued arguments with their config key names (all but `config` and
     /// `dcs-endpoints`, which have their own types).
-    pub(super) fn string_values(&self) -> [ArgValue<'_>; 45] {
+    pub(super) fn string_values(&self) -> [ArgValue<'_>; 47] {
         let Self {
             config: _,
             ip,
@@ -269,6 +277,8 @@ impl ConfigArgs {
             repmgr_socket_group,
             repmgr_check_interval,
             repmgr_state_file,
+            repmgr_quorum_hold,
+            repmgr_passfile,
         } = self;
         macro_rules! arg {
             ($key:literal, $env:literal, $value:expr) => {
@@ -354,6 +364,12 @@ impl ConfigArgs {
                 "VIP_REPMGR_STATE_FILE",
                 repmgr_state_file
             ),
+            arg!(
+                "repmgr-quorum-hold",
+                "VIP_REPMGR_QUORUM_HOLD",
+                repmgr_quorum_hold
+            ),
+            arg!("repmgr-passfile", "VIP_REPMGR_PASSFILE", repmgr_passfile),
         ]
     }
 }

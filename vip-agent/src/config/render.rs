@@ -67,6 +67,10 @@ struct Repmgr<'a> {
     check_interval: String,
     #[serde(rename = "repmgr-state-file")]
     state_file: String,
+    #[serde(rename = "repmgr-quorum-hold")]
+    quorum_hold: String,
+    #[serde(rename = "repmgr-passfile", skip_serializing_if = "Option::is_none")]
+    passfile: Option<String>,
     #[serde(rename = "postgres-dsn", skip_serializing_if = "Option::is_none")]
     postgres_dsn: Option<String>,
 }
@@ -197,6 +201,8 @@ impl Config {
             socket_group: r.socket_group.as_deref(),
             check_interval: format_duration(r.check_interval),
             state_file: r.state_file.display().to_string(),
+            quorum_hold: format_duration(r.quorum_hold),
+            passfile: r.passfile.as_ref().map(|p| p.display().to_string()),
             postgres_dsn: vips
                 .is_some()
                 .then(|| super::redact_dsn(r.postgres_dsn.expose())),

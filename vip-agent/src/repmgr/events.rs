@@ -1,12 +1,15 @@
 //! Which repmgr events move the VIP: the one table, shared by the code and `docs/repmgr.md`.
 
-/// What an event (with `success = 1`, about this node) says about this node's role.
+/// What an event (about this node; `success = 1` unless said otherwise) says about its role.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EventClass {
     /// This node is the primary now: answer once the local PostgreSQL confirms it takes writes.
     Primary,
     /// This node is not (or no longer) the primary: fence at once.
     NotPrimary,
+    /// repmgrd on this primary lost its standbys (`child_nodes_disconnect_command`, reported
+    /// whatever `%s` says): fence at once, until repmgr's metadata confirms this node again.
+    Recheck,
     /// Connection loss, reconnection, daemon life cycle, other nodes' business: never moves the
     /// VIP (logged at info).
     Neutral,
@@ -19,6 +22,7 @@ impl EventClass {
         match self {
             Self::Primary => "primary",
             Self::NotPrimary => "not-primary",
+            Self::Recheck => "recheck",
             Self::Neutral => "neutral",
         }
     }
@@ -30,10 +34,15 @@ impl EventClass {
 /// Why these: repmgr runs `event_notification_command` on the node where the event happened, and
 /// `%n` is the node the event is about. A promotion (manual, by repmgrd, or the promoted side of
 /// a switchover) and registering as primary are only ever emitted for a node that is a primary.
-/// Following a new upstream, (re)joining or registering as a standby, cloning and unregistering
-/// mean this node is not the primary. Connection events (`repmgrd_*_disconnect`,
-/// `*_reconnect`, `child_node*`) only report what repmgrd saw; a standby losing its upstream
-/// does not make it primary, and a primary losing a child does not make it a standby.
+/// Following a new upstream, (re)joining or registering as a standby, cloning, unregistering,
+/// and repmgrd finding its former primary back as a standby (`repmgrd_standby_reconnect`, which
+/// is what the old primary of a switchover reports: repmgr 5.3 runs `node rejoin --no-wait`
+/// there, which reports `node_rejoin` only when it fails) mean this node is not the primary.
+/// `child_nodes_disconnect_command` is repmgrd on a primary giving up on its standbys: the node
+/// is fenced until repmgr's metadata confirms it again. Other connection events
+/// (`repmgrd_*_disconnect`, `*_reconnect`, `child_node_*`) only report what repmgrd saw: a
+/// standby losing its upstream does not make it primary, a primary losing one child does not make
+/// it a standby, and a local reconnection after a restart is caught by the postmaster start time.
 pub const EVENTS: &[(&str, EventClass)] = &[
     ("standby_promote", EventClass::Primary),
     ("repmgrd_failover_promote", EventClass::Primary),
@@ -52,6 +61,7 @@ pub const EVENTS: &[(&str, EventClass)] = &[
     ("node_rejoin", EventClass::NotPrimary),
     ("witness_register", EventClass::NotPrimary),
     ("witness_unregister", EventClass::NotPrimary),
+    ("child_nodes_disconnect_command", EventClass::Recheck),
     ("repmgrd_upstream_disconnect", EventClass::Neutral),
     ("repmgrd_upstream_reconnect", EventClass::Neutral),
     ("repmgrd_local_disconnect", EventClass::Neutral),
@@ -59,7 +69,6 @@ pub const EVENTS: &[(&str, EventClass)] = &[
     ("child_node_disconnect", EventClass::Neutral),
     ("child_node_reconnect", EventClass::Neutral),
     ("child_node_new_connect", EventClass::Neutral),
-    ("child_nodes_disconnect_command", EventClass::Neutral),
     ("repmgrd_start", EventClass::Neutral),
     ("repmgrd_shutdown", EventClass::Neutral),
     ("repmgrd_reload", EventClass::Neutral),

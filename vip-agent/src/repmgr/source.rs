@@ -1,4 +1,5 @@
-//! The running leader source: the socket, the PostgreSQL checks, the state file.
+//! The running leader source: the socket, the PostgreSQL checks, the rounds of repmgr's view,
+//! the state file.
 
 use std::{
     io,
@@ -17,10 +18,12 @@ use tracing::{debug, error, info, warn};
 
 use super::{
     events::EventClass,
+    metadata::{Round, Rounds},
     protocol::{EventRequest, MAX_REQUEST, Reply},
-    tracker::{Check, Decision, Ignored, Role, Tracker},
+    tracker::{Decision, Effect, Ignored, Level, Role, Tracker},
+    view::judge,
 };
-use crate::{clock::monotonic_ns, leader::LeaderState};
+use crate::{clock::monotonic_ns, leader::LeaderState, pg::Status};
 
 /// How long a client may take to send its request.
 pub const READ_TIMEOUT: Duration = Duration::from_secs(2);
@@ -45,10 +48,14 @@ pub struct RepmgrSettings {
     pub check_interval: Duration,
     /// How long one successful check keeps the VIP answering (from when it was sent).
     pub validity: Duration,
-    /// Where the last accepted role event is kept across restarts.
+    /// How long a primary keeps renewing without a majority of repmgr's nodes reachable.
+    pub quorum_hold: Duration,
+    /// Where the last accepted role event is recorded (for diagnosis: never a reason to answer).
     pub state_file: PathBuf,
-    /// The local PostgreSQL.
+    /// The local PostgreSQL (also where this node's `repmgr.nodes` is read).
     pub postgres: tokio_postgres::Config,
+    /// Passwords for the other nodes' `conninfo` (libpq's `.pgpass` format).
+    pub passfile: Option<PathBuf>,
 }
 
 /// Why the source cannot start.
@@ -94,8 +101,10 @@ impl RepmgrSettings {
             socket_group,
             check_interval: config.check_interval,
             validity: config.validity(fence_timeout),
+            quorum_hold: config.quorum_hold,
             state_file: config.state_file.clone(),
             postgres,
+            passfile: config.passfile.clone(),
         })
     }
 }
@@ -268,15 +277,16 @@ impl RepmgrSource {
     /// # Errors
     /// The socket cannot be created, or another agent listens on it.
     pub fn new(settings: RepmgrSettings) -> Result<Self, RepmgrError> {
-        let restored = load_state(&settings.state_file, settings.node_id);
-        if let Some(role) = restored {
-            info!(role = role.as_str(), path = %settings.state_file.display(), "repmgr role restored from the state file (a primary still waits for PostgreSQL's confirmation)");
+        if let Some(role) = load_state(&settings.state_file, settings.node_id) {
+            info!(role = role.as_str(), path = %settings.state_file.display(),
+                "the last run recorded this repmgr role; it proves nothing now: fenced until a \
+                 promoting event or repmgr's metadata confirms this node");
         }
         let (listener, socket_id) = bind(&settings.socket, settings.socket_group)?;
         let tracker = Tracker::new(
             settings.node_id,
             settings.validity,
-            restored,
+            settings.quorum_hold,
             monotonic_ns(),
         );
         let (tx, _) = watch::channel(*tracker.state());
@@ -332,13 +342,18 @@ impl RepmgrSource {
         }
     }
 
-    /// Serve events and check PostgreSQL until `cancel`; then remove the socket.
+    /// Serve events, check PostgreSQL and ask repmgr's nodes until `cancel`; then remove the
+    /// socket.
     pub async fn run(mut self, cancel: CancellationToken) {
         info!(node_id = self.settings.node_id, socket = %self.settings.socket.display(),
             interval_ms = self.settings.check_interval.as_millis(),
-            validity_ms = self.settings.validity.as_millis(), "following this node's repmgr role");
+            validity_ms = self.settings.validity.as_millis(),
+            quorum_hold_ms = self.settings.quorum_hold.as_millis(),
+            "following this node's repmgr role");
         let (req_tx, mut req_rx) = mpsc::channel::<Pending>(MAX_CONNECTIONS);
-        let (check_tx, mut check_rx) = mpsc::channel::<(u64, Check)>(4);
+        let (check_tx, mut check_rx) = mpsc::channel::<(u64, Status)>(4);
+        let (round_tx, mut round_rx) = mpsc::channel::<(u64, Result<Round, String>)>(2);
+        let (wanted_tx, wanted_rx) = watch::channel(false);
         let check_now = std::sync::Arc::new(tokio::sync::Notify::new());
         let tasks = TaskTracker::new();
         let stop = cancel.child_token();
@@ -349,9 +364,26 @@ impl RepmgrSource {
             check_tx,
             stop.clone(),
         ));
+        tasks.spawn(rounds(
+            Rounds::new(
+                self.settings.node_id,
+                self.settings.postgres.clone(),
+                self.settings.passfile.clone(),
+                self.settings.check_interval,
+            ),
+            self.settings.check_interval,
+            wanted_rx,
+            round_tx,
+            stop.clone(),
+        ));
         let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
         let own_uid = nix::unistd::geteuid().as_raw();
+        // The deadline whose passing was logged (once per deadline).
+        let mut expiry_logged = 0;
         loop {
+            let state = *self.tracker.state();
+            let expiry = (state.primary && state.safe_until_ns > expiry_logged)
+                .then(|| Duration::from_nanos(state.safe_until_ns.saturating_sub(monotonic_ns())));
             tokio::select! {
                 biased;
                 () = cancel.cancelled() => break,
@@ -359,7 +391,34 @@ impl RepmgrSource {
                     let answer = self.apply(&request, &check_now);
                     let _ = reply.send(answer);
                 }
-                Some((t_sent, check)) = check_rx.recv() => self.apply_check(t_sent, &check),
+                Some((t_sent, status)) = check_rx.recv() => {
+                    let effect = self.tracker.status(t_sent, &status, monotonic_ns());
+                    if let Status::Unknown(why) = &status {
+                        debug!(error = %why, "PostgreSQL check failed");
+                    }
+                    self.take(effect, "PostgreSQL check", &check_now);
+                    wanted_tx.send_if_modified(|w| {
+                        let want = self.tracker.wants_rounds();
+                        std::mem::replace(w, want) != want
+                    });
+                }
+                Some((t_sent, round)) = round_rx.recv() => {
+                    let view = round.map(|r| {
+                        judge(self.settings.node_id, self.tracker.timeline(), &r.records, &r.answers)
+                    });
+                    if let Ok(v) = &view {
+                        debug!(view = %v.summary(), "repmgr's view");
+                    }
+                    let effect = self.tracker.view(t_sent, &view, monotonic_ns());
+                    self.take(effect, "repmgr's view", &check_now);
+                }
+                () = sleep_for(expiry) => {
+                    expiry_logged = state.safe_until_ns;
+                    if let Some(why) = self.tracker.expired(monotonic_ns()) {
+                        warn!(node_id = self.settings.node_id,
+                            "the VIP went silent at its deadline, in the data plane: {why}");
+                    }
+                }
                 accepted = self.listener.accept() => match accepted {
                     Ok((stream, _)) => {
                         // Never wait for a slot here: the connection tasks wait for this loop.
@@ -391,6 +450,31 @@ impl RepmgrSource {
         info!("repmgr source stopped; socket removed");
     }
 
+    /// Carry out what a check or a round decided: its log lines first (a fence line before the
+    /// fence), then the state, the state file, and a check at once.
+    fn take(&mut self, effect: Effect, what: &str, check_now: &tokio::sync::Notify) {
+        if effect.stale {
+            debug!("{what}: an answer sent before the last role change was dropped");
+            return;
+        }
+        for note in &effect.notes {
+            match note.level {
+                Level::Warn => warn!(node_id = self.settings.node_id, "{}", note.message),
+                Level::Info => info!(node_id = self.settings.node_id, "{}", note.message),
+                Level::Debug => debug!(node_id = self.settings.node_id, "{}", note.message),
+            }
+        }
+        if effect.publish {
+            self.publish();
+        }
+        if let Some(role) = effect.persist {
+            self.persist(role, what);
+        }
+        if effect.check_now {
+            check_now.notify_one();
+        }
+    }
+
     /// Apply one valid request, log it, and build the reply.
     fn apply(&mut self, request: &EventRequest, check_now: &tokio::sync::Notify) -> Reply {
         let decision = self.tracker.event(request, monotonic_ns());
@@ -403,6 +487,25 @@ impl RepmgrSource {
                 publish,
                 check,
             } => {
+                let message = match class {
+                    EventClass::Primary if publish => format!(
+                        "{event}: node {node_id} is primary; the VIP answers once PostgreSQL \
+                         confirms it is not in recovery"
+                    ),
+                    EventClass::Primary => format!("{event}: node {node_id} is already primary"),
+                    EventClass::Recheck => format!(
+                        "{event}: repmgrd lost node {node_id}'s standbys; the VIP is fenced until \
+                         repmgr's nodes confirm this node again"
+                    ),
+                    EventClass::NotPrimary | EventClass::Neutral => {
+                        format!("{event}: node {node_id} is not primary; the VIP is fenced")
+                    }
+                };
+                info!(event = %event, node_id, timestamp = %ts, details = %details,
+                    role = role.as_str(), "repmgr event applied");
+                if publish && class != EventClass::Primary {
+                    warn!(node_id, "fenced: repmgr reports {event} ({details})");
+                }
                 if publish {
                     self.publish();
                 }
@@ -410,16 +513,6 @@ impl RepmgrSource {
                 if check {
                     check_now.notify_one();
                 }
-                let message = match class {
-                    EventClass::Primary if publish => format!(
-                        "{event}: node {node_id} is primary; the VIP answers once PostgreSQL \
-                         confirms it is not in recovery"
-                    ),
-                    EventClass::Primary => format!("{event}: node {node_id} is already primary"),
-                    _ => format!("{event}: node {node_id} is not primary; the VIP is fenced"),
-                };
-                info!(event = %event, node_id, timestamp = %ts, details = %details,
-                    role = role.as_str(), "repmgr event applied");
                 self.count("applied");
                 Reply::Ok {
                     outcome: "applied".to_owned(),
@@ -441,31 +534,6 @@ impl RepmgrSource {
                     message,
                 }
             }
-        }
-    }
-
-    fn apply_check(&mut self, t_sent: u64, check: &Check) {
-        let before = self.tracker.role();
-        let effect = self.tracker.check(t_sent, check, monotonic_ns());
-        match check {
-            Check::Failed(why) if effect.publish => {
-                warn!(error = %why, role = before.as_str(),
-                    "PostgreSQL check failed: the deadline is not renewed");
-            }
-            Check::Failed(why) => debug!(error = %why, "PostgreSQL check failed"),
-            Check::InRecovery if effect.persist => {
-                warn!(
-                    "PostgreSQL is in recovery although the last repmgr event made this node \
-                     primary: fenced until the next promoting event"
-                );
-            }
-            _ => {}
-        }
-        if effect.publish {
-            self.publish();
-        }
-        if effect.persist {
-            self.persist(self.tracker.role(), "pg_is_in_recovery");
         }
     }
 
@@ -611,16 +679,18 @@ async fn serve(
     let _ = tokio::time::timeout(READ_TIMEOUT, write.write_all(reply.encode().as_bytes())).await;
 }
 
-/// Ask `SELECT pg_is_in_recovery()` every `interval` (and at once when notified), each answer
-/// bounded by `interval`; report `(t_sent, result)`. One connection, kept while it works.
+/// Ask the local PostgreSQL for its [`Status`] every `interval`, at once when notified, and at
+/// once when the kept connection ends (a fast shutdown terminates it before anything else), each
+/// answer bounded by `interval`; report `(t_sent, status)`.
 async fn checker(
     config: tokio_postgres::Config,
     interval: Duration,
     now: std::sync::Arc<tokio::sync::Notify>,
-    results: mpsc::Sender<(u64, Check)>,
+    results: mpsc::Sender<(u64, Status)>,
     stop: CancellationToken,
 ) {
     let mut probe = crate::pg::RecoveryProbe::new(config);
+    let closed = probe.closed();
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -628,20 +698,62 @@ async fn checker(
             biased;
             () = stop.cancelled() => break,
             () = now.notified() => {}
+            () = closed.notified() => debug!("the connection to PostgreSQL ended; checking at once"),
             _ = ticker.tick() => {}
         }
         let t_sent = monotonic_ns();
-        let check = if let Ok(check) = tokio::time::timeout(interval, probe.check()).await {
-            check
+        let status = if let Ok(status) = tokio::time::timeout(interval, probe.status()).await {
+            status
         } else {
             probe.reset();
-            Check::Failed(format!("no answer within {} ms", interval.as_millis()))
+            Status::Unknown(format!("no answer within {} ms", interval.as_millis()))
         };
-        if results.send((t_sent, check)).await.is_err() {
+        if results.send((t_sent, status)).await.is_err() {
             break;
         }
     }
     probe.reset();
+}
+
+/// A round of repmgr's view every `interval` while `wanted` (the local PostgreSQL takes writes),
+/// and at once when it becomes wanted; report `(t_sent, round)`.
+async fn rounds(
+    mut rounds: Rounds,
+    interval: Duration,
+    mut wanted: watch::Receiver<bool>,
+    results: mpsc::Sender<(u64, Result<Round, String>)>,
+    stop: CancellationToken,
+) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            biased;
+            () = stop.cancelled() => break,
+            changed = wanted.changed() => if changed.is_err() { break },
+            _ = ticker.tick() => {}
+        }
+        if !*wanted.borrow_and_update() {
+            continue;
+        }
+        let t_sent = monotonic_ns();
+        // A round waits up to two intervals for unreachable nodes: shutdown does not wait for it.
+        let round = tokio::select! {
+            () = stop.cancelled() => break,
+            round = rounds.round() => round,
+        };
+        if results.send((t_sent, round)).await.is_err() {
+            break;
+        }
+    }
+}
+
+/// Sleep `d`, or forever.
+async fn sleep_for(d: Option<Duration>) {
+    match d {
+        Some(d) => tokio::time::sleep(d).await,
+        None => std::future::pending().await,
+    }
 }
 
 #[cfg(test)]

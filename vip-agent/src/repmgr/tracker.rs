@@ -1,20 +1,42 @@
-//! The pure state machine of the repmgr leader source: role events and PostgreSQL checks in,
-//! [`LeaderState`]s out. No I/O, so the rules are unit-tested.
+//! The pure state machine of the repmgr leader source: role events, checks of the local
+//! PostgreSQL and rounds of repmgr's view in, [`LeaderState`]s and log notes out. No I/O, so the
+//! rules are unit-tested.
+//!
+//! The VIP answers only while all of these hold:
+//!
+//! 1. repmgr's word makes this node the primary *for the postmaster that runs now*: a promoting
+//!    event, bound to the postmaster the first check after it finds ([`Standing::Promoted`] →
+//!    [`Standing::Confirmed`]), or a round of repmgr's metadata that confirms it
+//!    ([`super::view::View::confirms`]). A new postmaster start time (PostgreSQL restarted), a
+//!    `child_nodes_disconnect_command`, or an agent restart lose that word: fenced until a round
+//!    (or a promoting event) gives it again.
+//! 2. Each renewal comes from a check that found that postmaster not in recovery: the deadline is
+//!    the check's send time + `validity`. PostgreSQL shut down, shutting down, starting up, in
+//!    recovery, or restarted fences at once; a check without a usable answer renews nothing.
+//! 3. A majority of repmgr's nodes was reachable ([`super::view::View::quorum`]) within `hold`
+//!    before the check was sent; a round that finds another primary on a timeline at least as
+//!    new fences at once.
 
 use std::time::Duration;
 
-use super::events::{EventClass, classify};
-use super::protocol::EventRequest;
-use crate::leader::{LeaderState, Reason, Via};
+use super::{
+    events::{EventClass, classify},
+    protocol::EventRequest,
+    view::View,
+};
+use crate::{
+    leader::{LeaderState, Reason, Via},
+    pg::{Postmaster, Status},
+};
 
-/// This node's role as the last accepted role event (or the last check) left it.
+/// This node's role as the last accepted event (or check) left it: the state file's words.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Role {
-    /// No role event yet, and nothing persisted: fenced.
+    /// Nothing known yet.
     Unknown,
-    /// A promoting event: answer while the local PostgreSQL confirms it is not in recovery.
+    /// A promoting event, or repmgr's metadata, made this node the primary.
     Primary,
-    /// A demoting event, or PostgreSQL seen in recovery: fenced.
+    /// A demoting event, PostgreSQL in recovery, or a newer primary elsewhere.
     NotPrimary,
 }
 
@@ -41,6 +63,21 @@ impl Role {
     }
 }
 
+/// Where this node stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Standing {
+    /// repmgr's word is missing or lost (startup, PostgreSQL restarted, child nodes lost): fenced
+    /// until a round of repmgr's metadata confirms this node, or a promoting event.
+    Unconfirmed,
+    /// Not the primary: a demoting event, PostgreSQL in recovery, a newer primary elsewhere.
+    /// Fenced; a round can still confirm it if its PostgreSQL leaves recovery under repmgr.
+    NotPrimary,
+    /// A promoting event: the first check sent after it binds the postmaster it finds.
+    Promoted,
+    /// The primary, for this postmaster.
+    Confirmed(Postmaster),
+}
+
 /// Why an event changed nothing.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Ignored {
@@ -52,6 +89,8 @@ pub enum Ignored {
     Neutral,
     /// Not in [`super::events::EVENTS`].
     Unknown,
+    /// A `recheck` event while this node was not answering anyway.
+    AlreadyFenced,
 }
 
 impl Ignored {
@@ -69,6 +108,9 @@ impl Ignored {
             Self::Unknown => {
                 format!("{event} is not an event vip-agent knows; the role is unchanged")
             }
+            Self::AlreadyFenced => {
+                format!("{event}: node {own} is not answering for the VIP anyway")
+            }
         }
     }
 }
@@ -76,8 +118,8 @@ impl Ignored {
 /// What an event did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Decision {
-    /// A role event about this node, applied. `publish`: the state changed and must be handed
-    /// out; `check`: ask PostgreSQL now (a promotion waits for its confirmation).
+    /// An event about this node, applied. `publish`: the state changed and must be handed out;
+    /// `check`: ask PostgreSQL now (a promotion waits for its confirmation).
     Applied {
         class: EventClass,
         role: Role,
@@ -88,19 +130,55 @@ pub enum Decision {
     Ignored(Ignored),
 }
 
-/// One answer of `SELECT pg_is_in_recovery()` (or why there was none, including no answer within
-/// the check timeout).
-pub use crate::pg::Recovery as Check;
+/// How loud a [`Note`] is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Level {
+    Debug,
+    Info,
+    Warn,
+}
 
-/// What a check did.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct CheckEffect {
+/// A log line in repmgr's terms, for the source to write.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Note {
+    pub level: Level,
+    pub message: String,
+}
+
+/// What a check or a round did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Effect {
     /// Hand the state out.
     pub publish: bool,
-    /// The role changed (PostgreSQL in recovery): persist it.
-    pub persist: bool,
-    /// The answer was older than the last role event and was dropped.
+    /// The role changed: persist it.
+    pub persist: Option<Role>,
+    /// Check PostgreSQL now (a round confirmed this node: renew at once).
+    pub check_now: bool,
+    /// The answer was sent before the last role change and was dropped.
     pub stale: bool,
+    pub notes: Vec<Note>,
+}
+
+impl Effect {
+    fn note(&mut self, level: Level, message: impl Into<String>) {
+        self.notes.push(Note {
+            level,
+            message: message.into(),
+        });
+    }
+}
+
+/// The local PostgreSQL as the last check found it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Local {
+    NotYet,
+    Primary {
+        postmaster: Postmaster,
+        timeline: u32,
+    },
+    Standby,
+    Down,
+    Unknown,
 }
 
 /// The state machine.
@@ -108,12 +186,22 @@ pub struct CheckEffect {
 pub struct Tracker {
     node_id: u32,
     validity: Duration,
-    role: Role,
-    /// `CLOCK_MONOTONIC` ns of the last role change: a check sent before it is stale.
-    role_changed_at_ns: u64,
+    hold: Duration,
+    standing: Standing,
+    /// `CLOCK_MONOTONIC` ns of the last change of standing: an answer sent before it is stale.
+    changed_at_ns: u64,
     /// Role events applied (the published `revision`).
     events: i64,
     state: LeaderState,
+    local: Local,
+    /// Send time of the last round with a quorum (or of the check that bound a promotion).
+    last_quorum_ns: u64,
+    /// Whether the missing quorum was logged (once per loss).
+    quorum_lost: bool,
+    /// The last reason a round did not confirm this node (logged when it changes).
+    last_refusal: Option<String>,
+    /// Why the deadline was not renewed, for the line logged when it passes.
+    not_renewed: Option<String>,
 }
 
 fn ns(d: Duration) -> u64 {
@@ -122,17 +210,23 @@ fn ns(d: Duration) -> u64 {
 
 impl Tracker {
     /// `validity`: how long one successful check keeps the VIP answering (from the moment the
-    /// check was sent). `restored`: the role persisted by a previous run, if any; a restored
-    /// primary still waits for its first successful check.
+    /// check was sent); `hold`: how long a primary keeps renewing without a quorum. Every run
+    /// starts [`Standing::Unconfirmed`]: a role persisted by an earlier run is no proof.
     #[must_use]
-    pub fn new(node_id: u32, validity: Duration, restored: Option<Role>, now_ns: u64) -> Self {
+    pub fn new(node_id: u32, validity: Duration, hold: Duration, now_ns: u64) -> Self {
         Self {
             node_id,
             validity,
-            role: restored.unwrap_or(Role::Unknown),
-            role_changed_at_ns: now_ns,
+            hold,
+            standing: Standing::Unconfirmed,
+            changed_at_ns: now_ns,
             events: 0,
             state: LeaderState::startup(now_ns),
+            local: Local::NotYet,
+            last_quorum_ns: 0,
+            quorum_lost: false,
+            last_refusal: None,
+            not_renewed: None,
         }
     }
 
@@ -142,8 +236,68 @@ impl Tracker {
     }
 
     #[must_use]
-    pub fn role(&self) -> Role {
-        self.role
+    pub const fn standing(&self) -> Standing {
+        self.standing
+    }
+
+    /// The role word for logs and the state file.
+    #[must_use]
+    pub const fn role(&self) -> Role {
+        match self.standing {
+            Standing::Unconfirmed => Role::Unknown,
+            Standing::NotPrimary => Role::NotPrimary,
+            Standing::Promoted | Standing::Confirmed(_) => Role::Primary,
+        }
+    }
+
+    /// Whether rounds of repmgr's view are needed: the local PostgreSQL takes writes (to confirm
+    /// it, to keep the quorum, and to find a newer primary).
+    #[must_use]
+    pub const fn wants_rounds(&self) -> bool {
+        matches!(self.local, Local::Primary { .. })
+    }
+
+    /// The local primary's timeline, when the last check found one.
+    #[must_use]
+    pub const fn timeline(&self) -> Option<u32> {
+        match self.local {
+            Local::Primary { timeline, .. } => Some(timeline),
+            _ => None,
+        }
+    }
+
+    /// Why the published deadline, now past, was not renewed (for the line logged at the
+    /// deadline); `None` while answering or fenced explicitly.
+    #[must_use]
+    pub fn expired(&self, now_ns: u64) -> Option<String> {
+        (self.state.primary && self.state.safe_until_ns != 0 && self.state.safe_until_ns <= now_ns)
+            .then(|| {
+                self.not_renewed
+                    .clone()
+                    .unwrap_or_else(|| "no check confirmed PostgreSQL in time".to_owned())
+            })
+    }
+
+    fn set_standing(&mut self, standing: Standing, now_ns: u64) {
+        if standing != self.standing {
+            self.standing = standing;
+            self.changed_at_ns = now_ns;
+        }
+    }
+
+    /// Fenced now: not primary in the published state, deadline 0.
+    fn fence(&mut self, reason: Reason, now_ns: u64) -> bool {
+        let was = self.state;
+        self.state = LeaderState {
+            primary: false,
+            safe_until_ns: 0,
+            revision: self.events,
+            lease_id: 0,
+            term: 0,
+            reason,
+            observed_at_ns: now_ns,
+        };
+        was.primary || was.safe_until_ns != 0 || was.reason == Reason::Startup
     }
 
     /// Apply one event received at `now_ns`.
@@ -156,26 +310,26 @@ impl Tracker {
             Some(EventClass::Neutral) => return Decision::Ignored(Ignored::Neutral),
             Some(class) => class,
         };
-        if !request.success {
+        // A recheck event reports what repmgrd saw, whether or not its command succeeded.
+        if !request.success && class != EventClass::Recheck {
             return Decision::Ignored(Ignored::Failed);
         }
-        self.events += 1;
         match class {
             EventClass::Primary => {
-                let was_primary = self.role == Role::Primary;
-                self.role = Role::Primary;
-                if was_primary && self.state.primary {
-                    // Already following as primary (e.g. `primary_register --force`): the
-                    // deadline of the last check stays; nothing to hand out.
+                self.events += 1;
+                if matches!(self.standing, Standing::Confirmed(_)) && self.state.primary {
+                    // Already the primary (e.g. `primary register --force`): the binding and the
+                    // deadline stay; ask at once all the same.
                     self.state.revision = self.events;
                     return Decision::Applied {
                         class,
-                        role: self.role,
+                        role: Role::Primary,
                         publish: false,
                         check: true,
                     };
                 }
-                self.role_changed_at_ns = now_ns;
+                self.set_standing(Standing::Promoted, now_ns);
+                self.changed_at_ns = now_ns;
                 self.state = LeaderState {
                     primary: true,
                     // Not before PostgreSQL says it takes writes.
@@ -186,260 +340,299 @@ impl Tracker {
                     reason: Reason::Ours { via: Via::Watch },
                     observed_at_ns: now_ns,
                 };
+                Decision::Applied {
+                    class,
+                    role: Role::Primary,
+                    publish: true,
+                    check: true,
+                }
             }
-            EventClass::NotPrimary | EventClass::Neutral => {
-                self.role = Role::NotPrimary;
-                self.role_changed_at_ns = now_ns;
-                self.state = LeaderState {
-                    primary: false,
-                    safe_until_ns: 0,
-                    revision: self.events,
-                    lease_id: 0,
-                    term: 0,
-                    reason: Reason::OtherValue { via: Via::Watch },
-                    observed_at_ns: now_ns,
-                };
+            EventClass::NotPrimary => {
+                self.events += 1;
+                self.set_standing(Standing::NotPrimary, now_ns);
+                self.changed_at_ns = now_ns;
+                let publish = self.fence(Reason::OtherValue { via: Via::Watch }, now_ns);
+                Decision::Applied {
+                    class,
+                    role: Role::NotPrimary,
+                    publish,
+                    check: false,
+                }
             }
-        }
-        Decision::Applied {
-            class,
-            role: self.role,
-            publish: true,
-            check: self.role == Role::Primary,
+            EventClass::Recheck => {
+                if !matches!(self.standing, Standing::Promoted | Standing::Confirmed(_)) {
+                    return Decision::Ignored(Ignored::AlreadyFenced);
+                }
+                self.events += 1;
+                self.set_standing(Standing::Unconfirmed, now_ns);
+                self.changed_at_ns = now_ns;
+                let publish = self.fence(Reason::OtherValue { via: Via::Watch }, now_ns);
+                Decision::Applied {
+                    class,
+                    role: Role::Unknown,
+                    publish,
+                    check: true,
+                }
+            }
+            EventClass::Neutral => Decision::Ignored(Ignored::Neutral),
         }
     }
 
-    /// Apply the answer to a check sent at `t_sent_ns` and received at `now_ns`.
-    pub fn check(&mut self, t_sent_ns: u64, check: &Check, now_ns: u64) -> CheckEffect {
-        if t_sent_ns < self.role_changed_at_ns {
-            return CheckEffect {
-                stale: true,
-                ..CheckEffect::default()
-            };
+    /// Apply the local PostgreSQL's status from a check sent at `t_sent_ns`, received at
+    /// `now_ns`.
+    pub fn status(&mut self, t_sent_ns: u64, status: &Status, now_ns: u64) -> Effect {
+        let mut effect = Effect::default();
+        if t_sent_ns < self.changed_at_ns {
+            effect.stale = true;
+            return effect;
         }
         let startup = self.state.reason == Reason::Startup;
-        match (self.role, check) {
-            (Role::Primary, Check::NotInRecovery) => {
-                self.state = LeaderState {
-                    primary: true,
-                    safe_until_ns: t_sent_ns.saturating_add(ns(self.validity)),
-                    revision: self.events,
-                    lease_id: 0,
-                    term: 0,
-                    reason: Reason::Confirmed,
-                    observed_at_ns: now_ns,
-                };
-                CheckEffect {
-                    publish: true,
-                    ..CheckEffect::default()
-                }
-            }
-            (Role::Primary, Check::InRecovery) => {
-                self.role = Role::NotPrimary;
-                self.role_changed_at_ns = now_ns;
-                self.state = LeaderState {
-                    primary: false,
-                    safe_until_ns: 0,
-                    revision: self.events,
-                    lease_id: 0,
-                    term: 0,
-                    reason: Reason::OtherValue {
+        match status {
+            Status::Down(why) => {
+                self.local = Local::Down;
+                if self.fence(
+                    Reason::Deleted {
                         via: Via::Confirmation,
                     },
-                    observed_at_ns: now_ns,
-                };
-                CheckEffect {
-                    publish: true,
-                    persist: true,
-                    stale: false,
+                    now_ns,
+                ) {
+                    effect.publish = true;
+                    if !startup {
+                        effect.note(
+                            Level::Warn,
+                            format!("fenced: PostgreSQL is not serving ({why})"),
+                        );
+                    }
                 }
             }
-            (_, Check::Failed(_)) => {
-                // No renewal: the deadline runs out by itself in the data plane. Published once
+            Status::Unknown(why) => {
+                let first = self.local != Local::Unknown;
+                self.local = Local::Unknown;
+                self.not_renewed = Some(format!("the last PostgreSQL check failed: {why}"));
+                // Not renewed: the deadline runs out in the data plane by itself. Published once
                 // per outage, for the metrics and the startup notification.
-                let first = self.state.reason != Reason::EtcdUnreachable;
-                self.state.reason = Reason::EtcdUnreachable;
-                self.state.observed_at_ns = now_ns;
-                CheckEffect {
-                    publish: first,
-                    ..CheckEffect::default()
+                if first || self.state.reason == Reason::Startup {
+                    self.state.reason = Reason::EtcdUnreachable;
+                    self.state.observed_at_ns = now_ns;
+                    effect.publish = true;
+                    if self.state.primary {
+                        effect.note(
+                            Level::Warn,
+                            format!("PostgreSQL check failed: the deadline is not renewed ({why})"),
+                        );
+                    }
                 }
             }
-            (Role::Unknown | Role::NotPrimary, _) => {
-                // Not primary, and PostgreSQL answers: say so once after startup or an outage.
-                let publish = startup || self.state.reason == Reason::EtcdUnreachable;
-                if publish {
-                    self.state = LeaderState {
-                        primary: false,
-                        safe_until_ns: 0,
-                        revision: self.events,
-                        lease_id: 0,
-                        term: 0,
-                        reason: Reason::OtherValue { via: Via::Read },
-                        observed_at_ns: now_ns,
-                    };
+            Status::Standby { .. } => {
+                self.local = Local::Standby;
+                if self.standing != Standing::NotPrimary {
+                    let was = self.standing;
+                    self.set_standing(Standing::NotPrimary, now_ns);
+                    effect.persist = Some(Role::NotPrimary);
+                    if matches!(was, Standing::Promoted | Standing::Confirmed(_)) {
+                        effect.note(
+                            Level::Warn,
+                            "fenced: PostgreSQL is in recovery (a standby) although repmgr made \
+                             this node the primary",
+                        );
+                    }
                 }
-                CheckEffect {
-                    publish,
-                    ..CheckEffect::default()
+                effect.publish = self.fence(
+                    Reason::OtherValue {
+                        via: Via::Confirmation,
+                    },
+                    now_ns,
+                );
+            }
+            Status::Primary {
+                postmaster,
+                timeline,
+            } => {
+                self.local = Local::Primary {
+                    postmaster: *postmaster,
+                    timeline: *timeline,
+                };
+                match self.standing {
+                    Standing::Promoted => {
+                        self.set_standing(Standing::Confirmed(*postmaster), now_ns);
+                        self.last_quorum_ns = t_sent_ns;
+                        self.renew(t_sent_ns, now_ns, &mut effect);
+                    }
+                    Standing::Confirmed(bound) if bound == *postmaster => {
+                        self.renew(t_sent_ns, now_ns, &mut effect);
+                    }
+                    Standing::Confirmed(_) => {
+                        self.set_standing(Standing::Unconfirmed, now_ns);
+                        effect.persist = Some(Role::Unknown);
+                        effect.publish = self.fence(
+                            Reason::Deleted {
+                                via: Via::Confirmation,
+                            },
+                            now_ns,
+                        );
+                        effect.note(
+                            Level::Warn,
+                            "fenced: PostgreSQL was restarted (a new postmaster start time) since \
+                             repmgr made this node the primary; waiting until repmgr's nodes \
+                             confirm it is still the primary",
+                        );
+                    }
+                    Standing::Unconfirmed | Standing::NotPrimary => {
+                        effect.publish =
+                            self.fence(Reason::OtherValue { via: Via::Read }, now_ns) && startup;
+                    }
                 }
             }
         }
+        effect
+    }
+
+    /// A check confirmed the bound postmaster: renew, unless the quorum is older than the hold.
+    fn renew(&mut self, t_sent_ns: u64, now_ns: u64, effect: &mut Effect) {
+        let without_quorum = t_sent_ns.saturating_sub(self.last_quorum_ns);
+        if without_quorum > ns(self.hold) {
+            let why = format!(
+                "no majority of repmgr's nodes reachable for {} ms (repmgr-quorum-hold {} ms)",
+                without_quorum / 1_000_000,
+                self.hold.as_millis()
+            );
+            if !self.quorum_lost {
+                self.quorum_lost = true;
+                effect.note(
+                    Level::Warn,
+                    format!("{why}: not renewing; the VIP goes silent at the deadline"),
+                );
+            }
+            self.not_renewed = Some(why);
+            return;
+        }
+        let was_answering = self.state.primary && self.state.reason == Reason::Confirmed;
+        self.not_renewed = None;
+        self.state = LeaderState {
+            primary: true,
+            safe_until_ns: t_sent_ns.saturating_add(ns(self.validity)),
+            revision: self.events,
+            lease_id: 0,
+            term: 0,
+            reason: Reason::Confirmed,
+            observed_at_ns: now_ns,
+        };
+        effect.publish = true;
+        if !was_answering {
+            effect.persist = Some(Role::Primary);
+        }
+    }
+
+    /// Apply a round of repmgr's view sent at `t_sent_ns` (or why there was none).
+    pub fn view(&mut self, t_sent_ns: u64, view: &Result<View, String>, now_ns: u64) -> Effect {
+        let mut effect = Effect::default();
+        if t_sent_ns < self.changed_at_ns {
+            effect.stale = true;
+            return effect;
+        }
+        let view = match view {
+            Ok(v) => v,
+            Err(why) => {
+                self.refusal(&mut effect, format!("repmgr's view is unavailable: {why}"));
+                return effect;
+            }
+        };
+        if view.newer_primary() {
+            let why = view
+                .contradiction
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_default();
+            if self.standing != Standing::NotPrimary {
+                let was = self.standing;
+                self.set_standing(Standing::NotPrimary, now_ns);
+                effect.persist = Some(Role::NotPrimary);
+                effect.note(
+                    if matches!(was, Standing::Confirmed(_) | Standing::Promoted) {
+                        Level::Warn
+                    } else {
+                        Level::Info
+                    },
+                    format!("fenced, not the primary: {why}"),
+                );
+            }
+            effect.publish = self.fence(
+                Reason::OtherValue {
+                    via: Via::Confirmation,
+                },
+                now_ns,
+            );
+            self.last_refusal = Some(why);
+            return effect;
+        }
+        if matches!(self.standing, Standing::Confirmed(_)) {
+            self.last_refusal = None;
+        }
+        if view.quorum() {
+            self.last_quorum_ns = self.last_quorum_ns.max(t_sent_ns);
+            if self.quorum_lost {
+                self.quorum_lost = false;
+                effect.note(
+                    Level::Info,
+                    format!(
+                        "a majority of repmgr's nodes is reachable again: {}",
+                        view.summary()
+                    ),
+                );
+            }
+        }
+        if let (Standing::Unconfirmed | Standing::NotPrimary, Local::Primary { postmaster, .. }) =
+            (self.standing, &self.local)
+        {
+            if view.confirms() {
+                let postmaster = *postmaster;
+                self.set_standing(Standing::Confirmed(postmaster), now_ns);
+                self.last_quorum_ns = t_sent_ns;
+                self.last_refusal = None;
+                effect.check_now = true;
+                effect.persist = Some(Role::Primary);
+                effect.note(
+                    Level::Info,
+                    format!(
+                        "repmgr's metadata confirms this node is the primary ({}); answering \
+                         after the next PostgreSQL check",
+                        view.summary()
+                    ),
+                );
+            } else {
+                self.refusal(&mut effect, view.summary());
+            }
+        }
+        effect
+    }
+
+    /// Log why a round did not confirm this node (or failed), when the reason changed: at warn
+    /// while answering (the hold runs out without rounds), else at info.
+    fn refusal(&mut self, effect: &mut Effect, why: String) {
+        if !matches!(self.local, Local::Primary { .. }) || self.last_refusal.as_ref() == Some(&why)
+        {
+            return;
+        }
+        if matches!(self.standing, Standing::Confirmed(_) | Standing::Promoted) {
+            effect.note(
+                Level::Warn,
+                format!(
+                    "{why}; the primary keeps answering only within repmgr-quorum-hold of the \
+                     last majority"
+                ),
+            );
+        } else {
+            effect.note(
+                Level::Info,
+                format!(
+                    "PostgreSQL takes writes here, but repmgr does not confirm this node as the \
+                     primary: {why}; staying fenced"
+                ),
+            );
+        }
+        self.last_refusal = Some(why);
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const S: u64 = 1_000_000_000;
-
-    fn ev(node: u32, event: &str, success: bool) -> EventRequest {
-        EventRequest {
-            node_id: node,
-            event: event.to_owned(),
-            success,
-            timestamp: String::new(),
-            details: String::new(),
-        }
-    }
-
-    fn tracker() -> Tracker {
-        Tracker::new(2, Duration::from_secs(3), None, 10 * S)
-    }
-
-    #[test]
-    fn promotion_answers_only_after_a_check_and_for_the_validity() {
-        let mut t = tracker();
-        let d = t.event(&ev(2, "standby_promote", true), 11 * S);
-        assert!(matches!(
-            d,
-            Decision::Applied {
-                class: EventClass::Primary,
-                publish: true,
-                check: true,
-                ..
-            }
-        ));
-        assert!(t.state().primary);
-        assert!(!t.state().is_safe_at(11 * S), "no answer before a check");
-        // A check sent before the event is stale, whatever it says.
-        let stale = t.check(10 * S, &Check::NotInRecovery, 11 * S + 1);
-        assert!(stale.stale && !stale.publish);
-        assert!(!t.state().is_safe_at(11 * S + 2));
-        let e = t.check(12 * S, &Check::NotInRecovery, 12 * S + 5);
-        assert!(e.publish && !e.persist);
-        assert_eq!(t.state().safe_until_ns, 15 * S, "t_sent + validity");
-        assert!(t.state().is_safe_at(15 * S - 1));
-        assert!(!t.state().is_safe_at(15 * S));
-    }
-
-    #[test]
-    fn failed_checks_do_not_renew_and_recovery_fences_at_once() {
-        let mut t = tracker();
-        t.event(&ev(2, "repmgrd_failover_promote", true), 11 * S);
-        t.check(12 * S, &Check::NotInRecovery, 12 * S);
-        let e = t.check(13 * S, &Check::Failed("timeout".to_owned()), 14 * S);
-        assert!(e.publish, "the first failure is published");
-        assert_eq!(t.state().safe_until_ns, 15 * S, "not renewed, not cut");
-        assert_eq!(t.state().reason, Reason::EtcdUnreachable);
-        let e = t.check(14 * S, &Check::Failed("timeout".to_owned()), 14 * S);
-        assert!(!e.publish, "once per outage");
-        assert!(!t.state().is_safe_at(15 * S));
-        // Back, still primary: renewed again.
-        t.check(16 * S, &Check::NotInRecovery, 16 * S);
-        assert!(t.state().is_safe_at(18 * S));
-        let e = t.check(17 * S, &Check::InRecovery, 17 * S);
-        assert!(e.publish && e.persist);
-        assert!(!t.state().primary && t.state().safe_until_ns == 0);
-        assert_eq!(t.role(), Role::NotPrimary);
-        // Recovery ended by someone else: no answer without a new promoting event.
-        t.check(18 * S, &Check::NotInRecovery, 18 * S);
-        assert!(!t.state().is_safe_at(18 * S + 1));
-    }
-
-    /// `repmgr standby switchover` on the promoted node, in repmgr's order (repmgr's
-    /// `do_standby_switchover`): its internal promotion reports `standby_promote`, then the node
-    /// reports `standby_switchover` with `%s` = 0 when only the former primary's `node rejoin`
-    /// failed. The promoted node is the primary either way and keeps answering.
-    #[test]
-    fn a_switchover_whose_rejoin_failed_keeps_the_promoted_node_answering() {
-        let mut t = tracker();
-        t.event(&ev(2, "standby_promote", true), 11 * S);
-        t.check(12 * S, &Check::NotInRecovery, 12 * S);
-        assert!(t.state().is_safe_at(13 * S));
-        assert_eq!(
-            t.event(&ev(2, "standby_switchover", false), 13 * S),
-            Decision::Ignored(Ignored::Failed)
-        );
-        assert!(t.state().primary && t.state().is_safe_at(13 * S));
-        // The successful form changes nothing either: already primary, the deadline stays.
-        let d = t.event(&ev(2, "standby_switchover", true), 13 * S);
-        assert!(matches!(
-            d,
-            Decision::Applied {
-                class: EventClass::Primary,
-                publish: false,
-                ..
-            }
-        ));
-        assert_eq!(t.state().safe_until_ns, 15 * S);
-    }
-
-    #[test]
-    fn demotion_fences_at_once_and_other_events_change_nothing() {
-        let mut t = tracker();
-        t.event(&ev(2, "standby_switchover", true), 11 * S);
-        t.check(12 * S, &Check::NotInRecovery, 12 * S);
-        assert!(t.state().is_safe_at(13 * S));
-        for (e, why) in [
-            (ev(3, "standby_follow", true), Ignored::OtherNode(3)),
-            (ev(2, "standby_follow", false), Ignored::Failed),
-            (ev(2, "repmgrd_upstream_disconnect", true), Ignored::Neutral),
-            (ev(2, "repmgrd_local_disconnect", true), Ignored::Neutral),
-            (ev(2, "child_node_disconnect", true), Ignored::Neutral),
-            (ev(2, "bdr_failover", true), Ignored::Unknown),
-        ] {
-            assert_eq!(t.event(&e, 13 * S), Decision::Ignored(why), "{e:?}");
-            assert!(t.state().is_safe_at(13 * S), "{e:?} moved the VIP");
-        }
-        let d = t.event(&ev(2, "node_rejoin", true), 13 * S);
-        assert!(matches!(
-            d,
-            Decision::Applied {
-                class: EventClass::NotPrimary,
-                role: Role::NotPrimary,
-                publish: true,
-                check: false
-            }
-        ));
-        assert!(!t.state().primary && t.state().safe_until_ns == 0);
-        // A check in flight during the demotion cannot bring it back.
-        t.check(12 * S + 1, &Check::NotInRecovery, 13 * S + 1);
-        assert!(!t.state().is_safe_at(13 * S + 2));
-        assert_eq!(t.state().revision, 2);
-    }
-
-    #[test]
-    fn a_repeated_promotion_keeps_the_deadline_and_a_restored_primary_waits_for_a_check() {
-        let mut t = tracker();
-        t.event(&ev(2, "standby_promote", true), 11 * S);
-        t.check(12 * S, &Check::NotInRecovery, 12 * S);
-        let d = t.event(&ev(2, "primary_register", true), 13 * S);
-        assert!(matches!(d, Decision::Applied { publish: false, .. }));
-        assert!(t.state().is_safe_at(14 * S));
-
-        let mut r = Tracker::new(2, Duration::from_secs(3), Some(Role::Primary), 10 * S);
-        assert!(!r.state().is_safe_at(10 * S));
-        assert_eq!(r.state().reason, Reason::Startup);
-        assert!(r.check(11 * S, &Check::NotInRecovery, 11 * S).publish);
-        assert!(r.state().is_safe_at(12 * S));
-
-        let mut n = Tracker::new(2, Duration::from_secs(3), None, 10 * S);
-        let e = n.check(11 * S, &Check::NotInRecovery, 11 * S);
-        assert!(e.publish, "the first answer ends the startup state");
-        assert!(!n.state().primary);
-        assert_ne!(n.state().reason, Reason::Startup);
-        assert!(!n.check(12 * S, &Check::NotInRecovery, 12 * S).publish);
-    }
-}
+mod tests;

@@ -13,12 +13,14 @@ use serde_norway::{Mapping, Value};
 use super::{Diag, Entry, Fields, GateConfig, Location, Secret, values};
 
 /// The repmgr keys (top level only).
-pub(in crate::config) const KEYS: [&str; 5] = [
+pub(in crate::config) const KEYS: [&str; 7] = [
     "repmgr-node-id",
     "repmgr-socket",
     "repmgr-socket-group",
     "repmgr-check-interval",
     "repmgr-state-file",
+    "repmgr-quorum-hold",
+    "repmgr-passfile",
 ];
 
 /// Where the agent listens for `vip-agent event` unless configured.
@@ -31,6 +33,13 @@ const CHECK_INTERVAL_MIN: Duration = Duration::from_millis(100);
 const CHECK_INTERVAL_MAX: Duration = Duration::from_secs(10);
 /// One successful check keeps the VIP answering this many intervals (capped by `fence-timeout`).
 pub const REPMGR_VALIDITY_INTERVALS: u32 = 3;
+/// How long a primary keeps renewing without a majority of repmgr's nodes reachable, unless
+/// configured. With the default interval the VIP is silent at most 8 s after the last quorum:
+/// repmgr's defaults (`reconnect_attempts` 6 × `reconnect_interval` 10 s) give up on a primary
+/// after 60 s.
+pub const DEFAULT_REPMGR_QUORUM_HOLD: Duration = Duration::from_secs(5);
+const QUORUM_HOLD_MIN: Duration = Duration::from_secs(1);
+const QUORUM_HOLD_MAX: Duration = Duration::from_secs(300);
 
 /// `dcs-type: repmgr`: this node's repmgr role, from event notifications, confirmed by the local
 /// PostgreSQL (see `docs/repmgr.md` and [`crate::repmgr`]).
@@ -49,6 +58,11 @@ pub struct RepmgrConfig {
     pub state_file: PathBuf,
     /// The top-level `postgres-dsn`.
     pub postgres_dsn: Secret,
+    /// `repmgr-quorum-hold`: how long a primary keeps renewing its deadline without a majority
+    /// of repmgr's nodes reachable.
+    pub quorum_hold: Duration,
+    /// `repmgr-passfile`: passwords (libpq's `.pgpass` format) for the other nodes' `conninfo`.
+    pub passfile: Option<PathBuf>,
 }
 
 impl RepmgrConfig {
@@ -254,6 +268,29 @@ pub(super) fn parse(top: &Fields, top_gate: &GateConfig, diag: &mut Diag) -> Opt
                 None
             }
         });
+    let passfile = top.text(diag, "repmgr-passfile").map(|(text, location)| {
+        let path = PathBuf::from(text.trim());
+        if !path.is_absolute() {
+            diag.invalid(
+                &location,
+                "repmgr-passfile",
+                format!("{} is not an absolute path", path.display()),
+            );
+        }
+        path
+    });
+    let mut quorum_hold = DEFAULT_REPMGR_QUORUM_HOLD;
+    if let Some(((d, _), location)) = top.read(diag, "repmgr-quorum-hold", values::duration) {
+        if (QUORUM_HOLD_MIN..=QUORUM_HOLD_MAX).contains(&d) {
+            quorum_hold = d;
+        } else {
+            diag.invalid(
+                &location,
+                "repmgr-quorum-hold",
+                values::duration_out_of_range(d, QUORUM_HOLD_MIN, QUORUM_HOLD_MAX),
+            );
+        }
+    }
     let mut check_interval = DEFAULT_REPMGR_CHECK_INTERVAL;
     if let Some(((d, _), location)) = top.read(diag, "repmgr-check-interval", values::duration) {
         if (CHECK_INTERVAL_MIN..=CHECK_INTERVAL_MAX).contains(&d) {
@@ -290,17 +327,36 @@ pub(super) fn parse(top: &Fields, top_gate: &GateConfig, diag: &mut Diag) -> Opt
         check_interval,
         state_file,
         postgres_dsn: postgres_dsn?,
+        quorum_hold,
+        passfile,
     })
 }
 
 /// A `fence-timeout` at or below the check interval caps the validity below the renewal period:
-/// the VIP would go silent between checks.
+/// the VIP would go silent between checks. A `repmgr-quorum-hold` below two check intervals lets
+/// one slow round fence the primary.
 pub(super) fn check_fence_timeout(
     repmgr: Option<&RepmgrConfig>,
     fence_timeout: Option<Duration>,
     top: &Fields,
     diag: &mut Diag,
 ) {
+    if let Some(r) = repmgr
+        && r.quorum_hold < r.check_interval.saturating_mul(2)
+        && let Some(entry) = top.map.get("repmgr-quorum-hold")
+    {
+        let location = entry.location.clone();
+        diag.warn(
+            &location,
+            "repmgr-quorum-hold",
+            format!(
+                "{} is less than two repmgr-check-interval ({}): one slow round of the other \
+                 nodes' answers silences the VIP",
+                values::format_duration(r.quorum_hold),
+                values::format_duration(r.check_interval)
+            ),
+        );
+    }
     if let (Some(r), Some(f)) = (repmgr, fence_timeout)
         && f <= r.check_interval
         && let Some(entry) = top.map.get("fence-timeout")
