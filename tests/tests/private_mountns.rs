@@ -13,7 +13,7 @@
 
 use std::{
     sync::atomic::{AtomicBool, Ordering},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use vip_agent::clock::monotonic_ns;
@@ -220,4 +220,75 @@ fn sigkilled_agent_in_a_private_mount_namespace_leaves_nothing_answering_after_i
         .expect("node1's agent exits on SIGTERM");
     assert!(status.success(), "{status:?}");
     assert_eq!(vip_valid_lft(&c, 0), None);
+}
+
+#[test]
+fn agent_restarted_at_once_after_a_sigkill_in_a_private_mount_namespace_attaches_again() {
+    if !require_privileges(
+        "agent_restarted_at_once_after_a_sigkill_in_a_private_mount_namespace_attaches_again",
+    ) {
+        return;
+    }
+    let mut c = Cluster::new(161, 1, &vip_tests::agent_binary(), "");
+    start_private(&mut c, 0);
+    c.wait_running();
+    let mac1 = c.nodes[0].host.mac;
+    let lease = grant(&c, 30);
+    acquire(&c, "node1", lease);
+    eventually(Duration::from_secs(5), "node1 answers", || {
+        answering(&c) == vec![mac1] && vip_valid_lft(&c, 0).is_some()
+    });
+    for round in 0..3 {
+        c.kill_agent(0);
+        // No pause: the killed agent's mount namespace, pins and link are still being torn down.
+        start_private(&mut c, 0);
+        eventually(
+            Duration::from_secs(10),
+            "the restarted agent answers again",
+            || answering(&c) == vec![mac1] && vip_valid_lft(&c, 0).is_some(),
+        );
+        assert!(
+            c.agent_exited(0).is_none(),
+            "round {round}: the restarted agent runs:\n{}",
+            c.log(0)
+        );
+    }
+}
+
+#[test]
+fn agent_in_a_mount_namespace_of_its_own_that_sees_the_hosts_bpffs_keeps_its_pins() {
+    if !require_privileges(
+        "agent_in_a_mount_namespace_of_its_own_that_sees_the_hosts_bpffs_keeps_its_pins",
+    ) {
+        return;
+    }
+    let mut c = Cluster::new(162, 1, &vip_tests::agent_binary(), "");
+    // `unshare --mount` copies the host's mounts, /sys/fs/bpf included: the same bpffs.
+    c.start_agent_with(0, &["unshare", "--mount", "--propagation", "private", "--"]);
+    c.wait_running();
+    assert!(
+        c.dataplane_snapshot(0).is_some(),
+        "the pins are on the host's bpffs"
+    );
+    assert!(!c.log(0).contains("mounted one of our own"), "{}", c.log(0));
+    let mac1 = c.nodes[0].host.mac;
+    let lease = grant(&c, 30);
+    acquire(&c, "node1", lease);
+    eventually(Duration::from_secs(5), "node1 answers", || {
+        answering(&c) == vec![mac1]
+    });
+    let prog = c.xdp_prog_id(0);
+    c.kill_agent(0);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(c.xdp_prog_id(0), prog, "the program outlives the agent");
+    assert_eq!(answering(&c), vec![mac1], "and answers until the deadline");
+    c.start_agent_with(0, &["unshare", "--mount", "--propagation", "private", "--"]);
+    eventually(
+        Duration::from_secs(10),
+        "the restarted agent adopts it",
+        || c.log(0).contains("adopted the pinned XDP program"),
+    );
+    eventually(Duration::from_secs(5), "node1 answers again", || {
+        answering(&c) == vec![mac1] && vip_valid_lft(&c, 0).is_some()
+    });
 }

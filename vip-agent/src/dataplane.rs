@@ -31,7 +31,10 @@ use vip_common::{
     maps::{PROGRAM_NAME, STATE_MAP, STATS_MAP},
 };
 
-use crate::netlink::{self, LinkFacts, NetlinkError, XdpAttachment};
+use crate::{
+    address::ProgramLifetime,
+    netlink::{self, LinkFacts, NetlinkError, XdpAttachment},
+};
 
 /// Where pins live unless configured otherwise: `<root>/<ifname>/{link,VIP_STATE,VIP_STATS}`.
 pub const DEFAULT_PIN_ROOT: &str = "/sys/fs/bpf/vip-agent";
@@ -184,6 +187,8 @@ pub struct Dataplane {
     /// How the program runs on the interface (as the kernel reports it).
     attachment: XdpAttachment,
     origin: Origin,
+    /// Whether the pins (and so the program) outlive this process.
+    program_lifetime: ProgramLifetime,
     state: HashMap<MapData, VipKey, VipState>,
     stats: PerCpuHashMap<MapData, VipKey, VipStats>,
     /// Kept open for the life of the agent; the pin keeps the program attached after it.
@@ -197,6 +202,7 @@ impl fmt::Debug for Dataplane {
             .field("pin_dir", &self.pin_dir)
             .field("attachment", &self.attachment)
             .field("origin", &self.origin)
+            .field("program_lifetime", &self.program_lifetime)
             .finish_non_exhaustive()
     }
 }
@@ -216,15 +222,18 @@ impl Dataplane {
         let mac = facts.mac.ok_or_else(|| DataplaneError::InterfaceMissing {
             interface: format!("{} (has no Ethernet address)", opts.interface),
         })?;
-        ensure_bpffs(&opts.pin_root)?;
+        let program_lifetime = ensure_bpffs(&opts.pin_root)?;
         let pin_dir = opts.pin_root.join(&opts.interface);
 
-        if let Some(dp) = Self::adopt(&facts, mac, &pin_dir)? {
+        if let Some(mut dp) = Self::adopt(&facts, mac, &pin_dir)? {
+            dp.program_lifetime = program_lifetime;
             info!(interface = %dp.interface, mode = %dp.attachment, pin = %pin_dir.display(),
                 "adopted the pinned XDP program");
             return Ok(dp);
         }
-        let dp = Self::attach_new(&facts, mac, &pin_dir, opts.mode).await?;
+        let facts = wait_for_orphan(facts).await?;
+        let mut dp = Self::attach_new(&facts, mac, &pin_dir, opts.mode).await?;
+        dp.program_lifetime = program_lifetime;
         info!(interface = %dp.interface, mode = %dp.attachment, requested = %opts.mode,
             pin = %pin_dir.display(), "attached the XDP program");
         Ok(dp)
@@ -288,6 +297,7 @@ impl Dataplane {
             pin_dir: pin_dir.to_path_buf(),
             attachment,
             origin: Origin::Adopted,
+            program_lifetime: ProgramLifetime::Pinned,
             state,
             stats,
             _link: link,
@@ -414,6 +424,7 @@ impl Dataplane {
             pin_dir: pin_dir.to_path_buf(),
             attachment,
             origin: Origin::Attached,
+            program_lifetime: ProgramLifetime::Pinned,
             state,
             stats,
             _link: link,
@@ -454,6 +465,14 @@ impl Dataplane {
     #[must_use]
     pub fn pin_dir(&self) -> &Path {
         &self.pin_dir
+    }
+
+    /// Whether the program outlives this process: [`ProgramLifetime::EndsWithAgent`] when the
+    /// agent had to mount the bpffs of its pins itself (see [`ensure_bpffs`]). The VIP address
+    /// lifetime follows from it ([`crate::address::Lifetime::until`]).
+    #[must_use]
+    pub const fn program_lifetime(&self) -> ProgramLifetime {
+        self.program_lifetime
     }
 
     /// Make `vip` known to the program, fenced, with zeroed counters. An entry that already exists
@@ -892,11 +911,31 @@ fn remove_pins(pin_dir: &Path) -> Result<(), DataplaneError> {
     }
 }
 
-/// Mount bpffs at `/sys/fs/bpf` when `pin_root` lives there and nothing is mounted yet.
-fn ensure_bpffs(pin_root: &Path) -> Result<(), DataplaneError> {
+/// Mount bpffs at `/sys/fs/bpf` when `pin_root` lives there and nothing is mounted yet, and say
+/// whether the pins will outlive this process.
+///
+/// A bpffs that is already there is taken to outlive the agent: the host's (systemd units assert
+/// that `/sys/fs/bpf` is a mount point), or a copy of the host's mount in a mount namespace of its
+/// own (`unshare --mount`), which is the same superblock. Having to mount one means this process
+/// sees no bpffs: a private mount namespace with a fresh `/sys` (`ip netns exec`, a container).
+/// The instance mounted here lives as long as that mount namespace, which usually means as long as
+/// this process: pins, bpf_link and XDP program end with it, and the VIP address lifetime is what
+/// keeps a crash safe ([`ProgramLifetime::EndsWithAgent`]). It is mounted with mode 0700: nobody
+/// else needs it.
+fn ensure_bpffs(pin_root: &Path) -> Result<ProgramLifetime, DataplaneError> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    /// This process mounted it (a SIGHUP restart finds it mounted, and it still ends with us).
+    static MOUNTED_HERE: AtomicBool = AtomicBool::new(false);
     let bpffs = Path::new("/sys/fs/bpf");
-    if !pin_root.starts_with(bpffs) || is_bpffs(bpffs) {
-        return Ok(());
+    if !pin_root.starts_with(bpffs) {
+        return Ok(ProgramLifetime::Pinned);
+    }
+    if is_bpffs(bpffs) {
+        return Ok(if MOUNTED_HERE.load(Ordering::Relaxed) {
+            ProgramLifetime::EndsWithAgent
+        } else {
+            ProgramLifetime::Pinned
+        });
     }
     nix::mount::mount(
         Some("bpf"),
@@ -905,19 +944,54 @@ fn ensure_bpffs(pin_root: &Path) -> Result<(), DataplaneError> {
         nix::mount::MsFlags::MS_NOSUID
             | nix::mount::MsFlags::MS_NODEV
             | nix::mount::MsFlags::MS_NOEXEC,
-        None::<&str>,
+        Some("mode=0700"),
     )
     .map_err(|errno| DataplaneError::Fs {
         operation: "mount bpffs at",
         path: bpffs.to_path_buf(),
         source: errno.into(),
     })?;
-    info!(path = %bpffs.display(), "mounted bpffs");
-    Ok(())
+    MOUNTED_HERE.store(true, Ordering::Relaxed);
+    warn!(path = %bpffs.display(),
+        "no bpffs here (a private mount namespace: ip netns exec, a container); mounted one of our own (mode 0700), \
+         which ends with this process: after a crash the XDP program is gone, and the VIP address, which is \
+         only ever given a lifetime that ends before the deadline, expires by itself. Mount the host's \
+         /sys/fs/bpf here to keep the program (and the fence) across a crash");
+    Ok(ProgramLifetime::EndsWithAgent)
 }
 
 fn is_bpffs(path: &Path) -> bool {
     nix::sys::statfs::statfs(path).is_ok_and(|s| s.filesystem_type().0 == BPF_FS_MAGIC)
+}
+
+/// How long [`wait_for_orphan`] waits for the kernel to release an orphaned program.
+const ORPHAN_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// When the interface carries a vip-agent program that nothing pinned here (the adopt step found no
+/// pin), it is usually an orphan: its agent died together with the bpffs it had mounted in a mount
+/// namespace of its own, and the kernel releases the bpf_link from a workqueue moments after. Wait
+/// for that (up to [`ORPHAN_WAIT`]) instead of refusing a restart that comes right after a crash.
+/// What is still attached then is refused by [`Dataplane::attach_new`] as usual.
+async fn wait_for_orphan(facts: LinkFacts) -> Result<LinkFacts, DataplaneError> {
+    let Some((prog_id, _)) = facts.xdp else {
+        return Ok(facts);
+    };
+    if program_name(prog_id) != PROGRAM_NAME {
+        return Ok(facts);
+    }
+    info!(interface = %facts.name, prog_id,
+        "an unpinned vip-agent XDP program is attached (its agent and pins are gone); waiting for the kernel to release it");
+    let until = std::time::Instant::now() + ORPHAN_WAIT;
+    let mut facts = facts;
+    while facts.xdp.is_some() && std::time::Instant::now() < until {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        facts = netlink::link_by_name(&facts.name).await?.ok_or_else(|| {
+            DataplaneError::InterfaceMissing {
+                interface: facts.name.clone(),
+            }
+        })?;
+    }
+    Ok(facts)
 }
 
 /// Name of a loaded program by id, for error messages.
