@@ -6,8 +6,14 @@
 //! * otherwise the embedded object is loaded, attached (as a bpf_link) and pinned: maps first, the
 //!   link last, so a present link pin always means a complete installation.
 //!
-//! The program and its maps outlive the agent: a crashed agent leaves the interface fenced by the
-//! deadline in [`VipState`], not unguarded. [`detach`] removes program and pins.
+//! A TC egress program (tcx, Linux 6.6+) on the same interface shares the maps and drops what the
+//! node sends from a fenced VIP (`vip_common::frame::egress`). It is attached after the XDP
+//! installation exists, fresh or adopted, and pinned beside it (`egress`); an adopted installation
+//! without it (an older agent, a kernel upgrade) gets one. Where tcx is missing the agent runs
+//! without it and says so.
+//!
+//! The programs and their maps outlive the agent: a crashed agent leaves the interface fenced by the
+//! deadline in [`VipState`], not unguarded. [`detach`] removes programs and pins.
 //!
 //! An interface that already carries another XDP program is never taken over silently.
 
@@ -21,14 +27,15 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{HashMap, Map, MapData, MapError, PerCpuHashMap, PerCpuValues},
     programs::{
-        ProgramError, Xdp, XdpMode,
+        LinkOrder, ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode,
         links::{FdLink, PinnedLink},
+        tc::TcAttachOptions,
     },
 };
 use tracing::{info, warn};
 use vip_common::{
     VipKey, VipState, VipStats,
-    maps::{PROGRAM_NAME, STATE_MAP, STATS_MAP},
+    maps::{EGRESS_PROGRAM_NAME, PROGRAM_NAME, STATE_MAP, STATS_MAP},
 };
 
 use crate::{
@@ -39,6 +46,8 @@ use crate::{
 /// Where pins live unless configured otherwise: `<root>/<ifname>/{link,VIP_STATE,VIP_STATS}`.
 pub const DEFAULT_PIN_ROOT: &str = "/sys/fs/bpf/vip-agent";
 const LINK_PIN: &str = "link";
+/// The TC egress program's link (tcx).
+const EGRESS_PIN: &str = "egress";
 
 /// The XDP object built from `vip-ebpf` by `build.rs`.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/vip-ebpf"));
@@ -93,6 +102,15 @@ pub enum Origin {
     Attached,
     /// Found pinned and attached: taken over from an earlier agent.
     Adopted,
+}
+
+/// Whether the TC egress program guards what this node sends.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EgressFence {
+    /// Attached (tcx) and pinned: nothing leaves from a fenced VIP.
+    Attached,
+    /// Not attached; why (a kernel without tcx, before 6.6, or the error).
+    Unavailable(String),
 }
 
 /// Errors of the data plane, each naming what failed.
@@ -193,6 +211,9 @@ pub struct Dataplane {
     stats: PerCpuHashMap<MapData, VipKey, VipStats>,
     /// Kept open for the life of the agent; the pin keeps the program attached after it.
     _link: PinnedLink,
+    /// The egress program's link, when attached (its pin keeps it after the agent).
+    egress_link: Option<FdLink>,
+    egress: EgressFence,
 }
 
 impl fmt::Debug for Dataplane {
@@ -203,6 +224,7 @@ impl fmt::Debug for Dataplane {
             .field("attachment", &self.attachment)
             .field("origin", &self.origin)
             .field("program_lifetime", &self.program_lifetime)
+            .field("egress", &self.egress)
             .finish_non_exhaustive()
     }
 }
@@ -229,6 +251,7 @@ impl Dataplane {
             dp.program_lifetime = program_lifetime;
             info!(interface = %dp.interface, mode = %dp.attachment, pin = %pin_dir.display(),
                 "adopted the pinned XDP program");
+            dp.ensure_egress();
             return Ok(dp);
         }
         let facts = wait_for_orphan(facts).await?;
@@ -236,7 +259,52 @@ impl Dataplane {
         dp.program_lifetime = program_lifetime;
         info!(interface = %dp.interface, mode = %dp.attachment, requested = %opts.mode,
             pin = %pin_dir.display(), "attached the XDP program");
+        dp.ensure_egress();
         Ok(dp)
+    }
+
+    /// Adopt the pinned egress program if it is attached to this interface's tcx egress; otherwise
+    /// (none pinned, or a stale pin) attach a new one on the pinned maps and pin it. A failure
+    /// leaves the agent without the egress fence, with a warning: the ingress fence does not
+    /// depend on it.
+    fn ensure_egress(&mut self) {
+        let pin = self.pin_dir.join(EGRESS_PIN);
+        if pin.exists() {
+            match adopt_egress(&pin, &self.interface) {
+                Ok(Some(link)) => {
+                    info!(interface = %self.interface, pin = %pin.display(), "adopted the pinned TC egress program");
+                    self.egress_link = Some(link);
+                    self.egress = EgressFence::Attached;
+                    return;
+                }
+                Ok(None) => warn!(interface = %self.interface, pin = %pin.display(),
+                    "pinned TC egress program is not attached to this interface any more; replacing it"),
+                Err(e) => {
+                    warn!(interface = %self.interface, pin = %pin.display(), error = %crate::agent::Chain(&e),
+                    "cannot adopt the pinned TC egress program; replacing it")
+                }
+            }
+            let _ = link_detach(&pin);
+            if let Err(e) = std::fs::remove_file(&pin)
+                && e.kind() != io::ErrorKind::NotFound
+            {
+                warn!(interface = %self.interface, pin = %pin.display(), error = %e, "cannot remove the stale egress pin");
+            }
+        }
+        match attach_egress(&self.pin_dir, &self.interface) {
+            Ok(link) => {
+                info!(interface = %self.interface, pin = %pin.display(), "attached the TC egress program (tcx)");
+                self.egress_link = Some(link);
+                self.egress = EgressFence::Attached;
+            }
+            Err(e) => {
+                let reason = crate::agent::Chain(&e).to_string();
+                warn!(interface = %self.interface, error = %reason,
+                    "no egress fence: a fenced node's kernel can still send from the VIP while it has the address \
+                     (the TC egress program needs tcx, Linux 6.6 or newer)");
+                self.egress = EgressFence::Unavailable(reason);
+            }
+        }
     }
 
     /// Take over a pinned installation if its link is the program attached to this interface.
@@ -262,6 +330,7 @@ impl Dataplane {
             warn!(interface = %facts.name, pin = %pin_dir.display(), pinned_prog_id = prog_id,
                 attached = ?facts.xdp, "pinned XDP link is not attached to this interface any more; replacing it");
             drop(fd_link);
+            let _ = link_detach(&pin_dir.join(EGRESS_PIN));
             remove_pins(pin_dir)?;
             return Ok(None);
         };
@@ -276,6 +345,8 @@ impl Dataplane {
                 path: link_path.clone(),
                 source,
             })?;
+            // Its egress program, if it had one, runs on the same old maps: off with it too.
+            let _ = link_detach(&pin_dir.join(EGRESS_PIN));
             remove_pins(pin_dir)?;
             return Ok(None);
         }
@@ -301,6 +372,8 @@ impl Dataplane {
             state,
             stats,
             _link: link,
+            egress_link: None,
+            egress: EgressFence::Unavailable("not attached yet".to_owned()),
         }))
     }
 
@@ -428,6 +501,8 @@ impl Dataplane {
             state,
             stats,
             _link: link,
+            egress_link: None,
+            egress: EgressFence::Unavailable("not attached yet".to_owned()),
         })
     }
 
@@ -465,6 +540,12 @@ impl Dataplane {
     #[must_use]
     pub fn pin_dir(&self) -> &Path {
         &self.pin_dir
+    }
+
+    /// Whether the TC egress program guards what this node sends.
+    #[must_use]
+    pub const fn egress(&self) -> &EgressFence {
+        &self.egress
     }
 
     /// Whether the program outlives this process: [`ProgramLifetime::EndsWithAgent`] when the
@@ -636,19 +717,28 @@ pub fn detach(pin_root: &Path, interface: &str) -> Result<bool, DataplaneError> 
     if !pin_dir.exists() {
         return Ok(false);
     }
-    let link_path = pin_dir.join(LINK_PIN);
     // Unpinning alone is not enough: the kernel releases an unreferenced bpf_link from a
-    // workqueue, so the program could still be attached for a moment after this function
-    // returned. BPF_LINK_DETACH takes it off the interface synchronously (under RTNL).
-    match link_detach(&link_path) {
-        Ok(()) => {}
-        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
-        Err(source) => {
-            return Err(DataplaneError::Fs {
-                operation: "detach (BPF_LINK_DETACH) the link pinned at",
-                path: link_path,
-                source,
-            });
+    // workqueue, so a program could still be attached for a moment after this function
+    // returned. BPF_LINK_DETACH takes it off the interface synchronously (under RTNL). The egress
+    // program first, the XDP program last, as they were attached the other way round.
+    for (pin, operation) in [
+        (
+            EGRESS_PIN,
+            "detach (BPF_LINK_DETACH) the egress link pinned at",
+        ),
+        (LINK_PIN, "detach (BPF_LINK_DETACH) the link pinned at"),
+    ] {
+        let link_path = pin_dir.join(pin);
+        match link_detach(&link_path) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+            Err(source) => {
+                return Err(DataplaneError::Fs {
+                    operation,
+                    path: link_path,
+                    source,
+                });
+            }
         }
     }
     remove_pins(&pin_dir)?;
@@ -884,9 +974,9 @@ fn open_pinned_error<E: std::error::Error + Send + Sync + 'static>(
     })
 }
 
-/// Remove `link` first (detaching the program), then the maps and the directory.
+/// Remove `link` and `egress` first (releasing the programs), then the maps and the directory.
 fn remove_pins(pin_dir: &Path) -> Result<(), DataplaneError> {
-    for name in [LINK_PIN, STATE_MAP, STATS_MAP] {
+    for name in [LINK_PIN, EGRESS_PIN, STATE_MAP, STATS_MAP] {
         let path = pin_dir.join(name);
         match std::fs::remove_file(&path) {
             Ok(()) => {}
@@ -962,6 +1052,83 @@ fn ensure_bpffs(pin_root: &Path) -> Result<ProgramLifetime, DataplaneError> {
 
 fn is_bpffs(path: &Path) -> bool {
     nix::sys::statfs::statfs(path).is_ok_and(|s| s.filesystem_type().0 == BPF_FS_MAGIC)
+}
+
+/// The link pinned at `pin`, if its program is attached to `interface`'s tcx egress (`None`: a
+/// stale pin).
+fn adopt_egress(pin: &Path, interface: &str) -> Result<Option<FdLink>, DataplaneError> {
+    let link = PinnedLink::from_pin(pin).map_err(|e| open_pinned_error("egress link", pin, e))?;
+    let link: FdLink = link.into();
+    let prog_id = link
+        .info()
+        .map_err(|e| open_pinned_error("egress link", pin, e))?
+        .program_id();
+    let (_, attached) = SchedClassifier::query_tcx(interface, TcAttachType::Egress)
+        .map_err(|e| open_pinned_error("egress link", pin, e))?;
+    Ok(attached.iter().any(|p| p.id() == prog_id).then_some(link))
+}
+
+/// Load the egress program on the maps pinned in `pin_dir`, attach it first in `interface`'s tcx
+/// egress chain (nothing that runs before it can send a fenced VIP's packet elsewhere), and pin
+/// its link.
+fn attach_egress(pin_dir: &Path, interface: &str) -> Result<FdLink, DataplaneError> {
+    let mut ebpf = EbpfLoader::new()
+        .map_pin_path(STATE_MAP, pin_dir.join(STATE_MAP))
+        .map_pin_path(STATS_MAP, pin_dir.join(STATS_MAP))
+        .load(EBPF_OBJECT)
+        .map_err(|e| {
+            classify(
+                "loading the egress program's object on the pinned maps",
+                e,
+                |source| DataplaneError::Pin {
+                    what: "egress program maps",
+                    path: pin_dir.to_path_buf(),
+                    source,
+                },
+            )
+        })?;
+    let program: &mut SchedClassifier = ebpf
+        .program_mut(EGRESS_PROGRAM_NAME)
+        .and_then(|p| p.try_into().ok())
+        .ok_or(DataplaneError::ObjectContract {
+            what: "TC program",
+            name: EGRESS_PROGRAM_NAME,
+        })?;
+    program.load().map_err(|e| {
+        classify("loading the TC egress program", e, |source| {
+            DataplaneError::Pin {
+                what: "egress program",
+                path: pin_dir.to_path_buf(),
+                source,
+            }
+        })
+    })?;
+    let attach_error = |source: ProgramError| DataplaneError::Attach {
+        interface: interface.to_owned(),
+        mode: "tcx egress",
+        source,
+    };
+    let link_id = program
+        .attach_with_options(
+            interface,
+            TcAttachType::Egress,
+            TcAttachOptions::TcxOrder(LinkOrder::first()),
+        )
+        .map_err(attach_error)?;
+    let link = program.take_link(link_id).map_err(attach_error)?;
+    // tcx links are bpf_links: this cannot fail for a TcxOrder attachment.
+    let link: FdLink = link.try_into().map_err(|e| DataplaneError::Pin {
+        what: "egress link",
+        path: pin_dir.join(EGRESS_PIN),
+        source: Box::new(e),
+    })?;
+    let path = pin_dir.join(EGRESS_PIN);
+    let pinned = link.pin(&path).map_err(|e| DataplaneError::Pin {
+        what: "egress link",
+        path: path.clone(),
+        source: Box::new(e),
+    })?;
+    Ok(pinned.into())
 }
 
 /// How long [`wait_for_orphan`] waits for the kernel to release an orphaned program.

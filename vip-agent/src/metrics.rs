@@ -296,6 +296,16 @@ impl Registry {
                 "ARP frames claiming the VIP from another MAC while answering.",
                 |s| s.conflicts,
             ),
+            (
+                "vip_agent_egress_ip_dropped_total",
+                "Packets from the VIP this node tried to send while fenced, dropped by the TC egress program.",
+                |s| s.sent_ip_dropped,
+            ),
+            (
+                "vip_agent_egress_arp_dropped_total",
+                "ARP (IPv6: Neighbor Discovery) from the VIP this node tried to send while fenced, dropped by the TC egress program.",
+                |s| s.sent_arp_dropped,
+            ),
         ] {
             family(
                 name,

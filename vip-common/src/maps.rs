@@ -12,6 +12,8 @@ pub const STATE_MAP: &str = "VIP_STATE";
 pub const STATS_MAP: &str = "VIP_STATS";
 /// Name of the XDP program inside the object.
 pub const PROGRAM_NAME: &str = "vip_xdp";
+/// Name of the TC egress program inside the object (the same maps; see `frame::egress`).
+pub const EGRESS_PROGRAM_NAME: &str = "vip_tc_egress";
 /// Every map name, for tests that check the object against this contract.
 pub const MAP_NAMES: [&str; 2] = [STATE_MAP, STATS_MAP];
 
@@ -133,8 +135,14 @@ pub struct VipStats {
     pub conflicts: u64,
     /// Kernel monotonic time (ns) of the last reply sent from this CPU; 0 = never.
     pub last_reply_ns: u64,
+    /// Egress: IP packets (IPv4, or IPv6 for an IPv6 VIP) from the VIP that this node tried to send
+    /// while fenced, dropped by the TC program.
+    pub sent_ip_dropped: u64,
+    /// Egress: ARP from the VIP (IPv6: Neighbor Advertisements for it, Solicitations from it) that
+    /// this node tried to send while fenced, dropped by the TC program.
+    pub sent_arp_dropped: u64,
 }
-const _: () = assert!(size_of::<VipStats>() == 40);
+const _: () = assert!(size_of::<VipStats>() == 56);
 
 impl VipStats {
     /// Fold another CPU's counters into this one.
@@ -150,6 +158,8 @@ impl VipStats {
             } else {
                 self.last_reply_ns
             },
+            sent_ip_dropped: self.sent_ip_dropped.wrapping_add(other.sent_ip_dropped),
+            sent_arp_dropped: self.sent_arp_dropped.wrapping_add(other.sent_arp_dropped),
         }
     }
 }
@@ -162,7 +172,7 @@ mod pod {
     unsafe impl aya::Pod for VipKey {}
     // SAFETY: as above; `_pad` makes the two trailing bytes explicit.
     unsafe impl aya::Pod for VipState {}
-    // SAFETY: as above; five u64.
+    // SAFETY: as above; seven u64.
     unsafe impl aya::Pod for VipStats {}
 }
 
@@ -207,6 +217,8 @@ mod tests {
             ipv4_dropped: 3,
             conflicts: 4,
             last_reply_ns: 50,
+            sent_ip_dropped: 5,
+            sent_arp_dropped: 6,
         };
         let b = VipStats {
             arp_replied: 10,
@@ -214,6 +226,8 @@ mod tests {
             ipv4_dropped: 30,
             conflicts: 40,
             last_reply_ns: 20,
+            sent_ip_dropped: 50,
+            sent_arp_dropped: 60,
         };
         let m = a.merge(&b);
         assert_eq!(
@@ -223,7 +237,9 @@ mod tests {
                 arp_dropped: 22,
                 ipv4_dropped: 33,
                 conflicts: 44,
-                last_reply_ns: 50
+                last_reply_ns: 50,
+                sent_ip_dropped: 55,
+                sent_arp_dropped: 66,
             }
         );
     }
