@@ -24,7 +24,7 @@ use vip_agent::{
 };
 use vip_common::{
     VipKey, VipState,
-    maps::{EGRESS_PROGRAM_NAME, STATE_MAP},
+    maps::{EGRESS_PROGRAM_NAME, EGRESS_STATS_MAP, STATE_MAP},
 };
 use vip_tests::{
     NetNs, PinRoot,
@@ -154,12 +154,24 @@ fn the_egress_program_lives_with_the_xdp_program_and_shares_its_maps() {
     assert!(chain[0].2.contains(&state_map), "on the pinned maps");
     drop(dp);
 
-    // An installation without one (an older agent's) gets one.
+    // An installation from before the egress program (no egress link, no egress counters) is
+    // adopted, not replaced, and gets both.
+    let xdp = node.xdp_prog_id(&ifname);
     detach_pinned_link(&pin_dir.join("egress"));
     std::fs::remove_file(pin_dir.join("egress")).expect("remove the egress pin");
-    let dp = open_dataplane(&node, &ifname, AttachMode::Generic, &pins.0);
+    std::fs::remove_file(pin_dir.join(EGRESS_STATS_MAP)).expect("remove the egress counters");
+    let mut dp = open_dataplane(&node, &ifname, AttachMode::Generic, &pins.0);
+    assert_eq!(dp.origin(), Origin::Adopted);
+    assert_eq!(node.xdp_prog_id(&ifname), xdp, "the XDP program stays");
     assert_eq!(dp.egress(), &EgressFence::Attached);
     assert_eq!(tcx_egress(&node, &ifname).len(), 1);
+    assert!(pin_dir.join(EGRESS_STATS_MAP).exists());
+    let vip: std::net::IpAddr = "10.77.165.100".parse().expect("vip");
+    dp.register(vip).expect("register");
+    assert_eq!(
+        dp.egress_stats(vip).expect("egress counters"),
+        Default::default()
+    );
     drop(dp);
 
     // detach takes both off and removes every pin.
@@ -431,9 +443,9 @@ fn an_established_connection_to_the_old_primary_gets_nothing_from_the_vip_after_
         Some("node2"),
         "the new primary serves new connections"
     );
-    let stats = c.dataplane_snapshot(0).expect("node1's pins").stats;
+    let egress = c.dataplane_snapshot(0).expect("node1's pins").egress;
     assert!(
-        stats.sent_ip_dropped > 0,
-        "node1's egress drops are counted: {stats:?}"
+        egress.ip_dropped > 0,
+        "node1's egress drops are counted: {egress:?}"
     );
 }

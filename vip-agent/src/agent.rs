@@ -388,6 +388,7 @@ fn snapshot_fn(
                     *vip,
                     dp.state(*vip).ok().flatten(),
                     dp.stats(*vip).unwrap_or_default(),
+                    dp.egress_stats(*vip).unwrap_or_default(),
                 )
             })
             .collect()

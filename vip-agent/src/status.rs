@@ -42,9 +42,11 @@ pub struct VipStatus {
     pub conflicts: u64,
     /// Since the last ARP reply; `None` (JSON `null`) when the program never replied.
     pub last_reply_ago_ms: Option<u64>,
-    /// Packets from the VIP this node tried to send while fenced, dropped by the egress program.
+    /// Packets from the VIP this node tried to send while fenced, dropped by the egress program
+    /// (JSON only).
     pub sent_ip_dropped: u64,
-    /// ARP (IPv6: Neighbor Discovery) from the VIP this node tried to send while fenced, dropped.
+    /// ARP (IPv6: Neighbor Discovery) from the VIP this node tried to send while fenced, dropped
+    /// (JSON only).
     pub sent_arp_dropped: u64,
     /// The promotion gate as the daemon reports it (only with `--metrics-address`).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -233,21 +235,19 @@ impl VipStatus {
             conflicts: s.stats.conflicts,
             last_reply_ago_ms: (s.stats.last_reply_ns != 0)
                 .then(|| now_ns.saturating_sub(s.stats.last_reply_ns) / NS_PER_MS),
-            sent_ip_dropped: s.stats.sent_ip_dropped,
-            sent_arp_dropped: s.stats.sent_arp_dropped,
+            sent_ip_dropped: s.egress.ip_dropped,
+            sent_arp_dropped: s.egress.arp_dropped,
             gate: None,
         }
     }
 
     /// The one-line text form:
-    /// `eth1 10.0.0.10 answering deadline_in_ms=2500 arp_replied=7 ... last_reply_ago_ms=40
-    /// sent_ip_dropped=0 sent_arp_dropped=0` (the egress counters last, so the older fields keep
-    /// their places).
+    /// `eth1 10.0.0.10 answering deadline_in_ms=2500 arp_replied=7 ... last_reply_ago_ms=40`
+    /// (its nine fields are a stable format; the egress counters are in the JSON form).
     #[must_use]
     pub fn text(&self) -> String {
         format!(
-            "{} {} {} deadline_in_ms={} arp_replied={} arp_dropped={} ipv4_dropped={} conflicts={} last_reply_ago_ms={} \
-             sent_ip_dropped={} sent_arp_dropped={}",
+            "{} {} {} deadline_in_ms={} arp_replied={} arp_dropped={} ipv4_dropped={} conflicts={} last_reply_ago_ms={}",
             self.interface,
             self.vip,
             if self.answering {
@@ -262,8 +262,6 @@ impl VipStatus {
             self.conflicts,
             self.last_reply_ago_ms
                 .map_or_else(|| "never".to_owned(), |ms| ms.to_string()),
-            self.sent_ip_dropped,
-            self.sent_arp_dropped,
         )
     }
 }
@@ -387,6 +385,10 @@ mod tests {
             vip: IpAddr::from([10, 0, 0, 10]),
             state,
             stats,
+            egress: vip_common::EgressStats {
+                ip_dropped: 4,
+                arp_dropped: 5,
+            },
         }
     }
 
@@ -399,8 +401,6 @@ mod tests {
                 ipv4_dropped: 2,
                 conflicts: 3,
                 last_reply_ns: NOW - 40 * MS,
-                sent_ip_dropped: 4,
-                sent_arp_dropped: 5,
             },
         )
     }
@@ -452,13 +452,13 @@ mod tests {
         assert_eq!(
             VipStatus::at("eth1", &answering(), NOW).text(),
             "eth1 10.0.0.10 answering deadline_in_ms=2500 arp_replied=7 arp_dropped=1 \
-             ipv4_dropped=2 conflicts=3 last_reply_ago_ms=40 sent_ip_dropped=4 sent_arp_dropped=5"
+             ipv4_dropped=2 conflicts=3 last_reply_ago_ms=40"
         );
         let fenced = snapshot(VipState::fenced(MAC), VipStats::default());
         assert_eq!(
             VipStatus::at("eth1", &fenced, NOW).text(),
             "eth1 10.0.0.10 fenced deadline_in_ms=0 arp_replied=0 arp_dropped=0 \
-             ipv4_dropped=0 conflicts=0 last_reply_ago_ms=never sent_ip_dropped=0 sent_arp_dropped=0"
+             ipv4_dropped=0 conflicts=0 last_reply_ago_ms=never"
         );
     }
 

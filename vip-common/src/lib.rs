@@ -12,4 +12,4 @@ pub mod frame;
 pub mod maps;
 
 pub use frame::{Outcome, Packet, Verdict, VipLookup, egress, process};
-pub use maps::{STATE_MAP, STATS_MAP, VipKey, VipState, VipStats};
+pub use maps::{EGRESS_STATS_MAP, EgressStats, STATE_MAP, STATS_MAP, VipKey, VipState, VipStats};

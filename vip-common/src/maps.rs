@@ -14,8 +14,12 @@ pub const STATS_MAP: &str = "VIP_STATS";
 pub const PROGRAM_NAME: &str = "vip_xdp";
 /// Name of the TC egress program inside the object (the same maps; see `frame::egress`).
 pub const EGRESS_PROGRAM_NAME: &str = "vip_tc_egress";
+/// Name of the per-CPU hash map VIP -> [`EgressStats`]: the TC egress program's counters, in a
+/// map of their own so that `VIP_STATS` keeps its layout (and an installation from before the
+/// egress program is adopted, not replaced). The agent creates the zeroed entry with the VIP's.
+pub const EGRESS_STATS_MAP: &str = "VIP_EGRESS";
 /// Every map name, for tests that check the object against this contract.
-pub const MAP_NAMES: [&str; 2] = [STATE_MAP, STATS_MAP];
+pub const MAP_NAMES: [&str; 3] = [STATE_MAP, STATS_MAP, EGRESS_STATS_MAP];
 
 /// How many VIPs one interface's maps hold.
 pub const MAX_VIPS: u32 = 256;
@@ -135,14 +139,8 @@ pub struct VipStats {
     pub conflicts: u64,
     /// Kernel monotonic time (ns) of the last reply sent from this CPU; 0 = never.
     pub last_reply_ns: u64,
-    /// Egress: IP packets (IPv4, or IPv6 for an IPv6 VIP) from the VIP that this node tried to send
-    /// while fenced, dropped by the TC program.
-    pub sent_ip_dropped: u64,
-    /// Egress: ARP from the VIP (IPv6: Neighbor Advertisements for it, Solicitations from it) that
-    /// this node tried to send while fenced, dropped by the TC program.
-    pub sent_arp_dropped: u64,
 }
-const _: () = assert!(size_of::<VipStats>() == 56);
+const _: () = assert!(size_of::<VipStats>() == 40);
 
 impl VipStats {
     /// Fold another CPU's counters into this one.
@@ -158,22 +156,45 @@ impl VipStats {
             } else {
                 self.last_reply_ns
             },
-            sent_ip_dropped: self.sent_ip_dropped.wrapping_add(other.sent_ip_dropped),
-            sent_arp_dropped: self.sent_arp_dropped.wrapping_add(other.sent_arp_dropped),
+        }
+    }
+}
+
+/// Per-CPU counters of the TC egress program for one VIP: what this node tried to send from the VIP
+/// while it was fenced, and the program dropped. The agent sums them over CPUs.
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EgressStats {
+    /// IP packets (IPv4, or IPv6 for an IPv6 VIP) from the VIP.
+    pub ip_dropped: u64,
+    /// ARP from the VIP (IPv6: Neighbor Advertisements for it, Solicitations from it).
+    pub arp_dropped: u64,
+}
+const _: () = assert!(size_of::<EgressStats>() == 16);
+
+impl EgressStats {
+    /// Fold another CPU's counters into this one.
+    #[must_use]
+    pub const fn merge(self, other: &Self) -> Self {
+        Self {
+            ip_dropped: self.ip_dropped.wrapping_add(other.ip_dropped),
+            arp_dropped: self.arp_dropped.wrapping_add(other.arp_dropped),
         }
     }
 }
 
 #[cfg(feature = "user")]
 mod pod {
-    use super::{VipKey, VipState, VipStats};
+    use super::{EgressStats, VipKey, VipState, VipStats};
 
     // SAFETY: `#[repr(C)]`, integers and byte arrays only, no implicit padding (size asserts above).
     unsafe impl aya::Pod for VipKey {}
     // SAFETY: as above; `_pad` makes the two trailing bytes explicit.
     unsafe impl aya::Pod for VipState {}
-    // SAFETY: as above; seven u64.
+    // SAFETY: as above; five u64.
     unsafe impl aya::Pod for VipStats {}
+    // SAFETY: as above; two u64.
+    unsafe impl aya::Pod for EgressStats {}
 }
 
 #[cfg(test)]
@@ -217,8 +238,6 @@ mod tests {
             ipv4_dropped: 3,
             conflicts: 4,
             last_reply_ns: 50,
-            sent_ip_dropped: 5,
-            sent_arp_dropped: 6,
         };
         let b = VipStats {
             arp_replied: 10,
@@ -226,8 +245,6 @@ mod tests {
             ipv4_dropped: 30,
             conflicts: 40,
             last_reply_ns: 20,
-            sent_ip_dropped: 50,
-            sent_arp_dropped: 60,
         };
         let m = a.merge(&b);
         assert_eq!(
@@ -237,9 +254,7 @@ mod tests {
                 arp_dropped: 22,
                 ipv4_dropped: 33,
                 conflicts: 44,
-                last_reply_ns: 50,
-                sent_ip_dropped: 55,
-                sent_arp_dropped: 66,
+                last_reply_ns: 50
             }
         );
     }

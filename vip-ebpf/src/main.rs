@@ -22,7 +22,7 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 use vip_common::{
-    Outcome, Packet, Verdict, VipKey, VipLookup, VipState, VipStats,
+    EgressStats, Outcome, Packet, Verdict, VipKey, VipLookup, VipState, VipStats,
     maps::{BPF_F_NO_PREALLOC, MAX_VIPS},
 };
 
@@ -37,6 +37,12 @@ static VIP_STATE: HashMap<VipKey, VipState> =
 /// VIP -> per-CPU counters. The agent creates the zeroed entry; only this program increments it.
 #[map]
 static VIP_STATS: PerCpuHashMap<VipKey, VipStats> = PerCpuHashMap::with_max_entries(MAX_VIPS, 0);
+
+/// VIP -> per-CPU counters of the egress program. The agent creates the zeroed entry; only the
+/// egress program increments it.
+#[map]
+static VIP_EGRESS: PerCpuHashMap<VipKey, EgressStats> =
+    PerCpuHashMap::with_max_entries(MAX_VIPS, 0);
 
 // ---- Program ----
 
@@ -129,32 +135,44 @@ impl VipLookup for Maps {
     }
 }
 
-/// Bump the VIP's counter for this verdict (from either program). A VIP without a stats entry is
-/// simply not counted.
+/// Bump the VIP's counter for this verdict (from either program). A VIP without a counters entry
+/// is simply not counted.
 #[inline(always)]
 fn count(verdict: &Verdict) {
-    if verdict.outcome == Outcome::Pass {
-        return;
-    }
-    let Some(p) = VIP_STATS.get_ptr_mut(verdict.vip) else {
-        return;
-    };
-    // SAFETY: per-CPU element of this CPU. Both programs run with bottom halves off (XDP in the
-    // receive softirq, TC egress under `rcu_read_lock_bh` in `dev_queue_xmit`), so on one CPU
-    // neither can interrupt the other, and nothing else writes this element meanwhile.
-    let stats = unsafe { &mut *p };
     match verdict.outcome {
         Outcome::Pass => {}
-        Outcome::Replied => {
-            stats.arp_replied += 1;
-            // SAFETY: plain helper call.
-            stats.last_reply_ns = unsafe { bpf_ktime_get_ns() };
+        Outcome::DroppedSentIp | Outcome::DroppedSentArp => {
+            let Some(p) = VIP_EGRESS.get_ptr_mut(verdict.vip) else {
+                return;
+            };
+            // SAFETY: as for `VIP_STATS` below.
+            let stats = unsafe { &mut *p };
+            if verdict.outcome == Outcome::DroppedSentIp {
+                stats.ip_dropped += 1;
+            } else {
+                stats.arp_dropped += 1;
+            }
         }
-        Outcome::DroppedArp => stats.arp_dropped += 1,
-        Outcome::DroppedIp => stats.ipv4_dropped += 1,
-        Outcome::Conflict => stats.conflicts += 1,
-        Outcome::DroppedSentIp => stats.sent_ip_dropped += 1,
-        Outcome::DroppedSentArp => stats.sent_arp_dropped += 1,
+        Outcome::Replied | Outcome::DroppedArp | Outcome::DroppedIp | Outcome::Conflict => {
+            let Some(p) = VIP_STATS.get_ptr_mut(verdict.vip) else {
+                return;
+            };
+            // SAFETY: per-CPU element of this CPU. Both programs run with bottom halves off (XDP
+            // in the receive softirq, TC egress under `rcu_read_lock_bh` in `dev_queue_xmit`), so
+            // on one CPU neither can interrupt the other, and nothing else writes this element
+            // meanwhile.
+            let stats = unsafe { &mut *p };
+            match verdict.outcome {
+                Outcome::Replied => {
+                    stats.arp_replied += 1;
+                    // SAFETY: plain helper call.
+                    stats.last_reply_ns = unsafe { bpf_ktime_get_ns() };
+                }
+                Outcome::DroppedArp => stats.arp_dropped += 1,
+                Outcome::DroppedIp => stats.ipv4_dropped += 1,
+                _ => stats.conflicts += 1,
+            }
+        }
     }
 }
 
