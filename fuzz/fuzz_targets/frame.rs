@@ -563,6 +563,9 @@ fuzz_target!(|data: &[u8]| {
                     assert_ne!(state.mac, arp.sha, "our own MAC counted as a conflict");
                 }
                 Outcome::Pass | Outcome::Replied => {}
+                Outcome::DroppedSentIp | Outcome::DroppedSentArp => {
+                    unreachable!("the ingress decision judged a frame as sent (checked above)")
+                }
             }
         }
     }
