@@ -20,7 +20,8 @@
 //! * a fenced VIP (deadline 0, or a deadline not after now) is never answered; every drop is for a
 //!   configured VIP that is fenced (or, for ARP, a non-unicast requester);
 //! * our own reply, looped back, is passed untouched (never answered, never a conflict);
-//! * the verdict's XDP action and VIP are consistent with its outcome.
+//! * the verdict's XDP action and VIP are consistent with its outcome;
+//! * the egress decision on the same bytes drops only for a configured VIP that is fenced now.
 //!
 //! IPv6 (RFC 4861), for the IPv6 VIPs of the table (an IPv4-mapped address `::ffff:a.b.c.d` is the
 //! key of the IPv4 VIP `a.b.c.d` and never matches an IPv6 packet):
@@ -415,6 +416,29 @@ fn check_ipv6(table: &Table, verdict: Verdict, original: &[u8], buf: &[u8], ip: 
     assert_eq!(again, buf, "our own NA was modified");
 }
 
+/// `vip_common::frame::egress` (the TC egress program) on the same bytes: it drops only for a
+/// configured VIP that is fenced now, as an IP or an ARP/ND drop, and its TC action follows.
+fn check_egress(table: &Table, frame: &[u8]) {
+    let verdict = vip_common::egress(frame, table);
+    match verdict.outcome {
+        Outcome::Pass => {
+            assert_eq!(verdict, Verdict::PASS, "a pass names no VIP");
+            assert_eq!(verdict.tc_action(), vip_common::frame::TC_ACT_UNSPEC);
+        }
+        Outcome::DroppedSentIp | Outcome::DroppedSentArp => {
+            let state = table
+                .state(&verdict.vip)
+                .expect("egress dropped for an address that is not a configured VIP");
+            assert!(
+                !state.answering_at(table.now_ns()),
+                "egress dropped for a VIP that answers: {verdict:?}"
+            );
+            assert_eq!(verdict.tc_action(), vip_common::frame::TC_ACT_SHOT);
+        }
+        other => panic!("egress gave an ingress outcome {other:?}"),
+    }
+}
+
 fuzz_target!(|data: &[u8]| {
     let Some((&sel, frame)) = data.split_first() else {
         return;
@@ -429,7 +453,11 @@ fuzz_target!(|data: &[u8]| {
         Outcome::Pass | Outcome::Conflict => XDP_PASS,
         Outcome::Replied => XDP_TX,
         Outcome::DroppedArp | Outcome::DroppedIp => XDP_DROP,
+        Outcome::DroppedSentIp | Outcome::DroppedSentArp => {
+            panic!("the ingress decision judged a frame as sent: {verdict:?}")
+        }
     };
+    check_egress(&table, &original);
     assert_eq!(verdict.xdp_action(), expected_action, "{verdict:?}");
     if verdict.outcome == Outcome::Pass {
         assert_eq!(verdict, Verdict::PASS, "a pass names no VIP");
@@ -535,6 +563,9 @@ fuzz_target!(|data: &[u8]| {
                     assert_ne!(state.mac, arp.sha, "our own MAC counted as a conflict");
                 }
                 Outcome::Pass | Outcome::Replied => {}
+                Outcome::DroppedSentIp | Outcome::DroppedSentArp => {
+                    unreachable!("the ingress decision judged a frame as sent (checked above)")
+                }
             }
         }
     }

@@ -7,6 +7,28 @@
 //! An IPv6 VIP is added with `IFA_F_NODAD`: it is usable at once instead of after a second of
 //! duplicate address detection, and our own data plane, not the kernel's DAD, decides who answers
 //! for it (the fenced nodes drop every solicitation for it).
+//!
+//! ## The address expires by itself
+//!
+//! Every add is an `RTM_NEWADDR` with `NLM_F_CREATE | NLM_F_REPLACE` and a lifetime
+//! (`IFA_CACHEINFO`, valid = preferred, whole seconds) derived from the data plane's deadline D, and
+//! it is repeated whenever D moves ([`Lifetime::until`]). Replacing an existing address only
+//! rewrites its lifetime: no delete, no notification other than `RTM_NEWADDR`, nothing a client
+//! sees. So an agent that dies leaves an address that the kernel removes by itself, even where the
+//! XDP program died with the agent (a bpffs of its own in a private mount namespace).
+//!
+//! When the kernel removes it (`net/ipv4/devinet.c` `check_lifetime`, `net/ipv6/addrconf.c`
+//! `addrconf_verify_rtnl`): both run as delayed work that deletes an address once
+//! `(jiffies - tstamp + HZ/50) / HZ >= valid_lft`, so never more than 20 ms early. The next run is
+//! set for the earliest lifetime end, rounded up to a whole second when that costs less than
+//! `HZ/4`, but never sooner than `HZ` (1 s) after the current run, and every address added or
+//! replaced in the namespace triggers a run at once. An address therefore goes up to about 1 s late
+//! (a run just before its end pushes the next one 1 s on), plus the latency of the workqueue (a
+//! deferrable one: per network namespace since Linux 6.13 for IPv4, one for every namespace
+//! before; IPv6's is per namespace and deferrable too). Measured on Linux 6.18
+//! (`tests/tests/address_lifetime.rs`): never early by more than 11 ms, up to 0.31 s late for an
+//! address alone, up to 1.05 s late among others. [`EXPIRY_MARGIN_NS`] is that bound with room for
+//! latency.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -16,7 +38,7 @@ use rtnetlink::{
     packet_core::{NetlinkMessage, NetlinkPayload},
     packet_route::{
         RouteNetlinkMessage,
-        address::{AddressAttribute, AddressMessage},
+        address::{AddressAttribute, AddressMessage, CacheInfo},
     },
     sys::SocketAddr,
 };
@@ -44,6 +66,82 @@ pub enum AddressError {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// How late the kernel may remove an address after its lifetime ran out, at most: its lifetime
+/// check runs at most `HZ` (1 s) after the lifetime's end (see the module documentation), plus 1 s
+/// for the (deferrable) workqueue, the jiffies tick and the time between reading the clock and the
+/// kernel stamping the address. The most measured here is 1.05 s, on a loaded 2-core VM.
+pub const EXPIRY_MARGIN_NS: u64 = 2_000_000_000;
+
+/// The shortest lifetime given where the XDP program outlives the agent
+/// ([`ProgramLifetime::Pinned`]): 2 s outlasts the 1 s between two renewals, so a primary whose
+/// lease is too short for a lifetime that ends before its deadline still keeps its address.
+pub const PINNED_MIN_LIFETIME_S: u32 = 2;
+
+/// Whether the XDP program (and so the fence at the deadline) outlives the agent process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProgramLifetime {
+    /// Pinned on a bpffs that stays when the agent dies: the program fences at the deadline by
+    /// itself, whatever the address does. The address lifetime is a second line.
+    Pinned,
+    /// Pinned on a bpffs the agent mounted itself in a mount namespace of its own: the pins, the
+    /// bpf_link and the program end with the process. The address lifetime is then what keeps the
+    /// kernel from answering past the deadline, so it must end before it.
+    EndsWithAgent,
+}
+
+/// The lifetime of a VIP address: valid and preferred lifetime in whole seconds, at least 1 (the
+/// kernel refuses 0) and below `u32::MAX` (which means forever).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Lifetime(u32);
+
+impl Lifetime {
+    /// `secs` as a lifetime: `None` for 0 or `u32::MAX` (forever).
+    #[must_use]
+    pub const fn from_secs(secs: u32) -> Option<Self> {
+        if secs == 0 || secs == u32::MAX {
+            None
+        } else {
+            Some(Self(secs))
+        }
+    }
+
+    /// The lifetime in seconds.
+    #[must_use]
+    pub const fn secs(self) -> u32 {
+        self.0
+    }
+
+    /// The lifetime to give the address now (`now_ns`, kernel monotonic) for a data plane that
+    /// answers until `deadline_ns`:
+    ///
+    /// * the longest whole number of seconds after which the kernel has removed the address before
+    ///   the deadline, its lateness included: `floor((deadline - now - EXPIRY_MARGIN_NS) / 1 s)`;
+    /// * with [`ProgramLifetime::EndsWithAgent`], `None` when that is under 1 s: no lifetime the
+    ///   kernel accepts ends before the deadline, so the address must not be there;
+    /// * with [`ProgramLifetime::Pinned`], at least [`PINNED_MIN_LIFETIME_S`] while the deadline
+    ///   lies ahead (the program fences at the deadline, and the agent removes the address then).
+    ///
+    /// `None` once the deadline has passed.
+    #[must_use]
+    pub fn until(deadline_ns: u64, now_ns: u64, program: ProgramLifetime) -> Option<Self> {
+        let left = deadline_ns.checked_sub(now_ns).filter(|left| *left > 0)?;
+        let strict = left.saturating_sub(EXPIRY_MARGIN_NS) / 1_000_000_000;
+        let strict = u32::try_from(strict)
+            .unwrap_or(u32::MAX - 1)
+            .min(u32::MAX - 1);
+        match program {
+            ProgramLifetime::EndsWithAgent => Self::from_secs(strict),
+            ProgramLifetime::Pinned => Self::from_secs(strict.max(PINNED_MIN_LIFETIME_S)),
+        }
+    }
+}
+
+impl std::fmt::Display for Lifetime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} s", self.0)
+    }
 }
 
 /// What an idempotent operation did.
@@ -86,24 +184,22 @@ impl Addresses {
         Ok(Self { handle })
     }
 
-    /// Add `vip` unless it is there already (exact address and prefix).
+    /// Add `vip` (exact address and prefix) with `lifetime`, or give the existing address that
+    /// lifetime (`NLM_F_REPLACE`: its lifetime is rewritten in place, the address stays).
     ///
     /// # Errors
-    /// When the kernel refuses for another reason than "exists".
-    pub async fn add(&self, vip: Vip) -> Result<Change, AddressError> {
+    /// When the kernel refuses.
+    pub async fn add(&self, vip: Vip, lifetime: Lifetime) -> Result<(), AddressError> {
         let mut request = self
             .handle
             .address()
-            .add(vip.ifindex, vip.address, vip.prefix_len);
-        *request.message_mut() = new_address_message(vip);
-        let result = request.execute().await;
-        match result {
-            Ok(()) => Ok(Change::Changed),
-            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::EEXIST => {
-                Ok(Change::Unchanged)
-            }
-            Err(source) => Err(request_error("add", vip, source)),
-        }
+            .add(vip.ifindex, vip.address, vip.prefix_len)
+            .replace();
+        *request.message_mut() = new_address_message(vip, lifetime);
+        request
+            .execute()
+            .await
+            .map_err(|source| request_error("add", vip, source))
     }
 
     /// Remove every address equal to `vip.address` on the interface, whatever its prefix length (a VIP
@@ -171,17 +267,18 @@ fn request_error(operation: &'static str, vip: Vip, source: rtnetlink::Error) ->
     }
 }
 
-/// Add `vip` now, on the calling thread: one `RTM_NEWADDR` on a fresh netlink socket and its
-/// acknowledgement, tens of microseconds. For the promotion path, which must have the address in
-/// place before the data plane answers ARP for it: a client that learns the MAC from our first
-/// reply sends its SYN at once, and a SYN to an address the kernel does not have yet is dropped
-/// and retransmitted only after a second. An existing address is success.
+/// Add `vip` with `lifetime` now, on the calling thread: one `RTM_NEWADDR` on a fresh netlink
+/// socket and its acknowledgement, tens of microseconds. For the promotion path, which must have
+/// the address in place before the data plane answers ARP for it: a client that learns the MAC
+/// from our first reply sends its SYN at once, and a SYN to an address the kernel does not have yet
+/// is dropped and retransmitted only after a second. An existing address gets the new lifetime
+/// (as [`Addresses::add`]).
 ///
 /// # Errors
-/// When the socket cannot be used or the kernel refuses for another reason than "exists".
-pub fn add_blocking(vip: Vip) -> Result<Change, AddressError> {
+/// When the socket cannot be used or the kernel refuses.
+pub fn add_blocking(vip: Vip, lifetime: Lifetime) -> Result<(), AddressError> {
     use rtnetlink::{
-        packet_core::{NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST},
+        packet_core::{NLM_F_ACK, NLM_F_CREATE, NLM_F_REPLACE, NLM_F_REQUEST},
         sys::{Socket, protocols::NETLINK_ROUTE},
     };
     let io = |source: std::io::Error| AddressError::Io {
@@ -194,9 +291,10 @@ pub fn add_blocking(vip: Vip) -> Result<Change, AddressError> {
     let mut socket = Socket::new(NETLINK_ROUTE).map_err(io)?;
     socket.bind_auto().map_err(io)?;
     socket.connect(&SocketAddr::new(0, 0)).map_err(io)?;
-    let mut request =
-        NetlinkMessage::from(RouteNetlinkMessage::NewAddress(new_address_message(vip)));
-    request.header.flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_EXCL | NLM_F_CREATE;
+    let mut request = NetlinkMessage::from(RouteNetlinkMessage::NewAddress(new_address_message(
+        vip, lifetime,
+    )));
+    request.header.flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_REPLACE | NLM_F_CREATE;
     request.header.sequence_number = 1;
     request.finalize();
     let mut buf = vec![0; request.buffer_len()];
@@ -214,8 +312,7 @@ pub fn add_blocking(vip: Vip) -> Result<Change, AddressError> {
             continue;
         }
         return match reply.payload {
-            NetlinkPayload::Error(e) if e.code.is_none() => Ok(Change::Changed),
-            NetlinkPayload::Error(e) if e.raw_code() == -libc::EEXIST => Ok(Change::Unchanged),
+            NetlinkPayload::Error(e) if e.code.is_none() => Ok(()),
             NetlinkPayload::Error(e) => {
                 Err(request_error("add", vip, rtnetlink::Error::NetlinkError(e)))
             }
@@ -224,8 +321,24 @@ pub fn add_blocking(vip: Vip) -> Result<Change, AddressError> {
     }
 }
 
-/// The `RTM_NEWADDR` message for `vip`; IPv6 with `IFA_F_NODAD` (see the module documentation).
-fn new_address_message(vip: Vip) -> AddressMessage {
+/// The `RTM_NEWADDR` message for `vip` with `lifetime` as its valid and preferred lifetime; IPv6
+/// with `IFA_F_NODAD` (see the module documentation).
+///
+/// The preferred lifetime must be finite too: the IPv4 check schedules its next run from the
+/// preferred lifetime only, so an address with a finite valid and an infinite preferred lifetime
+/// would wait for the 120 s periodic check.
+fn new_address_message(vip: Vip, lifetime: Lifetime) -> AddressMessage {
+    let mut message = address_message(vip);
+    let mut cache_info = CacheInfo::default();
+    cache_info.ifa_valid = lifetime.secs();
+    cache_info.ifa_preferred = lifetime.secs();
+    message
+        .attributes
+        .push(AddressAttribute::CacheInfo(cache_info));
+    message
+}
+
+fn address_message(vip: Vip) -> AddressMessage {
     use rtnetlink::{
         AddressMessageBuilder,
         packet_route::address::{AddressFlags, AddressHeaderFlags},
@@ -263,11 +376,44 @@ fn address_of(msg: &AddressMessage) -> Option<IpAddr> {
     address
 }
 
+/// The remaining valid lifetime an address message reports: `None` for an address without one
+/// (permanent), `Some(0)` for one whose lifetime has run out.
+fn valid_lifetime_left(msg: &AddressMessage) -> Option<u32> {
+    msg.attributes.iter().find_map(|attr| match attr {
+        AddressAttribute::CacheInfo(ci) if ci.ifa_valid != u32::MAX => Some(ci.ifa_valid),
+        _ => None,
+    })
+}
+
 /// A kernel notification about an IPv4 or IPv6 address.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AddressEvent {
+    /// Added, or its lifetime replaced.
     Added(Vip),
+    /// Removed by someone (a person, a tool, the interface going away).
     Removed(Vip),
+    /// Removed with at most 1 s of its lifetime left: the kernel's own expiry, which reports 0 s
+    /// left, or 1 s when its check ran in the 20 ms it may run early (or, rarely, a removal by
+    /// someone in the last second of the lifetime).
+    Expired(Vip),
+}
+
+impl AddressEvent {
+    /// The event an `RTM_NEWADDR` (`added`) or `RTM_DELADDR` message stands for.
+    fn from_message(msg: &AddressMessage, added: bool) -> Option<Self> {
+        let vip = Vip {
+            ifindex: msg.header.index,
+            address: address_of(msg)?,
+            prefix_len: msg.header.prefix_len,
+        };
+        Some(if added {
+            Self::Added(vip)
+        } else if valid_lifetime_left(msg).is_some_and(|left| left <= 1) {
+            Self::Expired(vip)
+        } else {
+            Self::Removed(vip)
+        })
+    }
 }
 
 /// The kernel's address notifications (`RTNLGRP_IPV4_IFADDR`, `RTNLGRP_IPV6_IFADDR`) for the calling
@@ -307,21 +453,144 @@ impl AddressEvents {
                 NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelAddress(m)) => (false, m),
                 _ => continue,
             };
-            let Some(address) = address_of(&msg) else {
-                continue;
-            };
-            let vip = Vip {
-                ifindex: msg.header.index,
-                address,
-                prefix_len: msg.header.prefix_len,
-            };
-            return Some(if added {
-                AddressEvent::Added(vip)
-            } else {
-                AddressEvent::Removed(vip)
-            });
+            if let Some(event) = AddressEvent::from_message(&msg, added) {
+                return Some(event);
+            }
         }
         self.ended = true;
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: u64 = 1_000_000_000;
+    const NOW: u64 = 1_000 * S;
+
+    fn secs(deadline_ns: u64, program: ProgramLifetime) -> Option<u32> {
+        Lifetime::until(deadline_ns, NOW, program).map(Lifetime::secs)
+    }
+
+    #[test]
+    fn the_lifetime_ends_before_the_deadline_with_the_kernels_lateness_included() {
+        use ProgramLifetime::{EndsWithAgent, Pinned};
+        // A Patroni lease (ttl 30, loop_wait 10): about 17 s ahead.
+        assert_eq!(secs(NOW + 17 * S, EndsWithAgent), Some(15));
+        assert_eq!(secs(NOW + 17 * S, Pinned), Some(15));
+        // The margin is 2 s, and whole seconds round down.
+        assert_eq!(secs(NOW + 3 * S, EndsWithAgent), Some(1));
+        assert_eq!(secs(NOW + 3_999_999_999, EndsWithAgent), Some(1));
+        assert_eq!(secs(NOW + 4 * S, EndsWithAgent), Some(2));
+        // No lifetime the kernel accepts (>= 1 s) ends in time: no address.
+        assert_eq!(secs(NOW + 2_999_999_999, EndsWithAgent), None);
+        assert_eq!(secs(NOW + 1, EndsWithAgent), None);
+        // Where the program outlives the agent and fences at the deadline itself: at least 2 s.
+        assert_eq!(secs(NOW + 2_999_999_999, Pinned), Some(2));
+        assert_eq!(secs(NOW + 1, Pinned), Some(2));
+        assert_eq!(secs(NOW + 5 * S, Pinned), Some(3));
+        // A deadline that has passed (or a fenced one: 0) gets no address, whatever the program.
+        for program in [EndsWithAgent, Pinned] {
+            assert_eq!(secs(NOW, program), None);
+            assert_eq!(secs(NOW - 1, program), None);
+            assert_eq!(secs(0, program), None);
+        }
+        // Never "forever".
+        assert_eq!(secs(u64::MAX, EndsWithAgent), Some(u32::MAX - 1));
+    }
+
+    #[test]
+    fn a_private_lifetime_always_ends_before_the_deadline_even_when_the_kernel_is_late() {
+        let mut rng = fastrand::Rng::with_seed(15);
+        for _ in 0..100_000 {
+            let now = rng.u64(..u64::MAX / 2);
+            let deadline = now.saturating_add(rng.u64(..120 * S));
+            if let Some(l) = Lifetime::until(deadline, now, ProgramLifetime::EndsWithAgent) {
+                let gone_by = now + u64::from(l.secs()) * S + EXPIRY_MARGIN_NS;
+                assert!(gone_by <= deadline, "{now} {deadline} {l}");
+                assert!(l.secs() >= 1);
+            }
+        }
+    }
+
+    #[test]
+    fn lifetimes_the_kernel_would_take_as_zero_or_forever_do_not_exist() {
+        assert_eq!(Lifetime::from_secs(0), None);
+        assert_eq!(Lifetime::from_secs(u32::MAX), None);
+        assert_eq!(Lifetime::from_secs(1).map(Lifetime::secs), Some(1));
+    }
+
+    fn cache_info(message: &AddressMessage) -> Option<(u32, u32)> {
+        message.attributes.iter().find_map(|a| match a {
+            AddressAttribute::CacheInfo(ci) => Some((ci.ifa_valid, ci.ifa_preferred)),
+            _ => None,
+        })
+    }
+
+    #[test]
+    fn the_add_message_carries_the_lifetime_as_valid_and_preferred() {
+        let lifetime = Lifetime::from_secs(7).expect("7 s");
+        for address in [
+            IpAddr::V4(Ipv4Addr::new(10, 77, 160, 100)),
+            IpAddr::V6("2001:db8::100".parse().expect("v6")),
+        ] {
+            let vip = Vip {
+                ifindex: 3,
+                address,
+                prefix_len: 24,
+            };
+            let message = new_address_message(vip, lifetime);
+            assert_eq!(cache_info(&message), Some((7, 7)), "{address}");
+            assert_eq!(address_of(&message), Some(address));
+            assert_eq!(message.header.index, 3);
+        }
+    }
+
+    #[test]
+    fn a_removal_by_the_kernel_at_the_end_of_the_lifetime_is_told_apart() {
+        let vip = Vip {
+            ifindex: 3,
+            address: IpAddr::V4(Ipv4Addr::new(10, 77, 160, 100)),
+            prefix_len: 24,
+        };
+        let with_left = |valid: u32| {
+            let mut m = address_message(vip);
+            let mut ci = CacheInfo::default();
+            ci.ifa_valid = valid;
+            ci.ifa_preferred = valid;
+            m.attributes.push(AddressAttribute::CacheInfo(ci));
+            m
+        };
+        assert_eq!(
+            AddressEvent::from_message(&with_left(0), false),
+            Some(AddressEvent::Expired(vip))
+        );
+        assert_eq!(
+            AddressEvent::from_message(&with_left(1), false),
+            Some(AddressEvent::Expired(vip)),
+            "the kernel's check may run 20 ms early, and then reports 1 s left"
+        );
+        assert_eq!(
+            AddressEvent::from_message(&with_left(2), false),
+            Some(AddressEvent::Removed(vip))
+        );
+        assert_eq!(
+            AddressEvent::from_message(&with_left(u32::MAX), false),
+            Some(AddressEvent::Removed(vip)),
+            "a permanent address"
+        );
+        assert_eq!(
+            AddressEvent::from_message(&address_message(vip), false),
+            Some(AddressEvent::Removed(vip)),
+            "no cache info at all"
+        );
+        assert_eq!(
+            AddressEvent::from_message(&with_left(0), true),
+            Some(AddressEvent::Added(vip))
+        );
+        let mut nameless = address_message(vip);
+        nameless.attributes.clear();
+        assert_eq!(AddressEvent::from_message(&nameless, false), None);
     }
 }

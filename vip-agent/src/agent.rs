@@ -29,7 +29,9 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{debug, error, info, warn};
 
 use crate::{
-    address::{AddressError, AddressEvent, AddressEvents, Addresses, Vip},
+    address::{
+        AddressError, AddressEvent, AddressEvents, Addresses, Lifetime, ProgramLifetime, Vip,
+    },
     clock::monotonic_ns,
     config::{Config, GarpConfig, GateConfig, GateMode, HookConfig, VipConfig},
     dataplane::{AttachOptions, Dataplane, DataplaneError},
@@ -433,6 +435,7 @@ fn snapshot_fn(
                     *vip,
                     dp.state(*vip).ok().flatten(),
                     dp.stats(*vip).unwrap_or_default(),
+                    dp.egress_stats(*vip).unwrap_or_default(),
                 )
             })
             .collect()
@@ -581,13 +584,19 @@ impl DataplaneWriter {
                 // sends its SYN at once, and the kernel drops a SYN to an address it does not
                 // have yet (the client retries after a second). Fenced, the address is harmless:
                 // the program drops ARP and IPv4 for the VIP. The VIP's task adds it too (and
-                // keeps it), so a failure here only costs that race.
+                // keeps it), so a failure here only costs that race. It expires by itself before
+                // the deadline (`Lifetime::until`); where no lifetime can, it is not added here,
+                // and the VIP's task says so and adds it once one can.
                 let address = Vip {
                     ifindex: dp.ifindex(),
                     address: *vip,
                     prefix_len: *prefix_len,
                 };
-                if let Err(e) = crate::address::add_blocking(address) {
+                let lifetime =
+                    Lifetime::until(state.safe_until_ns, monotonic_ns(), dp.program_lifetime());
+                if let Some(lifetime) = lifetime
+                    && let Err(e) = crate::address::add_blocking(address, lifetime)
+                {
                     warn!(vip = %vip, error = %Chain(&e), "adding the address before answering failed");
                 }
             }
@@ -645,6 +654,13 @@ struct VipTask {
     /// Stops the hook of the previous transition (the latest transition wins).
     hook_stop: CancellationToken,
     tasks: TaskTracker,
+    /// Whether the XDP program outlives the agent: how the address lifetime rounds.
+    program: ProgramLifetime,
+    /// The deadline the address (and its lifetime) was last written for; 0: not since the last
+    /// demotion.
+    address_for: u64,
+    /// The "deadline too close for an address" warning was logged in this episode.
+    too_close_logged: bool,
 }
 
 impl VipTask {
@@ -656,9 +672,9 @@ impl VipTask {
         garp_config: &GarpConfig,
         registry: Registry,
     ) -> Result<Self, AgentError> {
-        let (ifindex, mac) = {
+        let (ifindex, mac, program) = {
             let dp = dataplane.lock().unwrap_or_else(PoisonError::into_inner);
-            (dp.ifindex(), dp.mac())
+            (dp.ifindex(), dp.mac(), dp.program_lifetime())
         };
         let garp = GarpSender::open(ifindex).map_err(|source| AgentError::Garp {
             interface: config.interface.clone(),
@@ -683,6 +699,9 @@ impl VipTask {
             registry,
             hook_stop: CancellationToken::new(),
             tasks: TaskTracker::new(),
+            program,
+            address_for: 0,
+            too_close_logged: false,
         })
     }
 
@@ -690,7 +709,7 @@ impl VipTask {
         let mut holding = false;
         let mut garp_stop = CancellationToken::new();
         // Whatever a previous run left: not ours until a read says so.
-        self.converge_address(false).await;
+        self.remove_address().await;
         loop {
             let state = *self.leader.borrow_and_update();
             let now = monotonic_ns();
@@ -699,7 +718,7 @@ impl VipTask {
                 holding = want;
                 if want {
                     info!(vip = %self.vip, interface = %self.config.interface, "promoted: adding address, announcing");
-                    self.converge_address(true).await;
+                    self.put_address(state.safe_until_ns).await;
                     garp_stop = CancellationToken::new();
                     self.spawn_garp(garp_stop.clone());
                     self.spawn_hook(HookEvent::Promote);
@@ -711,9 +730,12 @@ impl VipTask {
                         self.fence();
                     }
                     info!(vip = %self.vip, interface = %self.config.interface, "demoted: removing address");
-                    self.converge_address(false).await;
+                    self.remove_address().await;
                     self.spawn_hook(HookEvent::Demote);
                 }
+            } else if holding && self.address_due(state.safe_until_ns) {
+                // The deadline moved: the address's lifetime follows it, replaced in place.
+                self.put_address(state.safe_until_ns).await;
             }
             let deadline = holding.then_some(state.safe_until_ns);
             tokio::select! {
@@ -727,7 +749,7 @@ impl VipTask {
                     }
                 }
                 () = sleep_until_ns(deadline) => {}
-                event = self.events.next() => self.on_address_event(event, holding).await,
+                event = self.events.next() => self.on_address_event(event, deadline).await,
                 link = self.links.next() => {
                     if self.on_link_event(link) && holding {
                         info!(vip = %self.vip, interface = %self.config.interface,
@@ -741,7 +763,7 @@ impl VipTask {
         }
         garp_stop.cancel();
         self.fence();
-        self.converge_address(false).await;
+        self.remove_address().await;
         if holding {
             // Giving the VIP up at shutdown is a demotion: its hook runs once (no retries), within
             // its timeout, before the agent exits.
@@ -856,17 +878,22 @@ impl VipTask {
         }
     }
 
-    async fn on_address_event(&self, event: Option<AddressEvent>, holding: bool) {
-        match event {
-            Some(AddressEvent::Removed(v))
-                if holding && v.ifindex == self.vip.ifindex && v.address == self.vip.address =>
-            {
+    /// Follow an address notification. `holding_until`: the deadline while this VIP is held.
+    async fn on_address_event(&mut self, event: Option<AddressEvent>, holding_until: Option<u64>) {
+        let ours = |v: &Vip| v.ifindex == self.vip.ifindex && v.address == self.vip.address;
+        match (event, holding_until) {
+            (Some(AddressEvent::Removed(v)), Some(deadline)) if ours(&v) => {
                 warn!(vip = %self.vip, "VIP address removed from the interface while primary: putting it back");
-                self.converge_address(true).await;
+                self.put_address(deadline).await;
             }
-            Some(AddressEvent::Added(v))
-                if !holding && v.ifindex == self.vip.ifindex && v.address == self.vip.address =>
-            {
+            (Some(AddressEvent::Expired(v)), Some(_)) if ours(&v) => {
+                // The kernel ended it because its lifetime ran out, which only happens close to
+                // the deadline (or when renewals stall): never put back, so the agent does not
+                // fight an expiry meant to beat the deadline. A deadline moved on renews it.
+                info!(vip = %self.vip,
+                    "VIP address expired (its lifetime ends before the deadline); it comes back when a confirmation moves the deadline");
+            }
+            (Some(AddressEvent::Added(v)), None) if ours(&v) => {
                 // A promotion adds the address just before the map write, both under the data
                 // plane's lock (`DataplaneWriter::apply`); its state change may reach this task
                 // after the address event. Under the same lock, an answering map entry means the
@@ -876,10 +903,10 @@ impl VipTask {
                     return;
                 }
                 warn!(vip = %self.vip, "VIP address added to the interface while not primary: removing it (the data plane keeps it fenced)");
-                self.converge_address(false).await;
+                self.remove_address().await;
             }
-            Some(_) => {}
-            None => {
+            (Some(_), _) => {}
+            (None, _) => {
                 // Only the drift correction stops: the leader and the deadline go on being
                 // followed (`AddressEvents::next` is never ready again).
                 error!(vip = %self.vip, "address notifications ended; drift is no longer corrected");
@@ -887,15 +914,42 @@ impl VipTask {
         }
     }
 
-    async fn converge_address(&self, present: bool) {
-        let result = if present {
-            self.addresses.add(self.vip).await
-        } else {
-            self.addresses.remove(self.vip).await
+    /// Whether the address's lifetime should be written again for `deadline`: it moved back (a
+    /// shorter deadline shortens the lifetime), or on by 500 ms or more (whole-second lifetimes;
+    /// this keeps a Patroni failsafe hold, which moves the deadline every 50 ms, from renewing at
+    /// that rate).
+    fn address_due(&self, deadline: u64) -> bool {
+        deadline < self.address_for || deadline - self.address_for >= 500_000_000
+    }
+
+    /// Add the address, or renew its lifetime, for a data plane answering until `deadline`; with no
+    /// lifetime that ends in time ([`Lifetime::until`]), leave it away.
+    async fn put_address(&mut self, deadline: u64) {
+        self.address_for = deadline;
+        let now = monotonic_ns();
+        let Some(lifetime) = Lifetime::until(deadline, now, self.program) else {
+            if !self.too_close_logged && deadline > now {
+                self.too_close_logged = true;
+                warn!(vip = %self.vip, deadline_in_ms = (deadline - now) / 1_000_000,
+                    "answering without the VIP address: the XDP program ends with this agent (a bpffs of its own), so the \
+                     address may only have a lifetime that ends before the deadline, and the deadline is too close for one \
+                     (1 s and the kernel's 2 s margin); it is added once a confirmation moves the deadline further \
+                     (a lease with 4 s or more left at each confirmation always does)");
+            }
+            return;
         };
-        match result {
-            Ok(change) => debug!(vip = %self.vip, present, ?change, "address converged"),
-            Err(e) => error!(vip = %self.vip, present, error = %Chain(&e), "address change failed"),
+        match self.addresses.add(self.vip, lifetime).await {
+            Ok(()) => debug!(vip = %self.vip, %lifetime, "address present"),
+            Err(e) => error!(vip = %self.vip, error = %Chain(&e), "address change failed"),
+        }
+    }
+
+    async fn remove_address(&mut self) {
+        self.address_for = 0;
+        self.too_close_logged = false;
+        match self.addresses.remove(self.vip).await {
+            Ok(change) => debug!(vip = %self.vip, ?change, "address absent"),
+            Err(e) => error!(vip = %self.vip, error = %Chain(&e), "address change failed"),
         }
     }
 }

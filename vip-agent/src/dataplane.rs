@@ -6,8 +6,14 @@
 //! * otherwise the embedded object is loaded, attached (as a bpf_link) and pinned: maps first, the
 //!   link last, so a present link pin always means a complete installation.
 //!
-//! The program and its maps outlive the agent: a crashed agent leaves the interface fenced by the
-//! deadline in [`VipState`], not unguarded. [`detach`] removes program and pins.
+//! A TC egress program (tcx, Linux 6.6+) on the same interface shares the maps and drops what the
+//! node sends from a fenced VIP (`vip_common::frame::egress`). A fresh installation attaches it on
+//! the pinned maps and pins it (`egress`) just before the XDP link; an adopted installation adopts
+//! it, or gets one when its pin is missing (an older agent, a kernel upgrade) or stale. Where tcx
+//! is missing the agent runs without it and says so.
+//!
+//! The programs and their maps outlive the agent: a crashed agent leaves the interface fenced by the
+//! deadline in [`VipState`], not unguarded. [`detach`] removes programs and pins.
 //!
 //! An interface that already carries another XDP program is never taken over silently.
 
@@ -21,21 +27,27 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{HashMap, Map, MapData, MapError, PerCpuHashMap, PerCpuValues},
     programs::{
-        ProgramError, Xdp, XdpMode,
+        LinkOrder, ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode,
         links::{FdLink, PinnedLink},
+        tc::TcAttachOptions,
     },
 };
 use tracing::{info, warn};
 use vip_common::{
-    VipKey, VipState, VipStats,
-    maps::{PROGRAM_NAME, STATE_MAP, STATS_MAP},
+    EgressStats, VipKey, VipState, VipStats,
+    maps::{EGRESS_PROGRAM_NAME, EGRESS_STATS_MAP, PROGRAM_NAME, STATE_MAP, STATS_MAP},
 };
 
-use crate::netlink::{self, LinkFacts, NetlinkError, XdpAttachment};
+use crate::{
+    address::ProgramLifetime,
+    netlink::{self, LinkFacts, NetlinkError, XdpAttachment},
+};
 
 /// Where pins live unless configured otherwise: `<root>/<ifname>/{link,VIP_STATE,VIP_STATS}`.
 pub const DEFAULT_PIN_ROOT: &str = "/sys/fs/bpf/vip-agent";
 const LINK_PIN: &str = "link";
+/// The TC egress program's link (tcx).
+const EGRESS_PIN: &str = "egress";
 
 /// The XDP object built from `vip-ebpf` by `build.rs`.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/vip-ebpf"));
@@ -90,6 +102,15 @@ pub enum Origin {
     Attached,
     /// Found pinned and attached: taken over from an earlier agent.
     Adopted,
+}
+
+/// Whether the TC egress program guards what this node sends.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EgressFence {
+    /// Attached (tcx) and pinned: nothing leaves from a fenced VIP.
+    Attached,
+    /// Not attached; why (a kernel without tcx, before 6.6, or the error).
+    Unavailable(String),
 }
 
 /// Errors of the data plane, each naming what failed.
@@ -184,11 +205,20 @@ pub struct Dataplane {
     /// How the program runs on the interface (as the kernel reports it).
     attachment: XdpAttachment,
     origin: Origin,
+    /// Whether the pins (and so the program) outlive this process.
+    program_lifetime: ProgramLifetime,
     state: HashMap<MapData, VipKey, VipState>,
     stats: PerCpuHashMap<MapData, VipKey, VipStats>,
     /// Kept open for the life of the agent; the pin keeps the program attached after it.
     _link: PinnedLink,
+    /// The egress program's link, when attached (its pin keeps it after the agent).
+    egress_link: Option<FdLink>,
+    egress: EgressFence,
+    /// The egress program's counters (absent only when its map could not be made).
+    egress_stats: Option<EgressMap>,
 }
+
+type EgressMap = PerCpuHashMap<MapData, VipKey, EgressStats>;
 
 impl fmt::Debug for Dataplane {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -197,6 +227,8 @@ impl fmt::Debug for Dataplane {
             .field("pin_dir", &self.pin_dir)
             .field("attachment", &self.attachment)
             .field("origin", &self.origin)
+            .field("program_lifetime", &self.program_lifetime)
+            .field("egress", &self.egress)
             .finish_non_exhaustive()
     }
 }
@@ -216,18 +248,56 @@ impl Dataplane {
         let mac = facts.mac.ok_or_else(|| DataplaneError::InterfaceMissing {
             interface: format!("{} (has no Ethernet address)", opts.interface),
         })?;
-        ensure_bpffs(&opts.pin_root)?;
+        let program_lifetime = ensure_bpffs(&opts.pin_root)?;
         let pin_dir = opts.pin_root.join(&opts.interface);
 
-        if let Some(dp) = Self::adopt(&facts, mac, &pin_dir)? {
+        if let Some(mut dp) = Self::adopt(&facts, mac, &pin_dir)? {
+            dp.program_lifetime = program_lifetime;
             info!(interface = %dp.interface, mode = %dp.attachment, pin = %pin_dir.display(),
                 "adopted the pinned XDP program");
+            dp.ensure_egress();
+            dp.egress_stats = open_egress_stats(&pin_dir);
             return Ok(dp);
         }
-        let dp = Self::attach_new(&facts, mac, &pin_dir, opts.mode).await?;
+        let facts = wait_for_orphan(facts).await?;
+        let mut dp = Self::attach_new(&facts, mac, &pin_dir, opts.mode).await?;
+        dp.program_lifetime = program_lifetime;
         info!(interface = %dp.interface, mode = %dp.attachment, requested = %opts.mode,
             pin = %pin_dir.display(), "attached the XDP program");
         Ok(dp)
+    }
+
+    /// For an adopted installation: adopt the pinned egress program if it is attached to this
+    /// interface's tcx egress; otherwise (none pinned: an older agent's installation, or a stale
+    /// pin) attach a new one on the pinned maps and pin it. A failure leaves the agent without the
+    /// egress fence, with a warning: the ingress fence does not depend on it.
+    fn ensure_egress(&mut self) {
+        let pin = self.pin_dir.join(EGRESS_PIN);
+        if pin.exists() {
+            match adopt_egress(&pin, self.ifindex) {
+                Ok(Some(link)) => {
+                    info!(interface = %self.interface, pin = %pin.display(), "adopted the pinned TC egress program");
+                    self.egress_link = Some(link);
+                    self.egress = EgressFence::Attached;
+                    return;
+                }
+                Ok(None) => warn!(interface = %self.interface, pin = %pin.display(),
+                    "pinned TC egress program is not attached to this interface any more; replacing it"),
+                Err(e) => {
+                    warn!(interface = %self.interface, pin = %pin.display(), error = %crate::agent::Chain(&e),
+                    "cannot adopt the pinned TC egress program; replacing it")
+                }
+            }
+            let _ = link_detach(&pin);
+            if let Err(e) = std::fs::remove_file(&pin)
+                && e.kind() != io::ErrorKind::NotFound
+            {
+                warn!(interface = %self.interface, pin = %pin.display(), error = %e, "cannot remove the stale egress pin");
+            }
+        }
+        let egress = Egress::attach(&self.pin_dir, &self.interface);
+        self.egress_link = egress.link;
+        self.egress = egress.fence;
     }
 
     /// Take over a pinned installation if its link is the program attached to this interface.
@@ -253,6 +323,7 @@ impl Dataplane {
             warn!(interface = %facts.name, pin = %pin_dir.display(), pinned_prog_id = prog_id,
                 attached = ?facts.xdp, "pinned XDP link is not attached to this interface any more; replacing it");
             drop(fd_link);
+            let _ = link_detach(&pin_dir.join(EGRESS_PIN));
             remove_pins(pin_dir)?;
             return Ok(None);
         };
@@ -267,6 +338,8 @@ impl Dataplane {
                 path: link_path.clone(),
                 source,
             })?;
+            // Its egress program, if it had one, runs on the same old maps: off with it too.
+            let _ = link_detach(&pin_dir.join(EGRESS_PIN));
             remove_pins(pin_dir)?;
             return Ok(None);
         }
@@ -288,9 +361,13 @@ impl Dataplane {
             pin_dir: pin_dir.to_path_buf(),
             attachment,
             origin: Origin::Adopted,
+            program_lifetime: ProgramLifetime::Pinned,
             state,
             stats,
             _link: link,
+            egress_link: None,
+            egress: EgressFence::Unavailable("not attached yet".to_owned()),
+            egress_stats: None,
         }))
     }
 
@@ -394,8 +471,14 @@ impl Dataplane {
             path: pin_dir.to_path_buf(),
             source,
         })?;
-        let pinned = pin_maps_and_link(&mut ebpf, fd_link, pin_dir);
-        let ((state, stats), link) = match pinned {
+        let pinned = pin_maps_and_link(&mut ebpf, fd_link, pin_dir, &interface);
+        let Installed {
+            state,
+            stats,
+            egress_stats,
+            egress,
+            link,
+        } = match pinned {
             Ok(v) => v,
             Err(e) => {
                 // Leave no half installation behind (the link detaches when dropped unpinned).
@@ -414,9 +497,13 @@ impl Dataplane {
             pin_dir: pin_dir.to_path_buf(),
             attachment,
             origin: Origin::Attached,
+            program_lifetime: ProgramLifetime::Pinned,
             state,
             stats,
             _link: link,
+            egress_link: egress.link,
+            egress: egress.fence,
+            egress_stats: Some(egress_stats),
         })
     }
 
@@ -456,6 +543,20 @@ impl Dataplane {
         &self.pin_dir
     }
 
+    /// Whether the TC egress program guards what this node sends.
+    #[must_use]
+    pub const fn egress(&self) -> &EgressFence {
+        &self.egress
+    }
+
+    /// Whether the program outlives this process: [`ProgramLifetime::EndsWithAgent`] when the
+    /// agent had to mount the bpffs of its pins itself (see [`ensure_bpffs`]). The VIP address
+    /// lifetime follows from it ([`crate::address::Lifetime::until`]).
+    #[must_use]
+    pub const fn program_lifetime(&self) -> ProgramLifetime {
+        self.program_lifetime
+    }
+
     /// Make `vip` known to the program, fenced, with zeroed counters. An entry that already exists
     /// (adopted program) keeps its state and counters: use [`Self::fence`] to fence it.
     ///
@@ -486,6 +587,24 @@ impl Dataplane {
                 source: Box::new(source),
             }
         })?;
+        if let Some(egress) = &mut self.egress_stats {
+            let zero = PerCpuValues::try_from(vec![EgressStats::default(); nr_cpus]).map_err(
+                |source| DataplaneError::Map {
+                    operation: "build zeroed egress counters",
+                    vip,
+                    map: EGRESS_STATS_MAP,
+                    source: Box::new(MapError::IoError(source)),
+                },
+            )?;
+            ignore_exists(egress.insert(key, zero, BPF_NOEXIST)).map_err(|source| {
+                DataplaneError::Map {
+                    operation: "create egress counters",
+                    vip,
+                    map: EGRESS_STATS_MAP,
+                    source: Box::new(source),
+                }
+            })?;
+        }
         ignore_exists(
             self.state
                 .insert(key, VipState::fenced(self.mac), BPF_NOEXIST),
@@ -556,7 +675,16 @@ impl Dataplane {
             vip,
             map: STATS_MAP,
             source: Box::new(source),
-        })
+        })?;
+        if let Some(egress) = &mut self.egress_stats {
+            ignore_missing(egress.remove(&key)).map_err(|source| DataplaneError::Map {
+                operation: "remove egress counters",
+                vip,
+                map: EGRESS_STATS_MAP,
+                source: Box::new(source),
+            })?;
+        }
+        Ok(())
     }
 
     /// The current entry for `vip`, if registered.
@@ -580,7 +708,17 @@ impl Dataplane {
     /// # Errors
     /// When reading a map fails.
     pub fn snapshot(&self) -> Result<Vec<VipSnapshot>, DataplaneError> {
-        snapshot(&self.state, &self.stats)
+        snapshot(&self.state, &self.stats, self.egress_stats.as_ref())
+    }
+
+    /// The egress program's counters for `vip` summed over CPUs (zero without them).
+    ///
+    /// # Errors
+    /// When the lookup fails.
+    pub fn egress_stats(&self, vip: impl Into<IpAddr>) -> Result<EgressStats, DataplaneError> {
+        self.egress_stats
+            .as_ref()
+            .map_or(Ok(EgressStats::default()), |m| lookup_egress(m, vip.into()))
     }
 }
 
@@ -590,6 +728,8 @@ pub struct VipSnapshot {
     pub vip: IpAddr,
     pub state: VipState,
     pub stats: VipStats,
+    /// The egress program's counters (zero where it never ran).
+    pub egress: EgressStats,
 }
 
 /// Read-only view of a pinned installation (for `vip-agent status`; works without a running agent).
@@ -605,7 +745,7 @@ pub fn inspect(
         return Ok(None);
     }
     let (state, stats) = open_pinned_maps(&pin_dir)?;
-    snapshot(&state, &stats).map(Some)
+    snapshot(&state, &stats, open_egress_stats(&pin_dir).as_ref()).map(Some)
 }
 
 /// Remove the program from `interface` and delete its pins. Returns whether anything was pinned.
@@ -617,19 +757,28 @@ pub fn detach(pin_root: &Path, interface: &str) -> Result<bool, DataplaneError> 
     if !pin_dir.exists() {
         return Ok(false);
     }
-    let link_path = pin_dir.join(LINK_PIN);
     // Unpinning alone is not enough: the kernel releases an unreferenced bpf_link from a
-    // workqueue, so the program could still be attached for a moment after this function
-    // returned. BPF_LINK_DETACH takes it off the interface synchronously (under RTNL).
-    match link_detach(&link_path) {
-        Ok(()) => {}
-        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
-        Err(source) => {
-            return Err(DataplaneError::Fs {
-                operation: "detach (BPF_LINK_DETACH) the link pinned at",
-                path: link_path,
-                source,
-            });
+    // workqueue, so a program could still be attached for a moment after this function
+    // returned. BPF_LINK_DETACH takes it off the interface synchronously (under RTNL). The egress
+    // program first, the XDP program last, as they were attached the other way round.
+    for (pin, operation) in [
+        (
+            EGRESS_PIN,
+            "detach (BPF_LINK_DETACH) the egress link pinned at",
+        ),
+        (LINK_PIN, "detach (BPF_LINK_DETACH) the link pinned at"),
+    ] {
+        let link_path = pin_dir.join(pin);
+        match link_detach(&link_path) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+            Err(source) => {
+                return Err(DataplaneError::Fs {
+                    operation,
+                    path: link_path,
+                    source,
+                });
+            }
         }
     }
     remove_pins(&pin_dir)?;
@@ -641,11 +790,40 @@ pub fn detach(pin_root: &Path, interface: &str) -> Result<bool, DataplaneError> 
 /// After this the link object still exists (its pin and our fd hold it) but is defunct: the
 /// program no longer runs on the interface.
 fn link_detach(path: &Path) -> io::Result<()> {
-    use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
-    use std::os::unix::ffi::OsStrExt as _;
+    use std::os::fd::AsRawFd as _;
+
+    const BPF_LINK_DETACH: libc::c_long = 34;
+    /// The `link_detach` member of `union bpf_attr`.
+    #[repr(C)]
+    struct LinkDetachAttr {
+        link_fd: u32,
+    }
+
+    let fd = obj_get(path)?;
+    let detach = LinkDetachAttr {
+        link_fd: u32::try_from(fd.as_raw_fd())
+            .map_err(|_| io::Error::from_raw_os_error(libc::EBADF))?,
+    };
+    // SAFETY: `detach` is a valid `bpf_attr` prefix of the size passed.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_LINK_DETACH,
+            &raw const detach,
+            size_of::<LinkDetachAttr>() as u32,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// `BPF_OBJ_GET`: a descriptor of the object pinned at `path`.
+fn obj_get(path: &Path) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::{fd::FromRawFd as _, unix::ffi::OsStrExt as _};
 
     const BPF_OBJ_GET: libc::c_long = 7;
-    const BPF_LINK_DETACH: libc::c_long = 34;
     /// The `BPF_OBJ_*` member of `union bpf_attr`.
     #[repr(C)]
     struct ObjAttr {
@@ -653,12 +831,6 @@ fn link_detach(path: &Path) -> io::Result<()> {
         bpf_fd: u32,
         file_flags: u32,
     }
-    /// The `link_detach` member of `union bpf_attr`.
-    #[repr(C)]
-    struct LinkDetachAttr {
-        link_fd: u32,
-    }
-
     let cpath = std::ffi::CString::new(path.as_os_str().as_bytes())
         .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
     let get = ObjAttr {
@@ -680,29 +852,13 @@ fn link_detach(path: &Path) -> io::Result<()> {
     }
     let fd = i32::try_from(fd).map_err(|_| io::Error::from_raw_os_error(libc::EBADF))?;
     // SAFETY: the kernel just returned this descriptor to us and nothing else owns it.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    let detach = LinkDetachAttr {
-        link_fd: u32::try_from(fd.as_raw_fd())
-            .map_err(|_| io::Error::from_raw_os_error(libc::EBADF))?,
-    };
-    // SAFETY: `detach` is a valid `bpf_attr` prefix of the size passed.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_LINK_DETACH,
-            &raw const detach,
-            size_of::<LinkDetachAttr>() as u32,
-        )
-    };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
 }
 
 fn snapshot(
     state: &HashMap<MapData, VipKey, VipState>,
     stats: &PerCpuHashMap<MapData, VipKey, VipStats>,
+    egress: Option<&EgressMap>,
 ) -> Result<Vec<VipSnapshot>, DataplaneError> {
     let mut out = Vec::new();
     for entry in state.iter() {
@@ -717,6 +873,7 @@ fn snapshot(
             vip,
             state: value,
             stats: lookup_stats(stats, vip)?,
+            egress: egress.map_or(Ok(EgressStats::default()), |m| lookup_egress(m, vip))?,
         });
     }
     out.sort_by_key(|s| s.vip);
@@ -757,6 +914,21 @@ fn lookup_state(
     }
 }
 
+fn lookup_egress(map: &EgressMap, vip: IpAddr) -> Result<EgressStats, DataplaneError> {
+    match map.get(&vip_key(vip), 0) {
+        Ok(values) => Ok(values
+            .iter()
+            .fold(EgressStats::default(), |acc, s| acc.merge(s))),
+        Err(MapError::KeyNotFound) => Ok(EgressStats::default()),
+        Err(source) => Err(DataplaneError::Map {
+            operation: "read egress counters",
+            vip,
+            map: EGRESS_STATS_MAP,
+            source: Box::new(source),
+        }),
+    }
+}
+
 fn lookup_stats(
     map: &PerCpuHashMap<MapData, VipKey, VipStats>,
     vip: IpAddr,
@@ -780,24 +952,103 @@ type Maps = (
     PerCpuHashMap<MapData, VipKey, VipStats>,
 );
 
+/// Pin the maps, attach and pin the egress program on them, and pin the XDP link last (a link pin
+/// means a complete installation; the VIPs are registered right after it). An egress program that
+/// cannot be attached leaves the installation without it ([`Egress::attach`]).
 fn pin_maps_and_link(
     ebpf: &mut Ebpf,
     link: FdLink,
     pin_dir: &Path,
-) -> Result<(Maps, PinnedLink), DataplaneError> {
+    interface: &str,
+) -> Result<Installed, DataplaneError> {
     let state = take_pinned_map(ebpf, STATE_MAP, pin_dir)?;
     let stats = take_pinned_map(ebpf, STATS_MAP, pin_dir)?;
+    let egress_stats = take_pinned_map(ebpf, EGRESS_STATS_MAP, pin_dir)?;
     let state = HashMap::try_from(state)
         .map_err(|e| open_pinned_error(STATE_MAP, &pin_dir.join(STATE_MAP), e))?;
     let stats = PerCpuHashMap::try_from(stats)
         .map_err(|e| open_pinned_error(STATS_MAP, &pin_dir.join(STATS_MAP), e))?;
+    let egress_stats = PerCpuHashMap::try_from(egress_stats)
+        .map_err(|e| open_pinned_error(EGRESS_STATS_MAP, &pin_dir.join(EGRESS_STATS_MAP), e))?;
+    let egress = Egress::attach(pin_dir, interface);
     let link_path = pin_dir.join(LINK_PIN);
     let link = link.pin(&link_path).map_err(|e| DataplaneError::Pin {
         what: "XDP link",
         path: link_path,
         source: Box::new(e),
     })?;
-    Ok(((state, stats), link))
+    Ok(Installed {
+        state,
+        stats,
+        egress_stats,
+        egress,
+        link,
+    })
+}
+
+/// What [`pin_maps_and_link`] pinned, as handles.
+struct Installed {
+    state: HashMap<MapData, VipKey, VipState>,
+    stats: PerCpuHashMap<MapData, VipKey, VipStats>,
+    egress_stats: EgressMap,
+    egress: Egress,
+    link: PinnedLink,
+}
+
+/// The egress counters pinned in `pin_dir`, if there are (an installation from before the egress
+/// program has none until its egress program is attached).
+fn open_egress_stats(pin_dir: &Path) -> Option<EgressMap> {
+    let path = pin_dir.join(EGRESS_STATS_MAP);
+    if !path.exists() {
+        return None;
+    }
+    let opened = MapData::from_pin(&path)
+        .map_err(|e| open_pinned_error(EGRESS_STATS_MAP, &path, e))
+        .and_then(|data| {
+            Map::from_map_data(data).map_err(|e| open_pinned_error(EGRESS_STATS_MAP, &path, e))
+        })
+        .and_then(|map| {
+            PerCpuHashMap::try_from(map).map_err(|e| open_pinned_error(EGRESS_STATS_MAP, &path, e))
+        });
+    match opened {
+        Ok(map) => Some(map),
+        Err(e) => {
+            warn!(pin = %path.display(), error = %crate::agent::Chain(&e), "cannot open the egress counters");
+            None
+        }
+    }
+}
+
+/// The egress program's link (when attached) and what status says about it.
+struct Egress {
+    link: Option<FdLink>,
+    fence: EgressFence,
+}
+
+impl Egress {
+    /// [`attach_egress`], logged; a failure is a warning and [`EgressFence::Unavailable`].
+    fn attach(pin_dir: &Path, interface: &str) -> Self {
+        match attach_egress(pin_dir, interface) {
+            Ok(link) => {
+                info!(interface, pin = %pin_dir.join(EGRESS_PIN).display(),
+                    "attached the TC egress program (tcx)");
+                Self {
+                    link: Some(link),
+                    fence: EgressFence::Attached,
+                }
+            }
+            Err(e) => {
+                let reason = crate::agent::Chain(&e).to_string();
+                warn!(interface, error = %reason,
+                    "no egress fence: a fenced node's kernel can still send from the VIP while it has the address \
+                     (the TC egress program needs tcx, Linux 6.6 or newer)");
+                Self {
+                    link: None,
+                    fence: EgressFence::Unavailable(reason),
+                }
+            }
+        }
+    }
 }
 
 fn take_pinned_map(
@@ -838,6 +1089,12 @@ fn incompatible_layout(pin_dir: &Path) -> Option<String> {
     let expected = [
         (STATE_MAP, size_of::<VipKey>(), size_of::<VipState>()),
         (STATS_MAP, size_of::<VipKey>(), size_of::<VipStats>()),
+        // Last: an installation from before the egress program has none, which is fine.
+        (
+            EGRESS_STATS_MAP,
+            size_of::<VipKey>(),
+            size_of::<EgressStats>(),
+        ),
     ];
     for (name, key, value) in expected {
         let info = MapData::from_pin(pin_dir.join(name)).ok()?.info().ok()?;
@@ -865,9 +1122,9 @@ fn open_pinned_error<E: std::error::Error + Send + Sync + 'static>(
     })
 }
 
-/// Remove `link` first (detaching the program), then the maps and the directory.
+/// Remove `link` and `egress` first (releasing the programs), then the maps and the directory.
 fn remove_pins(pin_dir: &Path) -> Result<(), DataplaneError> {
-    for name in [LINK_PIN, STATE_MAP, STATS_MAP] {
+    for name in [LINK_PIN, EGRESS_PIN, STATE_MAP, STATS_MAP, EGRESS_STATS_MAP] {
         let path = pin_dir.join(name);
         match std::fs::remove_file(&path) {
             Ok(()) => {}
@@ -892,11 +1149,31 @@ fn remove_pins(pin_dir: &Path) -> Result<(), DataplaneError> {
     }
 }
 
-/// Mount bpffs at `/sys/fs/bpf` when `pin_root` lives there and nothing is mounted yet.
-fn ensure_bpffs(pin_root: &Path) -> Result<(), DataplaneError> {
+/// Mount bpffs at `/sys/fs/bpf` when `pin_root` lives there and nothing is mounted yet, and say
+/// whether the pins will outlive this process.
+///
+/// A bpffs that is already there is taken to outlive the agent: the host's (systemd units assert
+/// that `/sys/fs/bpf` is a mount point), or a copy of the host's mount in a mount namespace of its
+/// own (`unshare --mount`), which is the same superblock. Having to mount one means this process
+/// sees no bpffs: a private mount namespace with a fresh `/sys` (`ip netns exec`, a container).
+/// The instance mounted here lives as long as that mount namespace, which usually means as long as
+/// this process: pins, bpf_link and XDP program end with it, and the VIP address lifetime is what
+/// keeps a crash safe ([`ProgramLifetime::EndsWithAgent`]). It is mounted with mode 0700: nobody
+/// else needs it.
+fn ensure_bpffs(pin_root: &Path) -> Result<ProgramLifetime, DataplaneError> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    /// This process mounted it (a SIGHUP restart finds it mounted, and it still ends with us).
+    static MOUNTED_HERE: AtomicBool = AtomicBool::new(false);
     let bpffs = Path::new("/sys/fs/bpf");
-    if !pin_root.starts_with(bpffs) || is_bpffs(bpffs) {
-        return Ok(());
+    if !pin_root.starts_with(bpffs) {
+        return Ok(ProgramLifetime::Pinned);
+    }
+    if is_bpffs(bpffs) {
+        return Ok(if MOUNTED_HERE.load(Ordering::Relaxed) {
+            ProgramLifetime::EndsWithAgent
+        } else {
+            ProgramLifetime::Pinned
+        });
     }
     nix::mount::mount(
         Some("bpf"),
@@ -905,19 +1182,192 @@ fn ensure_bpffs(pin_root: &Path) -> Result<(), DataplaneError> {
         nix::mount::MsFlags::MS_NOSUID
             | nix::mount::MsFlags::MS_NODEV
             | nix::mount::MsFlags::MS_NOEXEC,
-        None::<&str>,
+        Some("mode=0700"),
     )
     .map_err(|errno| DataplaneError::Fs {
         operation: "mount bpffs at",
         path: bpffs.to_path_buf(),
         source: errno.into(),
     })?;
-    info!(path = %bpffs.display(), "mounted bpffs");
-    Ok(())
+    MOUNTED_HERE.store(true, Ordering::Relaxed);
+    warn!(path = %bpffs.display(),
+        "no bpffs here (a private mount namespace: ip netns exec, a container); mounted one of our own (mode 0700), \
+         which ends with this process: after a crash the XDP program is gone, and the VIP address, which is \
+         only ever given a lifetime that ends before the deadline, expires by itself. Mount the host's \
+         /sys/fs/bpf here to keep the program (and the fence) across a crash");
+    Ok(ProgramLifetime::EndsWithAgent)
 }
 
 fn is_bpffs(path: &Path) -> bool {
     nix::sys::statfs::statfs(path).is_ok_and(|s| s.filesystem_type().0 == BPF_FS_MAGIC)
+}
+
+/// The link pinned at `pin`, if it is still attached to the tcx egress of the interface with index
+/// `ifindex` (`None`: a stale pin). Read from the link itself (`BPF_OBJ_GET_INFO_BY_FD`), which
+/// needs no capability beyond opening the pin; listing the interface's programs would take
+/// `CAP_SYS_ADMIN`, which the units do not grant.
+fn adopt_egress(pin: &Path, ifindex: u32) -> Result<Option<FdLink>, DataplaneError> {
+    let target = tcx_link_target(pin).map_err(|e| open_pinned_error("egress link", pin, e))?;
+    if target != Some((ifindex, BPF_TCX_EGRESS)) {
+        return Ok(None);
+    }
+    let link = PinnedLink::from_pin(pin).map_err(|e| open_pinned_error("egress link", pin, e))?;
+    Ok(Some(link.into()))
+}
+
+/// `attach_type` of `BPF_TCX_EGRESS` (`enum bpf_attach_type`).
+const BPF_TCX_EGRESS: u32 = 47;
+
+/// The interface index and attach type of the tcx link pinned at `path`; `None` when it is not a
+/// tcx link or no longer attached (a detached tcx link reports interface 0).
+fn tcx_link_target(path: &Path) -> io::Result<Option<(u32, u32)>> {
+    use std::os::fd::AsRawFd as _;
+    const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+    const BPF_LINK_TYPE_TCX: u32 = 11;
+    /// The head of `struct bpf_link_info`: the union starts at 16 (it holds u64 members); its
+    /// `tcx` member is `{ ifindex, attach_type }`. The rest is room the kernel may fill.
+    #[repr(C, align(8))]
+    struct LinkInfo {
+        link_type: u32,
+        id: u32,
+        prog_id: u32,
+        _pad: u32,
+        ifindex: u32,
+        attach_type: u32,
+        _rest: [u64; 8],
+    }
+    /// The `info` member of `union bpf_attr`.
+    #[repr(C)]
+    struct InfoAttr {
+        bpf_fd: u32,
+        info_len: u32,
+        info: u64,
+    }
+    let fd = obj_get(path)?;
+    let mut info = LinkInfo {
+        link_type: 0,
+        id: 0,
+        prog_id: 0,
+        _pad: 0,
+        ifindex: 0,
+        attach_type: 0,
+        _rest: [0; 8],
+    };
+    let attr = InfoAttr {
+        bpf_fd: u32::try_from(fd.as_raw_fd())
+            .map_err(|_| io::Error::from_raw_os_error(libc::EBADF))?,
+        info_len: size_of::<LinkInfo>() as u32,
+        info: (&raw mut info) as u64,
+    };
+    // SAFETY: `attr` is a valid `bpf_attr` prefix of the size passed, and `info` a writable
+    // buffer of `info_len` bytes that outlives the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET_INFO_BY_FD,
+            &raw const attr,
+            size_of::<InfoAttr>() as u32,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((info.link_type == BPF_LINK_TYPE_TCX && info.ifindex != 0)
+        .then_some((info.ifindex, info.attach_type)))
+}
+
+/// Load the egress program on the maps pinned in `pin_dir`, attach it first in `interface`'s tcx
+/// egress chain (nothing that runs before it can send a fenced VIP's packet elsewhere), and pin
+/// its link.
+fn attach_egress(pin_dir: &Path, interface: &str) -> Result<FdLink, DataplaneError> {
+    let mut ebpf = EbpfLoader::new()
+        .map_pin_path(STATE_MAP, pin_dir.join(STATE_MAP))
+        .map_pin_path(STATS_MAP, pin_dir.join(STATS_MAP))
+        .map_pin_path(EGRESS_STATS_MAP, pin_dir.join(EGRESS_STATS_MAP))
+        .load(EBPF_OBJECT)
+        .map_err(|e| {
+            classify(
+                "loading the egress program's object on the pinned maps",
+                e,
+                |source| DataplaneError::Pin {
+                    what: "egress program maps",
+                    path: pin_dir.to_path_buf(),
+                    source,
+                },
+            )
+        })?;
+    let program: &mut SchedClassifier = ebpf
+        .program_mut(EGRESS_PROGRAM_NAME)
+        .and_then(|p| p.try_into().ok())
+        .ok_or(DataplaneError::ObjectContract {
+            what: "TC program",
+            name: EGRESS_PROGRAM_NAME,
+        })?;
+    program.load().map_err(|e| {
+        classify("loading the TC egress program", e, |source| {
+            DataplaneError::Pin {
+                what: "egress program",
+                path: pin_dir.to_path_buf(),
+                source,
+            }
+        })
+    })?;
+    let attach_error = |source: ProgramError| DataplaneError::Attach {
+        interface: interface.to_owned(),
+        mode: "tcx egress",
+        source,
+    };
+    let link_id = program
+        .attach_with_options(
+            interface,
+            TcAttachType::Egress,
+            TcAttachOptions::TcxOrder(LinkOrder::first()),
+        )
+        .map_err(attach_error)?;
+    let link = program.take_link(link_id).map_err(attach_error)?;
+    // tcx links are bpf_links: this cannot fail for a TcxOrder attachment.
+    let link: FdLink = link.try_into().map_err(|e| DataplaneError::Pin {
+        what: "egress link",
+        path: pin_dir.join(EGRESS_PIN),
+        source: Box::new(e),
+    })?;
+    let path = pin_dir.join(EGRESS_PIN);
+    let pinned = link.pin(&path).map_err(|e| DataplaneError::Pin {
+        what: "egress link",
+        path: path.clone(),
+        source: Box::new(e),
+    })?;
+    Ok(pinned.into())
+}
+
+/// How long [`wait_for_orphan`] waits for the kernel to release an orphaned program.
+const ORPHAN_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// When the interface carries a vip-agent program that nothing pinned here (the adopt step found no
+/// pin), it is usually an orphan: its agent died together with the bpffs it had mounted in a mount
+/// namespace of its own, and the kernel releases the bpf_link from a workqueue moments after. Wait
+/// for that (up to [`ORPHAN_WAIT`]) instead of refusing a restart that comes right after a crash.
+/// What is still attached then is refused by [`Dataplane::attach_new`] as usual.
+async fn wait_for_orphan(facts: LinkFacts) -> Result<LinkFacts, DataplaneError> {
+    let Some((prog_id, _)) = facts.xdp else {
+        return Ok(facts);
+    };
+    if program_name(prog_id) != PROGRAM_NAME {
+        return Ok(facts);
+    }
+    info!(interface = %facts.name, prog_id,
+        "an unpinned vip-agent XDP program is attached (its agent and pins are gone); waiting for the kernel to release it");
+    let until = std::time::Instant::now() + ORPHAN_WAIT;
+    let mut facts = facts;
+    while facts.xdp.is_some() && std::time::Instant::now() < until {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        facts = netlink::link_by_name(&facts.name).await?.ok_or_else(|| {
+            DataplaneError::InterfaceMissing {
+                interface: facts.name.clone(),
+            }
+        })?;
+    }
+    Ok(facts)
 }
 
 /// Name of a loaded program by id, for error messages.

@@ -214,7 +214,7 @@ fn status(
 
 fn detach(interface: &str, pin_path: &std::path::Path) -> Result<()> {
     if dataplane::detach(pin_path, interface)? {
-        println!("{interface}: XDP program detached, pins removed");
+        println!("{interface}: XDP and TC egress programs detached, pins removed");
     } else {
         println!("{interface}: nothing pinned under {}", pin_path.display());
     }

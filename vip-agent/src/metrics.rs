@@ -24,7 +24,7 @@ use tokio::{
 };
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
-use vip_common::{VipState, VipStats};
+use vip_common::{EgressStats, VipState, VipStats};
 
 use crate::{
     clock::monotonic_ns,
@@ -41,6 +41,8 @@ pub struct VipReport {
     /// The data plane's current entry.
     pub state: Option<VipState>,
     pub stats: VipStats,
+    /// The TC egress program's counters.
+    pub egress: EgressStats,
     /// Promotions + demotions seen by the agent.
     pub transitions: u64,
     /// Last watch event -> map write, in microseconds.
@@ -60,8 +62,10 @@ pub struct HookStats {
     pub last_outcome: [Option<HookOutcome>; HookEvent::ALL.len()],
 }
 
-/// Reads the data plane's current entries at scrape time: `(vip, state, summed counters)`.
-pub type SnapshotFn = Arc<dyn Fn() -> Vec<(IpAddr, Option<VipState>, VipStats)> + Send + Sync>;
+/// Reads the data plane's current entries at scrape time: `(vip, state, summed counters, summed
+/// egress counters)`.
+pub type SnapshotFn =
+    Arc<dyn Fn() -> Vec<(IpAddr, Option<VipState>, VipStats, EgressStats)> + Send + Sync>;
 
 /// Shared registry the agent updates and the HTTP server reads.
 #[derive(Clone, Default)]
@@ -182,10 +186,11 @@ impl Registry {
         };
         let fresh = snapshot();
         let mut inner = self.lock();
-        for (vip, state, stats) in fresh {
+        for (vip, state, stats, egress) in fresh {
             if let Some(r) = inner.vips.iter_mut().find(|r| r.vip == Some(vip)) {
                 r.state = state;
                 r.stats = stats;
+                r.egress = egress;
             }
         }
     }
@@ -302,6 +307,25 @@ impl Registry {
                 "counter",
                 help,
                 &mut per_vip(&|r| get(&r.stats).to_string()).into_iter(),
+            );
+        }
+        for (name, help, get) in [
+            (
+                "vip_agent_egress_ip_dropped_total",
+                "Packets from the VIP this node tried to send while fenced, dropped by the TC egress program.",
+                (|s: &EgressStats| s.ip_dropped) as fn(&EgressStats) -> u64,
+            ),
+            (
+                "vip_agent_egress_arp_dropped_total",
+                "ARP (IPv6: Neighbor Discovery) from the VIP this node tried to send while fenced, dropped by the TC egress program.",
+                |s| s.arp_dropped,
+            ),
+        ] {
+            family(
+                name,
+                "counter",
+                help,
+                &mut per_vip(&|r| get(&r.egress).to_string()).into_iter(),
             );
         }
         let states: Vec<&str> = GateState::ALL.iter().map(|s| s.as_str()).collect();
@@ -726,6 +750,10 @@ mod tests {
                 arp_replied: 7,
                 ..VipStats::default()
             },
+            egress: EgressStats {
+                ip_dropped: 3,
+                arp_dropped: 1,
+            },
             transitions: 2,
             last_event_to_dataplane_us: 40,
             gate: GateStatus {
@@ -972,6 +1000,8 @@ mod tests {
             "vip_agent_answering{vip=\"10.0.0.5\",interface=\"eth0\",key=\"/service/pg/leader\"} 1"
         ));
         assert!(page.contains("vip_agent_xdp_arp_replied_total{vip=\"10.0.0.5\",interface=\"eth0\",key=\"/service/pg/leader\"} 7"));
+        assert!(page.contains("vip_agent_egress_ip_dropped_total{vip=\"10.0.0.5\",interface=\"eth0\",key=\"/service/pg/leader\"} 3"));
+        assert!(page.contains("vip_agent_egress_arp_dropped_total{vip=\"10.0.0.5\",interface=\"eth0\",key=\"/service/pg/leader\"} 1"));
         assert!(page.contains("vip_agent_transitions_total{"));
         let labels = "vip=\"10.0.0.5\",interface=\"eth0\",key=\"/service/pg/leader\"";
         for (line, value) in [

@@ -42,6 +42,12 @@ pub struct VipStatus {
     pub conflicts: u64,
     /// Since the last ARP reply; `None` (JSON `null`) when the program never replied.
     pub last_reply_ago_ms: Option<u64>,
+    /// Packets from the VIP this node tried to send while fenced, dropped by the egress program
+    /// (JSON only).
+    pub sent_ip_dropped: u64,
+    /// ARP (IPv6: Neighbor Discovery) from the VIP this node tried to send while fenced, dropped
+    /// (JSON only).
+    pub sent_arp_dropped: u64,
     /// The promotion gate as the daemon reports it (only with `--metrics-address`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub gate: Option<GateView>,
@@ -229,12 +235,15 @@ impl VipStatus {
             conflicts: s.stats.conflicts,
             last_reply_ago_ms: (s.stats.last_reply_ns != 0)
                 .then(|| now_ns.saturating_sub(s.stats.last_reply_ns) / NS_PER_MS),
+            sent_ip_dropped: s.egress.ip_dropped,
+            sent_arp_dropped: s.egress.arp_dropped,
             gate: None,
         }
     }
 
     /// The one-line text form:
-    /// `eth1 10.0.0.10 answering deadline_in_ms=2500 arp_replied=7 ... last_reply_ago_ms=40`.
+    /// `eth1 10.0.0.10 answering deadline_in_ms=2500 arp_replied=7 ... last_reply_ago_ms=40`
+    /// (its nine fields are a stable format; the egress counters are in the JSON form).
     #[must_use]
     pub fn text(&self) -> String {
         format!(
@@ -376,6 +385,10 @@ mod tests {
             vip: IpAddr::from([10, 0, 0, 10]),
             state,
             stats,
+            egress: vip_common::EgressStats {
+                ip_dropped: 4,
+                arp_dropped: 5,
+            },
         }
     }
 
@@ -408,6 +421,8 @@ mod tests {
                 "ipv4_dropped": 2,
                 "conflicts": 3,
                 "last_reply_ago_ms": 40,
+                "sent_ip_dropped": 4,
+                "sent_arp_dropped": 5,
             }])
         );
     }

@@ -8,6 +8,8 @@
 //! * ARP whose *sender* claims a VIP we answer for, from another MAC: [`Outcome::Conflict`] (pass).
 //! * IPv4 to a VIP while fenced: [`Outcome::DroppedIp`].
 //! * IPv6 VIPs get the same rules through Neighbor Discovery: see the `ipv6` submodule.
+//! * What this node *sends* is judged by [`egress`] (the TC egress program): from a fenced VIP,
+//!   nothing leaves. See the `egress` submodule.
 //! * Everything else, including truncated or malformed frames: [`Verdict::PASS`], untouched. A frame
 //!   is only rewritten after every field of it has been validated.
 //!
@@ -34,7 +36,9 @@
 
 use crate::maps::{VipKey, VipState};
 
+mod egress;
 mod ipv6;
+pub use egress::{TC_ACT_OK, TC_ACT_SHOT, TC_ACT_UNSPEC, egress};
 pub use ipv6::{
     ICMPV6_NA, ICMPV6_NS, IPV6_FRAME_LEN, IPV6_HEADER_LEN, NA_FLAG_OVERRIDE, NA_FLAG_ROUTER,
     NA_FLAG_SOLICITED, ND_FRAME_LEN, ND_LEN, NS_MIN_FRAME_LEN, NS_MIN_LEN, NdView,
@@ -123,6 +127,11 @@ pub enum Outcome {
     DroppedIp,
     /// Someone else claims the VIP while we answer for it: pass, and count it.
     Conflict,
+    /// Egress: an IPv4 (IPv6) packet from the VIP while fenced.
+    DroppedSentIp,
+    /// Egress: ARP from the VIP (IPv6: a Neighbor Advertisement for it, or a Neighbor Solicitation
+    /// from it) while fenced.
+    DroppedSentArp,
 }
 
 /// What to do with a frame, and which VIP it concerned.
@@ -156,7 +165,24 @@ impl Verdict {
         match self.outcome {
             Outcome::Pass | Outcome::Conflict => XDP_PASS,
             Outcome::Replied => XDP_TX,
-            Outcome::DroppedArp | Outcome::DroppedIp => XDP_DROP,
+            Outcome::DroppedArp
+            | Outcome::DroppedIp
+            | Outcome::DroppedSentIp
+            | Outcome::DroppedSentArp => XDP_DROP,
+        }
+    }
+
+    /// The TC action for this verdict (the egress program): a drop is `TC_ACT_SHOT`, anything
+    /// else is [`TC_ACT_UNSPEC`], "not mine", which lets the programs after ours run.
+    #[inline(always)]
+    #[must_use]
+    pub const fn tc_action(&self) -> i32 {
+        match self.outcome {
+            Outcome::DroppedArp
+            | Outcome::DroppedIp
+            | Outcome::DroppedSentIp
+            | Outcome::DroppedSentArp => TC_ACT_SHOT,
+            Outcome::Pass | Outcome::Conflict | Outcome::Replied => TC_ACT_UNSPEC,
         }
     }
 }

@@ -12,8 +12,14 @@ pub const STATE_MAP: &str = "VIP_STATE";
 pub const STATS_MAP: &str = "VIP_STATS";
 /// Name of the XDP program inside the object.
 pub const PROGRAM_NAME: &str = "vip_xdp";
+/// Name of the TC egress program inside the object (the same maps; see `frame::egress`).
+pub const EGRESS_PROGRAM_NAME: &str = "vip_tc_egress";
+/// Name of the per-CPU hash map VIP -> [`EgressStats`]: the TC egress program's counters, in a
+/// map of their own so that `VIP_STATS` keeps its layout (and an installation from before the
+/// egress program is adopted, not replaced). The agent creates the zeroed entry with the VIP's.
+pub const EGRESS_STATS_MAP: &str = "VIP_EGRESS";
 /// Every map name, for tests that check the object against this contract.
-pub const MAP_NAMES: [&str; 2] = [STATE_MAP, STATS_MAP];
+pub const MAP_NAMES: [&str; 3] = [STATE_MAP, STATS_MAP, EGRESS_STATS_MAP];
 
 /// How many VIPs one interface's maps hold.
 pub const MAX_VIPS: u32 = 256;
@@ -154,9 +160,32 @@ impl VipStats {
     }
 }
 
+/// Per-CPU counters of the TC egress program for one VIP: what this node tried to send from the VIP
+/// while it was fenced, and the program dropped. The agent sums them over CPUs.
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EgressStats {
+    /// IP packets (IPv4, or IPv6 for an IPv6 VIP) from the VIP.
+    pub ip_dropped: u64,
+    /// ARP from the VIP (IPv6: Neighbor Advertisements for it, Solicitations from it).
+    pub arp_dropped: u64,
+}
+const _: () = assert!(size_of::<EgressStats>() == 16);
+
+impl EgressStats {
+    /// Fold another CPU's counters into this one.
+    #[must_use]
+    pub const fn merge(self, other: &Self) -> Self {
+        Self {
+            ip_dropped: self.ip_dropped.wrapping_add(other.ip_dropped),
+            arp_dropped: self.arp_dropped.wrapping_add(other.arp_dropped),
+        }
+    }
+}
+
 #[cfg(feature = "user")]
 mod pod {
-    use super::{VipKey, VipState, VipStats};
+    use super::{EgressStats, VipKey, VipState, VipStats};
 
     // SAFETY: `#[repr(C)]`, integers and byte arrays only, no implicit padding (size asserts above).
     unsafe impl aya::Pod for VipKey {}
@@ -164,6 +193,8 @@ mod pod {
     unsafe impl aya::Pod for VipState {}
     // SAFETY: as above; five u64.
     unsafe impl aya::Pod for VipStats {}
+    // SAFETY: as above; two u64.
+    unsafe impl aya::Pod for EgressStats {}
 }
 
 #[cfg(test)]

@@ -5,21 +5,24 @@
 //! primary can never respond even if the address is still configured. "Holds" is a deadline in a map, not a flag:
 //! when the agent stops renewing it (killed, hung, cut off from etcd) the node goes silent by itself.
 //!
-//! The decision is `vip_common::frame::process`, shared with the host tests; this file only binds it
-//! to packet memory, the maps and the clock. Anything unparsed passes: a parse failure is never
-//! XDP_ABORTED and never a drop.
+//! A TC egress program on the same interface, sharing the maps, is the other half of the fence:
+//! while a VIP is fenced, nothing this node sends from it leaves (`vip_common::frame::egress`).
+//!
+//! The decisions are `vip_common::frame::process` and `vip_common::frame::egress`, shared with the
+//! host tests; this file only binds them to packet memory, the maps and the clock. Anything unparsed
+//! passes: a parse failure is never XDP_ABORTED and never a drop.
 #![no_std]
 #![no_main]
 
 use aya_ebpf::{
     bindings::xdp_action::XDP_PASS,
     helpers::bpf_ktime_get_ns,
-    macros::{map, xdp},
+    macros::{classifier, map, xdp},
     maps::{HashMap, PerCpuHashMap},
-    programs::XdpContext,
+    programs::{TcContext, XdpContext},
 };
 use vip_common::{
-    Outcome, Packet, Verdict, VipKey, VipLookup, VipState, VipStats,
+    EgressStats, Outcome, Packet, Verdict, VipKey, VipLookup, VipState, VipStats,
     maps::{BPF_F_NO_PREALLOC, MAX_VIPS},
 };
 
@@ -35,6 +38,12 @@ static VIP_STATE: HashMap<VipKey, VipState> =
 #[map]
 static VIP_STATS: PerCpuHashMap<VipKey, VipStats> = PerCpuHashMap::with_max_entries(MAX_VIPS, 0);
 
+/// VIP -> per-CPU counters of the egress program. The agent creates the zeroed entry; only the
+/// egress program increments it.
+#[map]
+static VIP_EGRESS: PerCpuHashMap<VipKey, EgressStats> =
+    PerCpuHashMap::with_max_entries(MAX_VIPS, 0);
+
 // ---- Program ----
 
 #[xdp]
@@ -44,40 +53,64 @@ fn vip_xdp(ctx: XdpContext) -> u32 {
 
 #[inline(always)]
 fn try_vip_xdp(ctx: &XdpContext) -> Result<u32, ()> {
-    let mut frame = Frame { ctx };
+    let mut frame = Frame {
+        start: ctx.data(),
+        end: ctx.data_end(),
+        writable: true,
+    };
     let verdict = vip_common::process(&mut frame, &Maps);
     count(&verdict);
     Ok(verdict.xdp_action())
 }
 
-/// Packet memory as a [`Packet`]: one bounds check against `data_end` per prefix.
-struct Frame<'a> {
-    ctx: &'a XdpContext,
+/// TC egress: drop what leaves from a fenced VIP; everything else is "not mine"
+/// (`TC_ACT_UNSPEC`, which lets the programs after this one run). Reads the linear part of the
+/// skb only, and never writes: a header that is not there passes.
+#[classifier]
+fn vip_tc_egress(ctx: TcContext) -> i32 {
+    let frame = Frame {
+        start: ctx.data(),
+        end: ctx.data_end(),
+        writable: false,
+    };
+    let verdict = vip_common::egress(&frame, &Maps);
+    count(&verdict);
+    verdict.tc_action()
 }
 
-/// The single bounds-checked access to packet memory: a pointer to `T` at `offset`, or `Err` when
-/// `offset + size_of::<T>()` runs past `data_end`. The check is written the way the verifier tracks it.
+/// Packet memory as a [`Packet`]: one bounds check against the end per prefix.
+struct Frame {
+    start: usize,
+    end: usize,
+    /// XDP packet memory may be written; the egress program never writes.
+    writable: bool,
+}
+
+/// The single bounds-checked access to packet memory: a pointer to `T` at `offset` from `start`,
+/// or `Err` when `offset + size_of::<T>()` runs past `end`. The check is written the way the
+/// verifier tracks it.
 #[inline(always)]
-fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Result<*mut T, ()> {
-    let start = ctx.data();
-    let end = ctx.data_end();
+fn ptr_at<T>(start: usize, end: usize, offset: usize) -> Result<*mut T, ()> {
     if start + offset + size_of::<T>() > end {
         return Err(());
     }
     Ok((start + offset) as *mut T)
 }
 
-impl Packet for Frame<'_> {
+impl Packet for Frame {
     #[inline(always)]
     fn head<const N: usize>(&self) -> Option<&[u8; N]> {
-        let p = ptr_at::<[u8; N]>(self.ctx, 0).ok()?;
-        // SAFETY: `ptr_at` checked that N bytes from `data` lie inside the packet; u8 has no alignment.
+        let p = ptr_at::<[u8; N]>(self.start, self.end, 0).ok()?;
+        // SAFETY: `ptr_at` checked that N bytes from `start` lie inside the packet; u8 has no alignment.
         Some(unsafe { &*p })
     }
 
     #[inline(always)]
     fn head_mut<const N: usize>(&mut self) -> Option<&mut [u8; N]> {
-        let p = ptr_at::<[u8; N]>(self.ctx, 0).ok()?;
+        if !self.writable {
+            return None;
+        }
+        let p = ptr_at::<[u8; N]>(self.start, self.end, 0).ok()?;
         // SAFETY: as above; XDP packet memory is writable and `&mut self` makes this the only view.
         Some(unsafe { &mut *p })
     }
@@ -102,27 +135,44 @@ impl VipLookup for Maps {
     }
 }
 
-/// Bump the VIP's counter for this verdict. A VIP without a stats entry is simply not counted.
+/// Bump the VIP's counter for this verdict (from either program). A VIP without a counters entry
+/// is simply not counted.
 #[inline(always)]
 fn count(verdict: &Verdict) {
-    if verdict.outcome == Outcome::Pass {
-        return;
-    }
-    let Some(p) = VIP_STATS.get_ptr_mut(verdict.vip) else {
-        return;
-    };
-    // SAFETY: per-CPU element of this CPU; XDP runs with preemption off, so nothing else writes it now.
-    let stats = unsafe { &mut *p };
     match verdict.outcome {
         Outcome::Pass => {}
-        Outcome::Replied => {
-            stats.arp_replied += 1;
-            // SAFETY: plain helper call.
-            stats.last_reply_ns = unsafe { bpf_ktime_get_ns() };
+        Outcome::DroppedSentIp | Outcome::DroppedSentArp => {
+            let Some(p) = VIP_EGRESS.get_ptr_mut(verdict.vip) else {
+                return;
+            };
+            // SAFETY: as for `VIP_STATS` below.
+            let stats = unsafe { &mut *p };
+            if verdict.outcome == Outcome::DroppedSentIp {
+                stats.ip_dropped += 1;
+            } else {
+                stats.arp_dropped += 1;
+            }
         }
-        Outcome::DroppedArp => stats.arp_dropped += 1,
-        Outcome::DroppedIp => stats.ipv4_dropped += 1,
-        Outcome::Conflict => stats.conflicts += 1,
+        Outcome::Replied | Outcome::DroppedArp | Outcome::DroppedIp | Outcome::Conflict => {
+            let Some(p) = VIP_STATS.get_ptr_mut(verdict.vip) else {
+                return;
+            };
+            // SAFETY: per-CPU element of this CPU. Both programs run with bottom halves off (XDP
+            // in the receive softirq, TC egress under `rcu_read_lock_bh` in `dev_queue_xmit`), so
+            // on one CPU neither can interrupt the other, and nothing else writes this element
+            // meanwhile.
+            let stats = unsafe { &mut *p };
+            match verdict.outcome {
+                Outcome::Replied => {
+                    stats.arp_replied += 1;
+                    // SAFETY: plain helper call.
+                    stats.last_reply_ns = unsafe { bpf_ktime_get_ns() };
+                }
+                Outcome::DroppedArp => stats.arp_dropped += 1,
+                Outcome::DroppedIp => stats.ipv4_dropped += 1,
+                _ => stats.conflicts += 1,
+            }
+        }
     }
 }
 

@@ -315,7 +315,7 @@ pub fn icmpv6_checksum(src: &[u8; 16], dst: &[u8; 16], message: &[u8; 32]) -> u1
 
 /// Whether `addr` is IPv4-mapped (`::ffff:a.b.c.d`), the form of an IPv4 VIP's key.
 #[inline(always)]
-fn is_v4_mapped(addr: &[u8; 16]) -> bool {
+pub(super) fn is_v4_mapped(addr: &[u8; 16]) -> bool {
     part::<16, 0, 12>(addr).is_some_and(|prefix| *prefix == V4_MAPPED_PREFIX)
 }
 
