@@ -112,7 +112,9 @@ fn sigkilled_agent_in_a_private_mount_namespace_leaves_nothing_answering_after_i
     ) {
         return;
     }
-    let mut c = Cluster::new(160, 2, &vip_tests::agent_binary(), "");
+    // The fence handshake's record lease bounds node1's deadline too, and node2 waits for it to
+    // expire after the kill: short enough for node2 to answer within the window below.
+    let mut c = Cluster::new(160, 2, &vip_tests::agent_binary(), "fence-record-ttl: 5s\n");
     start_private(&mut c, 0);
     start_private(&mut c, 1);
     c.wait_running();
