@@ -11,7 +11,7 @@
 use std::time::Duration;
 
 use vip_tests::{
-    chaos::{self, Action, ChaosConfig, Invariant},
+    chaos::{self, Action, ChaosConfig},
     require_privileges,
 };
 
@@ -87,10 +87,5 @@ fn no_invariant_breaks_under_faults() {
         report.links_intact > 0,
         "no interface came back up with its XDP program checked\n{}",
         report.summary()
-    );
-    assert_eq!(
-        report.violations.len(),
-        Invariant::ALL.len(),
-        "every invariant is reported"
     );
 }
