@@ -1843,7 +1843,12 @@ pub fn arp_rtts(subnet: u8, probes: usize) -> Vec<ArpRtt> {
                     let replies = sock
                         .probe(client_ip, target, Duration::from_millis(5))
                         .expect("ARP probe");
-                    replies.first().map(|r| r.at_ns.saturating_sub(sent))
+                    // A reply already queued before this request (the socket sees every ARP
+                    // frame on the link) is not this request's answer.
+                    replies
+                        .iter()
+                        .find(|r| r.at_ns > sent)
+                        .map(|r| r.at_ns - sent)
                 })
                 .collect()
         });
