@@ -265,16 +265,27 @@ fn kernel_timestamp(msg: &libc::msghdr) -> Option<u64> {
 /// moves only that offset's reading, not the span since the frame arrived. A timestamp that would
 /// lie in the future (a step between the two reads) is clamped to now.
 fn realtime_to_monotonic(real_ns: u64, mono_now_ns: u64) -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
+    let read = |clock| {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: valid out pointer.
+        unsafe { libc::clock_gettime(clock, &raw mut ts) };
+        u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000
+            + u64::try_from(ts.tv_nsec).unwrap_or(0)
     };
-    // SAFETY: valid out pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &raw mut ts) };
-    let real_now = u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000
-        + u64::try_from(ts.tv_nsec).unwrap_or(0);
+    // The wall clock is read between two monotonic readings, and the age is taken from the middle
+    // of them: `mono_now_ns` was read earlier (at the receive), and a preemption between it and
+    // this reading would otherwise push the frame's time back by the whole gap.
+    let before = read(libc::CLOCK_MONOTONIC);
+    let real_now = read(libc::CLOCK_REALTIME);
+    let after = read(libc::CLOCK_MONOTONIC);
+    let mono_at_real = before + (after.saturating_sub(before)) / 2;
     let age = real_now.saturating_sub(real_ns);
-    mono_now_ns.saturating_sub(age)
+    mono_at_real
+        .saturating_sub(age)
+        .min(mono_now_ns.max(mono_at_real))
 }
 
 pub(crate) fn interface_mac(fd: &OwnedFd, ifname: &str) -> io::Result<[u8; 6]> {
