@@ -283,9 +283,8 @@ fn realtime_to_monotonic(real_ns: u64, mono_now_ns: u64) -> u64 {
     let after = read(libc::CLOCK_MONOTONIC);
     let mono_at_real = before + (after.saturating_sub(before)) / 2;
     let age = real_now.saturating_sub(real_ns);
-    mono_at_real
-        .saturating_sub(age)
-        .min(mono_now_ns.max(mono_at_real))
+    // Never later than the read that received it.
+    mono_at_real.saturating_sub(age).min(mono_now_ns)
 }
 
 pub(crate) fn interface_mac(fd: &OwnedFd, ifname: &str) -> io::Result<[u8; 6]> {
