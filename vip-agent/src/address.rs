@@ -74,10 +74,13 @@ pub enum AddressError {
 /// kernel stamping the address. The most measured here is 1.05 s, on a loaded 2-core VM.
 pub const EXPIRY_MARGIN_NS: u64 = 2_000_000_000;
 
-/// The shortest lifetime given where the XDP program outlives the agent
-/// ([`ProgramLifetime::Pinned`]): 2 s outlasts the 1 s between two renewals, so a primary whose
-/// lease is too short for a lifetime that ends before its deadline still keeps its address.
-pub const PINNED_MIN_LIFETIME_S: u32 = 2;
+/// How far past the deadline the address may live where the XDP program outlives the agent
+/// ([`ProgramLifetime::Pinned`]): the program fences at the deadline by itself (ARP, NDP and every
+/// packet to the VIP dropped, the egress fence on what leaves), so the address need not end before
+/// it. It must not end *before* it either: the data plane answers ARP until the deadline, and a
+/// client whose ARP is answered must find the address (a Patroni failsafe hold moves the deadline
+/// 1 s ahead every 50 ms; renewals come every 500 ms of movement). 2 s outlasts that.
+pub const PINNED_GRACE_S: u32 = 2;
 
 /// Whether the XDP program (and so the fence at the deadline) outlives the agent process.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -120,8 +123,9 @@ impl Lifetime {
     ///   the deadline, its lateness included: `floor((deadline - now - EXPIRY_MARGIN_NS) / 1 s)`;
     /// * with [`ProgramLifetime::EndsWithAgent`], `None` when that is under 1 s: no lifetime the
     ///   kernel accepts ends before the deadline, so the address must not be there;
-    /// * with [`ProgramLifetime::Pinned`], at least [`PINNED_MIN_LIFETIME_S`] while the deadline
-    ///   lies ahead (the program fences at the deadline, and the agent removes the address then).
+    /// * with [`ProgramLifetime::Pinned`], the whole seconds to the deadline rounded up, plus
+    ///   [`PINNED_GRACE_S`]: the program fences at the deadline itself, and the address must be
+    ///   there while it answers (the agent removes it at the deadline).
     ///
     /// `None` once the deadline has passed.
     #[must_use]
@@ -133,7 +137,10 @@ impl Lifetime {
             .min(u32::MAX - 1);
         match program {
             ProgramLifetime::EndsWithAgent => Self::from_secs(strict),
-            ProgramLifetime::Pinned => Self::from_secs(strict.max(PINNED_MIN_LIFETIME_S)),
+            ProgramLifetime::Pinned => {
+                let up = u32::try_from(left.div_ceil(1_000_000_000)).unwrap_or(u32::MAX - 1);
+                Self::from_secs(up.saturating_add(PINNED_GRACE_S).min(u32::MAX - 1))
+            }
         }
     }
 }
@@ -478,7 +485,7 @@ mod tests {
         use ProgramLifetime::{EndsWithAgent, Pinned};
         // A Patroni lease (ttl 30, loop_wait 10): about 17 s ahead.
         assert_eq!(secs(NOW + 17 * S, EndsWithAgent), Some(15));
-        assert_eq!(secs(NOW + 17 * S, Pinned), Some(15));
+        assert_eq!(secs(NOW + 17 * S, Pinned), Some(19));
         // The margin is 2 s, and whole seconds round down.
         assert_eq!(secs(NOW + 3 * S, EndsWithAgent), Some(1));
         assert_eq!(secs(NOW + 3_999_999_999, EndsWithAgent), Some(1));
@@ -486,10 +493,11 @@ mod tests {
         // No lifetime the kernel accepts (>= 1 s) ends in time: no address.
         assert_eq!(secs(NOW + 2_999_999_999, EndsWithAgent), None);
         assert_eq!(secs(NOW + 1, EndsWithAgent), None);
-        // Where the program outlives the agent and fences at the deadline itself: at least 2 s.
-        assert_eq!(secs(NOW + 2_999_999_999, Pinned), Some(2));
-        assert_eq!(secs(NOW + 1, Pinned), Some(2));
-        assert_eq!(secs(NOW + 5 * S, Pinned), Some(3));
+        // Where the program outlives the agent and fences at the deadline itself: the address
+        // lives while the program answers, and a little past it.
+        assert_eq!(secs(NOW + 2_999_999_999, Pinned), Some(5));
+        assert_eq!(secs(NOW + 1, Pinned), Some(3));
+        assert_eq!(secs(NOW + 5 * S, Pinned), Some(7));
         // A deadline that has passed (or a fenced one: 0) gets no address, whatever the program.
         for program in [EndsWithAgent, Pinned] {
             assert_eq!(secs(NOW, program), None);
@@ -511,6 +519,22 @@ mod tests {
                 assert!(gone_by <= deadline, "{now} {deadline} {l}");
                 assert!(l.secs() >= 1);
             }
+        }
+    }
+
+    #[test]
+    fn a_pinned_lifetime_never_ends_before_the_deadline() {
+        // The data plane answers ARP until the deadline: the address must still be there, or
+        // clients reach a node without it (the failsafe-mode etcd outage of patroni_e2e: the
+        // address expired 2 s before a deadline that Patroni's confirmations then moved on).
+        let mut rng = fastrand::Rng::with_seed(16);
+        for _ in 0..100_000 {
+            let now = rng.u64(..u64::MAX / 2);
+            let deadline = now.saturating_add(rng.u64(1..120 * S));
+            let l = Lifetime::until(deadline, now, ProgramLifetime::Pinned).expect("a lifetime");
+            // The kernel removes it at most 20 ms early (see the module documentation).
+            let earliest_gone = now + u64::from(l.secs()) * S - 20_000_000;
+            assert!(earliest_gone > deadline, "{now} {deadline} {l}");
         }
     }
 
