@@ -108,6 +108,12 @@ impl Scenario {
         }
     }
 
+    /// The scenario called `key` (see [`Self::key`]).
+    #[must_use]
+    pub fn from_key(key: &str) -> Option<Self> {
+        SCENARIOS.into_iter().find(|s| s.key() == key)
+    }
+
     /// Whether this is an etcd outage (measured from etcd's return).
     #[must_use]
     pub fn outage(self) -> bool {
@@ -179,6 +185,8 @@ pub struct PatroniPlan {
     pub systems: Vec<Manager>,
     /// `10.77.<subnet + k>.0/24` for the k-th system (see [`crate::patroni::Options::subnet`]).
     pub subnet: u8,
+    /// The scenarios of a round (all of [`SCENARIOS`] by default).
+    pub scenarios: Vec<Scenario>,
 }
 
 /// The 1, 5 and 15 minute load averages (`/proc/loadavg`).
@@ -314,7 +322,7 @@ fn run_system(
         bed.c.logs_tail(40)
     );
     for round in 0..plan.trials {
-        for scenario in SCENARIOS {
+        for &scenario in &plan.scenarios {
             eprintln!(
                 "vip-bench: {label}: round {} of {}: {} ...",
                 round + 1,

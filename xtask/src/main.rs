@@ -93,6 +93,11 @@ enum Task {
         /// (default 30; 0 skips it).
         #[arg(long)]
         patroni_cost_secs: Option<u64>,
+        /// Real-Patroni scenarios, comma-separated: switchover, postgres_crash, kill, cut_off,
+        /// outage_failsafe_on, outage_failsafe_off (default: all). `--systems` picks its systems
+        /// too (vip-agent, vip-manager).
+        #[arg(long)]
+        patroni_scenarios: Option<String>,
         /// Where BENCHMARKS.md and bench/ go (default: the workspace root, the committed report).
         #[arg(long)]
         out: Option<PathBuf>,
@@ -162,6 +167,7 @@ fn run(cli: Cli) -> Result<()> {
             patroni,
             patroni_trials,
             patroni_cost_secs,
+            patroni_scenarios,
             out,
         } => {
             let mut args: Vec<String> = Vec::new();
@@ -176,6 +182,9 @@ fn run(cli: Cli) -> Result<()> {
             }
             if let Some(s) = patroni_cost_secs {
                 args.extend(["--patroni-cost-secs".to_owned(), s.to_string()]);
+            }
+            if let Some(list) = patroni_scenarios {
+                args.extend(["--patroni-scenarios".to_owned(), list]);
             }
             let counts = [
                 ("--trials", trials),

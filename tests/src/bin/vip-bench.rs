@@ -4,7 +4,7 @@
 //! Usage: vip-bench --agent PATH [--trials N] [--expiry-trials N] [--partition-trials N]
 //! [--kill-trials N] [--etcd-trials N] [--rw-trials N] [--idle-secs S]
 //! [--systems vip-agent,vip-manager,vip-manager-100ms,keepalived] [--seed N] [--quick]
-//! [--patroni] [--patroni-trials N] [--patroni-cost-secs S] [--out DIR]
+//! [--patroni] [--patroni-trials N] [--patroni-cost-secs S] [--patroni-scenarios LIST] [--out DIR]
 //!
 //! Every scenario runs 200 trials per system by default (hours); `--quick` keeps the 200
 //! switchovers and runs a handful of each slow scenario.
@@ -15,7 +15,9 @@
 //! already in BENCHMARKS.md). `--patroni` runs that part alone (about half an hour on 2 cores)
 //! and replaces only its section in the existing BENCHMARKS.md (appends it when there is none),
 //! writing its raw data to bench/patroni.json. `--patroni-cost-secs` is the length of each of the
-//! four windows of the hold check's cost (default 30; 0 skips it).
+//! four windows of the hold check's cost (default 30; 0 skips it). `--patroni-scenarios` picks
+//! scenarios (`switchover`, `postgres_crash`, `kill`, `cut_off`, `outage_failsafe_on`,
+//! `outage_failsafe_off`; default all) and `--systems` the systems (`vip-agent`, `vip-manager`).
 
 use std::{fmt::Write as _, path::PathBuf, time::Duration};
 
@@ -62,6 +64,8 @@ struct Args {
     patroni_trials: usize,
     /// Each window of the hold check's cost (0: skip it).
     patroni_cost: Duration,
+    /// The real-Patroni scenarios to run (default: all).
+    patroni_scenarios: Vec<bench_patroni::Scenario>,
 }
 
 /// Trials per scenario and system (per gate setting for the promotion, per shape for the etcd
@@ -100,6 +104,7 @@ fn parse_args() -> Args {
         patroni_only: false,
         patroni_trials: bench_patroni::DEFAULT_TRIALS,
         patroni_cost: bench_patroni::DEFAULT_COST_WINDOW,
+        patroni_scenarios: bench_patroni::SCENARIOS.to_vec(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -189,6 +194,16 @@ fn parse_args() -> Args {
                     .parse()
                     .unwrap_or_else(|_| usage("--patroni-trials takes a number"));
             }
+            "--patroni-scenarios" => {
+                args.patroni_scenarios = value
+                    .split(',')
+                    .map(|k| {
+                        bench_patroni::Scenario::from_key(k.trim()).unwrap_or_else(|| {
+                            usage(&format!("--patroni-scenarios: unknown scenario {k}"))
+                        })
+                    })
+                    .collect();
+            }
             "--patroni-cost-secs" => {
                 args.patroni_cost =
                     Duration::from_secs(value.parse().unwrap_or_else(|_| {
@@ -206,7 +221,7 @@ fn usage(problem: &str) -> ! {
         "vip-bench: {problem}\nusage: vip-bench --agent PATH [--trials N] [--expiry-trials N] [--partition-trials N] \
          [--kill-trials N] [--etcd-trials N] [--rw-trials N] [--idle-secs S] \
          [--systems vip-agent,vip-manager,vip-manager-100ms,keepalived] [--seed N] [--quick] \
-         [--patroni] [--patroni-trials N] [--patroni-cost-secs S] [--out DIR]"
+         [--patroni] [--patroni-trials N] [--patroni-cost-secs S] [--patroni-scenarios LIST] [--out DIR]"
     );
     std::process::exit(2)
 }
@@ -349,7 +364,18 @@ fn main() {
 /// The real-Patroni part: both systems in a random order drawn from the seed; writes
 /// bench/patroni.json and returns the section for BENCHMARKS.md (`None`: Patroni is missing).
 fn run_patroni(args: &Args, alone: bool) -> Option<String> {
-    let mut systems = vec![Manager::VipAgent, Manager::VipManager { interval_ms: 1000 }];
+    // The systems of `--systems` that the real-Patroni part knows (vip-manager at its default).
+    let mut systems: Vec<Manager> = [
+        (System::VipAgent, Manager::VipAgent),
+        (
+            System::VipManager { interval_ms: 1000 },
+            Manager::VipManager { interval_ms: 1000 },
+        ),
+    ]
+    .into_iter()
+    .filter(|(s, _)| args.systems.contains(s))
+    .map(|(_, m)| m)
+    .collect();
     fastrand::shuffle(&mut systems);
     eprintln!(
         "vip-bench: real Patroni, {} trials per scenario and system: {} ...",
@@ -365,6 +391,7 @@ fn run_patroni(args: &Args, alone: bool) -> Option<String> {
         cost_window: args.patroni_cost,
         systems,
         subnet: PATRONI_SUBNET,
+        scenarios: args.patroni_scenarios.clone(),
     };
     let report = bench_patroni::run(&plan, &args.agent)?;
     std::fs::create_dir_all(args.out.join("bench")).expect("output dir");
