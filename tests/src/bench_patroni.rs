@@ -172,6 +172,9 @@ pub struct CostSample {
 #[derive(Clone, Debug, Default)]
 pub struct HoldCost {
     pub samples: Vec<CostSample>,
+    /// PostgreSQL crashes on the leader: (agents running, SIGKILL of the postmaster -> PostgreSQL
+    /// read-write again on its unix socket; `None`: not within a minute).
+    pub recoveries: Vec<(bool, Option<Duration>)>,
 }
 
 /// What to run.
@@ -305,7 +308,7 @@ fn run_system(
             plan.cost_window.as_secs()
         );
         let clock = Instant::now();
-        let cost = hold_cost(&mut c, plan.cost_window);
+        let cost = hold_cost(&mut c, plan.cost_window, plan.trials);
         let took = clock.elapsed();
         record(&|p| {
             p.cost = Some(cost.clone());
@@ -718,8 +721,11 @@ fn last_leader_change(
 
 /// CPU of each node's Patroni and PostgreSQL over four windows of `window`: agents running,
 /// stopped, stopped, running (so a linear drift of the machine's load cancels out), with no
-/// client and no observer asking Patroni.
-fn hold_cost(c: &mut PatroniCluster, window: Duration) -> HoldCost {
+/// client and no observer asking Patroni. After each window, half of `crashes` PostgreSQL
+/// crashes on the leader (so `crashes` per condition), each timed until PostgreSQL takes writes
+/// again: Patroni's REST API shares its PostgreSQL connection with Patroni's HA loop, and the agent
+/// asks it every [`vip_agent::config::DEFAULT_GATE_INTERVAL`] while it waits for the database.
+fn hold_cost(c: &mut PatroniCluster, window: Duration, crashes: usize) -> HoldCost {
     let leader = c.leader().expect("a leader after bootstrap");
     let l = c.index_of(&leader);
     let wait_answering = |c: &PatroniCluster| {
@@ -748,8 +754,70 @@ fn hold_cost(c: &mut PatroniCluster, window: Duration) -> HoldCost {
             wait_answering(c);
         }
         cost.samples.extend(cpu_window(c, l, with_agent, window));
+        // Phases 0 and 1 take the larger half, 2 and 3 the rest.
+        let n = if k < 2 {
+            crashes.div_ceil(2)
+        } else {
+            crashes / 2
+        };
+        for _ in 0..n {
+            cost.recoveries.push((with_agent, crash_recovery(c, l)));
+            if with_agent {
+                wait_answering(c);
+            }
+        }
     }
     cost
+}
+
+/// SIGKILL of node `l`'s postmaster once the cluster is healthy (after a random pause of up to
+/// Patroni's `loop_wait`, so the crash falls anywhere in its HA loop): the time until a new
+/// postmaster answers `pg_is_in_recovery()` false on its unix socket (asked every 20 ms).
+fn crash_recovery(c: &PatroniCluster, l: usize) -> Option<Duration> {
+    c.wait_healthy(HEAL);
+    std::thread::sleep(Duration::from_millis(fastrand::u64(0..LOOP_WAIT * 1000)));
+    let old = c.crash_postgres(l);
+    let crashed = Instant::now();
+    let mut config = tokio_postgres::Config::new();
+    config
+        .host_path(c.socket_dir(l))
+        .port(crate::patroni::PG_PORT)
+        .user("postgres")
+        .dbname("postgres")
+        .connect_timeout(Duration::from_millis(200));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    while crashed.elapsed() < Duration::from_secs(60) {
+        let restarted = c.postmaster_pid(l).is_some_and(|p| p != old);
+        let read_write = restarted
+            && rt.block_on(async {
+                let Ok(Ok((client, connection))) =
+                    tokio::time::timeout(Duration::from_millis(500), config.connect(tokio_postgres::NoTls))
+                        .await
+                else {
+                    return false;
+                };
+                let conn = tokio::spawn(connection);
+                let rw = client
+                    .simple_query("SELECT pg_is_in_recovery()")
+                    .await
+                    .is_ok_and(|m| {
+                        m.iter().any(|m| {
+                            matches!(m, tokio_postgres::SimpleQueryMessage::Row(r) if r.get(0) == Some("f"))
+                        })
+                    });
+                drop(client);
+                let _ = conn.await;
+                rw
+            });
+        if read_write {
+            return Some(crashed.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
 }
 
 /// One window of [`hold_cost`].
@@ -1164,6 +1232,40 @@ impl PatroniReport {
             deltas.join("; "),
             1000 / clock_ticks_per_second()
         );
+        if cost.recoveries.is_empty() {
+            return;
+        }
+        let _ = writeln!(
+            md,
+            "Patroni's REST API runs each status request on the same PostgreSQL connection as \
+             Patroni's HA loop, and after a PostgreSQL crash the leader's agent asks it every {} ms \
+             (`promotion-gate-interval`) until the database takes writes again. So, on the same \
+             cluster and in the same four phases (after each CPU window), PostgreSQL crashes on the \
+             leader (its postmaster SIGKILLed after a random pause of up to `loop_wait`, the \
+             cluster healthy), timed until a new postmaster answers `pg_is_in_recovery()` false \
+             on its unix socket (asked every 20 ms, not through the VIP):\n",
+            vip_agent::config::DEFAULT_GATE_INTERVAL.as_millis()
+        );
+        let _ = writeln!(
+            md,
+            "| agents | crashes | crash -> PostgreSQL read-write again, p50 / max (s) |\n|---|---|---|"
+        );
+        for with in [true, false] {
+            let r: Vec<Option<Duration>> = cost
+                .recoveries
+                .iter()
+                .filter(|(w, _)| *w == with)
+                .map(|(_, d)| *d)
+                .collect();
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} |",
+                if with { "running" } else { "stopped" },
+                r.len(),
+                p50_max(&r)
+            );
+        }
+        md.push('\n');
     }
 
     fn runtime(&self, md: &mut String) {
@@ -1243,6 +1345,10 @@ impl PatroniReport {
                     "patroni_cpu_ms": s.patroni_ms,
                     "postgres_cpu_ms": s.postgres_ms,
                     "agent_cpu_ms": s.agent_ms,
+                })).collect::<Vec<_>>()),
+                "crash_recoveries": p.cost.as_ref().map(|c| c.recoveries.iter().map(|(with, d)| serde_json::json!({
+                    "with_agent": with,
+                    "read_write_ms": d.map(ms),
                 })).collect::<Vec<_>>()),
             })).collect::<Vec<_>>(),
         });

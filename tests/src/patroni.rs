@@ -510,6 +510,12 @@ watchdog:
         !exited
     }
 
+    /// The directory of node `i`'s PostgreSQL unix socket (and of Patroni's files).
+    #[must_use]
+    pub fn socket_dir(&self, i: usize) -> &Path {
+        &self.members[i].dir
+    }
+
     /// The PID of node `i`'s postmaster (`postmaster.pid`, checked against the process's command
     /// line: a postgres process of this data directory).
     #[must_use]
