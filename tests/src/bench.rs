@@ -1683,11 +1683,7 @@ pub fn idle_usage(cluster: &mut Cluster, window: Duration) -> Vec<Usage> {
     let started = std::time::Instant::now();
     std::thread::sleep(window);
     let window_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-    // SAFETY: sysconf has no preconditions.
-    let hz = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) })
-        .ok()
-        .filter(|&h| h > 0)
-        .unwrap_or(100);
+    let hz = clock_ticks_per_second();
     pids.iter()
         .zip(before)
         .map(|(&pid, b)| Usage {
@@ -1698,8 +1694,19 @@ pub fn idle_usage(cluster: &mut Cluster, window: Duration) -> Vec<Usage> {
         .collect()
 }
 
+/// The kernel's clock ticks per second (`_SC_CLK_TCK`, the unit of `/proc/<pid>/stat` times).
+#[must_use]
+pub fn clock_ticks_per_second() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) })
+        .ok()
+        .filter(|&h| h > 0)
+        .unwrap_or(100)
+}
+
 /// `pid` and its descendants (keepalived's VRRP child; vip-agent and vip-manager have none).
-fn process_tree(pid: i32) -> Vec<i32> {
+#[must_use]
+pub fn process_tree(pid: i32) -> Vec<i32> {
     let mut all = vec![pid];
     let mut next = 0;
     while let Some(&p) = all.get(next) {
@@ -1712,7 +1719,8 @@ fn process_tree(pid: i32) -> Vec<i32> {
 /// CPU time of `pid`'s process tree in clock ticks: each process's utime + stime + the times of
 /// its reaped children (`/proc/<pid>/stat` fields 14 to 17), so the check scripts keepalived runs
 /// and reaps count too.
-fn tree_cpu_ticks(pid: i32) -> u64 {
+#[must_use]
+pub fn tree_cpu_ticks(pid: i32) -> u64 {
     process_tree(pid).into_iter().map(cpu_ticks).sum()
 }
 
@@ -1723,7 +1731,8 @@ fn tree_rss_kib(pid: i32) -> u64 {
 
 /// utime + stime + cutime + cstime of `pid`, in clock ticks (`/proc/<pid>/stat` fields 14 to 17;
 /// 0 once it is gone).
-fn cpu_ticks(pid: i32) -> u64 {
+#[must_use]
+pub fn cpu_ticks(pid: i32) -> u64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // The command name (field 2) may hold spaces: count fields after its closing parenthesis.
     let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);

@@ -16,6 +16,11 @@
 //!   `INSERT` of a row), every change under `/service/<scope>/` in etcd ([`KeyEvent`], an etcd v3
 //!   watch from the client), and each node's `GET /patroni` ([`RestSample`], 10 a second).
 //! * [`check_window`]: the assertions of issue 13 over one scenario's window, and a summary.
+//! * [`Manager`]: what manages the VIP. The tests run the agent ([`PatroniCluster::new`]); the
+//!   benchmark (`crate::bench_patroni`) also runs Debian's vip-manager 1.0.2 in its place
+//!   ([`PatroniCluster::with_manager`]), which reads only etcd's v2 API: that cluster's Patroni runs
+//!   its `etcd:` (v2) DCS against the same etcd (started with `--enable-v2=true`), and the
+//!   observers and [`PatroniCluster::leader`] read the v2 keyspace (a long-polling v2 watch).
 //!
 //! Timers: `ttl: 20`, `loop_wait: 2`, `retry_timeout: 5`. Patroni 3.0.2 enforces no minimum (the
 //! `ttl >= 20`, `loop_wait >= 1`, `retry_timeout >= 3` rule came with Patroni 3.2, #2869), but a
@@ -64,6 +69,8 @@ pub const RETRY_TIMEOUT: u64 = 5;
 pub const REST_PORT: u16 = 8008;
 /// PostgreSQL's port.
 pub const PG_PORT: u16 = 5432;
+/// etcd's client port.
+const ETCD_PORT: u16 = 2379;
 /// A new client connection through the VIP this often (50 a second): Patroni's promotion
 /// finishes some 100 ms after it writes the leader key, and the client must not miss that window.
 pub const ATTEMPT_PERIOD: Duration = Duration::from_millis(20);
@@ -161,6 +168,35 @@ pub struct Member {
     patroni: Option<Proc>,
 }
 
+/// What manages the VIP on the DB nodes, and so which DCS Patroni uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Manager {
+    /// The real vip-agent with vip-manager's keys only; Patroni's `etcd3:` DCS (etcd's v3 API).
+    VipAgent,
+    /// Debian's vip-manager 1.0.2 (`/usr/bin/vip-manager`, polling every `interval_ms`, its
+    /// default 1000). It speaks only etcd's v2 API, so Patroni runs its `etcd:` (v2) DCS (python3-etcd)
+    /// against the same etcd, which runs with `--enable-v2=true`; the keys live in the v2 keyspace.
+    VipManager { interval_ms: u32 },
+}
+
+impl Manager {
+    /// Whether Patroni keeps its keys in etcd's v2 keyspace (`etcd:` DCS).
+    #[must_use]
+    pub fn v2(self) -> bool {
+        matches!(self, Self::VipManager { .. })
+    }
+
+    /// A name for reports.
+    #[must_use]
+    pub fn label(self) -> String {
+        match self {
+            Self::VipAgent => "vip-agent".to_owned(),
+            Self::VipManager { interval_ms: 1000 } => "vip-manager 1.0.2".to_owned(),
+            Self::VipManager { interval_ms } => format!("vip-manager 1.0.2 ({interval_ms} ms)"),
+        }
+    }
+}
+
 /// Options of one cluster.
 #[derive(Clone, Copy, Debug)]
 pub struct Options {
@@ -181,6 +217,8 @@ pub struct PatroniCluster {
     pub scope: String,
     /// The clock of every observation: times are durations since this instant.
     pub epoch: Instant,
+    /// What manages the VIP (and so which DCS Patroni uses).
+    pub manager: Manager,
     installation: Installation,
     /// Whether the agents' default pin root existed before this cluster (if not, it is removed
     /// on drop when empty).
@@ -198,6 +236,21 @@ impl PatroniCluster {
     /// When any step fails or does not finish in time (with the logs' tails).
     #[must_use]
     pub fn new(installation: Installation, options: Options, agent_bin: &Path) -> Self {
+        Self::with_manager(installation, options, Manager::VipAgent, agent_bin)
+    }
+
+    /// [`Self::new`] with the VIP managed by `manager` (vip-manager 1.0.2: Patroni on the v2 DCS,
+    /// vip-manager started on each node instead of the agent).
+    ///
+    /// # Panics
+    /// When any step fails or does not finish in time (with the logs' tails).
+    #[must_use]
+    pub fn with_manager(
+        installation: Installation,
+        options: Options,
+        manager: Manager,
+        agent_bin: &Path,
+    ) -> Self {
         assert!(
             (120..=139).contains(&options.subnet),
             "issue 13's tests use 10.77.120.0/24 to 10.77.139.0/24"
@@ -210,6 +263,7 @@ impl PatroniCluster {
             members: Vec::new(),
             scope,
             epoch: Instant::now(),
+            manager,
             installation,
             pin_root_existed,
             dir,
@@ -229,9 +283,11 @@ impl PatroniCluster {
         cluster.create_table();
         cluster.start_patroni(1);
         for i in 0..cluster.net.nodes.len() {
-            cluster.net.start_agent(i);
+            cluster.start_manager(i);
         }
-        cluster.net.wait_running();
+        if manager == Manager::VipAgent {
+            cluster.net.wait_running();
+        }
         cluster.wait_healthy(Duration::from_secs(90));
         cluster
     }
@@ -272,7 +328,7 @@ name: {name}
 restapi:
   listen: {ip}:{rest}
   connect_address: {ip}:{rest}
-etcd3:
+{dcs}:
   hosts: {etcd}:2379
 bootstrap:
   dcs:
@@ -333,6 +389,7 @@ watchdog:
             scope = self.scope,
             name = node.name,
             rest = REST_PORT,
+            dcs = if self.manager.v2() { "etcd" } else { "etcd3" },
             etcd = self.net.etcd_host.ip,
             ttl = TTL,
             loop_wait = LOOP_WAIT,
@@ -409,6 +466,33 @@ watchdog:
         self.members[i].patroni = Some(Proc(Some(child)));
     }
 
+    /// Start node `i`'s VIP manager (the agent, or vip-manager); its output goes to the node's log.
+    ///
+    /// # Panics
+    /// When it cannot be started.
+    pub fn start_manager(&mut self, i: usize) {
+        match self.manager {
+            Manager::VipAgent => self.net.start_agent(i),
+            Manager::VipManager { interval_ms } => self.net.start_vip_manager(i, interval_ms),
+        }
+    }
+
+    /// Stop node `i`'s VIP manager: SIGTERM (the agent fences and exits); SIGKILL by PID when it
+    /// has not exited within 10 s (its guard's drop).
+    pub fn stop_manager(&mut self, i: usize) {
+        let _ = self.net.terminate_agent(i);
+    }
+
+    /// The PID of node `i`'s Patroni, while it runs.
+    #[must_use]
+    pub fn patroni_pid(&self, i: usize) -> Option<i32> {
+        self.members[i]
+            .patroni
+            .as_ref()
+            .and_then(|p| p.0.as_ref())
+            .and_then(|c| i32::try_from(c.id()).ok())
+    }
+
     /// SIGKILL node `i`'s Patroni (reaped); nothing when it does not run.
     pub fn kill_patroni(&mut self, i: usize) {
         if let Some(mut p) = self.members[i].patroni.take() {
@@ -424,6 +508,12 @@ watchdog:
             self.members[i].patroni = None;
         }
         !exited
+    }
+
+    /// The directory of node `i`'s PostgreSQL unix socket (and of Patroni's files).
+    #[must_use]
+    pub fn socket_dir(&self, i: usize) -> &Path {
+        &self.members[i].dir
     }
 
     /// The PID of node `i`'s postmaster (`postmaster.pid`, checked against the process's command
@@ -484,6 +574,18 @@ watchdog:
     /// or when etcd does not answer within 2 s.
     #[must_use]
     pub fn leader(&self) -> Option<String> {
+        if self.manager.v2() {
+            // etcd's v2 API; `quorum=true` makes the read linearizable, as the v3 get is.
+            let addr = SocketAddr::from((self.net.etcd_host.ip, ETCD_PORT));
+            let path = format!("/v2/keys{}?quorum=true", self.net.key);
+            return self.net.client.ns.run_in(move || {
+                let (code, body) = http_get(addr, &path, Duration::from_secs(2)).ok()?;
+                let json: serde_json::Value = serde_json::from_str(&body).ok()?;
+                (code == 200)
+                    .then(|| json["node"]["value"].as_str().map(str::to_owned))
+                    .flatten()
+            });
+        }
         let key = self.net.key.clone();
         let endpoints = self.net.endpoints.clone();
         self.net.client.ns.run_in(move || {
@@ -1038,8 +1140,14 @@ impl Observers {
             let (logs, stop) = (Arc::clone(&logs), Arc::clone(&stop));
             let endpoints = c.net.endpoints.clone();
             let prefix = format!("/service/{}/", c.scope);
+            let etcd = SocketAddr::from((c.net.etcd_host.ip, ETCD_PORT));
+            let v2 = c.manager.v2();
             threads.push(spawn_in(ns.clone(), "etcd-watch", move || {
-                run_watch(&endpoints, &prefix, epoch, &logs, &stop);
+                if v2 {
+                    run_watch_v2(etcd, &prefix, epoch, &logs, &stop);
+                } else {
+                    run_watch(&endpoints, &prefix, epoch, &logs, &stop);
+                }
             }));
         }
         {
@@ -1414,6 +1522,137 @@ fn run_watch(
             }
         }
     });
+}
+
+/// The etcd v2 watch on the scope's directory (Patroni's `etcd:` DCS): a recursive GET first, then
+/// one long-polling `wait=true&recursive=true` request per event from the index after it (etcd
+/// keeps the last 1000 events, so none is missed between two requests); starts over with a new
+/// GET when etcd has dropped the index or a request fails.
+fn run_watch_v2(
+    etcd: SocketAddr,
+    prefix: &str,
+    epoch: Instant,
+    logs: &Arc<Mutex<Logs>>,
+    stop: &AtomicBool,
+) {
+    let dir = prefix.trim_end_matches('/');
+    let record = |node: &serde_json::Value, deleted: bool| {
+        if node["dir"].as_bool() == Some(true) {
+            return;
+        }
+        let Some(key) = node["key"].as_str() else {
+            return;
+        };
+        let key = key.strip_prefix(prefix).unwrap_or(key).to_owned();
+        let value = (!deleted)
+            .then(|| node["value"].as_str().map(str::to_owned))
+            .flatten();
+        let revision = node["modifiedIndex"].as_i64().unwrap_or(0);
+        push(logs, |l| {
+            l.keys.push(KeyEvent {
+                at: epoch.elapsed(),
+                revision,
+                value,
+                key,
+            });
+        });
+    };
+    while !stop.load(Ordering::Relaxed) {
+        let snapshot = http_get_until(
+            etcd,
+            &format!("{V2_KEYS}{dir}?recursive=true&quorum=true"),
+            stop,
+        );
+        let Ok((code, head, body)) = snapshot else {
+            std::thread::sleep(Duration::from_millis(200));
+            continue;
+        };
+        let Some(index) = head.lines().find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.trim()
+                .eq_ignore_ascii_case("x-etcd-index")
+                .then(|| value.trim().parse::<i64>().ok())
+                .flatten()
+        }) else {
+            std::thread::sleep(Duration::from_millis(200));
+            continue;
+        };
+        if code == 200
+            && let Ok(json) = serde_json::from_str::<serde_json::Value>(&body)
+        {
+            let mut stack = vec![json["node"].clone()];
+            while let Some(node) = stack.pop() {
+                if let Some(children) = node["nodes"].as_array() {
+                    stack.extend(children.iter().cloned());
+                }
+                record(&node, false);
+            }
+        }
+        let mut next = index + 1;
+        while !stop.load(Ordering::Relaxed) {
+            let path = format!("{V2_KEYS}{dir}?recursive=true&wait=true&waitIndex={next}");
+            let Ok((200, _, body)) = http_get_until(etcd, &path, stop) else {
+                // The index was cleared (400, error 401), or the request failed: start over.
+                break;
+            };
+            let Ok(event) = serde_json::from_str::<serde_json::Value>(&body) else {
+                break;
+            };
+            let deleted = matches!(
+                event["action"].as_str(),
+                Some("delete" | "expire" | "compareAndDelete")
+            );
+            record(&event["node"], deleted);
+            let Some(index) = event["node"]["modifiedIndex"].as_i64() else {
+                break;
+            };
+            next = index + 1;
+        }
+    }
+}
+
+/// etcd's v2 keyspace.
+const V2_KEYS: &str = "/v2/keys";
+
+/// A plain HTTP/1.0 GET whose answer may take long (an etcd v2 watch): waits until the server
+/// closes the connection or `stop` is set (then `Interrupted`). Status code, head and body.
+fn http_get_until(
+    addr: SocketAddr,
+    path: &str,
+    stop: &AtomicBool,
+) -> std::io::Result<(u16, String, String)> {
+    let mut stream = TcpStream::connect_timeout(&addr, REST_TIMEOUT)?;
+    stream.set_read_timeout(Some(Duration::from_millis(100)))?;
+    stream.set_write_timeout(Some(REST_TIMEOUT))?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => raw.extend_from_slice(&buf[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                if stop.load(Ordering::Relaxed) {
+                    return Err(std::io::ErrorKind::Interrupted.into());
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    let text = String::from_utf8_lossy(&raw);
+    let bad = || std::io::Error::new(std::io::ErrorKind::InvalidData, "not an HTTP answer");
+    let (head, body) = text.split_once("\r\n\r\n").ok_or_else(bad)?;
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(bad)?;
+    Ok((code, head.to_owned(), body.to_owned()))
 }
 
 /// `GET /patroni` on each address every [`REST_PERIOD`]; records changes only.

@@ -42,7 +42,8 @@ enum Task {
     /// Failover benchmark of vip-agent against vip-manager and keepalived in the same run; writes
     /// BENCHMARKS.md and bench/. Every scenario runs 200 trials per system unless told otherwise
     /// (hours: the slow scenarios wait seconds per trial); `--quick` runs a handful of each slow
-    /// scenario (about an hour in all).
+    /// scenario (about an hour in all). It ends with the real-Patroni part, which `--patroni` runs
+    /// alone.
     Bench {
         /// Keep the 200 switchovers, run 20 lease expiries, 10 partitions, 5 agent kills, 3 etcd
         /// outages per shape and 20 promotions per gate setting; the flags below override.
@@ -84,6 +85,24 @@ enum Task {
         /// Seed of the random system order and pauses (default: the time).
         #[arg(long)]
         seed: Option<u64>,
+        /// Only the real-Patroni part (vip-agent and vip-manager 1.0.2, each in front of its own
+        /// Patroni 3.0.2 + PostgreSQL 15 cluster; about half an hour): replaces its section in
+        /// the existing BENCHMARKS.md and writes bench/patroni.json. A whole run ends with it.
+        #[arg(long)]
+        patroni: bool,
+        /// Real-Patroni trials per scenario and system (default 5; 0 skips the part in a whole
+        /// run and keeps its section).
+        #[arg(long)]
+        patroni_trials: Option<usize>,
+        /// Seconds of each of the four windows measuring the hold check's cost to Patroni
+        /// (default 30; 0 skips it).
+        #[arg(long)]
+        patroni_cost_secs: Option<u64>,
+        /// Real-Patroni scenarios, comma-separated: switchover, postgres_crash, kill, cut_off,
+        /// outage_failsafe_on, outage_failsafe_off (default: all). `--systems` picks its systems
+        /// too (vip-agent, vip-manager).
+        #[arg(long)]
+        patroni_scenarios: Option<String>,
         /// Where BENCHMARKS.md and bench/ go (default: the workspace root, the committed report).
         #[arg(long)]
         out: Option<PathBuf>,
@@ -151,11 +170,27 @@ fn run(cli: Cli) -> Result<()> {
             repmgr_passes,
             systems,
             seed,
+            patroni,
+            patroni_trials,
+            patroni_cost_secs,
+            patroni_scenarios,
             out,
         } => {
             let mut args: Vec<String> = Vec::new();
             if quick {
                 args.push("--quick".to_owned());
+            }
+            if patroni {
+                args.push("--patroni".to_owned());
+            }
+            if let Some(n) = patroni_trials {
+                args.extend(["--patroni-trials".to_owned(), n.to_string()]);
+            }
+            if let Some(s) = patroni_cost_secs {
+                args.extend(["--patroni-cost-secs".to_owned(), s.to_string()]);
+            }
+            if let Some(list) = patroni_scenarios {
+                args.extend(["--patroni-scenarios".to_owned(), list]);
             }
             let counts = [
                 ("--trials", trials),
@@ -265,7 +300,7 @@ fn bench(args: &[String], out: Option<PathBuf>) -> Result<()> {
     cmd.arg("--agent").arg(agent).args(args);
     run_cmd(cmd.arg("--out").arg(&out))?;
     eprintln!(
-        "xtask: wrote BENCHMARKS.md, bench/results.json and bench/timeline.svg in {}",
+        "xtask: wrote BENCHMARKS.md and its data in bench/ ({})",
         out.display()
     );
     Ok(())

@@ -3,10 +3,21 @@
 //!
 //! Usage: vip-bench --agent PATH [--trials N] [--expiry-trials N] [--partition-trials N]
 //! [--kill-trials N] [--etcd-trials N] [--rw-trials N] [--idle-secs S]
-//! [--systems vip-agent,vip-manager,vip-manager-100ms,keepalived] [--seed N] [--quick] [--out DIR]
+//! [--systems vip-agent,vip-manager,vip-manager-100ms,keepalived] [--seed N] [--quick]
+//! [--patroni] [--patroni-trials N] [--patroni-cost-secs S] [--patroni-scenarios LIST] [--out DIR]
 //!
 //! Every scenario runs 200 trials per system by default (hours); `--quick` keeps the 200
 //! switchovers and runs a handful of each slow scenario.
+//!
+//! The real-Patroni part (`vip_tests::bench_patroni`: vip-agent and vip-manager 1.0.2, each in
+//! front of its own Patroni 3.0.2 + PostgreSQL 15 cluster) runs at the end of a whole run with
+//! `--patroni-trials` trials per scenario and system (default 5; 0 skips it and keeps the section
+//! already in BENCHMARKS.md). `--patroni` runs that part alone (about half an hour on 2 cores)
+//! and replaces only its section in the existing BENCHMARKS.md (appends it when there is none),
+//! writing its raw data to bench/patroni.json. `--patroni-cost-secs` is the length of each of the
+//! four windows of the hold check's cost (default 30; 0 skips it). `--patroni-scenarios` picks
+//! scenarios (`switchover`, `postgres_crash`, `kill`, `cut_off`, `outage_failsafe_on`,
+//! `outage_failsafe_off`; default all) and `--systems` the systems (`vip-agent`, `vip-manager`).
 
 use std::{fmt::Write as _, path::PathBuf, time::Duration};
 
@@ -27,6 +38,8 @@ use vip_tests::{
         OUTAGES, OutageShape, Partition, Plan, RENEW_INTERVAL, SYSTEMD_RESTART, System, SystemRun,
         Trial, Usage, arp_rtts, percentiles, run_system,
     },
+    bench_patroni,
+    patroni::Manager,
     require_privileges,
 };
 
@@ -47,6 +60,14 @@ struct Args {
     /// Seeds the order of the systems and the pauses before switchovers.
     seed: u64,
     out: PathBuf,
+    /// Only the real-Patroni part, spliced into the existing BENCHMARKS.md.
+    patroni_only: bool,
+    /// Trials per scenario and system of the real-Patroni part (0: skip it).
+    patroni_trials: usize,
+    /// Each window of the hold check's cost (0: skip it).
+    patroni_cost: Duration,
+    /// The real-Patroni scenarios to run (default: all).
+    patroni_scenarios: Vec<bench_patroni::Scenario>,
 }
 
 /// Trials per scenario and system (per gate setting for the promotion, per shape for the etcd
@@ -86,9 +107,17 @@ fn parse_args() -> Args {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(1, |d| d.as_secs()),
         out: PathBuf::from("."),
+        patroni_only: false,
+        patroni_trials: bench_patroni::DEFAULT_TRIALS,
+        patroni_cost: bench_patroni::DEFAULT_COST_WINDOW,
+        patroni_scenarios: bench_patroni::SCENARIOS.to_vec(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
+        if a == "--patroni" {
+            args.patroni_only = true;
+            continue;
+        }
         if a == "--quick" {
             // Switchovers stay at 200 (they are quick); the scenarios that wait for a lease, a
             // deadline or etcd get a handful each. Flags after it override these.
@@ -172,6 +201,27 @@ fn parse_args() -> Args {
                     .unwrap_or_else(|_| usage("--seed takes a number"))
             }
             "--out" => args.out = PathBuf::from(value),
+            "--patroni-trials" => {
+                args.patroni_trials = value
+                    .parse()
+                    .unwrap_or_else(|_| usage("--patroni-trials takes a number"));
+            }
+            "--patroni-scenarios" => {
+                args.patroni_scenarios = value
+                    .split(',')
+                    .map(|k| {
+                        bench_patroni::Scenario::from_key(k.trim()).unwrap_or_else(|| {
+                            usage(&format!("--patroni-scenarios: unknown scenario {k}"))
+                        })
+                    })
+                    .collect();
+            }
+            "--patroni-cost-secs" => {
+                args.patroni_cost =
+                    Duration::from_secs(value.parse().unwrap_or_else(|_| {
+                        usage("--patroni-cost-secs takes a number of seconds")
+                    }));
+            }
             other => usage(&format!("unknown argument {other}")),
         }
     }
@@ -182,7 +232,8 @@ fn usage(problem: &str) -> ! {
     eprintln!(
         "vip-bench: {problem}\nusage: vip-bench --agent PATH [--trials N] [--expiry-trials N] [--partition-trials N] \
          [--kill-trials N] [--etcd-trials N] [--rw-trials N] [--repmgr-passes N] [--idle-secs S] \
-         [--systems vip-agent,vip-manager,vip-manager-100ms,keepalived] [--seed N] [--quick] [--out DIR]"
+         [--systems vip-agent,vip-manager,vip-manager-100ms,keepalived] [--seed N] [--quick] \
+         [--patroni] [--patroni-trials N] [--patroni-cost-secs S] [--patroni-scenarios LIST] [--out DIR]"
     );
     std::process::exit(2)
 }
@@ -209,6 +260,10 @@ fn main() {
     let mut args = parse_args();
     let started = std::time::Instant::now();
     fastrand::seed(args.seed);
+    if args.patroni_only {
+        patroni_only(&args);
+        return;
+    }
     fastrand::shuffle(&mut args.systems);
     eprintln!(
         "vip-bench: seed {}: {}",
@@ -315,13 +370,79 @@ fn main() {
              or no repmgr, sshd or nft; `cargo xtask setup` installs them).\n",
         ),
     }
+    let previous = std::fs::read_to_string(args.out.join("BENCHMARKS.md")).unwrap_or_default();
     std::fs::create_dir_all(args.out.join("bench")).expect("output dir");
+    if args.patroni_trials > 0 {
+        if let Some(section) = run_patroni(&args, false) {
+            report.push('\n');
+            report.push_str(&section);
+        }
+    } else if let Some(section) = bench_patroni::existing_section(&previous) {
+        // Skipped in this run: the section of the run that made it stays.
+        report.push('\n');
+        report.push_str(&section);
+    }
     std::fs::write(args.out.join("bench/timeline.svg"), svg(&rows)).expect("write timeline.svg");
     std::fs::write(args.out.join("BENCHMARKS.md"), &report).expect("write BENCHMARKS.md");
     std::fs::write(args.out.join("bench/results.json"), json(&rows, &micro))
         .expect("write results.json");
     println!("{report}");
 }
+
+/// The real-Patroni part: both systems in a random order drawn from the seed; writes
+/// bench/patroni.json and returns the section for BENCHMARKS.md (`None`: Patroni is missing).
+fn run_patroni(args: &Args, alone: bool) -> Option<String> {
+    // The systems of `--systems` that the real-Patroni part knows (vip-manager at its default).
+    let mut systems: Vec<Manager> = [
+        (System::VipAgent, Manager::VipAgent),
+        (
+            System::VipManager { interval_ms: 1000 },
+            Manager::VipManager { interval_ms: 1000 },
+        ),
+    ]
+    .into_iter()
+    .filter(|(s, _)| args.systems.contains(s))
+    .map(|(_, m)| m)
+    .collect();
+    fastrand::shuffle(&mut systems);
+    eprintln!(
+        "vip-bench: real Patroni, {} trials per scenario and system: {} ...",
+        args.patroni_trials,
+        systems
+            .iter()
+            .map(|m| m.label())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let plan = bench_patroni::PatroniPlan {
+        trials: args.patroni_trials,
+        cost_window: args.patroni_cost,
+        systems,
+        subnet: PATRONI_SUBNET,
+        scenarios: args.patroni_scenarios.clone(),
+    };
+    let report = bench_patroni::run(&plan, &args.agent)?;
+    std::fs::create_dir_all(args.out.join("bench")).expect("output dir");
+    std::fs::write(args.out.join("bench/patroni.json"), report.json(args.seed))
+        .expect("write patroni.json");
+    Some(report.markdown(args.seed, alone))
+}
+
+/// `--patroni`: the real-Patroni part alone, its section spliced into the existing BENCHMARKS.md.
+fn patroni_only(args: &Args) {
+    let path = args.out.join("BENCHMARKS.md");
+    let previous = std::fs::read_to_string(&path).unwrap_or_default();
+    let Some(section) = run_patroni(args, true) else {
+        std::process::exit(2);
+    };
+    let text = bench_patroni::splice_section(&previous, &section);
+    std::fs::write(&path, &text).expect("write BENCHMARKS.md");
+    println!("{section}");
+}
+
+/// `10.77.<subnet>.0/24` and the next one: the real-Patroni clusters (inside issue 13's range,
+/// apart from the end-to-end tests' 120 to 123).
+const PATRONI_SUBNET: u8 = 130;
 
 /// Data-plane costs (ns per operation).
 struct Micro {
