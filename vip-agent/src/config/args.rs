@@ -114,7 +114,8 @@ pub struct ConfigArgs {
     /// true or false [default: true].
     #[arg(long, env = "VIP_FENCE_HANDSHAKE", value_name = "BOOL")]
     pub fence_handshake: Option<String>,
-    /// TTL of this agent's fence record in etcd, whole seconds, 2s..60s [default: 10s].
+    /// TTL of this agent's fence record in etcd, whole seconds, 2s..60s; Patroni's `ttl` is a
+    /// good value [default: 30s].
     #[arg(long, env = "VIP_FENCE_RECORD_TTL", value_name = "DURATION")]
     pub fence_record_ttl: Option<String>,
     /// etcd prefix of the fence records [default: /vip-agent].
