@@ -568,7 +568,10 @@ const APP_HOST: u8 = 8;
 /// When a step fails.
 #[must_use]
 pub fn start(system: System, subnet: u8, agent_bin: &Path) -> Bed {
-    let mut cluster = Cluster::new(subnet, 2, agent_bin, "");
+    // The fence handshake's record TTL set to the scenarios' longest lease (the partition's 5 s),
+    // as docs/safety.md advises (Patroni's `ttl`): a node cut off from etcd then holds the new
+    // holder back no longer than its lease would. Only vip-agent reads it.
+    let mut cluster = Cluster::new(subnet, 2, agent_bin, "fence-record-ttl: 5s\n");
     for i in 0..2 {
         system.start_on(&mut cluster, i);
     }
