@@ -309,7 +309,9 @@ fn an_established_connection_to_the_old_primary_gets_nothing_from_the_vip_after_
     ) {
         return;
     }
-    let mut c = Cluster::new(166, 2, &vip_tests::agent_binary(), "");
+    // node1's agent is stopped below, so it cannot record its fence: node2 waits for node1's
+    // fence record to expire (the handshake), which a short record TTL keeps within the window.
+    let mut c = Cluster::new(166, 2, &vip_tests::agent_binary(), "fence-record-ttl: 2s\n");
     c.start_agent(0);
     c.start_agent(1);
     c.wait_running();
