@@ -325,8 +325,10 @@ impl PatroniTarget {
         match &self.member {
             None => first,
             Some(m) => {
+                // Never registered as far as this agent knows: a member key that expired still
+                // names where Patroni runs.
                 let v = m.borrow();
-                v.known && !v.registered
+                v.known && !v.registered && v.api.is_none()
             }
         }
     }

@@ -285,3 +285,28 @@ async fn another_clusters_patroni_never_opens_the_gate_by_itself() {
     h.finish().await;
     patroni.stop().await;
 }
+
+#[tokio::test]
+async fn an_expired_member_key_keeps_its_api_url_and_a_refusal_there_keeps_gating() {
+    let gone = FakePatroni::start(Mode::Primary).await;
+    let url = gone.url();
+    gone.stop().await;
+    let mut c = config(url.clone(), Duration::from_millis(400));
+    c.patroni_url = None;
+    // The member key expired (an etcd outage): not registered, but its api_url is remembered.
+    let (_tx, rx) = watch::channel(MemberView {
+        known: true,
+        api: Some(url.clone()),
+        ..MemberView::default()
+    });
+    let h = Harness::start_with(c, Some(rx), Some("demo".to_owned()));
+    h.hook.apply(&ours(Duration::from_secs(30), 10));
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert!(
+        !h.writes.ever_answered(),
+        "a refusal at the remembered API gates"
+    );
+    assert_eq!(h.status().patroni_url, url.to_string());
+    assert_eq!(h.status().patroni_url_source, Some(UrlSource::MemberKey));
+    h.finish().await;
+}

@@ -249,9 +249,13 @@ impl MemberWatcher {
                 }
                 self.publish(match event.event_type() {
                     EventType::Put => MemberView::parse(kv.value(), kv.mod_revision()),
+                    // The key expired with Patroni's lease (an etcd outage, Patroni stopped): the
+                    // member is not registered now, but its REST API stays where it was; asking
+                    // loopback instead would be asking nobody.
                     EventType::Delete => MemberView {
                         known: true,
                         mod_revision: kv.mod_revision(),
+                        api: self.tx.borrow().api.clone(),
                         ..MemberView::default()
                     },
                 });
