@@ -175,7 +175,17 @@ pub const HELP_SECTIONS: &[HelpSection] = &[
             entry(
                 "NOTIFY_SOCKET",
                 "Set by systemd for Type=notify: READY=1 once the data plane is attached and every \
-                 leader key read once; STOPPING=1 on SIGTERM.",
+                 leader key read once; RELOADING=1 (with MONOTONIC_USEC) at SIGHUP, then READY=1; \
+                 STOPPING=1 on SIGTERM.",
+            ),
+            entry(
+                "WATCHDOG_USEC",
+                "Set by systemd with WatchdogSec=: WATCHDOG=1 every quarter of it.",
+            ),
+            entry(
+                "JOURNAL_STREAM",
+                "Set by systemd when the output goes to journald: text logs then use the journal's \
+                 native protocol, each level a priority (journalctl -p warning).",
             ),
         ],
     },
@@ -240,6 +250,16 @@ pub struct Cli {
     /// The daemon's options when no subcommand is given (`vip-agent --config FILE`).
     #[command(flatten)]
     pub config: ConfigArgs,
+    /// The daemon's log format: text (journald priorities under systemd) or json (one object a
+    /// line on stdout).
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value_t,
+        env = "VIP_AGENT_LOG_FORMAT"
+    )]
+    pub log_format: crate::logging::LogFormat,
 }
 
 /// The subcommands.

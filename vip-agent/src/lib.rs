@@ -18,6 +18,7 @@ pub mod garp;
 pub mod gate;
 pub mod hooks;
 pub mod leader;
+pub mod logging;
 pub mod metrics;
 pub mod netlink;
 pub mod notify;

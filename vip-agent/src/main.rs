@@ -16,8 +16,8 @@ use vip_agent::{
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        None => run(&cli.config),
-        Some(Command::Run(args)) => run(&args),
+        None => run(&cli.config, cli.log_format),
+        Some(Command::Run(args)) => run(&args, cli.log_format),
         Some(Command::Check(args)) => check(&args),
         Some(Command::Status(args)) => status(
             &args.interface,
@@ -39,19 +39,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging(verbose: bool) {
-    let default = if verbose { "debug" } else { "info" };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("VIP_AGENT_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(false)
-        // Plain text in files and the journal; colours only on a terminal.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
-        .init();
-}
-
-fn run(args: &ConfigArgs) -> Result<()> {
+fn run(args: &ConfigArgs, log_format: vip_agent::logging::LogFormat) -> Result<()> {
     // A SIGTERM that arrives while the agent starts (before `supervise` has its handlers) must not
     // kill it with the default action: held pending until then. Threads inherit the mask; child
     // processes (hooks) get an empty one from std.
@@ -59,7 +47,7 @@ fn run(args: &ConfigArgs) -> Result<()> {
     held.thread_block()
         .context("hold SIGTERM, SIGINT and SIGHUP during startup")?;
     let config = config::load(args)?;
-    init_logging(config.verbose);
+    vip_agent::logging::init(config.verbose, log_format);
     validate(&config)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -92,6 +80,7 @@ async fn supervise(args: &ConfigArgs, mut config: config::Config) -> Result<()> 
     shutdown_signals()
         .thread_unblock()
         .context("release SIGTERM, SIGINT and SIGHUP")?;
+    vip_agent::notify::spawn_watchdog();
     // The configuration that ran before the last SIGHUP restart, while the new one is unproven.
     let mut previous: Option<config::Config> = None;
     loop {
@@ -118,11 +107,11 @@ async fn supervise(args: &ConfigArgs, mut config: config::Config) -> Result<()> 
                 }
                 _ = term.recv() => break None,
                 _ = int.recv() => break None,
-                _ = hup.recv() => match config::load(args).map_err(anyhow::Error::from).and_then(|c| validate(&c).map(|()| c)) {
+                _ = hup.recv() => { let reload = vip_agent::notify::Reload::begin(); match config::load(args).map_err(anyhow::Error::from).and_then(|c| validate(&c).map(|()| c)) {
                     Err(e) => error!(error = %format!("{e:#}"), "SIGHUP: the new configuration is invalid; keeping the running one"),
                     Ok(new) if new.same_effect(&config) => info!("SIGHUP: configuration unchanged"),
-                    Ok(new) => break Some(new),
-                },
+                    Ok(new) => { reload.restarting(); break Some(new) }
+                } },
             }
         };
         if exited {

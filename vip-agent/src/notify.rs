@@ -105,6 +105,34 @@ impl Notifier {
         self.send(&[("STATUS", status)])
     }
 
+    /// `RELOADING=1` with `MONOTONIC_USEC` (`CLOCK_MONOTONIC` now, in microseconds): a reload began
+    /// (SIGHUP). systemd (`Type=notify-reload` semantics, accepted for `Type=notify` since 253)
+    /// shows the unit "reloading" until the next `READY=1`.
+    ///
+    /// # Errors
+    /// When the datagram cannot be sent.
+    pub fn reloading(&self, status: &str) -> io::Result<()> {
+        // CLOCK_MONOTONIC itself, whatever clock the deadlines use.
+        let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+            .map_err(io::Error::from)?;
+        let usec = (u64::try_from(now.tv_sec()).unwrap_or(0) * 1_000_000
+            + u64::try_from(now.tv_nsec()).unwrap_or(0) / 1_000)
+            .to_string();
+        self.send(&[
+            ("RELOADING", "1"),
+            ("MONOTONIC_USEC", &usec),
+            ("STATUS", status),
+        ])
+    }
+
+    /// `WATCHDOG=1`: the service is alive (`WatchdogSec=`).
+    ///
+    /// # Errors
+    /// When the datagram cannot be sent.
+    pub fn watchdog(&self) -> io::Result<()> {
+        self.send(&[("WATCHDOG", "1")])
+    }
+
     /// Send the assignments as one datagram. Newlines in values would start a new assignment, so
     /// they are replaced by spaces.
     ///
@@ -127,6 +155,105 @@ impl Notifier {
             ))
         }
     }
+}
+
+/// A SIGHUP reload as systemd sees it: [`Reload::begin`] sends `RELOADING=1`; dropping it sends
+/// `READY=1` (the configuration was unchanged or invalid: the running one goes on), unless
+/// [`Reload::restarting`] said the agent restarts with a new configuration, whose own start sends
+/// `READY=1` once it is ready (`agent::notify_ready`). Failures to notify are logged, never fatal.
+#[derive(Debug)]
+#[must_use = "dropping the reload at once tells systemd it is over"]
+pub struct Reload {
+    notifier: Option<Notifier>,
+}
+
+impl Reload {
+    /// `RELOADING=1` now.
+    pub fn begin() -> Self {
+        let notifier = match Notifier::from_env() {
+            Ok(n) if n.is_enabled() => n,
+            Ok(_) => return Self { notifier: None },
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot notify systemd");
+                return Self { notifier: None };
+            }
+        };
+        if let Err(e) = notifier.reloading("reloading the configuration (SIGHUP)") {
+            tracing::warn!(error = %e, "cannot notify systemd");
+        }
+        Self {
+            notifier: Some(notifier),
+        }
+    }
+
+    /// The agent restarts with a new configuration: its start-up sends `READY=1`, not this.
+    pub fn restarting(mut self) {
+        self.notifier = None;
+    }
+}
+
+impl Drop for Reload {
+    fn drop(&mut self) {
+        if let Some(n) = self.notifier.take()
+            && let Err(e) = n.ready("running: configuration kept (SIGHUP)")
+        {
+            tracing::warn!(error = %e, "cannot notify systemd");
+        }
+    }
+}
+
+/// The environment variables systemd sets with `WatchdogSec=`.
+pub const WATCHDOG_USEC: &str = "WATCHDOG_USEC";
+/// The process the watchdog is meant for (a child that inherited the variables must not ping).
+pub const WATCHDOG_PID: &str = "WATCHDOG_PID";
+
+/// How often to send `WATCHDOG=1` when systemd asks for it (`WatchdogSec=`): a quarter of the
+/// interval, so a loaded machine that delays one ping by a whole period does not get the agent
+/// killed. `None` when the variables are absent, meant for another process, or unusable.
+#[must_use]
+pub fn watchdog_period() -> Option<Duration> {
+    if let Some(pid) = std::env::var_os(WATCHDOG_PID)
+        && pid.to_str().and_then(|p| p.parse::<u32>().ok()) != Some(std::process::id())
+    {
+        return None;
+    }
+    let usec: u64 = std::env::var(WATCHDOG_USEC).ok()?.parse().ok()?;
+    (usec > 0).then(|| Duration::from_micros(usec) / 4)
+}
+
+/// Send `WATCHDOG=1` every [`watchdog_period`] on the runtime, for as long as it runs (across
+/// SIGHUP restarts of the agent). A no-op without `WatchdogSec=`. Each ping shows systemd that the
+/// runtime's workers and timers run; an agent wedged past `WatchdogSec=` gets SIGABRT and is
+/// restarted (`Restart=always`), while its deadline has already fenced it.
+pub fn spawn_watchdog() {
+    let Some(period) = watchdog_period() else {
+        return;
+    };
+    let notifier = match Notifier::from_env() {
+        Ok(n) if n.is_enabled() => n,
+        Ok(_) => return,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot notify systemd; no watchdog pings");
+            return;
+        }
+    };
+    tracing::info!(period = ?period, "systemd watchdog: pinging");
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut failing = false;
+        loop {
+            tick.tick().await;
+            match notifier.watchdog() {
+                Ok(()) => failing = false,
+                Err(e) if !failing => {
+                    failing = true;
+                    tracing::warn!(error = %e, "cannot send the systemd watchdog ping");
+                }
+                Err(_) => {}
+            }
+        }
+    });
 }
 
 /// `KEY=VALUE\n...`, each value on one line.

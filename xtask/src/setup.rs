@@ -1,7 +1,8 @@
 //! `cargo xtask setup`: make a fresh Debian 12 machine able to build and test vip-agent.
 //!
-//! Idempotent: it asks dpkg and bpf-linker what is there and installs only what is missing, so a
-//! second run takes well under a second.
+//! Idempotent: it asks dpkg, bpf-linker and the cargo subcommands (cargo-fuzz, cargo-deb,
+//! cargo-generate-rpm, each pinned) what is there and installs only what is missing or of another
+//! version, so a second run takes well under a second.
 
 use std::process::Command;
 
@@ -91,6 +92,45 @@ const PACKAGES: &[(&str, &str)] = &[
         "nftables",
         "silent packet drops (partitions) in the end-to-end tests",
     ),
+    ("lintian", "the package test checks the .deb with it"),
+    ("rpm", "rpm -qip / -qlp: the package test inspects the .rpm"),
+    (
+        "haproxy",
+        "Debian's HAProxy, configured as Pigsty does, in front of the agents (haproxy test; its \
+         service is disabled after install)",
+    ),
+    (
+        "prometheus",
+        "promtool check rules for dist/prometheus (its server is disabled after install)",
+    ),
+    (
+        "libseccomp-dev",
+        "libseccomp for vip-sandbox, which applies the unit's SystemCallFilter= in the tests",
+    ),
+];
+
+/// Services that Debian starts when their package is installed and the tests only need the
+/// binaries of: stopped and disabled right after this setup installs them.
+const SERVICES_OFF: &[(&str, &str)] = &[
+    ("haproxy", "haproxy.service"),
+    ("prometheus", "prometheus.service"),
+];
+
+/// cargo subcommands, pinned, installed with `cargo install --locked`: (crate, version, the
+/// subcommand that prints `<crate> <version>` with `--version`, why).
+const CARGO_TOOLS: &[(&str, &str, &str, &str)] = &[
+    (
+        "cargo-deb",
+        "3.8.0",
+        "deb",
+        "the .deb of `cargo xtask package`",
+    ),
+    (
+        "cargo-generate-rpm",
+        "0.21.1",
+        "generate-rpm",
+        "the .rpm of `cargo xtask package`",
+    ),
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -107,8 +147,12 @@ pub(crate) fn run(check_only: bool) -> Result<()> {
         .collect();
     let linker_ok = bpf_linker_version().as_deref() == Some(BPF_LINKER_VERSION);
     let fuzz_ok = cargo_fuzz_version().as_deref() == Some(CARGO_FUZZ_VERSION);
+    let tools_missing: Vec<&(&str, &str, &str, &str)> = CARGO_TOOLS
+        .iter()
+        .filter(|(name, version, sub, _)| cargo_tool_version(name, sub).as_deref() != Some(version))
+        .collect();
 
-    if missing.is_empty() && linker_ok && fuzz_ok {
+    if missing.is_empty() && linker_ok && fuzz_ok && tools_missing.is_empty() {
         eprintln!("xtask setup: everything is installed");
         return Ok(());
     }
@@ -125,6 +169,9 @@ pub(crate) fn run(check_only: bool) -> Result<()> {
         }
         if !fuzz_ok {
             eprintln!("missing cargo-fuzz {CARGO_FUZZ_VERSION}");
+        }
+        for (name, version, _, why) in &tools_missing {
+            eprintln!("missing {name} {version}: {why}");
         }
         bail!("setup is incomplete: run `cargo xtask setup`");
     }
@@ -150,6 +197,13 @@ pub(crate) fn run(check_only: bool) -> Result<()> {
                 .args(&missing)
                 .env("DEBIAN_FRONTEND", "noninteractive"),
         )?;
+        if std::path::Path::new("/run/systemd/system").is_dir() {
+            for (package, service) in SERVICES_OFF {
+                if missing.contains(package) {
+                    run_cmd(Command::new("systemctl").args(["disable", "--now", service]))?;
+                }
+            }
+        }
     }
     if !linker_ok {
         eprintln!(
@@ -184,6 +238,22 @@ pub(crate) fn run(check_only: bool) -> Result<()> {
             other => {
                 bail!("cargo-fuzz install finished but `cargo fuzz --version` reports {other:?}")
             }
+        }
+    }
+    for (name, version, sub, _) in tools_missing {
+        eprintln!("xtask setup: installing {name} {version} (a few minutes)");
+        run_cmd(
+            Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into())).args([
+                "install",
+                name,
+                "--version",
+                version,
+                "--locked",
+            ]),
+        )?;
+        match cargo_tool_version(name, sub) {
+            Some(v) if v == *version => {}
+            other => bail!("{name} install finished but `cargo {sub} --version` reports {other:?}"),
         }
     }
     eprintln!("xtask setup: done");
@@ -231,6 +301,24 @@ fn cargo_fuzz_version() -> Option<String> {
         .split_whitespace()
         .nth(1)
         .map(str::to_owned)
+}
+
+/// The version a cargo subcommand reports: `cargo <sub> --version` prints `<name> <version>` (or
+/// `cargo-<sub> <version>`).
+fn cargo_tool_version(name: &str, sub: &str) -> Option<String> {
+    let out = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+        .args([sub, "--version"])
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut words = text.split_whitespace();
+    let first = words.next()?;
+    (first == name || first == format!("cargo-{sub}"))
+        .then(|| words.next().map(|v| v.trim_start_matches('v').to_owned()))
+        .flatten()
 }
 
 fn is_root() -> bool {
