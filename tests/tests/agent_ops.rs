@@ -929,6 +929,30 @@ fn start_with_caps(c: &mut Cluster, i: usize, caps: &BTreeSet<String>) {
     c.start_agent_with(i, &wrapper);
 }
 
+/// As systemd runs it from `unit`: setpriv with `caps` (capabilities, no_new_privs), then
+/// vip-sandbox with the unit's `SystemCallFilter=`, `SystemCallErrorNumber=`,
+/// `SystemCallArchitectures=` and `MemoryDenyWriteExecute=` (read from the file).
+fn start_under_unit(c: &mut Cluster, i: usize, caps: &BTreeSet<String>, unit: &Path) {
+    let mut wrapper = setpriv(caps);
+    wrapper.extend([
+        env!("CARGO_BIN_EXE_vip-sandbox").to_owned(),
+        unit.to_str().expect("UTF-8 path").to_owned(),
+        "--".to_owned(),
+    ]);
+    let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
+    c.start_agent_with(i, &wrapper);
+}
+
+/// The agent of node `i` runs under a seccomp filter (mode 2), as the unit's would.
+fn assert_seccomp_filtered(c: &mut Cluster, i: usize) {
+    let pid = c.agent(i).pid();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    assert!(
+        status.lines().any(|l| l == "Seccomp:\t2"),
+        "the agent runs under the unit's system call filter:\n{status}"
+    );
+}
+
 /// The capabilities in this process's bounding set.
 fn own_bounding_set() -> BTreeSet<String> {
     let status = std::fs::read_to_string("/proc/self/status").expect("proc status");
@@ -1030,13 +1054,23 @@ fn agent_works_with_exactly_the_units_capability_bounding_set() {
         "the unit's set (as grantable here) {caps:?} lacks part of {MINIMAL:?}"
     );
     eprintln!("unit CapabilityBoundingSet as tested: {caps:?}");
+    // The unit's system call filter and MemoryDenyWriteExecute= too (vip-sandbox), so the rest of
+    // its hardening is proven here with the capabilities.
+    let unit = unit_file("vip-agent.service");
     let mut c = Cluster::new(63, 2, &vip_tests::agent_binary(), "");
     for i in 0..2 {
-        start_with_caps(&mut c, i, &caps);
+        start_under_unit(&mut c, i, &caps, &unit);
     }
     c.wait_running();
     for i in 0..2 {
         assert_process_caps(&mut c, i, &caps);
+        assert_seccomp_filtered(&mut c, i);
+        assert!(
+            c.log(i).contains("system calls allowed")
+                && c.log(i).contains("MemoryDenyWriteExecute=yes"),
+            "{}",
+            c.log(i)
+        );
         assert!(
             c.log(i).contains("attached the XDP program"),
             "{}",
@@ -1078,7 +1112,7 @@ fn agent_works_with_exactly_the_units_capability_bounding_set() {
     // A restart (systemd's Restart=always) adopts the pinned program with the same set.
     c.kill_agent(0);
     let from = c.log(0).len();
-    start_with_caps(&mut c, 0, &caps);
+    start_under_unit(&mut c, 0, &caps, &unit);
     wait_running_since(&c, 0, from);
     assert!(
         c.log(0)[from..].contains("adopted the pinned XDP program"),
@@ -1086,6 +1120,7 @@ fn agent_works_with_exactly_the_units_capability_bounding_set() {
         c.log(0)
     );
     assert_process_caps(&mut c, 0, &caps);
+    assert_seccomp_filtered(&mut c, 0);
     release(&c, "node2");
     acquire(&c, "node1", l1);
     eventually(
@@ -1107,6 +1142,30 @@ fn agent_works_with_exactly_the_units_capability_bounding_set() {
         !refused(&log),
         "nothing is refused with the unit's set: {log}"
     );
+
+    // The filter bites: without `bpf` in SystemCallFilter= the agent cannot even open its pins.
+    let dir = std::env::temp_dir().join(format!("vip-ops-unit-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let no_bpf = dir.join("vip-agent.service");
+    let text = std::fs::read_to_string(&unit).expect("read the unit");
+    let filter = "SystemCallFilter=@system-service bpf\n";
+    assert!(text.contains(filter), "the unit's filter line: {filter}");
+    std::fs::write(
+        &no_bpf,
+        text.replace(filter, "SystemCallFilter=@system-service\n"),
+    )
+    .expect("write the unit without bpf");
+    let from = c.log(0).len();
+    start_under_unit(&mut c, 0, &caps, &no_bpf);
+    let status = c
+        .agent(0)
+        .wait_timeout(Duration::from_secs(20))
+        .expect("without bpf() the agent must exit");
+    drop(std::fs::remove_dir_all(&dir));
+    let log = c.log(0)[from..].to_owned();
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert!(refused(&log), "the error names the refusal: {log}");
+    assert!(!log.contains("vip-agent running"), "{log}");
 }
 
 #[test]

@@ -84,10 +84,25 @@ fn install(dir: &Path, file_name: &str, text: &str, exec: &str) {
 
 /// Runs `systemd-analyze verify` on `unit`: an error on a non-zero exit or on any diagnostic that
 /// names one of our units (a warning such as an unknown key does not change the exit status).
+/// `Documentation=man:vip-agent(8)` is checked too (systemd-analyze runs `man`): the pages this
+/// build generates (`vip-agent generate man`, what the packages ship) go to `dir/man`, the only
+/// MANPATH the check sees.
 fn verify(analyze: &Path, dir: &Path, unit: &str) -> Result<(), String> {
+    let man = dir.join("man");
+    let man8 = man.join("man8");
+    if !man8.is_dir() {
+        fs::create_dir_all(&man8).unwrap_or_else(|e| panic!("{}: {e}", man8.display()));
+        let out = Command::new(AGENT)
+            .args(["generate", "man", "--out"])
+            .arg(&man8)
+            .output()
+            .unwrap_or_else(|e| panic!("run {AGENT} generate man: {e}"));
+        assert!(out.status.success(), "vip-agent generate man: {out:?}");
+    }
     let output = Command::new(analyze)
         .arg("verify")
         .arg(dir.join(unit))
+        .env("MANPATH", &man)
         .output()
         .unwrap_or_else(|e| panic!("run {}: {e}", analyze.display()));
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -213,4 +228,89 @@ fn systemd_template_has_the_same_service_settings() {
         service_section(&unit("vip-agent.service")),
         service_section(&unit("vip-agent@.service"))
     );
+}
+
+/// Pigsty's `roles/pgsql/templates/vip-manager.svc`, which its playbooks render to
+/// /etc/systemd/system/vip-manager.service (no template variables in it).
+const PIGSTY_UNIT: &str = "\
+[Unit]
+Description=Manages Virtual IP for Patroni
+Documentation=https://github.com/cybertec-postgresql/vip-manager
+After=network-online.target
+Before=patroni.service
+
+[Service]
+Type=simple
+ExecStart=/usr/bin/vip-manager --config=/etc/default/vip-manager.yml
+Restart=on-failure
+RestartSec=5s
+CPUQuota=10%
+
+[Install]
+WantedBy=multi-user.target";
+
+const DROP_IN: &str = "vip-manager.service.d/vip-agent.conf";
+
+/// Pigsty's unit (ExecStart= pointed at an executable that exists) and `drop_in` as its drop-in.
+fn install_pigsty(dir: &Path, drop_in: &str) {
+    let unit = PIGSTY_UNIT.replace("/usr/bin/vip-manager", "/bin/true");
+    fs::write(dir.join("vip-manager.service"), unit).expect("write Pigsty's unit");
+    fs::create_dir_all(dir.join("vip-manager.service.d")).expect("drop-in directory");
+    install(
+        &dir.join("vip-manager.service.d"),
+        "vip-agent.conf",
+        drop_in,
+        SERVICE_EXEC,
+    );
+}
+
+#[test]
+fn pigsty_drop_in_passes_systemd_analyze_verify() {
+    let Some(analyze) = systemd_analyze("pigsty_drop_in_passes_systemd_analyze_verify") else {
+        return;
+    };
+    let dir = TempDir::new();
+    install_pigsty(&dir.0, &unit(DROP_IN));
+    if let Err(e) = verify(&analyze, &dir.0, "vip-manager.service") {
+        panic!("{e}");
+    }
+    // The drop-in is read: a broken one fails the same check.
+    let dir = TempDir::new();
+    let broken = unit(DROP_IN).replacen("\n[Service]\n", "\n[Service]\nNoSuchKey=yes\n", 1);
+    install_pigsty(&dir.0, &broken);
+    let e = verify(&analyze, &dir.0, "vip-manager.service").unwrap_err();
+    assert!(e.contains("NoSuchKey"), "{e}");
+}
+
+#[test]
+fn pigsty_drop_in_makes_vip_manager_service_the_agent() {
+    let drop_in = unit(DROP_IN);
+    // Pigsty's ExecStart=, Restart= and CPUQuota= are replaced or reset; the agent's command.
+    assert_eq!(
+        values(&drop_in, "ExecStart"),
+        ["", &SERVICE_EXEC["ExecStart=".len()..]]
+    );
+    assert_eq!(values(&drop_in, "CPUQuota"), [""]);
+    assert_eq!(values(&drop_in, "Documentation")[0], "");
+    assert_eq!(values(&drop_in, "Conflicts"), ["vip-agent.service"]);
+    // Every other [Service] setting is vip-agent.service's: the hardening cannot drift.
+    let service = |text: &str| -> Vec<String> {
+        let start = text.find("\n[Service]\n").expect("a [Service] section");
+        let end = text[start + 1..]
+            .find("\n[")
+            .map_or(text.len(), |e| start + 1 + e);
+        settings(&text[start..end])
+            .into_iter()
+            .filter(|(k, _)| !["ExecStart", "CPUQuota"].contains(k))
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect()
+    };
+    assert_eq!(service(&drop_in), service(&unit("vip-agent.service")));
+    for key in ["StartLimitIntervalSec", "AssertPathIsMountPoint"] {
+        assert_eq!(
+            values(&drop_in, key),
+            values(&unit("vip-agent.service"), key),
+            "{key}"
+        );
+    }
 }
