@@ -1,5 +1,7 @@
-//! `cargo xtask package` builds a Debian package that has what it says, installs into a throwaway
-//! root and runs there.
+//! `cargo xtask package` builds a Debian package (cargo-deb) and an RPM (cargo-generate-rpm) that
+//! have what they say: lintian finds no error or warning in the .deb (overrides only with a written
+//! reason), `rpm -qip`/`-qlp` show the RPM's fields, files, config files and scriptlets, and the
+//! .deb installs into a throwaway root and runs there.
 //!
 //! Slow on a cold target directory: it runs `cargo xtask package`, which makes a release build of
 //! vip-agent (minutes on a 2-core machine; seconds when `cargo xtask demo`, `bench` or an earlier
@@ -68,8 +70,9 @@ fn read(path: &Path) -> String {
     fs::read_to_string(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
 }
 
-/// `cargo xtask package`, with the cargo that runs this test; returns the `.deb` it printed.
-fn build_package() -> PathBuf {
+/// `cargo xtask package`, with the cargo that runs this test; returns the `.deb` and the `.rpm` it
+/// printed.
+fn build_packages() -> (PathBuf, PathBuf) {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(WORKSPACE).args(["xtask", "package"]);
@@ -81,14 +84,14 @@ fn build_package() -> PathBuf {
         out.status
     );
     let stdout = String::from_utf8(out.stdout).expect("UTF-8 stdout");
-    // The one line on stdout is the package's path; progress went to stderr.
+    // The lines on stdout are the packages' paths; progress went to stderr.
     let lines: Vec<&str> = stdout.lines().collect();
-    assert_eq!(lines.len(), 1, "stdout: {stdout}\nstderr: {stderr}");
+    assert_eq!(lines.len(), 2, "stdout: {stdout}\nstderr: {stderr}");
     assert!(
         stderr.contains("xtask package: generating the man pages"),
         "the long steps say what they do:\n{stderr}"
     );
-    PathBuf::from(lines[0])
+    (PathBuf::from(lines[0]), PathBuf::from(lines[1]))
 }
 
 /// Writes `script` with every `(from, to)` replacement applied (each must occur) and mode 0755.
@@ -124,11 +127,11 @@ fn calls(fake: &Path) -> Vec<String> {
 
 #[test]
 fn package_builds_installs_and_runs() {
-    let deb = build_package();
+    let (deb, rpm) = build_packages();
     let arch = run_ok(Command::new("dpkg").arg("--print-architecture"));
     assert_eq!(
         deb.file_name().and_then(|n| n.to_str()),
-        Some(format!("vip-agent_{VERSION}_{}.deb", arch.trim()).as_str())
+        Some(format!("vip-agent_{VERSION}-1_{}.deb", arch.trim()).as_str())
     );
     assert!(
         deb.parent().is_some_and(|d| d.ends_with("target/debian")),
@@ -143,7 +146,7 @@ fn package_builds_installs_and_runs() {
             .to_owned()
     };
     assert_eq!(field("Package"), "vip-agent");
-    assert_eq!(field("Version"), VERSION);
+    assert_eq!(field("Version"), format!("{VERSION}-1"));
     assert_eq!(field("Architecture"), arch.trim());
     let depends = field("Depends");
     assert!(depends.starts_with("libc6 (>= 2."), "Depends: {depends}");
@@ -162,8 +165,8 @@ fn package_builds_installs_and_runs() {
     };
     for (path, mode) in [
         ("usr/bin/vip-agent", "-rwxr-xr-x"),
-        ("lib/systemd/system/vip-agent.service", "-rw-r--r--"),
-        ("lib/systemd/system/vip-agent@.service", "-rw-r--r--"),
+        ("usr/lib/systemd/system/vip-agent.service", "-rw-r--r--"),
+        ("usr/lib/systemd/system/vip-agent@.service", "-rw-r--r--"),
         ("etc/vip-agent/vip-agent.yml", "-rw-r-----"),
         ("usr/share/man/man8/vip-agent.8.gz", "-rw-r--r--"),
         ("usr/share/man/man8/vip-agent-status.8.gz", "-rw-r--r--"),
@@ -177,7 +180,20 @@ fn package_builds_installs_and_runs() {
             "-rw-r--r--",
         ),
         ("usr/share/doc/vip-agent/copyright", "-rw-r--r--"),
+        ("usr/share/doc/vip-agent/changelog.Debian.gz", "-rw-r--r--"),
         ("usr/share/doc/vip-agent/README.md", "-rw-r--r--"),
+        (
+            "usr/share/doc/vip-agent/examples/vip-manager.service.d/vip-agent.conf",
+            "-rw-r--r--",
+        ),
+        (
+            "usr/share/doc/vip-agent/examples/grafana/vip-agent.json",
+            "-rw-r--r--",
+        ),
+        (
+            "usr/share/doc/vip-agent/examples/prometheus/vip-agent.rules.yml",
+            "-rw-r--r--",
+        ),
         (
             "usr/share/doc/vip-agent/examples/pigsty-vip-manager.yml",
             "-rw-r--r--",
@@ -185,7 +201,11 @@ fn package_builds_installs_and_runs() {
     ] {
         let line = entry(path);
         assert!(line.starts_with(mode), "{path}: {line}");
-        assert!(line.contains(" root/root "), "{path}: {line}");
+        // Owned by root: names (dpkg-deb --root-owner-group) or numbers (cargo-deb).
+        assert!(
+            line.contains(" root/root ") || line.contains(" 0/0 "),
+            "{path}: {line}"
+        );
     }
     assert!(
         !listing.contains("vip-agent-help.8") && !listing.contains("generate"),
@@ -204,12 +224,16 @@ fn package_builds_installs_and_runs() {
     let ws = Path::new(WORKSPACE);
     for (shipped, source) in [
         (
-            "lib/systemd/system/vip-agent.service",
+            "usr/lib/systemd/system/vip-agent.service",
             "dist/systemd/vip-agent.service",
         ),
         (
-            "lib/systemd/system/vip-agent@.service",
+            "usr/lib/systemd/system/vip-agent@.service",
             "dist/systemd/vip-agent@.service",
+        ),
+        (
+            "usr/share/doc/vip-agent/examples/vip-manager.service.d/vip-agent.conf",
+            "dist/systemd/vip-manager.service.d/vip-agent.conf",
         ),
         ("etc/vip-agent/vip-agent.yml", "dist/vip-agent.yml"),
         ("usr/share/doc/vip-agent/README.md", "README.md"),
@@ -254,12 +278,157 @@ fn package_builds_installs_and_runs() {
         "bash completion"
     );
 
+    let changelog = run_ok(
+        Command::new("gzip")
+            .arg("-dc")
+            .arg(installed("usr/share/doc/vip-agent/changelog.Debian.gz")),
+    );
+    assert!(
+        changelog.starts_with(&format!("vip-agent ({VERSION}-1) ")),
+        "the changelog's first entry is this version: {changelog}"
+    );
+
+    lintian_is_clean(&deb);
     maintainer_scripts(&deb);
+    rpm_inspects(&rpm);
     example_config_checks(&agent, &installed("etc/vip-agent/vip-agent.yml"));
 }
 
-/// DEBIAN/: the conffile, and what the maintainer scripts run, with systemctl and vip-agent
-/// replaced by fakes that log their calls and the paths they test pointed at temp dirs.
+/// lintian: no error and no warning. Overrides live in the package
+/// (/usr/share/lintian/overrides/vip-agent), each under a comment that gives its reason.
+fn lintian_is_clean(deb: &Path) {
+    let out = run(Command::new("lintian")
+        .args(["--fail-on", "error,warning", "--display-info"])
+        .arg(deb));
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("lintian {}:\n{report}", deb.display());
+    assert!(out.status.success(), "lintian fails the .deb:\n{report}");
+    for line in report.lines() {
+        assert!(
+            !line.starts_with("E: ") && !line.starts_with("W: "),
+            "lintian: {line}"
+        );
+    }
+    // Every override has a written reason: a comment line right above it.
+    let overrides = TempDir::new("overrides");
+    run_ok(
+        Command::new("dpkg-deb")
+            .arg("-x")
+            .arg(deb)
+            .arg(overrides.path()),
+    );
+    let file = overrides
+        .path()
+        .join("usr/share/lintian/overrides/vip-agent");
+    if let Ok(text) = fs::read_to_string(&file) {
+        let lines: Vec<&str> = text.lines().collect();
+        for (i, line) in lines.iter().enumerate() {
+            if line.trim().is_empty() || line.starts_with('#') {
+                continue;
+            }
+            assert!(
+                i > 0 && lines[i - 1].starts_with("# ") && lines[i - 1].len() > 20,
+                "lintian override without a reason above it: {line}"
+            );
+        }
+    }
+}
+
+/// The RPM, inspected with Debian's rpm: its header, files, config files and scriptlets.
+fn rpm_inspects(rpm: &Path) {
+    let arch = std::env::consts::ARCH;
+    assert_eq!(
+        rpm.file_name().and_then(|n| n.to_str()),
+        Some(format!("vip-agent-{VERSION}-1.{arch}.rpm").as_str())
+    );
+    let rpm_q = |args: &[&str]| run_ok(Command::new("rpm").args(args).arg(rpm));
+    let info = rpm_q(&["-qip"]);
+    let field = |name: &str| -> String {
+        info.lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                (k.trim() == name).then(|| v.trim().to_owned())
+            })
+            .unwrap_or_else(|| panic!("no {name} in rpm -qip:\n{info}"))
+    };
+    assert_eq!(field("Name"), "vip-agent", "{info}");
+    assert_eq!(field("Version"), VERSION, "{info}");
+    assert_eq!(field("Release"), "1", "{info}");
+    assert_eq!(field("Architecture"), arch, "{info}");
+    assert_eq!(field("License"), "MIT OR Apache-2.0", "{info}");
+    assert!(field("Summary").contains("XDP"), "{info}");
+
+    let files = rpm_q(&["-qlp"]);
+    for path in [
+        "/usr/bin/vip-agent",
+        "/usr/lib/systemd/system/vip-agent.service",
+        "/usr/lib/systemd/system/vip-agent@.service",
+        "/etc/vip-agent/vip-agent.yml",
+        "/usr/share/man/man8/vip-agent.8.gz",
+        "/usr/share/man/man8/vip-agent-status.8.gz",
+        "/usr/share/bash-completion/completions/vip-agent",
+        "/usr/share/zsh/site-functions/_vip-agent",
+        "/usr/share/fish/vendor_completions.d/vip-agent.fish",
+        "/usr/share/licenses/vip-agent/copyright",
+        "/usr/share/doc/vip-agent/README.md",
+        "/usr/share/doc/vip-agent/examples/vip-manager.service.d/vip-agent.conf",
+    ] {
+        assert!(
+            files.lines().any(|l| l == path),
+            "{path} not in the RPM:\n{files}"
+        );
+    }
+    // Modes and owners (rpm -qlvp: ls -l style).
+    let long = rpm_q(&["-qlvp"]);
+    let mode = |path: &str| -> String {
+        long.lines()
+            .find(|l| l.ends_with(&format!(" {path}")))
+            .unwrap_or_else(|| panic!("{path} in rpm -qlvp:\n{long}"))
+            .to_owned()
+    };
+    assert!(
+        mode("/usr/bin/vip-agent").starts_with("-rwxr-xr-x"),
+        "{long}"
+    );
+    let config = mode("/etc/vip-agent/vip-agent.yml");
+    assert!(config.starts_with("-rw-r-----"), "{config}");
+    assert!(config.contains(" root "), "{config}");
+    // The configuration is %config(noreplace); the units are not configuration.
+    let configs = rpm_q(&["-qcp"]);
+    assert_eq!(configs.trim(), "/etc/vip-agent/vip-agent.yml", "{configs}");
+    let docs = rpm_q(&["-qdp"]);
+    assert!(
+        docs.contains("/usr/share/man/man8/vip-agent.8.gz"),
+        "{docs}"
+    );
+
+    // Scriptlets: daemon-reload after install; on removal ($1 = 0) stop and detach, as the .deb.
+    let scripts = rpm_q(&["-qp", "--scripts"]);
+    assert!(scripts.contains("postinstall scriptlet"), "{scripts}");
+    assert!(scripts.contains("daemon-reload"), "{scripts}");
+    assert!(scripts.contains("preuninstall scriptlet"), "{scripts}");
+    assert!(
+        scripts.contains("/usr/bin/vip-agent detach --interface"),
+        "{scripts}"
+    );
+    assert!(scripts.contains("rm -rf /var/lib/vip-agent"), "{scripts}");
+    for verb in ["enable", "start ", "restart"] {
+        assert!(
+            !scripts.contains(&format!("systemctl {verb}")),
+            "nothing is enabled or started: {scripts}"
+        );
+    }
+    let requires = rpm_q(&["-qp", "--requires"]);
+    assert!(requires.contains("libc.so.6"), "{requires}");
+}
+
+/// DEBIAN/: the conffile, and what the maintainer scripts run, with systemctl, deb-systemd-helper,
+/// deb-systemd-invoke and vip-agent replaced by fakes that log their calls and the paths they test
+/// pointed at temp dirs.
 fn maintainer_scripts(deb: &Path) {
     let control = TempDir::new("control");
     run_ok(
@@ -272,25 +441,32 @@ fn maintainer_scripts(deb: &Path) {
         read(&control.path().join("conffiles")),
         "/etc/vip-agent/vip-agent.yml\n"
     );
-    let md5sums = read(&control.path().join("md5sums"));
-    assert!(md5sums.contains("  usr/bin/vip-agent\n"), "{md5sums}");
-    assert!(
-        !md5sums.contains("etc/vip-agent"),
-        "conffiles have no md5sums line"
-    );
 
     let work = TempDir::new("scripts");
     let bin = work.path().join("bin");
     fs::create_dir_all(&bin).expect("fake bin dir");
     let systemctl = fake(&bin, "systemctl");
+    // deb-systemd-helper on a fresh install: the unit was never installed nor enabled before.
+    let helper = fake(&bin, "deb-systemd-helper");
+    let log = format!("{}.log", helper.display());
+    fs::write(
+        &helper,
+        format!(
+            "#!/bin/sh\necho \"$*\" >> '{log}'\n\
+             case \"$*\" in *debian-installed*|*was-enabled*) exit 1;; esac\n"
+        ),
+    )
+    .expect("write the fake deb-systemd-helper");
+    let invoke = fake(&bin, "deb-systemd-invoke");
     let agent = fake(&bin, "vip-agent");
     let booted = work.path().join("run-systemd-system");
     fs::create_dir_all(&booted).expect("fake /run/systemd/system");
-    let not_booted = work.path().join("no-systemd");
     let pins = work.path().join("pins");
     for iface in ["eth0", "eth1"] {
         fs::create_dir_all(pins.join(iface)).expect("fake pin dir");
     }
+    let state = work.path().join("var-lib-vip-agent");
+    fs::create_dir_all(&state).expect("fake /var/lib/vip-agent");
     let path = format!(
         "{}:{}",
         bin.display(),
@@ -308,44 +484,50 @@ fn maintainer_scripts(deb: &Path) {
 
     for name in ["postinst", "prerm", "postrm"] {
         run_ok(Command::new("sh").arg("-n").arg(control.path().join(name)));
-        // Never enable, start or restart anything: systemctl only reloads or stops.
+        assert!(
+            !script(name).contains("#DEBHELPER#"),
+            "{name}: the token is replaced"
+        );
+        // Never enable, start or restart anything: systemctl only reloads; starting and stopping
+        // go through deb-systemd-invoke (policy-rc.d), which only stops.
         for line in script(name).lines() {
             let code = line.split('#').next().unwrap_or_default();
-            let verb = code
-                .split_whitespace()
-                .skip_while(|w| *w != "systemctl")
-                .nth(1);
+            let verb = |tool: &str| code.split_whitespace().skip_while(|w| *w != tool).nth(1);
             assert!(
-                verb.is_none_or(|v| v == "daemon-reload" || v == "stop"),
+                verb("systemctl").is_none_or(|v| v == "daemon-reload" || v == "--system"),
+                "{name}: {line}"
+            );
+            assert!(
+                verb("deb-systemd-invoke").is_none_or(|v| v == "stop"),
                 "{name}: {line}"
             );
         }
     }
 
-    // postinst: daemon-reload on configure, only where systemd runs.
     let booted_s = booted.display().to_string();
-    let not_booted_s = not_booted.display().to_string();
+    let pins_s = pins.display().to_string();
+    let agent_s = agent.display().to_string();
+    let state_s = state.display().to_string();
+
+    // postinst: daemon-reload on configure; the debhelper fragment records the unit for purge
+    // and enables nothing that was not enabled before.
     let postinst = rewritten(
         work.path(),
-        "postinst-booted",
+        "postinst",
         &script("postinst"),
         &[("/run/systemd/system", &booted_s)],
     );
     run_script(&postinst, "configure");
     assert_eq!(calls(&systemctl), ["daemon-reload"]);
-    let postinst = rewritten(
-        work.path(),
-        "postinst-not-booted",
-        &script("postinst"),
-        &[("/run/systemd/system", &not_booted_s)],
+    assert!(
+        calls(&helper).iter().all(|c| !c.starts_with("enable")),
+        "{:?}",
+        calls(&helper)
     );
-    run_script(&postinst, "configure");
-    assert_eq!(calls(&systemctl), ["daemon-reload"], "no systemd, no call");
+    assert!(calls(&invoke).is_empty(), "postinst starts nothing");
 
-    // prerm: an upgrade stops nothing; a removal stops every agent and detaches every pinned
-    // interface.
-    let pins_s = pins.display().to_string();
-    let agent_s = agent.display().to_string();
+    // prerm: an upgrade stops nothing; a removal stops every agent (vip-agent.service through the
+    // debhelper fragment, the template's instances by glob) and detaches every pinned interface.
     let prerm = rewritten(
         work.path(),
         "prerm",
@@ -360,19 +542,12 @@ fn maintainer_scripts(deb: &Path) {
         ],
     );
     run_script(&prerm, "upgrade");
-    assert_eq!(
-        calls(&systemctl),
-        ["daemon-reload"],
-        "upgrade stops nothing"
-    );
+    assert!(calls(&invoke).is_empty(), "upgrade stops nothing");
     assert!(calls(&agent).is_empty(), "upgrade detaches nothing");
     run_script(&prerm, "remove");
     assert_eq!(
-        calls(&systemctl),
-        [
-            "daemon-reload",
-            "stop vip-agent.service vip-agent@*.service"
-        ]
+        calls(&invoke),
+        ["stop vip-agent.service", "stop vip-agent@*.service"]
     );
     assert_eq!(
         calls(&agent),
@@ -380,6 +555,28 @@ fn maintainer_scripts(deb: &Path) {
             format!("detach --interface eth0 --pin-path {pins_s}"),
             format!("detach --interface eth1 --pin-path {pins_s}"),
         ]
+    );
+
+    // postrm: remove keeps the state; purge removes /var/lib/vip-agent.
+    let postrm = rewritten(
+        work.path(),
+        "postrm",
+        &script("postrm"),
+        &[
+            ("/run/systemd/system", &booted_s),
+            ("rm -rf /var/lib/vip-agent", &format!("rm -rf {state_s}")),
+            // The fragment tests for the real helper by path: never let it touch this host.
+            ("/usr/bin/deb-systemd-helper", &helper.display().to_string()),
+        ],
+    );
+    run_script(&postrm, "remove");
+    assert!(state.is_dir(), "remove keeps /var/lib/vip-agent");
+    run_script(&postrm, "purge");
+    assert!(!state.exists(), "purge removes /var/lib/vip-agent");
+    let helped = calls(&helper);
+    assert!(
+        helped.iter().any(|c| c.starts_with("purge ")),
+        "purge forgets the unit's enablement state: {helped:?}"
     );
 }
 

@@ -6,7 +6,7 @@
 //!   this);
 //! * `fuzz`: the cargo-fuzz targets in fuzz/, for longer (see fuzz.rs);
 //! * `soak`: the fault suite for longer, writing RELIABILITY.md;
-//! * `package`: a Debian package (`target/debian/vip-agent_<version>_<arch>.deb`).
+//! * `package`: a Debian package and an RPM (`target/debian/`, `target/generate-rpm/`).
 
 use std::{
     path::{Path, PathBuf},
@@ -107,8 +107,9 @@ enum Task {
         #[arg(long)]
         out: Option<PathBuf>,
     },
-    /// Build target/debian/vip-agent_<version>_<arch>.deb: binary, systemd units, example config,
-    /// man pages, completions (dpkg-deb; prints the path of the package on stdout).
+    /// Build target/debian/vip-agent_<version>-1_<arch>.deb (cargo-deb) and
+    /// target/generate-rpm/vip-agent-<version>-1.<arch>.rpm (cargo-generate-rpm): binary, systemd
+    /// units, example config, man pages, completions, changelog; prints both paths on stdout.
     Package,
     /// The fault suite (tests/src/chaos.rs) for longer than `test` runs it; writes RELIABILITY.md
     /// (fails when any invariant was violated).
@@ -216,7 +217,7 @@ fn run(cli: Cli) -> Result<()> {
             bench(&args, out)
         }
         Task::Test { args } => test(&args),
-        Task::Package => package::run().map(|_| ()),
+        Task::Package => package::run(),
         Task::Fuzz { seconds, target } => fuzz::run(seconds, target.as_deref()),
         Task::Soak {
             minutes,
