@@ -418,7 +418,8 @@ fn event_under_sudo_refuses_config_and_socket_choices() {
     let dir = TempDir::new();
     let socket = dir.path().join("other.sock");
     let socket = socket.to_str().expect("UTF-8 path");
-    let cases: [(&[&str], &[(&str, &str)], &str); 3] = [
+    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+    let cases: [Case; 3] = [
         (
             &[
                 "event",
