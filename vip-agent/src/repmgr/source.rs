@@ -209,36 +209,51 @@ pub fn load_state(path: &Path, node_id: u32) -> Option<Role> {
 }
 
 /// Persist `role` atomically: a temporary file in the same directory, fsync, rename, fsync the
-/// directory. A crash leaves the old file or the new one, never a torn one.
+/// directory. A crash leaves the old file or the new one, never a torn one. As keepalived does
+/// since CVE-2018-19044: the temporary name is unpredictable and created exclusively
+/// (`O_EXCL | O_NOFOLLOW`, mode 0600), so nothing planted in the directory is written through,
+/// and a directory created here is 0700.
 ///
 /// # Errors
 /// The failed step.
 pub fn save_state(path: &Path, node_id: u32, role: Role, event: &str) -> io::Result<()> {
     use std::io::Write as _;
+    use std::os::unix::fs::DirBuilderExt as _;
     let dir = path
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
-    let mut tmp_name = path.file_name().unwrap_or_default().to_owned();
-    tmp_name.push(".tmp");
-    let tmp = dir.join(tmp_name);
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
     let body = format!(
         "# vip-agent repmgr state: the last role event accepted (written atomically)\n\
          node_id={node_id}\nrole={}\nevent={event}\n",
         role.as_str()
     );
-    {
-        let mut f = std::fs::OpenOptions::new()
+    let (tmp, mut f) = loop {
+        let mut tmp_name = path.file_name().unwrap_or_default().to_owned();
+        tmp_name.push(format!(".{:016x}.tmp", fastrand::u64(..)));
+        let tmp = dir.join(tmp_name);
+        match std::fs::OpenOptions::new()
             .write(true)
-            .create(true)
-            .truncate(true)
+            .create_new(true)
             .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(body.as_bytes())?;
-        f.sync_all()?;
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&tmp)
+        {
+            Ok(f) => break (tmp, f),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+    };
+    let written = f.write_all(body.as_bytes()).and_then(|()| f.sync_all());
+    drop(f);
+    if let Err(e) = written.and_then(|()| std::fs::rename(&tmp, path)) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
     }
-    std::fs::rename(&tmp, path)?;
     std::fs::File::open(dir)?.sync_all()
 }
 
@@ -804,13 +819,41 @@ mod tests {
         assert_eq!(load_state(&path, 4), Some(Role::NotPrimary));
         let mode = std::fs::metadata(&path).expect("stat").permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
-        assert!(
-            !dir.join("sub").join("state.tmp").exists(),
-            "no temporary file left"
-        );
+        let left: Vec<_> = std::fs::read_dir(dir.join("sub"))
+            .expect("list")
+            .filter_map(Result::ok)
+            .map(|e| e.file_name())
+            .filter(|n| n != "state")
+            .collect();
+        assert!(left.is_empty(), "temporary files left: {left:?}");
         std::fs::write(&path, "garbage").expect("write");
         assert_eq!(load_state(&path, 4), None);
         assert_eq!(load_state(&dir.join("absent"), 4), None);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// keepalived's CVE-2018-19044 pattern: a link planted at a predictable temporary name must
+    /// not make root write through it, and a directory the agent creates is private (issue 16,
+    /// item 12).
+    #[test]
+    fn the_state_file_is_not_written_through_a_planted_link() {
+        let dir = std::env::temp_dir().join(format!("vip-repmgr-link-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let path = dir.join("sub").join("state");
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let victim = dir.join("victim");
+        std::fs::write(&victim, "precious\n").expect("write victim");
+        save_state(&path, 4, Role::Primary, "standby_promote").expect("save");
+        let sub_mode = std::fs::metadata(dir.join("sub")).expect("stat").permissions().mode();
+        assert_eq!(sub_mode & 0o077, 0, "created directory mode {sub_mode:o}");
+        std::os::unix::fs::symlink(&victim, dir.join("sub").join("state.tmp")).expect("plant");
+        save_state(&path, 4, Role::NotPrimary, "node_rejoin").expect("save beside the link");
+        assert_eq!(
+            std::fs::read_to_string(&victim).expect("read victim"),
+            "precious\n",
+            "written through the link"
+        );
+        assert_eq!(load_state(&path, 4), Some(Role::NotPrimary));
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
