@@ -564,8 +564,12 @@ impl HostCheck<'_> {
         if !self.owned_directory(&path, "the pin directory") {
             return;
         }
-        let interfaces: BTreeSet<String> =
-            self.config.vips.iter().map(|v| v.interface.clone()).collect();
+        let interfaces: BTreeSet<String> = self
+            .config
+            .vips
+            .iter()
+            .map(|v| v.interface.clone())
+            .collect();
         for interface in interfaces {
             if !self.owned_directory(&path.join(&interface), "the interface's pin directory") {
                 return;

@@ -1325,7 +1325,10 @@ fn host_pin_path_refuses_symlinks_and_writable_directories() {
     std::os::unix::fs::symlink(&dir.0, real.join("eth0")).expect("symlink");
     let e = host_err(&ok(&min_with(&format!("pin-path: {}", real.display()))), &f);
     let msg = error_for(&e, "pin-path").to_string();
-    assert!(msg.contains("eth0") && msg.contains("symbolic link"), "{msg}");
+    assert!(
+        msg.contains("eth0") && msg.contains("symbolic link"),
+        "{msg}"
+    );
 }
 
 /// repmgr mode trusts the local PostgreSQL's word; a socket directory every user can write lets

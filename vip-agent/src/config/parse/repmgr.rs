@@ -505,7 +505,10 @@ mod tests {
                 "unix socket",
             ),
             (
-                BASE.replace("host=/var/run/postgresql", "host=/var/run/postgresql,localhost"),
+                BASE.replace(
+                    "host=/var/run/postgresql",
+                    "host=/var/run/postgresql,localhost",
+                ),
                 "postgres-dsn",
                 "unix socket",
             ),
