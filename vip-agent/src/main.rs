@@ -71,6 +71,7 @@ fn run(args: &ConfigArgs) -> Result<()> {
 
 fn validate(config: &config::Config) -> Result<()> {
     config.log_notices();
+    vip_agent::clock::check_shared_with_bpf()?;
     for notice in config.validate_host()? {
         notice.log();
     }

@@ -478,3 +478,47 @@ impl Drop for TempDir {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// In a time namespace, CLOCK_MONOTONIC carries an offset bpf_ktime_get_ns() does not: every
+/// deadline would be off by it, so the agent refuses to run (issue 16, item 16).
+#[test]
+fn the_daemon_refuses_a_time_namespace_with_a_monotonic_offset() {
+    if !nix::unistd::geteuid().is_root() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI=true: this test needs root (a time namespace)"
+        );
+        eprintln!("SKIPPED: creating a time namespace needs root");
+        return;
+    }
+    // An interface that does not exist, in an empty network namespace: without the clock check
+    // the agent stops at the host checks, and it can never touch the host's network.
+    let dir = TempDir::new();
+    let config = dir.path().join("vip.yml");
+    std::fs::write(
+        &config,
+        "ip: 10.0.0.10\nnetmask: 24\ninterface: vipnone0\ntrigger-key: /service/pg/leader\n\
+         trigger-value: node-a\ndcs-endpoints: http://127.0.0.1:2379\n",
+    )
+    .expect("write the config");
+    let out = Command::new("unshare")
+        .args([
+            "--net",
+            "--time",
+            "--monotonic",
+            "3600",
+            "--fork",
+            "--",
+            AGENT,
+        ])
+        .args(["run", "--config", config.to_str().expect("UTF-8 path")])
+        .env_remove("VIP_AGENT_LOG")
+        .output()
+        .expect("run unshare");
+    assert!(!out.status.success(), "ran with an offset clock");
+    let err = stderr(&out);
+    assert!(
+        err.contains("time namespace") && err.contains("3600 s"),
+        "{err}"
+    );
+}
