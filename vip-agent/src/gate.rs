@@ -67,6 +67,8 @@
 //! extension survives only a read that shows the key still ours, until the lease is confirmed.
 //! `patroni-failsafe: false` never extends.
 
+#[cfg(fuzzing)]
+pub mod fuzzing;
 mod patroni;
 mod peer;
 mod postgres;
