@@ -44,6 +44,7 @@ fn set_arg(args: &mut ConfigArgs, key: &str, value: &str) -> bool {
         "etcd-ca-file" => &mut args.etcd_ca_file,
         "etcd-cert-file" => &mut args.etcd_cert_file,
         "etcd-key-file" => &mut args.etcd_key_file,
+        "consul-token" => &mut args.consul_token,
         "interval" => &mut args.interval,
         "retry-after" => &mut args.retry_after,
         "retry-num" => &mut args.retry_num,

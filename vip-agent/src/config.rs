@@ -19,7 +19,10 @@
 //! `interval`, `retry-after`, `retry-num` (vip-agent watches, it does not poll). Accepted with a
 //! warning: `hosting-type` (Pigsty writes it; vip-manager never read it). Refused with a clear
 //! error: `dcs-type: consul|patroni`, `manager-type: hetzner`, `consul-token`, IPv6 VIPs, pre-1.0
-//! keys (`iface`, `mask`, `key`, `nodename`, ...), and any unknown key (with the closest known key).
+//! keys (`iface`, `mask`, `key`, `nodename`, ...), and an unknown key close to a known one (with
+//! that key as the suggestion). An unknown key far from every known key is a warning naming its
+//! line, and ignored, as vip-manager ignores it: a key that a newer vip-manager or Pigsty template
+//! adds must not keep the agent down. `consul-token` is refused as a key, a flag and a variable.
 //!
 //! vip-agent's own: `vips` (several VIPs, see [`VipConfig`]), `garp-count` and `garp-interval`
 //! (see [`GarpConfig`]), `fence-timeout`, `xdp-mode`, `metrics-address`, `pin-path`, and the

@@ -76,6 +76,14 @@ pub struct ConfigArgs {
     #[arg(long, env = "VIP_ETCD_KEY_FILE", value_name = "FILE")]
     pub etcd_key_file: Option<String>,
 
+    /// vip-manager's Consul ACL token: refused with a message (Consul is not supported).
+    #[arg(
+        long,
+        env = "VIP_CONSUL_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub consul_token: Option<String>,
     /// Accepted for vip-manager compatibility and ignored: vip-agent watches, it does not poll.
     #[arg(long, env = "VIP_INTERVAL", value_name = "MS")]
     pub interval: Option<String>,
@@ -229,7 +237,7 @@ pub(super) struct ArgValue<'a> {
 impl ConfigArgs {
     /// The string-valued arguments with their config key names (all but `config` and
     /// `dcs-endpoints`, which have their own types).
-    pub(super) fn string_values(&self) -> [ArgValue<'_>; 47] {
+    pub(super) fn string_values(&self) -> [ArgValue<'_>; 48] {
         let Self {
             config: _,
             ip,
@@ -244,6 +252,7 @@ impl ConfigArgs {
             etcd_ca_file,
             etcd_cert_file,
             etcd_key_file,
+            consul_token,
             interval,
             retry_after,
             retry_num,
@@ -303,6 +312,7 @@ impl ConfigArgs {
             arg!("etcd-ca-file", "VIP_ETCD_CA_FILE", etcd_ca_file),
             arg!("etcd-cert-file", "VIP_ETCD_CERT_FILE", etcd_cert_file),
             arg!("etcd-key-file", "VIP_ETCD_KEY_FILE", etcd_key_file),
+            arg!("consul-token", "VIP_CONSUL_TOKEN", consul_token),
             arg!("interval", "VIP_INTERVAL", interval),
             arg!("retry-after", "VIP_RETRY_AFTER", retry_after),
             arg!("retry-num", "VIP_RETRY_NUM", retry_num),

@@ -17,6 +17,7 @@ use super::{
     NoticeLevel, PatroniUrl, Provenance, Secret, VipConfig, XdpModeSetting, values,
 };
 
+mod position;
 pub(super) mod repmgr;
 
 /// A YAML document and the name it goes by in messages.
@@ -273,7 +274,13 @@ pub(super) fn build(
     compat_keys(&top, &mut diag);
     let top_gate = gate(&top, &GateConfig::default(), &mut diag);
     let top_hooks = hooks(&top, &HookConfig::default(), &mut diag);
-    let vips = vips(&top, (&top_gate, &top_hooks), &mut diag, &mut hostname);
+    let vips = vips(
+        &top,
+        file.map(|f| f.yaml),
+        (&top_gate, &top_hooks),
+        &mut diag,
+        &mut hostname,
+    );
     let etcd = if repmgr_mode {
         repmgr::ignored_etcd_keys(&top, &mut diag);
         EtcdConfig {
@@ -397,14 +404,43 @@ fn read_file(
                 .copied()
                 .filter(|k| *k != "hosting-type")
                 .collect();
-            diag.errors.push(ConfigError::UnknownKey {
-                location: location.clone(),
-                suggestion: values::closest(&key, &candidates).map(str::to_owned),
-                key,
-            });
+            let line = || position::key_line(source.yaml, &[position::Step::Key(&key)]);
+            unknown_key(diag, &location, key.clone(), &key, &candidates, line);
         }
     }
     Ok(())
+}
+
+/// A key nobody knows. Close to a known key it is an error with that key as the suggestion: a typo
+/// would otherwise change nothing, silently. Far from every known key it is a warning naming the
+/// line: vip-manager ignores keys it does not know, and a newer vip-manager release or Pigsty
+/// template may add one, which must not keep the agent (and so the VIP) down.
+fn unknown_key(
+    diag: &mut Diag,
+    location: &Location,
+    shown: String,
+    key: &str,
+    candidates: &[&str],
+    line: impl FnOnce() -> Option<usize>,
+) {
+    match values::closest(key, candidates) {
+        Some(suggestion) => diag.errors.push(ConfigError::UnknownKey {
+            location: location.clone(),
+            key: shown,
+            suggestion: Some(suggestion.to_owned()),
+        }),
+        None => {
+            let at = line().map(|l| format!(" at line {l}")).unwrap_or_default();
+            diag.warn(
+                location,
+                &shown,
+                format!(
+                    "unknown key{at}, ignored (as vip-manager ignores keys it does not know); \
+                     remove it if it is not meant for a newer vip-agent"
+                ),
+            );
+        }
+    }
 }
 
 /// Null and blank values count as unset (as an empty flag or variable does).
@@ -505,8 +541,9 @@ fn compat_keys(top: &Fields, diag: &mut Diag) {
             "hetzner" => diag.unsupported(
                 &location,
                 "manager-type",
-                "`hetzner` (Hetzner Robot failover API) is not supported: vip-agent only manages \
-                 an L2 VIP on a local interface (manager-type `basic`)"
+                "`hetzner` (Hetzner Robot failover API) is not built in: keep `manager-type: \
+                 basic` and route the failover IP to this server from an `on-promote` hook \
+                 (the recipe: \"Hetzner failover IP\" in docs/hooks.md)"
                     .to_owned(),
             ),
             other => diag.invalid(
@@ -579,6 +616,7 @@ impl Hostname<'_> {
 /// The VIPs: top-level vip-manager keys, or the `vips:` list.
 fn vips(
     top: &Fields,
+    yaml: Option<&str>,
     (top_gate, top_hooks): (&GateConfig, &HookConfig),
     diag: &mut Diag,
     hostname: &mut Hostname<'_>,
@@ -673,15 +711,19 @@ fn vips(
                     ),
                 );
             } else {
-                diag.errors.push(ConfigError::UnknownKey {
-                    location: list.location.clone(),
-                    key: format!("{prefix}{key}"),
-                    suggestion: values::closest(
-                        key,
-                        &[&VIP_KEYS[..], &GATE_KEYS[..], &HOOK_KEYS[..]].concat(),
-                    )
-                    .map(str::to_owned),
-                });
+                let line = || {
+                    use position::Step;
+                    let path = [Step::Key("vips"), Step::Index(i), Step::Key(key)];
+                    yaml.and_then(|yaml| position::key_line(yaml, &path))
+                };
+                unknown_key(
+                    diag,
+                    &list.location,
+                    format!("{prefix}{key}"),
+                    key,
+                    &[&VIP_KEYS[..], &GATE_KEYS[..], &HOOK_KEYS[..]].concat(),
+                    line,
+                );
             }
         }
         let fields = Fields {
