@@ -52,6 +52,7 @@ pub mod fuzzing;
 mod host;
 mod parse;
 mod render;
+mod schema;
 #[cfg(test)]
 mod tests;
 mod values;
@@ -65,13 +66,13 @@ use std::{
     time::Duration,
 };
 
-pub use args::ConfigArgs;
 pub use error::ConfigError;
 pub use host::{HostFacts, InterfaceFacts};
 pub use parse::repmgr::{
     DEFAULT_REPMGR_CHECK_INTERVAL, DEFAULT_REPMGR_QUORUM_HOLD, DEFAULT_REPMGR_SOCKET,
     DEFAULT_REPMGR_STATE_FILE, REPMGR_VALIDITY_INTERVALS, RepmgrConfig,
 };
+pub use schema::ConfigArgs;
 
 /// etcd endpoint used when none is configured (vip-manager's default).
 pub const DEFAULT_ETCD_ENDPOINT: &str = "http://127.0.0.1:2379";

@@ -14,7 +14,9 @@ use vip_common::maps::MAX_VIPS;
 use super::{
     Config, ConfigArgs, ConfigError, DEFAULT_ETCD_ENDPOINT, DEFAULT_METRICS_ADDRESS,
     DEFAULT_PIN_PATH, EtcdConfig, GarpConfig, GateConfig, GateMode, HookConfig, Location, Notice,
-    NoticeLevel, PatroniUrl, Provenance, Secret, VipConfig, XdpModeSetting, values,
+    NoticeLevel, PatroniUrl, Provenance, Secret, VipConfig, XdpModeSetting,
+    schema::{self, Given, Scope},
+    values,
 };
 
 mod position;
@@ -26,75 +28,6 @@ pub(super) struct Source<'a> {
     pub(super) name: &'a str,
     pub(super) yaml: &'a str,
 }
-
-/// Every top-level key vip-agent reads (vip-manager's, Pigsty's `hosting-type`, and ours).
-const TOP_LEVEL_KEYS: [&str; 44] = [
-    "ip",
-    "netmask",
-    "interface",
-    "trigger-key",
-    "trigger-value",
-    "dcs-type",
-    "dcs-endpoints",
-    "etcd-user",
-    "etcd-password",
-    "etcd-ca-file",
-    "etcd-cert-file",
-    "etcd-key-file",
-    "consul-token",
-    "interval",
-    "retry-after",
-    "retry-num",
-    "manager-type",
-    "verbose",
-    "hosting-type",
-    "vips",
-    "garp-count",
-    "garp-interval",
-    "fence-timeout",
-    "fence-handshake",
-    "fence-record-ttl",
-    "fence-record-prefix",
-    "xdp-mode",
-    "metrics-address",
-    "pin-path",
-    "promotion-gate",
-    "promotion-gate-interval",
-    "promotion-gate-timeout",
-    "patroni-url",
-    "patroni-ca-file",
-    "patroni-cert-file",
-    "patroni-key-file",
-    "patroni-user",
-    "patroni-password",
-    "postgres-dsn",
-    "patroni-failsafe",
-    "on-promote",
-    "on-demote",
-    "hook-timeout",
-    "hook-retries",
-];
-
-/// The hook keys: top-level (every VIP) and inside `vips:` entries (that VIP).
-const HOOK_KEYS: [&str; 4] = ["on-promote", "on-demote", "hook-timeout", "hook-retries"];
-
-/// The promotion-gate keys: top-level (every VIP) and inside `vips:` entries (that VIP).
-const GATE_KEYS: [&str; 11] = [
-    "promotion-gate",
-    "promotion-gate-interval",
-    "promotion-gate-timeout",
-    "patroni-url",
-    "patroni-ca-file",
-    "patroni-cert-file",
-    "patroni-key-file",
-    "patroni-user",
-    "patroni-password",
-    "postgres-dsn",
-    "patroni-failsafe",
-];
-
-/// The keys of one VIP: top-level in vip-manager style, or inside each `vips:` entry.
-const VIP_KEYS: [&str; 5] = ["ip", "netmask", "interface", "trigger-key", "trigger-value"];
 
 /// vip-manager's pre-1.0 keys and their replacements (its `mapDeprecated`, removed in v5.0.0).
 const LEGACY_KEYS: [(&str, &str); 19] = [
@@ -372,7 +305,7 @@ fn read_file(
         if is_unset(&value) {
             continue;
         }
-        if TOP_LEVEL_KEYS.contains(&key.as_str()) || repmgr::KEYS.contains(&key.as_str()) {
+        if schema::key(&key).is_some() {
             map.insert(
                 key,
                 Entry {
@@ -398,10 +331,7 @@ fn read_file(
                 }),
             }
         } else {
-            let candidates: Vec<&str> = TOP_LEVEL_KEYS
-                .iter()
-                .chain(repmgr::KEYS.iter())
-                .copied()
+            let candidates: Vec<&str> = schema::accepted(true)
                 .filter(|k| *k != "hosting-type")
                 .collect();
             let line = || position::key_line(source.yaml, &[position::Step::Key(&key)]);
@@ -454,33 +384,19 @@ fn is_unset(value: &Value) -> bool {
 
 /// The flag/variable layer, over the file layer.
 fn add_args(args: &ConfigArgs, map: &mut BTreeMap<String, Entry>) {
-    for arg in args.string_values() {
-        if let Some(value) = arg.value.as_deref().filter(|v| !v.trim().is_empty()) {
-            map.insert(
-                arg.key.to_owned(),
-                Entry {
-                    value: Value::String(value.to_owned()),
-                    location: Location::Args {
-                        flag: arg.flag.to_owned(),
-                        env: arg.env.to_owned(),
-                    },
-                },
-            );
-        }
-    }
-    if args.dcs_endpoints.iter().any(|e| !e.trim().is_empty()) {
-        map.insert(
-            "dcs-endpoints".to_owned(),
-            Entry {
-                value: Value::Sequence(
-                    args.dcs_endpoints
-                        .iter()
-                        .map(|e| Value::String(e.clone()))
-                        .collect(),
-                ),
-                location: Location::args("dcs-endpoints"),
+    for (key, given) in args.given() {
+        let value = match given {
+            Given::One(value) => match value.as_deref().filter(|v| !v.trim().is_empty()) {
+                Some(v) => Value::String(v.to_owned()),
+                None => continue,
             },
-        );
+            Given::List(items) if items.iter().any(|e| !e.trim().is_empty()) => {
+                Value::Sequence(items.iter().map(|e| Value::String(e.clone())).collect())
+            }
+            Given::List(_) => continue,
+        };
+        let location = Location::args(key);
+        map.insert(key.to_owned(), Entry { value, location });
     }
 }
 
@@ -626,7 +542,8 @@ fn vips(
             .into_iter()
             .collect();
     };
-    for key in VIP_KEYS {
+    for key in schema::KEYS.iter().filter(|k| k.scope == Scope::Vip) {
+        let key = key.name;
         if let Some(entry) = top.get(diag, key) {
             let location = entry.location.clone();
             diag.conflict(
@@ -689,10 +606,8 @@ fn vips(
                 );
                 continue;
             };
-            if VIP_KEYS.contains(&key.as_str())
-                || GATE_KEYS.contains(&key.as_str())
-                || HOOK_KEYS.contains(&key.as_str())
-            {
+            let scope = schema::key(key).map(|k| k.scope);
+            if matches!(scope, Some(Scope::Vip | Scope::Both)) {
                 if !is_unset(value) {
                     map.insert(
                         key.clone(),
@@ -702,7 +617,7 @@ fn vips(
                         },
                     );
                 }
-            } else if TOP_LEVEL_KEYS.contains(&key.as_str()) {
+            } else if scope == Some(Scope::Top) {
                 diag.invalid(
                     &list.location,
                     &format!("{prefix}{key}"),
@@ -721,7 +636,7 @@ fn vips(
                     &list.location,
                     format!("{prefix}{key}"),
                     key,
-                    &[&VIP_KEYS[..], &GATE_KEYS[..], &HOOK_KEYS[..]].concat(),
+                    &schema::accepted(false).collect::<Vec<_>>(),
                     line,
                 );
             }

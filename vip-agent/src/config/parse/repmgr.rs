@@ -10,18 +10,11 @@ use std::{collections::BTreeMap, path::PathBuf, time::Duration};
 
 use serde_norway::{Mapping, Value};
 
-use super::{Diag, Entry, Fields, GateConfig, Location, Secret, values};
-
-/// The repmgr keys (top level only).
-pub(in crate::config) const KEYS: [&str; 7] = [
-    "repmgr-node-id",
-    "repmgr-socket",
-    "repmgr-socket-group",
-    "repmgr-check-interval",
-    "repmgr-state-file",
-    "repmgr-quorum-hold",
-    "repmgr-passfile",
-];
+use super::{
+    Diag, Entry, Fields, GateConfig, Location, Secret,
+    schema::{self, Family},
+    values,
+};
 
 /// Where the agent listens for `vip-agent event` unless configured.
 pub const DEFAULT_REPMGR_SOCKET: &str = "/run/vip-agent/repmgr.sock";
@@ -92,7 +85,7 @@ fn is_repmgr(map: &BTreeMap<String, Entry>) -> bool {
 /// Returns whether repmgr mode is on.
 pub(super) fn prepare(map: &mut BTreeMap<String, Entry>, diag: &mut Diag) -> bool {
     if !is_repmgr(map) {
-        for key in KEYS {
+        for key in schema::family(Family::Repmgr) {
             if let Some(entry) = map.get(key) {
                 let location = entry.location.clone();
                 diag.warn(
