@@ -73,6 +73,7 @@ pub use parse::repmgr::{
     DEFAULT_REPMGR_STATE_FILE, REPMGR_VALIDITY_INTERVALS, RepmgrConfig,
 };
 pub use schema::ConfigArgs;
+pub use values::repmgr_node_id;
 
 /// etcd endpoint used when none is configured (vip-manager's default).
 pub const DEFAULT_ETCD_ENDPOINT: &str = "http://127.0.0.1:2379";

@@ -504,3 +504,108 @@ schema! {
                 .and_then(|r| path(r.passfile.as_ref()))
         };
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::{Args as _, Command, FromArgMatches as _};
+    use serde_norway::Value;
+
+    use super::{ConfigArgs, Family, Given, KEYS, Kind, Scope};
+    use crate::config::from_yaml_str;
+
+    #[test]
+    fn keys_are_unique_and_variables_are_named_after_them() {
+        for (i, key) in KEYS.iter().enumerate() {
+            assert!(
+                KEYS[..i].iter().all(|k| k.name != key.name),
+                "{} twice",
+                key.name
+            );
+            assert!(
+                !key.help.is_empty() && !key.help.contains("[default"),
+                "{}",
+                key.name
+            );
+            if let Some(flag) = key.flag {
+                let env = format!("VIP_{}", key.name.to_ascii_uppercase().replace('-', "_"));
+                assert_eq!(flag.env, env, "{}", key.name);
+                assert!(!flag.value_name.is_empty(), "{}", key.name);
+            }
+        }
+    }
+
+    fn command() -> Command {
+        ConfigArgs::augment_args(Command::new("vip-agent"))
+    }
+
+    #[test]
+    fn the_flags_are_a_valid_clap_command_and_each_sets_its_key() {
+        command().debug_assert();
+        for key in KEYS {
+            let Some(flag) = key.flag else { continue };
+            let long = format!("--{}=x", key.name);
+            let matches = command()
+                .try_get_matches_from(["vip-agent", long.as_str()])
+                .unwrap_or_else(|e| panic!("{}: {e}", key.name));
+            let args = ConfigArgs::from_arg_matches(&matches)
+                .unwrap_or_else(|e| panic!("{}: {e}", key.name));
+            let given: Vec<_> = args
+                .given()
+                .into_iter()
+                .filter_map(|(name, given)| match given {
+                    Given::One(Some(v)) => Some((name, v.clone())),
+                    Given::List(v) if !v.is_empty() => Some((name, v.join(","))),
+                    Given::One(None) | Given::List(_) => None,
+                })
+                .collect();
+            assert_eq!(given, [(key.name, "x".to_owned())], "{:?}", flag.kind);
+            let mut set = ConfigArgs::default();
+            assert!(set.set(key.name, "x"), "{}", key.name);
+            assert_eq!(set, args, "{}", key.name);
+        }
+    }
+
+    /// What `check` prints as a value, for comparison with a default in `--help`.
+    fn shown(value: &Value) -> String {
+        match value {
+            Value::String(s) => s.clone(),
+            Value::Number(n) => n.to_string(),
+            Value::Bool(b) => b.to_string(),
+            Value::Sequence(items) => items.iter().map(shown).collect::<Vec<_>>().join(","),
+            other => format!("{other:?}"),
+        }
+    }
+
+    /// A default `--help` shows is the value `check` renders when the key is not set (defaults
+    /// that describe rather than name a value render nothing in these configurations).
+    #[test]
+    fn the_help_defaults_are_what_check_renders() {
+        let etcd = "ip: 10.0.0.10\nnetmask: 24\ninterface: eth0\ntrigger-key: /s/a/leader\n\
+                    trigger-value: a\n";
+        let repmgr = "ip: 10.0.0.10\nnetmask: 24\ninterface: eth0\ndcs-type: repmgr\n\
+                      repmgr-node-id: 3\npostgres-dsn: \"host=/run user=vip\"\n";
+        let mut compared = 0;
+        for (yaml, family_wanted) in [(etcd, None), (repmgr, Some(Family::Repmgr))] {
+            let config = from_yaml_str("test.yml", yaml).unwrap_or_else(|e| panic!("{e}"));
+            for key in KEYS {
+                let Some(default) = key.default else { continue };
+                if family_wanted.is_some_and(|f| f != key.family)
+                    || yaml.contains(&format!("{}:", key.name))
+                {
+                    continue;
+                }
+                let vip = (key.scope != Scope::Top).then(|| &config.vips[0]);
+                if let Some(value) = (key.render)(&config, vip) {
+                    assert_eq!(shown(&value), default, "{}", key.name);
+                    compared += 1;
+                }
+            }
+        }
+        assert!(compared >= 20, "only {compared} defaults compared");
+        assert!(
+            KEYS.iter()
+                .any(|k| k.flag.is_some_and(|f| f.kind == Kind::List)),
+            "dcs-endpoints is a list"
+        );
+    }
+}

@@ -106,8 +106,7 @@ pub(super) fn prepare(map: &mut BTreeMap<String, Entry>, diag: &mut Diag) -> boo
         .map_or_else(
             || "?".to_owned(),
             |t| {
-                crate::repmgr::protocol::parse_node_id(&t)
-                    .map_or_else(|_| t.trim().to_owned(), |id| id.to_string())
+                values::repmgr_node_id(&t).map_or_else(|_| t.trim().to_owned(), |id| id.to_string())
             },
         );
     let label = |key: &str| {
@@ -207,7 +206,7 @@ pub(super) fn ignored_etcd_keys(top: &Fields, diag: &mut Diag) {
 /// whose result is `top_gate`).
 pub(super) fn parse(top: &Fields, top_gate: &GateConfig, diag: &mut Diag) -> Option<RepmgrConfig> {
     let node_id = match top.text(diag, "repmgr-node-id") {
-        Some((text, location)) => match crate::repmgr::protocol::parse_node_id(&text) {
+        Some((text, location)) => match values::repmgr_node_id(&text) {
             Ok(n) => Some(n),
             Err(reason) => {
                 diag.invalid(&location, "repmgr-node-id", reason);
