@@ -36,6 +36,15 @@
 //! `repmgr-state-file`, `repmgr-quorum-hold`, `repmgr-passfile`, and the top-level `postgres-dsn`
 //! (required); see [`RepmgrConfig`] and `docs/repmgr.md`.
 //!
+//! # The key table
+//!
+//! Every key is declared once, in `config/schema.rs` ([`ConfigArgs`]' fields are generated from
+//! the same table): its name, flag and variable, where it may be set (top level, per VIP, or both),
+//! its default and help text for `--help`, the parser family that reads it (`config/parse/*.rs`),
+//! and how `check` renders it. The key lists, the clap arguments, the flag layer and `check`'s
+//! rendering all come from it. Adding a key is one table entry, its field in [`Config`] and its
+//! reader.
+//!
 //! # Phases
 //!
 //! [`load`]/[`from_yaml_str`] parse and check everything that does not depend on the machine

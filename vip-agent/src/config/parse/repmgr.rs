@@ -182,15 +182,7 @@ pub(super) fn drop_label_notices(diag: &mut Diag) {
 
 /// etcd keys set in repmgr mode: warned about, not used.
 pub(super) fn ignored_etcd_keys(top: &Fields, diag: &mut Diag) {
-    for key in [
-        "dcs-endpoints",
-        "etcd-user",
-        "etcd-password",
-        "etcd-ca-file",
-        "etcd-cert-file",
-        "etcd-key-file",
-        "patroni-failsafe",
-    ] {
+    for key in schema::family(Family::Etcd).chain(["patroni-failsafe"]) {
         if let Some(entry) = top.map.get(key) {
             let location = entry.location.clone();
             diag.warn(
