@@ -7,9 +7,12 @@ use std::{path::PathBuf, process::Command};
 
 const AGENT: &str = env!("CARGO_BIN_EXE_vip-agent");
 
-fn config() -> PathBuf {
-    let path =
-        std::env::temp_dir().join(format!("vip-agent-log-format-{}.yml", std::process::id()));
+/// A configuration file of its own for each test (`tag`): they run in parallel.
+fn config(tag: &str) -> PathBuf {
+    let path = std::env::temp_dir().join(format!(
+        "vip-agent-log-format-{}-{tag}.yml",
+        std::process::id()
+    ));
     std::fs::write(
         &path,
         "ip: 10.0.0.30\nnetmask: 24\ninterface: nonexistent0\ntrigger-key: /service/demo/leader\n\
@@ -19,8 +22,8 @@ fn config() -> PathBuf {
     path
 }
 
-fn run(args: &[&str]) -> (String, String) {
-    let config = config();
+fn run(tag: &str, args: &[&str]) -> (String, String) {
+    let config = config(tag);
     let out = Command::new(AGENT)
         .args(args)
         .arg("--config")
@@ -40,7 +43,7 @@ fn run(args: &[&str]) -> (String, String) {
 
 #[test]
 fn log_format_json_writes_one_object_a_line() {
-    let (stdout, stderr) = run(&["--log-format", "json"]);
+    let (stdout, stderr) = run("json", &["--log-format", "json"]);
     assert!(stderr.contains("nonexistent0"), "{stderr}");
     let lines: Vec<serde_json::Value> = stdout
         .lines()
@@ -56,7 +59,7 @@ fn log_format_json_writes_one_object_a_line() {
 
 #[test]
 fn log_format_text_is_the_default() {
-    let (stdout, _) = run(&[]);
+    let (stdout, _) = run("text", &[]);
     assert!(stdout.contains("retry-num"), "{stdout}");
     assert!(!stdout.trim_start().starts_with('{'), "{stdout}");
 }
