@@ -36,6 +36,8 @@ use std::{
 use vip_agent::clock::monotonic_ns;
 use vip_common::frame::ARP_OP_REPLY;
 
+pub mod answer;
+
 use crate::{
     arp::{ArpSocket, Probe},
     cluster::{self, Cluster, Host},
@@ -571,7 +573,16 @@ pub fn start(system: System, subnet: u8, agent_bin: &Path) -> Bed {
     // The fence handshake's record TTL set to the scenarios' longest lease (the partition's 5 s),
     // as docs/safety.md advises (Patroni's `ttl`): a node cut off from etcd then holds the new
     // holder back no longer than its lease would. Only vip-agent reads it.
-    let mut cluster = Cluster::new(subnet, 2, agent_bin, "fence-record-ttl: 5s\n");
+    start_with(system, subnet, agent_bin, "fence-record-ttl: 5s\n")
+}
+
+/// [`start`] with `extra_config` appended to every agent's configuration (only vip-agent reads it).
+///
+/// # Panics
+/// When a step fails.
+#[must_use]
+pub fn start_with(system: System, subnet: u8, agent_bin: &Path, extra_config: &str) -> Bed {
+    let mut cluster = Cluster::new(subnet, 2, agent_bin, extra_config);
     for i in 0..2 {
         system.start_on(&mut cluster, i);
     }
