@@ -315,6 +315,9 @@ fn measure(probes: &[Probe], m: Measured) -> Outcome {
     }
 }
 
+/// One number of a trial, when it was measured.
+type Metric = fn(&Outcome) -> Option<u64>;
+
 /// The heading of this part's section in BENCHMARKS.md.
 pub const SECTION_HEADING: &str =
     "## At most one answer: switchovers with the old agent out of touch";
@@ -489,7 +492,7 @@ pub fn markdown(runs: &[Run], seed: u64, took: Duration) -> String {
     }
     // The handshake's cost in a plain switchover.
     let off = Contender::ALL[1];
-    let series = |c: Contender, f: fn(&Outcome) -> Option<u64>| -> Vec<u64> {
+    let series = |c: Contender, f: Metric| -> Vec<u64> {
         runs.iter()
             .find(|r| r.contender == c)
             .map(|r| of(r, Fault::None).into_iter().filter_map(f).collect())
@@ -506,7 +509,7 @@ pub fn markdown(runs: &[Run], seed: u64, took: Duration) -> String {
         trials(agent, Fault::None),
         trials(off, Fault::None)
     );
-    let metrics: [(&str, fn(&Outcome) -> Option<u64>); 3] = [
+    let metrics: [(&str, Metric); 3] = [
         ("acquire acknowledged by etcd", |o| Some(o.acquire_acked_ns)),
         ("new node's data plane answering (its log)", |o| {
             o.new_dataplane_ns
