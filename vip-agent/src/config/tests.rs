@@ -394,6 +394,42 @@ fn manager_types() {
 }
 
 #[test]
+fn hetzner_points_at_the_hook_recipe() {
+    let e = err(&min_with("manager-type: hetzner"));
+    let msg = error_for(&e, "manager-type").to_string();
+    assert!(
+        msg.contains("on-promote") && msg.contains("docs/hooks.md"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn consul_token_flag_is_refused_like_the_key() {
+    let a = ConfigArgs {
+        consul_token: Some("tok3n".to_owned()),
+        ..args()
+    };
+    let e = match parse_with(Some(MIN), &a) {
+        Ok(c) => panic!("expected an error, got {c:?}"),
+        Err(e) => e,
+    };
+    let flag = error_for(&e, "consul-token");
+    assert!(matches!(flag, ConfigError::Unsupported { .. }), "{flag:?}");
+    let msg = flag.to_string();
+    assert!(
+        msg.starts_with("--consul-token / VIP_CONSUL_TOKEN: "),
+        "{msg}"
+    );
+    assert!(!msg.contains("tok3n"), "{msg}");
+    let from_file = err(&min_with("consul-token: tok3n")).to_string();
+    assert_eq!(
+        msg.split_once(": ").map(|(_, m)| m),
+        from_file.split_once(": ").map(|(_, m)| m),
+        "the same message as the key"
+    );
+}
+
+#[test]
 fn consul_token_is_refused() {
     let e = err(&min_with("consul-token: abc"));
     let e = error_for(&e, "consul-token");
@@ -455,7 +491,6 @@ fn unknown_keys_get_the_closest_known_key() {
         ("interfce", Some("interface")),
         ("dcs-endpoint", Some("dcs-endpoints")),
         ("GARP-COUNT", Some("garp-count")),
-        ("xyzzy", None),
     ] {
         let e = err(&min_with(&format!("{key}: 1")));
         match error_for(&e, key) {
@@ -470,6 +505,40 @@ fn unknown_keys_get_the_closest_known_key() {
             assert!(msg.contains("config file test.yml"), "{msg}");
         }
     }
+}
+
+/// vip-manager (viper) ignores keys it does not know, and a newer Pigsty template or vip-manager
+/// release may add one: a key far from every known key is a warning naming the file and the line,
+/// not an error that keeps the node fenced under `Restart=always`.
+#[test]
+fn far_unknown_keys_are_warnings_with_the_file_and_the_line() {
+    let c = ok(&min_with("xyzzy: 1\nfuture-feature-toggle: {a: 1}"));
+    for (key, line) in [("xyzzy", 6), ("future-feature-toggle", 7)] {
+        let n = notice_for(&c.notices, key, NoticeLevel::Warning);
+        assert_eq!(n.location, Location::File("test.yml".to_owned()), "{n}");
+        let shown = n.to_string();
+        assert!(shown.contains(&format!("line {line}")), "{shown}");
+        assert!(shown.contains("config file test.yml"), "{shown}");
+        assert!(shown.contains("unknown key"), "{shown}");
+    }
+    // Inside a `vips:` entry too, named by its entry.
+    let c = ok("\
+vips:
+  - ip: 10.0.0.10
+    netmask: 24
+    interface: eth0
+    trigger-key: /service/a/leader
+    trigger-value: a
+    xyzzy: 1
+");
+    let n = notice_for(&c.notices, "vips[0].xyzzy", NoticeLevel::Warning);
+    assert!(n.to_string().contains("line 7"), "{n}");
+    // A near miss of a known key stays an error with the suggestion.
+    let e = err(&min_with("xyzzy: 1\ninterfce: eth1"));
+    assert!(
+        matches!(error_for(&e, "interfce"), ConfigError::UnknownKey { .. }),
+        "{e}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1299,6 +1368,60 @@ fn host_pin_path() {
     );
     // Under /sys/fs/bpf the data plane mounts bpffs itself.
     host_ok(&ok(&min_with("pin-path: /sys/fs/bpf/vip-agent-test")), &f);
+}
+
+/// The pin directory and its per-interface directories are where root later opens maps and the
+/// program: a symbolic link or a directory another user can write would let that user choose
+/// them (issue 16, item 12).
+#[test]
+fn host_pin_path_refuses_symlinks_and_writable_directories() {
+    let dir = TempDir::new();
+    let f = facts(&[("eth0", true, false, &[(OWN, 24)])]);
+    let real = dir.0.join("real");
+    fs::create_dir(&real).expect("mkdir");
+    let link = dir.0.join("link");
+    std::os::unix::fs::symlink(&real, &link).expect("symlink");
+    let e = host_err(&ok(&min_with(&format!("pin-path: {}", link.display()))), &f);
+    let msg = error_for(&e, "pin-path").to_string();
+    assert!(msg.contains("symbolic link"), "{msg}");
+
+    fs::set_permissions(&real, fs::Permissions::from_mode(0o777)).expect("chmod");
+    let e = host_err(&ok(&min_with(&format!("pin-path: {}", real.display()))), &f);
+    let msg = error_for(&e, "pin-path").to_string();
+    assert!(msg.contains("writable by other users"), "{msg}");
+
+    fs::set_permissions(&real, fs::Permissions::from_mode(0o700)).expect("chmod");
+    std::os::unix::fs::symlink(&dir.0, real.join("eth0")).expect("symlink");
+    let e = host_err(&ok(&min_with(&format!("pin-path: {}", real.display()))), &f);
+    let msg = error_for(&e, "pin-path").to_string();
+    assert!(
+        msg.contains("eth0") && msg.contains("symbolic link"),
+        "{msg}"
+    );
+}
+
+/// repmgr mode trusts the local PostgreSQL's word; a socket directory every user can write lets
+/// any user put a socket there in PostgreSQL's place (issue 16, item 10).
+#[test]
+fn host_repmgr_socket_directory_must_not_be_world_writable() {
+    let dir = TempDir::new();
+    let f = facts(&[("eth0", true, false, &[(OWN, 24)])]);
+    fs::set_permissions(&dir.0, fs::Permissions::from_mode(0o1777)).expect("chmod");
+    let yaml = min_with(&format!(
+        "dcs-type: repmgr\nrepmgr-node-id: 1\npin-path: /sys/fs/bpf/vip-agent-test\n\
+         postgres-dsn: \"host={} user=vip dbname=postgres\"",
+        dir.0.display()
+    ));
+    let yaml = yaml
+        .lines()
+        .filter(|l| !l.starts_with("trigger-"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let e = host_err(&ok(&yaml), &f);
+    let msg = error_for(&e, "postgres-dsn").to_string();
+    assert!(msg.contains("writable by every local user"), "{msg}");
+    fs::set_permissions(&dir.0, fs::Permissions::from_mode(0o755)).expect("chmod");
+    host_ok(&ok(&yaml), &f);
 }
 
 #[test]

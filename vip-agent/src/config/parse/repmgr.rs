@@ -10,18 +10,11 @@ use std::{collections::BTreeMap, path::PathBuf, time::Duration};
 
 use serde_norway::{Mapping, Value};
 
-use super::{Diag, Entry, Fields, GateConfig, Location, Secret, values};
-
-/// The repmgr keys (top level only).
-pub(in crate::config) const KEYS: [&str; 7] = [
-    "repmgr-node-id",
-    "repmgr-socket",
-    "repmgr-socket-group",
-    "repmgr-check-interval",
-    "repmgr-state-file",
-    "repmgr-quorum-hold",
-    "repmgr-passfile",
-];
+use super::{
+    Diag, Entry, Fields, GateConfig, Location, Secret,
+    schema::{self, Family},
+    values,
+};
 
 /// Where the agent listens for `vip-agent event` unless configured.
 pub const DEFAULT_REPMGR_SOCKET: &str = "/run/vip-agent/repmgr.sock";
@@ -92,7 +85,7 @@ fn is_repmgr(map: &BTreeMap<String, Entry>) -> bool {
 /// Returns whether repmgr mode is on.
 pub(super) fn prepare(map: &mut BTreeMap<String, Entry>, diag: &mut Diag) -> bool {
     if !is_repmgr(map) {
-        for key in KEYS {
+        for key in schema::family(Family::Repmgr) {
             if let Some(entry) = map.get(key) {
                 let location = entry.location.clone();
                 diag.warn(
@@ -113,8 +106,7 @@ pub(super) fn prepare(map: &mut BTreeMap<String, Entry>, diag: &mut Diag) -> boo
         .map_or_else(
             || "?".to_owned(),
             |t| {
-                crate::repmgr::protocol::parse_node_id(&t)
-                    .map_or_else(|_| t.trim().to_owned(), |id| id.to_string())
+                values::repmgr_node_id(&t).map_or_else(|_| t.trim().to_owned(), |id| id.to_string())
             },
         );
     let label = |key: &str| {
@@ -190,15 +182,7 @@ pub(super) fn drop_label_notices(diag: &mut Diag) {
 
 /// etcd keys set in repmgr mode: warned about, not used.
 pub(super) fn ignored_etcd_keys(top: &Fields, diag: &mut Diag) {
-    for key in [
-        "dcs-endpoints",
-        "etcd-user",
-        "etcd-password",
-        "etcd-ca-file",
-        "etcd-cert-file",
-        "etcd-key-file",
-        "patroni-failsafe",
-    ] {
+    for key in schema::family(Family::Etcd).chain(["patroni-failsafe"]) {
         if let Some(entry) = top.map.get(key) {
             let location = entry.location.clone();
             diag.warn(
@@ -214,7 +198,7 @@ pub(super) fn ignored_etcd_keys(top: &Fields, diag: &mut Diag) {
 /// whose result is `top_gate`).
 pub(super) fn parse(top: &Fields, top_gate: &GateConfig, diag: &mut Diag) -> Option<RepmgrConfig> {
     let node_id = match top.text(diag, "repmgr-node-id") {
-        Some((text, location)) => match crate::repmgr::protocol::parse_node_id(&text) {
+        Some((text, location)) => match values::repmgr_node_id(&text) {
             Ok(n) => Some(n),
             Err(reason) => {
                 diag.invalid(&location, "repmgr-node-id", reason);
@@ -304,7 +288,15 @@ pub(super) fn parse(top: &Fields, top_gate: &GateConfig, diag: &mut Diag) -> Opt
         }
     }
     let postgres_dsn = match &top_gate.postgres_dsn {
-        Some(dsn) => Some(dsn.clone()),
+        Some(dsn) => match tcp_dsn_problem(dsn.expose()) {
+            Some(reason) => {
+                if let Some(entry) = top.map.get("postgres-dsn") {
+                    diag.invalid(&entry.location.clone(), "postgres-dsn", reason);
+                }
+                None
+            }
+            None => Some(dsn.clone()),
+        },
         None => {
             if !top.map.contains_key("postgres-dsn") {
                 let mut error = top.missing("postgres-dsn");
@@ -329,6 +321,28 @@ pub(super) fn parse(top: &Fields, top_gate: &GateConfig, diag: &mut Diag) -> Opt
         postgres_dsn: postgres_dsn?,
         quorum_hold,
         passfile,
+    })
+}
+
+/// Why a repmgr-mode `postgres-dsn` is refused: it reaches PostgreSQL over TCP. In repmgr mode the
+/// local server's `pg_is_in_recovery() = f` alone keeps the VIP answering, and any local user can
+/// listen on a loopback port PostgreSQL is not bound to (a restart, another port) and answer it;
+/// the gate speaks no TLS to verify the server. A Unix socket lives in a directory only
+/// PostgreSQL's user can write (checked at start-up).
+fn tcp_dsn_problem(dsn: &str) -> Option<String> {
+    let config = dsn.trim().parse::<tokio_postgres::Config>().ok()?;
+    let tcp = !config.get_hostaddrs().is_empty()
+        || config
+            .get_hosts()
+            .iter()
+            .any(|h| matches!(h, tokio_postgres::config::Host::Tcp(_)));
+    tcp.then(|| {
+        format!(
+            "{:?} reaches PostgreSQL over TCP, which any local user could answer in its place; \
+             dcs-type: repmgr trusts the local server's word alone, so give its unix socket \
+             directory, e.g. host=/var/run/postgresql",
+            super::values::redact_dsn(dsn)
+        )
     })
 }
 
@@ -468,6 +482,24 @@ mod tests {
                 format!("{BASE}repmgr-check-interval: 10ms\n"),
                 "repmgr-check-interval",
                 "out of range",
+            ),
+            (
+                BASE.replace("host=/var/run/postgresql", "host=127.0.0.1"),
+                "postgres-dsn",
+                "unix socket",
+            ),
+            (
+                BASE.replace(
+                    "host=/var/run/postgresql",
+                    "host=/var/run/postgresql,localhost",
+                ),
+                "postgres-dsn",
+                "unix socket",
+            ),
+            (
+                BASE.replace("host=/var/run/postgresql", "host=/tmp hostaddr=127.0.0.1"),
+                "postgres-dsn",
+                "unix socket",
             ),
             (
                 format!("{BASE}repmgr-socket: run/x.sock\n"),
