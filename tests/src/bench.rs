@@ -15,7 +15,9 @@
 //! * **partition**: the holder is cut off from etcd (its Patroni too, so its lease runs out);
 //! * **agent killed**: SIGKILL of the holder's agent (or vip-manager) while its Patroni keeps the
 //!   key; then restarts, after the VIP went dark and 1 s after a crash;
-//! * **etcd outage**: etcd stopped and restarted with no leadership change.
+//! * **etcd outage**: etcd stopped and restarted with no leadership change;
+//! * [`answer`] (`--answer`, run alone): switchovers plain and with the old agent stopped, killed
+//!   or cut off, for the fence handshake's promise and cost.
 //!
 //! vip-agent's key is the etcd v3 key; Debian's vip-manager 1.0.2 reads the etcd v2 API only, so its
 //! key is written through v2 (etcd runs with `--enable-v2`), in the same order.

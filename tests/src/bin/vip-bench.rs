@@ -4,7 +4,9 @@
 //! Usage: vip-bench --agent PATH [--trials N] [--expiry-trials N] [--partition-trials N]
 //! [--kill-trials N] [--etcd-trials N] [--rw-trials N] [--idle-secs S]
 //! [--systems vip-agent,vip-manager,vip-manager-100ms,keepalived] [--seed N] [--quick]
-//! [--patroni] [--patroni-trials N] [--patroni-cost-secs S] [--patroni-scenarios LIST] [--out DIR]
+//! [--patroni] [--patroni-trials N] [--patroni-cost-secs S] [--patroni-scenarios LIST]
+//! [--answer] [--answer-switchovers N] [--answer-cost-trials N] [--answer-other-switchovers N]
+//! [--answer-fault-trials N] [--out DIR]
 //!
 //! Every scenario runs 200 trials per system by default (hours); `--quick` keeps the 200
 //! switchovers and runs a handful of each slow scenario.
@@ -18,6 +20,13 @@
 //! four windows of the hold check's cost (default 30; 0 skips it). `--patroni-scenarios` picks
 //! scenarios (`switchover`, `postgres_crash`, `kill`, `cut_off`, `outage_failsafe_on`,
 //! `outage_failsafe_off`; default all) and `--systems` the systems (`vip-agent`, `vip-manager`).
+//!
+//! `--answer` runs only the at-most-one-answer part (`vip_tests::bench::answer`, issue 14): 1,000
+//! switchovers of vip-agent counted for probes answered by both nodes, 200 with
+//! `fence-handshake: false` for the handshake's cost, and switchovers plain and with the old agent
+//! SIGSTOPped, SIGKILLed or cut off from etcd for both, vip-manager 1.0.2 and keepalived (20 plain,
+//! 8 per fault; the `--answer-*` flags set them). It replaces only its section of BENCHMARKS.md and
+//! writes bench/answer.json; a whole run keeps that section.
 
 use std::{fmt::Write as _, path::PathBuf, time::Duration};
 
