@@ -39,13 +39,13 @@ use crate::{
     gate::{Gate, GateHook},
     hooks::{self, HookContext, HookEvent},
     leader::{
-        Handshake, LeaderError, LeaderFollower, LeaderSettings, LeaderState, MemberWatcher, Reason,
-        StateHook, member_key, scope,
+        Handshake, LeaderError, LeaderFollower, LeaderSettings, MemberWatcher, member_key, scope,
     },
+    leadership::{Cause, Hook, Leadership, Source},
     metrics::{self, MetricsError, Registry},
     netlink::LinkEvents,
     notify::Notifier,
-    repmgr::{LeaderSource, RepmgrSettings, RepmgrSource},
+    repmgr::{RepmgrSettings, RepmgrSource},
 };
 
 /// Errors that stop the agent from starting. Once running, failures are logged and retried.
@@ -168,8 +168,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
     // distinct gate configuration of its VIPs; each VIP subscribes to its gate.
     let tasks = TaskTracker::new();
     let followers_stop = CancellationToken::new();
-    let mut receivers: BTreeMap<(String, String), watch::Receiver<LeaderState>> = BTreeMap::new();
-    let mut vip_receivers: BTreeMap<IpAddr, watch::Receiver<LeaderState>> = BTreeMap::new();
+    let mut receivers: BTreeMap<(String, String), watch::Receiver<Leadership>> = BTreeMap::new();
+    let mut vip_receivers: BTreeMap<IpAddr, watch::Receiver<Leadership>> = BTreeMap::new();
     let mut followers = Vec::new();
     let mut members = Vec::new();
     let mut handshakes = Vec::new();
@@ -181,23 +181,22 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
             continue;
         }
         // `dcs-type: repmgr`: every VIP carries the same label key, so this runs once.
-        let mut follower = match &config.repmgr {
+        let mut follower: Box<dyn Source> = match &config.repmgr {
             Some(r) => {
                 let settings = RepmgrSettings::from_config(r, config.fence_timeout)?;
                 let mut source = RepmgrSource::new(settings)?;
                 let events = registry.clone();
                 source.on_event(move |outcome| events.record_repmgr_event(outcome));
-                LeaderSource::Repmgr(source)
+                Box::new(source)
             }
-            None => {
-                LeaderSource::Etcd(LeaderFollower::new(leader_settings(&config, vip)).map_err(
-                    |source| AgentError::Leader {
-                        key: vip.trigger_key.clone(),
-                        source,
-                    },
-                )?)
-            }
+            None => Box::new(LeaderFollower::new(leader_settings(&config, vip)).map_err(
+                |source| AgentError::Leader {
+                    key: vip.trigger_key.clone(),
+                    source,
+                },
+            )?),
         };
+        let kind = follower.kind();
         let same_key: Vec<&VipConfig> = config
             .vips
             .iter()
@@ -250,7 +249,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
             let gate = Gate::new(
                 name,
                 gate_config.clone(),
-                Box::new(move |state: &LeaderState| writer.apply(state)),
+                kind,
+                Box::new(move |state: &Leadership| writer.apply(state)),
             )
             .with_target(member.clone(), scope.clone());
             let gate_registry = registry.clone();
@@ -265,7 +265,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
             hooks.push(gate.hook());
             gates.push(gate);
         }
-        let to_gates: StateHook = Box::new(move |state: &LeaderState| {
+        let to_gates: Hook = Box::new(move |state: &Leadership| {
             for hook in &hooks {
                 hook.apply(state);
             }
@@ -278,20 +278,16 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
                 let hook = handshake.hook();
                 releases.push(handshake.releaser());
                 handshakes.push(handshake);
-                Box::new(move |state: &LeaderState| hook.apply(state))
+                Box::new(move |state: &Leadership| hook.apply(state))
             }
             _ => to_gates,
         };
-        let etcd_registry = registry.clone();
+        let source_registry = registry.clone();
         let key = vip.trigger_key.clone();
-        follower.on_change(move |state: &LeaderState| {
+        follower.on_change(Box::new(move |state: &Leadership| {
             to_gates(state);
-            etcd_registry.set_etcd(
-                &key,
-                !matches!(state.reason, Reason::EtcdUnreachable | Reason::Startup),
-                state.revision,
-            );
-        });
+            source_registry.set_source(&key, kind, state.reached(), state.detail);
+        }));
         receivers.insert(id, follower.subscribe());
         followers.push(follower);
     }
@@ -384,7 +380,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
 /// retrying: it must neither hold back units ordered after it nor be killed by `TimeoutStartSec`.
 /// Ends without notifying when the followers stop first (shutdown during startup). After a SIGHUP
 /// restart it notifies again, which systemd ignores for a running service.
-async fn notify_ready(mut leaders: Vec<watch::Receiver<LeaderState>>, vips: usize) {
+async fn notify_ready(mut leaders: Vec<watch::Receiver<Leadership>>, vips: usize) {
     let notifier = match Notifier::from_env() {
         Ok(n) if n.is_enabled() => n,
         Ok(_) => return,
@@ -395,7 +391,7 @@ async fn notify_ready(mut leaders: Vec<watch::Receiver<LeaderState>>, vips: usiz
     };
     for leader in &mut leaders {
         if leader
-            .wait_for(|s| s.reason != Reason::Startup)
+            .wait_for(|s| s.cause != Cause::Startup)
             .await
             .is_err()
         {
@@ -573,7 +569,7 @@ impl DataplaneWriter {
         }
     }
 
-    fn apply(&mut self, state: &LeaderState) {
+    fn apply(&mut self, state: &Leadership) {
         let now = monotonic_ns();
         let answer = state.is_safe_at(now);
         let promoting = answer && now >= self.answering_until;
@@ -620,15 +616,15 @@ impl DataplaneWriter {
             info!(
                 key = %self.key,
                 role = if answer { "primary" } else { "fenced" },
-                reason = ?state.reason,
-                revision = state.revision,
+                cause = ?state.cause,
+                detail = state.detail,
                 deadline_in_ms = state.safe_until_ns.saturating_sub(now) / 1_000_000,
                 event_to_dataplane_us = latency_us,
                 dataplane_at_ns = done,
                 "data plane {}", if answer { "answering" } else { "fenced" }
             );
         } else {
-            debug!(key = %self.key, reason = ?state.reason, revision = state.revision,
+            debug!(key = %self.key, cause = ?state.cause, detail = state.detail,
                 deadline_in_ms = state.safe_until_ns.saturating_sub(now) / 1_000_000,
                 event_to_dataplane_us = latency_us, "data plane updated");
         }
@@ -647,7 +643,7 @@ struct VipTask {
     links: LinkEvents,
     /// Whether the interface could carry traffic at the last link notification.
     carrier: bool,
-    leader: watch::Receiver<LeaderState>,
+    leader: watch::Receiver<Leadership>,
     garp: Arc<GarpSender>,
     garp_config: GarpConfig,
     registry: Registry,
@@ -668,7 +664,7 @@ impl VipTask {
         config: VipConfig,
         dataplane: SharedDataplane,
         addresses: Addresses,
-        leader: watch::Receiver<LeaderState>,
+        leader: watch::Receiver<Leadership>,
         garp_config: &GarpConfig,
         registry: Registry,
     ) -> Result<Self, AgentError> {
@@ -725,7 +721,7 @@ impl VipTask {
                 } else {
                     garp_stop.cancel();
                     if state.primary && state.safe_until_ns <= now {
-                        warn!(vip = %self.vip, reason = ?state.reason,
+                        warn!(vip = %self.vip, cause = ?state.cause,
                             "leadership not confirmed before the deadline: fenced by the data plane");
                         self.fence();
                     }

@@ -21,16 +21,17 @@ use vip_agent::{
     clock::monotonic_ns,
     config::PatroniUrl,
     gate::{CHECK_INTERVAL, GateState, Outcome, UrlSource},
-    leader::{LeaderState, MemberView, Reason},
+    leader::MemberView,
+    leadership::{Cause, Leadership},
 };
 
-fn fenced(s: &LeaderState) -> bool {
+fn fenced(s: &Leadership) -> bool {
     !s.primary && s.safe_until_ns == 0
 }
 
-fn unreachable(last: &LeaderState) -> LeaderState {
-    LeaderState {
-        reason: Reason::EtcdUnreachable,
+fn unreachable(last: &Leadership) -> Leadership {
+    Leadership {
+        cause: Cause::Unreachable,
         observed_at_ns: monotonic_ns(),
         ..*last
     }
@@ -49,7 +50,7 @@ fn member(api: Option<PatroniUrl>, role: &str, revision: i64) -> MemberView {
 }
 
 /// Open the gate on a running primary for a 30 s lease; returns that state.
-async fn open(h: &Harness) -> LeaderState {
+async fn open(h: &Harness) -> Leadership {
     let confirmed = ours(Duration::from_secs(30), 10);
     h.hook.apply(&confirmed);
     eventually("the gate opens", || h.writes.answering()).await;

@@ -23,15 +23,29 @@ use super::{
     tracker::{Decision, Effect, Ignored, Level, Role, Tracker},
     view::judge,
 };
-use crate::{clock::monotonic_ns, leader::LeaderState, pg::Status};
+use crate::{
+    clock::monotonic_ns,
+    leadership::{Hook, Leadership, Publisher, Source, SourceKind},
+    pg::Status,
+};
+
+/// repmgr as a leader source.
+pub static KIND: SourceKind = SourceKind {
+    name: "repmgr",
+    what: "the local PostgreSQL (repmgr mode)",
+    // Patroni's failsafe mode is about Patroni's DCS: it never covers repmgr's checks.
+    failsafe_applies: false,
+    detail: (
+        "vip_agent_repmgr_role_events",
+        "repmgr role events applied since the agent started.",
+    ),
+};
 
 /// How long a client may take to send its request.
 pub const READ_TIMEOUT: Duration = Duration::from_secs(2);
 /// Connections handled at once; more wait in the kernel's backlog.
 const MAX_CONNECTIONS: usize = 16;
 
-/// Called with every published state, in the source's task, before the watch channel.
-pub type StateHook = Box<dyn FnMut(&LeaderState) + Send>;
 /// Called with the outcome of every request: `applied`, `ignored` or `rejected`.
 pub type EventHook = std::sync::Arc<dyn Fn(&'static str) + Send + Sync>;
 
@@ -256,8 +270,7 @@ pub struct RepmgrSource {
     /// Device and inode of our socket file: only that file is removed at the end.
     socket_id: (u64, u64),
     tracker: Tracker,
-    tx: watch::Sender<LeaderState>,
-    hook: Option<StateHook>,
+    out: Publisher,
     on_event: Option<EventHook>,
 }
 
@@ -267,6 +280,24 @@ impl std::fmt::Debug for RepmgrSource {
             .field("settings", &self.settings)
             .field("state", self.tracker.state())
             .finish_non_exhaustive()
+    }
+}
+
+impl Source for RepmgrSource {
+    fn kind(&self) -> &'static SourceKind {
+        &KIND
+    }
+
+    fn subscribe(&self) -> watch::Receiver<Leadership> {
+        Self::subscribe(self)
+    }
+
+    fn on_change(&mut self, hook: Hook) {
+        self.out.on_change(hook);
+    }
+
+    fn run(self: Box<Self>, cancel: CancellationToken) -> futures::future::BoxFuture<'static, ()> {
+        Box::pin((*self).run(cancel))
     }
 }
 
@@ -289,27 +320,26 @@ impl RepmgrSource {
             settings.quorum_hold,
             monotonic_ns(),
         );
-        let (tx, _) = watch::channel(*tracker.state());
+        let out = Publisher::new(tracker.state().observed_at_ns);
         Ok(Self {
             settings,
             listener,
             socket_id,
             tracker,
-            tx,
-            hook: None,
+            out,
             on_event: None,
         })
     }
 
-    /// A receiver of the published state (starts fenced, [`crate::leader::Reason::Startup`]).
+    /// A receiver of the published state (starts fenced, [`crate::leadership::Cause::Startup`]).
     #[must_use]
-    pub fn subscribe(&self) -> watch::Receiver<LeaderState> {
-        self.tx.subscribe()
+    pub fn subscribe(&self) -> watch::Receiver<Leadership> {
+        self.out.subscribe()
     }
 
     /// A hook called in the source task with each published state, before the watch channel.
-    pub fn on_change(&mut self, hook: impl FnMut(&LeaderState) + Send + 'static) {
-        self.hook = Some(Box::new(hook));
+    pub fn on_change(&mut self, hook: impl FnMut(&Leadership) + Send + 'static) {
+        self.out.on_change(Box::new(hook));
     }
 
     /// A hook called with the outcome of every request (for the metrics).
@@ -319,10 +349,7 @@ impl RepmgrSource {
 
     fn publish(&mut self) {
         let state = *self.tracker.state();
-        if let Some(hook) = &mut self.hook {
-            hook(&state);
-        }
-        self.tx.send_replace(state);
+        self.out.publish(&state);
     }
 
     fn count(&self, outcome: &'static str) {

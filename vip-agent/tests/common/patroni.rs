@@ -21,7 +21,8 @@ use vip_agent::{
     clock::monotonic_ns,
     config::{GateConfig, GateMode, PatroniUrl},
     gate::{Gate, GateHook, GateStatus},
-    leader::{LeaderState, MemberView, Reason, Via},
+    leader::{self, MemberView},
+    leadership::{Cause, Leadership, SourceKind},
 };
 
 /// What the fake Patroni answers.
@@ -160,7 +161,7 @@ async fn serve(mut stream: TcpStream, mode: Mode) {
 
 /// The states the gate wrote to its sink (in place of the data plane).
 #[derive(Clone, Default)]
-pub struct Writes(pub Arc<Mutex<Vec<LeaderState>>>);
+pub struct Writes(pub Arc<Mutex<Vec<Leadership>>>);
 
 impl Writes {
     /// The data plane (the last write) answers now.
@@ -180,11 +181,11 @@ impl Writes {
             .any(|s| s.primary || s.safe_until_ns != 0)
     }
 
-    pub fn last(&self) -> LeaderState {
+    pub fn last(&self) -> Leadership {
         *self.0.lock().expect("writes").last().expect("a write")
     }
 
-    pub fn all(&self) -> Vec<LeaderState> {
+    pub fn all(&self) -> Vec<Leadership> {
         self.0.lock().expect("writes").clone()
     }
 }
@@ -209,12 +210,23 @@ impl Harness {
         member: Option<watch::Receiver<MemberView>>,
         scope: Option<String>,
     ) -> Self {
+        Self::start_for(config, member, scope, &leader::KIND)
+    }
+
+    /// A gate in front of a leader source of kind `source`.
+    pub fn start_for(
+        config: GateConfig,
+        member: Option<watch::Receiver<MemberView>>,
+        scope: Option<String>,
+        source: &'static SourceKind,
+    ) -> Self {
         let writes = Writes::default();
         let w = writes.clone();
         let gate = Gate::new(
             "test",
             config,
-            Box::new(move |s: &LeaderState| w.0.lock().expect("writes").push(*s)),
+            source,
+            Box::new(move |s: &Leadership| w.0.lock().expect("writes").push(*s)),
         )
         .with_target(member, scope);
         let gate_status = Arc::new(Mutex::new(gate.status()));
@@ -254,29 +266,27 @@ pub fn config(url: PatroniUrl, timeout: Duration) -> GateConfig {
 }
 
 /// The key is ours, confirmed until `ttl` from now.
-pub fn ours(ttl: Duration, revision: i64) -> LeaderState {
+pub fn ours(ttl: Duration, revision: i64) -> Leadership {
     let now = monotonic_ns();
-    LeaderState {
+    Leadership {
         primary: true,
         safe_until_ns: now + u64::try_from(ttl.as_nanos()).expect("ttl"),
-        revision,
-        lease_id: 7,
         term: revision,
-        reason: Reason::Confirmed,
+        cause: Cause::Confirmed,
         observed_at_ns: now,
+        detail: revision,
     }
 }
 
 /// The key was deleted (a watch event).
-pub fn lost(revision: i64) -> LeaderState {
-    LeaderState {
+pub fn lost(revision: i64) -> Leadership {
+    Leadership {
         primary: false,
         safe_until_ns: 0,
-        revision,
-        lease_id: 0,
         term: 0,
-        reason: Reason::Deleted { via: Via::Watch },
+        cause: Cause::Lost,
         observed_at_ns: monotonic_ns(),
+        detail: revision,
     }
 }
 
