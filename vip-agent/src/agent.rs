@@ -33,7 +33,7 @@ use crate::{
         AddressError, AddressEvent, AddressEvents, Addresses, Lifetime, ProgramLifetime, Vip,
     },
     clock::monotonic_ns,
-    config::{Config, GarpConfig, GateConfig, GateMode, HookConfig, VipConfig},
+    config::{Config, GarpConfig, GateConfig, GateMode, HookConfig, PatroniUrl, VipConfig},
     dataplane::{AttachOptions, Dataplane, DataplaneError},
     garp::{GarpError, GarpSender},
     gate::{Gate, GateHook},
@@ -45,6 +45,7 @@ use crate::{
     metrics::{self, MetricsError, Registry},
     netlink::LinkEvents,
     notify::Notifier,
+    patroni_rest::{PatroniRestSource, RestError, RestSettings},
     repmgr::{RepmgrSettings, RepmgrSource},
 };
 
@@ -88,6 +89,8 @@ pub enum AgentError {
     },
     #[error("repmgr leader source")]
     Repmgr(#[from] crate::repmgr::RepmgrError),
+    #[error(transparent)]
+    PatroniRest(#[from] RestError),
     #[error("VIP addresses")]
     Address(#[from] AddressError),
     #[error("subscribe to link notifications")]
@@ -126,6 +129,7 @@ type SharedDataplane = Arc<Mutex<Dataplane>>;
 /// When startup fails (interface, privileges, foreign XDP program, bad TLS files, ...). Nothing is
 /// left answering: VIPs registered before the failure stay fenced.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AgentError> {
+    let config = gate_asks_the_source(config);
     // Before anything: without these the agent would fail part-way (see `caps`).
     crate::caps::check()?;
     let addresses = Addresses::new()?;
@@ -181,22 +185,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
             continue;
         }
         // `dcs-type: repmgr`: every VIP carries the same label key, so this runs once.
-        let mut follower: Box<dyn Source> = match &config.repmgr {
-            Some(r) => {
-                let settings = RepmgrSettings::from_config(r, config.fence_timeout)?;
-                let mut source = RepmgrSource::new(settings)?;
-                let events = registry.clone();
-                source.on_event(move |outcome| events.record_repmgr_event(outcome));
-                Box::new(source)
-            }
-            None => Box::new(LeaderFollower::new(leader_settings(&config, vip)).map_err(
-                |source| AgentError::Leader {
-                    key: vip.trigger_key.clone(),
-                    source,
-                },
-            )?),
-        };
+        let mut follower = source_for(&config, vip, &registry)?;
         let kind = follower.kind();
+        registry.set_source_kind(kind);
         let same_key: Vec<&VipConfig> = config
             .vips
             .iter()
@@ -205,11 +196,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
         // Patroni's member key next to the leader key: where its REST API is, and the role it
         // wrote (etcd mode, when some VIP on this key asks Patroni).
         let asks_patroni = same_key.iter().any(|v| v.gate.mode == GateMode::Patroni);
-        let member = match (
-            &config.repmgr,
-            member_key(&vip.trigger_key, &vip.trigger_value),
-        ) {
-            (None, Some(key)) if asks_patroni => {
+        let member = match member_key(&vip.trigger_key, &vip.trigger_value) {
+            Some(key) if asks_patroni && kind == &crate::leader::KIND => {
                 let watcher = MemberWatcher::new(leader_settings(&config, vip), key);
                 let rx = watcher.subscribe();
                 members.push(watcher);
@@ -530,6 +518,86 @@ async fn prepare_dataplane(
         dp.fence(vip).map_err(err)?;
     }
     Ok(())
+}
+
+/// The leader source `config` asks for, for the key of `vip`.
+fn source_for(
+    config: &Config,
+    vip: &VipConfig,
+    registry: &Registry,
+) -> Result<Box<dyn Source>, AgentError> {
+    if let Some(r) = &config.repmgr {
+        let settings = RepmgrSettings::from_config(r, config.fence_timeout)?;
+        let mut source = RepmgrSource::new(settings)?;
+        let events = registry.clone();
+        source.on_event(move |outcome| events.record_repmgr_event(outcome));
+        return Ok(Box::new(source));
+    }
+    if let Some(interval) = config.patroni_interval {
+        return Ok(Box::new(PatroniRestSource::new(rest_settings(
+            config, vip, interval,
+        )?)?));
+    }
+    Ok(Box::new(
+        LeaderFollower::new(leader_settings(config, vip)).map_err(|source| AgentError::Leader {
+            key: vip.trigger_key.clone(),
+            source,
+        })?,
+    ))
+}
+
+/// `dcs-type: patroni`: `dcs-endpoints` are Patroni's REST API, `trigger-key` the path,
+/// `trigger-value` the status; the TLS files are `patroni-*`, else `etcd-*` (vip-manager reuses
+/// those).
+fn rest_settings(
+    config: &Config,
+    vip: &VipConfig,
+    interval: std::time::Duration,
+) -> Result<RestSettings, RestError> {
+    let endpoints = config
+        .etcd
+        .endpoints
+        .iter()
+        .map(|e| {
+            PatroniUrl::parse(e).map_err(|reason| RestError::Endpoint {
+                endpoint: e.clone(),
+                reason,
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut client = vip.gate.clone();
+    if client.patroni_ca_file.is_none() {
+        client.patroni_ca_file.clone_from(&config.etcd.ca_file);
+    }
+    if client.patroni_cert_file.is_none() && client.patroni_key_file.is_none() {
+        client.patroni_cert_file.clone_from(&config.etcd.cert_file);
+        client.patroni_key_file.clone_from(&config.etcd.key_file);
+    }
+    Ok(RestSettings {
+        endpoints,
+        path: vip.trigger_key.clone(),
+        expected: vip.trigger_value.clone(),
+        interval,
+        validity: RestSettings::validity(interval, config.fence_timeout),
+        client,
+    })
+}
+
+/// `dcs-type: patroni` without `patroni-url`: the promotion gate asks the Patroni the source asks
+/// (there is no member key to find it in).
+fn gate_asks_the_source(mut config: Config) -> Config {
+    if config.patroni_interval.is_some()
+        && let Some(url) = config
+            .etcd
+            .endpoints
+            .first()
+            .and_then(|e| PatroniUrl::parse(e).ok())
+    {
+        for vip in &mut config.vips {
+            vip.gate.patroni_url.get_or_insert_with(|| url.clone());
+        }
+    }
+    config
 }
 
 fn leader_settings(config: &Config, vip: &VipConfig) -> LeaderSettings {

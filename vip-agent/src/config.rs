@@ -98,6 +98,10 @@ pub struct Config {
     /// (see [`RepmgrConfig`]; each VIP's `trigger-key` is then the label `repmgr` and its
     /// `trigger-value` the node id).
     pub repmgr: Option<RepmgrConfig>,
+    /// `dcs-type: patroni`: the poll period (`interval`) of Patroni's REST API at
+    /// `etcd.endpoints`; each VIP answers while `GET <endpoint><trigger-key>` returns the status
+    /// `trigger-value` (vip-manager's semantics). `None` in other modes.
+    pub patroni_interval: Option<Duration>,
     /// Gratuitous ARPs on takeover.
     pub garp: GarpConfig,
     /// How long a node that lost leadership, or cannot confirm it, keeps fencing the VIP. `None`
@@ -178,6 +182,8 @@ impl Default for HookConfig {
 
 /// Patroni's REST API address unless configured: its usual `restapi.listen` port on loopback.
 pub const DEFAULT_PATRONI_URL: &str = "http://127.0.0.1:8008";
+/// `dcs-type: patroni`: Patroni's REST API is asked this often unless `interval` says otherwise.
+pub const DEFAULT_PATRONI_INTERVAL: Duration = Duration::from_secs(1);
 /// Poll period of the promotion gate unless configured.
 pub const DEFAULT_GATE_INTERVAL: Duration = Duration::from_millis(5);
 /// Upper bound of the promotion gate unless configured: answer anyway after this long.
@@ -557,6 +563,7 @@ impl Config {
             vips,
             etcd,
             repmgr,
+            patroni_interval,
             garp,
             fence_timeout,
             handshake,
@@ -570,6 +577,7 @@ impl Config {
         *vips == other.vips
             && *etcd == other.etcd
             && *repmgr == other.repmgr
+            && *patroni_interval == other.patroni_interval
             && *garp == other.garp
             && *fence_timeout == other.fence_timeout
             && *handshake == other.handshake

@@ -69,7 +69,7 @@
 //! `patroni-failsafe: false`, or a source that is not Patroni's DCS (repmgr, Patroni's REST API),
 //! never extends.
 
-mod patroni;
+pub(crate) mod patroni;
 mod postgres;
 
 use std::{

@@ -23,6 +23,7 @@ pub mod leadership;
 pub mod metrics;
 pub mod netlink;
 pub mod notify;
+pub mod patroni_rest;
 pub mod pg;
 pub mod repmgr;
 pub mod status;

@@ -260,6 +260,7 @@ pub(super) fn build(
         add_args(args, &mut map);
     }
     let repmgr_mode = repmgr::prepare(&mut map, &mut diag);
+    let patroni_interval = prepare_patroni(&mut map, &mut diag);
     let top = Fields {
         prefix: String::new(),
         map,
@@ -294,7 +295,7 @@ pub(super) fn build(
     };
     let garp = garp(&top, &mut diag);
     let fence_timeout = fence_timeout(&top, &mut diag);
-    let handshake = handshake(&top, repmgr_mode, &mut diag);
+    let handshake = handshake(&top, repmgr_mode || patroni_interval.is_some(), &mut diag);
     let xdp_mode = xdp_mode(&top, &mut diag);
     let metrics_address = metrics_address(&top, &mut diag);
     let pin_path = pin_path(&top, &mut diag);
@@ -313,6 +314,7 @@ pub(super) fn build(
         vips,
         etcd,
         repmgr,
+        patroni_interval,
         garp,
         fence_timeout,
         handshake,
@@ -326,6 +328,42 @@ pub(super) fn build(
             keys: diag.provenance,
         },
     })
+}
+
+/// `dcs-type: patroni`: vip-manager's defaults (`trigger-key` `/leader`, `trigger-value` `200`,
+/// `dcs-endpoints` Patroni's local REST API) where unset; `interval` (1 s) is the poll period.
+/// `None` in any other mode.
+fn prepare_patroni(map: &mut BTreeMap<String, Entry>, diag: &mut Diag) -> Option<Duration> {
+    let dcs = map
+        .get("dcs-type")
+        .and_then(|e| values::text(&e.value).ok());
+    if dcs.is_none_or(|t| t.trim() != "patroni") {
+        return None;
+    }
+    for (key, default) in [
+        ("trigger-key", "/leader"),
+        ("trigger-value", "200"),
+        ("dcs-endpoints", super::DEFAULT_PATRONI_URL),
+    ] {
+        map.entry(key.to_owned()).or_insert(Entry {
+            value: Value::String(default.to_owned()),
+            location: Location::Default,
+        });
+    }
+    let Some(entry) = map.remove("interval") else {
+        return Some(super::DEFAULT_PATRONI_INTERVAL);
+    };
+    let (min, max) = (Duration::from_millis(10), Duration::from_secs(10));
+    match values::duration(&entry.value) {
+        Ok((d, _)) if (min..=max).contains(&d) => return Some(d),
+        Ok((d, _)) => diag.invalid(
+            &entry.location,
+            "interval",
+            values::duration_out_of_range(d, min, max),
+        ),
+        Err(reason) => diag.invalid(&entry.location, "interval", reason),
+    }
+    Some(super::DEFAULT_PATRONI_INTERVAL)
 }
 
 /// The file layer: known keys into `map`; legacy, Pigsty-only and unknown keys handled here.
@@ -473,7 +511,7 @@ fn hosting_type_notice(key: &str, value: &Value, location: &Location, diag: &mut
 fn compat_keys(top: &Fields, diag: &mut Diag) {
     if let Some((dcs, location)) = top.text(diag, "dcs-type") {
         match dcs.trim() {
-            "etcd" | "etcd3" | "repmgr" => {}
+            "etcd" | "etcd3" | "repmgr" | "patroni" => {}
             "consul" => diag.unsupported(
                 &location,
                 "dcs-type",
@@ -481,19 +519,13 @@ fn compat_keys(top: &Fields, diag: &mut Diag) {
                  (dcs-type `etcd` or `etcd3`)"
                     .to_owned(),
             ),
-            "patroni" => diag.unsupported(
-                &location,
-                "dcs-type",
-                "`patroni` (polling Patroni's REST API) is not supported: vip-agent watches the \
-                 leader key in etcd v3 (dcs-type `etcd` or `etcd3`) and uses its lease for fencing"
-                    .to_owned(),
-            ),
             other => diag.invalid(
                 &location,
                 "dcs-type",
                 format!(
                     "unknown dcs-type {other:?}{}; vip-agent supports `etcd` and `etcd3` (both the \
-                     etcd v3 API) and `repmgr` (repmgr event notifications)",
+                     etcd v3 API), `repmgr` (repmgr event notifications) and `patroni` (Patroni's \
+                     REST API)",
                     suggest(other, &["etcd", "etcd3", "consul", "patroni", "repmgr"])
                 ),
             ),

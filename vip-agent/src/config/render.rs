@@ -14,6 +14,8 @@ struct Effective<'a> {
     dcs_type: &'static str,
     #[serde(rename = "dcs-endpoints", skip_serializing_if = "<[String]>::is_empty")]
     dcs_endpoints: &'a [String],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    interval: Option<String>,
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     repmgr: Option<Repmgr<'a>>,
     #[serde(rename = "etcd-user", skip_serializing_if = "Option::is_none")]
@@ -211,11 +213,12 @@ impl Config {
         let effective = Effective {
             single,
             vips,
-            dcs_type: if self.repmgr.is_some() {
-                "repmgr"
-            } else {
-                "etcd"
+            dcs_type: match (&self.repmgr, self.patroni_interval) {
+                (Some(_), _) => "repmgr",
+                (None, Some(_)) => "patroni",
+                (None, None) => "etcd",
             },
+            interval: self.patroni_interval.map(format_duration),
             dcs_endpoints: &self.etcd.endpoints,
             repmgr,
             etcd_user: self.etcd.user.as_deref(),
@@ -227,7 +230,8 @@ impl Config {
             garp_interval: format_duration(self.garp.interval),
             fence_timeout: self.fence_timeout.map(format_duration),
             // Not rendered in repmgr mode, where it does not apply.
-            fence_handshake: self.repmgr.is_none().then_some(self.handshake.is_some()),
+            fence_handshake: (self.repmgr.is_none() && self.patroni_interval.is_none())
+                .then_some(self.handshake.is_some()),
             fence_record_ttl: self.handshake.as_ref().map(|h| format_duration(h.ttl)),
             fence_record_prefix: self.handshake.as_ref().map(|h| h.prefix.as_str()),
             xdp_mode: self.xdp_mode.as_str(),
