@@ -596,6 +596,10 @@ impl Config {
             .filter(|v| v.gate.mode == GateMode::Patroni && self.repmgr.is_none())
             .map(|v| match (&v.gate.patroni_url, crate::leader::member_key(&v.trigger_key, &v.trigger_value)) {
                 (Some(url), _) => format!("note: VIP {}: the promotion gate asks Patroni at {url} (patroni-url)", v.ip),
+                (None, _) if self.patroni_interval.is_some() => format!(
+                    "note: VIP {}: the promotion gate asks the Patroni the leader source asks, {} (dcs-endpoints)",
+                    v.ip, self.etcd.endpoints.first().map_or("", String::as_str)
+                ),
                 (None, Some(key)) => format!(
                     "note: VIP {}: the promotion gate asks Patroni at the api_url Patroni writes to {key} (read at run time; {DEFAULT_PATRONI_URL} only where that key has none)",
                     v.ip
