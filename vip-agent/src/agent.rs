@@ -33,7 +33,9 @@ use crate::{
         AddressError, AddressEvent, AddressEvents, Addresses, Lifetime, ProgramLifetime, Vip,
     },
     clock::monotonic_ns,
-    config::{Config, GarpConfig, GateConfig, GateMode, HookConfig, PatroniUrl, VipConfig},
+    config::{
+        Config, GarpConfig, GateConfig, GateMode, HookConfig, PatroniUrl, RepmgrConfig, VipConfig,
+    },
     dataplane::{AttachOptions, Dataplane, DataplaneError},
     garp::{GarpError, GarpSender},
     gate::{Gate, GateHook},
@@ -46,7 +48,7 @@ use crate::{
     netlink::LinkEvents,
     notify::Notifier,
     patroni_rest::{PatroniRestSource, RestError, RestSettings},
-    repmgr::{RepmgrSettings, RepmgrSource},
+    repmgr::{RepmgrError, RepmgrSettings, RepmgrSource, resolve_group},
 };
 
 /// Errors that stop the agent from starting. Once running, failures are logged and retried.
@@ -88,7 +90,7 @@ pub enum AgentError {
         source: LeaderError,
     },
     #[error("repmgr leader source")]
-    Repmgr(#[from] crate::repmgr::RepmgrError),
+    Repmgr(#[from] RepmgrError),
     #[error(transparent)]
     PatroniRest(#[from] RestError),
     #[error("VIP addresses")]
@@ -527,7 +529,7 @@ fn source_for(
     registry: &Registry,
 ) -> Result<Box<dyn Source>, AgentError> {
     if let Some(r) = &config.repmgr {
-        let settings = RepmgrSettings::from_config(r, config.fence_timeout)?;
+        let settings = repmgr_settings(r, config.fence_timeout)?;
         let mut source = RepmgrSource::new(settings)?;
         let events = registry.clone();
         source.on_event(move |outcome| events.record_repmgr_event(outcome));
@@ -544,6 +546,34 @@ fn source_for(
             source,
         })?,
     ))
+}
+
+/// Resolve `dcs-type: repmgr`'s configuration: the socket group's id, the connection string, the
+/// validity (3 check intervals, capped by `fence_timeout`).
+fn repmgr_settings(
+    config: &RepmgrConfig,
+    fence_timeout: Option<std::time::Duration>,
+) -> Result<RepmgrSettings, RepmgrError> {
+    let socket_group = match &config.socket_group {
+        None => None,
+        Some(g) => Some(resolve_group(g)?),
+    };
+    let postgres = config
+        .postgres_dsn
+        .expose()
+        .parse::<tokio_postgres::Config>()
+        .map_err(RepmgrError::Dsn)?;
+    Ok(RepmgrSettings {
+        node_id: config.node_id,
+        socket: config.socket.clone(),
+        socket_group,
+        check_interval: config.check_interval,
+        validity: config.validity(fence_timeout),
+        quorum_hold: config.quorum_hold,
+        state_file: config.state_file.clone(),
+        postgres,
+        passfile: config.passfile.clone(),
+    })
 }
 
 /// `dcs-type: patroni`: `dcs-endpoints` are Patroni's REST API, `trigger-key` the path,

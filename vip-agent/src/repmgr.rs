@@ -45,6 +45,6 @@ pub use events::{EVENTS, EventClass, classify};
 pub use protocol::{EventRequest, Reply};
 pub use source::{
     EventHook, KIND, Peer, READ_TIMEOUT, RepmgrError, RepmgrSettings, RepmgrSource, load_state,
-    peer_allowed, save_state,
+    peer_allowed, resolve_group, save_state,
 };
 pub use tracker::Role;

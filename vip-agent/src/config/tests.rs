@@ -370,7 +370,10 @@ fn dcs_types() {
     let e = error_for(&e, "dcs-type");
     assert!(matches!(e, ConfigError::Unsupported { .. }), "{e:?}");
     let msg = e.to_string();
-    assert!(msg.contains("not supported") && msg.contains("consul"), "{msg}");
+    assert!(
+        msg.contains("not supported") && msg.contains("consul"),
+        "{msg}"
+    );
     ok(&min_with("dcs-type: patroni"));
     let e = err(&min_with("dcs-type: etdc"));
     let msg = error_for(&e, "dcs-type").to_string();

@@ -90,41 +90,11 @@ pub enum RepmgrError {
     Dsn(#[source] tokio_postgres::Error),
 }
 
-impl RepmgrSettings {
-    /// Resolve a configuration: the socket group's id, the connection string, the validity
-    /// (3 check intervals, capped by `fence_timeout`).
-    ///
-    /// # Errors
-    /// An unknown group, an unparsable connection string.
-    pub fn from_config(
-        config: &crate::config::RepmgrConfig,
-        fence_timeout: Option<Duration>,
-    ) -> Result<Self, RepmgrError> {
-        let socket_group = match &config.socket_group {
-            None => None,
-            Some(g) => Some(resolve_group(g)?),
-        };
-        let postgres = config
-            .postgres_dsn
-            .expose()
-            .parse::<tokio_postgres::Config>()
-            .map_err(RepmgrError::Dsn)?;
-        Ok(Self {
-            node_id: config.node_id,
-            socket: config.socket.clone(),
-            socket_group,
-            check_interval: config.check_interval,
-            validity: config.validity(fence_timeout),
-            quorum_hold: config.quorum_hold,
-            state_file: config.state_file.clone(),
-            postgres,
-            passfile: config.passfile.clone(),
-        })
-    }
-}
-
 /// A group name or number to its id.
-fn resolve_group(group: &str) -> Result<u32, RepmgrError> {
+///
+/// # Errors
+/// An unknown group, or one that cannot be looked up.
+pub fn resolve_group(group: &str) -> Result<u32, RepmgrError> {
     if let Ok(gid) = group.parse::<u32>() {
         return Ok(gid);
     }
