@@ -87,7 +87,7 @@ pub use error::{LeaderError, Operation};
 pub use follower::{KeyHook, LeaderFollower, check_connection, spawn};
 pub use handshake::{
     DEFAULT_RECORD_PREFIX, DEFAULT_RECORD_TTL, Decision, Handshake, HandshakeHook,
-    HandshakeSettings, Record, RecordState,
+    HandshakeSettings, Record, RecordState, Release,
 };
 pub use member::{MemberView, MemberWatcher, member_key, scope};
 pub use settings::{
