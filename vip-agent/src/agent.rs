@@ -472,7 +472,8 @@ impl Wiring {
                 kind,
                 Box::new(move |state: &Leadership| writer.apply(state)),
             )
-            .with_target(member.clone(), plan.scope.clone());
+            .with_target(member.clone(), plan.scope.clone())
+            .with_member_name(plan.scope.is_some().then(|| plan.value.clone()));
             let gate_registry = registry.clone();
             let ips = w.vips;
             for ip in &ips {

@@ -182,7 +182,7 @@ impl PatroniRestSource {
             .endpoints
             .iter()
             .map(|url| {
-                PatroniProbe::for_path(&settings.client, url, &settings.path, None).map_err(
+                PatroniProbe::for_path(&settings.client, url, &settings.path, None, None).map_err(
                     |source| RestError::Client {
                         endpoint: url.to_string(),
                         source,

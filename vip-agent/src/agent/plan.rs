@@ -25,6 +25,8 @@ pub struct Plan {
 pub struct SourcePlan {
     /// `trigger-key` (a label in repmgr mode, the REST path in Patroni REST mode).
     pub key: String,
+    /// `trigger-value` (etcd: this member's name).
+    pub value: String,
     pub source: SourceChoice,
     /// etcd, when a VIP on this key asks Patroni: Patroni's member key next to the leader key.
     pub member: Option<String>,
@@ -115,6 +117,7 @@ pub fn plan(config: &Config) -> Result<Plan, RestError> {
         }
         sources.push(SourcePlan {
             key: vip.trigger_key.clone(),
+            value: vip.trigger_value.clone(),
             member: member_key(&vip.trigger_key, &vip.trigger_value)
                 .filter(|_| etcd && asks_patroni),
             scope: scope(&vip.trigger_key).map(str::to_owned),
