@@ -69,6 +69,8 @@
 //! `patroni-failsafe: false`, or a source that is not Patroni's DCS (repmgr, Patroni's REST API),
 //! never extends.
 
+#[cfg(fuzzing)]
+pub mod fuzzing;
 pub(crate) mod patroni;
 mod peer;
 mod postgres;
