@@ -112,6 +112,10 @@ pub struct Config {
     /// (see [`RepmgrConfig`]; each VIP's `trigger-key` is then the label `repmgr` and its
     /// `trigger-value` the node id).
     pub repmgr: Option<RepmgrConfig>,
+    /// `dcs-type: patroni`: the poll period (`interval`) of Patroni's REST API at
+    /// `etcd.endpoints`; each VIP answers while `GET <endpoint><trigger-key>` returns the status
+    /// `trigger-value` (vip-manager's semantics). `None` in other modes.
+    pub patroni_interval: Option<Duration>,
     /// Gratuitous ARPs on takeover.
     pub garp: GarpConfig,
     /// How long a node that lost leadership, or cannot confirm it, keeps fencing the VIP. `None`
@@ -192,6 +196,8 @@ impl Default for HookConfig {
 
 /// Patroni's REST API address unless configured: its usual `restapi.listen` port on loopback.
 pub const DEFAULT_PATRONI_URL: &str = "http://127.0.0.1:8008";
+/// `dcs-type: patroni`: Patroni's REST API is asked this often unless `interval` says otherwise.
+pub const DEFAULT_PATRONI_INTERVAL: Duration = Duration::from_secs(1);
 /// Poll period of the promotion gate unless configured.
 pub const DEFAULT_GATE_INTERVAL: Duration = Duration::from_millis(5);
 /// Upper bound of the promotion gate unless configured: answer anyway after this long.
@@ -571,6 +577,7 @@ impl Config {
             vips,
             etcd,
             repmgr,
+            patroni_interval,
             garp,
             fence_timeout,
             handshake,
@@ -584,6 +591,7 @@ impl Config {
         *vips == other.vips
             && *etcd == other.etcd
             && *repmgr == other.repmgr
+            && *patroni_interval == other.patroni_interval
             && *garp == other.garp
             && *fence_timeout == other.fence_timeout
             && *handshake == other.handshake
@@ -602,6 +610,10 @@ impl Config {
             .filter(|v| v.gate.mode == GateMode::Patroni && self.repmgr.is_none())
             .map(|v| match (&v.gate.patroni_url, crate::leader::member_key(&v.trigger_key, &v.trigger_value)) {
                 (Some(url), _) => format!("note: VIP {}: the promotion gate asks Patroni at {url} (patroni-url)", v.ip),
+                (None, _) if self.patroni_interval.is_some() => format!(
+                    "note: VIP {}: the promotion gate asks the Patroni the leader source asks, {} (dcs-endpoints)",
+                    v.ip, self.etcd.endpoints.first().map_or("", String::as_str)
+                ),
                 (None, Some(key)) => format!(
                     "note: VIP {}: the promotion gate asks Patroni at the api_url Patroni writes to {key} (read at run time; {DEFAULT_PATRONI_URL} only where that key has none)",
                     v.ip

@@ -74,6 +74,10 @@ pub struct GateView {
     /// `member-key`, `default`).
     pub patroni_url: Option<String>,
     pub patroni_url_source: Option<String>,
+    /// The kind of leader source of the VIP's key (`etcd`, `repmgr`, `patroni`), and whether it
+    /// was reached at its last attempt.
+    pub source: Option<String>,
+    pub source_reached: Option<bool>,
 }
 
 impl GateView {
@@ -92,6 +96,9 @@ impl GateView {
         line.push_str(&format!(" demotions={}", self.demotions));
         if let (Some(url), Some(source)) = (&self.patroni_url, &self.patroni_url_source) {
             line.push_str(&format!(" patroni_url={url} patroni_url_from={source}"));
+        }
+        if let (Some(source), Some(reached)) = (&self.source, self.source_reached) {
+            line.push_str(&format!(" source={source} source_reached={reached}"));
         }
         if let Some(probe) = &self.last_probe {
             line.push_str(&format!(" last_probe={probe:?}"));
@@ -173,15 +180,28 @@ fn sample(line: &str) -> Option<(&str, Labels, &str)> {
 #[must_use]
 pub fn gate_views(page: &str) -> BTreeMap<IpAddr, GateView> {
     let mut views: BTreeMap<IpAddr, GateView> = BTreeMap::new();
+    // Per trigger key: the source's kind (from the series' name) and whether it is reached.
+    let mut sources: BTreeMap<String, (String, bool)> = BTreeMap::new();
+    let mut keys: BTreeMap<IpAddr, String> = BTreeMap::new();
     let seconds_ms = |v: &str| v.parse::<f64>().map_or(0, |s| (s * 1000.0).round() as u64);
     for line in page.lines() {
         let Some((name, labels, value)) = sample(line) else {
             continue;
         };
         let label = |k: &str| labels.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+        if let (Some(kind), Some(key)) = (
+            name.strip_prefix("vip_agent_")
+                .and_then(|n| n.strip_suffix("_key_connected")),
+            label("key"),
+        ) {
+            sources.insert(key, (kind.to_owned(), value == "1"));
+        }
         let Some(vip) = label("vip").and_then(|v| v.parse::<IpAddr>().ok()) else {
             continue;
         };
+        if let Some(key) = label("key") {
+            keys.insert(vip, key);
+        }
         let on = value == "1";
         match name {
             "vip_agent_promotion_gate_state" => {
@@ -217,6 +237,12 @@ pub fn gate_views(page: &str) -> BTreeMap<IpAddr, GateView> {
         }
     }
     views.retain(|_, v| !v.state.is_empty());
+    for (vip, view) in &mut views {
+        if let Some((kind, reached)) = keys.get(vip).and_then(|k| sources.get(k)) {
+            view.source = Some(kind.clone());
+            view.source_reached = Some(*reached);
+        }
+    }
     views
 }
 
@@ -519,6 +545,7 @@ mod tests {
         let r = crate::metrics::Registry::default();
         r.register(IpAddr::from([10, 0, 0, 10]), "eth1", "/service/pg/leader");
         r.register(IpAddr::from([10, 0, 0, 11]), "eth1", "/service/pg2/leader");
+        r.set_source("/service/pg/leader", &crate::patroni_rest::KIND, true, 200);
         r.set_gate(
             IpAddr::from([10, 0, 0, 10]),
             &GateStatus {
@@ -561,7 +588,14 @@ mod tests {
                 demotions: 1,
                 patroni_url: Some("http://10.0.0.21:8008".to_owned()),
                 patroni_url_source: Some("member-key".to_owned()),
+                source: Some("patroni".to_owned()),
+                source_reached: Some(true),
             }
+        );
+        assert!(
+            open.text().contains(" source=patroni source_reached=true"),
+            "{}",
+            open.text()
         );
         let waiting = &views[&IpAddr::from([10, 0, 0, 11])];
         assert_eq!(waiting.state, "waiting");
@@ -572,6 +606,11 @@ mod tests {
             "labels unescaped"
         );
         assert_eq!(waiting.last_outcome, None);
+        assert_eq!(
+            (waiting.source.as_deref(), waiting.source_reached),
+            (Some("patroni"), Some(false)),
+            "its key's source not reached yet"
+        );
         assert!(gate_views("garbage\n# HELP x\nx{vip=\"nope\"} 1\n").is_empty());
     }
 
@@ -593,7 +632,8 @@ mod tests {
         assert_eq!(
             lines[1],
             "  gate state=open waiting_ms=0 last_outcome=primary last_wait_ms=12 failsafe_holding=false \
-             demotions=1 patroni_url=http://10.0.0.21:8008 patroni_url_from=member-key"
+             demotions=1 patroni_url=http://10.0.0.21:8008 patroni_url_from=member-key \
+             source=patroni source_reached=true"
         );
         let j = report_with_gates(
             "eth1",
