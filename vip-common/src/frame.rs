@@ -38,7 +38,7 @@ use crate::maps::{VipKey, VipState};
 
 mod egress;
 mod ipv6;
-pub use egress::{TC_ACT_OK, TC_ACT_SHOT, TC_ACT_UNSPEC, egress};
+pub use egress::{TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, TC_ACT_UNSPEC, egress};
 pub use ipv6::{
     ICMPV6_NA, ICMPV6_NS, IPV6_FRAME_LEN, IPV6_HEADER_LEN, NA_FLAG_OVERRIDE, NA_FLAG_ROUTER,
     NA_FLAG_SOLICITED, ND_FRAME_LEN, ND_LEN, NS_MIN_FRAME_LEN, NS_MIN_LEN, NdView,
@@ -50,6 +50,11 @@ pub use ipv6::{
 pub const XDP_DROP: u32 = 1;
 pub const XDP_PASS: u32 = 2;
 pub const XDP_TX: u32 = 3;
+
+/// The TC ingress program pulls a non-linear frame of at most this many bytes into the linear part
+/// before judging it (every ARP request and every Neighbor Solicitation we answer is shorter), and
+/// pulls this much of a longer one whose linear part does not hold an IPv6 header.
+pub const TC_PULL_LEN: u32 = 128;
 
 /// Ethernet header length (no VLAN tag).
 pub const ETH_LEN: usize = 14;
@@ -172,8 +177,10 @@ impl Verdict {
         }
     }
 
-    /// The TC action for this verdict (the egress program): a drop is `TC_ACT_SHOT`, anything
-    /// else is [`TC_ACT_UNSPEC`], "not mine", which lets the programs after ours run.
+    /// The TC action for this verdict: a drop is `TC_ACT_SHOT`, anything else is
+    /// [`TC_ACT_UNSPEC`], "not mine", which lets the programs after ours run. The TC ingress
+    /// program sends a [`Outcome::Replied`] frame back out with `bpf_redirect` instead
+    /// ([`TC_ACT_REDIRECT`]); the egress program never replies.
     #[inline(always)]
     #[must_use]
     pub const fn tc_action(&self) -> i32 {

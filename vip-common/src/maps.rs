@@ -12,6 +12,9 @@ pub const STATE_MAP: &str = "VIP_STATE";
 pub const STATS_MAP: &str = "VIP_STATS";
 /// Name of the XDP program inside the object.
 pub const PROGRAM_NAME: &str = "vip_xdp";
+/// Name of the TC ingress program inside the object: the XDP program's decision where XDP would
+/// run in generic mode (the `tc` attach mode).
+pub const INGRESS_TC_PROGRAM_NAME: &str = "vip_tc_ingress";
 /// Name of the TC egress program inside the object (the same maps; see `frame::egress`).
 pub const EGRESS_PROGRAM_NAME: &str = "vip_tc_egress";
 /// Name of the per-CPU hash map VIP -> [`EgressStats`]: the TC egress program's counters, in a

@@ -37,6 +37,9 @@ use crate::frame::ArpView;
 pub const TC_ACT_UNSPEC: i32 = -1;
 pub const TC_ACT_OK: i32 = 0;
 pub const TC_ACT_SHOT: i32 = 2;
+/// What `bpf_redirect` returns: the TC ingress program's reply leaves through the interface's
+/// egress.
+pub const TC_ACT_REDIRECT: i32 = 7;
 
 const IPPROTO_ICMPV6: u8 = 58;
 

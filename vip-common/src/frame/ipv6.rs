@@ -166,20 +166,36 @@ fn neighbour_discovery<
     } else {
         (ns.option_mac, ns.src, NA_FLAG_OVERRIDE | NA_FLAG_SOLICITED)
     };
-    let written = pkt.head_mut::<ND>().and_then(|f| {
-        let macs = part_mut::<ND, 0, 12>(f)?;
-        macs[0..6].copy_from_slice(&eth_dst);
-        macs[6..12].copy_from_slice(&state.mac);
-        let packet = part_mut::<ND, L3, ND_LEN>(f)?;
-        write_na_packet(packet, &state.mac, &vip.addr, &ip_dst, flags);
-        Some(())
-    });
+    // A plain function, not a closure: LLVM may outline a closure for one of the programs, and a
+    // BPF subprogram's stack adds to its caller's (the TC ingress program went past 512 bytes).
+    let written = match pkt.head_mut::<ND>() {
+        Some(f) => write_na_frame::<ND, L3>(f, &eth_dst, &state.mac, &vip.addr, &ip_dst, flags),
+        None => None,
+    };
     Some(match written {
         Some(()) => Verdict::new(Outcome::Replied, vip),
         // Unreachable (the same prefix was readable above), but never transmit what we did not
         // write.
         None => Verdict::new(Outcome::DroppedArp, vip),
     })
+}
+
+/// Rewrite the solicitation frame `f` (IPv6 at `L3`) into our advertisement.
+#[inline(always)]
+fn write_na_frame<const ND: usize, const L3: usize>(
+    f: &mut [u8; ND],
+    eth_dst: &[u8; 6],
+    mac: &[u8; 6],
+    vip: &[u8; 16],
+    ip_dst: &[u8; 16],
+    flags: u8,
+) -> Option<()> {
+    let macs = part_mut::<ND, 0, 12>(f)?;
+    macs[0..6].copy_from_slice(eth_dst);
+    macs[6..12].copy_from_slice(mac);
+    let packet = part_mut::<ND, L3, ND_LEN>(f)?;
+    write_na_packet(packet, mac, vip, ip_dst, flags);
+    Some(())
 }
 
 /// The fields of an IPv6 packet carrying a Neighbor Solicitation or Advertisement with one 8-byte
