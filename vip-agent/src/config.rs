@@ -18,7 +18,7 @@
 //! `etcd-key-file`, `manager-type` (`basic`), `verbose`. Accepted and ignored with an info notice:
 //! `interval`, `retry-after`, `retry-num` (vip-agent watches, it does not poll). Accepted with a
 //! warning: `hosting-type` (Pigsty writes it; vip-manager never read it). Refused with a clear
-//! error: `dcs-type: consul|patroni`, `manager-type: hetzner`, `consul-token`, IPv6 VIPs, pre-1.0
+//! error: `dcs-type: consul|patroni`, `manager-type: hetzner`, `consul-token`, pre-1.0
 //! keys (`iface`, `mask`, `key`, `nodename`, ...), and any unknown key (with the closest known key).
 //!
 //! vip-agent's own: `vips` (several VIPs, see [`VipConfig`]), `garp-count` and `garp-interval`
@@ -374,13 +374,16 @@ impl GarpConfig {
 /// `xdp-mode`: how to attach the XDP program.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum XdpModeSetting {
-    /// Native where the driver supports it, generic otherwise (generic on veth).
+    /// Native where the driver supports it, else the TC ingress program (tcx), else generic
+    /// (never native on veth).
     #[default]
     Auto,
     /// Native (driver) mode only; also accepted as `driver`/`drv`.
     Native,
     /// Generic (skb) mode only; also accepted as `skb`.
     Generic,
+    /// The TC ingress program only (tcx, Linux 6.6+); also accepted as `tcx`.
+    Tc,
 }
 
 impl XdpModeSetting {
@@ -391,6 +394,7 @@ impl XdpModeSetting {
             Self::Auto => "auto",
             Self::Native => "native",
             Self::Generic => "generic",
+            Self::Tc => "tc",
         }
     }
 }
@@ -407,6 +411,7 @@ impl From<XdpModeSetting> for crate::dataplane::AttachMode {
             XdpModeSetting::Auto => Self::Auto,
             XdpModeSetting::Native => Self::Native,
             XdpModeSetting::Generic => Self::Generic,
+            XdpModeSetting::Tc => Self::Tc,
         }
     }
 }
