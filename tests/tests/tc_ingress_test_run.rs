@@ -139,7 +139,7 @@ impl Loaded {
             .expect("stats")
             .iter()
             .fold(VipStats::default(), |a, s| a.merge(s));
-        [s.arp_replied, s.arp_dropped, s.ipv4_dropped, s.conflicts]
+        [s.replied, s.requests_dropped, s.ip_dropped, s.conflicts]
     }
 
     fn last_reply(&self, key: VipKey) -> u64 {

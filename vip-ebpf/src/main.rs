@@ -180,7 +180,7 @@ impl VipLookup for Maps {
 fn count(verdict: &Verdict) {
     match verdict.outcome {
         Outcome::Pass => {}
-        Outcome::DroppedSentIp | Outcome::DroppedSentArp => {
+        Outcome::DroppedSentIp | Outcome::DroppedSentNeighbour => {
             let Some(p) = VIP_EGRESS.get_ptr_mut(verdict.vip) else {
                 return;
             };
@@ -189,10 +189,10 @@ fn count(verdict: &Verdict) {
             if verdict.outcome == Outcome::DroppedSentIp {
                 stats.ip_dropped += 1;
             } else {
-                stats.arp_dropped += 1;
+                stats.neighbour_dropped += 1;
             }
         }
-        Outcome::Replied | Outcome::DroppedArp | Outcome::DroppedIp | Outcome::Conflict => {
+        Outcome::Replied | Outcome::DroppedRequest | Outcome::DroppedIp | Outcome::Conflict => {
             let Some(p) = VIP_STATS.get_ptr_mut(verdict.vip) else {
                 return;
             };
@@ -203,12 +203,12 @@ fn count(verdict: &Verdict) {
             let stats = unsafe { &mut *p };
             match verdict.outcome {
                 Outcome::Replied => {
-                    stats.arp_replied += 1;
+                    stats.replied += 1;
                     // SAFETY: plain helper call.
                     stats.last_reply_ns = unsafe { bpf_ktime_get_ns() };
                 }
-                Outcome::DroppedArp => stats.arp_dropped += 1,
-                Outcome::DroppedIp => stats.ipv4_dropped += 1,
+                Outcome::DroppedRequest => stats.requests_dropped += 1,
+                Outcome::DroppedIp => stats.ip_dropped += 1,
                 _ => stats.conflicts += 1,
             }
         }

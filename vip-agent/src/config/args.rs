@@ -26,10 +26,10 @@ pub struct ConfigArgs {
     #[arg(long, env = "VIP_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
 
-    /// Virtual IPv4 address to manage.
+    /// Virtual IP address to manage (IPv4 or IPv6).
     #[arg(long, env = "VIP_IP", value_name = "ADDR")]
     pub ip: Option<String>,
-    /// Prefix length of the VIP (1..=32), e.g. 24.
+    /// Prefix length of the VIP (1..=32 for IPv4, 1..=128 for IPv6), e.g. 24.
     #[arg(long, env = "VIP_NETMASK", value_name = "PREFIX")]
     pub netmask: Option<String>,
     /// Network interface that carries the VIP.
