@@ -584,3 +584,24 @@ pub fn splice_section(text: &str, section: &str) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{SECTION_HEADING, existing_section, splice_section};
+
+    #[test]
+    fn the_section_is_appended_then_replaced_in_place() {
+        let text = "# Benchmarks\n\nintro\n\n## Other\n\nother text\n";
+        let first = format!("{SECTION_HEADING}\n\nfirst\n");
+        let once = splice_section(text, &first);
+        assert!(once.starts_with(text.trim_end()), "{once}");
+        assert!(once.ends_with(&first), "{once}");
+        assert_eq!(existing_section(&once).as_deref(), Some(first.as_str()));
+        let with_next = format!("{once}\n## Later\n\nlater\n");
+        let second = format!("{SECTION_HEADING}\n\nsecond\n");
+        let twice = splice_section(&with_next, &second);
+        assert!(!twice.contains("first"), "{twice}");
+        assert!(twice.contains("second\n\n## Later\n\nlater\n"), "{twice}");
+        assert!(twice.starts_with("# Benchmarks\n\nintro\n\n## Other\n\nother text\n"));
+    }
+}

@@ -324,7 +324,11 @@ fn an_answering_vip_and_everything_else_go_on_untouched() {
     }
     for key in [VipKey::v4(VIP), VipKey::v6(VIP6)] {
         let e = l.egress(key);
-        assert_eq!((e.ip_dropped, e.neighbour_dropped), (0, 0), "no count for a pass");
+        assert_eq!(
+            (e.ip_dropped, e.neighbour_dropped),
+            (0, 0),
+            "no count for a pass"
+        );
     }
 }
 

@@ -171,10 +171,7 @@ fn tc_mode_answers_arp_and_ns_then_fenced_drops_them_and_vip_traffic() {
     let f6 = dp.stats(vip6).expect("stats");
     assert_eq!((f4.requests_dropped, f4.ip_dropped), (3, 4), "{f4:?}");
     assert_eq!((f6.requests_dropped, f6.ip_dropped), (3, 4), "{f6:?}");
-    assert_eq!(
-        (f4.replied, f6.replied),
-        (s4.replied, s6.replied)
-    );
+    assert_eq!((f4.replied, f6.replied), (s4.replied, s6.replied));
     drop(dp);
 
     // A new loader adopts the tcx link (no second attach); detach takes it off, and the kernel

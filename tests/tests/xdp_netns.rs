@@ -136,10 +136,7 @@ fn fenced_node_is_silent_even_with_the_vip_configured() {
 
     let stats = dp.stats(p.vip).expect("stats");
     assert_eq!(stats.requests_dropped, 4, "one drop per probe: {stats:?}");
-    assert_eq!(
-        stats.ip_dropped, 5,
-        "one drop per echo request: {stats:?}"
-    );
+    assert_eq!(stats.ip_dropped, 5, "one drop per echo request: {stats:?}");
     assert_eq!(stats.replied, 0);
 }
 

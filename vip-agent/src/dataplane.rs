@@ -1571,3 +1571,30 @@ fn ignore_missing(r: Result<(), MapError>) -> Result<(), MapError> {
         other => other,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{AttachMode, Candidate};
+
+    fn names(mode: AttachMode, veth: bool) -> Vec<&'static str> {
+        Candidate::for_mode(mode, veth)
+            .iter()
+            .map(|c| c.name())
+            .collect()
+    }
+
+    #[test]
+    fn auto_prefers_tc_to_generic_and_never_tries_native_on_veth() {
+        assert_eq!(names(AttachMode::Auto, true), ["tc", "generic"]);
+        assert_eq!(names(AttachMode::Auto, false), ["native", "tc", "generic"]);
+    }
+
+    #[test]
+    fn an_explicit_mode_is_the_only_one_tried() {
+        for veth in [true, false] {
+            assert_eq!(names(AttachMode::Native, veth), ["native"]);
+            assert_eq!(names(AttachMode::Generic, veth), ["generic"]);
+            assert_eq!(names(AttachMode::Tc, veth), ["tc"]);
+        }
+    }
+}
