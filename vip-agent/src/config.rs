@@ -613,6 +613,38 @@ impl Config {
     }
 }
 
+/// The largest configuration file read. vip-manager's and Pigsty's files are a few hundred bytes;
+/// the cap keeps `--config /dev/zero`-like mistakes (or a caller's malice) from growing memory.
+pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
+
+/// Read a configuration file: a regular file (checked on the open descriptor, which is opened
+/// non-blocking so that a FIFO cannot hang the read) of at most [`MAX_CONFIG_BYTES`]. Returns the
+/// text and the file's mode.
+fn read_config_file(path: &std::path::Path) -> std::io::Result<(String, u32)> {
+    use std::io::Read as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)?;
+    let meta = file.metadata()?;
+    if !meta.file_type().is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file (a directory, device, FIFO or socket)",
+        ));
+    }
+    let mut text = String::new();
+    file.take(MAX_CONFIG_BYTES + 1).read_to_string(&mut text)?;
+    if text.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("larger than {MAX_CONFIG_BYTES} bytes"),
+        ));
+    }
+    Ok((text, meta.permissions().mode()))
+}
+
 /// Load the configuration: flags and `VIP_*` variables (already merged by clap into `args`) over
 /// the YAML file named by `args.config`, over the defaults. Host checks are separate
 /// ([`Config::validate_host`]).
@@ -631,8 +663,7 @@ pub fn load(args: &ConfigArgs) -> Result<Config, ConfigError> {
                 path: path.to_owned(),
                 source,
             };
-            let text = fs::read_to_string(path).map_err(read_error)?;
-            let mode = fs::metadata(path).map_err(read_error)?.permissions().mode();
+            let (text, mode) = read_config_file(path).map_err(read_error)?;
             Some((path.display().to_string(), text, mode))
         }
         None => None,

@@ -71,6 +71,7 @@ fn run(args: &ConfigArgs) -> Result<()> {
 
 fn validate(config: &config::Config) -> Result<()> {
     config.log_notices();
+    vip_agent::clock::check_shared_with_bpf()?;
     for notice in config.validate_host()? {
         notice.log();
     }
@@ -232,6 +233,7 @@ fn event(args: &vip_agent::cli::EventArgs) -> Result<()> {
         Some(&args.details.join(" ")),
     )
     .map_err(|why| anyhow::anyhow!("event: {why}"))?;
+    refuse_choices_under_sudo(args)?;
     let socket = match (&args.socket, &args.config) {
         (Some(socket), _) => socket.clone(),
         (None, Some(file)) => {
@@ -253,6 +255,38 @@ fn event(args: &vip_agent::cli::EventArgs) -> Result<()> {
     let reply = client::send(&socket, &request).map_err(|e| anyhow::anyhow!("event: {e}"))?;
     println!("{reply}");
     Ok(())
+}
+
+/// Under sudo (the documented rule lets the postgres user run `vip-agent event *` as root), the
+/// caller must not choose what root reads (`--config`) or connects to (`--socket`,
+/// `VIP_REPMGR_SOCKET`): only the default socket is used. sudo sets `SUDO_UID` itself, so the
+/// caller cannot hide it; a deployment with another socket path uses `repmgr-socket-group`
+/// instead of sudo (docs/repmgr.md).
+fn refuse_choices_under_sudo(args: &vip_agent::cli::EventArgs) -> Result<()> {
+    let Some(uid) = std::env::var_os("SUDO_UID") else {
+        return Ok(());
+    };
+    let chosen = if args.config.is_some() {
+        Some("--config")
+    } else if args.socket.is_some() {
+        Some(if std::env::var_os("VIP_REPMGR_SOCKET").is_some() {
+            "--socket or VIP_REPMGR_SOCKET"
+        } else {
+            "--socket"
+        })
+    } else {
+        None
+    };
+    match chosen {
+        None => Ok(()),
+        Some(what) => anyhow::bail!(
+            "event: run through sudo (SUDO_UID={}), {what} is refused: the caller may not choose \
+             what root reads or connects to; the default socket {} is used under sudo, or give \
+             repmgr's user access with repmgr-socket-group and drop sudo (docs/repmgr.md)",
+            uid.to_string_lossy(),
+            config::DEFAULT_REPMGR_SOCKET
+        ),
+    }
 }
 
 fn version(json: bool) -> Result<()> {

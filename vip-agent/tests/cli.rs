@@ -336,3 +336,189 @@ fn example_config_passes_the_checks_on_a_host_with_its_interface() {
         .expect_err("no eth0 on this host");
     assert!(err.to_string().contains("eth0"), "{err}");
 }
+
+/// Run the agent with `args` and extra environment variables, no `VIP_*` variables inherited, and
+/// kill it if it has not finished after `limit` (a read that blocks forever must fail the test,
+/// not hang it).
+fn agent_bounded(args: &[&str], env: &[(&str, &str)], limit: std::time::Duration) -> Output {
+    let mut cmd = Command::new(AGENT);
+    cmd.args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("VIP_") || key.to_string_lossy().starts_with("SUDO_") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd.envs(env.iter().copied());
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {AGENT}: {e}"));
+    let started = std::time::Instant::now();
+    while child.try_wait().expect("wait for vip-agent").is_none() {
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            let out = child
+                .wait_with_output()
+                .expect("collect vip-agent's output");
+            panic!(
+                "vip-agent {args:?} still ran after {limit:?}: {}",
+                stderr(&out)
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child
+        .wait_with_output()
+        .expect("collect vip-agent's output")
+}
+
+#[test]
+fn a_config_that_is_not_a_regular_file_is_refused_without_reading_it() {
+    let dir = TempDir::new();
+    let fifo = dir.path().join("config.fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).expect("mkfifo");
+    for path in [fifo.to_str().expect("UTF-8 path"), "/dev/zero", "/"] {
+        let out = agent_bounded(
+            &["check", "--config", path],
+            &[],
+            std::time::Duration::from_secs(20),
+        );
+        assert!(!out.status.success(), "check --config {path} succeeded");
+        let err = stderr(&out);
+        assert!(
+            err.contains(path) && err.contains("not a regular file"),
+            "check --config {path}: {err}"
+        );
+    }
+}
+
+#[test]
+fn a_config_file_larger_than_the_cap_is_refused() {
+    let dir = TempDir::new();
+    let big = dir.path().join("big.yml");
+    // Valid YAML all the way (comments), so only the size can make it fail.
+    let line = format!("# {}\n", "x".repeat(1021));
+    std::fs::write(&big, line.repeat(2048)).expect("write a 2 MiB config");
+    let path = big.to_str().expect("UTF-8 path");
+    let out = agent_bounded(
+        &["check", "--config", path],
+        &[],
+        std::time::Duration::from_secs(20),
+    );
+    assert!(!out.status.success(), "a 2 MiB config was accepted");
+    let err = stderr(&out);
+    assert!(err.contains(path) && err.contains("larger than"), "{err}");
+}
+
+/// Under the documented sudoers rule (`postgres ALL=(root) NOPASSWD: /usr/bin/vip-agent event *`),
+/// the caller must not choose what root reads or connects to (issue 16, item 9).
+#[test]
+fn event_under_sudo_refuses_config_and_socket_choices() {
+    let dir = TempDir::new();
+    let socket = dir.path().join("other.sock");
+    let socket = socket.to_str().expect("UTF-8 path");
+    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+    let cases: [Case; 3] = [
+        (
+            &[
+                "event",
+                "--config",
+                "/etc/shadow",
+                "1",
+                "standby_promote",
+                "1",
+            ],
+            &[],
+            "--config",
+        ),
+        (
+            &["event", "--socket", socket, "1", "standby_promote", "1"],
+            &[],
+            "--socket",
+        ),
+        (
+            &["event", "1", "standby_promote", "1"],
+            &[("VIP_REPMGR_SOCKET", socket)],
+            "VIP_REPMGR_SOCKET",
+        ),
+    ];
+    for (args, env, named) in cases {
+        let mut env = env.to_vec();
+        env.extend([("SUDO_UID", "999"), ("SUDO_USER", "postgres")]);
+        let out = agent_bounded(args, &env, std::time::Duration::from_secs(20));
+        assert!(!out.status.success(), "{args:?} under sudo succeeded");
+        let err = stderr(&out);
+        assert!(
+            err.contains(named) && err.contains("sudo"),
+            "{args:?} under sudo: {err}"
+        );
+    }
+}
+
+/// A directory removed when dropped.
+struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    fn new() -> Self {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("vip-agent-cli-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("create a temporary directory");
+        Self(dir)
+    }
+
+    fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// In a time namespace, CLOCK_MONOTONIC carries an offset bpf_ktime_get_ns() does not: every
+/// deadline would be off by it, so the agent refuses to run (issue 16, item 16).
+#[test]
+fn the_daemon_refuses_a_time_namespace_with_a_monotonic_offset() {
+    if !nix::unistd::geteuid().is_root() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI=true: this test needs root (a time namespace)"
+        );
+        eprintln!("SKIPPED: creating a time namespace needs root");
+        return;
+    }
+    // An interface that does not exist, in an empty network namespace: without the clock check
+    // the agent stops at the host checks, and it can never touch the host's network.
+    let dir = TempDir::new();
+    let config = dir.path().join("vip.yml");
+    std::fs::write(
+        &config,
+        "ip: 10.0.0.10\nnetmask: 24\ninterface: vipnone0\ntrigger-key: /service/pg/leader\n\
+         trigger-value: node-a\ndcs-endpoints: http://127.0.0.1:2379\n",
+    )
+    .expect("write the config");
+    let out = Command::new("unshare")
+        .args([
+            "--net",
+            "--time",
+            "--monotonic",
+            "3600",
+            "--fork",
+            "--",
+            AGENT,
+        ])
+        .args(["run", "--config", config.to_str().expect("UTF-8 path")])
+        .env_remove("VIP_AGENT_LOG")
+        .output()
+        .expect("run unshare");
+    assert!(!out.status.success(), "ran with an offset clock");
+    let err = stderr(&out);
+    assert!(
+        err.contains("time namespace") && err.contains("3600 s"),
+        "{err}"
+    );
+}

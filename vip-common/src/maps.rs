@@ -27,11 +27,10 @@ pub const MAP_NAMES: [&str; 3] = [STATE_MAP, STATS_MAP, EGRESS_STATS_MAP];
 /// How many VIPs one interface's maps hold.
 pub const MAX_VIPS: u32 = 256;
 
-/// `BPF_F_NO_PREALLOC`: hash map elements are allocated on update and freed after an RCU grace
-/// period. An update therefore swaps in a fully written element and never rewrites one that a running
-/// program may be reading: the program sees the old value or the new one, never a mix. (With the
-/// default preallocated hash map a replaced element goes straight back to a free list and can be
-/// reused while a reader still holds it.)
+/// `BPF_F_NO_PREALLOC`: hash map elements are allocated on update, so an update swaps in a fully
+/// written element. Since Linux 6.1 a replaced element goes to a per-CPU free list (`bpf_mem_alloc`)
+/// and the next update may reuse it at once, as the preallocated map always did: a program holding
+/// it then copies that update's value (docs/safety.md, "The map write cannot be torn").
 pub const BPF_F_NO_PREALLOC: u32 = 1;
 
 /// Key of both maps: a VIP in network byte order, IPv6 or IPv4. An IPv4 VIP is stored as its

@@ -28,7 +28,7 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     fs,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    os::unix::fs::PermissionsExt as _,
+    os::unix::fs::{MetadataExt as _, PermissionsExt as _},
     path::Path,
 };
 
@@ -161,6 +161,9 @@ impl Config {
             }
         }
         check.pin_path();
+        if let Some(repmgr) = &self.repmgr {
+            check.postgres_socket_dirs(repmgr.postgres_dsn.expose());
+        }
         if let Some(group) = self.repmgr.as_ref().and_then(|r| r.socket_group.as_deref())
             && group.parse::<u32>().is_err()
             && !matches!(nix::unistd::Group::from_name(group), Ok(Some(_)))
@@ -493,10 +496,85 @@ impl HostCheck<'_> {
         }
     }
 
+    /// The unix socket directories of repmgr mode's `postgres-dsn`: not writable by every local
+    /// user, who could otherwise put a socket there in PostgreSQL's place and answer
+    /// `pg_is_in_recovery() = f` (TCP is refused when parsing).
+    fn postgres_socket_dirs(&mut self, dsn: &str) {
+        let Ok(parsed) = dsn.trim().parse::<tokio_postgres::Config>() else {
+            return;
+        };
+        for host in parsed.get_hosts() {
+            if let tokio_postgres::config::Host::Unix(dir) = host
+                && let Ok(meta) = fs::metadata(dir)
+                && meta.permissions().mode() & 0o002 != 0
+            {
+                self.error(
+                    "postgres-dsn",
+                    format!(
+                        "the socket directory {} is writable by every local user (mode {:04o}), \
+                         who could put a socket there in PostgreSQL's place; use PostgreSQL's \
+                         own directory, e.g. /var/run/postgresql",
+                        dir.display(),
+                        meta.permissions().mode() & 0o7777
+                    ),
+                );
+            }
+        }
+    }
+
+    /// A directory root later opens maps and programs in: not a symbolic link, owned by root
+    /// (or this user), and not writable by other users, who could otherwise choose what is
+    /// opened. `what` names it in the error.
+    fn owned_directory(&mut self, path: &Path, what: &str) -> bool {
+        let Ok(meta) = fs::symlink_metadata(path) else {
+            return true;
+        };
+        let problem = if meta.file_type().is_symlink() {
+            Some("is a symbolic link; give the real path".to_owned())
+        } else if !meta.is_dir() {
+            Some("exists and is not a directory".to_owned())
+        } else if meta.uid() != 0 && meta.uid() != nix::unistd::geteuid().as_raw() {
+            Some(format!("is owned by uid {}, not root", meta.uid()))
+        } else if meta.permissions().mode() & 0o022 != 0
+            // A sticky root directory (bpffs's own root is 1777): others cannot replace what
+            // root puts there, and the interface directories are checked one by one.
+            && !(meta.permissions().mode() & 0o1000 != 0 && meta.uid() == 0)
+        {
+            Some(format!(
+                "is writable by other users (mode {:04o}); chmod go-w it",
+                meta.permissions().mode() & 0o7777
+            ))
+        } else {
+            None
+        };
+        match problem {
+            Some(problem) => {
+                self.error("pin-path", format!("{what} {} {problem}", path.display()));
+                false
+            }
+            None => true,
+        }
+    }
+
     /// The pin directory: a directory if it exists; on bpffs unless it is under /sys/fs/bpf,
-    /// where the data plane mounts bpffs itself.
+    /// where the data plane mounts bpffs itself. It and each interface's directory in it are
+    /// [`Self::owned_directory`].
     fn pin_path(&mut self) {
         let path = self.config.pin_path.clone();
+        if !self.owned_directory(&path, "the pin directory") {
+            return;
+        }
+        let interfaces: BTreeSet<String> = self
+            .config
+            .vips
+            .iter()
+            .map(|v| v.interface.clone())
+            .collect();
+        for interface in interfaces {
+            if !self.owned_directory(&path.join(&interface), "the interface's pin directory") {
+                return;
+            }
+        }
         if let Ok(meta) = fs::metadata(&path)
             && !meta.is_dir()
         {

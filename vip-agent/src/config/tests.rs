@@ -1301,6 +1301,60 @@ fn host_pin_path() {
     host_ok(&ok(&min_with("pin-path: /sys/fs/bpf/vip-agent-test")), &f);
 }
 
+/// The pin directory and its per-interface directories are where root later opens maps and the
+/// program: a symbolic link or a directory another user can write would let that user choose
+/// them (issue 16, item 12).
+#[test]
+fn host_pin_path_refuses_symlinks_and_writable_directories() {
+    let dir = TempDir::new();
+    let f = facts(&[("eth0", true, false, &[(OWN, 24)])]);
+    let real = dir.0.join("real");
+    fs::create_dir(&real).expect("mkdir");
+    let link = dir.0.join("link");
+    std::os::unix::fs::symlink(&real, &link).expect("symlink");
+    let e = host_err(&ok(&min_with(&format!("pin-path: {}", link.display()))), &f);
+    let msg = error_for(&e, "pin-path").to_string();
+    assert!(msg.contains("symbolic link"), "{msg}");
+
+    fs::set_permissions(&real, fs::Permissions::from_mode(0o777)).expect("chmod");
+    let e = host_err(&ok(&min_with(&format!("pin-path: {}", real.display()))), &f);
+    let msg = error_for(&e, "pin-path").to_string();
+    assert!(msg.contains("writable by other users"), "{msg}");
+
+    fs::set_permissions(&real, fs::Permissions::from_mode(0o700)).expect("chmod");
+    std::os::unix::fs::symlink(&dir.0, real.join("eth0")).expect("symlink");
+    let e = host_err(&ok(&min_with(&format!("pin-path: {}", real.display()))), &f);
+    let msg = error_for(&e, "pin-path").to_string();
+    assert!(
+        msg.contains("eth0") && msg.contains("symbolic link"),
+        "{msg}"
+    );
+}
+
+/// repmgr mode trusts the local PostgreSQL's word; a socket directory every user can write lets
+/// any user put a socket there in PostgreSQL's place (issue 16, item 10).
+#[test]
+fn host_repmgr_socket_directory_must_not_be_world_writable() {
+    let dir = TempDir::new();
+    let f = facts(&[("eth0", true, false, &[(OWN, 24)])]);
+    fs::set_permissions(&dir.0, fs::Permissions::from_mode(0o1777)).expect("chmod");
+    let yaml = min_with(&format!(
+        "dcs-type: repmgr\nrepmgr-node-id: 1\npin-path: /sys/fs/bpf/vip-agent-test\n\
+         postgres-dsn: \"host={} user=vip dbname=postgres\"",
+        dir.0.display()
+    ));
+    let yaml = yaml
+        .lines()
+        .filter(|l| !l.starts_with("trigger-"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let e = host_err(&ok(&yaml), &f);
+    let msg = error_for(&e, "postgres-dsn").to_string();
+    assert!(msg.contains("writable by every local user"), "{msg}");
+    fs::set_permissions(&dir.0, fs::Permissions::from_mode(0o755)).expect("chmod");
+    host_ok(&ok(&yaml), &f);
+}
+
 #[test]
 fn host_probe_sees_loopback() {
     let facts = HostFacts::probe().expect("getifaddrs");

@@ -159,20 +159,51 @@ pub fn peer_allowed(peer: &Peer, own_uid: u32, group: Option<u32>) -> Result<(),
     }
 }
 
-/// The supplementary groups of process `pid` (`Groups:` of `/proc/<pid>/status`).
-fn supplementary_groups(pid: i32) -> Vec<u32> {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|status| {
-            status.lines().find_map(|l| {
-                l.strip_prefix("Groups:").map(|rest| {
-                    rest.split_whitespace()
-                        .filter_map(|g| g.parse().ok())
-                        .collect()
-                })
-            })
+/// The peer's supplementary groups as the kernel recorded them when it connected
+/// (`SO_PEERGROUPS`, Linux 4.13), rather than `/proc/<pid>/status` read after accept, which
+/// races with the peer exiting and its PID being reused.
+fn peer_groups(socket: std::os::fd::BorrowedFd<'_>) -> io::Result<Vec<u32>> {
+    use std::os::fd::AsRawFd as _;
+    let mut groups: Vec<libc::gid_t> = vec![0; 64];
+    loop {
+        let mut len = libc::socklen_t::try_from(groups.len() * size_of::<libc::gid_t>())
+            .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        // SAFETY: `groups` is a writable buffer of `len` bytes; the kernel writes at most `len`
+        // bytes and sets `len` to what it wrote (or needs, with ERANGE).
+        let rc = unsafe {
+            libc::getsockopt(
+                socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_PEERGROUPS,
+                groups.as_mut_ptr().cast(),
+                &raw mut len,
+            )
+        };
+        let needed = usize::try_from(len).unwrap_or(0) / size_of::<libc::gid_t>();
+        if rc == 0 {
+            groups.truncate(needed);
+            return Ok(groups);
+        }
+        let err = io::Error::last_os_error();
+        if err.raw_os_error() == Some(libc::ERANGE) && needed > groups.len() {
+            groups.resize(needed, 0);
+            continue;
+        }
+        return Err(err);
+    }
+}
+
+/// `text` with control characters escaped (`\n`, `\u{1b}`, ...), for log fields.
+fn loggable(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
         })
-        .unwrap_or_default()
+        .collect()
 }
 
 /// The role persisted by a previous run for `node_id`, if any (a file for another node, or one
@@ -209,36 +240,51 @@ pub fn load_state(path: &Path, node_id: u32) -> Option<Role> {
 }
 
 /// Persist `role` atomically: a temporary file in the same directory, fsync, rename, fsync the
-/// directory. A crash leaves the old file or the new one, never a torn one.
+/// directory. A crash leaves the old file or the new one, never a torn one. As keepalived does
+/// since CVE-2018-19044: the temporary name is unpredictable and created exclusively
+/// (`O_EXCL | O_NOFOLLOW`, mode 0600), so nothing planted in the directory is written through,
+/// and a directory created here is 0700.
 ///
 /// # Errors
 /// The failed step.
 pub fn save_state(path: &Path, node_id: u32, role: Role, event: &str) -> io::Result<()> {
     use std::io::Write as _;
+    use std::os::unix::fs::DirBuilderExt as _;
     let dir = path
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
-    let mut tmp_name = path.file_name().unwrap_or_default().to_owned();
-    tmp_name.push(".tmp");
-    let tmp = dir.join(tmp_name);
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
     let body = format!(
         "# vip-agent repmgr state: the last role event accepted (written atomically)\n\
          node_id={node_id}\nrole={}\nevent={event}\n",
         role.as_str()
     );
-    {
-        let mut f = std::fs::OpenOptions::new()
+    let (tmp, mut f) = loop {
+        let mut tmp_name = path.file_name().unwrap_or_default().to_owned();
+        tmp_name.push(format!(".{:016x}.tmp", fastrand::u64(..)));
+        let tmp = dir.join(tmp_name);
+        match std::fs::OpenOptions::new()
             .write(true)
-            .create(true)
-            .truncate(true)
+            .create_new(true)
             .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(body.as_bytes())?;
-        f.sync_all()?;
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&tmp)
+        {
+            Ok(f) => break (tmp, f),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+    };
+    let written = f.write_all(body.as_bytes()).and_then(|()| f.sync_all());
+    drop(f);
+    if let Err(e) = written.and_then(|()| std::fs::rename(&tmp, path)) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
     }
-    std::fs::rename(&tmp, path)?;
     std::fs::File::open(dir)?.sync_all()
 }
 
@@ -479,7 +525,11 @@ impl RepmgrSource {
     fn apply(&mut self, request: &EventRequest, check_now: &tokio::sync::Notify) -> Reply {
         let decision = self.tracker.event(request, monotonic_ns());
         let node_id = self.settings.node_id;
-        let (event, ts, details) = (&request.event, &request.timestamp, &request.details);
+        // The event word is checked ([a-z0-9_]); repmgr's timestamp and details are free text
+        // from the socket, logged with control characters escaped so that they cannot forge
+        // log lines or drive a terminal.
+        let event = &request.event;
+        let (ts, details) = (loggable(&request.timestamp), loggable(&request.details));
         match decision {
             Decision::Applied {
                 class,
@@ -619,12 +669,16 @@ async fn serve(
             c(outcome);
         }
     };
-    let peer = match stream.peer_cred() {
-        Ok(c) => Peer {
+    let credentials = stream.peer_cred().and_then(|c| {
+        use std::os::fd::AsFd as _;
+        Ok((c, peer_groups(stream.as_fd())?))
+    });
+    let peer = match credentials {
+        Ok((c, groups)) => Peer {
             uid: c.uid(),
             gid: c.gid(),
             pid: c.pid(),
-            groups: c.pid().map(supplementary_groups).unwrap_or_default(),
+            groups,
         },
         Err(e) => {
             warn!(error = %e, "repmgr socket: cannot read the peer's credentials; refusing");
@@ -804,13 +858,80 @@ mod tests {
         assert_eq!(load_state(&path, 4), Some(Role::NotPrimary));
         let mode = std::fs::metadata(&path).expect("stat").permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
-        assert!(
-            !dir.join("sub").join("state.tmp").exists(),
-            "no temporary file left"
-        );
+        let left: Vec<_> = std::fs::read_dir(dir.join("sub"))
+            .expect("list")
+            .filter_map(Result::ok)
+            .map(|e| e.file_name())
+            .filter(|n| n != "state")
+            .collect();
+        assert!(left.is_empty(), "temporary files left: {left:?}");
         std::fs::write(&path, "garbage").expect("write");
         assert_eq!(load_state(&path, 4), None);
         assert_eq!(load_state(&dir.join("absent"), 4), None);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// The groups come from the socket, as they were when the peer connected: still right after
+    /// the peer has exited (its PID may already belong to another process).
+    #[test]
+    fn peer_groups_are_the_connecting_process_groups_even_after_it_exits() {
+        use std::os::fd::AsFd as _;
+        let dir = std::env::temp_dir().join(format!("vip-repmgr-groups-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let path = dir.join("s.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&path).expect("bind");
+        let status = std::process::Command::new("setpriv")
+            .args(["--groups", "4,50,4242", "--", "python3", "-c"])
+            .arg(format!(
+                "import socket; s = socket.socket(socket.AF_UNIX); s.connect({:?})",
+                path.to_str().expect("UTF-8 path")
+            ))
+            .status()
+            .expect("run setpriv");
+        assert!(status.success(), "the connecting child failed: {status}");
+        let (stream, _) = listener.accept().expect("accept");
+        let mut groups = peer_groups(stream.as_fd()).expect("SO_PEERGROUPS");
+        groups.sort_unstable();
+        assert_eq!(groups, [4, 50, 4242]);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn logged_details_carry_no_control_characters() {
+        let shown = loggable("node \"pg2\"\n2026-12-06 fake line\u{1b}[31mred\u{7}\t");
+        assert!(!shown.chars().any(char::is_control), "{shown:?}");
+        assert_eq!(
+            shown,
+            "node \"pg2\"\\n2026-12-06 fake line\\u{1b}[31mred\\u{7}\\t"
+        );
+    }
+
+    /// keepalived's CVE-2018-19044 pattern: a link planted at a predictable temporary name must
+    /// not make root write through it, and a directory the agent creates is private (issue 16,
+    /// item 12).
+    #[test]
+    fn the_state_file_is_not_written_through_a_planted_link() {
+        let dir = std::env::temp_dir().join(format!("vip-repmgr-link-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let path = dir.join("sub").join("state");
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let victim = dir.join("victim");
+        std::fs::write(&victim, "precious\n").expect("write victim");
+        save_state(&path, 4, Role::Primary, "standby_promote").expect("save");
+        let sub_mode = std::fs::metadata(dir.join("sub"))
+            .expect("stat")
+            .permissions()
+            .mode();
+        assert_eq!(sub_mode & 0o077, 0, "created directory mode {sub_mode:o}");
+        std::os::unix::fs::symlink(&victim, dir.join("sub").join("state.tmp")).expect("plant");
+        save_state(&path, 4, Role::NotPrimary, "node_rejoin").expect("save beside the link");
+        assert_eq!(
+            std::fs::read_to_string(&victim).expect("read victim"),
+            "precious\n",
+            "written through the link"
+        );
+        assert_eq!(load_state(&path, 4), Some(Role::NotPrimary));
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

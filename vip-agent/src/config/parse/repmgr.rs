@@ -304,7 +304,15 @@ pub(super) fn parse(top: &Fields, top_gate: &GateConfig, diag: &mut Diag) -> Opt
         }
     }
     let postgres_dsn = match &top_gate.postgres_dsn {
-        Some(dsn) => Some(dsn.clone()),
+        Some(dsn) => match tcp_dsn_problem(dsn.expose()) {
+            Some(reason) => {
+                if let Some(entry) = top.map.get("postgres-dsn") {
+                    diag.invalid(&entry.location.clone(), "postgres-dsn", reason);
+                }
+                None
+            }
+            None => Some(dsn.clone()),
+        },
         None => {
             if !top.map.contains_key("postgres-dsn") {
                 let mut error = top.missing("postgres-dsn");
@@ -329,6 +337,28 @@ pub(super) fn parse(top: &Fields, top_gate: &GateConfig, diag: &mut Diag) -> Opt
         postgres_dsn: postgres_dsn?,
         quorum_hold,
         passfile,
+    })
+}
+
+/// Why a repmgr-mode `postgres-dsn` is refused: it reaches PostgreSQL over TCP. In repmgr mode the
+/// local server's `pg_is_in_recovery() = f` alone keeps the VIP answering, and any local user can
+/// listen on a loopback port PostgreSQL is not bound to (a restart, another port) and answer it;
+/// the gate speaks no TLS to verify the server. A Unix socket lives in a directory only
+/// PostgreSQL's user can write (checked at start-up).
+fn tcp_dsn_problem(dsn: &str) -> Option<String> {
+    let config = dsn.trim().parse::<tokio_postgres::Config>().ok()?;
+    let tcp = !config.get_hostaddrs().is_empty()
+        || config
+            .get_hosts()
+            .iter()
+            .any(|h| matches!(h, tokio_postgres::config::Host::Tcp(_)));
+    tcp.then(|| {
+        format!(
+            "{:?} reaches PostgreSQL over TCP, which any local user could answer in its place; \
+             dcs-type: repmgr trusts the local server's word alone, so give its unix socket \
+             directory, e.g. host=/var/run/postgresql",
+            super::values::redact_dsn(dsn)
+        )
     })
 }
 
@@ -468,6 +498,24 @@ mod tests {
                 format!("{BASE}repmgr-check-interval: 10ms\n"),
                 "repmgr-check-interval",
                 "out of range",
+            ),
+            (
+                BASE.replace("host=/var/run/postgresql", "host=127.0.0.1"),
+                "postgres-dsn",
+                "unix socket",
+            ),
+            (
+                BASE.replace(
+                    "host=/var/run/postgresql",
+                    "host=/var/run/postgresql,localhost",
+                ),
+                "postgres-dsn",
+                "unix socket",
+            ),
+            (
+                BASE.replace("host=/var/run/postgresql", "host=/tmp hostaddr=127.0.0.1"),
+                "postgres-dsn",
+                "unix socket",
             ),
             (
                 format!("{BASE}repmgr-socket: run/x.sock\n"),
