@@ -524,6 +524,11 @@ fn render(
     }
     let _ = writeln!(
         s,
+        "\nOn shared CPUs the rounds of one mode spread widely (the ranges above): a ratio inside \
+         the no-program range says \"no cost this run can see\", not a gain or a loss of that size."
+    );
+    let _ = writeln!(
+        s,
         "\nThe program's marginal cost: `vip_xdp` against an empty XDP program (`return XDP_PASS`) \
          in the same `BPF_PROG_TEST_RUN` run, interleaved, {} rounds (pass and drop: 1,000,000 \
          runs in the kernel per measurement; reply: 20,000 single runs, since a reply rewrites its \
