@@ -29,59 +29,6 @@ const SOURCE: &str = "fuzz.yml";
 const HOST: &str = "fuzzhost";
 const OTHER_SECRET: &str = "0therSecretValue";
 
-/// Sets a string flag by its config key; false for keys that are not flags.
-fn set_arg(args: &mut ConfigArgs, key: &str, value: &str) -> bool {
-    let v = Some(value.to_owned());
-    let slot = match key {
-        "ip" => &mut args.ip,
-        "netmask" => &mut args.netmask,
-        "interface" => &mut args.interface,
-        "trigger-key" => &mut args.trigger_key,
-        "trigger-value" => &mut args.trigger_value,
-        "dcs-type" => &mut args.dcs_type,
-        "etcd-user" => &mut args.etcd_user,
-        "etcd-password" => &mut args.etcd_password,
-        "etcd-ca-file" => &mut args.etcd_ca_file,
-        "etcd-cert-file" => &mut args.etcd_cert_file,
-        "etcd-key-file" => &mut args.etcd_key_file,
-        "interval" => &mut args.interval,
-        "retry-after" => &mut args.retry_after,
-        "retry-num" => &mut args.retry_num,
-        "manager-type" => &mut args.manager_type,
-        "verbose" => &mut args.verbose,
-        "garp-count" => &mut args.garp_count,
-        "garp-interval" => &mut args.garp_interval,
-        "fence-timeout" => &mut args.fence_timeout,
-        "fence-handshake" => &mut args.fence_handshake,
-        "fence-record-ttl" => &mut args.fence_record_ttl,
-        "fence-record-prefix" => &mut args.fence_record_prefix,
-        "xdp-mode" => &mut args.xdp_mode,
-        "metrics-address" => &mut args.metrics_address,
-        "pin-path" => &mut args.pin_path,
-        "promotion-gate" => &mut args.promotion_gate,
-        "promotion-gate-interval" => &mut args.promotion_gate_interval,
-        "promotion-gate-timeout" => &mut args.promotion_gate_timeout,
-        "patroni-url" => &mut args.patroni_url,
-        "patroni-ca-file" => &mut args.patroni_ca_file,
-        "patroni-cert-file" => &mut args.patroni_cert_file,
-        "patroni-key-file" => &mut args.patroni_key_file,
-        "patroni-user" => &mut args.patroni_user,
-        "patroni-password" => &mut args.patroni_password,
-        "postgres-dsn" => &mut args.postgres_dsn,
-        "on-promote" => &mut args.on_promote,
-        "on-demote" => &mut args.on_demote,
-        "hook-timeout" => &mut args.hook_timeout,
-        "hook-retries" => &mut args.hook_retries,
-        "dcs-endpoints" => {
-            args.dcs_endpoints = value.split(',').map(str::to_owned).collect();
-            return true;
-        }
-        _ => return false,
-    };
-    *slot = v;
-    true
-}
-
 /// The flags of the input, and the DSN password to splice in, if any.
 fn parse_args(text: &str) -> (ConfigArgs, Option<String>) {
     let mut args = ConfigArgs::default();
@@ -93,7 +40,8 @@ fn parse_args(text: &str) -> (ConfigArgs, Option<String>) {
         if key == "postgres-dsn-password" {
             dsn_password = Some(value.to_owned());
         } else {
-            set_arg(&mut args, key, value);
+            // A key without a flag (`vips`, a typo) is not a flag: left out.
+            args.set(key, value);
         }
     }
     (args, dsn_password)

@@ -252,7 +252,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
                 gate_config.clone(),
                 Box::new(move |state: &LeaderState| writer.apply(state)),
             )
-            .with_target(member.clone(), scope.clone());
+            .with_target(member.clone(), scope.clone())
+            .with_member_name(scope.is_some().then(|| vip.trigger_value.clone()));
             let gate_registry = registry.clone();
             gate.on_status(Box::new(move |status| {
                 for ip in &ips {

@@ -11,7 +11,7 @@
 //!
 //! # Keys
 //!
-//! vip-manager's: `ip`, `netmask` (prefix length 1..=32), `interface`, `trigger-key`,
+//! vip-manager's: `ip`, `netmask` (prefix length 1..=32, IPv6 1..=128), `interface`, `trigger-key`,
 //! `trigger-value` (default: the host name), `dcs-type` (`etcd`/`etcd3`, both the v3 API),
 //! `dcs-endpoints` (YAML list or comma string, each `http://` or `https://`; default
 //! `http://127.0.0.1:2379`), `etcd-user`, `etcd-password`, `etcd-ca-file`, `etcd-cert-file`,
@@ -19,7 +19,10 @@
 //! `interval`, `retry-after`, `retry-num` (vip-agent watches, it does not poll). Accepted with a
 //! warning: `hosting-type` (Pigsty writes it; vip-manager never read it). Refused with a clear
 //! error: `dcs-type: consul|patroni`, `manager-type: hetzner`, `consul-token`, pre-1.0
-//! keys (`iface`, `mask`, `key`, `nodename`, ...), and any unknown key (with the closest known key).
+//! keys (`iface`, `mask`, `key`, `nodename`, ...), and an unknown key close to a known one (with
+//! that key as the suggestion). An unknown key far from every known key is a warning naming its
+//! line, and ignored, as vip-manager ignores it: a key that a newer vip-manager or Pigsty template
+//! adds must not keep the agent down. `consul-token` is refused as a key, a flag and a variable.
 //!
 //! vip-agent's own: `vips` (several VIPs, see [`VipConfig`]), `garp-count` and `garp-interval`
 //! (see [`GarpConfig`]), `fence-timeout`, `xdp-mode`, `metrics-address`, `pin-path`, and the
@@ -32,6 +35,15 @@
 //! (required), `repmgr-socket`, `repmgr-socket-group`, `repmgr-check-interval`,
 //! `repmgr-state-file`, `repmgr-quorum-hold`, `repmgr-passfile`, and the top-level `postgres-dsn`
 //! (required); see [`RepmgrConfig`] and `docs/repmgr.md`.
+//!
+//! # The key table
+//!
+//! Every key is declared once, in `config/schema.rs` ([`ConfigArgs`]' fields are generated from
+//! the same table): its name, flag and variable, where it may be set (top level, per VIP, or both),
+//! its default and help text for `--help`, the parser family that reads it (`config/parse/*.rs`),
+//! and how `check` renders it. The key lists, the clap arguments, the flag layer and `check`'s
+//! rendering all come from it. Adding a key is one table entry, its field in [`Config`] and its
+//! reader.
 //!
 //! # Phases
 //!
@@ -49,6 +61,7 @@ pub mod fuzzing;
 mod host;
 mod parse;
 mod render;
+mod schema;
 #[cfg(test)]
 mod tests;
 mod values;
@@ -62,13 +75,14 @@ use std::{
     time::Duration,
 };
 
-pub use args::ConfigArgs;
 pub use error::ConfigError;
 pub use host::{HostFacts, InterfaceFacts};
 pub use parse::repmgr::{
     DEFAULT_REPMGR_CHECK_INTERVAL, DEFAULT_REPMGR_QUORUM_HOLD, DEFAULT_REPMGR_SOCKET,
     DEFAULT_REPMGR_STATE_FILE, REPMGR_VALIDITY_INTERVALS, RepmgrConfig,
 };
+pub use schema::ConfigArgs;
+pub use values::repmgr_node_id;
 
 /// etcd endpoint used when none is configured (vip-manager's default).
 pub const DEFAULT_ETCD_ENDPOINT: &str = "http://127.0.0.1:2379";

@@ -67,7 +67,10 @@
 //! extension survives only a read that shows the key still ours, until the lease is confirmed.
 //! `patroni-failsafe: false` never extends.
 
+#[cfg(fuzzing)]
+pub mod fuzzing;
 mod patroni;
+mod peer;
 mod postgres;
 
 use std::{
@@ -101,6 +104,10 @@ pub const CHECK_TIMEOUT: Duration = Duration::from_millis(500);
 /// [`CHECK_TIMEOUT`] plus [`CHECK_INTERVAL_UNREACHABLE`], so that a healthy hold never lapses
 /// between two checks; an unknown answer withdraws it at once anyway.
 pub const FAILSAFE_HOLD: Duration = Duration::from_secs(1);
+/// Failsafe policy: the longest the VIP is held past its lease deadline on Patroni's failsafe word,
+/// however long the etcd outage lasts. It bounds what a failsafe word that should not have been
+/// taken can cost; an outage longer than this goes dark (Patroni's own failsafe has no bound).
+pub const FAILSAFE_MAX_HOLD: Duration = Duration::from_secs(600);
 
 /// Errors building a probe (the gate then keeps waiting with this as the reason).
 #[derive(Debug, thiserror::Error)]
@@ -282,8 +289,8 @@ impl Verdict {
 enum Status {
     /// A running read-write primary.
     Primary {
-        /// Patroni keeps it primary in failsafe mode (`failsafe_mode_is_active: true`).
-        failsafe: bool,
+        /// Whether Patroni keeps it primary in failsafe mode, and whether that word can be taken.
+        failsafe: Failsafe,
         /// `postmaster_start_time`, when reported: a change means PostgreSQL restarted.
         started: Option<String>,
     },
@@ -292,6 +299,18 @@ enum Status {
     /// No usable answer (refused, timeout, garbage, an error status without a document, another
     /// cluster's Patroni).
     Unknown(String),
+}
+
+/// Patroni's failsafe word in a hold check's answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Failsafe {
+    /// No `failsafe_mode_is_active: true` (or not Patroni).
+    Off,
+    /// `failsafe_mode_is_active: true` from a verified peer ([`peer`]): it may hold the VIP past
+    /// its lease.
+    Verified,
+    /// `failsafe_mode_is_active: true` from a peer that could be somebody else: not taken.
+    Unverified(String),
 }
 
 /// Where the gate finds Patroni (see the module documentation).
@@ -303,6 +322,8 @@ pub struct PatroniTarget {
     pub member: Option<watch::Receiver<MemberView>>,
     /// The Patroni scope answers must come from (from the leader key), when known.
     pub scope: Option<String>,
+    /// This member's name (the trigger value): an answer naming another member proves nothing.
+    pub member_name: Option<String>,
 }
 
 impl PatroniTarget {
@@ -378,6 +399,11 @@ struct Core {
     hold_wake: watch::Sender<u64>,
     /// The deadline the last failsafe confirmation granted (0: none in effect).
     failsafe_until: u64,
+    /// When the VIP began to be held past its lease deadline on failsafe confirmations (0: not
+    /// held past it).
+    failsafe_since: u64,
+    /// The longest a VIP is held past its lease on Patroni's failsafe word.
+    failsafe_max_hold: Duration,
 }
 
 impl Core {
@@ -503,6 +529,10 @@ impl Core {
             && state.primary
             && matches!(state.reason, Reason::EtcdUnreachable | Reason::Ours { .. });
         if !keeps {
+            if !(state.primary && matches!(state.reason, Reason::EtcdUnreachable)) {
+                // etcd answered again (or the key is gone): a later outage counts afresh.
+                self.failsafe_since = 0;
+            }
             if self.failsafe_until != 0 {
                 self.failsafe_until = 0;
                 self.status.failsafe.until_ns = 0;
@@ -572,11 +602,17 @@ impl Core {
         let checked = matches!(self.phase, Phase::Open { checked: true, .. });
         let unreachable = self.source_unreachable();
         let text = match &status {
-            Status::Primary { failsafe: true, .. } => "failsafe primary",
-            Status::Primary { .. } => "running primary, failsafe_mode_is_active false",
-            Status::NotPrimary(why) | Status::Unknown(why) => why,
-        }
-        .to_owned();
+            Status::Primary {
+                failsafe: Failsafe::Verified,
+                ..
+            } => "failsafe primary".to_owned(),
+            Status::Primary {
+                failsafe: Failsafe::Unverified(why),
+                ..
+            } => format!("failsafe primary, but its word is not taken: {why}"),
+            Status::Primary { .. } => "running primary, failsafe_mode_is_active false".to_owned(),
+            Status::NotPrimary(why) | Status::Unknown(why) => why.clone(),
+        };
         if unreachable && text != self.status.failsafe.last_probe {
             debug!(gate = %self.name, check = %text, "hold check while the source is unreachable");
             self.status.failsafe.last_probe.clone_from(&text);
@@ -594,9 +630,10 @@ impl Core {
                 );
                 false
             }
-            Status::Primary { failsafe: true, .. } if unreachable && self.failsafe => {
-                self.failsafe_confirmed(t_sent_ns, now)
-            }
+            Status::Primary {
+                failsafe: Failsafe::Verified,
+                ..
+            } if unreachable && self.failsafe => self.failsafe_confirmed(t_sent_ns, now),
             _ if unreachable && self.failsafe => self.failsafe_withdrawn(&text, now),
             Status::Unknown(_) if checked => {
                 if text != self.status.last_check {
@@ -635,6 +672,20 @@ impl Core {
     /// Patroni confirmed failsafe mode (check sent at `t_sent_ns`): extend the deadline.
     fn failsafe_confirmed(&mut self, t_sent_ns: u64, now: u64) -> bool {
         let latest = self.latest;
+        if self.failsafe_since == 0 || latest.safe_until_ns > now {
+            // The hold past the lease starts counting when the lease deadline has passed.
+            self.failsafe_since = if latest.safe_until_ns > now { 0 } else { now };
+        }
+        if self.failsafe_since != 0
+            && now.saturating_sub(self.failsafe_since) >= ns(self.failsafe_max_hold)
+        {
+            let why = format!(
+                "the VIP was held {} s past its lease on Patroni's failsafe word, the most it \
+                 may be (FAILSAFE_MAX_HOLD)",
+                self.failsafe_max_hold.as_secs()
+            );
+            return self.failsafe_withdrawn(&why, now);
+        }
         let until = t_sent_ns.saturating_add(ns(FAILSAFE_HOLD));
         if until > self.answering_until {
             let past_lease = until > latest.safe_until_ns;
@@ -671,6 +722,9 @@ impl Core {
     fn failsafe_withdrawn(&mut self, why: &str, now: u64) -> bool {
         let latest = self.latest;
         self.failsafe_until = 0;
+        if latest.safe_until_ns > now {
+            self.failsafe_since = 0;
+        }
         self.status.failsafe.until_ns = 0;
         if self.answering_until > latest.safe_until_ns {
             if latest.is_safe_at(now) {
@@ -894,6 +948,8 @@ impl Gate {
                 hold_episodes: 0,
                 hold_wake: hold_wake_tx,
                 failsafe_until: 0,
+                failsafe_since: 0,
+                failsafe_max_hold: FAILSAFE_MAX_HOLD,
             })),
             wake,
             hold_wake,
@@ -913,6 +969,21 @@ impl Gate {
     ) -> Self {
         self.target.member = member;
         self.target.scope = scope;
+        self
+    }
+
+    /// Answers must come from this member (Patroni 3.1+ names it in `patroni.name`).
+    #[must_use]
+    pub fn with_member_name(mut self, name: Option<String>) -> Self {
+        self.target.member_name = name;
+        self
+    }
+
+    /// Bound the hold past the lease on Patroni's failsafe word ([`FAILSAFE_MAX_HOLD`] unless
+    /// set).
+    #[must_use]
+    pub fn with_failsafe_max_hold(self, max: Duration) -> Self {
+        lock(&self.core).failsafe_max_hold = max;
         self
     }
 
@@ -1104,18 +1175,24 @@ async fn hold_episode(
     let mut started: Option<String> = None;
     loop {
         prober.follow(config, target, core);
-        let interval = if lock(core).source_unreachable() {
+        let (unreachable, failsafe) = {
+            let core = lock(core);
+            (core.source_unreachable(), core.failsafe)
+        };
+        let interval = if unreachable {
             CHECK_INTERVAL_UNREACHABLE
         } else {
             CHECK_INTERVAL
         };
+        // Who answers matters only where the answer may hold the VIP past its lease.
+        let verify_peer = unreachable && failsafe;
         let begun = Instant::now();
         let t_sent = monotonic_ns();
         let result = tokio::select! {
             biased;
             () = cancel.cancelled() => return,
             _ = wake.wait_for(|e| *e != episode) => return,
-            r = tokio::time::timeout(CHECK_TIMEOUT, prober.status()) => r,
+            r = tokio::time::timeout(CHECK_TIMEOUT, prober.status(verify_peer)) => r,
         };
         let mut status = result.unwrap_or_else(|_| {
             prober.reset();
@@ -1221,8 +1298,13 @@ impl Prober {
                 let (url, source) = target.current();
                 lock(core).set_url(&url, source);
                 Self::Patroni(
-                    patroni::PatroniProbe::new(config, &url, target.scope.clone())
-                        .map_err(|e| e.to_string()),
+                    patroni::PatroniProbe::new(
+                        config,
+                        &url,
+                        target.scope.clone(),
+                        target.member_name.clone(),
+                    )
+                    .map_err(|e| e.to_string()),
                 )
             }
         }
@@ -1246,9 +1328,9 @@ impl Prober {
         }
     }
 
-    async fn status(&mut self) -> Status {
+    async fn status(&mut self, verify_peer: bool) -> Status {
         match self {
-            Self::Patroni(Ok(p)) => p.status().await,
+            Self::Patroni(Ok(p)) => p.status(verify_peer).await,
             Self::Postgres(p) => p.status().await,
             Self::Patroni(Err(why)) | Self::Broken(why) => Status::Unknown(why.clone()),
         }

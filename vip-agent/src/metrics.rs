@@ -592,18 +592,32 @@ pub async fn bind(address: SocketAddr) -> Result<TcpListener, MetricsError> {
 }
 
 /// Serve scrapes and health checks on `listener` until `stop` is cancelled.
+/// At most [`MAX_CONNECTIONS`] exchanges at once.
 pub async fn serve(listener: TcpListener, registry: Registry, stop: CancellationToken) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let mut refused: u64 = 0;
     loop {
         tokio::select! {
             biased;
             () = stop.cancelled() => return,
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
+                    let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+                        // Dropping the stream closes it: idle clients cannot take every
+                        // descriptor the agent needs for etcd, Patroni, hooks and netlink.
+                        refused += 1;
+                        if refused.is_power_of_two() {
+                            warn!(%peer, refused, limit = MAX_CONNECTIONS,
+                                "metrics server: too many open connections, closing new ones");
+                        }
+                        continue;
+                    };
                     let registry = registry.clone();
                     tokio::spawn(async move {
                         if let Err(e) = handle(stream, &registry).await {
                             debug!(%peer, error = %e, "metrics request failed");
                         }
+                        drop(slot);
                     });
                 }
                 Err(e) => {
@@ -614,6 +628,10 @@ pub async fn serve(listener: TcpListener, registry: Registry, stop: Cancellation
         }
     }
 }
+
+/// Open exchanges at most; a connection beyond them is closed at once. Prometheus, HAProxy and
+/// `vip-agent status` need a handful; each exchange is bounded by [`REQUEST_TIMEOUT`] twice.
+pub const MAX_CONNECTIONS: usize = 64;
 
 /// Requests larger than this are refused: a scrape is one short line plus headers.
 const MAX_REQUEST: usize = 8 * 1024;
@@ -737,6 +755,48 @@ mod tests {
             "503 Service Unavailable",
             "an IPv6 VIP is a VIP (not this one)"
         );
+    }
+
+    /// Idle clients cannot take every descriptor: beyond [`MAX_CONNECTIONS`] open exchanges a new
+    /// connection is closed at once, and a scrape is served again as soon as one slot frees
+    /// (issue 16, item 8).
+    #[tokio::test]
+    async fn idle_clients_beyond_the_cap_are_closed_and_scrapes_resume() {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let listener = bind("127.0.0.1:0".parse().expect("address"))
+            .await
+            .expect("bind");
+        let address = listener.local_addr().expect("address");
+        let stop = CancellationToken::new();
+        let server = tokio::spawn(serve(listener, registry(0), stop.clone()));
+        let mut idle = Vec::new();
+        for _ in 0..MAX_CONNECTIONS {
+            idle.push(TcpStream::connect(address).await.expect("connect"));
+        }
+        // Let the server accept them all (each holds a slot while it waits for a request).
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let mut over = TcpStream::connect(address).await.expect("connect");
+        let mut buf = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(2), over.read_to_end(&mut buf)).await;
+        assert!(
+            matches!(read, Ok(Ok(0))),
+            "a connection beyond the cap was not closed at once: {read:?}"
+        );
+        drop(idle.pop());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut scrape = TcpStream::connect(address).await.expect("connect");
+        scrape
+            .write_all(b"GET /health HTTP/1.1\r\n\r\n")
+            .await
+            .expect("send");
+        let mut answer = Vec::new();
+        tokio::time::timeout(Duration::from_secs(2), scrape.read_to_end(&mut answer))
+            .await
+            .expect("answered within 2 s")
+            .expect("read");
+        assert!(answer.starts_with(b"HTTP/1.1 "), "{answer:?}");
+        stop.cancel();
+        server.await.expect("server");
     }
 
     fn registry(deadline_ns: u64) -> Registry {

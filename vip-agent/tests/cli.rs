@@ -337,6 +337,59 @@ fn example_config_passes_the_checks_on_a_host_with_its_interface() {
     assert!(err.to_string().contains("eth0"), "{err}");
 }
 
+/// `--consul-token` (vip-manager's flag) is refused like the `consul-token` key, not with a clap
+/// usage error, and the token is not echoed.
+#[test]
+fn consul_token_is_refused_like_the_key() {
+    let out = agent(&[
+        "check",
+        "--ip",
+        "10.0.0.1",
+        "--netmask",
+        "24",
+        "--interface",
+        "eth0",
+        "--trigger-key",
+        "/service/x/leader",
+        "--consul-token",
+        "s3cr3t-token",
+    ]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("--consul-token / VIP_CONSUL_TOKEN: `consul-token`: Consul is not supported"),
+        "{err}"
+    );
+    assert!(!err.contains("s3cr3t-token"), "{err}");
+}
+
+/// A key far from every known key (one a newer vip-manager or Pigsty template might add) is a
+/// warning on `check`'s stderr, naming the file and the line; the configuration still loads.
+#[test]
+fn check_warns_about_a_far_unknown_key_with_its_line() {
+    let dir = std::env::temp_dir().join(format!("vip-agent-cli-unknown-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let file = dir.join("vip-manager.yml");
+    std::fs::write(
+        &file,
+        "ip: 10.0.0.1\nnetmask: 24\ninterface: eth0\ntrigger-key: /service/x/leader\n\
+         trigger-value: a\nsome-future-setting: 5\n",
+    )
+    .expect("write the config");
+    let out = agent(&["check", "--config", file.to_str().expect("UTF-8 path")]);
+    drop(std::fs::remove_dir_all(&dir));
+    let err = stderr(&out);
+    let warning = err
+        .lines()
+        .find(|l| l.starts_with("warning: ") && l.contains("`some-future-setting`"))
+        .unwrap_or_else(|| panic!("no warning about the key:\n{err}"));
+    assert!(
+        warning.contains(file.to_str().expect("UTF-8 path")) && warning.contains("line 6"),
+        "{warning}"
+    );
+    assert!(!err.contains("unknown key `some-future-setting`"), "{err}");
+}
+
 /// Run the agent with `args` and extra environment variables, no `VIP_*` variables inherited, and
 /// kill it if it has not finished after `limit` (a read that blocks forever must fail the test,
 /// not hang it).

@@ -15,7 +15,9 @@ pub mod common;
 
 use std::time::Duration;
 
-use common::patroni::{FakePatroni, Harness, Mode, config, eventually, eventually_within, ours};
+use common::patroni::{
+    FakePatroni, Harness, Mode, config, eventually, eventually_within, impostor_owned_by, ours,
+};
 use tokio::sync::watch;
 use vip_agent::{
     clock::monotonic_ns,
@@ -308,5 +310,94 @@ async fn an_expired_member_key_keeps_its_api_url_and_a_refusal_there_keeps_gatin
     );
     assert_eq!(h.status().patroni_url, url.to_string());
     assert_eq!(h.status().patroni_url_source, Some(UrlSource::MemberKey));
+    h.finish().await;
+}
+
+/// Open the gate on a failsafe-confirming Patroni with a `lease`, then lose etcd: returns the
+/// unreachable state published.
+async fn open_then_lose_etcd(h: &Harness, lease: Duration) -> LeaderState {
+    let confirmed = ours(lease, 10);
+    h.hook.apply(&confirmed);
+    eventually("the gate opens", || h.writes.answering()).await;
+    let cut = unreachable(&confirmed);
+    h.hook.apply(&cut);
+    cut
+}
+
+/// Patroni's failsafe word holds the VIP past its lease only from a verified peer: a plain-http
+/// listener on this host that belongs to neither root nor Patroni's user (a local user who bound
+/// the port) is not Patroni, and the VIP goes silent at the lease deadline (issue 16, item 1).
+#[tokio::test]
+async fn failsafe_word_from_another_users_listener_is_not_taken() {
+    if !nix::unistd::geteuid().is_root() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI=true: this test needs root (a socket owned by another uid)"
+        );
+        eprintln!("SKIPPED: a listener owned by another uid needs root");
+        return;
+    }
+    let nobody = 65534;
+    let h = Harness::start(config(impostor_owned_by(nobody), Duration::from_secs(60)));
+    let cut = open_then_lose_etcd(&h, Duration::from_millis(1500)).await;
+    // Patroni keeps claiming failsafe mode: a taken word would move the deadline past the lease.
+    eventually("the impostor's word refused", || {
+        h.status().failsafe.last_probe.contains("not taken")
+    })
+    .await;
+    eventually("the lease deadline passes", || {
+        monotonic_ns() > cut.safe_until_ns
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!h.writes.answering(), "answering past the lease");
+    assert!(
+        h.writes
+            .all()
+            .iter()
+            .all(|s| s.safe_until_ns <= cut.safe_until_ns),
+        "a deadline past the lease was written"
+    );
+    let status = h.status();
+    assert_eq!(status.failsafe.extensions, 0, "{status:?}");
+    assert!(
+        status.failsafe.last_probe.contains("not taken")
+            && status
+                .failsafe
+                .last_probe
+                .contains(&format!("uid {nobody}")),
+        "{status:?}"
+    );
+    h.finish().await;
+}
+
+/// However long Patroni keeps confirming, the VIP is held past its lease on that word for at most
+/// the failsafe bound (`FAILSAFE_MAX_HOLD`, shortened here), then silent.
+#[tokio::test]
+async fn failsafe_hold_past_the_lease_is_bounded() {
+    let patroni = FakePatroni::start(Mode::FailsafePrimary).await;
+    let bound = Duration::from_secs(2);
+    let h = Harness::start_gate(config(patroni.url(), Duration::from_secs(60)), |gate| {
+        gate.with_target(None, Some("demo".to_owned()))
+            .with_failsafe_max_hold(bound)
+    });
+    let cut = open_then_lose_etcd(&h, Duration::from_millis(500)).await;
+    eventually("held past the lease", || {
+        h.writes.last().safe_until_ns > cut.safe_until_ns
+    })
+    .await;
+    eventually_within(Duration::from_secs(10), "fenced at the bound", || {
+        fenced(&h.writes.last())
+    })
+    .await;
+    let held = monotonic_ns().saturating_sub(cut.safe_until_ns);
+    assert!(
+        held >= u64::try_from(bound.as_nanos()).expect("ns"),
+        "fenced {held} ns past the lease, before the bound"
+    );
+    // Patroni still says failsafe: the VIP stays silent.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(fenced(&h.writes.last()), "answering again after the bound");
+    assert!(h.status().failsafe.fences >= 1, "{:?}", h.status());
     h.finish().await;
 }

@@ -394,6 +394,42 @@ fn manager_types() {
 }
 
 #[test]
+fn hetzner_points_at_the_hook_recipe() {
+    let e = err(&min_with("manager-type: hetzner"));
+    let msg = error_for(&e, "manager-type").to_string();
+    assert!(
+        msg.contains("on-promote") && msg.contains("docs/hooks.md"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn consul_token_flag_is_refused_like_the_key() {
+    let a = ConfigArgs {
+        consul_token: Some("tok3n".to_owned()),
+        ..args()
+    };
+    let e = match parse_with(Some(MIN), &a) {
+        Ok(c) => panic!("expected an error, got {c:?}"),
+        Err(e) => e,
+    };
+    let flag = error_for(&e, "consul-token");
+    assert!(matches!(flag, ConfigError::Unsupported { .. }), "{flag:?}");
+    let msg = flag.to_string();
+    assert!(
+        msg.starts_with("--consul-token / VIP_CONSUL_TOKEN: "),
+        "{msg}"
+    );
+    assert!(!msg.contains("tok3n"), "{msg}");
+    let from_file = err(&min_with("consul-token: tok3n")).to_string();
+    assert_eq!(
+        msg.split_once(": ").map(|(_, m)| m),
+        from_file.split_once(": ").map(|(_, m)| m),
+        "the same message as the key"
+    );
+}
+
+#[test]
 fn consul_token_is_refused() {
     let e = err(&min_with("consul-token: abc"));
     let e = error_for(&e, "consul-token");
@@ -455,7 +491,6 @@ fn unknown_keys_get_the_closest_known_key() {
         ("interfce", Some("interface")),
         ("dcs-endpoint", Some("dcs-endpoints")),
         ("GARP-COUNT", Some("garp-count")),
-        ("xyzzy", None),
     ] {
         let e = err(&min_with(&format!("{key}: 1")));
         match error_for(&e, key) {
@@ -470,6 +505,40 @@ fn unknown_keys_get_the_closest_known_key() {
             assert!(msg.contains("config file test.yml"), "{msg}");
         }
     }
+}
+
+/// vip-manager (viper) ignores keys it does not know, and a newer Pigsty template or vip-manager
+/// release may add one: a key far from every known key is a warning naming the file and the line,
+/// not an error that keeps the node fenced under `Restart=always`.
+#[test]
+fn far_unknown_keys_are_warnings_with_the_file_and_the_line() {
+    let c = ok(&min_with("xyzzy: 1\nfuture-feature-toggle: {a: 1}"));
+    for (key, line) in [("xyzzy", 6), ("future-feature-toggle", 7)] {
+        let n = notice_for(&c.notices, key, NoticeLevel::Warning);
+        assert_eq!(n.location, Location::File("test.yml".to_owned()), "{n}");
+        let shown = n.to_string();
+        assert!(shown.contains(&format!("line {line}")), "{shown}");
+        assert!(shown.contains("config file test.yml"), "{shown}");
+        assert!(shown.contains("unknown key"), "{shown}");
+    }
+    // Inside a `vips:` entry too, named by its entry.
+    let c = ok("\
+vips:
+  - ip: 10.0.0.10
+    netmask: 24
+    interface: eth0
+    trigger-key: /service/a/leader
+    trigger-value: a
+    xyzzy: 1
+");
+    let n = notice_for(&c.notices, "vips[0].xyzzy", NoticeLevel::Warning);
+    assert!(n.to_string().contains("line 7"), "{n}");
+    // A near miss of a known key stays an error with the suggestion.
+    let e = err(&min_with("xyzzy: 1\ninterfce: eth1"));
+    assert!(
+        matches!(error_for(&e, "interfce"), ConfigError::UnknownKey { .. }),
+        "{e}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

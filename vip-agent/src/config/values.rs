@@ -674,3 +674,18 @@ pub(super) fn is_loopback_url(url: &str) -> bool {
             .parse::<std::net::IpAddr>()
             .is_ok_and(|ip| ip.is_loopback())
 }
+
+/// A repmgr node id: a positive integer (repmgr's are 1..=2^31-1), as `repmgr-node-id` and as
+/// `vip-agent event`'s `%n`.
+///
+/// # Errors
+/// A one-line reason naming the value.
+pub fn repmgr_node_id(raw: &str) -> Result<u32, String> {
+    match raw.trim().parse::<u32>() {
+        Ok(n) if (1..=i32::MAX.unsigned_abs()).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "node id {raw:?} is not a repmgr node id (an integer 1..={})",
+            i32::MAX
+        )),
+    }
+}

@@ -45,7 +45,7 @@ use tokio::{
 };
 use tokio_rustls::TlsConnector;
 
-use super::{GateError, Outcome, Status, Verdict};
+use super::{Failsafe, GateError, Outcome, Status, Verdict, peer};
 use crate::config::{GateConfig, PatroniUrl};
 
 /// Responses larger than this are refused (Patroni's status document is about 1 KiB).
@@ -59,6 +59,10 @@ pub(super) struct PatroniProbe {
     tls: Option<(TlsConnector, ServerName<'static>)>,
     /// The Patroni scope the answers must come from (from the leader key), when known.
     scope: Option<String>,
+    /// The member the answers must come from (the trigger value), when known.
+    member: Option<String>,
+    /// https with `patroni-ca-file`: the server proved a certificate of the configured CA.
+    ca_verified: bool,
 }
 
 impl PatroniProbe {
@@ -68,6 +72,7 @@ impl PatroniProbe {
         config: &GateConfig,
         url: &PatroniUrl,
         scope: Option<String>,
+        member: Option<String>,
     ) -> Result<Self, GateError> {
         let url = url.clone();
         let tls = if url.tls {
@@ -92,8 +97,10 @@ impl PatroniProbe {
             path: format!("{}/primary", url.base),
             url,
             authorization,
+            ca_verified: tls.is_some() && config.patroni_ca_file.is_some(),
             tls,
             scope,
+            member,
         })
     }
 
@@ -105,25 +112,62 @@ impl PatroniProbe {
     /// Ask once. `refused_means_absent`: a refused connection means "no Patroni here"
     /// ([`Outcome::NoPatroni`]) rather than "not yet".
     pub(super) async fn probe(&self, refused_means_absent: bool) -> Verdict {
-        match self.get().await {
-            Ok(response) => judge(response.status, &response.body, self.scope.as_deref()),
+        match self.get(false).await {
+            Ok((response, _)) => judge(response.status, &response.body, self.who()),
             Err(Fetch::Refused(_)) if refused_means_absent => Verdict::Ready(Outcome::NoPatroni),
             Err(e) => Verdict::Wait(e.to_string()),
         }
     }
 
     /// Ask once what Patroni says about this member's PostgreSQL (the hold check).
-    pub(super) async fn status(&self) -> Status {
-        match self.get().await {
-            Ok(response) => judge_status(response.status, &response.body, self.scope.as_deref()),
+    /// With `verify_peer`, a claimed failsafe mode is [`Failsafe::Verified`] only from a peer
+    /// [`peer`] accepts (https with the configured CA, or a local listener of a trusted user,
+    /// looked up while the connection is established: Patroni closes it after the response).
+    pub(super) async fn status(&self, verify_peer: bool) -> Status {
+        let verify = verify_peer && !self.ca_verified;
+        match self.get(verify).await {
+            Ok((response, listener)) => {
+                match judge_status(response.status, &response.body, self.who()) {
+                    Status::Primary {
+                        failsafe: Failsafe::Verified,
+                        started,
+                    } if verify || !verify_peer => {
+                        let failsafe = match listener {
+                            Some(Err(why)) => Failsafe::Unverified(why),
+                            Some(Ok(())) | None => Failsafe::Verified,
+                        };
+                        Status::Primary { failsafe, started }
+                    }
+                    other => other,
+                }
+            }
             Err(e) => Status::Unknown(e.to_string()),
         }
     }
 
-    async fn get(&self) -> Result<Response, Fetch> {
+    fn who(&self) -> Who<'_> {
+        Who {
+            scope: self.scope.as_deref(),
+            member: self.member.as_deref(),
+        }
+    }
+
+    /// One exchange. With `verify_listener`, also whether the socket that accepted the connection
+    /// is a trusted local listener ([`peer::check_local_listener`]), checked before the request.
+    async fn get(
+        &self,
+        verify_listener: bool,
+    ) -> Result<(Response, Option<Result<(), String>>), Fetch> {
         let stream = self.connect().await?;
+        let listener = if verify_listener {
+            let local = stream.local_addr().map_err(Fetch::Io)?;
+            let remote = stream.peer_addr().map_err(Fetch::Io)?;
+            Some(peer::check_local_listener(local, remote))
+        } else {
+            None
+        };
         let request = self.request();
-        match &self.tls {
+        let response = match &self.tls {
             None => exchange(stream, &request).await,
             Some((connector, name)) => {
                 let tls = connector
@@ -132,7 +176,8 @@ impl PatroniProbe {
                     .map_err(|e| Fetch::Tls(e.to_string()))?;
                 exchange(tls, &request).await
             }
-        }
+        }?;
+        Ok((response, listener))
     }
 
     async fn connect(&self) -> Result<TcpStream, Fetch> {
@@ -353,6 +398,15 @@ fn preview(buf: &[u8]) -> String {
     String::from_utf8_lossy(&buf[..buf.len().min(40)]).into_owned()
 }
 
+/// Whom the answers must come from, when known.
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct Who<'a> {
+    /// The Patroni scope (from the leader key).
+    pub(super) scope: Option<&'a str>,
+    /// The member name (the trigger value); Patroni 3.1+ reports it as `patroni.name`.
+    pub(super) member: Option<&'a str>,
+}
+
 /// A status document: a JSON object with Patroni's `role` and `state`, from the right cluster.
 struct Document {
     role: Option<String>,
@@ -364,7 +418,7 @@ struct Document {
 impl Document {
     /// `Ok(None)`: not a JSON object (garbage, an HTML error page); `Err`: a status document of
     /// another Patroni cluster than `scope`.
-    fn parse(body: &[u8], scope: Option<&str>) -> Result<Option<Self>, String> {
+    fn parse(body: &[u8], who: Who<'_>) -> Result<Option<Self>, String> {
         let Ok(doc) = serde_json::from_slice::<serde_json::Value>(body) else {
             return Ok(None);
         };
@@ -376,11 +430,19 @@ impl Document {
                 .and_then(serde_json::Value::as_str)
                 .map(str::to_owned)
         };
-        if let (Some(want), Some(got)) = (scope, doc.get("patroni").and_then(|p| text(p, "scope")))
+        let patroni = doc.get("patroni");
+        if let (Some(want), Some(got)) = (who.scope, patroni.and_then(|p| text(p, "scope")))
             && want != got
         {
             return Err(format!(
                 "the answer comes from Patroni of scope {got:?}, not {want:?} (the leader key's)"
+            ));
+        }
+        if let (Some(want), Some(got)) = (who.member, patroni.and_then(|p| text(p, "name")))
+            && want != got
+        {
+            return Err(format!(
+                "the answer comes from Patroni member {got:?}, not {want:?} (the trigger value)"
             ));
         }
         Ok(Some(Self {
@@ -415,8 +477,8 @@ impl Document {
 
 /// What a `/primary` response means for the gate (see the module documentation). `scope`: the
 /// Patroni scope the answer must come from, when known.
-pub(super) fn judge(status: u16, body: &[u8], scope: Option<&str>) -> Verdict {
-    let doc = match Document::parse(body, scope) {
+pub(super) fn judge(status: u16, body: &[u8], who: Who<'_>) -> Verdict {
+    let doc = match Document::parse(body, who) {
         Ok(doc) => doc,
         Err(why) => return Verdict::Wait(why),
     };
@@ -448,8 +510,10 @@ pub(super) fn judge(status: u16, body: &[u8], scope: Option<&str>) -> Verdict {
 }
 
 /// What a `/primary` response says about this member's PostgreSQL while its VIP answers.
-pub(super) fn judge_status(status: u16, body: &[u8], scope: Option<&str>) -> Status {
-    let doc = match Document::parse(body, scope) {
+/// A claimed failsafe mode comes back as [`Failsafe::Verified`]; [`PatroniProbe::status`] checks
+/// the peer.
+pub(super) fn judge_status(status: u16, body: &[u8], who: Who<'_>) -> Status {
+    let doc = match Document::parse(body, who) {
         Ok(Some(doc)) if doc.says_something() => doc,
         Ok(_) => {
             return Status::Unknown(format!(
@@ -461,7 +525,11 @@ pub(super) fn judge_status(status: u16, body: &[u8], scope: Option<&str>) -> Sta
     };
     match status {
         200 if doc.running_primary() => Status::Primary {
-            failsafe: doc.failsafe,
+            failsafe: if doc.failsafe {
+                Failsafe::Verified
+            } else {
+                Failsafe::Off
+            },
             started: doc.started,
         },
         200 => Status::NotPrimary(format!("Patroni reports {}", doc.seen())),
@@ -601,12 +669,15 @@ mod tests {
                 r#"{{"state": "{state}", "role": "{role}", "postmaster_start_time": "2026-12-06 10:00:00.1+00", "patroni": {{"version": "3.0.2", "scope": "pg-test"}}{extra}}}"#
             )
         };
-        let scope = Some("pg-test");
+        let scope = Who {
+            scope: Some("pg-test"),
+            member: None,
+        };
         for role in ["master", "primary"] {
             assert_eq!(
                 judge_status(200, body(role, "running", "").as_bytes(), scope),
                 Status::Primary {
-                    failsafe: false,
+                    failsafe: Failsafe::Off,
                     started: Some("2026-12-06 10:00:00.1+00".to_owned())
                 },
                 "{role}"
@@ -614,14 +685,17 @@ mod tests {
             let failsafe = body(role, "running", r#", "failsafe_mode_is_active": true"#);
             assert!(matches!(
                 judge_status(200, failsafe.as_bytes(), scope),
-                Status::Primary { failsafe: true, .. }
+                Status::Primary {
+                    failsafe: Failsafe::Verified,
+                    ..
+                }
             ));
             // The string "true" is not Patroni's boolean.
             let stringly = body(role, "running", r#", "failsafe_mode_is_active": "true""#);
             assert!(matches!(
                 judge_status(200, stringly.as_bytes(), scope),
                 Status::Primary {
-                    failsafe: false,
+                    failsafe: Failsafe::Off,
                     ..
                 }
             ));
@@ -659,21 +733,64 @@ mod tests {
             );
         }
         // Another cluster's Patroni on this address proves nothing about ours.
-        let s = judge_status(200, body("master", "running", "").as_bytes(), Some("other"));
+        let other = Who {
+            scope: Some("other"),
+            member: None,
+        };
+        let s = judge_status(200, body("master", "running", "").as_bytes(), other);
         assert!(
             matches!(&s, Status::Unknown(w) if w.contains("scope")),
             "{s:?}"
         );
         // Without a known scope (a key not laid out by Patroni) the scope is not checked.
         assert!(matches!(
-            judge_status(200, body("master", "running", "").as_bytes(), None),
+            judge_status(
+                200,
+                body("master", "running", "").as_bytes(),
+                Who::default()
+            ),
             Status::Primary { .. }
+        ));
+        // Patroni 3.1+ names the member: another member's answer proves nothing about this one.
+        let named = |name: &str| {
+            format!(
+                r#"{{"state": "running", "role": "master", "patroni": {{"version": "3.3.0", "scope": "pg-test", "name": "{name}"}}, "failsafe_mode_is_active": true}}"#
+            )
+        };
+        let this = Who {
+            scope: Some("pg-test"),
+            member: Some("pg-1"),
+        };
+        let s = judge_status(200, named("pg-2").as_bytes(), this);
+        assert!(
+            matches!(&s, Status::Unknown(w) if w.contains("member \"pg-2\"")),
+            "{s:?}"
+        );
+        assert!(matches!(
+            judge_status(200, named("pg-1").as_bytes(), this),
+            Status::Primary {
+                failsafe: Failsafe::Verified,
+                ..
+            }
+        ));
+        assert!(matches!(
+            judge(200, named("pg-2").as_bytes(), this),
+            Verdict::Wait(_)
         ));
     }
 
     #[test]
     fn only_a_running_primary_with_200_opens() {
-        let ready = |status, body: &str| judge(status, body.as_bytes(), Some("pg-test"));
+        let ready = |status, body: &str| {
+            judge(
+                status,
+                body.as_bytes(),
+                Who {
+                    scope: Some("pg-test"),
+                    member: None,
+                },
+            )
+        };
         for role in ["master", "primary"] {
             let body = format!(r#"{{"state": "running", "role": "{role}", "timeline": 2}}"#);
             assert_eq!(

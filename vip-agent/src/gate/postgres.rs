@@ -25,7 +25,7 @@ impl PostgresProbe {
     pub(super) async fn status(&mut self) -> Status {
         match self.0.check().await {
             Recovery::NotInRecovery => Status::Primary {
-                failsafe: false,
+                failsafe: super::Failsafe::Off,
                 started: None,
             },
             Recovery::InRecovery => Status::NotPrimary("pg_is_in_recovery() is true".to_owned()),

@@ -33,19 +33,9 @@ pub struct EventRequest {
     pub details: String,
 }
 
-/// `%n`: a positive integer (repmgr node ids are 1..=2^31-1).
-///
-/// # Errors
-/// A one-line reason naming the value.
-pub fn parse_node_id(raw: &str) -> Result<u32, String> {
-    match raw.trim().parse::<u32>() {
-        Ok(n) if (1..=i32::MAX.unsigned_abs()).contains(&n) => Ok(n),
-        _ => Err(format!(
-            "node id {raw:?} is not a repmgr node id (an integer 1..={})",
-            i32::MAX
-        )),
-    }
-}
+/// `%n`: a positive integer (repmgr node ids are 1..=2^31-1); the configuration's reading of
+/// `repmgr-node-id`, so that both agree.
+pub use crate::config::repmgr_node_id as parse_node_id;
 
 /// `%e`: lower-case letters, digits and `_`, at most [`MAX_EVENT_NAME`] bytes.
 ///

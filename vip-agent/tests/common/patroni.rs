@@ -58,6 +58,10 @@ pub struct FakePatroni {
 impl FakePatroni {
     pub async fn start(mode: Mode) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        Self::serve_on(listener, mode)
+    }
+
+    fn serve_on(listener: TcpListener, mode: Mode) -> Self {
         let addr = listener.local_addr().expect("addr");
         let mode = Arc::new(Mutex::new(mode));
         let requests = Arc::new(AtomicUsize::new(0));
@@ -158,6 +162,38 @@ async fn serve(mut stream: TcpStream, mode: Mode) {
     let _ = stream.write_all(response.as_bytes()).await;
 }
 
+/// A Patroni impostor: a plain-http listener on loopback whose sockets belong to `uid` (the
+/// kernel records the file-system uid of the thread that creates a socket, and of the one that
+/// accepts it; this thread's alone is changed, for its whole life). It answers every request with
+/// Patroni's failsafe-primary document, for the rest of the test process. Returns its URL.
+pub fn impostor_owned_by(uid: u32) -> PatroniUrl {
+    use std::io::{Read as _, Write as _};
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        // SAFETY: setfsuid changes this thread's file-system uid only (the raw syscall).
+        unsafe { libc::setfsuid(uid) };
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        tx.send(listener.local_addr().expect("addr"))
+            .expect("send the address");
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 1024];
+            while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                match stream.read(&mut chunk) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                }
+            }
+            let _ = stream.write_all(
+                b"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n\r\n{\"state\": \"running\", \"role\": \"primary\", \"cluster_unlocked\": true, \"failsafe_mode_is_active\": true, \"patroni\": {\"version\": \"4.0.0\", \"scope\": \"demo\"}}",
+            );
+        }
+    });
+    let addr = rx.recv().expect("the impostor's address");
+    PatroniUrl::parse(&format!("http://{addr}")).expect("url")
+}
+
 /// The states the gate wrote to its sink (in place of the data plane).
 #[derive(Clone, Default)]
 pub struct Writes(pub Arc<Mutex<Vec<LeaderState>>>);
@@ -209,14 +245,18 @@ impl Harness {
         member: Option<watch::Receiver<MemberView>>,
         scope: Option<String>,
     ) -> Self {
+        Self::start_gate(config, |gate| gate.with_target(member, scope))
+    }
+
+    /// A gate built by `build` from the plain one (scope and member, bounds).
+    pub fn start_gate(config: GateConfig, build: impl FnOnce(Gate) -> Gate) -> Self {
         let writes = Writes::default();
         let w = writes.clone();
-        let gate = Gate::new(
+        let gate = build(Gate::new(
             "test",
             config,
             Box::new(move |s: &LeaderState| w.0.lock().expect("writes").push(*s)),
-        )
-        .with_target(member, scope);
+        ));
         let gate_status = Arc::new(Mutex::new(gate.status()));
         let gs = Arc::clone(&gate_status);
         gate.on_status(Box::new(move |s| *gs.lock().expect("status") = s.clone()));

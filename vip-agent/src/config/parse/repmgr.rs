@@ -10,18 +10,11 @@ use std::{collections::BTreeMap, path::PathBuf, time::Duration};
 
 use serde_norway::{Mapping, Value};
 
-use super::{Diag, Entry, Fields, GateConfig, Location, Secret, values};
-
-/// The repmgr keys (top level only).
-pub(in crate::config) const KEYS: [&str; 7] = [
-    "repmgr-node-id",
-    "repmgr-socket",
-    "repmgr-socket-group",
-    "repmgr-check-interval",
-    "repmgr-state-file",
-    "repmgr-quorum-hold",
-    "repmgr-passfile",
-];
+use super::{
+    Diag, Entry, Fields, GateConfig, Location, Secret,
+    schema::{self, Family},
+    values,
+};
 
 /// Where the agent listens for `vip-agent event` unless configured.
 pub const DEFAULT_REPMGR_SOCKET: &str = "/run/vip-agent/repmgr.sock";
@@ -92,7 +85,7 @@ fn is_repmgr(map: &BTreeMap<String, Entry>) -> bool {
 /// Returns whether repmgr mode is on.
 pub(super) fn prepare(map: &mut BTreeMap<String, Entry>, diag: &mut Diag) -> bool {
     if !is_repmgr(map) {
-        for key in KEYS {
+        for key in schema::family(Family::Repmgr) {
             if let Some(entry) = map.get(key) {
                 let location = entry.location.clone();
                 diag.warn(
@@ -113,8 +106,7 @@ pub(super) fn prepare(map: &mut BTreeMap<String, Entry>, diag: &mut Diag) -> boo
         .map_or_else(
             || "?".to_owned(),
             |t| {
-                crate::repmgr::protocol::parse_node_id(&t)
-                    .map_or_else(|_| t.trim().to_owned(), |id| id.to_string())
+                values::repmgr_node_id(&t).map_or_else(|_| t.trim().to_owned(), |id| id.to_string())
             },
         );
     let label = |key: &str| {
@@ -190,15 +182,7 @@ pub(super) fn drop_label_notices(diag: &mut Diag) {
 
 /// etcd keys set in repmgr mode: warned about, not used.
 pub(super) fn ignored_etcd_keys(top: &Fields, diag: &mut Diag) {
-    for key in [
-        "dcs-endpoints",
-        "etcd-user",
-        "etcd-password",
-        "etcd-ca-file",
-        "etcd-cert-file",
-        "etcd-key-file",
-        "patroni-failsafe",
-    ] {
+    for key in schema::family(Family::Etcd).chain(["patroni-failsafe"]) {
         if let Some(entry) = top.map.get(key) {
             let location = entry.location.clone();
             diag.warn(
@@ -214,7 +198,7 @@ pub(super) fn ignored_etcd_keys(top: &Fields, diag: &mut Diag) {
 /// whose result is `top_gate`).
 pub(super) fn parse(top: &Fields, top_gate: &GateConfig, diag: &mut Diag) -> Option<RepmgrConfig> {
     let node_id = match top.text(diag, "repmgr-node-id") {
-        Some((text, location)) => match crate::repmgr::protocol::parse_node_id(&text) {
+        Some((text, location)) => match values::repmgr_node_id(&text) {
             Ok(n) => Some(n),
             Err(reason) => {
                 diag.invalid(&location, "repmgr-node-id", reason);

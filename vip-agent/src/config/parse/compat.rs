@@ -1,0 +1,116 @@
+//! vip-manager's selectors (`dcs-type`, `manager-type`) and the keys vip-agent refuses or
+//! accepts and ignores (`consul-token`, `interval`, `retry-*`, `hosting-type`).
+
+use serde_norway::Value;
+
+use super::{Diag, Fields, Location, suggest, values};
+
+/// `hosting-type` (and the pre-1.0 `hosting_type`/`hostingtype`): vip-manager 5 never reads it.
+pub(super) fn hosting_type_notice(key: &str, value: &Value, location: &Location, diag: &mut Diag) {
+    let shown = values::text(value).unwrap_or_else(|_| values::kind(value).to_owned());
+    let tail = if shown == "basic" {
+        String::new()
+    } else {
+        format!(
+            "; note that vip-manager ran `manager-type: basic` whatever `{key}: {shown}` said, \
+             and so does vip-agent"
+        )
+    };
+    diag.warn(
+        location,
+        key,
+        format!(
+            "ignored: vip-manager never read `{key}` (its key is `manager-type`; Pigsty writes \
+             `hosting-type: basic` regardless){tail}"
+        ),
+    );
+}
+
+/// vip-manager keys that select something we do not do, or that we ignore.
+pub(super) fn compat_keys(top: &Fields, diag: &mut Diag) {
+    if let Some((dcs, location)) = top.text(diag, "dcs-type") {
+        match dcs.trim() {
+            "etcd" | "etcd3" | "repmgr" => {}
+            "consul" => diag.unsupported(
+                &location,
+                "dcs-type",
+                "`consul` is not supported: vip-agent follows Patroni's leader key in etcd v3 only \
+                 (dcs-type `etcd` or `etcd3`)"
+                    .to_owned(),
+            ),
+            "patroni" => diag.unsupported(
+                &location,
+                "dcs-type",
+                "`patroni` (polling Patroni's REST API) is not supported: vip-agent watches the \
+                 leader key in etcd v3 (dcs-type `etcd` or `etcd3`) and uses its lease for fencing"
+                    .to_owned(),
+            ),
+            other => diag.invalid(
+                &location,
+                "dcs-type",
+                format!(
+                    "unknown dcs-type {other:?}{}; vip-agent supports `etcd` and `etcd3` (both the \
+                     etcd v3 API) and `repmgr` (repmgr event notifications)",
+                    suggest(other, &["etcd", "etcd3", "consul", "patroni", "repmgr"])
+                ),
+            ),
+        }
+    }
+    if let Some((manager, location)) = top.text(diag, "manager-type") {
+        match manager.trim() {
+            "basic" => {}
+            "hetzner" => diag.unsupported(
+                &location,
+                "manager-type",
+                "`hetzner` (Hetzner Robot failover API) is not built in: keep `manager-type: \
+                 basic` and route the failover IP to this server from an `on-promote` hook \
+                 (the recipe: \"Hetzner failover IP\" in docs/hooks.md)"
+                    .to_owned(),
+            ),
+            other => diag.invalid(
+                &location,
+                "manager-type",
+                format!(
+                    "unknown manager-type {other:?}{} (vip-manager silently fell back to `basic`; \
+                     vip-agent refuses): only `basic` is supported",
+                    suggest(other, &["basic", "hetzner"])
+                ),
+            ),
+        }
+    }
+    if let Some(entry) = top.get(diag, "consul-token") {
+        let location = entry.location.clone();
+        diag.unsupported(
+            &location,
+            "consul-token",
+            "Consul is not supported (vip-agent follows etcd v3 only); remove `consul-token`"
+                .to_owned(),
+        );
+    }
+    for (key, why) in [
+        (
+            "interval",
+            "vip-agent watches the leader key instead of polling, so there is no poll interval",
+        ),
+        (
+            "retry-after",
+            "vip-manager 4+ does not use it either; vip-agent retries etcd on its own schedule",
+        ),
+        (
+            "retry-num",
+            "vip-manager 4+ does not use it either; vip-agent retries etcd on its own schedule",
+        ),
+    ] {
+        if let Some((n, location)) = top.read(diag, key, values::unsigned) {
+            diag.info(
+                &location,
+                key,
+                format!("{n} accepted for vip-manager compatibility and ignored: {why}"),
+            );
+        }
+    }
+    if let Some(entry) = top.get(diag, "hosting-type") {
+        let (value, location) = (entry.value.clone(), entry.location.clone());
+        hosting_type_notice("hosting-type", &value, &location, diag);
+    }
+}
