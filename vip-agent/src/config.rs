@@ -11,14 +11,14 @@
 //!
 //! # Keys
 //!
-//! vip-manager's: `ip`, `netmask` (prefix length 1..=32), `interface`, `trigger-key`,
+//! vip-manager's: `ip`, `netmask` (prefix length 1..=32, IPv6 1..=128), `interface`, `trigger-key`,
 //! `trigger-value` (default: the host name), `dcs-type` (`etcd`/`etcd3`, both the v3 API),
 //! `dcs-endpoints` (YAML list or comma string, each `http://` or `https://`; default
 //! `http://127.0.0.1:2379`), `etcd-user`, `etcd-password`, `etcd-ca-file`, `etcd-cert-file`,
 //! `etcd-key-file`, `manager-type` (`basic`), `verbose`. Accepted and ignored with an info notice:
 //! `interval`, `retry-after`, `retry-num` (vip-agent watches, it does not poll). Accepted with a
 //! warning: `hosting-type` (Pigsty writes it; vip-manager never read it). Refused with a clear
-//! error: `dcs-type: consul|patroni`, `manager-type: hetzner`, `consul-token`, IPv6 VIPs, pre-1.0
+//! error: `dcs-type: consul|patroni`, `manager-type: hetzner`, `consul-token`, pre-1.0
 //! keys (`iface`, `mask`, `key`, `nodename`, ...), and an unknown key close to a known one (with
 //! that key as the suggestion). An unknown key far from every known key is a warning naming its
 //! line, and ignored, as vip-manager ignores it: a key that a newer vip-manager or Pigsty template
@@ -394,13 +394,16 @@ impl GarpConfig {
 /// `xdp-mode`: how to attach the XDP program.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum XdpModeSetting {
-    /// Native where the driver supports it, generic otherwise (generic on veth).
+    /// Native where the driver supports it, else the TC ingress program (tcx), else generic
+    /// (never native on veth).
     #[default]
     Auto,
     /// Native (driver) mode only; also accepted as `driver`/`drv`.
     Native,
     /// Generic (skb) mode only; also accepted as `skb`.
     Generic,
+    /// The TC ingress program only (tcx, Linux 6.6+); also accepted as `tcx`.
+    Tc,
 }
 
 impl XdpModeSetting {
@@ -411,6 +414,7 @@ impl XdpModeSetting {
             Self::Auto => "auto",
             Self::Native => "native",
             Self::Generic => "generic",
+            Self::Tc => "tc",
         }
     }
 }
@@ -427,6 +431,7 @@ impl From<XdpModeSetting> for crate::dataplane::AttachMode {
             XdpModeSetting::Auto => Self::Auto,
             XdpModeSetting::Native => Self::Native,
             XdpModeSetting::Generic => Self::Generic,
+            XdpModeSetting::Tc => Self::Tc,
         }
     }
 }

@@ -304,22 +304,22 @@ impl Registry {
         for (name, help, get) in [
             (
                 "vip_agent_xdp_arp_replied_total",
-                "ARP requests for the VIP answered by XDP.",
-                (|s: &VipStats| s.arp_replied) as fn(&VipStats) -> u64,
+                "ARP requests (IPv6: Neighbor Solicitations) for the VIP answered by the data plane.",
+                (|s: &VipStats| s.replied) as fn(&VipStats) -> u64,
             ),
             (
                 "vip_agent_xdp_arp_dropped_total",
-                "ARP requests for the VIP dropped by XDP.",
-                |s| s.arp_dropped,
+                "ARP requests (IPv6: Neighbor Solicitations) for the VIP dropped by the data plane.",
+                |s| s.requests_dropped,
             ),
             (
                 "vip_agent_xdp_ipv4_dropped_total",
-                "IPv4 packets to the VIP dropped by XDP while fenced.",
-                |s| s.ipv4_dropped,
+                "IP packets (IPv4, or IPv6 for an IPv6 VIP) to the VIP dropped by the data plane while fenced.",
+                |s| s.ip_dropped,
             ),
             (
                 "vip_agent_xdp_conflicts_total",
-                "ARP frames claiming the VIP from another MAC while answering.",
+                "ARP frames (IPv6: Neighbor Advertisements, Solicitations from it) claiming the VIP from another MAC while answering.",
                 |s| s.conflicts,
             ),
         ] {
@@ -339,7 +339,7 @@ impl Registry {
             (
                 "vip_agent_egress_arp_dropped_total",
                 "ARP (IPv6: Neighbor Discovery) from the VIP this node tried to send while fenced, dropped by the TC egress program.",
-                |s| s.arp_dropped,
+                |s| s.neighbour_dropped,
             ),
         ] {
             family(
@@ -832,12 +832,12 @@ mod tests {
             trigger_key: "/service/pg/leader".into(),
             state: Some(VipState::answering_until([2, 0, 0, 0, 0, 1], deadline_ns)),
             stats: VipStats {
-                arp_replied: 7,
+                replied: 7,
                 ..VipStats::default()
             },
             egress: EgressStats {
                 ip_dropped: 3,
-                arp_dropped: 1,
+                neighbour_dropped: 1,
             },
             transitions: 2,
             last_event_to_dataplane_us: 40,

@@ -28,17 +28,21 @@ pub struct VipStatus {
     pub interface: String,
     /// The VIP.
     pub vip: IpAddr,
-    /// The data plane answers ARP for the VIP now (its deadline lies ahead).
+    /// The data plane answers ARP (IPv6: NDP) for the VIP now (its deadline lies ahead).
     pub answering: bool,
     /// Until the deadline; 0 when fenced or expired.
     pub deadline_in_ms: u64,
-    /// ARP requests for the VIP answered by the XDP program.
+    /// ARP requests (IPv6: Neighbor Solicitations) for the VIP answered by the data plane. The
+    /// output keys keep their first names (`arp_replied`, `arp_dropped`, `ipv4_dropped`), as the
+    /// exported metrics do, so that scripts reading them keep working.
     pub arp_replied: u64,
-    /// ARP requests for the VIP dropped (fenced, or a non-unicast sender).
+    /// ARP requests (IPv6: Neighbor Solicitations) for the VIP dropped (fenced, or a non-unicast
+    /// sender).
     pub arp_dropped: u64,
-    /// IPv4 packets to the VIP dropped while fenced.
+    /// IP packets (IPv4, or IPv6 for an IPv6 VIP) to the VIP dropped while fenced.
     pub ipv4_dropped: u64,
-    /// ARP frames from another MAC claiming the VIP while this node answered.
+    /// ARP frames (IPv6: Neighbor Advertisements) from another MAC claiming the VIP while this
+    /// node answered.
     pub conflicts: u64,
     /// Since the last ARP reply; `None` (JSON `null`) when the program never replied.
     pub last_reply_ago_ms: Option<u64>,
@@ -255,14 +259,14 @@ impl VipStatus {
             vip: s.vip,
             answering: s.state.answering_at(now_ns),
             deadline_in_ms: s.state.deadline_ns.saturating_sub(now_ns) / NS_PER_MS,
-            arp_replied: s.stats.arp_replied,
-            arp_dropped: s.stats.arp_dropped,
-            ipv4_dropped: s.stats.ipv4_dropped,
+            arp_replied: s.stats.replied,
+            arp_dropped: s.stats.requests_dropped,
+            ipv4_dropped: s.stats.ip_dropped,
             conflicts: s.stats.conflicts,
             last_reply_ago_ms: (s.stats.last_reply_ns != 0)
                 .then(|| now_ns.saturating_sub(s.stats.last_reply_ns) / NS_PER_MS),
             sent_ip_dropped: s.egress.ip_dropped,
-            sent_arp_dropped: s.egress.arp_dropped,
+            sent_arp_dropped: s.egress.neighbour_dropped,
             gate: None,
         }
     }
@@ -413,7 +417,7 @@ mod tests {
             stats,
             egress: vip_common::EgressStats {
                 ip_dropped: 4,
-                arp_dropped: 5,
+                neighbour_dropped: 5,
             },
         }
     }
@@ -422,9 +426,9 @@ mod tests {
         snapshot(
             VipState::answering_until(MAC, NOW + 2_500 * MS),
             VipStats {
-                arp_replied: 7,
-                arp_dropped: 1,
-                ipv4_dropped: 2,
+                replied: 7,
+                requests_dropped: 1,
+                ip_dropped: 2,
                 conflicts: 3,
                 last_reply_ns: NOW - 40 * MS,
             },

@@ -94,6 +94,11 @@ enum Task {
         /// the existing BENCHMARKS.md and writes bench/patroni.json. A whole run ends with it.
         #[arg(long)]
         patroni: bool,
+        /// Only what the data plane costs the node's own traffic (TCP throughput and latency
+        /// with no program and each attach mode, and the program's marginal cost in
+        /// BPF_PROG_TEST_RUN; a few minutes): replaces its section in the existing BENCHMARKS.md.
+        #[arg(long)]
+        dataplane: bool,
         /// Real-Patroni trials per scenario and system (default 5; 0 skips the part in a whole
         /// run and keeps its section).
         #[arg(long)]
@@ -193,6 +198,7 @@ fn run(cli: Cli) -> Result<()> {
             systems,
             seed,
             patroni,
+            dataplane,
             patroni_trials,
             patroni_cost_secs,
             patroni_scenarios,
@@ -212,6 +218,9 @@ fn run(cli: Cli) -> Result<()> {
             }
             if patroni {
                 args.push("--patroni".to_owned());
+            }
+            if dataplane {
+                args.push("--dataplane".to_owned());
             }
             if let Some(n) = patroni_trials {
                 args.extend(["--patroni-trials".to_owned(), n.to_string()]);

@@ -6,7 +6,11 @@
 //! [--systems vip-agent,vip-manager,vip-manager-100ms,keepalived] [--seed N] [--quick]
 //! [--patroni] [--patroni-trials N] [--patroni-cost-secs S] [--patroni-scenarios LIST]
 //! [--answer] [--answer-switchovers N] [--answer-cost-trials N] [--answer-other-switchovers N]
-//! [--answer-fault-trials N] [--out DIR]
+//! [--answer-fault-trials N] [--dataplane] [--out DIR]
+//!
+//! `--dataplane` runs only the data plane's cost to the node's own traffic
+//! (`vip_tests::bench_dataplane`, a few minutes) and replaces its section in BENCHMARKS.md; a full
+//! run keeps that section.
 //!
 //! Every scenario runs 200 trials per system by default (hours); `--quick` keeps the 200
 //! switchovers and runs a handful of each slow scenario.
@@ -71,6 +75,8 @@ struct Args {
     out: PathBuf,
     /// Only the real-Patroni part, spliced into the existing BENCHMARKS.md.
     patroni_only: bool,
+    /// `--dataplane`: only the data plane's cost to the node's own traffic (its section).
+    dataplane_only: bool,
     /// Trials per scenario and system of the real-Patroni part (0: skip it).
     patroni_trials: usize,
     /// Each window of the hold check's cost (0: skip it).
@@ -130,6 +136,7 @@ fn parse_args() -> Args {
             .map_or(1, |d| d.as_secs()),
         out: PathBuf::from("."),
         patroni_only: false,
+        dataplane_only: false,
         patroni_trials: bench_patroni::DEFAULT_TRIALS,
         patroni_cost: bench_patroni::DEFAULT_COST_WINDOW,
         patroni_scenarios: bench_patroni::SCENARIOS.to_vec(),
@@ -140,6 +147,10 @@ fn parse_args() -> Args {
     while let Some(a) = it.next() {
         if a == "--patroni" {
             args.patroni_only = true;
+            continue;
+        }
+        if a == "--dataplane" {
+            args.dataplane_only = true;
             continue;
         }
         if a == "--answer" {
@@ -311,6 +322,15 @@ fn main() {
         patroni_only(&args);
         return;
     }
+    if args.dataplane_only {
+        let path = args.out.join("BENCHMARKS.md");
+        let previous = std::fs::read_to_string(&path).unwrap_or_default();
+        let section = vip_tests::bench_dataplane::run(vip_tests::bench_dataplane::Plan::default());
+        let text = vip_tests::bench_dataplane::splice_section(&previous, &section);
+        std::fs::write(&path, &text).expect("write BENCHMARKS.md");
+        println!("{section}");
+        return;
+    }
     if args.answer_only {
         answer_only(&args);
         return;
@@ -430,6 +450,11 @@ fn main() {
         }
     } else if let Some(section) = bench_patroni::existing_section(&previous) {
         // Skipped in this run: the section of the run that made it stays.
+        report.push('\n');
+        report.push_str(&section);
+    }
+    // The data plane's cost to the node's traffic is its own run (`--dataplane`): kept.
+    if let Some(section) = vip_tests::bench_dataplane::existing_section(&previous) {
         report.push('\n');
         report.push_str(&section);
     }

@@ -373,7 +373,7 @@ schema! {
                 .map(|h| text(h.prefix.as_str()))
         };
     "xdp-mode" => xdp_mode("VIP_XDP_MODE", "MODE", Text): Top, Agent, Some("auto"),
-        "XDP attach mode: auto, native or generic.",
+        "Attach mode of the ingress program: auto, native, generic or tc (tcx, Linux 6.6+).",
         |c, v| v.is_none().then(|| text(c.xdp_mode.as_str()));
     "metrics-address" => metrics_address("VIP_METRICS_ADDRESS", "IP:PORT", Text): Top, Agent,
         Some("127.0.0.1:9477"),

@@ -836,6 +836,8 @@ fn xdp_modes() {
         ("drv", XdpModeSetting::Native),
         ("Generic", XdpModeSetting::Generic),
         ("skb", XdpModeSetting::Generic),
+        ("tc", XdpModeSetting::Tc),
+        ("TCX", XdpModeSetting::Tc),
     ] {
         assert_eq!(ok(&min_with(&format!("xdp-mode: {value}"))).xdp_mode, mode);
     }
