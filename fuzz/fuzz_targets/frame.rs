@@ -315,7 +315,7 @@ fn check_ipv6(table: &Table, verdict: Verdict, original: &[u8], buf: &[u8], ip: 
         Some((NS, target)) if table.state6(&target).is_some() => {
             let vip = VipKey::v6(target);
             if table.answering6(&target).is_none() {
-                Verdict::new(Outcome::DroppedArp, vip)
+                Verdict::new(Outcome::DroppedRequest, vip)
             } else if answerable(original, ip) {
                 Verdict::new(Outcome::Replied, vip)
             } else {
@@ -425,7 +425,7 @@ fn check_egress(table: &Table, frame: &[u8]) {
             assert_eq!(verdict, Verdict::PASS, "a pass names no VIP");
             assert_eq!(verdict.tc_action(), vip_common::frame::TC_ACT_UNSPEC);
         }
-        Outcome::DroppedSentIp | Outcome::DroppedSentArp => {
+        Outcome::DroppedSentIp | Outcome::DroppedSentNeighbour => {
             let state = table
                 .state(&verdict.vip)
                 .expect("egress dropped for an address that is not a configured VIP");
@@ -452,8 +452,8 @@ fuzz_target!(|data: &[u8]| {
     let expected_action = match verdict.outcome {
         Outcome::Pass | Outcome::Conflict => XDP_PASS,
         Outcome::Replied => XDP_TX,
-        Outcome::DroppedArp | Outcome::DroppedIp => XDP_DROP,
-        Outcome::DroppedSentIp | Outcome::DroppedSentArp => {
+        Outcome::DroppedRequest | Outcome::DroppedIp => XDP_DROP,
+        Outcome::DroppedSentIp | Outcome::DroppedSentNeighbour => {
             panic!("the ingress decision judged a frame as sent: {verdict:?}")
         }
     };
@@ -537,7 +537,7 @@ fuzz_target!(|data: &[u8]| {
                 "{other:?}: a frame we do not answer was modified"
             );
             match other {
-                Outcome::DroppedArp => {
+                Outcome::DroppedRequest => {
                     let arp = arp.expect("ARP drop of a frame that is not well-formed ARP");
                     assert_eq!(arp.op, 1, "ARP drop of a non-request");
                     assert_eq!(verdict.vip, VipKey::v4(arp.tpa));
@@ -563,7 +563,7 @@ fuzz_target!(|data: &[u8]| {
                     assert_ne!(state.mac, arp.sha, "our own MAC counted as a conflict");
                 }
                 Outcome::Pass | Outcome::Replied => {}
-                Outcome::DroppedSentIp | Outcome::DroppedSentArp => {
+                Outcome::DroppedSentIp | Outcome::DroppedSentNeighbour => {
                     unreachable!("the ingress decision judged a frame as sent (checked above)")
                 }
             }
@@ -579,7 +579,7 @@ fuzz_target!(|data: &[u8]| {
             let expected = if table.answering(arp.tpa).is_some() && unicast(&arp.sha) {
                 Outcome::Replied
             } else {
-                Outcome::DroppedArp
+                Outcome::DroppedRequest
             };
             assert_eq!(verdict.outcome, expected, "ARP request for a VIP");
         } else {

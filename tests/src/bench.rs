@@ -15,7 +15,9 @@
 //! * **partition**: the holder is cut off from etcd (its Patroni too, so its lease runs out);
 //! * **agent killed**: SIGKILL of the holder's agent (or vip-manager) while its Patroni keeps the
 //!   key; then restarts, after the VIP went dark and 1 s after a crash;
-//! * **etcd outage**: etcd stopped and restarted with no leadership change.
+//! * **etcd outage**: etcd stopped and restarted with no leadership change;
+//! * [`answer`] (`--answer`, run alone): switchovers plain and with the old agent stopped, killed
+//!   or cut off, for the fence handshake's promise and cost.
 //!
 //! vip-agent's key is the etcd v3 key; Debian's vip-manager 1.0.2 reads the etcd v2 API only, so its
 //! key is written through v2 (etcd runs with `--enable-v2`), in the same order.
@@ -35,6 +37,8 @@ use std::{
 
 use vip_agent::clock::monotonic_ns;
 use vip_common::frame::ARP_OP_REPLY;
+
+pub mod answer;
 
 use crate::{
     arp::{ArpSocket, Probe},
@@ -571,7 +575,16 @@ pub fn start(system: System, subnet: u8, agent_bin: &Path) -> Bed {
     // The fence handshake's record TTL set to the scenarios' longest lease (the partition's 5 s),
     // as docs/safety.md advises (Patroni's `ttl`): a node cut off from etcd then holds the new
     // holder back no longer than its lease would. Only vip-agent reads it.
-    let mut cluster = Cluster::new(subnet, 2, agent_bin, "fence-record-ttl: 5s\n");
+    start_with(system, subnet, agent_bin, "fence-record-ttl: 5s\n")
+}
+
+/// [`start`] with `extra_config` appended to every agent's configuration (only vip-agent reads it).
+///
+/// # Panics
+/// When a step fails.
+#[must_use]
+pub fn start_with(system: System, subnet: u8, agent_bin: &Path, extra_config: &str) -> Bed {
+    let mut cluster = Cluster::new(subnet, 2, agent_bin, extra_config);
     for i in 0..2 {
         system.start_on(&mut cluster, i);
     }

@@ -1364,8 +1364,15 @@ pub const SECTION_HEADING: &str = "## Real Patroni: vip-agent and vip-manager 1.
 /// `section`, or `section` appended when there is none.
 #[must_use]
 pub fn splice_section(text: &str, section: &str) -> String {
+    splice_section_at(text, SECTION_HEADING, section)
+}
+
+/// `text` (a whole BENCHMARKS.md) with the section under `heading` (a `## ` line, up to the next
+/// one) replaced by `section`, or with `section` appended when there is none.
+#[must_use]
+pub fn splice_section_at(text: &str, heading: &str, section: &str) -> String {
     let Some(start) = text
-        .match_indices(SECTION_HEADING)
+        .match_indices(heading)
         .map(|(i, _)| i)
         .find(|&i| i == 0 || text[..i].ends_with('\n'))
     else {
@@ -1374,10 +1381,10 @@ pub fn splice_section(text: &str, section: &str) -> String {
         out.push_str(section);
         return out;
     };
-    let rest = &text[start + SECTION_HEADING.len()..];
+    let rest = &text[start + heading.len()..];
     let end = rest
         .find("\n## ")
-        .map_or(text.len(), |i| start + SECTION_HEADING.len() + i + 1);
+        .map_or(text.len(), |i| start + heading.len() + i + 1);
     let mut out = text[..start].to_owned();
     out.push_str(section.trim_end());
     out.push('\n');
@@ -1391,16 +1398,23 @@ pub fn splice_section(text: &str, section: &str) -> String {
 /// The section under [`SECTION_HEADING`] in `text`, if any (kept by a full run that skips it).
 #[must_use]
 pub fn existing_section(text: &str) -> Option<String> {
-    let start = text.find(SECTION_HEADING)?;
-    let rest = &text[start + SECTION_HEADING.len()..];
+    section_at(text, SECTION_HEADING)
+}
+
+/// The section under `heading` in `text` (up to the next `## ` line), if any.
+#[must_use]
+pub fn section_at(text: &str, heading: &str) -> Option<String> {
+    let start = text.find(heading)?;
+    let rest = &text[start + heading.len()..];
     let end = rest
         .find("\n## ")
-        .map_or(text.len(), |i| start + SECTION_HEADING.len() + i + 1);
+        .map_or(text.len(), |i| start + heading.len() + i + 1);
     Some(text[start..end].trim_end().to_owned() + "\n")
 }
 
 /// Kernel, CPU model and count.
-fn machine() -> String {
+#[must_use]
+pub fn machine() -> String {
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .unwrap_or_default()
@@ -1414,7 +1428,9 @@ fn machine() -> String {
     format!("Linux {}, {cpu}, {cpus} CPUs", kernel.trim())
 }
 
-fn utc_now() -> String {
+/// The current date and time, `YYYY-MM-DD HH:MM UTC`.
+#[must_use]
+pub fn utc_now() -> String {
     std::process::Command::new("date")
         .args(["-u", "+%Y-%m-%d %H:%M UTC"])
         .output()

@@ -9,8 +9,8 @@
 //! # The model
 //!
 //! * **Patroni** is simulated from the client host, one member per node (`node1`, `node2`, ...),
-//!   each with its own lease of [`ChaosConfig::lease_ttl_s`] seconds, kept alive every 500 ms like
-//!   Patroni's `loop_wait`. A switchover is Patroni's release (delete if the value is still mine)
+//!   each with its own lease of [`ChaosConfig::lease_ttl_s`] seconds, kept alive every third of
+//!   it like Patroni's `loop_wait` (10 s of a 30 s `ttl` by default; 1 s here). A switchover is Patroni's release (delete if the value is still mine)
 //!   followed by the target's acquire (create if absent, with its lease); a failover is an acquire
 //!   once the key is gone. A member whose node is partitioned from etcd cannot reach etcd either:
 //!   no keepalive, no writes. A "Patroni death" stops the holder's keepalives until the lease
@@ -33,11 +33,13 @@
 //!
 //! # The invariants (see [`Invariant`])
 //!
-//! * **At most one MAC** answers a probe, except within [`Bounds::settle`] of a change of the key,
-//!   or while one of the two nodes has not been able to see the change (agent stopped, killed or
-//!   cut off from etcd, its interface down, or reconnected less than
-//!   [`Bounds::answer_after_reconnect`] ago). Those are counted apart; the deadline invariants
-//!   bound them. A node the key does not name does not answer under the same conditions.
+//! * **At most one MAC** answers a probe, always: no settle window after a change, and no
+//!   exemption while a node could not see it (agent stopped, killed or cut off from etcd, its
+//!   interface down, reconnecting); the fence handshake makes that hold. A node the key does not
+//!   name does not answer once it has seen the change (connected for
+//!   [`Bounds::answer_after_reconnect`]) and [`Bounds::settle`] has passed since it; and an old
+//!   holder in touch through a change fences its data plane (the time its log gives) within
+//!   [`Bounds::settle`] of it: fence latency is measured and bounded.
 //!
 //!   A node is *connected* while its agent runs, its interface is up, no blackhole route cuts it
 //!   off and etcd serves. The kill of one etcd member counts as a reconnection of every node for
@@ -46,10 +48,14 @@
 //!   not for the deadline checks: etcd as a whole kept serving, so a confirmation could still have
 //!   been made, which only makes the deadline bound later (more lenient), never tighter.
 //! * **No node answers after its deadline**: a probe sent at `t` may be answered by node `i` only
-//!   if `t < C + TTL − 500 ms`, where `C` is the last moment at or before `t` at which node `i`'s
-//!   agent was running, reachable from etcd, and the key named it: no confirmation the agent can
-//!   have made gives a later deadline (docs/safety.md §2). The pinned map's deadline, sampled at
-//!   every step, is held to the same bound. And after etcd deleted the key because its lease
+//!   if `t < min(C, K) + TTL − 500 ms`, where `C` is the last moment at or before `t` at which node
+//!   `i`'s agent was running, reachable from etcd, and the key named it, and `K` the end of the
+//!   last grant or keepalive of member `i`'s lease sent by `C` (or an etcd election's lease
+//!   extension, [`ELECTION_EXTENSION`] after it was observed): the agent's confirmation is sent by
+//!   `C`, and etcd answers at most the TTL left since `K`, so no deadline it can prove lies later
+//!   (docs/safety.md §2). With keepalives every TTL/3, dropping the 500 ms margin or counting the
+//!   granted instead of the remaining TTL gives deadlines beyond it. The pinned map's deadline,
+//!   sampled at every step, is held to the same bound. And after etcd deleted the key because its lease
 //!   expired, the node it named does not answer a probe sent later than 500 ms before that
 //!   deletion was observed.
 //! * **The holder answers**: while the key names node `i`, its agent runs and reaches etcd and its
@@ -97,8 +103,19 @@ const TAGS: u32 = 255 * 256;
 const FOREIGN_MEMBER: &str = "node9";
 /// `Answer::who` of a MAC that belongs to no node.
 const FOREIGN_MAC: u8 = u8::MAX;
-/// Patroni's keepalive period for its lease (`loop_wait` of a 3 s TTL cluster).
-const KEEPALIVE_EVERY: Duration = Duration::from_millis(500);
+/// Patroni's `loop_wait` is a third of its `ttl` (10 s of 30 s by default): the simulated members
+/// keep their leases alive at that rhythm, every [`ChaosConfig::lease_ttl_s`] / 3.
+const KEEPALIVES_PER_TTL: u32 = 3;
+/// After etcd elects a leader, it extends every lease by an election timeout (etcd's `Promote`;
+/// 1 s at etcd's defaults, which the cluster keeps): a lease may then outlive its last keepalive
+/// by more than its TTL. An election observed by the simulated Patroni (a new raft term with a
+/// leader) counts as a keepalive this long after the observation: the extension plus slack for
+/// the new leader's promotion after the term was visible.
+const ELECTION_EXTENSION: Duration = Duration::from_secs(3);
+/// An election may have happened this long before the simulated Patroni observed it (it polls
+/// every [`POLL_EVERY`], but cannot while its member is down or etcd is restarting): elections
+/// observed up to this long after `C` count for the bound at `C`.
+const ELECTION_OBSERVED_WITHIN: Duration = Duration::from_secs(5);
 /// How often the simulated Patroni reads the key (to notice deletions by lease expiry).
 const POLL_EVERY: Duration = Duration::from_millis(100);
 
@@ -136,9 +153,10 @@ pub fn seed_from_env() -> u64 {
 /// The bounds the invariants are checked with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Bounds {
-    /// After a change of the key, two answering MACs (or an answer by a node the key no longer
-    /// names) are not counted for this long: both connected agents see a change within
-    /// milliseconds (the report shows the measured change-to-data-plane times from their logs).
+    /// The fence bound: a node the key no longer names, having seen the change, stops answering
+    /// within this long of it, and an old holder in touch through a change fences its data plane
+    /// (its log's time) within it (the agents' logs show milliseconds). Two answers are never
+    /// excused by it.
     pub settle: Duration,
     /// The key's node answers within this long of the key naming it (its agent connected, having
     /// seen the change: the agents' logs show milliseconds).
@@ -147,7 +165,8 @@ pub struct Bounds {
     /// with 3 s leases its deadline runs 1.5 s ahead of each 1 s confirmation.
     pub holder_gap: Duration,
     /// ... or within this long of its agent's return (restart, SIGCONT, partition healed, etcd back):
-    /// the agent's reconnect backoff is at most 5 s (`backoff_max`), plus startup and a read.
+    /// the agent's reconnect backoff is at most 1 s (`backoff_max`), plus startup, a read and
+    /// the fence handshake's wait for the other records.
     pub answer_after_reconnect: Duration,
     /// The agent's promise: its deadline lies at least this far before the lease could expire
     /// (`safety_margin`, 500 ms).
@@ -368,6 +387,9 @@ pub enum Invariant {
     TwoAnswers,
     /// A node the key does not name answered after it had seen the change.
     StaleAnswer,
+    /// The old holder, in touch through a change, fenced its data plane (its log's time) later
+    /// than [`Bounds::settle`] after the change.
+    SlowFence,
     /// A node answered a probe sent after `C + TTL − 500 ms` (see the module documentation).
     PastDeadline,
     /// A pinned map's deadline lay beyond `C + TTL − 500 ms` when sampled.
@@ -396,9 +418,10 @@ pub enum Invariant {
 
 impl Invariant {
     /// Every invariant, in report order.
-    pub const ALL: [Self; 14] = [
+    pub const ALL: [Self; 15] = [
         Self::TwoAnswers,
         Self::StaleAnswer,
+        Self::SlowFence,
         Self::PastDeadline,
         Self::MapPastDeadline,
         Self::PastLeaseExpiry,
@@ -418,16 +441,19 @@ impl Invariant {
     pub const fn describe(self) -> &'static str {
         match self {
             Self::TwoAnswers => {
-                "probes answered by two MACs after both nodes had seen the change (outside the settle window)"
+                "probes answered by two MACs (no exemption: whether or not both nodes had seen the change)"
             }
             Self::StaleAnswer => {
-                "probes answered by a node the key does not name, after it had seen the change"
+                "probes answered by a node the key does not name, after it had seen the change (later than the fence bound after it)"
+            }
+            Self::SlowFence => {
+                "changes the old holder saw (in touch throughout) whose fence reached its data plane (its log) later than the fence bound"
             }
             Self::PastDeadline => {
-                "probes answered by a node after its deadline: sent later than C + TTL - 500 ms (C = last moment its agent ran, reached etcd and the key named it)"
+                "probes answered by a node after its deadline: sent later than min(C, K) + TTL - 500 ms (C = last moment its agent ran, reached etcd and the key named it; K = end of the last keepalive its Patroni sent by C, or an etcd election's lease extension)"
             }
             Self::MapPastDeadline => {
-                "pinned-map deadlines (sampled every step) later than C + TTL - 500 ms"
+                "pinned-map deadlines (sampled every step) later than min(C, K) + TTL - 500 ms"
             }
             Self::PastLeaseExpiry => {
                 "probes answered by the old holder after etcd deleted its key on lease expiry (less 500 ms)"
@@ -547,8 +573,6 @@ pub struct ChaosReport {
     pub violations: BTreeMap<Invariant, u64>,
     /// The first few violations of each invariant, with their context.
     pub examples: Vec<String>,
-    /// The first few probes answered by two MACs that were not violations, with their context.
-    pub two_answer_examples: Vec<String>,
     /// The driver's action log (ms since the start: action).
     pub timeline: Vec<String>,
 }
@@ -622,9 +646,6 @@ impl ChaosReport {
             "holder's longest silence in the TTL after an etcd member kill: {}",
             latency_text(&self.member_loss_silence)
         );
-        for e in self.two_answer_examples.iter().take(3) {
-            let _ = writeln!(s, "two answers, not a violation: {e}");
-        }
         let violations: Vec<String> = self
             .violations
             .iter()
@@ -691,12 +712,11 @@ impl ChaosReport {
         );
         let _ = writeln!(
             md,
-            "Probes answered by two MACs: {} in all, {} within the settle window of a change, {} \
-             while one of the nodes could not see the change (its agent stopped, killed or cut off \
-             from etcd, or reconnecting after its interface came back, etcd came back or an etcd \
-             member was killed, when an operator deleted the key or Patroni switched over: the \
-             documented limit of docs/safety.md §6, bounded by that node's deadline, which the \
-             deadline invariant checks), {} violations.\n",
+            "Probes answered by two MACs: {} in all ({} within the fence bound of a change, {} \
+             while one of the nodes could not see the change: its agent stopped, killed or cut off \
+             from etcd, or reconnecting), every one a violation: {} violations. No window and no \
+             exemption: a new holder answers only once every other agent's fence record says \
+             fenced or has expired (docs/safety.md §7).\n",
             self.two_answers,
             self.two_answers_settling,
             self.two_answers_unseen,
@@ -741,10 +761,10 @@ impl ChaosReport {
         let _ = writeln!(
             md,
             "| bound | value | why |\n|---|---:|---|\n\
-             | lease TTL | {} s | every Patroni lease; keepalive every 500 ms |\n\
-             | deadline bound | C + TTL - {} ms | the agent's deadline is `t_sent + remaining TTL - 500 ms` from a confirmation sent at or before C |\n\
-             | settle window | {} ms | after each change; the agents' logs show the change reaching the data plane in {} (fence) and {} (answer) |\n\
-             | holder answers | {} ms after the change, {} ms after its agent returns (restart, SIGCONT, partition healed, interface up, etcd back, an etcd member killed) | the agents' logs show milliseconds; the reconnect backoff tops out at 5 s |\n\
+             | lease TTL | {} s | every Patroni lease; kept alive every TTL / 3 (Patroni's `loop_wait`) |\n\
+             | deadline bound | min(C, K) + TTL - {} ms | the agent's deadline is `t_sent + remaining TTL - 500 ms` from a confirmation sent at or before C; etcd's remaining TTL runs from the last keepalive K (or an election's extension) |\n\
+             | fence bound | {} ms | after each change, for a node that saw it (no exemption for two answers); the agents' logs show the change reaching the data plane in {} (fence) and {} (answer, the fence handshake included) |\n\
+             | holder answers | {} ms after the change, {} ms after its agent returns (restart, SIGCONT, partition healed, interface up, etcd back, an etcd member killed); with the fence handshake, or once every other node's fence record says fenced or has expired (record TTL {} s, plus a third of it) | the agents' logs show milliseconds; the reconnect backoff tops out at 1 s |\n\
              | holder gap | {} ms | while holding, never silent this long: 3 s leases keep the deadline 1.5 s ahead of each 1 s confirmation |\n\
              | drift and conflicts | {} ms | for the agent to restore or remove an address, and for the conflicts counter |\n",
             self.lease_ttl_s,
@@ -754,21 +774,10 @@ impl ChaosReport {
             latency_text(&self.answer_latency),
             b.answer_after_change.as_millis(),
             b.answer_after_reconnect.as_millis(),
+            b.record_ttl.as_secs(),
             b.holder_gap.as_millis(),
             b.drift.as_millis()
         );
-        if !self.two_answer_examples.is_empty() {
-            let _ = writeln!(
-                md,
-                "## Two answers that are not violations\n\nThe first few, with the last change of \
-                 the key before them (a node marked \"catching up\" had returned less than the \
-                 reconnect bound before, or had not returned yet):\n\n```"
-            );
-            for e in &self.two_answer_examples {
-                let _ = writeln!(md, "{e}");
-            }
-            let _ = writeln!(md, "```\n");
-        }
         if !self.examples.is_empty() {
             let _ = writeln!(md, "## Violations found\n\n```");
             for e in &self.examples {
@@ -838,6 +847,8 @@ pub fn run(config: &ChaosConfig) -> ChaosReport {
         limit: config.duration + config.bounds.answer_after_reconnect + Duration::from_secs(120),
     };
     let patroni_env = PatroniEnv {
+        keepalive_every: Duration::from_secs(config.lease_ttl_s.unsigned_abs())
+            / KEEPALIVES_PER_TTL,
         ns: cluster.client.ns.path(),
         endpoints: cluster.endpoints.clone(),
         key: cluster.key.clone(),
@@ -1033,6 +1044,14 @@ struct Shared {
     etcd_up: bool,
     holder: Holder,
     changes: Vec<KeyChange>,
+    /// Per member: (begin, end) of every lease grant and keepalive it sent (whatever the answer:
+    /// etcd may have applied one whose answer was lost). etcd cannot expire the member's lease
+    /// later than TTL after the end of the last one sent, but for an election meanwhile.
+    refreshes: Vec<Vec<(u64, u64)>>,
+    /// When a new raft term with a leader was first seen (the end of the status request).
+    elections: Vec<u64>,
+    /// The last (raft term, leader id) seen.
+    term: Option<(u64, u64)>,
     /// Send time of the last read that saw the key as `holder` says.
     last_poll: u64,
 }
@@ -1052,6 +1071,9 @@ impl Shared {
             etcd_up: true,
             holder: Holder::Absent,
             changes: Vec::new(),
+            refreshes: vec![Vec::new(); names.len()],
+            elections: Vec::new(),
+            term: None,
             last_poll: 0,
         }
     }
@@ -1087,6 +1109,8 @@ enum Cmd {
 type Reply = mpsc::Sender<Result<bool, String>>;
 
 struct PatroniEnv {
+    /// Patroni's `loop_wait`: a third of the lease TTL.
+    keepalive_every: Duration,
     ns: PathBuf,
     /// Every etcd member's client URL: like Patroni, the simulator uses one at a time and moves
     /// to the next after a failed request.
@@ -1199,8 +1223,13 @@ impl Patroni<'_> {
                     let lease = match lease {
                         Some(l) if attempt == 0 => l,
                         _ => {
-                            let l = self.grant(&mut client).await?;
-                            self.lock().members[i].lease = Some(l);
+                            let begin = monotonic_ns();
+                            let granted = self.grant(&mut client).await;
+                            let end = monotonic_ns();
+                            let mut s = self.lock();
+                            s.refreshes[i].push((begin, end));
+                            let l = granted?;
+                            s.members[i].lease = Some(l);
                             l
                         }
                     };
@@ -1304,6 +1333,18 @@ impl Patroni<'_> {
             self.drop_client();
             return;
         }
+        // Elections: each extends every lease (see ELECTION_EXTENSION).
+        if let Ok(status) = timed("status", client.status()).await {
+            let end = monotonic_ns();
+            let seen = (status.raft_term(), status.leader());
+            let mut s = self.lock();
+            if seen.1 != 0 && s.term.is_none_or(|t| t != seen && seen.0 >= t.0) {
+                if s.term.is_some() {
+                    s.elections.push(end);
+                }
+                s.term = Some(seen);
+            }
+        }
         if !keepalive {
             return;
         }
@@ -1316,12 +1357,15 @@ impl Patroni<'_> {
             .filter_map(|(i, m)| m.lease.map(|l| (i, l)))
             .collect();
         for (i, lease) in leases {
+            let begin = monotonic_ns();
             let result = tokio::time::timeout(OP_TIMEOUT, async {
                 let (mut keeper, mut stream) = client.lease_keep_alive(lease).await?;
                 keeper.keep_alive().await?;
                 stream.message().await
             })
             .await;
+            let end = monotonic_ns();
+            self.lock().refreshes[i].push((begin, end));
             if let Ok(Ok(Some(resp))) = result
                 && resp.ttl() <= 0
             {
@@ -1358,7 +1402,7 @@ fn patroni_thread(env: &PatroniEnv, shared: &Mutex<Shared>, rx: &mpsc::Receiver<
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 let keepalive = Instant::now() >= next_keepalive;
                 if keepalive {
-                    next_keepalive = Instant::now() + KEEPALIVE_EVERY;
+                    next_keepalive = Instant::now() + env.keepalive_every;
                 }
                 rt.block_on(patroni.tick(keepalive));
                 next_poll = Instant::now() + POLL_EVERY;
@@ -1431,6 +1475,10 @@ struct Recorded {
     changes: Vec<KeyChange>,
     /// (time, node, deadline) of the pinned maps.
     samples: Vec<(u64, usize, u64)>,
+    /// Per member: its lease grants and keepalives, (begin, end), in order.
+    refreshes: Vec<Vec<(u64, u64)>>,
+    /// Elections seen by the simulated Patroni (end of the status request that saw the new term).
+    elections: Vec<u64>,
     actions: BTreeMap<Action, u64>,
     flips: u64,
     findings: Vec<Finding>,
@@ -1479,6 +1527,8 @@ impl<'c> Driver<'c> {
                 flags: Vec::new(),
                 changes: Vec::new(),
                 samples: Vec::new(),
+                refreshes: Vec::new(),
+                elections: Vec::new(),
                 actions: BTreeMap::new(),
                 flips: 0,
                 findings: Vec::new(),
@@ -1626,7 +1676,9 @@ impl<'c> Driver<'c> {
 
     fn finish(mut self, chaos: Duration) -> Recorded {
         self.rec.chaos = chaos;
-        self.rec.changes = self.patroni.with(|s| s.changes.clone());
+        (self.rec.changes, self.rec.refreshes, self.rec.elections) = self
+            .patroni
+            .with(|s| (s.changes.clone(), s.refreshes.clone(), s.elections.clone()));
         self.rec
     }
 
@@ -2392,6 +2444,31 @@ fn analyse(
     let change_bound = ns(b.answer_after_change);
     let record_wait = ns(b.record_ttl + b.record_ttl / 3 + b.answer_after_change);
     let rel = |t: u64| ns_to_ms(t.saturating_sub(rec.t0)) / 1e3;
+    let extension = ns(ELECTION_EXTENSION);
+    let observed_within = ns(ELECTION_OBSERVED_WITHIN);
+    // The latest deadline node i's agent can have proven by a confirmation sent at or before `c`
+    // (the last moment it held the key and was connected): etcd answered the remaining TTL of
+    // member i's lease, at most TTL after the end of the last grant or keepalive sent by `c` (or
+    // after an election's extension), less the margin; and its request was sent by `c`, so never
+    // beyond `c + TTL - margin` either.
+    let bound_at = |i: usize, c: u64| -> (u64, u64) {
+        let refreshed = rec.refreshes.get(i).map_or(&[][..], Vec::as_slice);
+        let kept = refreshed
+            .iter()
+            .filter(|r| r.0 <= c)
+            .map(|r| r.1)
+            .max()
+            .unwrap_or(c);
+        let elected = rec
+            .elections
+            .iter()
+            .filter(|&&e| e <= c.saturating_add(observed_within))
+            .map(|e| e.saturating_add(extension))
+            .max()
+            .unwrap_or(0);
+        let k = kept.max(elected);
+        (k.min(c).saturating_add(ttl).saturating_sub(margin), k)
+    };
     let mut tally = Tally::new();
     for f in &rec.findings {
         let text = f.text.clone();
@@ -2527,15 +2604,16 @@ fn analyse(
             report.answers_by_node[i] += 1;
             report.deadline_checks += 1;
             let c = last_covered(&held[i], t);
-            let bound = c.map_or(0, |c| c.saturating_add(ttl).saturating_sub(margin));
+            let (bound, kept) = c.map_or((0, 0), |c| bound_at(i, c));
             if t >= bound {
                 tally.add(Invariant::PastDeadline, || {
                     format!(
-                        "node{} answered probe {seq} sent at {:.3} s; bound {:.3} s (last held and connected at {})",
+                        "node{} answered probe {seq} sent at {:.3} s; bound {:.3} s (last held and connected at {}, lease last kept alive at {:.3} s)",
                         i + 1,
                         rel(t),
                         rel(bound),
-                        c.map_or_else(|| "never".to_owned(), |c| format!("{:.3} s", rel(c)))
+                        c.map_or_else(|| "never".to_owned(), |c| format!("{:.3} s", rel(c))),
+                        rel(kept)
                     )
                 });
             }
@@ -2596,15 +2674,16 @@ fn analyse(
             continue;
         }
         let c = last_covered(&held[i], t);
-        let bound = c.map_or(0, |c| c.saturating_add(ttl).saturating_sub(margin));
+        let (bound, kept) = c.map_or((0, 0), |c| bound_at(i, c));
         if deadline > bound {
             tally.add(Invariant::MapPastDeadline, || {
                 format!(
-                    "node{}'s map at {:.3} s: deadline {:.3} s beyond the bound {:.3} s",
+                    "node{}'s map at {:.3} s: deadline {:.3} s beyond the bound {:.3} s (lease last kept alive at {:.3} s)",
                     i + 1,
                     rel(t),
                     rel(deadline),
-                    rel(bound)
+                    rel(bound),
+                    rel(kept)
                 )
             });
         }
@@ -2715,24 +2794,40 @@ fn analyse(
         let prev = k
             .checked_sub(1)
             .map_or(Holder::Absent, |p| rec.changes[p].holder);
-        let measure = |node: usize, want: bool, into: &mut Vec<u64>| {
+        let measure = |node: usize, want: bool, into: &mut Vec<u64>| -> Option<u64> {
             if !caught_up(node, c.begin) {
-                return;
+                return None;
             }
-            if let Some(&(_, _, at)) = per_node[node]
+            let &(_, _, at) = per_node[node]
                 .iter()
-                .find(|(answering, rev, _)| *answering == want && *rev == c.revision)
-            {
-                into.push(at.saturating_sub(c.begin));
-            }
+                .find(|(answering, rev, _)| *answering == want && *rev == c.revision)?;
+            let latency = at.saturating_sub(c.begin);
+            into.push(latency);
+            Some(latency)
         };
         if let Holder::Node(h) = prev
             && c.holder != prev
         {
-            measure(h, false, &mut fence);
+            // In touch from the change until the bound: its fence is bounded, not excused.
+            let in_touch = containing(&conn_narrow[h], c.begin)
+                .is_some_and(|s| s.1 >= c.end.saturating_add(settle));
+            if let Some(latency) = measure(h, false, &mut fence)
+                && in_touch
+                && latency > c.end.saturating_sub(c.begin).saturating_add(settle)
+            {
+                tally.add(Invariant::SlowFence, || {
+                    format!(
+                        "node{} fenced {:.3} ms after the change at {:.3} s (revision {})",
+                        h + 1,
+                        ns_to_ms(latency),
+                        rel(c.begin),
+                        c.revision
+                    )
+                });
+            }
         }
         if let Holder::Node(j) = c.holder {
-            measure(j, true, &mut answer);
+            let _ = measure(j, true, &mut answer);
         }
     }
     report.fence_latency = Latency::of(fence);
@@ -2861,15 +2956,17 @@ mod tests {
         node2_from: u64,
         node2_silent_from: u64,
     ) -> ChaosReport {
-        scenario_with(extra, node2_from, node2_silent_from, &[])
+        scenario_with(extra, node2_from, node2_silent_from, &[], |_, _| {})
     }
 
-    /// [`scenario`] with more flag changes (ms, flag, up), each complete 1 ms after it began.
+    /// [`scenario`] with more flag changes (ms, flag, up), each complete 1 ms after it began,
+    /// and `tweak` applied to the recording (keepalives, elections, map samples).
     fn scenario_with(
         extra: &[(std::ops::Range<u64>, u8)],
         node2_from: u64,
         node2_silent_from: u64,
         more_flags: &[(u64, Flag, bool)],
+        tweak: impl FnOnce(&mut Recorded, &mut Vec<String>),
     ) -> ChaosReport {
         let config = ChaosConfig::new(Path::new("/nonexistent"), 1, 2, Duration::ZERO, 7);
         let mut flags = Vec::new();
@@ -2911,7 +3008,7 @@ mod tests {
             revision,
             expiry: false,
         };
-        let rec = Recorded {
+        let mut rec = Recorded {
             t0: 0,
             chaos: Duration::from_secs(40),
             flags,
@@ -2921,6 +3018,8 @@ mod tests {
                 change(20_002, Holder::Node(1), 4),
             ],
             samples: vec![(10_000 * MS_, 0, 11_500 * MS_)],
+            refreshes: Vec::new(),
+            elections: Vec::new(),
             actions: BTreeMap::new(),
             flips: 2,
             findings: Vec::new(),
@@ -2931,6 +3030,8 @@ mod tests {
             links_intact: 0,
             timeline: Vec::new(),
         };
+        let mut logs = vec![String::new(), String::new()];
+        tweak(&mut rec, &mut logs);
         let mut probes = ProbeLog {
             sent: (0..40_000).map(|ms| ms * MS_).collect(),
             answers: Vec::new(),
@@ -2952,7 +3053,7 @@ mod tests {
                 answer(ms, *who);
             }
         }
-        analyse(&config, &rec, &probes, &[String::new(), String::new()])
+        analyse(&config, &rec, &probes, &logs)
     }
 
     #[test]
@@ -3019,7 +3120,7 @@ mod tests {
             (30_000, Flag::Link(1), false),
             (31_000, Flag::Link(1), true),
         ];
-        let r = scenario_with(&back, 20_010, 30_000, &link);
+        let r = scenario_with(&back, 20_010, 30_000, &link, |_, _| {});
         assert_eq!(r.total_violations(), 0, "{:?}", r.examples);
         // While the link is down no confirmation can be made: with it down from 30 s to 35 s,
         // answers sent from 30.001 + 3 - 0.5 s on are past the deadline.
@@ -3027,7 +3128,13 @@ mod tests {
             (30_000, Flag::Link(1), false),
             (35_000, Flag::Link(1), true),
         ];
-        let r = scenario_with(&[(30_000..33_000, 1)], 20_010, 30_000, &long_link);
+        let r = scenario_with(
+            &[(30_000..33_000, 1)],
+            20_010,
+            30_000,
+            &long_link,
+            |_, _| {},
+        );
         assert_eq!(r.violations[&Invariant::PastDeadline], 33_000 - 32_501);
 
         // An etcd member killed at 30 s: every node reconnects, the silence is excused and measured.
@@ -3035,11 +3142,103 @@ mod tests {
             (30_000, Flag::Members, false),
             (30_001, Flag::Members, true),
         ];
-        let r = scenario_with(&back, 20_010, 30_000, &kill);
+        let r = scenario_with(&back, 20_010, 30_000, &kill, |_, _| {});
         assert_eq!(r.total_violations(), 0, "{:?}", r.examples);
         assert_eq!(r.member_loss_silence.n, 1);
         // Silent for the whole TTL after the kill.
         assert!((r.member_loss_silence.max_ms - 3_000.0).abs() < 2.0);
+    }
+
+    /// node1's Patroni keeps its lease alive every second (Patroni's `loop_wait` = TTL / 3), each
+    /// keepalive taking 1 ms; node1's agent confirms 800 ms after each (3 s leases, 500 ms margin).
+    /// Its map deadlines are sampled from 2 s to 19 s, as the agent would write them: `deadline`
+    /// of (confirmation sent, the keepalive's end, etcd's answer in whole seconds).
+    fn deadlines(deadline: impl Fn(u64, u64) -> u64) -> ChaosReport {
+        scenario_with(&[], 20_010, u64::MAX, &[], |rec, _| {
+            let keepalives: Vec<(u64, u64)> = (1..40)
+                .map(|s| (s * 1_000 * MS_, (s * 1_000 + 1) * MS_))
+                .collect();
+            rec.refreshes = vec![keepalives, Vec::new()];
+            rec.samples = (2..19)
+                .map(|s| {
+                    let sent = (s * 1_000 + 800) * MS_;
+                    (sent + MS_, 0, deadline(sent, (s * 1_000 + 1) * MS_))
+                })
+                .collect();
+        })
+    }
+
+    #[test]
+    fn the_deadline_bound_counts_from_the_last_keepalive() {
+        const TTL: u64 = 3_000 * MS_;
+        const MARGIN: u64 = 500 * MS_;
+        // etcd answers the remaining TTL in whole seconds, rounded down.
+        let remaining = |sent: u64, kept: u64| (kept + TTL - sent) / (1_000 * MS_) * 1_000 * MS_;
+        // The agent: request time + remaining TTL - margin.
+        let r = deadlines(|sent, kept| sent + remaining(sent, kept) - MARGIN);
+        assert_eq!(r.total_violations(), 0, "{:?}", r.examples);
+        // Without the margin: beyond the bound (the keepalive's end + TTL - margin) whenever
+        // etcd's rounding leaves less than the margin, here every time.
+        let r = deadlines(|sent, kept| sent + remaining(sent, kept));
+        assert_eq!(
+            r.violations[&Invariant::MapPastDeadline],
+            17,
+            "{:?}",
+            r.examples
+        );
+        // The granted TTL instead of the remaining one: 800 ms too late, every time (the bound
+        // from the confirmation's own time, `C + TTL - margin`, would have let it pass).
+        let r = deadlines(|sent, _| sent + TTL - MARGIN);
+        assert_eq!(
+            r.violations[&Invariant::MapPastDeadline],
+            17,
+            "{:?}",
+            r.examples
+        );
+        // An election observed at 10.2 s: etcd extended the lease by up to an election timeout,
+        // so the granted-TTL deadlines around it pass (the bound is lenient there, not wrong).
+        let r = scenario_with(&[], 20_010, u64::MAX, &[], |rec, _| {
+            rec.refreshes = vec![
+                (1..40)
+                    .map(|s| (s * 1_000 * MS_, (s * 1_000 + 1) * MS_))
+                    .collect(),
+                Vec::new(),
+            ];
+            rec.elections = vec![10_200 * MS_];
+            rec.samples = vec![(10_801 * MS_, 0, 10_800 * MS_ + TTL - MARGIN)];
+        });
+        assert_eq!(r.total_violations(), 0, "{:?}", r.examples);
+    }
+
+    #[test]
+    fn a_slow_fence_is_caught() {
+        // node1 held revision 2; the release (revision 3) began at 20 s and was complete at
+        // 20.001 s. node1's log puts its fence 30 ms, then 1.2 s after it: the bound is 1 s.
+        let fenced = |after_ms: u64| {
+            move |_: &mut Recorded, logs: &mut Vec<String>| {
+                logs[0] = format!(
+                    "INFO vip_agent::agent: data plane fenced revision=3 dataplane_at_ns={}\n",
+                    (20_000 + after_ms) * MS_
+                );
+            }
+        };
+        let r = scenario_with(&[], 20_010, u64::MAX, &[], fenced(30));
+        assert_eq!(r.total_violations(), 0, "{:?}", r.examples);
+        assert_eq!(r.fence_latency.n, 1);
+        let r = scenario_with(&[], 20_010, u64::MAX, &[], fenced(1_200));
+        assert_eq!(r.violations[&Invariant::SlowFence], 1, "{:?}", r.examples);
+        // Out of touch at the change (its link down from 19.5 s): measured by nobody, excused.
+        let r = scenario_with(
+            &[],
+            20_010,
+            u64::MAX,
+            &[
+                (19_500, Flag::Link(0), false),
+                (25_000, Flag::Link(0), true),
+            ],
+            fenced(1_200),
+        );
+        assert_eq!(r.violations[&Invariant::SlowFence], 0, "{:?}", r.examples);
     }
 
     #[test]

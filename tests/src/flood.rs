@@ -1300,8 +1300,8 @@ pub fn run(config: &FloodConfig) -> FloodReport {
         let (s_ok, s_failed, s_max) = scrapes[i];
         let node = NodeFlood {
             name: c.nodes[i].name.clone(),
-            replied: d(|s| s.arp_replied),
-            dropped: d(|s| s.arp_dropped),
+            replied: d(|s| s.replied),
+            dropped: d(|s| s.requests_dropped),
             conflicts: d(|s| s.conflicts),
             vip_replies: got.vip_replies[i],
             own_replies: got.own_replies[i],

@@ -15,6 +15,7 @@
 
 pub mod arp;
 pub mod bench;
+pub mod bench_dataplane;
 pub mod bench_patroni;
 pub mod bench_rw;
 pub mod chaos;

@@ -175,7 +175,8 @@ impl NetNs {
             .unwrap_or_else(|| panic!("{ifname} in {} has no MAC: {json}", self.name))
     }
 
-    /// The XDP program id attached to `ifname`, if any.
+    /// The id of the ingress program on `ifname`, if any: the XDP program, or else the first
+    /// program of its tcx ingress chain (vip-agent's `tc` attach mode, which `auto` picks on veth).
     #[must_use]
     pub fn xdp_prog_id(&self, ifname: &str) -> Option<u64> {
         let json = self.ip(&["-j", "-d", "link", "show", "dev", ifname]);
@@ -185,6 +186,19 @@ impl NetNs {
         xdp["prog"]["id"]
             .as_u64()
             .or_else(|| xdp["attached"][0]["prog"]["id"].as_u64())
+            .or_else(|| self.tcx_ingress_prog_id(ifname))
+    }
+
+    /// The id of the first program in `ifname`'s tcx ingress chain, if any (none on a kernel
+    /// without tcx).
+    #[must_use]
+    pub fn tcx_ingress_prog_id(&self, ifname: &str) -> Option<u64> {
+        use aya::programs::{SchedClassifier, TcAttachType};
+        self.run_in(|| {
+            SchedClassifier::query_tcx(ifname, TcAttachType::Ingress)
+                .ok()
+                .and_then(|(_, programs)| programs.first().map(|p| u64::from(p.id())))
+        })
     }
 
     /// The link-layer address the neighbour table holds for `ip` on `ifname`, if any.

@@ -173,6 +173,10 @@ pub struct Member {
 pub enum Manager {
     /// The real vip-agent with vip-manager's keys only; Patroni's `etcd3:` DCS (etcd's v3 API).
     VipAgent,
+    /// The real vip-agent asking Patroni's REST API (`dcs-type: patroni`, vip-manager's defaults
+    /// `trigger-key: /leader`, `trigger-value: 200`), its node's Patroni at `dcs-endpoints`; no
+    /// etcd for the agent. Patroni on its `etcd3:` DCS.
+    VipAgentRest,
     /// Debian's vip-manager 1.0.2 (`/usr/bin/vip-manager`, polling every `interval_ms`, its
     /// default 1000). It speaks only etcd's v2 API, so Patroni runs its `etcd:` (v2) DCS (python3-etcd)
     /// against the same etcd, which runs with `--enable-v2=true`; the keys live in the v2 keyspace.
@@ -191,6 +195,7 @@ impl Manager {
     pub fn label(self) -> String {
         match self {
             Self::VipAgent => "vip-agent".to_owned(),
+            Self::VipAgentRest => "vip-agent (dcs-type: patroni)".to_owned(),
             Self::VipManager { interval_ms: 1000 } => "vip-manager 1.0.2".to_owned(),
             Self::VipManager { interval_ms } => format!("vip-manager 1.0.2 ({interval_ms} ms)"),
         }
@@ -200,7 +205,8 @@ impl Manager {
 /// Options of one cluster.
 #[derive(Clone, Copy, Debug)]
 pub struct Options {
-    /// `10.77.<subnet>.0/24`: use 120 to 139 only (issue 13's range, free in the other tests).
+    /// `10.77.<subnet>.0/24`: use 120 to 139 (issue 13's range) or 180 to 189 (issue 18's), free
+    /// in the other tests.
     pub subnet: u8,
     /// `failsafe_mode` in `bootstrap.dcs`.
     pub failsafe_mode: bool,
@@ -252,8 +258,9 @@ impl PatroniCluster {
         agent_bin: &Path,
     ) -> Self {
         assert!(
-            (120..=139).contains(&options.subnet),
-            "issue 13's tests use 10.77.120.0/24 to 10.77.139.0/24"
+            (120..=139).contains(&options.subnet) || (180..=189).contains(&options.subnet),
+            "issue 13's tests use 10.77.120.0/24 to 10.77.139.0/24, issue 18's 10.77.180.0/24 to \
+             10.77.189.0/24"
         );
         let pin_root_existed = Path::new(vip_agent::dataplane::DEFAULT_PIN_ROOT).exists();
         let net = Cluster::new(options.subnet, 2, agent_bin, "");
@@ -285,7 +292,7 @@ impl PatroniCluster {
         for i in 0..cluster.net.nodes.len() {
             cluster.start_manager(i);
         }
-        if manager == Manager::VipAgent {
+        if matches!(manager, Manager::VipAgent | Manager::VipAgentRest) {
             cluster.net.wait_running();
         }
         cluster.wait_healthy(Duration::from_secs(90));
@@ -295,6 +302,17 @@ impl PatroniCluster {
     /// The agent's configuration: vip-manager's keys and nothing else.
     fn write_agent_config(&self, i: usize) {
         let node = &self.net.nodes[i];
+        if self.manager == Manager::VipAgentRest {
+            let text = format!(
+                "ip: {vip}\nnetmask: 24\ninterface: {ifname}\ndcs-type: patroni\n\
+                 dcs-endpoints: http://{ip}:{REST_PORT}/\n",
+                vip = self.net.vip,
+                ifname = node.host.ifname,
+                ip = node.host.ip,
+            );
+            std::fs::write(&node.config, text).expect("write the agent's configuration");
+            return;
+        }
         let text = format!(
             "ip: {vip}\nnetmask: 24\ninterface: {ifname}\ntrigger-key: {key}\ntrigger-value: {name}\n\
              dcs-type: etcd\ndcs-endpoints: {endpoints}\n",
@@ -472,7 +490,7 @@ watchdog:
     /// When it cannot be started.
     pub fn start_manager(&mut self, i: usize) {
         match self.manager {
-            Manager::VipAgent => self.net.start_agent(i),
+            Manager::VipAgent | Manager::VipAgentRest => self.net.start_agent(i),
             Manager::VipManager { interval_ms } => self.net.start_vip_manager(i, interval_ms),
         }
     }
@@ -779,6 +797,24 @@ watchdog:
             .host
             .ns
             .exec_ok(NFT, &["delete", "table", "inet", "viptest"]);
+    }
+
+    /// Make node `i`'s Patroni REST API unreachable from its own namespace (where its agent asks
+    /// it), silently: connections from there to the REST port are dropped (nft, no reset). The
+    /// other member and the client still reach it.
+    pub fn block_local_rest(&self, i: usize) {
+        let rules = format!(
+            "table inet viprest {{\n chain out {{ type filter hook output priority 0; tcp dport {REST_PORT} drop; }}\n}}\n"
+        );
+        nft(&self.net.nodes[i].host.ns, &rules);
+    }
+
+    /// Undo [`Self::block_local_rest`].
+    pub fn unblock_local_rest(&self, i: usize) {
+        self.net.nodes[i]
+            .host
+            .ns
+            .exec_ok(NFT, &["delete", "table", "inet", "viprest"]);
     }
 
     /// Make etcd unreachable from every DB node (the client still reaches it): the etcd host

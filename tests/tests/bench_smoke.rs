@@ -4,7 +4,7 @@
 //! structure and for vip-agent's hard properties (never two MACs answering; an old holder is silent
 //! once its lease has expired and after the deadline in its map; a restarted agent adopts its
 //! pinned program; the key never moves when it should not). Timings are reported by the benchmark,
-//! never asserted here.
+//! never asserted here. The at-most-one-answer part (`--answer`) runs once per fault for vip-agent.
 
 use std::time::Duration;
 
@@ -283,4 +283,36 @@ fn keepalived_failovers_are_measured() {
     for e in &run.etcd_outages {
         assert!(e.probes > 0 && e.deadline_after_stop_ns.is_none(), "{e:?}");
     }
+}
+
+#[test]
+fn vip_agent_answer_part_is_measured_and_never_overlaps() {
+    if !require_privileges("vip_agent_answer_part_is_measured_and_never_overlaps") {
+        return;
+    }
+    use vip_tests::bench::answer::{self, Contender, Fault};
+    // `cargo xtask bench --answer` on vip-agent with its handshake: one trial of each fault
+    // (after a discarded warm-up), on the part's own subnet range (10.77.170-179).
+    let run = answer::run(
+        Contender::ALL[0],
+        174,
+        answer::Plan { trials: [1; 4] },
+        &agent_binary(),
+    );
+    assert_eq!(run.outcomes.len(), Fault::ALL.len(), "{run:?}");
+    for (o, fault) in run.outcomes.iter().zip(Fault::ALL) {
+        assert_eq!(o.fault, fault);
+        assert!(o.probes > 0 && o.first_new_ns.is_some(), "{o:?}");
+        assert!(
+            o.blackout_ns.is_some() && o.new_dataplane_ns.is_some(),
+            "{o:?}"
+        );
+        // The hard property: with the handshake, never two nodes answering, whatever happened
+        // to the old holder's agent.
+        assert_eq!(o.overlap, 0, "probes answered by both nodes: {o:?}");
+        assert!(!o.old_at_end && o.settled, "{o:?}");
+    }
+    let md = answer::markdown(std::slice::from_ref(&run), 1, run.took);
+    assert!(md.starts_with(answer::SECTION_HEADING), "{md}");
+    assert!(answer::json(std::slice::from_ref(&run), 1).contains("\"overlap\""));
 }

@@ -18,7 +18,8 @@ use vip_agent::{
     clock::monotonic_ns,
     config::{GateConfig, GateMode, Secret},
     gate::{Gate, GateState, Outcome},
-    leader::{LeaderState, Reason},
+    leader,
+    leadership::{Cause, Leadership},
 };
 use vip_tests::postgres::{PgDir, connect, in_recovery, require_postgres};
 
@@ -47,7 +48,7 @@ async fn gate_postgres_never_answers_before_the_standby_leaves_recovery() {
     );
 
     // The gate, writing into a recorder instead of the BPF map: (state, time of the write).
-    let writes: Arc<Mutex<Vec<(LeaderState, u64)>>> = Arc::default();
+    let writes: Arc<Mutex<Vec<(Leadership, u64)>>> = Arc::default();
     let w = Arc::clone(&writes);
     let gate = Gate::new(
         "pg",
@@ -58,7 +59,8 @@ async fn gate_postgres_never_answers_before_the_standby_leaves_recovery() {
             timeout: Duration::from_secs(120),
             ..GateConfig::default()
         },
-        Box::new(move |s: &LeaderState| {
+        &leader::KIND,
+        Box::new(move |s: &Leadership| {
             w.lock().expect("writes").push((*s, monotonic_ns()));
         }),
     );
@@ -79,14 +81,13 @@ async fn gate_postgres_never_answers_before_the_standby_leaves_recovery() {
 
     // The key names this node, confirmed for a minute: the gate waits on the standby.
     let now = monotonic_ns();
-    hook.apply(&LeaderState {
+    hook.apply(&Leadership {
         primary: true,
         safe_until_ns: now + 60_000_000_000,
-        revision: 5,
-        lease_id: 9,
         term: 5,
-        reason: Reason::Confirmed,
+        cause: Cause::Confirmed,
         observed_at_ns: now,
+        detail: 5,
     });
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while !status

@@ -147,7 +147,7 @@ fn ipv6_vip_is_answered_by_the_key_holder_only_and_moves_with_an_unsolicited_adv
     assert!(!has_vip_address(&c, 1), "the standby has no VIP address");
     // It was the XDP program that answered (XDP_TX), not node1's kernel: the solicitations are
     // counted in the VIP's entry and never reached the kernel.
-    let replied = xdp_stats(&c, 0).arp_replied;
+    let replied = xdp_stats(&c, 0).replied;
     assert!(replied >= 2, "XDP answered the solicitations: {replied}");
     // The client's own kernel resolves the VIP through our advertisement and reaches node1.
     assert!(

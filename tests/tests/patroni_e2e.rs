@@ -13,6 +13,11 @@
 //!   healed) a silent nft drop.
 //! * `etcd_outage_failsafe_on` / `etcd_outage_failsafe_off`: etcd unreachable from both nodes for
 //!   `ttl + 10 s`, with Patroni's `failsafe_mode` on and off (`bootstrap.dcs`).
+//! * `rest_source_switchover_kill_and_unreachable` (issue 18): the agents follow Patroni's REST
+//!   API instead of etcd (`dcs-type: patroni` with vip-manager's defaults, `dcs-endpoints` their
+//!   node's Patroni): `patronictl switchover`; Patroni and PostgreSQL SIGKILLed on the leader; the
+//!   leader's REST API unreachable from its agent (a silent drop) for a while, which must darken
+//!   the VIP there (no proof, no answer) and nowhere else light it.
 //!
 //! Asserted over every scenario's whole window (trigger, failover, heal, rejoin):
 //! * 0 connections through the VIP reached a server in recovery (`pg_is_in_recovery()` true, or an
@@ -40,7 +45,8 @@ use std::{
 };
 
 use vip_tests::patroni::{
-    Expect, Observers, Options, PatroniCluster, TTL, Verdict, check_window, require_patroni,
+    Expect, Manager, Observers, Options, PatroniCluster, TTL, Verdict, check_window,
+    require_patroni,
 };
 
 /// One Patroni cluster at a time: each is etcd, two Patroni and two PostgreSQL, on 2 cores.
@@ -58,6 +64,9 @@ const RW_AGAIN: Duration = Duration::from_secs(30);
 const HEAL: Duration = Duration::from_secs(120);
 /// How long etcd stays unreachable in the outage scenarios: longer than the TTL.
 const OUTAGE: Duration = Duration::from_secs(TTL + 10);
+/// How long the leader's REST API stays unreachable from its agent: past the deadline of its last
+/// answer (3 intervals of 1 s).
+const REST_OUTAGE: Duration = Duration::from_secs(8);
 
 /// Field order is drop order: the observers stop before the cluster goes.
 struct Run {
@@ -68,13 +77,18 @@ struct Run {
 
 impl Run {
     fn new(test: &str, subnet: u8, failsafe_mode: bool) -> Option<Self> {
+        Self::with_manager(test, subnet, failsafe_mode, Manager::VipAgent)
+    }
+
+    fn with_manager(test: &str, subnet: u8, failsafe_mode: bool, manager: Manager) -> Option<Self> {
         let installation = require_patroni(test)?;
-        let c = PatroniCluster::new(
+        let c = PatroniCluster::with_manager(
             installation,
             Options {
                 subnet,
                 failsafe_mode,
             },
+            manager,
             &vip_tests::agent_binary(),
         );
         let obs = c.observe();
@@ -227,6 +241,37 @@ impl Run {
         self.close(name, from, trigger, &Self::expect());
     }
 
+    /// `dcs-type: patroni`: the leader's agent cannot reach its Patroni's REST API for
+    /// [`REST_OUTAGE`] (the key stays, Patroni keeps PostgreSQL read-write). Without an answer
+    /// nothing proves the leadership: the VIP must go dark there (some attempt in the outage fails
+    /// to commit), and come back once the API answers.
+    fn rest_unreachable(&mut self) {
+        let (l, _) = self.roles();
+        let from = self.obs.now();
+        std::thread::sleep(Duration::from_secs(1));
+        let trigger = self.obs.now();
+        self.c.block_local_rest(l);
+        std::thread::sleep(REST_OUTAGE);
+        let end = self.obs.now();
+        self.c.unblock_local_rest(l);
+        let name = "leader's REST API unreachable from its agent";
+        self.close(name, from, trigger, &Self::expect());
+        let dark = self
+            .obs
+            .attempts()
+            .iter()
+            .filter(|a| a.start > trigger && a.end < end)
+            .any(|a| a.committed().is_none());
+        let verdict = self.verdicts.last_mut().expect("the verdict just pushed");
+        if !dark {
+            verdict.failures.push(
+                "every attempt during the REST outage committed: the VIP kept answering without \
+                 a proof"
+                    .to_owned(),
+            );
+        }
+    }
+
     /// etcd unreachable from both nodes for [`OUTAGE`].
     fn etcd_outage(&mut self, name: &str, failsafe: bool) {
         let (l, _) = self.roles();
@@ -373,5 +418,22 @@ fn etcd_outage_failsafe_off() {
         return;
     };
     run.etcd_outage("etcd outage, failsafe_mode off", false);
+    run.finish();
+}
+
+#[test]
+fn rest_source_switchover_kill_and_unreachable() {
+    let _serial = serial();
+    let Some(mut run) = Run::with_manager(
+        "rest_source_switchover_kill_and_unreachable",
+        180,
+        false,
+        Manager::VipAgentRest,
+    ) else {
+        return;
+    };
+    run.switchover();
+    run.rest_unreachable();
+    run.kill_leader();
     run.finish();
 }

@@ -24,7 +24,7 @@ use std::{
 use tokio_util::sync::CancellationToken;
 use vip_agent::{
     clock::monotonic_ns,
-    leader::LeaderState,
+    leadership::Leadership,
     repmgr::{EventRequest, Reply, RepmgrSettings, RepmgrSource, client},
 };
 use vip_tests::postgres::{PgDir, connect, in_recovery, require_postgres};
@@ -52,7 +52,7 @@ fn nodes_sql(kind: &str, dsn: &str) -> String {
 struct Source {
     dir: PathBuf,
     socket: PathBuf,
-    states: Arc<Mutex<Vec<LeaderState>>>,
+    states: Arc<Mutex<Vec<Leadership>>>,
     stop: CancellationToken,
     task: tokio::task::JoinHandle<()>,
 }
@@ -72,7 +72,7 @@ impl Source {
         };
         let socket = settings.socket.clone();
         let mut source = RepmgrSource::new(settings).expect("source starts");
-        let states: Arc<Mutex<Vec<LeaderState>>> = Arc::default();
+        let states: Arc<Mutex<Vec<Leadership>>> = Arc::default();
         let s = Arc::clone(&states);
         source.on_change(move |st| s.lock().expect("states").push(*st));
         let stop = CancellationToken::new();
@@ -86,7 +86,7 @@ impl Source {
         }
     }
 
-    fn last(&self) -> Option<LeaderState> {
+    fn last(&self) -> Option<Leadership> {
         self.states.lock().expect("states").last().copied()
     }
 

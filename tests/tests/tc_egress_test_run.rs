@@ -287,10 +287,10 @@ fn a_fenced_vip_sends_nothing_and_each_drop_is_counted() {
     }
     for (i, key) in [VipKey::v4(VIP), VipKey::v6(VIP6)].into_iter().enumerate() {
         let e = l.egress(key);
-        assert_eq!((e.ip_dropped, e.arp_dropped), expected[i], "{key:?}");
+        assert_eq!((e.ip_dropped, e.neighbour_dropped), expected[i], "{key:?}");
         let s = l.stats(key);
         assert_eq!(
-            (s.arp_replied, s.arp_dropped, s.ipv4_dropped, s.conflicts),
+            (s.replied, s.requests_dropped, s.ip_dropped, s.conflicts),
             (0, 0, 0, 0),
             "the ingress counters are the XDP program's"
         );
@@ -324,7 +324,11 @@ fn an_answering_vip_and_everything_else_go_on_untouched() {
     }
     for key in [VipKey::v4(VIP), VipKey::v6(VIP6)] {
         let e = l.egress(key);
-        assert_eq!((e.ip_dropped, e.arp_dropped), (0, 0), "no count for a pass");
+        assert_eq!(
+            (e.ip_dropped, e.neighbour_dropped),
+            (0, 0),
+            "no count for a pass"
+        );
     }
 }
 

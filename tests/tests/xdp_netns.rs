@@ -102,8 +102,8 @@ fn answering_node_replies_and_client_learns_its_mac() {
         Some(p.node_mac())
     );
     let stats = dp.stats(p.vip).expect("stats");
-    assert!(stats.arp_replied >= 2, "prober + client kernel: {stats:?}");
-    assert_eq!(stats.arp_dropped + stats.ipv4_dropped, 0, "{stats:?}");
+    assert!(stats.replied >= 2, "prober + client kernel: {stats:?}");
+    assert_eq!(stats.requests_dropped + stats.ip_dropped, 0, "{stats:?}");
 }
 
 #[test]
@@ -135,12 +135,9 @@ fn fenced_node_is_silent_even_with_the_vip_configured() {
     );
 
     let stats = dp.stats(p.vip).expect("stats");
-    assert_eq!(stats.arp_dropped, 4, "one drop per probe: {stats:?}");
-    assert_eq!(
-        stats.ipv4_dropped, 5,
-        "one drop per echo request: {stats:?}"
-    );
-    assert_eq!(stats.arp_replied, 0);
+    assert_eq!(stats.requests_dropped, 4, "one drop per probe: {stats:?}");
+    assert_eq!(stats.ip_dropped, 5, "one drop per echo request: {stats:?}");
+    assert_eq!(stats.replied, 0);
 }
 
 #[test]
@@ -162,7 +159,7 @@ fn deadline_silences_the_node_without_any_action() {
     // The probe waits 300 ms for replies, so the deadline has passed now; nobody touches the map.
     std::thread::sleep(Duration::from_millis(50));
     assert!(p.probe_vip().is_empty(), "silent after the deadline");
-    assert_eq!(dp.stats(p.vip).expect("stats").arp_dropped, 1);
+    assert_eq!(dp.stats(p.vip).expect("stats").requests_dropped, 1);
 }
 
 #[test]
@@ -200,7 +197,7 @@ fn traffic_for_the_node_itself_is_unaffected() {
     }
     let stats = dp.stats(p.vip).expect("stats");
     assert_eq!(
-        stats.arp_dropped + stats.ipv4_dropped + stats.arp_replied,
+        stats.requests_dropped + stats.ip_dropped + stats.replied,
         0,
         "{stats:?}"
     );
@@ -284,7 +281,7 @@ fn pinned_program_outlives_a_killed_agent_and_is_adopted_then_detached() {
         .expect("VIP registered by the agent");
     assert_eq!(state.deadline_ns, 0, "fenced");
     assert_eq!(
-        dp.stats(p.vip).expect("stats").arp_dropped,
+        dp.stats(p.vip).expect("stats").requests_dropped,
         1,
         "the probe above was counted"
     );
@@ -737,7 +734,7 @@ fn parent_answers_tagged_arp_keeping_vlan_and_priority() {
         "a double-tagged request passes to the kernel, which does not answer it"
     );
     let stats = dp.stats(p.vip).expect("stats");
-    assert_eq!((stats.arp_replied, stats.arp_dropped), (2, 0), "{stats:?}");
+    assert_eq!((stats.replied, stats.requests_dropped), (2, 0), "{stats:?}");
 }
 
 #[test]
@@ -788,7 +785,7 @@ fn fenced_parent_drops_priority_tagged_arp_and_ipv4_the_kernel_would_answer() {
     );
     let stats = dp.stats(p.vip).expect("stats");
     assert_eq!(
-        (stats.arp_dropped, stats.ipv4_dropped, stats.arp_replied),
+        (stats.requests_dropped, stats.ip_dropped, stats.replied),
         (1, 1, 0),
         "{stats:?}"
     );
@@ -801,7 +798,7 @@ fn fenced_parent_drops_priority_tagged_arp_and_ipv4_the_kernel_would_answer() {
         1,
         "the kernel answers a tagged echo request to an answering VIP"
     );
-    assert_eq!(dp.stats(p.vip).expect("stats").ipv4_dropped, 1);
+    assert_eq!(dp.stats(p.vip).expect("stats").ip_dropped, 1);
 }
 
 /// Ignored by default: it needs a kernel with 802.1Q devices (`CONFIG_VLAN_8021Q`), which the
@@ -846,15 +843,16 @@ fn program_on_a_vlan_device_answers_and_fences_its_untagged_view() {
     p.client.add_addr(&client_vlan, &format!("{client_ip}/24"));
     let pins = PinRoot::new();
     let mut dp = open(&p.node, &node_vlan, AttachMode::Auto, &pins.0);
-    // A VLAN device has no native XDP: `auto` (the configuration's default) falls back to generic.
-    assert_eq!(dp.attachment().to_string(), "generic");
+    // A VLAN device has no native XDP: `auto` (the configuration's default) falls back to the TC
+    // ingress program (tcx).
+    assert_eq!(dp.attachment().to_string(), "tc");
     dp.register(vip).expect("register");
     dp.answer_until(vip, far_deadline()).expect("answer");
     let node_mac = p.node.mac(&node_vlan);
     assert_eq!(
         probe(&p.client, &client_vlan, client_ip, vip),
         vec![node_mac],
-        "the program on the VLAN device answers, XDP_TX through the device back onto VLAN 100"
+        "the program on the VLAN device answers, back out through the device onto VLAN 100"
     );
 
     dp.fence(vip).expect("fence");
@@ -873,7 +871,7 @@ fn program_on_a_vlan_device_answers_and_fences_its_untagged_view() {
     );
     let stats = dp.stats(vip).expect("stats");
     assert_eq!(
-        (stats.arp_replied, stats.arp_dropped, stats.ipv4_dropped),
+        (stats.replied, stats.requests_dropped, stats.ip_dropped),
         (1, 1, 3),
         "{stats:?}"
     );

@@ -305,8 +305,8 @@ fn answers_arp_request_for_vip_byte_exact() {
     );
     assert_eq!(out, expected.to_vec());
     let s = l.stats();
-    assert_eq!(s.arp_replied, 1);
-    assert_eq!(s.arp_dropped, 0);
+    assert_eq!(s.replied, 1);
+    assert_eq!(s.requests_dropped, 0);
     assert!(
         (before..=after).contains(&s.last_reply_ns),
         "last reply time {} outside [{before}, {after}]",
@@ -332,7 +332,7 @@ fn fenced_drops_arp_and_ipv4_for_vip_and_counts_them() {
         assert_eq!(action, XDP_DROP);
     }
     let s = l.stats();
-    assert_eq!((s.arp_replied, s.arp_dropped, s.ipv4_dropped), (0, 3, 5));
+    assert_eq!((s.replied, s.requests_dropped, s.ip_dropped), (0, 3, 5));
     assert_eq!(s.last_reply_ns, 0);
 }
 
@@ -458,7 +458,7 @@ fn tagged_arp_request_is_answered_keeping_the_tag_byte_exact() {
         assert_eq!(out, expected, "vid {vid} pcp {pcp} dei {dei}");
     }
     let s = l.stats();
-    assert_eq!((s.arp_replied, s.arp_dropped), (runs, 0));
+    assert_eq!((s.replied, s.requests_dropped), (runs, 0));
 }
 
 #[test]
@@ -476,12 +476,12 @@ fn tagged_fenced_drops_arp_and_ipv4_and_answering_passes_ipv4() {
         assert_eq!(&out, frame, "a dropped frame is not rewritten");
     }
     let s = l.stats();
-    assert_eq!((s.arp_replied, s.arp_dropped, s.ipv4_dropped), (0, 1, 1));
+    assert_eq!((s.replied, s.requests_dropped, s.ip_dropped), (0, 1, 1));
     l.answering();
     let (action, out) = l.run(&ipv4);
     assert_eq!(action, XDP_PASS);
     assert_eq!(out, ipv4);
-    assert_eq!(l.stats().ipv4_dropped, 1, "no count for a pass");
+    assert_eq!(l.stats().ip_dropped, 1, "no count for a pass");
 }
 
 #[test]
@@ -639,7 +639,7 @@ fn answers_ns_for_ipv6_vip_byte_exact() {
     assert_eq!(out, expected.to_vec());
     let after = monotonic_ns();
     let s = l.stats6();
-    assert_eq!((s.arp_replied, s.arp_dropped, s.ipv4_dropped), (2, 0, 0));
+    assert_eq!((s.replied, s.requests_dropped, s.ip_dropped), (2, 0, 0));
     assert!(
         (before..=after).contains(&s.last_reply_ns),
         "last reply time {} outside [{before}, {after}]",
@@ -674,7 +674,7 @@ fn fenced_drops_ns_and_ipv6_for_ipv6_vip_and_counts_them() {
         assert_eq!(out, frame);
     }
     let s = l.stats6();
-    assert_eq!((s.arp_replied, s.arp_dropped, s.ipv4_dropped), (0, 3, 5));
+    assert_eq!((s.replied, s.requests_dropped, s.ip_dropped), (0, 3, 5));
     assert_eq!(s.last_reply_ns, 0);
     // A deadline in the past is fenced too; a future one answers, and IPv6 to the VIP passes.
     l.set6(VipState::answering_until(OUR_MAC, monotonic_ns() - 1));
@@ -690,7 +690,7 @@ fn fenced_drops_ns_and_ipv6_for_ipv6_vip_and_counts_them() {
         assert_eq!(l.run(frame), (XDP_PASS, frame.clone()));
     }
     let s = l.stats6();
-    assert_eq!((s.arp_replied, s.arp_dropped, s.ipv4_dropped), (1, 4, 5));
+    assert_eq!((s.replied, s.requests_dropped, s.ip_dropped), (1, 4, 5));
     assert_eq!(
         l.stats(),
         VipStats::default(),
@@ -769,7 +769,7 @@ fn tagged_ns_for_ipv6_vip_is_answered_keeping_the_tag() {
         assert_eq!(out, expected, "vid {vid} pcp {pcp} dei {dei}");
     }
     let s = l.stats6();
-    assert_eq!((s.arp_replied, s.arp_dropped), (runs, 0));
+    assert_eq!((s.replied, s.requests_dropped), (runs, 0));
     // Fenced, tagged: the NS and IPv6 to the VIP are dropped.
     l.set6(VipState::fenced(OUR_MAC));
     for frame in [
@@ -781,7 +781,7 @@ fn tagged_ns_for_ipv6_vip_is_answered_keeping_the_tag() {
         assert_eq!(out, frame);
     }
     let s = l.stats6();
-    assert_eq!((s.arp_replied, s.arp_dropped, s.ipv4_dropped), (runs, 1, 1));
+    assert_eq!((s.replied, s.requests_dropped, s.ip_dropped), (runs, 1, 1));
 }
 
 #[test]

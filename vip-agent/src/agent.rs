@@ -28,24 +28,27 @@ use tokio::sync::watch;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{debug, error, info, warn};
 
+mod plan;
+
+pub use plan::{Plan, SourceChoice, SourcePlan, WriterPlan, plan};
+
 use crate::{
     address::{
         AddressError, AddressEvent, AddressEvents, Addresses, Lifetime, ProgramLifetime, Vip,
     },
     clock::monotonic_ns,
-    config::{Config, GarpConfig, GateConfig, GateMode, HookConfig, VipConfig},
+    config::{Config, GarpConfig, HookConfig, RepmgrConfig, VipConfig},
     dataplane::{AttachOptions, Dataplane, DataplaneError},
     garp::{GarpError, GarpSender},
     gate::{Gate, GateHook},
     hooks::{self, HookContext, HookEvent},
-    leader::{
-        Handshake, LeaderError, LeaderFollower, LeaderSettings, LeaderState, MemberWatcher, Reason,
-        StateHook, member_key, scope,
-    },
+    leader::{Handshake, LeaderError, LeaderFollower, MemberWatcher, Release},
+    leadership::{Cause, Hook, Leadership, Source},
     metrics::{self, MetricsError, Registry},
     netlink::LinkEvents,
     notify::Notifier,
-    repmgr::{LeaderSource, RepmgrSettings, RepmgrSource},
+    patroni_rest::{PatroniRestSource, RestError},
+    repmgr::{RepmgrError, RepmgrSettings, RepmgrSource, resolve_group},
 };
 
 /// Errors that stop the agent from starting. Once running, failures are logged and retried.
@@ -87,7 +90,9 @@ pub enum AgentError {
         source: LeaderError,
     },
     #[error("repmgr leader source")]
-    Repmgr(#[from] crate::repmgr::RepmgrError),
+    Repmgr(#[from] RepmgrError),
+    #[error(transparent)]
+    PatroniRest(#[from] RestError),
     #[error("VIP addresses")]
     Address(#[from] AddressError),
     #[error("subscribe to link notifications")]
@@ -126,6 +131,7 @@ type SharedDataplane = Arc<Mutex<Dataplane>>;
 /// When startup fails (interface, privileges, foreign XDP program, bad TLS files, ...). Nothing is
 /// left answering: VIPs registered before the failure stay fenced.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AgentError> {
+    let plan = plan::plan(&config)?;
     // Before anything: without these the agent would fail part-way (see `caps`).
     crate::caps::check()?;
     let addresses = Addresses::new()?;
@@ -135,23 +141,20 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
     // the first one's VIPs as "no longer configured".
     let mut dataplanes: BTreeMap<String, SharedDataplane> = BTreeMap::new();
     let mut interface_locks = Vec::new();
-    for vip in &config.vips {
-        if dataplanes.contains_key(&vip.interface) {
-            continue;
-        }
-        interface_locks.push(lock_interface(&vip.interface)?);
+    for interface in &plan.interfaces {
+        interface_locks.push(lock_interface(interface)?);
         let opts = AttachOptions {
-            interface: vip.interface.clone(),
+            interface: interface.clone(),
             mode: config.xdp_mode.into(),
             pin_root: config.pin_path.clone(),
         };
         let dp = Dataplane::open(&opts)
             .await
             .map_err(|source| AgentError::Dataplane {
-                interface: vip.interface.clone(),
+                interface: interface.clone(),
                 source: Box::new(source),
             })?;
-        dataplanes.insert(vip.interface.clone(), Arc::new(Mutex::new(dp)));
+        dataplanes.insert(interface.clone(), Arc::new(Mutex::new(dp)));
     }
     for (interface, dp) in &dataplanes {
         prepare_dataplane(interface, dp, &config.vips, &addresses).await?;
@@ -164,138 +167,21 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
     // Bound before any task starts: a taken port is a startup error with nothing left running.
     let listener = metrics::bind(config.metrics_address).await?;
 
-    // One follower per (key, value); behind it one promotion gate and data plane writer per
-    // distinct gate configuration of its VIPs; each VIP subscribes to its gate.
     let tasks = TaskTracker::new();
     let followers_stop = CancellationToken::new();
-    let mut receivers: BTreeMap<(String, String), watch::Receiver<LeaderState>> = BTreeMap::new();
-    let mut vip_receivers: BTreeMap<IpAddr, watch::Receiver<LeaderState>> = BTreeMap::new();
-    let mut followers = Vec::new();
-    let mut members = Vec::new();
-    let mut handshakes = Vec::new();
-    let mut releases = Vec::new();
-    let mut gates = Vec::new();
-    for vip in &config.vips {
-        let id = (vip.trigger_key.clone(), vip.trigger_value.clone());
-        if receivers.contains_key(&id) {
-            continue;
-        }
-        // `dcs-type: repmgr`: every VIP carries the same label key, so this runs once.
-        let mut follower = match &config.repmgr {
-            Some(r) => {
-                let settings = RepmgrSettings::from_config(r, config.fence_timeout)?;
-                let mut source = RepmgrSource::new(settings)?;
-                let events = registry.clone();
-                source.on_event(move |outcome| events.record_repmgr_event(outcome));
-                LeaderSource::Repmgr(source)
-            }
-            None => {
-                LeaderSource::Etcd(LeaderFollower::new(leader_settings(&config, vip)).map_err(
-                    |source| AgentError::Leader {
-                        key: vip.trigger_key.clone(),
-                        source,
-                    },
-                )?)
-            }
-        };
-        let same_key: Vec<&VipConfig> = config
-            .vips
-            .iter()
-            .filter(|v| v.trigger_key == vip.trigger_key && v.trigger_value == vip.trigger_value)
-            .collect();
-        // Patroni's member key next to the leader key: where its REST API is, and the role it
-        // wrote (etcd mode, when some VIP on this key asks Patroni).
-        let asks_patroni = same_key.iter().any(|v| v.gate.mode == GateMode::Patroni);
-        let member = match (
-            &config.repmgr,
-            member_key(&vip.trigger_key, &vip.trigger_value),
-        ) {
-            (None, Some(key)) if asks_patroni => {
-                let watcher = MemberWatcher::new(leader_settings(&config, vip), key);
-                let rx = watcher.subscribe();
-                members.push(watcher);
-                Some(rx)
-            }
-            _ => None,
-        };
-        let scope = scope(&vip.trigger_key).map(str::to_owned);
-        let mut groups: Vec<(&GateConfig, Vec<&VipConfig>)> = Vec::new();
-        for v in same_key {
-            match groups.iter_mut().find(|(g, _)| **g == v.gate) {
-                Some((_, members)) => members.push(v),
-                None => groups.push((&v.gate, vec![v])),
-            }
-        }
-        let mut hooks: Vec<GateHook> = Vec::new();
-        for (gate_config, members) in groups {
-            let targets: Vec<(IpAddr, u8, SharedDataplane)> = members
-                .iter()
-                .filter_map(|v| {
-                    dataplanes
-                        .get(&v.interface)
-                        .map(|dp| (v.ip, v.prefix_len, Arc::clone(dp)))
-                })
-                .collect();
-            let ips: Vec<IpAddr> = members.iter().map(|v| v.ip).collect();
-            let name = format!(
-                "{} ({})",
-                vip.trigger_key,
-                ips.iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            );
-            let mut writer =
-                DataplaneWriter::new(vip.trigger_key.clone(), targets, registry.clone());
-            let gate = Gate::new(
-                name,
-                gate_config.clone(),
-                Box::new(move |state: &LeaderState| writer.apply(state)),
-            )
-            .with_target(member.clone(), scope.clone())
-            .with_member_name(scope.is_some().then(|| vip.trigger_value.clone()));
-            let gate_registry = registry.clone();
-            gate.on_status(Box::new(move |status| {
-                for ip in &ips {
-                    gate_registry.set_gate(*ip, status);
-                }
-            }));
-            for v in &members {
-                vip_receivers.insert(v.ip, gate.subscribe());
-            }
-            hooks.push(gate.hook());
-            gates.push(gate);
-        }
-        let to_gates: StateHook = Box::new(move |state: &LeaderState| {
-            for hook in &hooks {
-                hook.apply(state);
-            }
-        });
-        // etcd mode: the fence handshake sits between the follower and the gates.
-        let mut to_gates = match (&config.repmgr, &config.handshake) {
-            (None, Some(settings)) => {
-                let handshake =
-                    Handshake::new(leader_settings(&config, vip), settings.clone(), to_gates);
-                let hook = handshake.hook();
-                releases.push(handshake.releaser());
-                handshakes.push(handshake);
-                Box::new(move |state: &LeaderState| hook.apply(state))
-            }
-            _ => to_gates,
-        };
-        let etcd_registry = registry.clone();
-        let key = vip.trigger_key.clone();
-        follower.on_change(move |state: &LeaderState| {
-            to_gates(state);
-            etcd_registry.set_etcd(
-                &key,
-                !matches!(state.reason, Reason::EtcdUnreachable | Reason::Startup),
-                state.revision,
-            );
-        });
-        receivers.insert(id, follower.subscribe());
-        followers.push(follower);
+    let mut wiring = Wiring::default();
+    for source in plan.sources {
+        wiring.add(source, &config.vips, &dataplanes, &registry)?;
     }
+    let Wiring {
+        followers,
+        receivers,
+        vip_receivers,
+        members,
+        handshakes,
+        releases,
+        gates,
+    } = wiring;
 
     // Everything fallible is built before the first task starts.
     let mut vip_tasks = Vec::new();
@@ -341,10 +227,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
         registry.clone(),
         metrics_stop.clone(),
     ));
-    tasks.spawn(notify_ready(
-        receivers.values().cloned().collect(),
-        config.vips.len(),
-    ));
+    tasks.spawn(notify_ready(receivers, config.vips.len()));
     tasks.close();
     info!(
         vips = config.vips.len(),
@@ -385,7 +268,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
 /// retrying: it must neither hold back units ordered after it nor be killed by `TimeoutStartSec`.
 /// Ends without notifying when the followers stop first (shutdown during startup). After a SIGHUP
 /// restart it notifies again, which systemd ignores for a running service.
-async fn notify_ready(mut leaders: Vec<watch::Receiver<LeaderState>>, vips: usize) {
+async fn notify_ready(mut leaders: Vec<watch::Receiver<Leadership>>, vips: usize) {
     let notifier = match Notifier::from_env() {
         Ok(n) if n.is_enabled() => n,
         Ok(_) => return,
@@ -396,7 +279,7 @@ async fn notify_ready(mut leaders: Vec<watch::Receiver<LeaderState>>, vips: usiz
     };
     for leader in &mut leaders {
         if leader
-            .wait_for(|s| s.reason != Reason::Startup)
+            .wait_for(|s| s.cause != Cause::Startup)
             .await
             .is_err()
         {
@@ -537,19 +420,146 @@ async fn prepare_dataplane(
     Ok(())
 }
 
-fn leader_settings(config: &Config, vip: &VipConfig) -> LeaderSettings {
-    let mut s = LeaderSettings::new(
-        config.etcd.endpoints.clone(),
-        &vip.trigger_key,
-        &vip.trigger_value,
-    );
-    s.user.clone_from(&config.etcd.user);
-    s.password = config.etcd.password.as_ref().map(|p| p.expose().to_owned());
-    s.ca_file.clone_from(&config.etcd.ca_file);
-    s.cert_file.clone_from(&config.etcd.cert_file);
-    s.key_file.clone_from(&config.etcd.key_file);
-    s.fence_timeout = config.fence_timeout;
-    s
+/// The running parts built from the plan's sources, before any task starts.
+#[derive(Default)]
+struct Wiring {
+    followers: Vec<Box<dyn Source>>,
+    /// Each source's published states (for `READY=1`).
+    receivers: Vec<watch::Receiver<Leadership>>,
+    /// Each VIP's effective states (its gate's).
+    vip_receivers: BTreeMap<IpAddr, watch::Receiver<Leadership>>,
+    members: Vec<MemberWatcher>,
+    handshakes: Vec<Handshake>,
+    releases: Vec<Release>,
+    gates: Vec<Gate>,
+}
+
+impl Wiring {
+    /// Build one source and what hangs behind it: (etcd) the member watcher and the fence
+    /// handshake, then a gate and data plane writer per writer of the plan.
+    fn add(
+        &mut self,
+        plan: SourcePlan,
+        vips: &[VipConfig],
+        dataplanes: &BTreeMap<String, SharedDataplane>,
+        registry: &Registry,
+    ) -> Result<(), AgentError> {
+        let kind = plan.source.kind();
+        let member = plan.member.as_ref().and_then(|key| match &plan.source {
+            SourceChoice::Etcd(settings) => {
+                let watcher = MemberWatcher::new((**settings).clone(), key.clone());
+                let rx = watcher.subscribe();
+                self.members.push(watcher);
+                Some(rx)
+            }
+            _ => None,
+        });
+        let mut hooks: Vec<GateHook> = Vec::new();
+        for w in plan.writers {
+            let targets: Vec<(IpAddr, u8, SharedDataplane)> = vips
+                .iter()
+                .filter(|v| w.vips.contains(&v.ip))
+                .filter_map(|v| {
+                    dataplanes
+                        .get(&v.interface)
+                        .map(|dp| (v.ip, v.prefix_len, Arc::clone(dp)))
+                })
+                .collect();
+            let mut writer = DataplaneWriter::new(plan.key.clone(), targets, registry.clone());
+            let gate = Gate::new(
+                w.name,
+                w.gate,
+                kind,
+                Box::new(move |state: &Leadership| writer.apply(state)),
+            )
+            .with_target(member.clone(), plan.scope.clone())
+            .with_member_name(plan.scope.is_some().then(|| plan.value.clone()));
+            let gate_registry = registry.clone();
+            let ips = w.vips;
+            for ip in &ips {
+                self.vip_receivers.insert(*ip, gate.subscribe());
+            }
+            gate.on_status(Box::new(move |status| {
+                for ip in &ips {
+                    gate_registry.set_gate(*ip, status);
+                }
+            }));
+            hooks.push(gate.hook());
+            self.gates.push(gate);
+        }
+        let to_gates: Hook = Box::new(move |state: &Leadership| {
+            for hook in &hooks {
+                hook.apply(state);
+            }
+        });
+        // etcd: the fence handshake sits between the follower and the gates.
+        let mut to_gates = match (&plan.source, plan.handshake) {
+            (SourceChoice::Etcd(settings), Some(handshake)) => {
+                let handshake = Handshake::new((**settings).clone(), handshake, to_gates);
+                let hook = handshake.hook();
+                self.releases.push(handshake.releaser());
+                self.handshakes.push(handshake);
+                Box::new(move |state: &Leadership| hook.apply(state))
+            }
+            _ => to_gates,
+        };
+        let mut source: Box<dyn Source> = match plan.source {
+            SourceChoice::Etcd(settings) => Box::new(LeaderFollower::new(*settings).map_err(
+                |source| AgentError::Leader {
+                    key: plan.key.clone(),
+                    source,
+                },
+            )?),
+            SourceChoice::Repmgr {
+                config,
+                fence_timeout,
+            } => {
+                let mut source = RepmgrSource::new(repmgr_settings(&config, fence_timeout)?)?;
+                let events = registry.clone();
+                source.on_event(move |outcome| events.record_repmgr_event(outcome));
+                Box::new(source)
+            }
+            SourceChoice::PatroniRest(settings) => Box::new(PatroniRestSource::new(*settings)?),
+        };
+        registry.set_source_kind(kind);
+        let source_registry = registry.clone();
+        let key = plan.key;
+        source.on_change(Box::new(move |state: &Leadership| {
+            to_gates(state);
+            source_registry.set_source(&key, kind, state.reached(), state.detail);
+        }));
+        self.receivers.push(source.subscribe());
+        self.followers.push(source);
+        Ok(())
+    }
+}
+
+/// Resolve `dcs-type: repmgr`'s configuration: the socket group's id, the connection string, the
+/// validity (3 check intervals, capped by `fence_timeout`).
+fn repmgr_settings(
+    config: &RepmgrConfig,
+    fence_timeout: Option<std::time::Duration>,
+) -> Result<RepmgrSettings, RepmgrError> {
+    let socket_group = match &config.socket_group {
+        None => None,
+        Some(g) => Some(resolve_group(g)?),
+    };
+    let postgres = config
+        .postgres_dsn
+        .expose()
+        .parse::<tokio_postgres::Config>()
+        .map_err(RepmgrError::Dsn)?;
+    Ok(RepmgrSettings {
+        node_id: config.node_id,
+        socket: config.socket.clone(),
+        socket_group,
+        check_interval: config.check_interval,
+        validity: config.validity(fence_timeout),
+        quorum_hold: config.quorum_hold,
+        state_file: config.state_file.clone(),
+        postgres,
+        passfile: config.passfile.clone(),
+    })
 }
 
 /// Writes every effective state into the maps, before anyone else hears of it: in the follower's
@@ -574,7 +584,7 @@ impl DataplaneWriter {
         }
     }
 
-    fn apply(&mut self, state: &LeaderState) {
+    fn apply(&mut self, state: &Leadership) {
         let now = monotonic_ns();
         let answer = state.is_safe_at(now);
         let promoting = answer && now >= self.answering_until;
@@ -621,15 +631,15 @@ impl DataplaneWriter {
             info!(
                 key = %self.key,
                 role = if answer { "primary" } else { "fenced" },
-                reason = ?state.reason,
-                revision = state.revision,
+                cause = ?state.cause,
+                detail = state.detail,
                 deadline_in_ms = state.safe_until_ns.saturating_sub(now) / 1_000_000,
                 event_to_dataplane_us = latency_us,
                 dataplane_at_ns = done,
                 "data plane {}", if answer { "answering" } else { "fenced" }
             );
         } else {
-            debug!(key = %self.key, reason = ?state.reason, revision = state.revision,
+            debug!(key = %self.key, cause = ?state.cause, detail = state.detail,
                 deadline_in_ms = state.safe_until_ns.saturating_sub(now) / 1_000_000,
                 event_to_dataplane_us = latency_us, "data plane updated");
         }
@@ -648,7 +658,7 @@ struct VipTask {
     links: LinkEvents,
     /// Whether the interface could carry traffic at the last link notification.
     carrier: bool,
-    leader: watch::Receiver<LeaderState>,
+    leader: watch::Receiver<Leadership>,
     garp: Arc<GarpSender>,
     garp_config: GarpConfig,
     registry: Registry,
@@ -669,7 +679,7 @@ impl VipTask {
         config: VipConfig,
         dataplane: SharedDataplane,
         addresses: Addresses,
-        leader: watch::Receiver<LeaderState>,
+        leader: watch::Receiver<Leadership>,
         garp_config: &GarpConfig,
         registry: Registry,
     ) -> Result<Self, AgentError> {
@@ -726,7 +736,7 @@ impl VipTask {
                 } else {
                     garp_stop.cancel();
                     if state.primary && state.safe_until_ns <= now {
-                        warn!(vip = %self.vip, reason = ?state.reason,
+                        warn!(vip = %self.vip, cause = ?state.cause,
                             "leadership not confirmed before the deadline: fenced by the data plane");
                         self.fence();
                     }

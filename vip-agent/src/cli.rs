@@ -38,8 +38,8 @@ node that is not the primary cannot answer for the VIP, even when its agent is d
 off from etcd.
 
 It follows the Patroni leader key in etcd with a v3 watch. An XDP program on the VIP's interface \
-answers ARP requests for the VIP while this node holds the key, and drops them, and every IPv4 \
-packet to the VIP, otherwise.
+answers ARP requests (IPv6: Neighbor Solicitations) for the VIP while this node holds the key, \
+and drops them, and every packet to the VIP, otherwise.
 
 Safety: holding is a deadline in a BPF map, not a flag. The agent extends it only from fresh \
 confirmations of the leader key's etcd lease, never past the moment etcd could give the key to \
@@ -95,7 +95,7 @@ pub const HELP_SECTIONS: &[HelpSection] = &[
             ),
             entry(
                 "vip-agent status --interface eth0 [--json]",
-                "Per VIP on eth0: answering or fenced, time left on the deadline, ARP and IPv4 \
+                "Per VIP on eth0: answering or fenced, time left on the deadline, ARP/NDP and IP \
                  counters. Reads the pinned maps, so it works without the daemon.",
             ),
             entry(

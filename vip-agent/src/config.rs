@@ -11,14 +11,14 @@
 //!
 //! # Keys
 //!
-//! vip-manager's: `ip`, `netmask` (prefix length 1..=32), `interface`, `trigger-key`,
+//! vip-manager's: `ip`, `netmask` (prefix length 1..=32, IPv6 1..=128), `interface`, `trigger-key`,
 //! `trigger-value` (default: the host name), `dcs-type` (`etcd`/`etcd3`, both the v3 API),
 //! `dcs-endpoints` (YAML list or comma string, each `http://` or `https://`; default
 //! `http://127.0.0.1:2379`), `etcd-user`, `etcd-password`, `etcd-ca-file`, `etcd-cert-file`,
 //! `etcd-key-file`, `manager-type` (`basic`), `verbose`. Accepted and ignored with an info notice:
 //! `interval`, `retry-after`, `retry-num` (vip-agent watches, it does not poll). Accepted with a
 //! warning: `hosting-type` (Pigsty writes it; vip-manager never read it). Refused with a clear
-//! error: `dcs-type: consul|patroni`, `manager-type: hetzner`, `consul-token`, IPv6 VIPs, pre-1.0
+//! error: `dcs-type: consul|patroni`, `manager-type: hetzner`, `consul-token`, pre-1.0
 //! keys (`iface`, `mask`, `key`, `nodename`, ...), and an unknown key close to a known one (with
 //! that key as the suggestion). An unknown key far from every known key is a warning naming its
 //! line, and ignored, as vip-manager ignores it: a key that a newer vip-manager or Pigsty template
@@ -112,6 +112,10 @@ pub struct Config {
     /// (see [`RepmgrConfig`]; each VIP's `trigger-key` is then the label `repmgr` and its
     /// `trigger-value` the node id).
     pub repmgr: Option<RepmgrConfig>,
+    /// `dcs-type: patroni`: the poll period (`interval`) of Patroni's REST API at
+    /// `etcd.endpoints`; each VIP answers while `GET <endpoint><trigger-key>` returns the status
+    /// `trigger-value` (vip-manager's semantics). `None` in other modes.
+    pub patroni_interval: Option<Duration>,
     /// Gratuitous ARPs on takeover.
     pub garp: GarpConfig,
     /// How long a node that lost leadership, or cannot confirm it, keeps fencing the VIP. `None`
@@ -192,6 +196,8 @@ impl Default for HookConfig {
 
 /// Patroni's REST API address unless configured: its usual `restapi.listen` port on loopback.
 pub const DEFAULT_PATRONI_URL: &str = "http://127.0.0.1:8008";
+/// `dcs-type: patroni`: Patroni's REST API is asked this often unless `interval` says otherwise.
+pub const DEFAULT_PATRONI_INTERVAL: Duration = Duration::from_secs(1);
 /// Poll period of the promotion gate unless configured.
 pub const DEFAULT_GATE_INTERVAL: Duration = Duration::from_millis(5);
 /// Upper bound of the promotion gate unless configured: answer anyway after this long.
@@ -388,13 +394,16 @@ impl GarpConfig {
 /// `xdp-mode`: how to attach the XDP program.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum XdpModeSetting {
-    /// Native where the driver supports it, generic otherwise (generic on veth).
+    /// Native where the driver supports it, else the TC ingress program (tcx), else generic
+    /// (never native on veth).
     #[default]
     Auto,
     /// Native (driver) mode only; also accepted as `driver`/`drv`.
     Native,
     /// Generic (skb) mode only; also accepted as `skb`.
     Generic,
+    /// The TC ingress program only (tcx, Linux 6.6+); also accepted as `tcx`.
+    Tc,
 }
 
 impl XdpModeSetting {
@@ -405,6 +414,7 @@ impl XdpModeSetting {
             Self::Auto => "auto",
             Self::Native => "native",
             Self::Generic => "generic",
+            Self::Tc => "tc",
         }
     }
 }
@@ -421,6 +431,7 @@ impl From<XdpModeSetting> for crate::dataplane::AttachMode {
             XdpModeSetting::Auto => Self::Auto,
             XdpModeSetting::Native => Self::Native,
             XdpModeSetting::Generic => Self::Generic,
+            XdpModeSetting::Tc => Self::Tc,
         }
     }
 }
@@ -571,6 +582,7 @@ impl Config {
             vips,
             etcd,
             repmgr,
+            patroni_interval,
             garp,
             fence_timeout,
             handshake,
@@ -584,6 +596,7 @@ impl Config {
         *vips == other.vips
             && *etcd == other.etcd
             && *repmgr == other.repmgr
+            && *patroni_interval == other.patroni_interval
             && *garp == other.garp
             && *fence_timeout == other.fence_timeout
             && *handshake == other.handshake
@@ -602,6 +615,10 @@ impl Config {
             .filter(|v| v.gate.mode == GateMode::Patroni && self.repmgr.is_none())
             .map(|v| match (&v.gate.patroni_url, crate::leader::member_key(&v.trigger_key, &v.trigger_value)) {
                 (Some(url), _) => format!("note: VIP {}: the promotion gate asks Patroni at {url} (patroni-url)", v.ip),
+                (None, _) if self.patroni_interval.is_some() => format!(
+                    "note: VIP {}: the promotion gate asks the Patroni the leader source asks, {} (dcs-endpoints)",
+                    v.ip, self.etcd.endpoints.first().map_or("", String::as_str)
+                ),
                 (None, Some(key)) => format!(
                     "note: VIP {}: the promotion gate asks Patroni at the api_url Patroni writes to {key} (read at run time; {DEFAULT_PATRONI_URL} only where that key has none)",
                     v.ip

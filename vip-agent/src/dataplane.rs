@@ -6,6 +6,11 @@
 //! * otherwise the embedded object is loaded, attached (as a bpf_link) and pinned: maps first, the
 //!   link last, so a present link pin always means a complete installation.
 //!
+//! The ingress program is XDP (native or generic) or, in `tc` mode, the same decision as a TC
+//! ingress program (tcx, Linux 6.6+): cheaper than generic XDP where native XDP is not available,
+//! so `auto` prefers it to generic (see [`AttachMode::Auto`]). Its link is pinned as the XDP link
+//! would be, and adopted and detached the same way.
+//!
 //! A TC egress program (tcx, Linux 6.6+) on the same interface shares the maps and drops what the
 //! node sends from a fenced VIP (`vip_common::frame::egress`). A fresh installation attaches it on
 //! the pinned maps and pins it (`egress`) just before the XDP link; an adopted installation adopts
@@ -19,7 +24,7 @@
 
 use std::{
     fmt, io,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    net::{IpAddr, Ipv6Addr},
     path::{Path, PathBuf},
 };
 
@@ -35,7 +40,10 @@ use aya::{
 use tracing::{info, warn};
 use vip_common::{
     EgressStats, VipKey, VipState, VipStats,
-    maps::{EGRESS_PROGRAM_NAME, EGRESS_STATS_MAP, PROGRAM_NAME, STATE_MAP, STATS_MAP},
+    maps::{
+        EGRESS_PROGRAM_NAME, EGRESS_STATS_MAP, INGRESS_TC_PROGRAM_NAME, PROGRAM_NAME, STATE_MAP,
+        STATS_MAP,
+    },
 };
 
 use crate::{
@@ -63,17 +71,21 @@ const BPF_NOEXIST: u64 = 1;
 /// `statfs` magic of the BPF filesystem.
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
-/// How to attach the program.
+/// How to attach the ingress program.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum AttachMode {
-    /// Native where the driver supports it, generic otherwise. On veth, generic: native XDP_TX on
-    /// a veth only delivers when the peer has an XDP program too, which we cannot promise.
+    /// Native XDP where the driver supports it; otherwise the TC ingress program (tcx, Linux 6.6+),
+    /// which costs the interface's traffic less than generic XDP (BENCHMARKS.md); generic XDP where
+    /// tcx is missing too. On veth, never native: native XDP_TX on a veth only delivers when the
+    /// peer has an XDP program too, which we cannot promise.
     #[default]
     Auto,
-    /// Native (driver) mode only.
+    /// Native (driver) XDP only.
     Native,
-    /// Generic (skb) mode only.
+    /// Generic (skb) XDP only.
     Generic,
+    /// The TC ingress program only (tcx, Linux 6.6+).
+    Tc,
 }
 
 impl fmt::Display for AttachMode {
@@ -82,7 +94,55 @@ impl fmt::Display for AttachMode {
             Self::Auto => "auto",
             Self::Native => "native",
             Self::Generic => "generic",
+            Self::Tc => "tc",
         })
+    }
+}
+
+/// How the ingress program runs on the interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Attachment {
+    /// XDP, in the mode the kernel reports.
+    Xdp(XdpAttachment),
+    /// The TC ingress program, in the interface's tcx ingress chain.
+    Tc,
+}
+
+impl fmt::Display for Attachment {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Xdp(mode) => mode.fmt(f),
+            Self::Tc => f.write_str("tc"),
+        }
+    }
+}
+
+/// One way to attach the ingress program, in the order [`AttachMode`] tries them.
+#[derive(Clone, Copy, Debug)]
+enum Candidate {
+    Xdp(XdpMode, &'static str),
+    Tc,
+}
+
+impl Candidate {
+    /// What to try, in order, for `mode` on an interface (`veth`: whether it is one).
+    const fn for_mode(mode: AttachMode, veth: bool) -> &'static [Self] {
+        const NATIVE: Candidate = Candidate::Xdp(XdpMode::Driver, "native");
+        const GENERIC: Candidate = Candidate::Xdp(XdpMode::Skb, "generic");
+        match mode {
+            AttachMode::Native => &[NATIVE],
+            AttachMode::Generic => &[GENERIC],
+            AttachMode::Tc => &[Candidate::Tc],
+            AttachMode::Auto if veth => &[Candidate::Tc, GENERIC],
+            AttachMode::Auto => &[NATIVE, Candidate::Tc, GENERIC],
+        }
+    }
+
+    const fn name(self) -> &'static str {
+        match self {
+            Self::Xdp(_, name) => name,
+            Self::Tc => "tc",
+        }
     }
 }
 
@@ -150,8 +210,12 @@ pub enum DataplaneError {
         what: &'static str,
         name: &'static str,
     },
-    #[error("load the XDP program into the kernel")]
-    LoadProgram(#[source] ProgramError),
+    #[error("load the {what} into the kernel")]
+    LoadProgram {
+        what: &'static str,
+        #[source]
+        source: ProgramError,
+    },
     #[error("attach XDP to {interface} in {mode} mode")]
     Attach {
         interface: String,
@@ -203,7 +267,7 @@ pub struct Dataplane {
     /// `<pin_root>/<ifname>`.
     pin_dir: PathBuf,
     /// How the program runs on the interface (as the kernel reports it).
-    attachment: XdpAttachment,
+    attachment: Attachment,
     origin: Origin,
     /// Whether the pins (and so the program) outlive this process.
     program_lifetime: ProgramLifetime,
@@ -318,8 +382,14 @@ impl Dataplane {
             .info()
             .map_err(|e| open_pinned_error("link", &link_path, e))?
             .program_id();
-        let attached = facts.xdp.filter(|(id, _)| *id == prog_id);
-        let Some((_, attachment)) = attached else {
+        let attached = match facts.xdp.filter(|(id, _)| *id == prog_id) {
+            Some((_, mode)) => Some(Attachment::Xdp(mode)),
+            // Not XDP: the TC ingress program's tcx link, if it is still on this interface.
+            None => (tcx_link_target(&link_path).ok().flatten()
+                == Some((facts.index, BPF_TCX_INGRESS)))
+            .then_some(Attachment::Tc),
+        };
+        let Some(attachment) = attached else {
             warn!(interface = %facts.name, pin = %pin_dir.display(), pinned_prog_id = prog_id,
                 attached = ?facts.xdp, "pinned XDP link is not attached to this interface any more; replacing it");
             drop(fd_link);
@@ -397,74 +467,34 @@ impl Dataplane {
                 DataplaneError::Load(e)
             }
         })?;
-        let program: &mut Xdp = ebpf
-            .program_mut(PROGRAM_NAME)
-            .and_then(|p| p.try_into().ok())
-            .ok_or(DataplaneError::ObjectContract {
-                what: "XDP program",
-                name: PROGRAM_NAME,
-            })?;
-        program.load().map_err(|e| {
-            if is_permission_denied(&e) {
-                DataplaneError::PermissionDenied {
-                    operation: "loading the XDP program".to_owned(),
-                    source: Box::new(e),
-                }
-            } else {
-                DataplaneError::LoadProgram(e)
-            }
-        })?;
-
-        let modes: &[(XdpMode, &'static str)] = match mode {
-            AttachMode::Native => &[(XdpMode::Driver, "native")],
-            AttachMode::Generic => &[(XdpMode::Skb, "generic")],
-            AttachMode::Auto if facts.is_veth() => &[(XdpMode::Skb, "generic")],
-            AttachMode::Auto => &[(XdpMode::Driver, "native"), (XdpMode::Skb, "generic")],
-        };
-        let mut link_id = None;
+        let mut chosen = None;
         let mut last_error = None;
-        for &(xdp_mode, name) in modes {
-            match program.attach_to_if_index(facts.index, xdp_mode) {
-                Ok(id) => {
-                    link_id = Some(id);
+        for &candidate in Candidate::for_mode(mode, facts.is_veth()) {
+            let attached = match candidate {
+                Candidate::Xdp(xdp_mode, name) => {
+                    attach_xdp(&mut ebpf, facts.index, xdp_mode, name, &interface)
+                }
+                Candidate::Tc => attach_tc_ingress(&mut ebpf, &interface),
+            };
+            match attached {
+                Ok(link) => {
+                    chosen = Some((candidate, link));
                     break;
                 }
-                Err(source) => {
-                    warn!(interface = %interface, mode = name, error = %source, "XDP attach failed");
-                    last_error = Some((name, source));
+                // Missing privileges are not a property of the mode: the next would fail alike.
+                Err(e @ DataplaneError::PermissionDenied { .. }) => return Err(e),
+                Err(e) => {
+                    warn!(interface = %interface, mode = candidate.name(),
+                        error = %crate::agent::Chain(&e), "attaching the ingress program failed");
+                    last_error = Some(e);
                 }
             }
         }
-        let link_id = match (link_id, last_error) {
-            (Some(id), _) => id,
-            (None, Some((mode, source))) => {
-                return Err(if is_permission_denied(&source) {
-                    DataplaneError::PermissionDenied {
-                        operation: format!("attaching XDP to {interface}"),
-                        source: Box::new(source),
-                    }
-                } else {
-                    DataplaneError::Attach {
-                        interface,
-                        mode,
-                        source,
-                    }
-                });
-            }
+        let (candidate, fd_link) = match (chosen, last_error) {
+            (Some(chosen), _) => chosen,
+            (None, Some(e)) => return Err(e),
             (None, None) => unreachable!("at least one mode is always tried"),
         };
-        let link = program
-            .take_link(link_id)
-            .map_err(|source| DataplaneError::Attach {
-                interface: interface.clone(),
-                mode: "any",
-                source,
-            })?;
-        // A netlink-attached program (no bpf_link: kernel < 5.9) cannot be pinned. Dropping `link`
-        // on this error path detaches it again, so nothing is left behind.
-        let fd_link = FdLink::try_from(link).map_err(|_| DataplaneError::KernelTooOld {
-            interface: interface.clone(),
-        })?;
 
         std::fs::create_dir_all(pin_dir).map_err(|source| DataplaneError::Fs {
             operation: "create pin directory",
@@ -486,10 +516,15 @@ impl Dataplane {
                 return Err(e);
             }
         };
-        let attachment = netlink::link_by_name(&interface)
-            .await?
-            .and_then(|f| f.xdp)
-            .map_or(XdpAttachment::Generic, |(_, m)| m);
+        let attachment = match candidate {
+            Candidate::Tc => Attachment::Tc,
+            Candidate::Xdp(..) => Attachment::Xdp(
+                netlink::link_by_name(&interface)
+                    .await?
+                    .and_then(|f| f.xdp)
+                    .map_or(XdpAttachment::Generic, |(_, m)| m),
+            ),
+        };
         Ok(Self {
             interface,
             ifindex: facts.index,
@@ -527,7 +562,7 @@ impl Dataplane {
 
     /// How the program runs on the interface.
     #[must_use]
-    pub const fn attachment(&self) -> XdpAttachment {
+    pub const fn attachment(&self) -> Attachment {
         self.attachment
     }
 
@@ -880,22 +915,17 @@ fn snapshot(
     Ok(out)
 }
 
-/// The map key of a VIP: IPv4 as its IPv4-mapped IPv6 address (see [`VipKey`]).
+/// The map key of a VIP: IPv4 as its IPv4-mapped IPv6 address (`From<IpAddr> for VipKey`, in
+/// vip-common).
 #[must_use]
 pub fn vip_key(vip: IpAddr) -> VipKey {
-    match vip {
-        IpAddr::V4(v4) => VipKey::v4(v4.octets()),
-        IpAddr::V6(v6) => VipKey::v6(v6.octets()),
-    }
+    VipKey::from(vip)
 }
 
 /// The VIP of a map key (inverse of [`vip_key`]).
 #[must_use]
 pub fn vip_ip(key: VipKey) -> IpAddr {
-    match key.as_v4() {
-        Some(v4) => IpAddr::V4(Ipv4Addr::from(v4)),
-        None => IpAddr::V6(Ipv6Addr::from(key.addr)),
-    }
+    IpAddr::from(key)
 }
 
 fn lookup_state(
@@ -1215,7 +1245,8 @@ fn adopt_egress(pin: &Path, ifindex: u32) -> Result<Option<FdLink>, DataplaneErr
     Ok(Some(link.into()))
 }
 
-/// `attach_type` of `BPF_TCX_EGRESS` (`enum bpf_attach_type`).
+/// `attach_type` of `BPF_TCX_INGRESS` and `BPF_TCX_EGRESS` (`enum bpf_attach_type`).
+const BPF_TCX_INGRESS: u32 = 46;
 const BPF_TCX_EGRESS: u32 = 47;
 
 /// The interface index and attach type of the tcx link pinned at `path`; `None` when it is not a
@@ -1274,6 +1305,102 @@ fn tcx_link_target(path: &Path) -> io::Result<Option<(u32, u32)>> {
     }
     Ok((info.link_type == BPF_LINK_TYPE_TCX && info.ifindex != 0)
         .then_some((info.ifindex, info.attach_type)))
+}
+
+/// Load the XDP program of `ebpf` (once) and attach it to the interface `ifindex` in `mode`, as a
+/// bpf_link.
+fn attach_xdp(
+    ebpf: &mut Ebpf,
+    ifindex: u32,
+    mode: XdpMode,
+    name: &'static str,
+    interface: &str,
+) -> Result<FdLink, DataplaneError> {
+    let program: &mut Xdp = ebpf
+        .program_mut(PROGRAM_NAME)
+        .and_then(|p| p.try_into().ok())
+        .ok_or(DataplaneError::ObjectContract {
+            what: "XDP program",
+            name: PROGRAM_NAME,
+        })?;
+    match program.load() {
+        Ok(()) | Err(ProgramError::AlreadyLoaded) => {}
+        Err(e) => {
+            return Err(program_error("loading the XDP program", e, |source| {
+                DataplaneError::LoadProgram {
+                    what: "XDP program",
+                    source,
+                }
+            }));
+        }
+    }
+    let attach_error = |source: ProgramError| {
+        program_error(&format!("attaching XDP to {interface}"), source, |source| {
+            DataplaneError::Attach {
+                interface: interface.to_owned(),
+                mode: name,
+                source,
+            }
+        })
+    };
+    let link_id = program
+        .attach_to_if_index(ifindex, mode)
+        .map_err(attach_error)?;
+    let link = program.take_link(link_id).map_err(attach_error)?;
+    // A netlink-attached program (no bpf_link: kernel < 5.9) cannot be pinned. Dropping `link`
+    // on this error path detaches it again, so nothing is left behind.
+    FdLink::try_from(link).map_err(|_| DataplaneError::KernelTooOld {
+        interface: interface.to_owned(),
+    })
+}
+
+/// Load the TC ingress program of `ebpf` (on the object's own maps, pinned after it) and attach
+/// it first in `interface`'s tcx ingress chain (Linux 6.6+): nothing that runs before it can
+/// answer or take a VIP's frame.
+fn attach_tc_ingress(ebpf: &mut Ebpf, interface: &str) -> Result<FdLink, DataplaneError> {
+    let program: &mut SchedClassifier = ebpf
+        .program_mut(INGRESS_TC_PROGRAM_NAME)
+        .and_then(|p| p.try_into().ok())
+        .ok_or(DataplaneError::ObjectContract {
+            what: "TC program",
+            name: INGRESS_TC_PROGRAM_NAME,
+        })?;
+    match program.load() {
+        Ok(()) | Err(ProgramError::AlreadyLoaded) => {}
+        Err(e) => {
+            return Err(program_error(
+                "loading the TC ingress program",
+                e,
+                |source| DataplaneError::LoadProgram {
+                    what: "TC ingress program",
+                    source,
+                },
+            ));
+        }
+    }
+    let attach_error = |source: ProgramError| {
+        program_error(
+            &format!("attaching the TC ingress program to {interface}"),
+            source,
+            |source| DataplaneError::Attach {
+                interface: interface.to_owned(),
+                mode: "tcx ingress",
+                source,
+            },
+        )
+    };
+    let link_id = program
+        .attach_with_options(
+            interface,
+            TcAttachType::Ingress,
+            TcAttachOptions::TcxOrder(LinkOrder::first()),
+        )
+        .map_err(attach_error)?;
+    let link = program.take_link(link_id).map_err(attach_error)?;
+    // tcx links are bpf_links: this cannot fail for a TcxOrder attachment.
+    FdLink::try_from(link).map_err(|_| DataplaneError::KernelTooOld {
+        interface: interface.to_owned(),
+    })
 }
 
 /// Load the egress program on the maps pinned in `pin_dir`, attach it first in `interface`'s tcx
@@ -1409,6 +1536,23 @@ fn classify<E: std::error::Error + Send + Sync + 'static>(
     }
 }
 
+/// [`DataplaneError::PermissionDenied`] for a refused program operation, `otherwise(e)` for
+/// anything else.
+fn program_error(
+    operation: &str,
+    e: ProgramError,
+    otherwise: impl FnOnce(ProgramError) -> DataplaneError,
+) -> DataplaneError {
+    if is_permission_denied(&e) {
+        DataplaneError::PermissionDenied {
+            operation: operation.to_owned(),
+            source: Box::new(e),
+        }
+    } else {
+        otherwise(e)
+    }
+}
+
 fn ignore_exists(r: Result<(), MapError>) -> Result<(), MapError> {
     match r {
         Err(MapError::SyscallError(ref s)) if s.io_error.raw_os_error() == Some(libc::EEXIST) => {
@@ -1425,5 +1569,32 @@ fn ignore_missing(r: Result<(), MapError>) -> Result<(), MapError> {
             Ok(())
         }
         other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{AttachMode, Candidate};
+
+    fn names(mode: AttachMode, veth: bool) -> Vec<&'static str> {
+        Candidate::for_mode(mode, veth)
+            .iter()
+            .map(|c| c.name())
+            .collect()
+    }
+
+    #[test]
+    fn auto_prefers_tc_to_generic_and_never_tries_native_on_veth() {
+        assert_eq!(names(AttachMode::Auto, true), ["tc", "generic"]);
+        assert_eq!(names(AttachMode::Auto, false), ["native", "tc", "generic"]);
+    }
+
+    #[test]
+    fn an_explicit_mode_is_the_only_one_tried() {
+        for veth in [true, false] {
+            assert_eq!(names(AttachMode::Native, veth), ["native"]);
+            assert_eq!(names(AttachMode::Generic, veth), ["generic"]);
+            assert_eq!(names(AttachMode::Tc, veth), ["tc"]);
+        }
     }
 }

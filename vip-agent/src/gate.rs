@@ -55,21 +55,23 @@
 //!
 //! # Patroni `failsafe_mode`
 //!
-//! With `patroni-failsafe` at its default (follow Patroni), while the leader source reports etcd
-//! unreachable ([`Reason::EtcdUnreachable`]) and the VIP answers, each hold check that proves
+//! With `patroni-failsafe` at its default (follow Patroni), for a leader source that is Patroni's
+//! DCS ([`SourceKind::failsafe_applies`]), while it reports itself unreachable
+//! ([`Cause::Unreachable`]) and the VIP answers, each hold check that proves
 //! Patroni keeps this member primary in failsafe mode (200, `role` `master`/`primary`, `state`
 //! `running`, `failsafe_mode_is_active: true`, which Patroni reports only with `failsafe_mode` on
 //! and only after **every** member accepted its `POST /failsafe`) moves the deadline to the
 //! check's send time + [`FAILSAFE_HOLD`], which can lie past the lease deadline. Any other answer
 //! withdraws the extension at once: back to the lease deadline while that still lies ahead, fenced
-//! otherwise. Only an unbroken hold is extended: once the VIP went silent, only etcd brings it
-//! back. Anything etcd says (key deleted, another value, lease expired) fences as before; the
-//! extension survives only a read that shows the key still ours, until the lease is confirmed.
-//! `patroni-failsafe: false` never extends.
+//! otherwise. Only an unbroken hold is extended: once the VIP went silent, only the source brings
+//! it back. Anything the source says (lost, expired) fences as before; the extension survives only
+//! a state that shows the leadership still ours, until its deadline is confirmed.
+//! `patroni-failsafe: false`, or a source that is not Patroni's DCS (repmgr, Patroni's REST API),
+//! never extends.
 
 #[cfg(fuzzing)]
 pub mod fuzzing;
-mod patroni;
+pub(crate) mod patroni;
 mod peer;
 mod postgres;
 
@@ -85,7 +87,8 @@ use tracing::{debug, info, warn};
 use crate::{
     clock::monotonic_ns,
     config::{GateConfig, GateMode, PatroniUrl},
-    leader::{LeaderState, MemberView, Reason},
+    leader::MemberView,
+    leadership::{Cause, Leadership, SourceKind},
 };
 
 /// Hold check period while the VIP answers and the leader source confirms the key. A PostgreSQL
@@ -164,7 +167,7 @@ pub enum GateState {
     /// Not primary: nothing to gate.
     #[default]
     Idle,
-    /// Primary per etcd, fenced until the database takes writes.
+    /// Primary per the leader source, fenced until the database takes writes.
     Waiting,
     /// Answering (the gate opened for the current term).
     Open,
@@ -240,7 +243,7 @@ impl UrlSource {
 pub struct FailsafeStatus {
     /// `patroni-failsafe` follows Patroni (the default); false: never extend.
     pub enabled: bool,
-    /// Patroni is being asked (etcd unreachable while answering).
+    /// Patroni is being asked (the leader source unreachable while answering).
     pub probing: bool,
     /// `CLOCK_MONOTONIC` ns until which the last failsafe confirmation holds the VIP (0: none).
     pub until_ns: u64,
@@ -356,7 +359,7 @@ impl PatroniTarget {
 }
 
 /// Receives every effective state (the data plane writer), under the gate's lock.
-pub type Sink = Box<dyn FnMut(&LeaderState) + Send>;
+pub type Sink = Box<dyn FnMut(&Leadership) + Send>;
 /// Receives every gate status change (metrics).
 pub type StatusSink = Box<dyn FnMut(&GateStatus) + Send>;
 
@@ -380,11 +383,11 @@ enum Phase {
 struct Core {
     name: String,
     mode: GateMode,
-    latest: LeaderState,
+    latest: Leadership,
     phase: Phase,
     episodes: u64,
     sink: Sink,
-    effective: watch::Sender<LeaderState>,
+    effective: watch::Sender<Leadership>,
     /// The episode the gate task should work on (0: none).
     wake: watch::Sender<u64>,
     status: GateStatus,
@@ -407,7 +410,7 @@ struct Core {
 }
 
 impl Core {
-    fn emit(&mut self, state: &LeaderState) {
+    fn emit(&mut self, state: &Leadership) {
         let now = monotonic_ns();
         self.answering_until = if state.is_safe_at(now) {
             state.safe_until_ns
@@ -447,7 +450,7 @@ impl Core {
 
     /// Whether the leader source reports itself unreachable while the key was ours.
     fn source_unreachable(&self) -> bool {
-        self.latest.primary && self.latest.reason == Reason::EtcdUnreachable
+        self.latest.primary && self.latest.cause == Cause::Unreachable
     }
 
     fn finish(&mut self, outcome: Outcome, since_ns: u64, now: u64) {
@@ -495,7 +498,7 @@ impl Core {
     }
 
     /// Start a gate episode for `state` (primary, safe now): fenced until the database answers.
-    fn begin_wait(&mut self, state: &LeaderState, now: u64) {
+    fn begin_wait(&mut self, state: &Leadership, now: u64) {
         self.episodes += 1;
         self.phase = Phase::Waiting {
             episode: self.episodes,
@@ -511,7 +514,7 @@ impl Core {
     }
 
     /// A published leader state (the source's hook).
-    fn apply(&mut self, state: &LeaderState) {
+    fn apply(&mut self, state: &Leadership) {
         self.latest = *state;
         let now = monotonic_ns();
         let viewed = self.failsafe_view(state, now);
@@ -521,15 +524,15 @@ impl Core {
     }
 
     /// `state` with a failsafe extension still in effect applied: it survives only states in which
-    /// etcd did not take the key away (unreachable, or read back as ours before the lease is
+    /// the source did not take the leadership away (unreachable, or read back as ours before the lease is
     /// confirmed) and only while the VIP still answers.
-    fn failsafe_view(&mut self, state: &LeaderState, now: u64) -> LeaderState {
+    fn failsafe_view(&mut self, state: &Leadership, now: u64) -> Leadership {
         let keeps = self.failsafe_until > now
             && now < self.answering_until
             && state.primary
-            && matches!(state.reason, Reason::EtcdUnreachable | Reason::Ours { .. });
+            && matches!(state.cause, Cause::Unreachable | Cause::Ours);
         if !keeps {
-            if !(state.primary && matches!(state.reason, Reason::EtcdUnreachable)) {
+            if !(state.primary && state.cause == Cause::Unreachable) {
                 // etcd answered again (or the key is gone): a later outage counts afresh.
                 self.failsafe_since = 0;
             }
@@ -542,7 +545,7 @@ impl Core {
         }
         self.status.failsafe.lease_until_ns = state.safe_until_ns;
         if self.failsafe_until > state.safe_until_ns {
-            LeaderState {
+            Leadership {
                 safe_until_ns: self.failsafe_until,
                 ..*state
             }
@@ -702,7 +705,7 @@ impl Core {
                     checked,
                 };
             }
-            let extended = LeaderState {
+            let extended = Leadership {
                 safe_until_ns: until,
                 ..latest
             };
@@ -762,7 +765,7 @@ impl Core {
     }
 
     /// The promotion gate proper, on the (failsafe-extended) state.
-    fn apply_effective(&mut self, state: &LeaderState, now: u64) {
+    fn apply_effective(&mut self, state: &Leadership, now: u64) {
         if self.mode == GateMode::Off {
             self.emit(state);
             return;
@@ -865,12 +868,8 @@ impl Core {
 const PAST_TIMEOUT: &str = "(past the timeout) ";
 
 /// The state with "answering" taken away (what the data plane sees while gating).
-fn fenced(state: &LeaderState) -> LeaderState {
-    LeaderState {
-        primary: false,
-        safe_until_ns: 0,
-        ..*state
-    }
+fn fenced(state: &Leadership) -> Leadership {
+    state.fenced()
 }
 
 fn ns(d: Duration) -> u64 {
@@ -889,7 +888,7 @@ pub struct GateHook {
 
 impl GateHook {
     /// Feed one published leader state (synchronously, in the source's task).
-    pub fn apply(&self, state: &LeaderState) {
+    pub fn apply(&self, state: &Leadership) {
         lock(&self.core).apply(state);
     }
 }
@@ -905,12 +904,20 @@ pub struct Gate {
 }
 
 impl Gate {
-    /// A gate named `name` (for logs: the key and VIPs) with `config`, writing effective states to
-    /// `sink`. Starts idle, with the fenced startup state published. Patroni is found at
-    /// `patroni-url`, or the loopback default; see [`Gate::with_target`].
-    pub fn new(name: impl Into<String>, config: GateConfig, sink: Sink) -> Self {
+    /// A gate named `name` (for logs: the key and VIPs) with `config`, in front of a leader source
+    /// of kind `source`, writing effective states to `sink`. Starts idle, with the fenced startup
+    /// state published. Patroni is found at `patroni-url`, or the loopback default; see
+    /// [`Gate::with_target`]. `patroni-failsafe` acts only for a source that is Patroni's DCS.
+    pub fn new(
+        name: impl Into<String>,
+        mut config: GateConfig,
+        source: &'static SourceKind,
+        sink: Sink,
+    ) -> Self {
         let name = name.into();
-        let startup = LeaderState::startup(monotonic_ns());
+        config.failsafe &= source.failsafe_applies;
+        let failsafe = config.failsafe;
+        let startup = Leadership::startup(monotonic_ns());
         let (effective, _) = watch::channel(startup);
         let (wake_tx, wake) = watch::channel(0);
         let (hold_wake_tx, hold_wake) = watch::channel(0);
@@ -921,7 +928,7 @@ impl Gate {
                 GateState::Idle
             },
             failsafe: FailsafeStatus {
-                enabled: config.failsafe,
+                enabled: failsafe,
                 ..FailsafeStatus::default()
             },
             ..GateStatus::default()
@@ -944,7 +951,7 @@ impl Gate {
                 on_status: None,
                 warned_no_patroni: false,
                 answering_until: 0,
-                failsafe: config.failsafe,
+                failsafe,
                 hold_episodes: 0,
                 hold_wake: hold_wake_tx,
                 failsafe_until: 0,
@@ -996,7 +1003,7 @@ impl Gate {
 
     /// The effective states (fenced while gating), for the VIP tasks.
     #[must_use]
-    pub fn subscribe(&self) -> watch::Receiver<LeaderState> {
+    pub fn subscribe(&self) -> watch::Receiver<Leadership> {
         lock(&self.core).effective.subscribe()
     }
 

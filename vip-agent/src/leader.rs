@@ -6,7 +6,8 @@
 //!
 //! # What is published
 //!
-//! A [`LeaderState`]: `primary` (the key exists and its value is byte-for-byte the trigger value)
+//! A [`Leadership`](crate::leadership::Leadership) (the etcd view behind it: [`KeyState`]):
+//! `primary` (the key exists and its value is byte-for-byte the trigger value)
 //! and `safe_until_ns`, a `CLOCK_MONOTONIC` deadline before which no other node can hold the key
 //! without a write this follower would have seen. It is handed over through a
 //! `tokio::sync::watch` channel ([`LeaderFollower::subscribe`]) and, without any task switch,
@@ -83,10 +84,10 @@ mod settings;
 mod state;
 
 pub use error::{LeaderError, Operation};
-pub use follower::{LeaderFollower, StateHook, check_connection, spawn};
+pub use follower::{KeyHook, LeaderFollower, check_connection, spawn};
 pub use handshake::{
     DEFAULT_RECORD_PREFIX, DEFAULT_RECORD_TTL, Decision, Handshake, HandshakeHook,
-    HandshakeSettings, Record, RecordState,
+    HandshakeSettings, Record, RecordState, Release,
 };
 pub use member::{MemberView, MemberWatcher, member_key, scope};
 pub use settings::{
@@ -94,4 +95,4 @@ pub use settings::{
     DEFAULT_KEEPALIVE_INTERVAL, DEFAULT_KEEPALIVE_TIMEOUT, DEFAULT_REQUEST_TIMEOUT,
     DEFAULT_SAFETY_MARGIN, LeaderSettings, NO_LEASE_CONFIRM_FACTOR, SYSTEM_CA_BUNDLES,
 };
-pub use state::{LeaderState, Reason, Via};
+pub use state::{KIND, KeyState, Reason, Via};

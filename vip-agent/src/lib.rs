@@ -3,6 +3,7 @@
 //! One module per effect:
 //! * [`dataplane`]: the XDP program and its maps (load, attach, pin, adopt, fence/answer, detach);
 //! * [`config`]: vip-manager compatible configuration (YAML, flags, environment);
+//! * [`leadership`]: the source-neutral leadership contract every leader source publishes;
 //! * [`leader`]: the etcd v3 watch on the Patroni leader key and leadership confirmation;
 //! * [`clock`]: the kernel monotonic clock shared with the XDP program.
 
@@ -18,10 +19,12 @@ pub mod garp;
 pub mod gate;
 pub mod hooks;
 pub mod leader;
+pub mod leadership;
 pub mod logging;
 pub mod metrics;
 pub mod netlink;
 pub mod notify;
+pub mod patroni_rest;
 pub mod pg;
 pub mod repmgr;
 pub mod status;

@@ -1,8 +1,9 @@
 //! Prometheus metrics and health checks over plain HTTP/1.1 (loopback by default).
 //!
 //! * `GET /metrics`: text exposition: per VIP role, deadline remaining, transitions, last event ->
-//!   data plane latency, etcd state and revision, and the XDP per-CPU counters summed;
-//! * `GET /health`: 200 while the agent runs and every leader follower reaches etcd, 503
+//!   data plane latency, whether the leader source is reached and its progress (named by its
+//!   [`SourceKind`]), and the XDP per-CPU counters summed;
+//! * `GET /health`: 200 while the agent runs and the leader source of every key is reached, 503
 //!   otherwise;
 //! * `GET /primary`: 200 only while this node answers for at least one VIP (or for `?vip=ADDR`),
 //!   503 otherwise, so HAProxy or a load balancer can check it.
@@ -30,6 +31,7 @@ use crate::{
     clock::monotonic_ns,
     gate::{GateState, GateStatus, Outcome},
     hooks::{HookEvent, HookOutcome, HookReport},
+    leadership::SourceKind,
 };
 
 /// What the agent knows about one VIP, for the metrics page.
@@ -82,9 +84,12 @@ impl std::fmt::Debug for Registry {
 #[derive(Default)]
 struct Inner {
     vips: Vec<VipReport>,
-    /// Per trigger key: whether its follower's latest state came from etcd.
-    etcd_connected: BTreeMap<String, bool>,
-    watch_revision: i64,
+    /// The leader source's kind (one per agent), once known.
+    source: Option<&'static SourceKind>,
+    /// Per trigger key: whether its source's latest state was an answer.
+    connected: BTreeMap<String, bool>,
+    /// The highest [`crate::leadership::Leadership::detail`] reported.
+    detail: i64,
     snapshot: Option<SnapshotFn>,
     /// `dcs-type: repmgr`: requests on the event socket by outcome (applied, ignored, rejected);
     /// `None` (not rendered) until the first one.
@@ -92,9 +97,9 @@ struct Inner {
 }
 
 impl Inner {
-    /// Every follower reaches etcd (and there is at least one).
+    /// Every key's source is reached (and there is at least one).
     fn all_connected(&self) -> bool {
-        !self.etcd_connected.is_empty() && self.etcd_connected.values().all(|c| *c)
+        !self.connected.is_empty() && self.connected.values().all(|c| *c)
     }
 }
 
@@ -103,7 +108,7 @@ impl Registry {
     pub fn register(&self, vip: IpAddr, interface: &str, trigger_key: &str) {
         let mut inner = self.lock();
         inner
-            .etcd_connected
+            .connected
             .entry(trigger_key.to_owned())
             .or_insert(false);
         inner.vips.push(VipReport {
@@ -153,13 +158,29 @@ impl Registry {
         self.lock().vips = vips;
     }
 
-    /// Record whether the follower of `trigger_key` reaches etcd, and the revision it reached.
-    pub fn set_etcd(&self, trigger_key: &str, connected: bool, revision: i64) {
+    /// The kind of leader source this agent follows (names its metrics and health message).
+    pub fn set_source_kind(&self, kind: &'static SourceKind) {
+        self.lock().source = Some(kind);
+    }
+
+    /// Record whether the source of `trigger_key` (of `kind`) was reached, and its progress.
+    pub fn set_source(
+        &self,
+        trigger_key: &str,
+        kind: &'static SourceKind,
+        connected: bool,
+        detail: i64,
+    ) {
         let mut inner = self.lock();
-        inner
-            .etcd_connected
-            .insert(trigger_key.to_owned(), connected);
-        inner.watch_revision = inner.watch_revision.max(revision);
+        inner.source = Some(kind);
+        inner.connected.insert(trigger_key.to_owned(), connected);
+        inner.detail = inner.detail.max(detail);
+    }
+
+    /// The `/health` answer while unhealthy.
+    fn unhealthy(&self) -> String {
+        let what = self.lock().source.map_or("leader source", |k| k.what);
+        format!("{what} unreachable\n")
     }
 
     /// A request on the repmgr event socket: `applied`, `ignored` or `rejected`.
@@ -277,28 +298,28 @@ impl Registry {
         family(
             "vip_agent_event_to_dataplane_microseconds",
             "gauge",
-            "Last etcd response -> BPF map write latency.",
+            "Last leader source answer -> BPF map write latency.",
             &mut per_vip(&|r| r.last_event_to_dataplane_us.to_string()).into_iter(),
         );
         for (name, help, get) in [
             (
                 "vip_agent_xdp_arp_replied_total",
-                "ARP requests for the VIP answered by XDP.",
-                (|s: &VipStats| s.arp_replied) as fn(&VipStats) -> u64,
+                "ARP requests (IPv6: Neighbor Solicitations) for the VIP answered by the data plane.",
+                (|s: &VipStats| s.replied) as fn(&VipStats) -> u64,
             ),
             (
                 "vip_agent_xdp_arp_dropped_total",
-                "ARP requests for the VIP dropped by XDP.",
-                |s| s.arp_dropped,
+                "ARP requests (IPv6: Neighbor Solicitations) for the VIP dropped by the data plane.",
+                |s| s.requests_dropped,
             ),
             (
                 "vip_agent_xdp_ipv4_dropped_total",
-                "IPv4 packets to the VIP dropped by XDP while fenced.",
-                |s| s.ipv4_dropped,
+                "IP packets (IPv4, or IPv6 for an IPv6 VIP) to the VIP dropped by the data plane while fenced.",
+                |s| s.ip_dropped,
             ),
             (
                 "vip_agent_xdp_conflicts_total",
-                "ARP frames claiming the VIP from another MAC while answering.",
+                "ARP frames (IPv6: Neighbor Advertisements, Solicitations from it) claiming the VIP from another MAC while answering.",
                 |s| s.conflicts,
             ),
         ] {
@@ -318,7 +339,7 @@ impl Registry {
             (
                 "vip_agent_egress_arp_dropped_total",
                 "ARP (IPv6: Neighbor Discovery) from the VIP this node tried to send while fenced, dropped by the TC egress program.",
-                |s| s.arp_dropped,
+                |s| s.neighbour_dropped,
             ),
         ] {
             family(
@@ -516,25 +537,29 @@ impl Registry {
             })
             .into_iter(),
         );
-        family(
-            "vip_agent_etcd_key_connected",
-            "gauge",
-            "1 while the leader follower of this trigger key reaches etcd.",
-            &mut inner
-                .etcd_connected
-                .iter()
-                .map(|(key, c)| (format!("key=\"{}\"", escape(key)), u8::from(*c).to_string())),
-        );
-        let _ = writeln!(
-            out,
-            "# HELP vip_agent_etcd_connected 1 while every leader follower reaches etcd.\n# TYPE vip_agent_etcd_connected gauge\nvip_agent_etcd_connected {}",
-            u8::from(inner.all_connected())
-        );
-        let _ = writeln!(
-            out,
-            "# HELP vip_agent_watch_revision etcd revision the leader watch has reached.\n# TYPE vip_agent_watch_revision gauge\nvip_agent_watch_revision {}",
-            inner.watch_revision
-        );
+        if let Some(kind) = inner.source {
+            let (name, what) = (kind.name, kind.what);
+            family(
+                &format!("vip_agent_{name}_key_connected"),
+                "gauge",
+                &format!("1 while the leader source of this trigger key reaches {what}."),
+                &mut inner
+                    .connected
+                    .iter()
+                    .map(|(key, c)| (format!("key=\"{}\"", escape(key)), u8::from(*c).to_string())),
+            );
+            let _ = writeln!(
+                out,
+                "# HELP vip_agent_{name}_connected 1 while the leader source of every key reaches {what}.\n# TYPE vip_agent_{name}_connected gauge\nvip_agent_{name}_connected {}",
+                u8::from(inner.all_connected())
+            );
+            let (series, help) = kind.detail;
+            let _ = writeln!(
+                out,
+                "# HELP {series} {help}\n# TYPE {series} gauge\n{series} {}",
+                inner.detail
+            );
+        }
         if let Some(counts) = &inner.repmgr_events {
             let _ = writeln!(
                 out,
@@ -703,7 +728,7 @@ fn route(method: &str, target: &str, registry: &Registry) -> (&'static str, Stri
     match path {
         "/metrics" => ("200 OK", registry.render()),
         "/health" if registry.healthy() => ("200 OK", "ok\n".to_owned()),
-        "/health" => ("503 Service Unavailable", "etcd unreachable\n".to_owned()),
+        "/health" => ("503 Service Unavailable", registry.unhealthy()),
         "/primary" => {
             let vip = query.strip_prefix("vip=").map(str::parse::<IpAddr>);
             match vip {
@@ -807,12 +832,12 @@ mod tests {
             trigger_key: "/service/pg/leader".into(),
             state: Some(VipState::answering_until([2, 0, 0, 0, 0, 1], deadline_ns)),
             stats: VipStats {
-                arp_replied: 7,
+                replied: 7,
                 ..VipStats::default()
             },
             egress: EgressStats {
                 ip_dropped: 3,
-                arp_dropped: 1,
+                neighbour_dropped: 1,
             },
             transitions: 2,
             last_event_to_dataplane_us: 40,
@@ -855,7 +880,7 @@ mod tests {
     fn health_follows_etcd() {
         let r = registry(0);
         assert_eq!(route("GET", "/health", &r).0, "503 Service Unavailable");
-        r.set_etcd("/service/pg/leader", true, 42);
+        r.set_source("/service/pg/leader", &crate::leader::KIND, true, 42);
         assert_eq!(route("GET", "/health", &r).0, "200 OK");
         let page = r.render();
         assert!(page.contains("vip_agent_watch_revision 42"), "{page}");
@@ -868,6 +893,7 @@ mod tests {
         r.register(IpAddr::from([10, 0, 0, 5]), "eth0", "/service/a/leader");
         r.register(IpAddr::from([10, 0, 0, 6]), "eth0", "/service/b/leader");
         r.register(IpAddr::from([10, 0, 0, 7]), "eth1", "/service/b/leader");
+        r.set_source_kind(&crate::leader::KIND);
         let sample = |page: &str, series: &str| -> String {
             page.lines()
                 .find_map(|l| l.strip_prefix(series).and_then(|v| v.strip_prefix(' ')))
@@ -881,7 +907,7 @@ mod tests {
             "nothing read yet"
         );
         // Key a's follower reaches etcd, b's does not yet: not connected overall.
-        r.set_etcd("/service/a/leader", true, 10);
+        r.set_source("/service/a/leader", &crate::leader::KIND, true, 10);
         let page = r.render();
         assert_eq!(
             sample(
@@ -899,12 +925,12 @@ mod tests {
         );
         assert_eq!(sample(&page, "vip_agent_etcd_connected"), "0");
         assert_eq!(route("GET", "/health", &r).0, "503 Service Unavailable");
-        r.set_etcd("/service/b/leader", true, 11);
+        r.set_source("/service/b/leader", &crate::leader::KIND, true, 11);
         assert_eq!(sample(&r.render(), "vip_agent_etcd_connected"), "1");
         assert_eq!(route("GET", "/health", &r).0, "200 OK");
         // Whichever published last, a's outage shows (it used to be hidden by b's publish).
-        r.set_etcd("/service/a/leader", false, 12);
-        r.set_etcd("/service/b/leader", true, 12);
+        r.set_source("/service/a/leader", &crate::leader::KIND, false, 12);
+        r.set_source("/service/b/leader", &crate::leader::KIND, true, 12);
         let page = r.render();
         assert_eq!(sample(&page, "vip_agent_etcd_connected"), "0");
         assert_eq!(

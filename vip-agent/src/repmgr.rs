@@ -1,7 +1,6 @@
 //! repmgr as the leader source (`dcs-type: repmgr`): this node's role from repmgr's event
-//! notifications and repmgr's metadata, confirmed by the local PostgreSQL, published as the same
-//! [`LeaderState`] the etcd follower publishes, so the data plane, gate, hooks and metrics do not
-//! know the difference.
+//! notifications and repmgr's metadata, confirmed by the local PostgreSQL, published as a
+//! [`Leadership`] (a [`crate::leadership::Source`] plug-in, of kind [`KIND`]).
 //!
 //! # Events in
 //!
@@ -32,7 +31,7 @@
 //! The state file records the last accepted role for diagnosis; it never makes a node answer.
 //! Limits and the safety argument: `docs/repmgr.md`.
 //!
-//! [`LeaderState`]: crate::leader::LeaderState
+//! [`Leadership`]: crate::leadership::Leadership
 
 pub mod client;
 pub mod events;
@@ -45,47 +44,7 @@ pub mod view;
 pub use events::{EVENTS, EventClass, classify};
 pub use protocol::{EventRequest, Reply};
 pub use source::{
-    EventHook, Peer, READ_TIMEOUT, RepmgrError, RepmgrSettings, RepmgrSource, StateHook,
-    load_state, peer_allowed, save_state,
+    EventHook, KIND, Peer, READ_TIMEOUT, RepmgrError, RepmgrSettings, RepmgrSource, load_state,
+    peer_allowed, resolve_group, save_state,
 };
 pub use tracker::Role;
-
-use tokio::sync::watch;
-use tokio_util::sync::CancellationToken;
-
-use crate::leader::{LeaderFollower, LeaderState};
-
-/// Where the agent's leadership comes from: the etcd follower, or repmgr. The agent drives either
-/// the same way.
-#[derive(Debug)]
-pub enum LeaderSource {
-    Etcd(LeaderFollower),
-    Repmgr(RepmgrSource),
-}
-
-impl LeaderSource {
-    /// See [`LeaderFollower::subscribe`].
-    #[must_use]
-    pub fn subscribe(&self) -> watch::Receiver<LeaderState> {
-        match self {
-            Self::Etcd(f) => f.subscribe(),
-            Self::Repmgr(r) => r.subscribe(),
-        }
-    }
-
-    /// See [`LeaderFollower::on_change`].
-    pub fn on_change(&mut self, hook: impl FnMut(&LeaderState) + Send + 'static) {
-        match self {
-            Self::Etcd(f) => f.on_change(hook),
-            Self::Repmgr(r) => r.on_change(hook),
-        }
-    }
-
-    /// Follow until `cancel`.
-    pub async fn run(self, cancel: CancellationToken) {
-        match self {
-            Self::Etcd(f) => f.run(cancel).await,
-            Self::Repmgr(r) => r.run(cancel).await,
-        }
-    }
-}

@@ -28,17 +28,21 @@ pub struct VipStatus {
     pub interface: String,
     /// The VIP.
     pub vip: IpAddr,
-    /// The data plane answers ARP for the VIP now (its deadline lies ahead).
+    /// The data plane answers ARP (IPv6: NDP) for the VIP now (its deadline lies ahead).
     pub answering: bool,
     /// Until the deadline; 0 when fenced or expired.
     pub deadline_in_ms: u64,
-    /// ARP requests for the VIP answered by the XDP program.
+    /// ARP requests (IPv6: Neighbor Solicitations) for the VIP answered by the data plane. The
+    /// output keys keep their first names (`arp_replied`, `arp_dropped`, `ipv4_dropped`), as the
+    /// exported metrics do, so that scripts reading them keep working.
     pub arp_replied: u64,
-    /// ARP requests for the VIP dropped (fenced, or a non-unicast sender).
+    /// ARP requests (IPv6: Neighbor Solicitations) for the VIP dropped (fenced, or a non-unicast
+    /// sender).
     pub arp_dropped: u64,
-    /// IPv4 packets to the VIP dropped while fenced.
+    /// IP packets (IPv4, or IPv6 for an IPv6 VIP) to the VIP dropped while fenced.
     pub ipv4_dropped: u64,
-    /// ARP frames from another MAC claiming the VIP while this node answered.
+    /// ARP frames (IPv6: Neighbor Advertisements) from another MAC claiming the VIP while this
+    /// node answered.
     pub conflicts: u64,
     /// Since the last ARP reply; `None` (JSON `null`) when the program never replied.
     pub last_reply_ago_ms: Option<u64>,
@@ -74,6 +78,10 @@ pub struct GateView {
     /// `member-key`, `default`).
     pub patroni_url: Option<String>,
     pub patroni_url_source: Option<String>,
+    /// The kind of leader source of the VIP's key (`etcd`, `repmgr`, `patroni`), and whether it
+    /// was reached at its last attempt.
+    pub source: Option<String>,
+    pub source_reached: Option<bool>,
 }
 
 impl GateView {
@@ -92,6 +100,9 @@ impl GateView {
         line.push_str(&format!(" demotions={}", self.demotions));
         if let (Some(url), Some(source)) = (&self.patroni_url, &self.patroni_url_source) {
             line.push_str(&format!(" patroni_url={url} patroni_url_from={source}"));
+        }
+        if let (Some(source), Some(reached)) = (&self.source, self.source_reached) {
+            line.push_str(&format!(" source={source} source_reached={reached}"));
         }
         if let Some(probe) = &self.last_probe {
             line.push_str(&format!(" last_probe={probe:?}"));
@@ -173,15 +184,28 @@ fn sample(line: &str) -> Option<(&str, Labels, &str)> {
 #[must_use]
 pub fn gate_views(page: &str) -> BTreeMap<IpAddr, GateView> {
     let mut views: BTreeMap<IpAddr, GateView> = BTreeMap::new();
+    // Per trigger key: the source's kind (from the series' name) and whether it is reached.
+    let mut sources: BTreeMap<String, (String, bool)> = BTreeMap::new();
+    let mut keys: BTreeMap<IpAddr, String> = BTreeMap::new();
     let seconds_ms = |v: &str| v.parse::<f64>().map_or(0, |s| (s * 1000.0).round() as u64);
     for line in page.lines() {
         let Some((name, labels, value)) = sample(line) else {
             continue;
         };
         let label = |k: &str| labels.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+        if let (Some(kind), Some(key)) = (
+            name.strip_prefix("vip_agent_")
+                .and_then(|n| n.strip_suffix("_key_connected")),
+            label("key"),
+        ) {
+            sources.insert(key, (kind.to_owned(), value == "1"));
+        }
         let Some(vip) = label("vip").and_then(|v| v.parse::<IpAddr>().ok()) else {
             continue;
         };
+        if let Some(key) = label("key") {
+            keys.insert(vip, key);
+        }
         let on = value == "1";
         match name {
             "vip_agent_promotion_gate_state" => {
@@ -217,6 +241,12 @@ pub fn gate_views(page: &str) -> BTreeMap<IpAddr, GateView> {
         }
     }
     views.retain(|_, v| !v.state.is_empty());
+    for (vip, view) in &mut views {
+        if let Some((kind, reached)) = keys.get(vip).and_then(|k| sources.get(k)) {
+            view.source = Some(kind.clone());
+            view.source_reached = Some(*reached);
+        }
+    }
     views
 }
 
@@ -229,14 +259,14 @@ impl VipStatus {
             vip: s.vip,
             answering: s.state.answering_at(now_ns),
             deadline_in_ms: s.state.deadline_ns.saturating_sub(now_ns) / NS_PER_MS,
-            arp_replied: s.stats.arp_replied,
-            arp_dropped: s.stats.arp_dropped,
-            ipv4_dropped: s.stats.ipv4_dropped,
+            arp_replied: s.stats.replied,
+            arp_dropped: s.stats.requests_dropped,
+            ipv4_dropped: s.stats.ip_dropped,
             conflicts: s.stats.conflicts,
             last_reply_ago_ms: (s.stats.last_reply_ns != 0)
                 .then(|| now_ns.saturating_sub(s.stats.last_reply_ns) / NS_PER_MS),
             sent_ip_dropped: s.egress.ip_dropped,
-            sent_arp_dropped: s.egress.arp_dropped,
+            sent_arp_dropped: s.egress.neighbour_dropped,
             gate: None,
         }
     }
@@ -387,7 +417,7 @@ mod tests {
             stats,
             egress: vip_common::EgressStats {
                 ip_dropped: 4,
-                arp_dropped: 5,
+                neighbour_dropped: 5,
             },
         }
     }
@@ -396,9 +426,9 @@ mod tests {
         snapshot(
             VipState::answering_until(MAC, NOW + 2_500 * MS),
             VipStats {
-                arp_replied: 7,
-                arp_dropped: 1,
-                ipv4_dropped: 2,
+                replied: 7,
+                requests_dropped: 1,
+                ip_dropped: 2,
                 conflicts: 3,
                 last_reply_ns: NOW - 40 * MS,
             },
@@ -519,6 +549,7 @@ mod tests {
         let r = crate::metrics::Registry::default();
         r.register(IpAddr::from([10, 0, 0, 10]), "eth1", "/service/pg/leader");
         r.register(IpAddr::from([10, 0, 0, 11]), "eth1", "/service/pg2/leader");
+        r.set_source("/service/pg/leader", &crate::patroni_rest::KIND, true, 200);
         r.set_gate(
             IpAddr::from([10, 0, 0, 10]),
             &GateStatus {
@@ -561,7 +592,14 @@ mod tests {
                 demotions: 1,
                 patroni_url: Some("http://10.0.0.21:8008".to_owned()),
                 patroni_url_source: Some("member-key".to_owned()),
+                source: Some("patroni".to_owned()),
+                source_reached: Some(true),
             }
+        );
+        assert!(
+            open.text().contains(" source=patroni source_reached=true"),
+            "{}",
+            open.text()
         );
         let waiting = &views[&IpAddr::from([10, 0, 0, 11])];
         assert_eq!(waiting.state, "waiting");
@@ -572,6 +610,11 @@ mod tests {
             "labels unescaped"
         );
         assert_eq!(waiting.last_outcome, None);
+        assert_eq!(
+            (waiting.source.as_deref(), waiting.source_reached),
+            (Some("patroni"), Some(false)),
+            "its key's source not reached yet"
+        );
         assert!(gate_views("garbage\n# HELP x\nx{vip=\"nope\"} 1\n").is_empty());
     }
 
@@ -593,7 +636,8 @@ mod tests {
         assert_eq!(
             lines[1],
             "  gate state=open waiting_ms=0 last_outcome=primary last_wait_ms=12 failsafe_holding=false \
-             demotions=1 patroni_url=http://10.0.0.21:8008 patroni_url_from=member-key"
+             demotions=1 patroni_url=http://10.0.0.21:8008 patroni_url_from=member-key \
+             source=patroni source_reached=true"
         );
         let j = report_with_gates(
             "eth1",

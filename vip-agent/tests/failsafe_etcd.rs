@@ -21,7 +21,8 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use vip_agent::clock::monotonic_ns;
 use vip_agent::gate::{FAILSAFE_HOLD, GateState};
-use vip_agent::leader::{LeaderFollower, LeaderState, Reason};
+use vip_agent::leader::{KeyState, LeaderFollower, Reason};
+use vip_agent::leadership::Leadership;
 
 const KEY: &str = "/service/failsafe/leader";
 const WAIT: Duration = Duration::from_secs(15);
@@ -33,7 +34,7 @@ struct Rig {
     proxy: Proxy,
     patroni: FakePatroni,
     gate: Harness,
-    rx: watch::Receiver<LeaderState>,
+    rx: watch::Receiver<KeyState>,
     cancel: CancellationToken,
     task: tokio::task::JoinHandle<()>,
 }
@@ -54,7 +55,7 @@ impl Rig {
             LeaderFollower::new(settings(vec![proxy.endpoint()], KEY)).expect("valid settings");
         let hook = gate.hook.clone();
         follower.on_change(move |s| hook.apply(s));
-        let rx = follower.subscribe();
+        let rx = follower.subscribe_key();
         let cancel = CancellationToken::new();
         let task = tokio::spawn(follower.run(cancel.clone()));
         Self {
@@ -115,7 +116,7 @@ async fn sleep_until_ns(t_ns: u64) {
     tokio::time::sleep(Duration::from_nanos(t_ns.saturating_sub(monotonic_ns()))).await;
 }
 
-fn fenced(s: &LeaderState) -> bool {
+fn fenced(s: &Leadership) -> bool {
     !s.primary && s.safe_until_ns == 0
 }
 

@@ -23,16 +23,17 @@ use vip_agent::{
     clock::monotonic_ns,
     config::PatroniUrl,
     gate::{CHECK_INTERVAL, GateState, Outcome, UrlSource},
-    leader::{LeaderState, MemberView, Reason},
+    leader::MemberView,
+    leadership::{Cause, Leadership},
 };
 
-fn fenced(s: &LeaderState) -> bool {
+fn fenced(s: &Leadership) -> bool {
     !s.primary && s.safe_until_ns == 0
 }
 
-fn unreachable(last: &LeaderState) -> LeaderState {
-    LeaderState {
-        reason: Reason::EtcdUnreachable,
+fn unreachable(last: &Leadership) -> Leadership {
+    Leadership {
+        cause: Cause::Unreachable,
         observed_at_ns: monotonic_ns(),
         ..*last
     }
@@ -51,7 +52,7 @@ fn member(api: Option<PatroniUrl>, role: &str, revision: i64) -> MemberView {
 }
 
 /// Open the gate on a running primary for a 30 s lease; returns that state.
-async fn open(h: &Harness) -> LeaderState {
+async fn open(h: &Harness) -> Leadership {
     let confirmed = ours(Duration::from_secs(30), 10);
     h.hook.apply(&confirmed);
     eventually("the gate opens", || h.writes.answering()).await;
@@ -315,7 +316,7 @@ async fn an_expired_member_key_keeps_its_api_url_and_a_refusal_there_keeps_gatin
 
 /// Open the gate on a failsafe-confirming Patroni with a `lease`, then lose etcd: returns the
 /// unreachable state published.
-async fn open_then_lose_etcd(h: &Harness, lease: Duration) -> LeaderState {
+async fn open_then_lose_etcd(h: &Harness, lease: Duration) -> Leadership {
     let confirmed = ours(lease, 10);
     h.hook.apply(&confirmed);
     eventually("the gate opens", || h.writes.answering()).await;

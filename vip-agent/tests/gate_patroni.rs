@@ -17,7 +17,7 @@ use vip_agent::{
     clock::monotonic_ns,
     config::{GateMode, PatroniUrl},
     gate::{FAILSAFE_HOLD, GateState, Outcome},
-    leader::{LeaderState, Reason},
+    leadership::{Cause, Leadership},
 };
 
 #[tokio::test]
@@ -235,9 +235,9 @@ fn failsafe_config(patroni: &FakePatroni, on: bool) -> vip_agent::config::GateCo
 }
 
 /// What the follower publishes when etcd becomes unreachable: the last state, its deadline.
-fn unreachable(last: &LeaderState) -> LeaderState {
-    LeaderState {
-        reason: Reason::EtcdUnreachable,
+fn unreachable(last: &Leadership) -> Leadership {
+    Leadership {
+        cause: Cause::Unreachable,
         observed_at_ns: monotonic_ns(),
         ..*last
     }
@@ -265,7 +265,7 @@ async fn sleep_until_ns(t_ns: u64) {
     tokio::time::sleep(Duration::from_nanos(t_ns.saturating_sub(monotonic_ns()))).await;
 }
 
-fn fenced(s: &LeaderState) -> bool {
+fn fenced(s: &Leadership) -> bool {
     !s.primary && s.safe_until_ns == 0
 }
 
@@ -291,7 +291,7 @@ async fn failsafe_keeps_answering_past_the_lease_while_patroni_says_so_then_fenc
     );
     let last = h.writes.last();
     assert!(
-        last.safe_until_ns > lease_deadline && last.reason == Reason::EtcdUnreachable,
+        last.safe_until_ns > lease_deadline && last.cause == Cause::Unreachable,
         "{last:?}"
     );
     let status = h.status();
@@ -430,9 +430,7 @@ async fn failsafe_hold_survives_the_key_read_back_as_ours_until_the_lease_is_con
     // etcd answers again: the key is still ours (same lease, its old deadline long gone).
     let mut read = ours(Duration::ZERO, 12);
     read.safe_until_ns = monotonic_ns().saturating_sub(1);
-    read.reason = Reason::Ours {
-        via: vip_agent::leader::Via::Read,
-    };
+    read.cause = Cause::Ours;
     h.hook.apply(&read);
     assert!(
         h.writes.answering(),
@@ -498,6 +496,45 @@ async fn failsafe_disabled_fences_at_the_lease_deadline_whatever_patroni_says() 
         h.writes.all()
     );
     assert!(!h.status().failsafe.enabled && h.status().failsafe.extensions == 0);
+    h.finish().await;
+    patroni.stop().await;
+}
+
+/// repmgr's unreachable (its PostgreSQL check failing) is not Patroni's DCS unreachable:
+/// `patroni-failsafe`, on by default, must not hold the VIP past repmgr's deadline, even when a
+/// Patroni on this node claims failsafe mode. It used to, through the shared "etcd unreachable".
+#[tokio::test]
+async fn failsafe_never_acts_on_a_repmgr_source_being_unreachable() {
+    let patroni = FakePatroni::start(Mode::Primary).await;
+    let h = common::patroni::Harness::start_for(
+        failsafe_config(&patroni, true),
+        None,
+        Some("demo".to_owned()),
+        &vip_agent::repmgr::KIND,
+    );
+    let lease_deadline = answering_then_etcd_unreachable(
+        &h,
+        &patroni,
+        Duration::from_millis(1000),
+        Mode::FailsafePrimary,
+    )
+    .await;
+    sleep_until_ns(lease_deadline + 2 * u64::try_from(FAILSAFE_HOLD.as_nanos()).expect("fits"))
+        .await;
+    assert!(!h.writes.answering(), "{:?}", h.writes.last());
+    assert!(
+        h.writes
+            .all()
+            .iter()
+            .all(|s| s.safe_until_ns <= lease_deadline),
+        "never past repmgr's deadline: {:?}",
+        h.writes.all()
+    );
+    let status = h.status();
+    assert!(
+        !status.failsafe.enabled && status.failsafe.extensions == 0,
+        "{status:?}"
+    );
     h.finish().await;
     patroni.stop().await;
 }

@@ -19,7 +19,7 @@ use std::{
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use vip_agent::{
-    leader::{LeaderState, Reason},
+    leadership::{Cause, Leadership},
     repmgr::{RepmgrError, RepmgrSettings, RepmgrSource},
 };
 
@@ -65,8 +65,8 @@ fn settings(dir: &Path, node_id: u32) -> RepmgrSettings {
 /// A running source: its published states, its request outcomes, and how to stop it.
 struct Running {
     socket: PathBuf,
-    states: watch::Receiver<LeaderState>,
-    hooked: Arc<Mutex<Vec<LeaderState>>>,
+    states: watch::Receiver<Leadership>,
+    hooked: Arc<Mutex<Vec<Leadership>>>,
     outcomes: Arc<Mutex<Vec<&'static str>>>,
     stop: CancellationToken,
     task: tokio::task::JoinHandle<()>,
@@ -76,7 +76,7 @@ impl Running {
     fn start(settings: RepmgrSettings) -> Self {
         let socket = settings.socket.clone();
         let mut source = RepmgrSource::new(settings).expect("source starts");
-        let hooked: Arc<Mutex<Vec<LeaderState>>> = Arc::default();
+        let hooked: Arc<Mutex<Vec<Leadership>>> = Arc::default();
         let h = Arc::clone(&hooked);
         source.on_change(move |s| h.lock().expect("states").push(*s));
         let outcomes: Arc<Mutex<Vec<&'static str>>> = Arc::default();
@@ -95,18 +95,18 @@ impl Running {
         }
     }
 
-    fn state(&self) -> LeaderState {
+    fn state(&self) -> Leadership {
         *self.states.borrow()
     }
 
-    /// Role-bearing states published so far (the check failures' `EtcdUnreachable` left out).
-    fn roles(&self) -> Vec<(bool, Reason)> {
+    /// Role-bearing states published so far (the check failures' `Unreachable` left out).
+    fn roles(&self) -> Vec<(bool, Cause)> {
         self.hooked
             .lock()
             .expect("states")
             .iter()
-            .filter(|s| s.reason != Reason::EtcdUnreachable)
-            .map(|s| (s.primary, s.reason))
+            .filter(|s| s.cause != Cause::Unreachable)
+            .map(|s| (s.primary, s.cause))
             .collect()
     }
 
@@ -117,7 +117,7 @@ impl Running {
             .lock()
             .expect("states")
             .iter()
-            .any(|s| s.primary && matches!(s.reason, Reason::Ours { .. }))
+            .any(|s| s.primary && s.cause == Cause::Ours)
     }
 
     fn outcomes(&self) -> Vec<&'static str> {

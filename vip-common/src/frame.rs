@@ -3,7 +3,7 @@
 //! [`process`] looks at the first bytes of an Ethernet frame and decides:
 //!
 //! * ARP request (Ethernet/IPv4 ARP) whose target is a VIP: answering -> the frame is rewritten in
-//!   place into our reply ([`Outcome::Replied`], XDP_TX); fenced -> [`Outcome::DroppedArp`]. A request
+//!   place into our reply ([`Outcome::Replied`], XDP_TX); fenced -> [`Outcome::DroppedRequest`]. A request
 //!   for a VIP is never handed to the kernel, so a stale address on a fenced node cannot answer.
 //! * ARP whose *sender* claims a VIP we answer for, from another MAC: [`Outcome::Conflict`] (pass).
 //! * IPv4 to a VIP while fenced: [`Outcome::DroppedIp`].
@@ -38,7 +38,7 @@ use crate::maps::{VipKey, VipState};
 
 mod egress;
 mod ipv6;
-pub use egress::{TC_ACT_OK, TC_ACT_SHOT, TC_ACT_UNSPEC, egress};
+pub use egress::{TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, TC_ACT_UNSPEC, egress};
 pub use ipv6::{
     ICMPV6_NA, ICMPV6_NS, IPV6_FRAME_LEN, IPV6_HEADER_LEN, NA_FLAG_OVERRIDE, NA_FLAG_ROUTER,
     NA_FLAG_SOLICITED, ND_FRAME_LEN, ND_LEN, NS_MIN_FRAME_LEN, NS_MIN_LEN, NdView,
@@ -50,6 +50,11 @@ pub use ipv6::{
 pub const XDP_DROP: u32 = 1;
 pub const XDP_PASS: u32 = 2;
 pub const XDP_TX: u32 = 3;
+
+/// The TC ingress program pulls a non-linear frame of at most this many bytes into the linear part
+/// before judging it (every ARP request and every Neighbor Solicitation we answer is shorter), and
+/// pulls this much of a longer one whose linear part does not hold an IPv6 header.
+pub const TC_PULL_LEN: u32 = 128;
 
 /// Ethernet header length (no VLAN tag).
 pub const ETH_LEN: usize = 14;
@@ -122,7 +127,7 @@ pub enum Outcome {
     Replied,
     /// An ARP request (IPv6: Neighbor Solicitation) for the VIP that we must not answer (fenced, or
     /// an unusable requester).
-    DroppedArp,
+    DroppedRequest,
     /// IPv4 (IPv6 for an IPv6 VIP) addressed to the VIP while fenced.
     DroppedIp,
     /// Someone else claims the VIP while we answer for it: pass, and count it.
@@ -131,7 +136,7 @@ pub enum Outcome {
     DroppedSentIp,
     /// Egress: ARP from the VIP (IPv6: a Neighbor Advertisement for it, or a Neighbor Solicitation
     /// from it) while fenced.
-    DroppedSentArp,
+    DroppedSentNeighbour,
 }
 
 /// What to do with a frame, and which VIP it concerned.
@@ -165,23 +170,25 @@ impl Verdict {
         match self.outcome {
             Outcome::Pass | Outcome::Conflict => XDP_PASS,
             Outcome::Replied => XDP_TX,
-            Outcome::DroppedArp
+            Outcome::DroppedRequest
             | Outcome::DroppedIp
             | Outcome::DroppedSentIp
-            | Outcome::DroppedSentArp => XDP_DROP,
+            | Outcome::DroppedSentNeighbour => XDP_DROP,
         }
     }
 
-    /// The TC action for this verdict (the egress program): a drop is `TC_ACT_SHOT`, anything
-    /// else is [`TC_ACT_UNSPEC`], "not mine", which lets the programs after ours run.
+    /// The TC action for this verdict: a drop is `TC_ACT_SHOT`, anything else is
+    /// [`TC_ACT_UNSPEC`], "not mine", which lets the programs after ours run. The TC ingress
+    /// program sends a [`Outcome::Replied`] frame back out with `bpf_redirect` instead
+    /// ([`TC_ACT_REDIRECT`]); the egress program never replies.
     #[inline(always)]
     #[must_use]
     pub const fn tc_action(&self) -> i32 {
         match self.outcome {
-            Outcome::DroppedArp
+            Outcome::DroppedRequest
             | Outcome::DroppedIp
             | Outcome::DroppedSentIp
-            | Outcome::DroppedSentArp => TC_ACT_SHOT,
+            | Outcome::DroppedSentNeighbour => TC_ACT_SHOT,
             Outcome::Pass | Outcome::Conflict | Outcome::Replied => TC_ACT_UNSPEC,
         }
     }
@@ -352,7 +359,7 @@ fn process_arp<P: Packet + ?Sized, L: VipLookup, const FRAME: usize, const L3: u
         return Verdict::PASS;
     };
     if !state.answering_at(table.now_ns()) || !is_unicast(&arp.sha) {
-        return Verdict::new(Outcome::DroppedArp, vip);
+        return Verdict::new(Outcome::DroppedRequest, vip);
     }
     // Rewrite the MAC addresses and the ARP packet; the ethertype, and a VLAN tag between them,
     // stay as they came.
@@ -368,7 +375,7 @@ fn process_arp<P: Packet + ?Sized, L: VipLookup, const FRAME: usize, const L3: u
         Some(()) => Verdict::new(Outcome::Replied, vip),
         // Unreachable (the same prefix was readable above, and the parts are constant offsets in
         // it), but never transmit what we did not write.
-        None => Verdict::new(Outcome::DroppedArp, vip),
+        None => Verdict::new(Outcome::DroppedRequest, vip),
     }
 }
 

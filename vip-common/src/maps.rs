@@ -12,6 +12,9 @@ pub const STATE_MAP: &str = "VIP_STATE";
 pub const STATS_MAP: &str = "VIP_STATS";
 /// Name of the XDP program inside the object.
 pub const PROGRAM_NAME: &str = "vip_xdp";
+/// Name of the TC ingress program inside the object: the XDP program's decision where XDP would
+/// run in generic mode (the `tc` attach mode).
+pub const INGRESS_TC_PROGRAM_NAME: &str = "vip_tc_ingress";
 /// Name of the TC egress program inside the object (the same maps; see `frame::egress`).
 pub const EGRESS_PROGRAM_NAME: &str = "vip_tc_egress";
 /// Name of the per-CPU hash map VIP -> [`EgressStats`]: the TC egress program's counters, in a
@@ -40,8 +43,9 @@ pub struct VipKey {
 }
 const _: () = assert!(size_of::<VipKey>() == 16);
 
-/// The prefix of an IPv4-mapped IPv6 address.
-const V4_MAPPED_PREFIX: [u8; 12] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff];
+/// `::ffff:0:0/96`: the prefix of an IPv4-mapped IPv6 address, which the key of an IPv4 VIP
+/// carries (the one definition; the frame logic and the agent use it from here).
+pub const V4_MAPPED_PREFIX: [u8; 12] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff];
 
 impl VipKey {
     /// The key of an IPv4 VIP.
@@ -69,6 +73,26 @@ impl VipKey {
             v4.first_chunk::<4>().copied()
         } else {
             None
+        }
+    }
+}
+
+/// The map key of a VIP: IPv4 as its IPv4-mapped IPv6 address.
+impl From<core::net::IpAddr> for VipKey {
+    fn from(vip: core::net::IpAddr) -> Self {
+        match vip {
+            core::net::IpAddr::V4(v4) => Self::v4(v4.octets()),
+            core::net::IpAddr::V6(v6) => Self::v6(v6.octets()),
+        }
+    }
+}
+
+/// The VIP of a map key (the inverse of `From<IpAddr>`): an IPv4-mapped key is the IPv4 VIP.
+impl From<VipKey> for core::net::IpAddr {
+    fn from(key: VipKey) -> Self {
+        match key.as_v4() {
+            Some(v4) => Self::V4(core::net::Ipv4Addr::from(v4)),
+            None => Self::V6(core::net::Ipv6Addr::from(key.addr)),
         }
     }
 }
@@ -127,12 +151,12 @@ impl VipState {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct VipStats {
     /// ARP requests (IPv6 VIP: Neighbor Solicitations) for the VIP answered with XDP_TX.
-    pub arp_replied: u64,
+    pub replied: u64,
     /// ARP requests (IPv6: Neighbor Solicitations) for the VIP dropped (fenced, or a requester with
     /// a non-unicast hardware address).
-    pub arp_dropped: u64,
+    pub requests_dropped: u64,
     /// IP packets (IPv4, or IPv6 for an IPv6 VIP) to the VIP dropped because we were fenced.
-    pub ipv4_dropped: u64,
+    pub ip_dropped: u64,
     /// ARP frames (IPv6: Neighbor Advertisements) claiming the VIP from another MAC while we were
     /// answering.
     pub conflicts: u64,
@@ -146,9 +170,9 @@ impl VipStats {
     #[must_use]
     pub const fn merge(self, other: &Self) -> Self {
         Self {
-            arp_replied: self.arp_replied.wrapping_add(other.arp_replied),
-            arp_dropped: self.arp_dropped.wrapping_add(other.arp_dropped),
-            ipv4_dropped: self.ipv4_dropped.wrapping_add(other.ipv4_dropped),
+            replied: self.replied.wrapping_add(other.replied),
+            requests_dropped: self.requests_dropped.wrapping_add(other.requests_dropped),
+            ip_dropped: self.ip_dropped.wrapping_add(other.ip_dropped),
             conflicts: self.conflicts.wrapping_add(other.conflicts),
             last_reply_ns: if other.last_reply_ns > self.last_reply_ns {
                 other.last_reply_ns
@@ -166,8 +190,9 @@ impl VipStats {
 pub struct EgressStats {
     /// IP packets (IPv4, or IPv6 for an IPv6 VIP) from the VIP.
     pub ip_dropped: u64,
-    /// ARP from the VIP (IPv6: Neighbor Advertisements for it, Solicitations from it).
-    pub arp_dropped: u64,
+    /// Neighbour resolution from the VIP: ARP from it (IPv6: Neighbor Advertisements for it,
+    /// Solicitations from it).
+    pub neighbour_dropped: u64,
 }
 const _: () = assert!(size_of::<EgressStats>() == 16);
 
@@ -177,7 +202,7 @@ impl EgressStats {
     pub const fn merge(self, other: &Self) -> Self {
         Self {
             ip_dropped: self.ip_dropped.wrapping_add(other.ip_dropped),
-            arp_dropped: self.arp_dropped.wrapping_add(other.arp_dropped),
+            neighbour_dropped: self.neighbour_dropped.wrapping_add(other.neighbour_dropped),
         }
     }
 }
@@ -230,18 +255,32 @@ mod tests {
     }
 
     #[test]
+    fn ip_addresses_and_keys_convert_both_ways() {
+        use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+        let v4 = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1));
+        assert_eq!(VipKey::from(v4), VipKey::v4([10, 0, 0, 1]));
+        assert_eq!(IpAddr::from(VipKey::from(v4)), v4);
+        let v6 = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1));
+        assert_eq!(IpAddr::from(VipKey::from(v6)), v6);
+        // An IPv4-mapped IPv6 address is the IPv4 VIP's key: it converts back as IPv4.
+        let mapped = IpAddr::V6(Ipv4Addr::new(10, 0, 0, 1).to_ipv6_mapped());
+        assert_eq!(VipKey::from(mapped), VipKey::from(v4));
+        assert_eq!(IpAddr::from(VipKey::from(mapped)), v4);
+    }
+
+    #[test]
     fn merge_sums_counters_and_keeps_latest_reply() {
         let a = VipStats {
-            arp_replied: 1,
-            arp_dropped: 2,
-            ipv4_dropped: 3,
+            replied: 1,
+            requests_dropped: 2,
+            ip_dropped: 3,
             conflicts: 4,
             last_reply_ns: 50,
         };
         let b = VipStats {
-            arp_replied: 10,
-            arp_dropped: 20,
-            ipv4_dropped: 30,
+            replied: 10,
+            requests_dropped: 20,
+            ip_dropped: 30,
             conflicts: 40,
             last_reply_ns: 20,
         };
@@ -249,9 +288,9 @@ mod tests {
         assert_eq!(
             m,
             VipStats {
-                arp_replied: 11,
-                arp_dropped: 22,
-                ipv4_dropped: 33,
+                replied: 11,
+                requests_dropped: 22,
+                ip_dropped: 33,
                 conflicts: 44,
                 last_reply_ns: 50
             }

@@ -8,6 +8,11 @@
 //! A TC egress program on the same interface, sharing the maps, is the other half of the fence:
 //! while a VIP is fenced, nothing this node sends from it leaves (`vip_common::frame::egress`).
 //!
+//! Where XDP would run in generic mode (no native XDP: veth without a program on the peer,
+//! virtio-net with guest offloads), a TC ingress program (tcx) takes its place: the same decision
+//! on the same maps, a reply sent back out of the interface it came in on (`bpf_redirect` to its
+//! egress). It is cheaper than generic XDP, which copies every non-linear skb into one buffer.
+//!
 //! The decisions are `vip_common::frame::process` and `vip_common::frame::egress`, shared with the
 //! host tests; this file only binds them to packet memory, the maps and the clock. Anything unparsed
 //! passes: a parse failure is never XDP_ABORTED and never a drop.
@@ -16,13 +21,14 @@
 
 use aya_ebpf::{
     bindings::xdp_action::XDP_PASS,
-    helpers::bpf_ktime_get_ns,
+    helpers::{bpf_ktime_get_ns, bpf_redirect},
     macros::{classifier, map, xdp},
     maps::{HashMap, PerCpuHashMap},
     programs::{TcContext, XdpContext},
 };
 use vip_common::{
     EgressStats, Outcome, Packet, Verdict, VipKey, VipLookup, VipState, VipStats,
+    frame::{IPV6_FRAME_LEN, TC_PULL_LEN},
     maps::{BPF_F_NO_PREALLOC, MAX_VIPS},
 };
 
@@ -63,6 +69,39 @@ fn try_vip_xdp(ctx: &XdpContext) -> Result<u32, ()> {
     Ok(verdict.xdp_action())
 }
 
+/// TC ingress: the XDP program's decision for an interface without native XDP. A reply is
+/// redirected to the egress of the interface it came in on (`TC_ACT_REDIRECT`), a drop is
+/// `TC_ACT_SHOT`, anything else `TC_ACT_UNSPEC` ("not mine": the next tcx program, then the stack).
+///
+/// The program reads the linear part of the skb. A small frame (every ARP request and Neighbor
+/// Solicitation is) whose bytes are not all there, or a frame whose first IPv6-header's worth is
+/// not, is pulled first (`bpf_skb_pull_data`), so that a request for a fenced VIP cannot reach the
+/// kernel unjudged. A big frame whose headers are linear, as the stack's are, is never pulled.
+#[classifier]
+fn vip_tc_ingress(ctx: TcContext) -> i32 {
+    let len = ctx.len();
+    let linear = ctx.data_end() - ctx.data();
+    if (linear as u64) < u64::from(len) && (len <= TC_PULL_LEN || linear < IPV6_FRAME_LEN) {
+        // A failed pull leaves the frame as it was: judged on what is linear (a parse failure
+        // passes), as it would have been without the pull.
+        let _ = ctx.pull_data(len.min(TC_PULL_LEN));
+    }
+    let mut frame = Frame {
+        start: ctx.data(),
+        end: ctx.data_end(),
+        writable: true,
+    };
+    let verdict = vip_common::process(&mut frame, &Maps);
+    count(&verdict);
+    if verdict.outcome == Outcome::Replied {
+        // SAFETY: plain helper call; the skb pointer is the program's context.
+        let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+        // SAFETY: plain helper call. Returns TC_ACT_REDIRECT (flags 0: to the egress).
+        return unsafe { bpf_redirect(ifindex, 0) } as i32;
+    }
+    verdict.tc_action()
+}
+
 /// TC egress: drop what leaves from a fenced VIP; everything else is "not mine"
 /// (`TC_ACT_UNSPEC`, which lets the programs after this one run). Reads the linear part of the
 /// skb only, and never writes: a header that is not there passes.
@@ -82,7 +121,7 @@ fn vip_tc_egress(ctx: TcContext) -> i32 {
 struct Frame {
     start: usize,
     end: usize,
-    /// XDP packet memory may be written; the egress program never writes.
+    /// XDP and TC ingress packet memory may be written; the egress program never writes.
     writable: bool,
 }
 
@@ -141,7 +180,7 @@ impl VipLookup for Maps {
 fn count(verdict: &Verdict) {
     match verdict.outcome {
         Outcome::Pass => {}
-        Outcome::DroppedSentIp | Outcome::DroppedSentArp => {
+        Outcome::DroppedSentIp | Outcome::DroppedSentNeighbour => {
             let Some(p) = VIP_EGRESS.get_ptr_mut(verdict.vip) else {
                 return;
             };
@@ -150,10 +189,10 @@ fn count(verdict: &Verdict) {
             if verdict.outcome == Outcome::DroppedSentIp {
                 stats.ip_dropped += 1;
             } else {
-                stats.arp_dropped += 1;
+                stats.neighbour_dropped += 1;
             }
         }
-        Outcome::Replied | Outcome::DroppedArp | Outcome::DroppedIp | Outcome::Conflict => {
+        Outcome::Replied | Outcome::DroppedRequest | Outcome::DroppedIp | Outcome::Conflict => {
             let Some(p) = VIP_STATS.get_ptr_mut(verdict.vip) else {
                 return;
             };
@@ -164,12 +203,12 @@ fn count(verdict: &Verdict) {
             let stats = unsafe { &mut *p };
             match verdict.outcome {
                 Outcome::Replied => {
-                    stats.arp_replied += 1;
+                    stats.replied += 1;
                     // SAFETY: plain helper call.
                     stats.last_reply_ns = unsafe { bpf_ktime_get_ns() };
                 }
-                Outcome::DroppedArp => stats.arp_dropped += 1,
-                Outcome::DroppedIp => stats.ipv4_dropped += 1,
+                Outcome::DroppedRequest => stats.requests_dropped += 1,
+                Outcome::DroppedIp => stats.ip_dropped += 1,
                 _ => stats.conflicts += 1,
             }
         }

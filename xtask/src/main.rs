@@ -28,6 +28,10 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "parsed once from the command line; boxing the bench options would only obscure clap's derive"
+)]
 enum Task {
     /// Install the Debian packages and bpf-linker this project needs (idempotent).
     Setup {
@@ -90,6 +94,11 @@ enum Task {
         /// the existing BENCHMARKS.md and writes bench/patroni.json. A whole run ends with it.
         #[arg(long)]
         patroni: bool,
+        /// Only what the data plane costs the node's own traffic (TCP throughput and latency
+        /// with no program and each attach mode, and the program's marginal cost in
+        /// BPF_PROG_TEST_RUN; a few minutes): replaces its section in the existing BENCHMARKS.md.
+        #[arg(long)]
+        dataplane: bool,
         /// Real-Patroni trials per scenario and system (default 5; 0 skips the part in a whole
         /// run and keeps its section).
         #[arg(long)]
@@ -103,6 +112,24 @@ enum Task {
         /// too (vip-agent, vip-manager).
         #[arg(long)]
         patroni_scenarios: Option<String>,
+        /// Only the at-most-one-answer part (issue 14: switchovers plain and with the old agent
+        /// SIGSTOPped, SIGKILLed or cut off from etcd, for vip-agent with and without its fence
+        /// handshake, vip-manager 1.0.2 and keepalived; about half an hour): replaces its section
+        /// in the existing BENCHMARKS.md and writes bench/answer.json.
+        #[arg(long)]
+        answer: bool,
+        /// `--answer`: plain switchovers of vip-agent with the handshake (default 1000).
+        #[arg(long)]
+        answer_switchovers: Option<usize>,
+        /// `--answer`: plain switchovers of vip-agent without the handshake (default 200).
+        #[arg(long)]
+        answer_cost_trials: Option<usize>,
+        /// `--answer`: plain switchovers of vip-manager and keepalived (default 20).
+        #[arg(long)]
+        answer_other_switchovers: Option<usize>,
+        /// `--answer`: trials of each fault per system (default 8).
+        #[arg(long)]
+        answer_fault_trials: Option<usize>,
         /// Where BENCHMARKS.md and bench/ go (default: the workspace root, the committed report).
         #[arg(long)]
         out: Option<PathBuf>,
@@ -172,17 +199,29 @@ fn run(cli: Cli) -> Result<()> {
             systems,
             seed,
             patroni,
+            dataplane,
             patroni_trials,
             patroni_cost_secs,
             patroni_scenarios,
+            answer,
+            answer_switchovers,
+            answer_cost_trials,
+            answer_other_switchovers,
+            answer_fault_trials,
             out,
         } => {
             let mut args: Vec<String> = Vec::new();
             if quick {
                 args.push("--quick".to_owned());
             }
+            if answer {
+                args.push("--answer".to_owned());
+            }
             if patroni {
                 args.push("--patroni".to_owned());
+            }
+            if dataplane {
+                args.push("--dataplane".to_owned());
             }
             if let Some(n) = patroni_trials {
                 args.extend(["--patroni-trials".to_owned(), n.to_string()]);
@@ -201,6 +240,10 @@ fn run(cli: Cli) -> Result<()> {
                 ("--etcd-trials", etcd_trials),
                 ("--rw-trials", rw_trials),
                 ("--repmgr-passes", repmgr_passes),
+                ("--answer-switchovers", answer_switchovers),
+                ("--answer-cost-trials", answer_cost_trials),
+                ("--answer-other-switchovers", answer_other_switchovers),
+                ("--answer-fault-trials", answer_fault_trials),
             ];
             for (flag, n) in counts {
                 if let Some(n) = n {

@@ -4,7 +4,13 @@
 //! Usage: vip-bench --agent PATH [--trials N] [--expiry-trials N] [--partition-trials N]
 //! [--kill-trials N] [--etcd-trials N] [--rw-trials N] [--idle-secs S]
 //! [--systems vip-agent,vip-manager,vip-manager-100ms,keepalived] [--seed N] [--quick]
-//! [--patroni] [--patroni-trials N] [--patroni-cost-secs S] [--patroni-scenarios LIST] [--out DIR]
+//! [--patroni] [--patroni-trials N] [--patroni-cost-secs S] [--patroni-scenarios LIST]
+//! [--answer] [--answer-switchovers N] [--answer-cost-trials N] [--answer-other-switchovers N]
+//! [--answer-fault-trials N] [--dataplane] [--out DIR]
+//!
+//! `--dataplane` runs only the data plane's cost to the node's own traffic
+//! (`vip_tests::bench_dataplane`, a few minutes) and replaces its section in BENCHMARKS.md; a full
+//! run keeps that section.
 //!
 //! Every scenario runs 200 trials per system by default (hours); `--quick` keeps the 200
 //! switchovers and runs a handful of each slow scenario.
@@ -18,6 +24,13 @@
 //! four windows of the hold check's cost (default 30; 0 skips it). `--patroni-scenarios` picks
 //! scenarios (`switchover`, `postgres_crash`, `kill`, `cut_off`, `outage_failsafe_on`,
 //! `outage_failsafe_off`; default all) and `--systems` the systems (`vip-agent`, `vip-manager`).
+//!
+//! `--answer` runs only the at-most-one-answer part (`vip_tests::bench::answer`, issue 14): 1,000
+//! switchovers of vip-agent counted for probes answered by both nodes, 200 with
+//! `fence-handshake: false` for the handshake's cost, and switchovers plain and with the old agent
+//! SIGSTOPped, SIGKILLed or cut off from etcd for both, vip-manager 1.0.2 and keepalived (20 plain,
+//! 8 per fault; the `--answer-*` flags set them). It replaces only its section of BENCHMARKS.md and
+//! writes bench/answer.json; a whole run keeps that section.
 
 use std::{fmt::Write as _, path::PathBuf, time::Duration};
 
@@ -36,7 +49,7 @@ use vip_tests::{
     bench::{
         ArpRtt, BLACKOUT_MIN_NS, EXPIRY_TTL_S, EtcdOutage, Expiry, HELD_TTL_S, JITTER_MS, Kill,
         OUTAGES, OutageShape, Partition, Plan, RENEW_INTERVAL, SYSTEMD_RESTART, System, SystemRun,
-        Trial, Usage, arp_rtts, percentiles, run_system,
+        Trial, Usage, answer, arp_rtts, percentiles, run_system,
     },
     bench_patroni,
     patroni::Manager,
@@ -62,13 +75,28 @@ struct Args {
     out: PathBuf,
     /// Only the real-Patroni part, spliced into the existing BENCHMARKS.md.
     patroni_only: bool,
+    /// `--dataplane`: only the data plane's cost to the node's own traffic (its section).
+    dataplane_only: bool,
     /// Trials per scenario and system of the real-Patroni part (0: skip it).
     patroni_trials: usize,
     /// Each window of the hold check's cost (0: skip it).
     patroni_cost: Duration,
     /// The real-Patroni scenarios to run (default: all).
     patroni_scenarios: Vec<bench_patroni::Scenario>,
+    /// Only the at-most-one-answer part, spliced into the existing BENCHMARKS.md.
+    answer_only: bool,
+    /// That part's trials: plain switchovers of vip-agent with the handshake, without it, of
+    /// the other systems, and each fault per system.
+    answer_trials: [usize; 4],
 }
+
+/// Default `--answer-switchovers`, `--answer-cost-trials`, `--answer-other-switchovers`,
+/// `--answer-fault-trials`: 1,000 switchovers for the overlap count, 200 without the handshake for
+/// its cost, and as many of the slow ones as fit in about half an hour on 2 CPUs.
+const ANSWER_TRIALS: [usize; 4] = [1000, 200, 20, 8];
+
+/// `10.77.<subnet>.0/24` to `+3`: the at-most-one-answer beds (issue 14's range, 170 to 179).
+const ANSWER_SUBNET: u8 = 170;
 
 /// Trials per scenario and system (per gate setting for the promotion, per shape for the etcd
 /// outage) in a full run: what the method asks for. A full run of every system takes hours: each
@@ -108,14 +136,25 @@ fn parse_args() -> Args {
             .map_or(1, |d| d.as_secs()),
         out: PathBuf::from("."),
         patroni_only: false,
+        dataplane_only: false,
         patroni_trials: bench_patroni::DEFAULT_TRIALS,
         patroni_cost: bench_patroni::DEFAULT_COST_WINDOW,
         patroni_scenarios: bench_patroni::SCENARIOS.to_vec(),
+        answer_only: false,
+        answer_trials: ANSWER_TRIALS,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         if a == "--patroni" {
             args.patroni_only = true;
+            continue;
+        }
+        if a == "--dataplane" {
+            args.dataplane_only = true;
+            continue;
+        }
+        if a == "--answer" {
+            args.answer_only = true;
             continue;
         }
         if a == "--quick" {
@@ -201,6 +240,23 @@ fn parse_args() -> Args {
                     .unwrap_or_else(|_| usage("--seed takes a number"))
             }
             "--out" => args.out = PathBuf::from(value),
+            "--answer-switchovers"
+            | "--answer-cost-trials"
+            | "--answer-other-switchovers"
+            | "--answer-fault-trials" => {
+                let k = [
+                    "--answer-switchovers",
+                    "--answer-cost-trials",
+                    "--answer-other-switchovers",
+                    "--answer-fault-trials",
+                ]
+                .iter()
+                .position(|f| *f == a)
+                .unwrap_or(0);
+                args.answer_trials[k] = value
+                    .parse()
+                    .unwrap_or_else(|_| usage(&format!("{a} takes a number")));
+            }
             "--patroni-trials" => {
                 args.patroni_trials = value
                     .parse()
@@ -233,7 +289,9 @@ fn usage(problem: &str) -> ! {
         "vip-bench: {problem}\nusage: vip-bench --agent PATH [--trials N] [--expiry-trials N] [--partition-trials N] \
          [--kill-trials N] [--etcd-trials N] [--rw-trials N] [--repmgr-passes N] [--idle-secs S] \
          [--systems vip-agent,vip-manager,vip-manager-100ms,keepalived] [--seed N] [--quick] \
-         [--patroni] [--patroni-trials N] [--patroni-cost-secs S] [--patroni-scenarios LIST] [--out DIR]"
+         [--patroni] [--patroni-trials N] [--patroni-cost-secs S] [--patroni-scenarios LIST] \
+         [--answer] [--answer-switchovers N] [--answer-cost-trials N] [--answer-other-switchovers N] \
+         [--answer-fault-trials N] [--out DIR]"
     );
     std::process::exit(2)
 }
@@ -262,6 +320,19 @@ fn main() {
     fastrand::seed(args.seed);
     if args.patroni_only {
         patroni_only(&args);
+        return;
+    }
+    if args.dataplane_only {
+        let path = args.out.join("BENCHMARKS.md");
+        let previous = std::fs::read_to_string(&path).unwrap_or_default();
+        let section = vip_tests::bench_dataplane::run(vip_tests::bench_dataplane::Plan::default());
+        let text = vip_tests::bench_dataplane::splice_section(&previous, &section);
+        std::fs::write(&path, &text).expect("write BENCHMARKS.md");
+        println!("{section}");
+        return;
+    }
+    if args.answer_only {
+        answer_only(&args);
         return;
     }
     fastrand::shuffle(&mut args.systems);
@@ -382,6 +453,16 @@ fn main() {
         report.push('\n');
         report.push_str(&section);
     }
+    // The data plane's cost to the node's traffic is its own run (`--dataplane`): kept.
+    if let Some(section) = vip_tests::bench_dataplane::existing_section(&previous) {
+        report.push('\n');
+        report.push_str(&section);
+    }
+    // The at-most-one-answer part runs only with `--answer`: its section stays.
+    if let Some(section) = bench_patroni::section_at(&previous, answer::SECTION_HEADING) {
+        report.push('\n');
+        report.push_str(&section);
+    }
     std::fs::write(args.out.join("bench/timeline.svg"), svg(&rows)).expect("write timeline.svg");
     std::fs::write(args.out.join("BENCHMARKS.md"), &report).expect("write BENCHMARKS.md");
     std::fs::write(args.out.join("bench/results.json"), json(&rows, &micro))
@@ -436,6 +517,45 @@ fn patroni_only(args: &Args) {
         std::process::exit(2);
     };
     let text = bench_patroni::splice_section(&previous, &section);
+    std::fs::write(&path, &text).expect("write BENCHMARKS.md");
+    println!("{section}");
+}
+
+/// `--answer`: the at-most-one-answer part alone (issue 14), every contender on its own bed in a
+/// random order drawn from the seed; its section spliced into the existing BENCHMARKS.md and its
+/// raw numbers written to bench/answer.json.
+fn answer_only(args: &Args) {
+    let [switchovers, cost, other, faults] = args.answer_trials;
+    let mut contenders = answer::Contender::ALL.to_vec();
+    fastrand::shuffle(&mut contenders);
+    let started = std::time::Instant::now();
+    let mut runs = Vec::new();
+    for c in contenders {
+        let plain = match (c.system, c.handshake) {
+            (System::VipAgent, true) => switchovers,
+            (System::VipAgent, false) => cost,
+            _ => other,
+        };
+        let slot = answer::Contender::ALL
+            .iter()
+            .position(|x| *x == c)
+            .unwrap_or(0);
+        let subnet = ANSWER_SUBNET + u8::try_from(slot).unwrap_or(0);
+        let plan = answer::Plan {
+            trials: [plain, faults, faults, faults],
+        };
+        runs.push(answer::run(c, subnet, plan, &args.agent));
+    }
+    let section = answer::markdown(&runs, args.seed, started.elapsed());
+    let path = args.out.join("BENCHMARKS.md");
+    let previous = std::fs::read_to_string(&path).unwrap_or_default();
+    let text = bench_patroni::splice_section_at(&previous, answer::SECTION_HEADING, &section);
+    std::fs::create_dir_all(args.out.join("bench")).expect("output dir");
+    std::fs::write(
+        args.out.join("bench/answer.json"),
+        answer::json(&runs, args.seed),
+    )
+    .expect("write answer.json");
     std::fs::write(&path, &text).expect("write BENCHMARKS.md");
     println!("{section}");
 }

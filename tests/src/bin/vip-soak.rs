@@ -164,7 +164,8 @@ fn main() -> ExitCode {
     let _ = writeln!(
         md,
         "The driver (`tests/src/chaos.rs`, seeded `fastrand`) plays Patroni from the client host: one \
-         member per node, each with its own lease kept alive every 500 ms, switchovers as Patroni's \
+         member per node, each with its own lease kept alive every third of its TTL (Patroni's \
+         `loop_wait` rhythm), switchovers as Patroni's \
          release then acquire, failovers as an acquire once the key is gone, talking to one etcd \
          member at a time and moving to the next after a failure. A member whose node is cut off \
          from etcd (or whose interface is down) cannot write or refresh its lease either. The \
@@ -177,14 +178,19 @@ fn main() -> ExitCode {
          it was made and once it was complete; each probe carries a sequence number in its sender \
          IP, which the XDP program copies into its reply, so every reply belongs to exactly one \
          request. After the run, every probe is checked:\n\n\
-         * two MACs answering one probe count as a violation unless it was sent within the settle \
-           window of a change of the key, or one of the two nodes could not see the change (its \
-           agent stopped, killed, cut off from etcd, its interface down, or back for less than \
-           the reconnect bound, an etcd member kill counting as a return); \
-           the same for an answer from a node the key does not name;\n\
-         * a node may answer a probe sent at `t` only if `t < C + TTL - 500 ms`, with `C` the last \
-           moment at or before `t` when its agent ran, reached etcd and the key named it: no \
-           confirmation the agent could have made yields a later deadline. The pinned map's \
+         * two MACs answering one probe always count as a violation: no settle window after a \
+           change, no exemption while a node could not see it (its agent stopped, killed, cut off \
+           from etcd, its interface down, reconnecting). An answer from a node the key does not \
+           name counts once that node has seen the change (connected for the reconnect bound) and \
+           the fence bound has passed; an old holder in touch through a change must fence its data \
+           plane (the time its log gives) within the fence bound;\n\
+         * a node may answer a probe sent at `t` only if `t < min(C, K) + TTL - 500 ms`, with `C` \
+           the last moment at or before `t` when its agent ran, reached etcd and the key named it, \
+           and `K` the end of the last keepalive (or grant) its Patroni sent for its lease by `C`, \
+           or 3 s after an etcd election was observed (etcd extends leases on a new leader): no \
+           confirmation the agent could have made yields a later deadline, and an agent that \
+           dropped its 500 ms margin or counted the granted instead of the remaining TTL would \
+           cross it. The pinned map's \
            deadline, read at every step, is held to the same bound. After etcd deleted a key on \
            lease expiry, the node it named must not answer a probe sent later than 500 ms before \
            the deletion was observed;\n\

@@ -194,6 +194,7 @@ pub(super) fn build(
         add_args(args, &mut map);
     }
     let repmgr_mode = repmgr::prepare(&mut map, &mut diag);
+    let patroni_interval = compat::prepare_patroni(&mut map, &mut diag);
     let top = Fields {
         prefix: String::new(),
         map,
@@ -234,7 +235,7 @@ pub(super) fn build(
     };
     let garp = agent::garp(&top, &mut diag);
     let fence_timeout = agent::fence_timeout(&top, &mut diag);
-    let handshake = agent::handshake(&top, repmgr_mode, &mut diag);
+    let handshake = agent::handshake(&top, repmgr_mode || patroni_interval.is_some(), &mut diag);
     let xdp_mode = agent::xdp_mode(&top, &mut diag);
     let metrics_address = agent::metrics_address(&top, &mut diag);
     let pin_path = agent::pin_path(&top, &mut diag);
@@ -253,6 +254,7 @@ pub(super) fn build(
         vips,
         etcd,
         repmgr,
+        patroni_interval,
         garp,
         fence_timeout,
         handshake,

@@ -285,9 +285,15 @@ schema! {
             )
         });
     "dcs-type" => dcs_type("VIP_DCS_TYPE", "TYPE", Text): Top, Compat, Some("etcd"),
-        "DCS type: etcd or etcd3 (both mean the etcd v3 API), or repmgr (this node's repmgr \
-         role, from repmgr's event notifications and metadata; see docs/repmgr.md).",
-        |c, v| v.is_none().then(|| text(if c.repmgr.is_some() { "repmgr" } else { "etcd" }));
+        "DCS type: etcd or etcd3 (both mean the etcd v3 API), patroni (Patroni's REST API at \
+         dcs-endpoints: this node leads while GET <endpoint><trigger-key> answers the status \
+         trigger-value, defaults /leader and 200), or repmgr (this node's repmgr role, from \
+         repmgr's event notifications and metadata; see docs/repmgr.md).",
+        |c, v| v.is_none().then(|| text(match (&c.repmgr, c.patroni_interval) {
+            (Some(_), _) => "repmgr",
+            (None, Some(_)) => "patroni",
+            (None, None) => "etcd",
+        }));
     "dcs-endpoints" => dcs_endpoints("VIP_DCS_ENDPOINTS", "URLS", List): Top, Etcd,
         Some("http://127.0.0.1:2379"),
         "etcd endpoints, comma separated, each with http:// or https://.",
@@ -315,9 +321,9 @@ schema! {
         "vip-manager's Consul ACL token: refused with a message (Consul is not supported).",
         |_, _| None;
     "interval" => interval("VIP_INTERVAL", "MS", Text): Top, Compat, None,
-        "Accepted for vip-manager compatibility and ignored: vip-agent watches, it does not \
-         poll.",
-        |_, _| None;
+        "With --dcs-type patroni: how often Patroni's REST API is asked (default 1s). \
+         Otherwise accepted for vip-manager compatibility and ignored: vip-agent watches.",
+        |c, v| v.is_none().then_some(c.patroni_interval).flatten().map(duration);
     "retry-after" => retry_after("VIP_RETRY_AFTER", "MS", Text): Top, Compat, None,
         "Accepted for vip-manager compatibility and ignored.",
         |_, _| None;
@@ -350,7 +356,8 @@ schema! {
         "Answer only once every other agent of the key has recorded in etcd that it fenced: \
          true or false.",
         // Not rendered in repmgr mode, where it does not apply.
-        |c, v| (v.is_none() && c.repmgr.is_none()).then(|| Value::Bool(c.handshake.is_some()));
+        |c, v| (v.is_none() && c.repmgr.is_none() && c.patroni_interval.is_none())
+            .then(|| Value::Bool(c.handshake.is_some()));
     "fence-record-ttl" => fence_record_ttl("VIP_FENCE_RECORD_TTL", "DURATION", Text): Top,
         Agent, Some("30s"),
         "TTL of this agent's fence record in etcd, whole seconds, 2s..60s; Patroni's `ttl` is \
@@ -366,7 +373,7 @@ schema! {
                 .map(|h| text(h.prefix.as_str()))
         };
     "xdp-mode" => xdp_mode("VIP_XDP_MODE", "MODE", Text): Top, Agent, Some("auto"),
-        "XDP attach mode: auto, native or generic.",
+        "Attach mode of the ingress program: auto, native, generic or tc (tcx, Linux 6.6+).",
         |c, v| v.is_none().then(|| text(c.xdp_mode.as_str()));
     "metrics-address" => metrics_address("VIP_METRICS_ADDRESS", "IP:PORT", Text): Top, Agent,
         Some("127.0.0.1:9477"),

@@ -366,17 +366,48 @@ fn dcs_types() {
     for dcs in ["etcd", "etcd3"] {
         ok(&min_with(&format!("dcs-type: {dcs}")));
     }
-    for (dcs, needle) in [("consul", "Consul"), ("patroni", "REST API")] {
-        let e = err(&min_with(&format!("dcs-type: {dcs}")));
-        let e = error_for(&e, "dcs-type");
-        assert!(matches!(e, ConfigError::Unsupported { .. }), "{e:?}");
-        let msg = e.to_string();
-        assert!(msg.contains("not supported"), "{msg}");
-        assert!(msg.to_lowercase().contains(&needle.to_lowercase()), "{msg}");
-    }
+    let e = err(&min_with("dcs-type: consul"));
+    let e = error_for(&e, "dcs-type");
+    assert!(matches!(e, ConfigError::Unsupported { .. }), "{e:?}");
+    let msg = e.to_string();
+    assert!(
+        msg.contains("not supported") && msg.contains("consul"),
+        "{msg}"
+    );
+    ok(&min_with("dcs-type: patroni"));
     let e = err(&min_with("dcs-type: etdc"));
     let msg = error_for(&e, "dcs-type").to_string();
     assert!(msg.contains("did you mean `etcd`"), "{msg}");
+}
+
+#[test]
+fn dcs_type_patroni_takes_vip_managers_defaults_and_its_interval() {
+    let c = ok("ip: 10.0.0.10\nnetmask: 24\ninterface: eth0\ndcs-type: patroni\n");
+    assert_eq!(c.patroni_interval, Some(Duration::from_secs(1)));
+    assert_eq!(
+        (
+            c.vips[0].trigger_key.as_str(),
+            c.vips[0].trigger_value.as_str()
+        ),
+        ("/leader", "200")
+    );
+    assert_eq!(c.etcd.endpoints, ["http://127.0.0.1:8008"]);
+    assert!(c.handshake.is_none(), "the fence handshake lives in etcd");
+    let c = ok(&min_with(
+        "dcs-type: patroni\ndcs-endpoints: http://10.1.0.5:8009\ninterval: 250",
+    ));
+    assert_eq!(c.patroni_interval, Some(Duration::from_millis(250)));
+    assert_eq!(c.vips[0].trigger_key, "/service/batman/leader");
+    assert_eq!(c.etcd.endpoints, ["http://10.1.0.5:8009"]);
+    let rendered = c.render_redacted();
+    assert!(rendered.contains("dcs-type: patroni"), "{rendered}");
+    assert!(ok(&rendered).same_effect(&c), "{rendered}");
+    let e = err(&min_with("dcs-type: patroni\ninterval: 0"));
+    assert!(
+        error_for(&e, "interval").to_string().contains("10ms"),
+        "{e}"
+    );
+    assert_eq!(ok(MIN).patroni_interval, None);
 }
 
 #[test]
@@ -805,6 +836,8 @@ fn xdp_modes() {
         ("drv", XdpModeSetting::Native),
         ("Generic", XdpModeSetting::Generic),
         ("skb", XdpModeSetting::Generic),
+        ("tc", XdpModeSetting::Tc),
+        ("TCX", XdpModeSetting::Tc),
     ] {
         assert_eq!(ok(&min_with(&format!("xdp-mode: {value}"))).xdp_mode, mode);
     }

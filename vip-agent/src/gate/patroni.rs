@@ -1,4 +1,5 @@
-//! The Patroni probe: `GET <patroni-url>/primary` over a hand-written HTTP/1.1 client (one request
+//! The Patroni probe: `GET <patroni-url>/primary` (or, for the Patroni REST leader source
+//! ([`crate::patroni_rest`]), any path and only its status code) over a hand-written HTTP/1.1 client (one request
 //! per connection, as Patroni's `BaseHTTPRequestHandler` closes after each response), plain or over
 //! TLS (tokio-rustls, ring), with optional basic authentication and client certificate.
 //!
@@ -52,7 +53,7 @@ use crate::config::{GateConfig, PatroniUrl};
 const MAX_RESPONSE: usize = 64 * 1024;
 
 /// One Patroni REST API endpoint, ready to be asked.
-pub(super) struct PatroniProbe {
+pub(crate) struct PatroniProbe {
     url: PatroniUrl,
     path: String,
     authorization: Option<String>,
@@ -71,6 +72,18 @@ impl PatroniProbe {
     pub(super) fn new(
         config: &GateConfig,
         url: &PatroniUrl,
+        scope: Option<String>,
+        member: Option<String>,
+    ) -> Result<Self, GateError> {
+        Self::for_path(config, url, "/primary", scope, member)
+    }
+
+    /// The probe of `path` (from the root of `url`), with the TLS files and credentials of
+    /// `config`.
+    pub(crate) fn for_path(
+        config: &GateConfig,
+        url: &PatroniUrl,
+        path: &str,
         scope: Option<String>,
         member: Option<String>,
     ) -> Result<Self, GateError> {
@@ -93,8 +106,9 @@ impl PatroniProbe {
             )),
             _ => None,
         };
+        let slash = if path.starts_with('/') { "" } else { "/" };
         Ok(Self {
-            path: format!("{}/primary", url.base),
+            path: format!("{}{slash}{path}", url.base),
             url,
             authorization,
             ca_verified: tls.is_some() && config.patroni_ca_file.is_some(),
@@ -105,8 +119,17 @@ impl PatroniProbe {
     }
 
     /// The URL it asks.
-    pub(super) const fn url(&self) -> &PatroniUrl {
+    pub(crate) const fn url(&self) -> &PatroniUrl {
         &self.url
+    }
+
+    /// Ask once; only the status code counts (`dcs-type: patroni`, vip-manager's rule). `Err`:
+    /// no HTTP answer, and why.
+    pub(crate) async fn status_code(&self) -> Result<u16, String> {
+        self.get(false)
+            .await
+            .map(|(r, _)| r.status)
+            .map_err(|e| e.to_string())
     }
 
     /// Ask once. `refused_means_absent`: a refused connection means "no Patroni here"

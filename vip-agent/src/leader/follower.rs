@@ -15,12 +15,9 @@ use super::error::{
     GRPC_UNAUTHENTICATED, LeaderError, Operation, grpc_code,
 };
 use super::settings::LeaderSettings;
-use super::state::{DeadlinePolicy, KeySeen, LeaderState, Need, Tracker, Via};
+use super::state::{DeadlinePolicy, KIND, KeySeen, KeyState, Need, Tracker, Via};
 use crate::clock::monotonic_ns;
-
-/// Called synchronously by the follower task with every published state, before the watch
-/// channel is updated: the data plane can write its map without a task switch.
-pub type StateHook = Box<dyn FnMut(&LeaderState) + Send>;
+use crate::leadership::{Hook, Leadership, Publisher, Source, SourceKind};
 
 /// Follows one trigger key. Build it, [`subscribe`](Self::subscribe) and/or register a hook with
 /// [`on_change`](Self::on_change), then drive [`run`](Self::run) on a task.
@@ -30,8 +27,10 @@ pub struct LeaderFollower {
     key: Vec<u8>,
     value: Vec<u8>,
     tracker: Tracker,
-    tx: watch::Sender<LeaderState>,
-    hook: Option<StateHook>,
+    /// The etcd view (diagnostics and tests).
+    keys: watch::Sender<KeyState>,
+    key_hook: Option<KeyHook>,
+    out: Publisher,
     outage: Option<Outage>,
     /// The current session got as far as a successful confirmation on a live watch.
     session_healthy: bool,
@@ -57,10 +56,31 @@ impl std::fmt::Debug for LeaderFollower {
 pub fn spawn(
     settings: LeaderSettings,
     cancel: CancellationToken,
-) -> Result<(watch::Receiver<LeaderState>, tokio::task::JoinHandle<()>), LeaderError> {
+) -> Result<(watch::Receiver<KeyState>, tokio::task::JoinHandle<()>), LeaderError> {
     let follower = LeaderFollower::new(settings)?;
-    let rx = follower.subscribe();
+    let rx = follower.subscribe_key();
     Ok((rx, tokio::spawn(follower.run(cancel))))
+}
+
+/// Called with the etcd view behind every published state.
+pub type KeyHook = Box<dyn FnMut(&KeyState) + Send>;
+
+impl Source for LeaderFollower {
+    fn kind(&self) -> &'static SourceKind {
+        &KIND
+    }
+
+    fn subscribe(&self) -> watch::Receiver<Leadership> {
+        Self::subscribe(self)
+    }
+
+    fn on_change(&mut self, hook: Hook) {
+        self.out.on_change(hook);
+    }
+
+    fn run(self: Box<Self>, cancel: CancellationToken) -> BoxFuture<'static, ()> {
+        (*self).run(cancel).boxed()
+    }
 }
 
 impl LeaderFollower {
@@ -76,31 +96,47 @@ impl LeaderFollower {
         };
         let value = settings.trigger_value.as_bytes().to_vec();
         let tracker = Tracker::new(value.clone(), policy, monotonic_ns());
-        let (tx, _) = watch::channel(*tracker.state());
+        let (keys, _) = watch::channel(*tracker.state());
+        let out = Publisher::new(tracker.state().observed_at_ns);
         Ok(Self {
             endpoints: settings.normalized_endpoints(),
             key: settings.trigger_key.as_bytes().to_vec(),
             value,
             settings,
             tracker,
-            tx,
-            hook: None,
+            keys,
+            key_hook: None,
+            out,
             outage: None,
             session_healthy: false,
         })
     }
 
-    /// A receiver of the published state. It starts at "not primary, fenced"
-    /// ([`Reason::Startup`](super::Reason::Startup)) and only ever holds the latest state.
+    /// A receiver of the published leadership. It starts at "not primary, fenced"
+    /// ([`Cause::Startup`](crate::leadership::Cause::Startup)) and only ever holds the latest
+    /// state.
     #[must_use]
-    pub fn subscribe(&self) -> watch::Receiver<LeaderState> {
-        self.tx.subscribe()
+    pub fn subscribe(&self) -> watch::Receiver<Leadership> {
+        self.out.subscribe()
+    }
+
+    /// A receiver of the key as etcd showed it (revision, lease, why), updated after each
+    /// published leadership.
+    #[must_use]
+    pub fn subscribe_key(&self) -> watch::Receiver<KeyState> {
+        self.keys.subscribe()
+    }
+
+    /// Registers a hook called with the etcd view behind each published state, just before it
+    /// (diagnostics and tests).
+    pub fn on_key(&mut self, hook: impl FnMut(&KeyState) + Send + 'static) {
+        self.key_hook = Some(Box::new(hook));
     }
 
     /// Registers a hook called in the follower task with each published state (before the watch
     /// channel). Keep it short and non-blocking: a BPF map update fits, a netlink dump does not.
-    pub fn on_change(&mut self, hook: impl FnMut(&LeaderState) + Send + 'static) {
-        self.hook = Some(Box::new(hook));
+    pub fn on_change(&mut self, hook: impl FnMut(&Leadership) + Send + 'static) {
+        self.out.on_change(Box::new(hook));
     }
 
     /// The settings this follower runs with.
@@ -150,10 +186,11 @@ impl LeaderFollower {
 
     fn publish(&mut self) {
         let state = *self.tracker.state();
-        if let Some(hook) = &mut self.hook {
+        if let Some(hook) = &mut self.key_hook {
             hook(&state);
         }
-        self.tx.send_replace(state);
+        self.out.publish(&state.leadership());
+        self.keys.send_replace(state);
     }
 
     fn on_failure(&mut self, endpoint: &str, error: &LeaderError, delay: Duration) {
@@ -209,7 +246,7 @@ impl LeaderFollower {
         }
     }
 
-    fn log_change(&self, before: &LeaderState) {
+    fn log_change(&self, before: &KeyState) {
         let st = self.tracker.state();
         if st.primary != before.primary {
             tracing::info!(

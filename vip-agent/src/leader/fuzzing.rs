@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use super::state::{self, DeadlinePolicy, LeaderState, Via};
+use super::state::{self, DeadlinePolicy, KeyState, Via};
 
 /// The key as one etcd response showed it.
 #[derive(Debug, Clone, Copy)]
@@ -112,7 +112,7 @@ impl Tracker {
 
     /// The published state.
     #[must_use]
-    pub fn state(&self) -> LeaderState {
+    pub fn state(&self) -> KeyState {
         *self.0.state()
     }
 

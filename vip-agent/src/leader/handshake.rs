@@ -8,7 +8,7 @@
 //! * Every agent keeps one **record** per leader key, `<prefix><trigger-key>/<trigger-value>`,
 //!   under a lease of its own ([`HandshakeSettings::ttl`], kept alive every third of it). The
 //!   record says `answering` or `fenced`, and for which **term** of the key (its
-//!   `create_revision`, [`LeaderState::term`]).
+//!   `create_revision`, [`Leadership::term`]).
 //! * **Down**: a node that stops answering writes its map first (synchronously, in the leader
 //!   source's hook, as before), then records `fenced` for the term it saw the key in.
 //! * **Up**: a node whose key became its own records `answering` for its term *before* it lets
@@ -39,10 +39,10 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::error::{LeaderError, Operation};
-use super::follower::{Backoff, StateHook, connect, timeout};
+use super::follower::{Backoff, connect, timeout};
 use super::settings::LeaderSettings;
-use super::state::LeaderState;
 use crate::clock::monotonic_ns;
+use crate::leadership::{Cause, Hook, Leadership};
 
 /// Default [`HandshakeSettings::ttl`]: Patroni's default `ttl` (set it to the cluster's `ttl`).
 /// * A node that dies whole (Patroni and agent) costs nothing more: the new leader is elected
@@ -118,7 +118,7 @@ impl Record {
 #[derive(Debug)]
 pub struct Decision {
     /// The latest state from the leader source.
-    latest: LeaderState,
+    latest: Leadership,
     /// Every other agent's record under this key (`None`: unreadable, may be answering).
     others: BTreeMap<String, Option<Record>>,
     /// The first read of the other records succeeded.
@@ -141,7 +141,7 @@ impl Decision {
     #[must_use]
     pub fn new(now_ns: u64) -> Self {
         Self {
-            latest: LeaderState::startup(now_ns),
+            latest: Leadership::startup(now_ns),
             others: BTreeMap::new(),
             others_known: false,
             written: None,
@@ -152,7 +152,7 @@ impl Decision {
     }
 
     /// Take a new state from the leader source.
-    pub fn set_latest(&mut self, state: LeaderState) {
+    pub fn set_latest(&mut self, state: Leadership) {
         if !state.primary || state.term != self.latest.term {
             self.cleared = None;
         }
@@ -163,7 +163,7 @@ impl Decision {
     /// restarting agent must not claim a term it has not seen).
     #[must_use]
     pub fn desired(&self) -> Option<Record> {
-        if self.latest.reason == crate::leader::Reason::Startup && !self.stopping {
+        if self.latest.cause == Cause::Startup && !self.stopping {
             return None;
         }
         Some(if self.latest.primary && !self.stopping {
@@ -219,19 +219,19 @@ impl Decision {
     /// The state to hand on: the latest one, held back (no deadline) while blocked, and never
     /// past the record lease's proven expiry.
     #[must_use]
-    pub fn effective(&self, now_ns: u64) -> LeaderState {
+    pub fn effective(&self, now_ns: u64) -> Leadership {
         let s = self.latest;
         if !s.primary && !self.stopping {
             return s;
         }
         if !s.primary || self.blocked_by(now_ns).is_some() {
-            return LeaderState {
+            return Leadership {
                 primary: s.primary && !self.stopping,
                 safe_until_ns: 0,
                 ..s
             };
         }
-        LeaderState {
+        Leadership {
             safe_until_ns: s.safe_until_ns.min(self.own_until_ns),
             ..s
         }
@@ -256,9 +256,9 @@ struct Shared {
 
 struct Core {
     decision: Decision,
-    downstream: StateHook,
+    downstream: Hook,
     /// The last state handed on (to skip identical renewals).
-    last: Option<LeaderState>,
+    last: Option<Leadership>,
     /// The last reason logged for holding back (to log changes only).
     blocked: Option<String>,
     key: String,
@@ -316,7 +316,7 @@ pub struct HandshakeHook {
 impl HandshakeHook {
     /// A state from the leader source: handed on at once (a fence is never delayed), and the
     /// record task woken.
-    pub fn apply(&self, state: &LeaderState) {
+    pub fn apply(&self, state: &Leadership) {
         {
             let mut core = lock(&self.shared.core);
             core.decision.set_latest(*state);
@@ -370,11 +370,7 @@ impl Release {
 impl Handshake {
     /// A handshake for the key of `settings`, handing effective states to `downstream`.
     #[must_use]
-    pub fn new(
-        settings: LeaderSettings,
-        handshake: HandshakeSettings,
-        downstream: StateHook,
-    ) -> Self {
+    pub fn new(settings: LeaderSettings, handshake: HandshakeSettings, downstream: Hook) -> Self {
         let key = settings.trigger_key.clone();
         Self {
             shared: Arc::new(Shared {
@@ -712,33 +708,28 @@ fn ns(d: Duration) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::leader::Reason;
 
     const S: u64 = 1_000_000_000;
 
-    fn primary(term: i64, until: u64) -> LeaderState {
-        LeaderState {
+    fn primary(term: i64, until: u64) -> Leadership {
+        Leadership {
             primary: true,
             safe_until_ns: until,
-            revision: term,
-            lease_id: 7,
             term,
-            reason: Reason::Confirmed,
+            cause: Cause::Confirmed,
             observed_at_ns: S,
+            detail: term,
         }
     }
 
-    fn replica(term: i64) -> LeaderState {
-        LeaderState {
+    fn replica(term: i64) -> Leadership {
+        Leadership {
             primary: false,
             safe_until_ns: 0,
-            revision: term,
-            lease_id: 0,
             term,
-            reason: Reason::OtherValue {
-                via: crate::leader::Via::Watch,
-            },
+            cause: Cause::Lost,
             observed_at_ns: S,
+            detail: term,
         }
     }
 
@@ -834,7 +825,7 @@ mod tests {
         d.stopping = true;
         assert_eq!(d.desired(), fenced(70));
         d.stopping = false;
-        d.latest = LeaderState::startup(S);
+        d.latest = Leadership::startup(S);
         assert_eq!(d.desired(), None, "nothing claimed before the key is read");
         let e = d.effective(2 * S);
         assert!(!e.primary && e.safe_until_ns == 0, "stopping: {e:?}");

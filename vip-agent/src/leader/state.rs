@@ -5,6 +5,19 @@
 
 use std::time::Duration;
 
+use crate::leadership::{Cause, Leadership, SourceKind};
+
+/// The etcd leader key as a leader source.
+pub static KIND: SourceKind = SourceKind {
+    name: "etcd",
+    what: "etcd",
+    failsafe_applies: true,
+    detail: (
+        "vip_agent_watch_revision",
+        "etcd revision the leader watch has reached.",
+    ),
+};
+
 /// Where an observation of the key came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Via {
@@ -48,9 +61,10 @@ pub enum Reason {
     EtcdUnreachable,
 }
 
-/// What the follower knows about the leader key, as published to the data plane.
+/// What the follower knows about the leader key: the etcd view behind the [`Leadership`] it
+/// publishes ([`KeyState::leadership`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct LeaderState {
+pub struct KeyState {
     /// The key exists and its value is exactly the trigger value (as of [`Self::revision`]).
     pub primary: bool,
     /// `CLOCK_MONOTONIC` ns ([`crate::clock::monotonic_ns`]) until which this node may act as
@@ -72,7 +86,7 @@ pub struct LeaderState {
     pub observed_at_ns: u64,
 }
 
-impl LeaderState {
+impl KeyState {
     /// The state before anything was read: not primary, fenced.
     #[must_use]
     pub fn startup(now_ns: u64) -> Self {
@@ -84,6 +98,26 @@ impl LeaderState {
             term: 0,
             reason: Reason::Startup,
             observed_at_ns: now_ns,
+        }
+    }
+
+    /// The source-neutral state handed downstream (the revision is its detail).
+    #[must_use]
+    pub const fn leadership(&self) -> Leadership {
+        Leadership {
+            primary: self.primary,
+            safe_until_ns: self.safe_until_ns,
+            term: self.term,
+            cause: match self.reason {
+                Reason::Startup => Cause::Startup,
+                Reason::Ours { .. } => Cause::Ours,
+                Reason::Confirmed => Cause::Confirmed,
+                Reason::OtherValue { .. } | Reason::Deleted { .. } => Cause::Lost,
+                Reason::LeaseExpired => Cause::Expired,
+                Reason::EtcdUnreachable => Cause::Unreachable,
+            },
+            observed_at_ns: self.observed_at_ns,
+            detail: self.revision,
         }
     }
 
@@ -181,7 +215,7 @@ impl DeadlinePolicy {
 pub(super) struct Tracker {
     value: Vec<u8>,
     policy: DeadlinePolicy,
-    state: LeaderState,
+    state: KeyState,
     /// Highest revision the state reflects. Watch events at or below it are already known; reads
     /// below it are stale.
     known_rev: i64,
@@ -194,13 +228,13 @@ impl Tracker {
         Self {
             value,
             policy,
-            state: LeaderState::startup(now_ns),
+            state: KeyState::startup(now_ns),
             known_rev: 0,
             lease: None,
         }
     }
 
-    pub(super) fn state(&self) -> &LeaderState {
+    pub(super) fn state(&self) -> &KeyState {
         &self.state
     }
 

@@ -23,15 +23,29 @@ use super::{
     tracker::{Decision, Effect, Ignored, Level, Role, Tracker},
     view::judge,
 };
-use crate::{clock::monotonic_ns, leader::LeaderState, pg::Status};
+use crate::{
+    clock::monotonic_ns,
+    leadership::{Hook, Leadership, Publisher, Source, SourceKind},
+    pg::Status,
+};
+
+/// repmgr as a leader source.
+pub static KIND: SourceKind = SourceKind {
+    name: "repmgr",
+    what: "the local PostgreSQL (repmgr mode)",
+    // Patroni's failsafe mode is about Patroni's DCS: it never covers repmgr's checks.
+    failsafe_applies: false,
+    detail: (
+        "vip_agent_repmgr_role_events",
+        "repmgr role events applied since the agent started.",
+    ),
+};
 
 /// How long a client may take to send its request.
 pub const READ_TIMEOUT: Duration = Duration::from_secs(2);
 /// Connections handled at once; more wait in the kernel's backlog.
 const MAX_CONNECTIONS: usize = 16;
 
-/// Called with every published state, in the source's task, before the watch channel.
-pub type StateHook = Box<dyn FnMut(&LeaderState) + Send>;
 /// Called with the outcome of every request: `applied`, `ignored` or `rejected`.
 pub type EventHook = std::sync::Arc<dyn Fn(&'static str) + Send + Sync>;
 
@@ -76,41 +90,11 @@ pub enum RepmgrError {
     Dsn(#[source] tokio_postgres::Error),
 }
 
-impl RepmgrSettings {
-    /// Resolve a configuration: the socket group's id, the connection string, the validity
-    /// (3 check intervals, capped by `fence_timeout`).
-    ///
-    /// # Errors
-    /// An unknown group, an unparsable connection string.
-    pub fn from_config(
-        config: &crate::config::RepmgrConfig,
-        fence_timeout: Option<Duration>,
-    ) -> Result<Self, RepmgrError> {
-        let socket_group = match &config.socket_group {
-            None => None,
-            Some(g) => Some(resolve_group(g)?),
-        };
-        let postgres = config
-            .postgres_dsn
-            .expose()
-            .parse::<tokio_postgres::Config>()
-            .map_err(RepmgrError::Dsn)?;
-        Ok(Self {
-            node_id: config.node_id,
-            socket: config.socket.clone(),
-            socket_group,
-            check_interval: config.check_interval,
-            validity: config.validity(fence_timeout),
-            quorum_hold: config.quorum_hold,
-            state_file: config.state_file.clone(),
-            postgres,
-            passfile: config.passfile.clone(),
-        })
-    }
-}
-
 /// A group name or number to its id.
-fn resolve_group(group: &str) -> Result<u32, RepmgrError> {
+///
+/// # Errors
+/// An unknown group, or one that cannot be looked up.
+pub fn resolve_group(group: &str) -> Result<u32, RepmgrError> {
     if let Ok(gid) = group.parse::<u32>() {
         return Ok(gid);
     }
@@ -302,8 +286,7 @@ pub struct RepmgrSource {
     /// Device and inode of our socket file: only that file is removed at the end.
     socket_id: (u64, u64),
     tracker: Tracker,
-    tx: watch::Sender<LeaderState>,
-    hook: Option<StateHook>,
+    out: Publisher,
     on_event: Option<EventHook>,
 }
 
@@ -313,6 +296,24 @@ impl std::fmt::Debug for RepmgrSource {
             .field("settings", &self.settings)
             .field("state", self.tracker.state())
             .finish_non_exhaustive()
+    }
+}
+
+impl Source for RepmgrSource {
+    fn kind(&self) -> &'static SourceKind {
+        &KIND
+    }
+
+    fn subscribe(&self) -> watch::Receiver<Leadership> {
+        Self::subscribe(self)
+    }
+
+    fn on_change(&mut self, hook: Hook) {
+        self.out.on_change(hook);
+    }
+
+    fn run(self: Box<Self>, cancel: CancellationToken) -> futures::future::BoxFuture<'static, ()> {
+        Box::pin((*self).run(cancel))
     }
 }
 
@@ -335,27 +336,26 @@ impl RepmgrSource {
             settings.quorum_hold,
             monotonic_ns(),
         );
-        let (tx, _) = watch::channel(*tracker.state());
+        let out = Publisher::new(tracker.state().observed_at_ns);
         Ok(Self {
             settings,
             listener,
             socket_id,
             tracker,
-            tx,
-            hook: None,
+            out,
             on_event: None,
         })
     }
 
-    /// A receiver of the published state (starts fenced, [`crate::leader::Reason::Startup`]).
+    /// A receiver of the published state (starts fenced, [`crate::leadership::Cause::Startup`]).
     #[must_use]
-    pub fn subscribe(&self) -> watch::Receiver<LeaderState> {
-        self.tx.subscribe()
+    pub fn subscribe(&self) -> watch::Receiver<Leadership> {
+        self.out.subscribe()
     }
 
     /// A hook called in the source task with each published state, before the watch channel.
-    pub fn on_change(&mut self, hook: impl FnMut(&LeaderState) + Send + 'static) {
-        self.hook = Some(Box::new(hook));
+    pub fn on_change(&mut self, hook: impl FnMut(&Leadership) + Send + 'static) {
+        self.out.on_change(Box::new(hook));
     }
 
     /// A hook called with the outcome of every request (for the metrics).
@@ -365,10 +365,7 @@ impl RepmgrSource {
 
     fn publish(&mut self) {
         let state = *self.tracker.state();
-        if let Some(hook) = &mut self.hook {
-            hook(&state);
-        }
-        self.tx.send_replace(state);
+        self.out.publish(&state);
     }
 
     fn count(&self, outcome: &'static str) {

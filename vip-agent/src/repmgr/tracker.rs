@@ -1,5 +1,5 @@
 //! The pure state machine of the repmgr leader source: role events, checks of the local
-//! PostgreSQL and rounds of repmgr's view in, [`LeaderState`]s and log notes out. No I/O, so the
+//! PostgreSQL and rounds of repmgr's view in, [`Leadership`]s and log notes out. No I/O, so the
 //! rules are unit-tested.
 //!
 //! The VIP answers only while all of these hold:
@@ -25,7 +25,7 @@ use super::{
     view::View,
 };
 use crate::{
-    leader::{LeaderState, Reason, Via},
+    leadership::{Cause, Leadership},
     pg::{Postmaster, Status},
 };
 
@@ -190,9 +190,9 @@ pub struct Tracker {
     standing: Standing,
     /// `CLOCK_MONOTONIC` ns of the last change of standing: an answer sent before it is stale.
     changed_at_ns: u64,
-    /// Role events applied (the published `revision`).
+    /// Role events applied (the published [`Leadership::detail`]).
     events: i64,
-    state: LeaderState,
+    state: Leadership,
     local: Local,
     /// Send time of the last round with a quorum (or of the check that bound a promotion).
     last_quorum_ns: u64,
@@ -221,7 +221,7 @@ impl Tracker {
             standing: Standing::Unconfirmed,
             changed_at_ns: now_ns,
             events: 0,
-            state: LeaderState::startup(now_ns),
+            state: Leadership::startup(now_ns),
             local: Local::NotYet,
             last_quorum_ns: 0,
             quorum_lost: false,
@@ -231,7 +231,7 @@ impl Tracker {
     }
 
     #[must_use]
-    pub fn state(&self) -> &LeaderState {
+    pub fn state(&self) -> &Leadership {
         &self.state
     }
 
@@ -286,18 +286,17 @@ impl Tracker {
     }
 
     /// Fenced now: not primary in the published state, deadline 0.
-    fn fence(&mut self, reason: Reason, now_ns: u64) -> bool {
+    fn fence(&mut self, cause: Cause, now_ns: u64) -> bool {
         let was = self.state;
-        self.state = LeaderState {
+        self.state = Leadership {
             primary: false,
             safe_until_ns: 0,
-            revision: self.events,
-            lease_id: 0,
+            detail: self.events,
             term: 0,
-            reason,
+            cause,
             observed_at_ns: now_ns,
         };
-        was.primary || was.safe_until_ns != 0 || was.reason == Reason::Startup
+        was.primary || was.safe_until_ns != 0 || was.cause == Cause::Startup
     }
 
     /// Apply one event received at `now_ns`.
@@ -320,7 +319,7 @@ impl Tracker {
                 if matches!(self.standing, Standing::Confirmed(_)) && self.state.primary {
                     // Already the primary (e.g. `primary register --force`): the binding and the
                     // deadline stay; ask at once all the same.
-                    self.state.revision = self.events;
+                    self.state.detail = self.events;
                     return Decision::Applied {
                         class,
                         role: Role::Primary,
@@ -330,14 +329,13 @@ impl Tracker {
                 }
                 self.set_standing(Standing::Promoted, now_ns);
                 self.changed_at_ns = now_ns;
-                self.state = LeaderState {
+                self.state = Leadership {
                     primary: true,
                     // Not before PostgreSQL says it takes writes.
                     safe_until_ns: 0,
-                    revision: self.events,
-                    lease_id: 0,
+                    detail: self.events,
                     term: 0,
-                    reason: Reason::Ours { via: Via::Watch },
+                    cause: Cause::Ours,
                     observed_at_ns: now_ns,
                 };
                 Decision::Applied {
@@ -351,7 +349,7 @@ impl Tracker {
                 self.events += 1;
                 self.set_standing(Standing::NotPrimary, now_ns);
                 self.changed_at_ns = now_ns;
-                let publish = self.fence(Reason::OtherValue { via: Via::Watch }, now_ns);
+                let publish = self.fence(Cause::Lost, now_ns);
                 Decision::Applied {
                     class,
                     role: Role::NotPrimary,
@@ -366,7 +364,7 @@ impl Tracker {
                 self.events += 1;
                 self.set_standing(Standing::Unconfirmed, now_ns);
                 self.changed_at_ns = now_ns;
-                let publish = self.fence(Reason::OtherValue { via: Via::Watch }, now_ns);
+                let publish = self.fence(Cause::Lost, now_ns);
                 Decision::Applied {
                     class,
                     role: Role::Unknown,
@@ -386,16 +384,11 @@ impl Tracker {
             effect.stale = true;
             return effect;
         }
-        let startup = self.state.reason == Reason::Startup;
+        let startup = self.state.cause == Cause::Startup;
         match status {
             Status::Down(why) => {
                 self.local = Local::Down;
-                if self.fence(
-                    Reason::Deleted {
-                        via: Via::Confirmation,
-                    },
-                    now_ns,
-                ) {
+                if self.fence(Cause::Lost, now_ns) {
                     effect.publish = true;
                     if !startup {
                         effect.note(
@@ -411,8 +404,8 @@ impl Tracker {
                 self.not_renewed = Some(format!("the last PostgreSQL check failed: {why}"));
                 // Not renewed: the deadline runs out in the data plane by itself. Published once
                 // per outage, for the metrics and the startup notification.
-                if first || self.state.reason == Reason::Startup {
-                    self.state.reason = Reason::EtcdUnreachable;
+                if first || self.state.cause == Cause::Startup {
+                    self.state.cause = Cause::Unreachable;
                     self.state.observed_at_ns = now_ns;
                     effect.publish = true;
                     if self.state.primary {
@@ -437,12 +430,7 @@ impl Tracker {
                         );
                     }
                 }
-                effect.publish = self.fence(
-                    Reason::OtherValue {
-                        via: Via::Confirmation,
-                    },
-                    now_ns,
-                );
+                effect.publish = self.fence(Cause::Lost, now_ns);
             }
             Status::Primary {
                 postmaster,
@@ -464,12 +452,7 @@ impl Tracker {
                     Standing::Confirmed(_) => {
                         self.set_standing(Standing::Unconfirmed, now_ns);
                         effect.persist = Some(Role::Unknown);
-                        effect.publish = self.fence(
-                            Reason::Deleted {
-                                via: Via::Confirmation,
-                            },
-                            now_ns,
-                        );
+                        effect.publish = self.fence(Cause::Lost, now_ns);
                         effect.note(
                             Level::Warn,
                             "fenced: PostgreSQL was restarted (a new postmaster start time) since \
@@ -478,8 +461,7 @@ impl Tracker {
                         );
                     }
                     Standing::Unconfirmed | Standing::NotPrimary => {
-                        effect.publish =
-                            self.fence(Reason::OtherValue { via: Via::Read }, now_ns) && startup;
+                        effect.publish = self.fence(Cause::Lost, now_ns) && startup;
                     }
                 }
             }
@@ -506,15 +488,14 @@ impl Tracker {
             self.not_renewed = Some(why);
             return;
         }
-        let was_answering = self.state.primary && self.state.reason == Reason::Confirmed;
+        let was_answering = self.state.primary && self.state.cause == Cause::Confirmed;
         self.not_renewed = None;
-        self.state = LeaderState {
+        self.state = Leadership {
             primary: true,
             safe_until_ns: t_sent_ns.saturating_add(ns(self.validity)),
-            revision: self.events,
-            lease_id: 0,
+            detail: self.events,
             term: 0,
-            reason: Reason::Confirmed,
+            cause: Cause::Confirmed,
             observed_at_ns: now_ns,
         };
         effect.publish = true;
@@ -556,12 +537,7 @@ impl Tracker {
                     format!("fenced, not the primary: {why}"),
                 );
             }
-            effect.publish = self.fence(
-                Reason::OtherValue {
-                    via: Via::Confirmation,
-                },
-                now_ns,
-            );
+            effect.publish = self.fence(Cause::Lost, now_ns);
             self.last_refusal = Some(why);
             return effect;
         }

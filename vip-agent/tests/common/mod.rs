@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 use vip_agent::clock::monotonic_ns;
-use vip_agent::leader::{LeaderFollower, LeaderSettings, LeaderState};
+use vip_agent::leader::{KeyState, LeaderFollower, LeaderSettings};
 
 /// Logs of the code under test go to the test's captured output (`RUST_LOG` overrides).
 pub fn init_tracing() {
@@ -33,8 +33,8 @@ pub fn settings(endpoints: Vec<String>, key: &str) -> LeaderSettings {
 
 /// A running follower: its receiver, every state it published (in order), its cancel token.
 pub struct Running {
-    pub rx: watch::Receiver<LeaderState>,
-    pub log: Arc<Mutex<Vec<LeaderState>>>,
+    pub rx: watch::Receiver<KeyState>,
+    pub log: Arc<Mutex<Vec<KeyState>>>,
     pub cancel: tokio_util::sync::CancellationToken,
     pub task: tokio::task::JoinHandle<()>,
 }
@@ -44,8 +44,8 @@ impl Running {
         let mut follower = LeaderFollower::new(settings).expect("valid settings");
         let log = Arc::new(Mutex::new(Vec::new()));
         let sink = Arc::clone(&log);
-        follower.on_change(move |s| sink.lock().expect("log lock").push(*s));
-        let rx = follower.subscribe();
+        follower.on_key(move |s| sink.lock().expect("log lock").push(*s));
+        let rx = follower.subscribe_key();
         let cancel = tokio_util::sync::CancellationToken::new();
         let task = tokio::spawn(follower.run(cancel.clone()));
         Self {
@@ -56,7 +56,7 @@ impl Running {
         }
     }
 
-    pub fn now(&self) -> LeaderState {
+    pub fn now(&self) -> KeyState {
         *self.rx.borrow()
     }
 
@@ -65,8 +65,8 @@ impl Running {
         &mut self,
         what: &str,
         limit: Duration,
-        mut pred: impl FnMut(&LeaderState) -> bool,
-    ) -> LeaderState {
+        mut pred: impl FnMut(&KeyState) -> bool,
+    ) -> KeyState {
         let deadline = tokio::time::Instant::now() + limit;
         loop {
             let s = *self.rx.borrow_and_update();
@@ -81,7 +81,7 @@ impl Running {
         }
     }
 
-    pub fn published(&self) -> Vec<LeaderState> {
+    pub fn published(&self) -> Vec<KeyState> {
         self.log.lock().expect("log lock").clone()
     }
 
@@ -95,7 +95,7 @@ impl Running {
 }
 
 /// Primary with a deadline in the future.
-pub fn safe_now(s: &LeaderState) -> bool {
+pub fn safe_now(s: &KeyState) -> bool {
     s.is_safe_at(monotonic_ns())
 }
 

@@ -21,7 +21,8 @@ use vip_agent::{
     clock::monotonic_ns,
     config::{GateConfig, GateMode, PatroniUrl},
     gate::{Gate, GateHook, GateStatus},
-    leader::{LeaderState, MemberView, Reason, Via},
+    leader::{self, MemberView},
+    leadership::{Cause, Leadership, SourceKind},
 };
 
 /// What the fake Patroni answers.
@@ -196,7 +197,7 @@ pub fn impostor_owned_by(uid: u32) -> PatroniUrl {
 
 /// The states the gate wrote to its sink (in place of the data plane).
 #[derive(Clone, Default)]
-pub struct Writes(pub Arc<Mutex<Vec<LeaderState>>>);
+pub struct Writes(pub Arc<Mutex<Vec<Leadership>>>);
 
 impl Writes {
     /// The data plane (the last write) answers now.
@@ -216,11 +217,11 @@ impl Writes {
             .any(|s| s.primary || s.safe_until_ns != 0)
     }
 
-    pub fn last(&self) -> LeaderState {
+    pub fn last(&self) -> Leadership {
         *self.0.lock().expect("writes").last().expect("a write")
     }
 
-    pub fn all(&self) -> Vec<LeaderState> {
+    pub fn all(&self) -> Vec<Leadership> {
         self.0.lock().expect("writes").clone()
     }
 }
@@ -245,17 +246,39 @@ impl Harness {
         member: Option<watch::Receiver<MemberView>>,
         scope: Option<String>,
     ) -> Self {
-        Self::start_gate(config, |gate| gate.with_target(member, scope))
+        Self::start_gate_for(config, &leader::KIND, |gate| {
+            gate.with_target(member, scope)
+        })
+    }
+
+    /// A gate in front of a leader source of kind `source`.
+    pub fn start_for(
+        config: GateConfig,
+        member: Option<watch::Receiver<MemberView>>,
+        scope: Option<String>,
+        source: &'static SourceKind,
+    ) -> Self {
+        Self::start_gate_for(config, source, |gate| gate.with_target(member, scope))
     }
 
     /// A gate built by `build` from the plain one (scope and member, bounds).
     pub fn start_gate(config: GateConfig, build: impl FnOnce(Gate) -> Gate) -> Self {
+        Self::start_gate_for(config, &leader::KIND, build)
+    }
+
+    /// [`Self::start_gate`] in front of a leader source of kind `source`.
+    pub fn start_gate_for(
+        config: GateConfig,
+        source: &'static SourceKind,
+        build: impl FnOnce(Gate) -> Gate,
+    ) -> Self {
         let writes = Writes::default();
         let w = writes.clone();
         let gate = build(Gate::new(
             "test",
             config,
-            Box::new(move |s: &LeaderState| w.0.lock().expect("writes").push(*s)),
+            source,
+            Box::new(move |s: &Leadership| w.0.lock().expect("writes").push(*s)),
         ));
         let gate_status = Arc::new(Mutex::new(gate.status()));
         let gs = Arc::clone(&gate_status);
@@ -294,29 +317,27 @@ pub fn config(url: PatroniUrl, timeout: Duration) -> GateConfig {
 }
 
 /// The key is ours, confirmed until `ttl` from now.
-pub fn ours(ttl: Duration, revision: i64) -> LeaderState {
+pub fn ours(ttl: Duration, revision: i64) -> Leadership {
     let now = monotonic_ns();
-    LeaderState {
+    Leadership {
         primary: true,
         safe_until_ns: now + u64::try_from(ttl.as_nanos()).expect("ttl"),
-        revision,
-        lease_id: 7,
         term: revision,
-        reason: Reason::Confirmed,
+        cause: Cause::Confirmed,
         observed_at_ns: now,
+        detail: revision,
     }
 }
 
 /// The key was deleted (a watch event).
-pub fn lost(revision: i64) -> LeaderState {
-    LeaderState {
+pub fn lost(revision: i64) -> Leadership {
+    Leadership {
         primary: false,
         safe_until_ns: 0,
-        revision,
-        lease_id: 0,
         term: 0,
-        reason: Reason::Deleted { via: Via::Watch },
+        cause: Cause::Lost,
         observed_at_ns: monotonic_ns(),
+        detail: revision,
     }
 }
 

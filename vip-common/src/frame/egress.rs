@@ -11,7 +11,7 @@
 //! * an ARP packet (request, reply, gratuitous) whose sender address is the VIP, a Neighbor
 //!   Advertisement whose target is an IPv6 VIP (whatever its source: unsolicited ones may come from
 //!   the link-local address), a Neighbor Solicitation whose source is one
-//!   ([`Outcome::DroppedSentArp`]).
+//!   ([`Outcome::DroppedSentNeighbour`]).
 //!
 //! Everything else, a VIP that is answering included, passes untouched, and so does anything that
 //! does not parse (truncated, malformed, 802.1ad, two tags). Nothing is ever written. One 802.1Q
@@ -37,6 +37,9 @@ use crate::frame::ArpView;
 pub const TC_ACT_UNSPEC: i32 = -1;
 pub const TC_ACT_OK: i32 = 0;
 pub const TC_ACT_SHOT: i32 = 2;
+/// What `bpf_redirect` returns: the TC ingress program's reply leaves through the interface's
+/// egress.
+pub const TC_ACT_REDIRECT: i32 = 7;
 
 const IPPROTO_ICMPV6: u8 = 58;
 
@@ -125,7 +128,7 @@ fn sent_arp<P: Packet + ?Sized, L: VipLookup, const FRAME: usize, const L3: usiz
     };
     let sender = VipKey::v4(arp.spa);
     if fenced(table, &sender) {
-        Verdict::new(Outcome::DroppedSentArp, sender)
+        Verdict::new(Outcome::DroppedSentNeighbour, sender)
     } else {
         Verdict::PASS
     }
@@ -166,11 +169,11 @@ fn sent_ipv6<
         {
             let target = VipKey::v6(*target);
             if !is_v4_mapped(&target.addr) && fenced(table, &target) {
-                return Verdict::new(Outcome::DroppedSentArp, target);
+                return Verdict::new(Outcome::DroppedSentNeighbour, target);
             }
         }
         if icmp_type == ICMPV6_NS && !is_v4_mapped(&src.addr) && fenced(table, &src) {
-            return Verdict::new(Outcome::DroppedSentArp, src);
+            return Verdict::new(Outcome::DroppedSentNeighbour, src);
         }
     }
     if !is_v4_mapped(&src.addr) && fenced(table, &src) {

@@ -118,11 +118,11 @@ fn must_drop() -> Vec<(Vec<u8>, Verdict)> {
                 FENCED,
             )
             .to_vec(),
-            dropped(Outcome::DroppedSentArp, VipKey::v4(FENCED)),
+            dropped(Outcome::DroppedSentNeighbour, VipKey::v4(FENCED)),
         ),
         (
             build_arp(BCAST, OUR_MAC, ARP_OP_REPLY, OUR_MAC, FENCED, BCAST, FENCED).to_vec(),
-            dropped(Outcome::DroppedSentArp, VipKey::v4(FENCED)),
+            dropped(Outcome::DroppedSentNeighbour, VipKey::v4(FENCED)),
         ),
         // An ARP reply from the VIP to a client that asked.
         (
@@ -136,7 +136,7 @@ fn must_drop() -> Vec<(Vec<u8>, Verdict)> {
                 CLIENT_IP,
             )
             .to_vec(),
-            dropped(Outcome::DroppedSentArp, VipKey::v4(FENCED)),
+            dropped(Outcome::DroppedSentNeighbour, VipKey::v4(FENCED)),
         ),
         // A resolution that uses the VIP as its source address (arp_announce 0).
         (
@@ -150,7 +150,7 @@ fn must_drop() -> Vec<(Vec<u8>, Verdict)> {
                 CLIENT_IP,
             )
             .to_vec(),
-            dropped(Outcome::DroppedSentArp, VipKey::v4(FENCED)),
+            dropped(Outcome::DroppedSentNeighbour, VipKey::v4(FENCED)),
         ),
         (
             ipv6_from(FENCED6, CLIENT6),
@@ -166,16 +166,16 @@ fn must_drop() -> Vec<(Vec<u8>, Verdict)> {
                 NA_FLAG_OVERRIDE,
             )
             .to_vec(),
-            dropped(Outcome::DroppedSentArp, VipKey::v6(FENCED6)),
+            dropped(Outcome::DroppedSentNeighbour, VipKey::v6(FENCED6)),
         ),
         (
             na_from_link_local,
-            dropped(Outcome::DroppedSentArp, VipKey::v6(FENCED6)),
+            dropped(Outcome::DroppedSentNeighbour, VipKey::v6(FENCED6)),
         ),
         // A solicitation from the VIP (resolving a client with the VIP as source).
         (
             build_ns(BCAST, OUR_MAC, FENCED6, CLIENT6, CLIENT6, 1, OUR_MAC).to_vec(),
-            dropped(Outcome::DroppedSentArp, VipKey::v6(FENCED6)),
+            dropped(Outcome::DroppedSentNeighbour, VipKey::v6(FENCED6)),
         ),
     ]
 }

@@ -1,7 +1,7 @@
 //! IPv6 VIPs: Neighbor Discovery (RFC 4861) is IPv6's ARP, and gets the same treatment.
 //!
 //! * Neighbor Solicitation whose target is a VIP:
-//!   * fenced -> [`Outcome::DroppedArp`], whatever its form, so a stale address on a fenced node
+//!   * fenced -> [`Outcome::DroppedRequest`], whatever its form, so a stale address on a fenced node
 //!     cannot answer;
 //!   * answering, and the solicitation has the form every resolver sends (32 bytes of ICMPv6: the
 //!     NS and one 8-byte option, hop limit 255, code 0, checksum right, a source link-layer
@@ -22,6 +22,7 @@
 //!   IPv6 packet about it is no business of that IPv4 VIP (no answer, no drop, no count).
 
 use super::{Outcome, Packet, Verdict, VipKey, VipLookup, part, part_mut};
+use crate::maps::V4_MAPPED_PREFIX;
 
 /// The fixed IPv6 header.
 pub const IPV6_HEADER_LEN: usize = 40;
@@ -58,8 +59,6 @@ const ND_HOP_LIMIT: u8 = 255;
 /// `ff02::1`, all nodes on the link, and its MAC.
 const ALL_NODES: [u8; 16] = [0xff, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
 const ALL_NODES_MAC: [u8; 6] = [0x33, 0x33, 0, 0, 0, 1];
-/// `::ffff:0:0/96`: the IPv4-mapped prefix, which the keys of IPv4 VIPs carry.
-const V4_MAPPED_PREFIX: [u8; 12] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff];
 
 /// IPv6 at offset `L3`. `HDR`, `NS` and `ND` are `L3` plus the IPv6 header, plus an option-less
 /// NS, plus a one-option NS (separate constants because stable Rust cannot add to a const
@@ -150,7 +149,7 @@ fn neighbour_discovery<
         return (answering && eth_src != state.mac).then_some(Verdict::new(Outcome::Conflict, vip));
     }
     if !answering {
-        return Some(Verdict::new(Outcome::DroppedArp, vip));
+        return Some(Verdict::new(Outcome::DroppedRequest, vip));
     }
     let Some(ns) = pkt
         .head::<ND>()
@@ -166,20 +165,36 @@ fn neighbour_discovery<
     } else {
         (ns.option_mac, ns.src, NA_FLAG_OVERRIDE | NA_FLAG_SOLICITED)
     };
-    let written = pkt.head_mut::<ND>().and_then(|f| {
-        let macs = part_mut::<ND, 0, 12>(f)?;
-        macs[0..6].copy_from_slice(&eth_dst);
-        macs[6..12].copy_from_slice(&state.mac);
-        let packet = part_mut::<ND, L3, ND_LEN>(f)?;
-        write_na_packet(packet, &state.mac, &vip.addr, &ip_dst, flags);
-        Some(())
-    });
+    // A plain function, not a closure: LLVM may outline a closure for one of the programs, and a
+    // BPF subprogram's stack adds to its caller's (the TC ingress program went past 512 bytes).
+    let written = match pkt.head_mut::<ND>() {
+        Some(f) => write_na_frame::<ND, L3>(f, &eth_dst, &state.mac, &vip.addr, &ip_dst, flags),
+        None => None,
+    };
     Some(match written {
         Some(()) => Verdict::new(Outcome::Replied, vip),
         // Unreachable (the same prefix was readable above), but never transmit what we did not
         // write.
-        None => Verdict::new(Outcome::DroppedArp, vip),
+        None => Verdict::new(Outcome::DroppedRequest, vip),
     })
+}
+
+/// Rewrite the solicitation frame `f` (IPv6 at `L3`) into our advertisement.
+#[inline(always)]
+fn write_na_frame<const ND: usize, const L3: usize>(
+    f: &mut [u8; ND],
+    eth_dst: &[u8; 6],
+    mac: &[u8; 6],
+    vip: &[u8; 16],
+    ip_dst: &[u8; 16],
+    flags: u8,
+) -> Option<()> {
+    let macs = part_mut::<ND, 0, 12>(f)?;
+    macs[0..6].copy_from_slice(eth_dst);
+    macs[6..12].copy_from_slice(mac);
+    let packet = part_mut::<ND, L3, ND_LEN>(f)?;
+    write_na_packet(packet, mac, vip, ip_dst, flags);
+    Some(())
 }
 
 /// The fields of an IPv6 packet carrying a Neighbor Solicitation or Advertisement with one 8-byte

@@ -156,12 +156,12 @@ fn fenced_request_for_vip_is_dropped_untouched() {
     assert_untouched(
         &Table::fenced(),
         request(BCAST, CLIENT_MAC, CLIENT_IP, VIP),
-        Verdict::new(Outcome::DroppedArp, vip),
+        Verdict::new(Outcome::DroppedRequest, vip),
     );
     assert_untouched(
         &Table::answering(),
         request(BCAST, CLIENT_MAC, CLIENT_IP, OTHER_VIP),
-        Verdict::new(Outcome::DroppedArp, VipKey::v4(OTHER_VIP)),
+        Verdict::new(Outcome::DroppedRequest, VipKey::v4(OTHER_VIP)),
     );
 }
 
@@ -184,7 +184,7 @@ fn request_from_non_unicast_sender_is_dropped_not_answered() {
         assert_untouched(
             &Table::answering(),
             frame,
-            Verdict::new(Outcome::DroppedArp, VipKey::v4(VIP)),
+            Verdict::new(Outcome::DroppedRequest, VipKey::v4(VIP)),
         );
     }
 }
@@ -254,7 +254,7 @@ fn gratuitous_arp_from_another_mac_while_answering_is_a_conflict() {
     assert_untouched(
         &Table::fenced(),
         garp_request,
-        Verdict::new(Outcome::DroppedArp, vip),
+        Verdict::new(Outcome::DroppedRequest, vip),
     );
 }
 
@@ -349,7 +349,7 @@ fn tagged_fenced_request_and_ipv4_for_vip_are_dropped_untouched() {
     assert_untouched(
         &Table::fenced(),
         arp,
-        Verdict::new(Outcome::DroppedArp, vip),
+        Verdict::new(Outcome::DroppedRequest, vip),
     );
     let ip = tagged(&ipv4(VIP), 100, 0);
     assert_untouched(
@@ -364,7 +364,7 @@ fn tagged_fenced_request_and_ipv4_for_vip_are_dropped_untouched() {
     assert_untouched(
         &Table::answering(),
         bad,
-        Verdict::new(Outcome::DroppedArp, vip),
+        Verdict::new(Outcome::DroppedRequest, vip),
     );
 }
 
@@ -867,16 +867,16 @@ fn fenced_ns_for_vip_is_dropped_untouched() {
         assert_untouched(
             &Table::fenced(),
             ns,
-            Verdict::new(Outcome::DroppedArp, key6(VIP6)),
+            Verdict::new(Outcome::DroppedRequest, key6(VIP6)),
         );
     }
     assert_untouched(
         &Table::answering(),
         client_ns(OTHER_VIP6),
-        Verdict::new(Outcome::DroppedArp, key6(OTHER_VIP6)),
+        Verdict::new(Outcome::DroppedRequest, key6(OTHER_VIP6)),
     );
     assert_eq!(
-        Verdict::new(Outcome::DroppedArp, key6(VIP6)).xdp_action(),
+        Verdict::new(Outcome::DroppedRequest, key6(VIP6)).xdp_action(),
         XDP_DROP
     );
 }
@@ -885,7 +885,7 @@ fn fenced_ns_for_vip_is_dropped_untouched() {
 fn ns_after_deadline_is_dropped() {
     // Exclusive deadline, as for ARP.
     let (v, out) = run(&Table::new(NOW), client_ns(VIP6));
-    assert_eq!(v, Verdict::new(Outcome::DroppedArp, key6(VIP6)));
+    assert_eq!(v, Verdict::new(Outcome::DroppedRequest, key6(VIP6)));
     assert_eq!(out, client_ns(VIP6));
     let (v, _) = run(&Table::new(NOW + 1), client_ns(VIP6));
     assert_eq!(v.xdp_action(), XDP_TX);
@@ -1039,7 +1039,7 @@ fn unanswerable_ns_passes_when_answering_and_is_dropped_when_fenced() {
         let (v, out) = run(&Table::fenced(), frame.clone());
         assert_eq!(
             v,
-            Verdict::new(Outcome::DroppedArp, key6(VIP6)),
+            Verdict::new(Outcome::DroppedRequest, key6(VIP6)),
             "fenced: {name}"
         );
         assert_eq!(out, frame, "fenced: {name} must not be modified");
@@ -1249,7 +1249,7 @@ fn tagged_ipv6_fenced_is_dropped_and_conflict_counted() {
     assert_untouched(
         &fenced,
         tagged(&client_ns(VIP6), 100, 0),
-        Verdict::new(Outcome::DroppedArp, key6(VIP6)),
+        Verdict::new(Outcome::DroppedRequest, key6(VIP6)),
     );
     assert_untouched(
         &fenced,
@@ -1329,7 +1329,7 @@ fn truncated_ipv6_frames_pass_untouched() {
     assert_untouched(
         &Table::fenced(),
         t_ns[..82].to_vec(),
-        Verdict::new(Outcome::DroppedArp, key6(VIP6)),
+        Verdict::new(Outcome::DroppedRequest, key6(VIP6)),
     );
     assert_untouched(&Table::answering(), t_ns[..89].to_vec(), Verdict::PASS);
 }

@@ -133,13 +133,14 @@ pub(super) fn xdp_mode(top: &Fields, diag: &mut Diag) -> XdpModeSetting {
         "auto" => XdpModeSetting::Auto,
         "native" | "driver" | "drv" => XdpModeSetting::Native,
         "generic" | "skb" => XdpModeSetting::Generic,
+        "tc" | "tcx" => XdpModeSetting::Tc,
         other => {
             diag.invalid(
                 &location,
                 "xdp-mode",
                 format!(
-                    "unknown mode {other:?}{}; expected auto, native or generic",
-                    suggest(other, &["auto", "native", "generic"])
+                    "unknown mode {other:?}{}; expected auto, native, generic or tc",
+                    suggest(other, &["auto", "native", "generic", "tc"])
                 ),
             );
             XdpModeSetting::default()

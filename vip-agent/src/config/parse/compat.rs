@@ -3,7 +3,9 @@
 
 use serde_norway::Value;
 
-use super::{Diag, Fields, Location, suggest, values};
+use std::{collections::BTreeMap, time::Duration};
+
+use super::{Diag, Entry, Fields, Location, suggest, values};
 
 /// `hosting-type` (and the pre-1.0 `hosting_type`/`hostingtype`): vip-manager 5 never reads it.
 pub(super) fn hosting_type_notice(key: &str, value: &Value, location: &Location, diag: &mut Diag) {
@@ -26,11 +28,50 @@ pub(super) fn hosting_type_notice(key: &str, value: &Value, location: &Location,
     );
 }
 
+/// `dcs-type: patroni`: vip-manager's defaults (`trigger-key` `/leader`, `trigger-value` `200`,
+/// `dcs-endpoints` Patroni's local REST API) where unset; `interval` (1 s) is the poll period.
+/// `None` in any other mode.
+pub(super) fn prepare_patroni(
+    map: &mut BTreeMap<String, Entry>,
+    diag: &mut Diag,
+) -> Option<Duration> {
+    let dcs = map
+        .get("dcs-type")
+        .and_then(|e| values::text(&e.value).ok());
+    if dcs.is_none_or(|t| t.trim() != "patroni") {
+        return None;
+    }
+    for (key, default) in [
+        ("trigger-key", "/leader"),
+        ("trigger-value", "200"),
+        ("dcs-endpoints", crate::config::DEFAULT_PATRONI_URL),
+    ] {
+        map.entry(key.to_owned()).or_insert(Entry {
+            value: Value::String(default.to_owned()),
+            location: Location::Default,
+        });
+    }
+    let Some(entry) = map.remove("interval") else {
+        return Some(crate::config::DEFAULT_PATRONI_INTERVAL);
+    };
+    let (min, max) = (Duration::from_millis(10), Duration::from_secs(10));
+    match values::duration(&entry.value) {
+        Ok((d, _)) if (min..=max).contains(&d) => return Some(d),
+        Ok((d, _)) => diag.invalid(
+            &entry.location,
+            "interval",
+            values::duration_out_of_range(d, min, max),
+        ),
+        Err(reason) => diag.invalid(&entry.location, "interval", reason),
+    }
+    Some(crate::config::DEFAULT_PATRONI_INTERVAL)
+}
+
 /// vip-manager keys that select something we do not do, or that we ignore.
 pub(super) fn compat_keys(top: &Fields, diag: &mut Diag) {
     if let Some((dcs, location)) = top.text(diag, "dcs-type") {
         match dcs.trim() {
-            "etcd" | "etcd3" | "repmgr" => {}
+            "etcd" | "etcd3" | "repmgr" | "patroni" => {}
             "consul" => diag.unsupported(
                 &location,
                 "dcs-type",
@@ -38,19 +79,13 @@ pub(super) fn compat_keys(top: &Fields, diag: &mut Diag) {
                  (dcs-type `etcd` or `etcd3`)"
                     .to_owned(),
             ),
-            "patroni" => diag.unsupported(
-                &location,
-                "dcs-type",
-                "`patroni` (polling Patroni's REST API) is not supported: vip-agent watches the \
-                 leader key in etcd v3 (dcs-type `etcd` or `etcd3`) and uses its lease for fencing"
-                    .to_owned(),
-            ),
             other => diag.invalid(
                 &location,
                 "dcs-type",
                 format!(
                     "unknown dcs-type {other:?}{}; vip-agent supports `etcd` and `etcd3` (both the \
-                     etcd v3 API) and `repmgr` (repmgr event notifications)",
+                     etcd v3 API), `repmgr` (repmgr event notifications) and `patroni` (Patroni's \
+                     REST API)",
                     suggest(other, &["etcd", "etcd3", "consul", "patroni", "repmgr"])
                 ),
             ),

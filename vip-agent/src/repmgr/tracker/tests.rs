@@ -158,7 +158,7 @@ fn a_restarted_postgres_stays_fenced_until_repmgr_confirms_it() {
 #[test]
 fn an_agent_started_on_a_running_cluster_answers_once_repmgr_confirms() {
     let mut t = tracker();
-    assert_eq!(t.state().reason, Reason::Startup);
+    assert_eq!(t.state().cause, Cause::Startup);
     let e = t.status(11 * S, &primary(PM), 11 * S + 1);
     assert!(e.publish, "the first answer ends the startup state");
     assert!(
@@ -198,7 +198,7 @@ fn a_check_without_an_answer_renews_nothing_and_recovery_fences() {
     );
     assert!(e.publish, "the first failure is published");
     assert_eq!(t.state().safe_until_ns, deadline, "not renewed, not cut");
-    assert_eq!(t.state().reason, Reason::EtcdUnreachable);
+    assert_eq!(t.state().cause, Cause::Unreachable);
     let e = t.status(13 * S, &Status::Unknown("again".to_owned()), 14 * S);
     assert!(!e.publish, "once per outage");
     assert!(t.expired(deadline).is_some_and(|w| w.contains("again")));
@@ -355,7 +355,7 @@ fn demotion_fences_at_once_and_other_events_change_nothing() {
     let e = t.status(11 * S + 9, &primary(PM), 12 * S + 1);
     assert!(e.stale);
     assert!(!t.state().is_safe_at(12 * S + 2));
-    assert_eq!(t.state().revision, 2);
+    assert_eq!(t.state().detail, 2);
 }
 
 #[test]
