@@ -734,12 +734,23 @@ impl VipTask {
                     self.spawn_garp(garp_stop.clone());
                     self.spawn_hook(HookEvent::Promote);
                 } else {
-                    garp_stop.cancel();
                     if state.primary && state.safe_until_ns <= now {
+                        if !self.fence_expired() {
+                            // Renewed since this task read the state: the writer's map entry wins
+                            // (no black hole, no demote/promote hooks); its state follows on the
+                            // channel within microseconds.
+                            holding = true;
+                            let _ = tokio::time::timeout(
+                                std::time::Duration::from_millis(10),
+                                self.leader.changed(),
+                            )
+                            .await;
+                            continue;
+                        }
                         warn!(vip = %self.vip, cause = ?state.cause,
                             "leadership not confirmed before the deadline: fenced by the data plane");
-                        self.fence();
                     }
+                    garp_stop.cancel();
                     info!(vip = %self.vip, interface = %self.config.interface, "demoted: removing address");
                     self.remove_address().await;
                     self.spawn_hook(HookEvent::Demote);
@@ -843,6 +854,26 @@ impl VipTask {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         matches!(dp.state(self.vip.address), Ok(Some(s)) if s.answering_at(monotonic_ns()))
+    }
+
+    /// The deadline passed without a renewal in this task's view: fence, unless the map's entry
+    /// says otherwise. Checked and written under the data-plane lock, which the writer holds for
+    /// its renewals, so a renewal written microseconds ago is not overwritten (issue 16, item 5).
+    /// Returns whether it fenced.
+    fn fence_expired(&self) -> bool {
+        let mut dp = self
+            .dataplane
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Ok(Some(entry)) = dp.state(self.vip.address)
+            && entry.deadline_ns > monotonic_ns()
+        {
+            return false;
+        }
+        if let Err(e) = dp.fence(self.vip.address) {
+            error!(vip = %self.vip, error = %Chain(&e), "fence failed");
+        }
+        true
     }
 
     fn fence(&self) {
