@@ -1,7 +1,7 @@
 //! What the kernel does with an address lifetime (issue 15), the behaviour the agent's VIP address
 //! relies on to expire by itself before the deadline: an address added with valid = preferred
 //! lifetime N seconds (through the agent's own `address` module) is removed no earlier than
-//! N − 20 ms and no later than N + `EXPIRY_MARGIN_NS` (2 s), for IPv4 (`check_lifetime`) and IPv6
+//! N − 30 ms and no later than N + `EXPIRY_MARGIN_NS` (2 s), for IPv4 (`check_lifetime`) and IPv6
 //! (`addrconf_verify`), alone or among other addresses; a renewal (`NLM_F_REPLACE`) moves the end
 //! without removing the address; the removal is reported as an expiry, a removal by hand is not.
 //! Each test prints the lateness it measured.
@@ -20,8 +20,11 @@ use vip_agent::{
 };
 use vip_tests::{NetNs, require_privileges, unique_name};
 
-/// A kernel address check may delete an address this much before its lifetime ends (`HZ / 50`).
-const EARLY_NS: i64 = 20_000_000;
+/// A kernel address check may delete an address this much before its lifetime ends:
+/// `ADDRCONF_TIMER_FUZZ_MINUS` (`HZ / 50`, 20 ms), plus one jiffy, since the address's timestamp
+/// is the jiffies counter, which lags real time by up to a tick (10 ms at HZ=100; seen: 20.2 ms
+/// early at this kernel's HZ). Early is the safe side: only lateness bounds a crashed node.
+const EARLY_NS: i64 = 30_000_000;
 
 /// A namespace with a veth pair, both ends up; the addresses go on the first end.
 fn namespace() -> (NetNs, String) {
@@ -125,7 +128,7 @@ async fn add(addresses: &Addresses, ifindex: u32, address: IpAddr, secs: u32) ->
     }
 }
 
-/// Every address went, as an expiry, within [N − 20 ms, N + EXPIRY_MARGIN]; the lateness of each
+/// Every address went, as an expiry, within [N − 30 ms, N + EXPIRY_MARGIN]; the lateness of each
 /// family (min, max) in ms.
 fn check_expiries(stories: &[Story]) -> String {
     let margin = i64::try_from(EXPIRY_MARGIN_NS).expect("margin");
@@ -138,7 +141,7 @@ fn check_expiries(stories: &[Story]) -> String {
                 .unwrap_or_else(|| panic!("{} was never removed: {story:?}", story.address));
             assert!(
                 (-EARLY_NS..=margin).contains(&lateness),
-                "{} went {} ms after the end of its {} s lifetime, outside [-20, {}] ms: {story:?}",
+                "{} went {} ms after the end of its {} s lifetime, outside [-30, {}] ms: {story:?}",
                 story.address,
                 lateness / 1_000_000,
                 story.lifetime_s,
