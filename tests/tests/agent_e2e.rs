@@ -1015,3 +1015,31 @@ fn an_agent_without_the_handshake_never_blocks_a_failover() {
         "only the new agent keeps a record"
     );
 }
+
+/// An interface deleted under the agent takes its program, pins and addresses with it: the agent
+/// fences, says why and exits non-zero, so that systemd's `Restart=` attaches it to the interface
+/// that exists then (issue 16, item 7). Before, it kept running and `/primary` kept saying 200.
+#[test]
+fn a_deleted_interface_ends_the_agent_with_an_error() {
+    if !require_privileges("a_deleted_interface_ends_the_agent_with_an_error") {
+        return;
+    }
+    let mut c = cluster(205, "");
+    let lease = grant(&c, 30);
+    acquire(&c, "node1", lease);
+    eventually(Duration::from_secs(5), "node1 answers", || {
+        answering(&c) == vec![mac(&c, 0)]
+    });
+    let ifname = c.nodes[0].host.ifname.clone();
+    c.nodes[0].host.ns.ip(&["link", "del", &ifname]);
+    let status = c
+        .agent(0)
+        .wait_timeout(Duration::from_secs(10))
+        .expect("the agent exits after its interface is deleted");
+    assert!(!status.success(), "exited with {status}");
+    let log = c.log(0);
+    assert!(
+        log.contains(&format!("interface {ifname} was deleted")),
+        "{log}"
+    );
+}

@@ -97,6 +97,14 @@ pub enum AgentError {
     Address(#[from] AddressError),
     #[error("subscribe to link notifications")]
     LinkEvents(#[source] crate::netlink::NetlinkError),
+    /// The interface was deleted (perhaps re-created): its program, pins and addresses went with
+    /// it. The agent fenced everything and exits, so that its supervisor (systemd's `Restart=`)
+    /// starts it again on the interface that exists now.
+    #[error(
+        "interface {interface} was deleted while the agent ran; every VIP fenced, exiting so that \
+         the agent is restarted (systemd: Restart=) and attaches to the interface that exists now"
+    )]
+    InterfaceRemoved { interface: String },
     #[error(transparent)]
     Metrics(#[from] MetricsError),
     #[error("gratuitous ARP on {interface}")]
@@ -221,6 +229,16 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
         follower_tasks.spawn(handshake.run(followers_stop.clone()));
     }
     follower_tasks.close();
+    // An interface deleted (and maybe re-created) takes the program, the pins and the addresses
+    // with it: nothing the agent holds follows the new one, so the agent ends with an error.
+    let watched: Vec<(String, u32)> = dataplanes
+        .iter()
+        .map(|(name, dp)| {
+            let index = dp.lock().unwrap_or_else(PoisonError::into_inner).ifindex();
+            (name.clone(), index)
+        })
+        .collect();
+    let mut links = crate::netlink::LinkEvents::subscribe().map_err(AgentError::LinkEvents)?;
     let metrics_stop = CancellationToken::new();
     tasks.spawn(metrics::serve(
         listener,
@@ -235,8 +253,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
         "vip-agent running"
     );
 
-    shutdown.cancelled().await;
-    info!("shutting down: fencing every VIP");
+    let removed = tokio::select! {
+        () = shutdown.cancelled() => None,
+        interface = links.removed(&watched) => Some(interface),
+    };
+    match &removed {
+        None => info!("shutting down: fencing every VIP"),
+        Some(interface) => error!(interface = %interface,
+            "the interface was deleted: fencing every VIP and exiting (a restart attaches anew)"),
+    }
     // Stop following first and wait for it, so no hook writes "answering" after the fence below.
     followers_stop.cancel();
     follower_tasks.wait().await;
@@ -256,6 +281,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
     metrics_stop.cancel();
     tasks.wait().await;
     drop(interface_locks);
+    if let Some(interface) = removed {
+        return Err(AgentError::InterfaceRemoved { interface });
+    }
     info!(
         "stopped: every VIP fenced and its address removed; the XDP program stays attached, fenced"
     );

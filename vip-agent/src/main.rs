@@ -93,8 +93,13 @@ async fn supervise(args: &ConfigArgs, mut config: config::Config) -> Result<()> 
         let next = loop {
             tokio::select! {
                 result = &mut agent => {
-                    // The agent only returns by itself when it could not start.
-                    let failed = result.context("the agent task panicked")?.map_err(anyhow::Error::from);
+                    // The agent returns by itself when it could not start, or when its interface
+                    // was deleted: then exit, and let the supervisor start it afresh.
+                    let result = result.context("the agent task panicked")?;
+                    if let Err(e @ vip_agent::agent::AgentError::InterfaceRemoved { .. }) = result {
+                        return Err(e.into());
+                    }
+                    let failed = result.map_err(anyhow::Error::from);
                     match (failed, previous.take()) {
                         (Err(e), Some(before)) => {
                             error!(error = %format!("{e:#}"),

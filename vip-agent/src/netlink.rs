@@ -193,21 +193,45 @@ impl LinkEvents {
     /// notification for many reasons (statistics, XDP, MTU): a caller compares with the state it
     /// knew.
     pub async fn next(&mut self) -> Option<(u32, bool)> {
+        self.next_change()
+            .await
+            .map(|(index, carrier, _)| (index, carrier))
+    }
+
+    /// The next link notification as `(ifindex, carrier, removed)`, as [`Self::next`].
+    async fn next_change(&mut self) -> Option<(u32, bool, bool)> {
         if self.ended {
             return std::future::pending().await;
         }
         while let Some((msg, _)) = self.messages.next().await {
             match msg.payload {
                 NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(m)) => {
-                    return Some((m.header.index, carrier(&m)));
+                    return Some((m.header.index, carrier(&m), false));
                 }
                 NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelLink(m)) => {
-                    return Some((m.header.index, false));
+                    return Some((m.header.index, false, true));
                 }
                 _ => {}
             }
         }
         self.ended = true;
         None
+    }
+
+    /// Wait until one of `interfaces` (name, index) is deleted; returns its name. An interface
+    /// re-created under the same name gets a new index, and the program and pins of the old one
+    /// are gone with it. Never returns if the notifications end (logged by the VIP tasks).
+    pub async fn removed(&mut self, interfaces: &[(String, u32)]) -> String {
+        loop {
+            match self.next_change().await {
+                Some((index, _, true)) => {
+                    if let Some((name, _)) = interfaces.iter().find(|(_, i)| *i == index) {
+                        return name.clone();
+                    }
+                }
+                Some(_) => {}
+                None => return std::future::pending().await,
+            }
+        }
     }
 }
