@@ -28,6 +28,7 @@ mod pins;
 pub mod postgres;
 pub mod repmgr;
 pub mod sock;
+pub mod test_run;
 
 pub use netns::{Bridge, ChildGuard, NetNs, unique_name, veth_pair};
 pub use pins::{PinRoot, open_dataplane};

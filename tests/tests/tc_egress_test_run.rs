@@ -7,7 +7,7 @@
 use aya::{
     Ebpf,
     maps::{HashMap, MapData, PerCpuHashMap, PerCpuValues},
-    programs::{SchedClassifier, TestRun as _, TestRunOptions},
+    programs::SchedClassifier,
 };
 use vip_agent::{clock::monotonic_ns, dataplane::ebpf_object};
 use vip_common::{
@@ -96,22 +96,7 @@ impl Loaded {
 
     /// Run the program once on `frame`; the action and the frame as the program left it.
     fn run(&self, frame: &[u8]) -> (i32, Vec<u8>) {
-        let program: &SchedClassifier = self
-            .ebpf
-            .program(EGRESS_PROGRAM_NAME)
-            .expect("program")
-            .try_into()
-            .expect("tc");
-        let mut out = vec![0u8; frame.len() + 256];
-        let mut opts = TestRunOptions::new();
-        opts.data_in = Some(frame);
-        opts.data_out = Some(&mut out);
-        let result = program
-            .test_run(opts)
-            .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN on {frame:02x?}: {e}"));
-        out.truncate(usize::try_from(result.data_size_out).expect("size"));
-        // The action is an int; the kernel hands it back as u32.
-        (result.return_value.cast_signed(), out)
+        vip_tests::test_run::tc(&self.ebpf, EGRESS_PROGRAM_NAME, frame)
     }
 
     fn stats(&self, key: VipKey) -> VipStats {

@@ -8,7 +8,7 @@
 use aya::{
     Ebpf,
     maps::{HashMap, MapData, PerCpuHashMap, PerCpuValues},
-    programs::{SchedClassifier, TestRun as _, TestRunOptions, Xdp},
+    programs::{SchedClassifier, Xdp},
 };
 use vip_agent::{clock::monotonic_ns, dataplane::ebpf_object};
 use vip_common::{
@@ -95,40 +95,12 @@ impl Loaded {
 
     /// The TC ingress program once on `frame`: the action and the frame as it left it.
     fn tc(&self, frame: &[u8]) -> (i32, Vec<u8>) {
-        let program: &SchedClassifier = self
-            .ebpf
-            .program(INGRESS_TC_PROGRAM_NAME)
-            .expect("program")
-            .try_into()
-            .expect("tc");
-        let mut out = vec![0u8; frame.len() + 256];
-        let mut opts = TestRunOptions::new();
-        opts.data_in = Some(frame);
-        opts.data_out = Some(&mut out);
-        let result = program
-            .test_run(opts)
-            .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN (tc) on {frame:02x?}: {e}"));
-        out.truncate(usize::try_from(result.data_size_out).expect("size"));
-        (result.return_value.cast_signed(), out)
+        vip_tests::test_run::tc(&self.ebpf, INGRESS_TC_PROGRAM_NAME, frame)
     }
 
     /// The XDP program once on `frame`.
     fn xdp(&self, frame: &[u8]) -> (u32, Vec<u8>) {
-        let program: &Xdp = self
-            .ebpf
-            .program(PROGRAM_NAME)
-            .expect("program")
-            .try_into()
-            .expect("xdp");
-        let mut out = vec![0u8; frame.len() + 256];
-        let mut opts = TestRunOptions::new();
-        opts.data_in = Some(frame);
-        opts.data_out = Some(&mut out);
-        let result = program
-            .test_run(opts)
-            .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN (xdp) on {frame:02x?}: {e}"));
-        out.truncate(usize::try_from(result.data_size_out).expect("size"));
-        (result.return_value, out)
+        vip_tests::test_run::xdp(&self.ebpf, PROGRAM_NAME, frame)
     }
 
     /// Counters of `key`, without the reply time (compared separately).

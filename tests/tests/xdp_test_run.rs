@@ -81,20 +81,7 @@ impl Loaded {
 
     /// Run the program once on `frame`; return the action and the frame as the program left it.
     fn run(&self, frame: &[u8]) -> (u32, Vec<u8>) {
-        let program: &Xdp = self
-            .ebpf
-            .program(PROGRAM_NAME)
-            .expect("program")
-            .try_into()
-            .expect("xdp");
-        let mut out = vec![0u8; frame.len() + 256];
-        let mut opts = TestRunOptions::new();
-        opts.data_in = Some(frame);
-        opts.data_out = Some(&mut out);
-        let result = program.test_run(opts).expect("BPF_PROG_TEST_RUN");
-        let len = usize::try_from(result.data_size_out).expect("size");
-        out.truncate(len);
-        (result.return_value, out)
+        vip_tests::test_run::xdp(&self.ebpf, PROGRAM_NAME, frame)
     }
 
     fn stats(&self) -> VipStats {
