@@ -554,40 +554,14 @@ fn render(
 /// The section under [`SECTION_HEADING`] in `text`, if any (a full run keeps it).
 #[must_use]
 pub fn existing_section(text: &str) -> Option<String> {
-    let start = text.find(SECTION_HEADING)?;
-    let rest = &text[start + SECTION_HEADING.len()..];
-    let end = rest
-        .find("\n## ")
-        .map_or(text.len(), |i| start + SECTION_HEADING.len() + i + 1);
-    Some(text[start..end].trim_end().to_owned() + "\n")
+    crate::bench_patroni::section_at(text, SECTION_HEADING)
 }
 
 /// `text` (a whole BENCHMARKS.md) with the section under [`SECTION_HEADING`] replaced by
 /// `section`, or `section` appended when there is none.
 #[must_use]
 pub fn splice_section(text: &str, section: &str) -> String {
-    let Some(start) = text
-        .match_indices(SECTION_HEADING)
-        .map(|(i, _)| i)
-        .find(|&i| i == 0 || text[..i].ends_with('\n'))
-    else {
-        let mut out = text.trim_end().to_owned();
-        out.push_str("\n\n");
-        out.push_str(section);
-        return out;
-    };
-    let rest = &text[start + SECTION_HEADING.len()..];
-    let end = rest
-        .find("\n## ")
-        .map_or(text.len(), |i| start + SECTION_HEADING.len() + i + 1);
-    let mut out = text[..start].to_owned();
-    out.push_str(section.trim_end());
-    out.push('\n');
-    if end < text.len() {
-        out.push('\n');
-        out.push_str(&text[end..]);
-    }
-    out
+    crate::bench_patroni::splice_section_at(text, SECTION_HEADING, section)
 }
 
 #[cfg(test)]
