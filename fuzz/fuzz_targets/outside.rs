@@ -1,8 +1,9 @@
 //! Every parser of bytes that come from outside the agent and are not frames, config or etcd
 //! values (those have targets of their own), on arbitrary input:
-//! * an HTTP response from Patroni's REST API (`gate/patroni.rs`: status line, headers,
-//!   Content-Length, chunked encoding, a body ended by the connection), then the gate's and the
-//!   hold check's reading of it;
+//! * an HTTP response from Patroni's REST API, as the server end of an in-memory pipe to the
+//!   probe's hyper client (`http/client.rs`: status line, headers, Content-Length, chunked
+//!   encoding, a body ended by the connection, the body limit), then the gate's and the hold
+//!   check's reading of it (`gate/patroni.rs`);
 //! * a PEM file and the DER certificate in it (`cert.rs`, which reads notBefore/notAfter by hand);
 //! * a request and a reply on the repmgr event socket (`repmgr/protocol.rs`).
 //!
@@ -19,7 +20,7 @@ use base64::Engine as _;
 use libfuzzer_sys::fuzz_target;
 use vip_agent::{
     cert::pem_problem,
-    gate::fuzzing::{holds, opens, parse_response},
+    gate::fuzzing::{exchange, holds, opens},
     repmgr::{EventRequest, Reply},
 };
 
@@ -37,16 +38,14 @@ fn running_primary(status: u16, body: &[u8]) -> bool {
 }
 
 fn http(data: &[u8]) {
-    for eof in [false, true] {
-        if let Ok(Some((status, body))) = parse_response(data, eof) {
-            assert!(body.len() <= data.len(), "a body longer than the response");
-            if opens(status, &body) || holds(status, &body).is_some() {
-                assert!(
-                    running_primary(status, &body),
-                    "accepted {status} {:?}",
-                    String::from_utf8_lossy(&body)
-                );
-            }
+    if let Ok((status, body)) = exchange(data) {
+        assert!(body.len() <= data.len(), "a body longer than the response");
+        if opens(status, &body) || holds(status, &body).is_some() {
+            assert!(
+                running_primary(status, &body),
+                "accepted {status} {:?}",
+                String::from_utf8_lossy(&body)
+            );
         }
     }
     // The bytes as a body, behind a valid head: the judges on arbitrary documents.

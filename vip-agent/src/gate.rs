@@ -119,6 +119,8 @@ pub enum GateError {
     Tls { what: String, reason: String },
     #[error("postgres-dsn: {0}")]
     Dsn(String),
+    #[error("patroni-user/patroni-password: {0}")]
+    Credentials(String),
 }
 
 /// How a gate episode ended.
@@ -1284,7 +1286,7 @@ impl std::fmt::Debug for Gate {
 
 /// The probe of one episode: Patroni (rebuilt when its URL moves), or PostgreSQL.
 enum Prober {
-    Patroni(Result<patroni::PatroniProbe, String>),
+    Patroni(Result<Box<patroni::PatroniProbe>, String>),
     Postgres(Box<postgres::PostgresProbe>),
     /// The probe could not be built (DSN): wait with this reason until the timeout.
     Broken(String),
@@ -1311,6 +1313,7 @@ impl Prober {
                         target.scope.clone(),
                         target.member_name.clone(),
                     )
+                    .map(Box::new)
                     .map_err(|e| e.to_string()),
                 )
             }

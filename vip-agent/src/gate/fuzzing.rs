@@ -1,14 +1,48 @@
 //! The Patroni REST client's response handling without a socket, exposed to the fuzz targets in
 //! `fuzz/` (compiled only under `--cfg fuzzing`, which `cargo fuzz` sets; not an API).
 
-use super::{Outcome, Status, Verdict, patroni};
+use http::{HeaderMap, Method};
+use tokio::io::{AsyncWriteExt as _, DuplexStream};
 
-/// [`patroni::parse_response`]: `Ok(Some((status, body)))` for a complete response.
+use super::{Outcome, Status, Verdict, patroni};
+use crate::http::client::Connection;
+
+/// The probe's HTTP client ([`crate::http::client`], hyper) asking a server that answers with
+/// `raw` and then closes: `Ok((status, body))` for a complete response (body within
+/// [`patroni::MAX_RESPONSE`]). On a current-thread runtime, over an in-memory pipe.
 ///
 /// # Errors
-/// As the parser: why the bytes are not an HTTP response.
-pub fn parse_response(buf: &[u8], eof: bool) -> Result<Option<(u16, Vec<u8>)>, String> {
-    patroni::parse_response(buf, eof).map(|r| r.map(|r| (r.status, r.body)))
+/// Why the client got no complete response.
+pub fn exchange(raw: &[u8]) -> Result<(u16, Vec<u8>), String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("build a runtime: {e}"))?;
+    runtime.block_on(async {
+        let (client, server) = tokio::io::duplex(64 * 1024);
+        tokio::spawn(serve(server, raw.to_vec()));
+        let mut connection = Connection::handshake(client, "demo:8008")
+            .await
+            .map_err(|e| e.to_string())?;
+        connection
+            .request(
+                Method::GET,
+                "/primary",
+                HeaderMap::new(),
+                patroni::MAX_RESPONSE,
+                patroni::PROBE_TIMEOUT,
+            )
+            .await
+            .map(|(status, body)| (status.as_u16(), body.to_vec()))
+            .map_err(|e| e.to_string())
+    })
+}
+
+/// The server end: `raw`, the end of its side of the stream, then whatever the client sends.
+async fn serve(mut server: DuplexStream, raw: Vec<u8>) {
+    if server.write_all(&raw).await.is_ok() && server.shutdown().await.is_ok() {
+        let _ = tokio::io::copy(&mut server, &mut tokio::io::sink()).await;
+    }
 }
 
 /// Whether the promotion gate opens on this `/primary` answer as a primary (scope `demo`).

@@ -1,7 +1,7 @@
 //! The Patroni probe: `GET <patroni-url>/primary` (or, for the Patroni REST leader source
-//! ([`crate::patroni_rest`]), any path and only its status code) over a hand-written HTTP/1.1 client (one request
-//! per connection, as Patroni's `BaseHTTPRequestHandler` closes after each response), plain or over
-//! TLS (tokio-rustls, ring), with optional basic authentication and client certificate.
+//! ([`crate::patroni_rest`]), any path and only its status code) over the HTTP client of
+//! [`crate::http::client`] (hyper), plain or over TLS (tokio-rustls, ring), with optional basic
+//! authentication and client certificate.
 //!
 //! # What counts as "read-write"
 //!
@@ -28,35 +28,57 @@
 //!
 //! # Connections
 //!
-//! Patroni's REST API is a `BaseHTTPRequestHandler` speaking HTTP/1.0: it closes the connection
-//! after each response (`protocol_version` is never raised, 3.0.2 to 4.x), so there is no
-//! connection to keep alive. Each probe is one TCP connect to the member's own address (tens of
-//! microseconds) and one request.
+//! Each probe keeps one connection to its target and reuses it for the next exchange while the
+//! server keeps it open; it is re-established after any error, and when the server closed it.
+//! Patroni's REST API (a `BaseHTTPRequestHandler` speaking HTTP/1.0, `protocol_version` never
+//! raised, 3.0.2 to 4.x) closes after each response, so against Patroni itself each probe is one
+//! TCP connect to the member's own address (tens of microseconds) and one request; a proxy in front
+//! of it may keep the connection. A request on a kept connection that the server closed meanwhile
+//! (hyper had not seen the close yet) is sent again once on a new connection (a `GET`).
+//!
+//! The failsafe peer check ([`peer::check_local_listener`]) reads the owner of the server end of a
+//! connection while it is open, so it is made when the connection is established and kept with it:
+//! an answer is verified by the check of the connection it came over. A kept connection made
+//! without the check is not reused for an exchange that needs it.
 
-use std::{io, net::SocketAddr, path::Path, sync::Arc, time::Duration};
+use std::{
+    io,
+    net::SocketAddr,
+    path::Path,
+    pin::Pin,
+    sync::{Arc, Mutex, PoisonError},
+    task::{Context, Poll},
+    time::Duration,
+};
 
 use base64::Engine as _;
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use rustls::{
     ClientConfig, RootCertStore,
     pki_types::{CertificateDer, PrivateKeyDer, ServerName, pem::PemObject as _},
 };
 use tokio::{
-    io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _},
+    io::{AsyncRead, AsyncWrite, ReadBuf},
     net::TcpStream,
 };
 use tokio_rustls::TlsConnector;
 
 use super::{Failsafe, GateError, Outcome, Status, Verdict, peer};
-use crate::config::{GateConfig, PatroniUrl};
+use crate::{
+    config::{GateConfig, PatroniUrl},
+    http::client::{ClientError, Connection},
+};
 
-/// Responses larger than this are refused (Patroni's status document is about 1 KiB).
-const MAX_RESPONSE: usize = 64 * 1024;
+/// Response bodies larger than this are refused (Patroni's status document is about 1 KiB).
+pub(super) const MAX_RESPONSE: usize = 64 * 1024;
 
 /// One Patroni REST API endpoint, ready to be asked.
 pub(crate) struct PatroniProbe {
     url: PatroniUrl,
     path: String,
-    authorization: Option<String>,
+    /// The request's headers (`Accept`, and `Authorization` with credentials).
+    headers: HeaderMap,
     tls: Option<(TlsConnector, ServerName<'static>)>,
     /// The Patroni scope the answers must come from (from the leader key), when known.
     scope: Option<String>,
@@ -64,6 +86,16 @@ pub(crate) struct PatroniProbe {
     member: Option<String>,
     /// https with `patroni-ca-file`: the server proved a certificate of the configured CA.
     ca_verified: bool,
+    /// The connection kept for the next exchange (taken out during one, so that an exchange cut
+    /// short by a caller's timeout leaves none behind).
+    kept: Mutex<Option<Kept>>,
+}
+
+/// A kept-alive connection and the peer check made when it was established.
+struct Kept {
+    connection: Connection,
+    /// [`peer::check_local_listener`] of this connection's server end, when it was asked for.
+    listener: Option<Result<(), String>>,
 }
 
 impl PatroniProbe {
@@ -98,23 +130,26 @@ impl PatroniProbe {
         } else {
             None
         };
-        let authorization = match (&config.patroni_user, &config.patroni_password) {
-            (Some(user), Some(password)) => Some(format!(
-                "Basic {}",
-                base64::engine::general_purpose::STANDARD
-                    .encode(format!("{user}:{}", password.expose()))
-            )),
-            _ => None,
-        };
+        let mut headers = HeaderMap::new();
+        headers.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
+        if let (Some(user), Some(password)) = (&config.patroni_user, &config.patroni_password) {
+            let credentials = base64::engine::general_purpose::STANDARD
+                .encode(format!("{user}:{}", password.expose()));
+            let mut value = HeaderValue::from_str(&format!("Basic {credentials}"))
+                .map_err(|e| GateError::Credentials(e.to_string()))?;
+            value.set_sensitive(true);
+            headers.insert(header::AUTHORIZATION, value);
+        }
         let slash = if path.starts_with('/') { "" } else { "/" };
         Ok(Self {
             path: format!("{}{slash}{path}", url.base),
             url,
-            authorization,
+            headers,
             ca_verified: tls.is_some() && config.patroni_ca_file.is_some(),
             tls,
             scope,
             member,
+            kept: Mutex::new(None),
         })
     }
 
@@ -128,7 +163,7 @@ impl PatroniProbe {
     pub(crate) async fn status_code(&self) -> Result<u16, String> {
         self.get(false)
             .await
-            .map(|(r, _)| r.status)
+            .map(|((status, _), _)| status.as_u16())
             .map_err(|e| e.to_string())
     }
 
@@ -136,7 +171,7 @@ impl PatroniProbe {
     /// ([`Outcome::NoPatroni`]) rather than "not yet".
     pub(super) async fn probe(&self, refused_means_absent: bool) -> Verdict {
         match self.get(false).await {
-            Ok((response, _)) => judge(response.status, &response.body, self.who()),
+            Ok(((status, body), _)) => judge(status.as_u16(), &body, self.who()),
             Err(Fetch::Refused(_)) if refused_means_absent => Verdict::Ready(Outcome::NoPatroni),
             Err(e) => Verdict::Wait(e.to_string()),
         }
@@ -145,12 +180,12 @@ impl PatroniProbe {
     /// Ask once what Patroni says about this member's PostgreSQL (the hold check).
     /// With `verify_peer`, a claimed failsafe mode is [`Failsafe::Verified`] only from a peer
     /// [`peer`] accepts (https with the configured CA, or a local listener of a trusted user,
-    /// looked up while the connection is established: Patroni closes it after the response).
+    /// looked up while the connection the answer came over was established).
     pub(super) async fn status(&self, verify_peer: bool) -> Status {
         let verify = verify_peer && !self.ca_verified;
         match self.get(verify).await {
-            Ok((response, listener)) => {
-                match judge_status(response.status, &response.body, self.who()) {
+            Ok(((status, body), listener)) => {
+                match judge_status(status.as_u16(), &body, self.who()) {
                     Status::Primary {
                         failsafe: Failsafe::Verified,
                         started,
@@ -175,32 +210,82 @@ impl PatroniProbe {
         }
     }
 
-    /// One exchange. With `verify_listener`, also whether the socket that accepted the connection
-    /// is a trusted local listener ([`peer::check_local_listener`]), checked before the request.
+    /// One exchange, on the kept connection when there is one that fits. With `verify_listener`,
+    /// also whether the socket that accepted the connection it came over is a trusted local
+    /// listener ([`peer::check_local_listener`], checked when that connection was established).
     async fn get(
         &self,
         verify_listener: bool,
-    ) -> Result<(Response, Option<Result<(), String>>), Fetch> {
-        let stream = self.connect().await?;
+    ) -> Result<((StatusCode, Bytes), Option<Result<(), String>>), Fetch> {
+        let reusable = self
+            .kept
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+            .filter(|k| k.connection.is_open() && (!verify_listener || k.listener.is_some()));
+        let (answer, kept) = match reusable {
+            Some(kept) => match self.exchange(kept).await {
+                // Closed by the server since the last exchange: once more on a new connection.
+                Err(ClientError::Send(_)) => self.exchange(self.open(verify_listener).await?).await,
+                other => other,
+            },
+            None => self.exchange(self.open(verify_listener).await?).await,
+        }
+        .map_err(|e| Fetch::Http(e, self.tls.is_some()))?;
         let listener = if verify_listener {
-            let local = stream.local_addr().map_err(Fetch::Io)?;
-            let remote = stream.peer_addr().map_err(Fetch::Io)?;
+            kept.listener.clone()
+        } else {
+            None
+        };
+        if kept.connection.is_open() {
+            *self.kept.lock().unwrap_or_else(PoisonError::into_inner) = Some(kept);
+        }
+        Ok((answer, listener))
+    }
+
+    /// One request on `kept`; the connection back when it succeeded (dropped otherwise).
+    async fn exchange(&self, mut kept: Kept) -> Result<((StatusCode, Bytes), Kept), ClientError> {
+        let answer = kept
+            .connection
+            .request(
+                Method::GET,
+                &self.path,
+                self.headers.clone(),
+                MAX_RESPONSE,
+                PROBE_TIMEOUT,
+            )
+            .await?;
+        Ok((answer, kept))
+    }
+
+    /// A new connection (TCP, TLS when https), with its peer check when `verify_listener`.
+    async fn open(&self, verify_listener: bool) -> Result<Kept, Fetch> {
+        let stream = self.connect().await?;
+        // Checked now, while the connection is certainly open (Patroni closes it after the
+        // response).
+        let listener = if verify_listener {
+            let local = stream.local_addr().map_err(Fetch::Addresses)?;
+            let remote = stream.peer_addr().map_err(Fetch::Addresses)?;
             Some(peer::check_local_listener(local, remote))
         } else {
             None
         };
-        let request = self.request();
-        let response = match &self.tls {
-            None => exchange(stream, &request).await,
+        let host = self.url.authority();
+        let connection = match &self.tls {
+            None => Connection::handshake(stream, &host).await,
             Some((connector, name)) => {
                 let tls = connector
                     .connect(name.clone(), stream)
                     .await
                     .map_err(|e| Fetch::Tls(e.to_string()))?;
-                exchange(tls, &request).await
+                Connection::handshake(CloseNotifyOptional(tls), &host).await
             }
-        }?;
-        Ok((response, listener))
+        }
+        .map_err(|e| Fetch::Http(e, self.tls.is_some()))?;
+        Ok(Kept {
+            connection,
+            listener,
+        })
     }
 
     async fn connect(&self) -> Result<TcpStream, Fetch> {
@@ -246,174 +331,83 @@ impl PatroniProbe {
             ))),
         }
     }
-
-    fn request(&self) -> String {
-        let mut request = format!(
-            "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: vip-agent/{}\r\nAccept: application/json\r\nConnection: close\r\n",
-            self.path,
-            self.url.authority(),
-            env!("CARGO_PKG_VERSION")
-        );
-        if let Some(auth) = &self.authorization {
-            request.push_str("Authorization: ");
-            request.push_str(auth);
-            request.push_str("\r\n");
-        }
-        request.push_str("\r\n");
-        request
-    }
 }
 
 /// Why a request got no usable response.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 enum Fetch {
+    #[error("resolve: {0}")]
     Resolve(String),
+    #[error("connect {0}: connection refused (or loopback down)")]
     Refused(SocketAddr),
+    #[error("{0}")]
     Connect(String),
+    #[error("TLS handshake: {0}")]
     Tls(String),
-    Io(io::Error),
-    Malformed(String),
+    #[error("the connection's addresses: {0}")]
+    Addresses(io::Error),
+    /// The HTTP exchange failed; `.1`: over TLS.
+    #[error("{}", http_reason(.0, *.1))]
+    Http(ClientError, bool),
 }
 
-impl std::fmt::Display for Fetch {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Resolve(e) => write!(f, "resolve: {e}"),
-            Self::Refused(addr) => {
-                write!(f, "connect {addr}: connection refused (or loopback down)")
-            }
-            Self::Connect(e) => f.write_str(e),
-            Self::Tls(e) => write!(f, "TLS handshake: {e}"),
-            Self::Io(e) => write!(f, "request: {e}"),
-            Self::Malformed(e) => write!(f, "not an HTTP response: {e}"),
+/// A failed exchange in the operator's terms.
+fn http_reason(error: &ClientError, tls: bool) -> String {
+    match error {
+        ClientError::Send(e) if e.is_parse() => format!("not an HTTP response: {error}"),
+        ClientError::Send(e) if e.is_incomplete_message() && !tls => {
+            format!("{error} (an https REST API asked over http?)")
+        }
+        _ => error.to_string(),
+    }
+}
+
+/// A TLS stream whose peer may close without `close_notify`: Python's `ssl` (Patroni's REST API)
+/// does, and its HTTP/1.0 body ends with the connection. rustls reports that end as
+/// `UnexpectedEof`; here it is the end of the stream. A body with a length or chunks that ends
+/// early is still refused by hyper.
+struct CloseNotifyOptional<S>(S);
+
+impl<S: AsyncRead + Unpin> AsyncRead for CloseNotifyOptional<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match Pin::new(&mut self.0).poll_read(cx, buf) {
+            Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => Poll::Ready(Ok(())),
+            other => other,
         }
     }
 }
 
-/// A parsed response: status code and (de-chunked) body.
-#[derive(Debug, PartialEq, Eq)]
-pub(super) struct Response {
-    pub(super) status: u16,
-    pub(super) body: Vec<u8>,
-}
+impl<S: AsyncWrite + Unpin> AsyncWrite for CloseNotifyOptional<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
 
-async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
-    mut stream: S,
-    request: &str,
-) -> Result<Response, Fetch> {
-    stream
-        .write_all(request.as_bytes())
-        .await
-        .map_err(Fetch::Io)?;
-    stream.flush().await.map_err(Fetch::Io)?;
-    let mut buf = Vec::with_capacity(2048);
-    let mut chunk = [0u8; 4096];
-    loop {
-        let n = match stream.read(&mut chunk).await {
-            Ok(n) => n,
-            // A TLS peer that closes without close_notify (Python's ssl does) ends the response.
-            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof && !buf.is_empty() => 0,
-            Err(e) => return Err(Fetch::Io(e)),
-        };
-        if n == 0 {
-            return parse_response(&buf, true)
-                .map_err(Fetch::Malformed)?
-                .ok_or_else(|| {
-                    Fetch::Malformed(if buf.is_empty() {
-                        "connection closed without a response (an https REST API asked over http?)"
-                            .to_owned()
-                    } else {
-                        "connection closed before the response was complete".to_owned()
-                    })
-                });
-        }
-        buf.extend_from_slice(&chunk[..n]);
-        if buf.len() > MAX_RESPONSE {
-            return Err(Fetch::Malformed(format!(
-                "response larger than {MAX_RESPONSE} bytes"
-            )));
-        }
-        if let Some(response) = parse_response(&buf, false).map_err(Fetch::Malformed)? {
-            return Ok(response);
-        }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
     }
-}
 
-/// Parse an HTTP/1.x response from `buf`. `Ok(None)`: incomplete so far (`eof`: the peer closed,
-/// so a body without length ends here). A body is delimited by `Content-Length`, chunked
-/// encoding, or the end of the connection.
-pub(super) fn parse_response(buf: &[u8], eof: bool) -> Result<Option<Response>, String> {
-    let mut headers = [httparse::EMPTY_HEADER; 32];
-    let mut parsed = httparse::Response::new(&mut headers);
-    let head_len = match parsed.parse(buf) {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(e) => return Err(format!("{e} (first bytes: {:?})", preview(buf))),
-    };
-    let status = parsed.code.ok_or("no status code")?;
-    let mut length = None;
-    let mut chunked = false;
-    for h in parsed.headers.iter() {
-        if h.name.eq_ignore_ascii_case("content-length") {
-            let text = std::str::from_utf8(h.value).map_err(|_| "bad Content-Length")?;
-            length = Some(
-                text.trim()
-                    .parse::<usize>()
-                    .map_err(|_| format!("bad Content-Length {text:?}"))?,
-            );
-        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
-            chunked = std::str::from_utf8(h.value)
-                .is_ok_and(|v| v.to_ascii_lowercase().contains("chunked"));
-        }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
     }
-    let rest = &buf[head_len..];
-    if chunked {
-        return match dechunk(rest)? {
-            Some(body) => Ok(Some(Response { status, body })),
-            None if eof => Err("connection closed inside a chunked body".to_owned()),
-            None => Ok(None),
-        };
-    }
-    match length {
-        Some(len) if rest.len() >= len => Ok(Some(Response {
-            status,
-            body: rest[..len].to_vec(),
-        })),
-        Some(_) if eof => Err("connection closed before Content-Length bytes".to_owned()),
-        Some(_) => Ok(None),
-        None if eof => Ok(Some(Response {
-            status,
-            body: rest.to_vec(),
-        })),
-        None => Ok(None),
-    }
-}
 
-/// Decode a complete chunked body; `Ok(None)` while incomplete.
-fn dechunk(mut data: &[u8]) -> Result<Option<Vec<u8>>, String> {
-    let mut body = Vec::new();
-    loop {
-        let Some(line_end) = data.windows(2).position(|w| w == b"\r\n") else {
-            return Ok(None);
-        };
-        let line = std::str::from_utf8(&data[..line_end]).map_err(|_| "bad chunk size line")?;
-        let size_text = line.split(';').next().unwrap_or("").trim();
-        let size = usize::from_str_radix(size_text, 16)
-            .map_err(|_| format!("bad chunk size {size_text:?}"))?;
-        data = &data[line_end + 2..];
-        if size == 0 {
-            return Ok(Some(body));
-        }
-        // A size near usize::MAX must not wrap (it would pass the check below and panic).
-        let with_crlf = size
-            .checked_add(2)
-            .filter(|n| *n <= MAX_RESPONSE)
-            .ok_or_else(|| format!("chunk size {size_text:?} larger than {MAX_RESPONSE} bytes"))?;
-        if data.len() < with_crlf {
-            return Ok(None);
-        }
-        body.extend_from_slice(&data[..size]);
-        data = &data[size + 2..];
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.0.is_write_vectored()
     }
 }
 
@@ -628,61 +622,225 @@ pub(super) const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 mod tests {
     use super::*;
 
-    fn complete(raw: &[u8]) -> Response {
-        match parse_response(raw, false) {
-            Ok(Some(r)) => r,
-            other => panic!("expected a complete response, got {other:?}"),
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use tokio::{
+        io::{AsyncReadExt as _, AsyncWriteExt as _},
+        net::TcpListener,
+    };
+
+    const PRIMARY: &str = r#"{"state": "running", "role": "primary", "failsafe_mode_is_active": true, "patroni": {"version": "4.0.0", "scope": "demo", "name": "pg1"}}"#;
+
+    /// How the test server answers.
+    #[derive(Clone, Copy, PartialEq, Eq)]
+    enum Mode {
+        /// HTTP/1.1 with a length, kept alive.
+        KeepAlive,
+        /// Patroni's HTTP/1.0, closing after each response.
+        Http10,
+        /// HTTP/1.1 with a length, then a close that the response did not announce, a little later.
+        SilentClose,
+        /// Kept alive, but the second request on a connection gets no answer.
+        HangSecond,
+    }
+
+    /// A REST API on loopback answering every request with [`PRIMARY`] as `mode` says. Counts the
+    /// connections and requests.
+    struct Server {
+        url: PatroniUrl,
+        connections: Arc<AtomicUsize>,
+        requests: Arc<AtomicUsize>,
+        task: tokio::task::JoinHandle<()>,
+    }
+
+    impl Server {
+        async fn start(mode: Mode) -> Self {
+            let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let addr = listener.local_addr().expect("addr");
+            let connections = Arc::new(AtomicUsize::new(0));
+            let requests = Arc::new(AtomicUsize::new(0));
+            let (c, r) = (connections.clone(), requests.clone());
+            let task = tokio::spawn(async move {
+                loop {
+                    let Ok((mut stream, _)) = listener.accept().await else {
+                        return;
+                    };
+                    c.fetch_add(1, Ordering::SeqCst);
+                    let r = r.clone();
+                    tokio::spawn(async move {
+                        let mut buf = Vec::new();
+                        let mut chunk = [0u8; 1024];
+                        for n in 1.. {
+                            while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                                match stream.read(&mut chunk).await {
+                                    Ok(0) | Err(_) => return,
+                                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                                }
+                            }
+                            buf.clear();
+                            r.fetch_add(1, Ordering::SeqCst);
+                            if mode == Mode::HangSecond && n == 2 {
+                                std::future::pending::<()>().await;
+                            }
+                            let response = if mode == Mode::Http10 {
+                                format!("HTTP/1.0 200 OK\r\n\r\n{PRIMARY}")
+                            } else {
+                                format!(
+                                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{PRIMARY}",
+                                    PRIMARY.len()
+                                )
+                            };
+                            if stream.write_all(response.as_bytes()).await.is_err()
+                                || mode == Mode::Http10
+                            {
+                                return;
+                            }
+                            if mode == Mode::SilentClose {
+                                // After the client's next request is on its way.
+                                tokio::time::sleep(Duration::from_millis(50)).await;
+                                return;
+                            }
+                        }
+                    });
+                }
+            });
+            Self {
+                url: PatroniUrl::parse(&format!("http://{addr}")).expect("url"),
+                connections,
+                requests,
+                task,
+            }
+        }
+
+        fn counts(&self) -> (usize, usize) {
+            (
+                self.connections.load(Ordering::SeqCst),
+                self.requests.load(Ordering::SeqCst),
+            )
         }
     }
 
-    #[test]
-    fn responses_with_length_chunks_or_eof() {
-        let r = complete(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}trailing");
-        assert_eq!((r.status, r.body.as_slice()), (200, &b"{}"[..]));
-        let r = complete(
-            b"HTTP/1.1 503 Service Unavailable\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2;x=y\r\nde\r\n0\r\n\r\n",
-        );
-        assert_eq!((r.status, r.body.as_slice()), (503, &b"abcde"[..]));
-        // Patroni (HTTP/1.0 handler) sends no length: the body ends with the connection.
-        let raw =
-            b"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n\r\n{\"role\": \"master\"}";
-        assert_eq!(parse_response(raw, false), Ok(None));
-        let r = parse_response(raw, true)
-            .expect("parses")
-            .expect("complete at EOF");
-        assert_eq!(r.body, b"{\"role\": \"master\"}");
+    impl Drop for Server {
+        fn drop(&mut self) {
+            self.task.abort();
+        }
     }
 
-    #[test]
-    fn incomplete_and_garbage_responses() {
-        assert_eq!(
-            parse_response(b"HTTP/1.1 200 OK\r\nContent-Le", false),
-            Ok(None)
-        );
-        assert_eq!(
-            parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc", false),
-            Ok(None)
-        );
-        assert!(parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc", true).is_err());
-        assert!(parse_response(b"SSH-2.0-OpenSSH_9.2\r\n", true).is_err());
-        assert!(parse_response(b"\x16\x03\x01\x00\xa5garbage", true).is_err());
-        assert!(parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n", true).is_err());
-        assert!(
-            parse_response(
-                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
-                true
-            )
-            .is_err()
-        );
+    fn probe(url: &PatroniUrl) -> PatroniProbe {
+        PatroniProbe::new(
+            &GateConfig::default(),
+            url,
+            Some("demo".to_owned()),
+            Some("pg1".to_owned()),
+        )
+        .expect("probe")
     }
 
-    #[test]
-    fn a_huge_chunk_size_is_an_error_not_a_panic() {
-        let raw = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nffffffffffffffff\r\nab";
-        let e = parse_response(raw, false).expect_err("refused");
-        assert!(e.contains("larger than"), "{e}");
-        let raw = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n10001\r\nab";
-        assert!(parse_response(raw, true).is_err());
+    fn verified(status: &Status) -> bool {
+        matches!(
+            status,
+            Status::Primary {
+                failsafe: Failsafe::Verified,
+                ..
+            }
+        )
+    }
+
+    #[tokio::test]
+    async fn a_kept_alive_connection_is_reused_between_probes() {
+        let server = Server::start(Mode::KeepAlive).await;
+        let p = probe(&server.url);
+        for _ in 0..3 {
+            assert_eq!(p.probe(false).await, Verdict::Ready(Outcome::Primary));
+        }
+        assert_eq!(server.counts(), (1, 3), "one connection, three requests");
+        // The peer check is made on a new connection (this one was made without it), then kept
+        // with it: the answers over it are verified by it.
+        for _ in 0..2 {
+            let s = p.status(true).await;
+            assert!(verified(&s), "{s:?}");
+        }
+        assert_eq!(server.counts(), (2, 5));
+        // A probe without the check reuses the checked connection.
+        assert_eq!(p.probe(false).await, Verdict::Ready(Outcome::Primary));
+        assert_eq!(server.counts(), (2, 6));
+    }
+
+    /// Patroni closes after each response: each probe connects again, and a probe on a connection
+    /// closed since the last one is not an error.
+    #[tokio::test]
+    async fn a_connection_the_server_closed_is_made_again() {
+        let server = Server::start(Mode::Http10).await;
+        let p = probe(&server.url);
+        for i in 1..=3 {
+            assert_eq!(p.probe(false).await, Verdict::Ready(Outcome::Primary));
+            let s = p.status(true).await;
+            assert!(verified(&s), "{s:?}");
+            assert_eq!(server.counts(), (2 * i, 2 * i));
+        }
+    }
+
+    /// A close the response did not announce: hyper may not have seen it when the next probe
+    /// starts; that probe is sent again on a new connection, not failed.
+    #[tokio::test]
+    async fn an_unannounced_close_is_not_a_failed_probe() {
+        let server = Server::start(Mode::SilentClose).await;
+        let p = probe(&server.url);
+        for i in 1..=5 {
+            assert_eq!(
+                p.probe(false).await,
+                Verdict::Ready(Outcome::Primary),
+                "{i}"
+            );
+            assert_eq!(server.counts(), (i, i));
+        }
+    }
+
+    /// An exchange that fails, or that the caller's timeout cuts short, leaves no connection
+    /// behind: the next probe makes a new one.
+    #[tokio::test]
+    async fn a_connection_is_made_again_after_an_exchange_cut_short() {
+        let server = Server::start(Mode::HangSecond).await;
+        let p = probe(&server.url);
+        assert_eq!(p.probe(false).await, Verdict::Ready(Outcome::Primary));
+        tokio::time::timeout(Duration::from_millis(100), p.probe(false))
+            .await
+            .expect_err("the second request on the connection hangs");
+        assert_eq!(p.probe(false).await, Verdict::Ready(Outcome::Primary));
+        assert_eq!(server.counts(), (2, 3));
+    }
+
+    /// Python's `ssl` closes without `close_notify`; rustls says `UnexpectedEof`, which ends the
+    /// stream here.
+    #[tokio::test]
+    async fn a_tls_end_without_close_notify_ends_the_stream() {
+        struct Truncated(bool);
+        impl AsyncRead for Truncated {
+            fn poll_read(
+                mut self: Pin<&mut Self>,
+                _: &mut Context<'_>,
+                buf: &mut ReadBuf<'_>,
+            ) -> Poll<io::Result<()>> {
+                if std::mem::replace(&mut self.0, true) {
+                    Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into()))
+                } else {
+                    buf.put_slice(b"{}");
+                    Poll::Ready(Ok(()))
+                }
+            }
+        }
+        let mut read = Vec::new();
+        CloseNotifyOptional(Truncated(false))
+            .read_to_end(&mut read)
+            .await
+            .expect("the end of the stream");
+        assert_eq!(read, b"{}");
+        let mut read = Vec::new();
+        let e = Truncated(false)
+            .read_to_end(&mut read)
+            .await
+            .expect_err("unwrapped");
+        assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof);
     }
 
     #[test]
