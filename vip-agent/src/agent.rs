@@ -44,6 +44,7 @@ use crate::{
     hooks::{self, HookContext, HookEvent},
     leader::{Handshake, LeaderError, LeaderFollower, MemberWatcher, Release},
     leadership::{Cause, Hook, Leadership, Source},
+    logging::Chain,
     metrics::{self, MetricsError, Registry},
     netlink::LinkEvents,
     notify::Notifier,
@@ -54,7 +55,7 @@ use crate::{
 /// Errors that stop the agent from starting. Once running, failures are logged and retried.
 ///
 /// Like every error of this crate, each message names the failed operation only; the cause is its
-/// [`std::error::Error::source`], printed after it by `{:#}` (anyhow) or [`Chain`].
+/// [`std::error::Error::source`], printed after it by `{:#}` (anyhow) or [`Chain`](crate::logging::Chain).
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
     #[error(transparent)]
@@ -113,21 +114,6 @@ pub enum AgentError {
         #[source]
         source: GarpError,
     },
-}
-
-/// An error and its causes, `operation: cause: cause`, for log lines (which print `Display` only).
-pub struct Chain<'a>(pub &'a (dyn std::error::Error + 'static));
-
-impl std::fmt::Display for Chain<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.0)?;
-        let mut cause = self.0.source();
-        while let Some(e) = cause {
-            write!(f, ": {e}")?;
-            cause = e.source();
-        }
-        Ok(())
-    }
 }
 
 /// A data plane shared by the VIPs of one interface. Map writes are single syscalls: a plain mutex.

@@ -19,8 +19,7 @@ use clap_mangen::{
 
 use crate::{config::ConfigArgs, dataplane::DEFAULT_PIN_ROOT};
 
-/// The binary's name, as installed (`/usr/bin/vip-agent`).
-pub const BIN_NAME: &str = "vip-agent";
+pub use crate::BIN_NAME;
 
 /// The oldest kernel vip-agent runs on: XDP through a pinned `bpf_link` (Linux 5.9), in the 5.10
 /// LTS.
