@@ -10,12 +10,20 @@
 
 pub mod common;
 
-use std::time::Duration;
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
-use common::patroni::{FakePatroni, Harness, Mode, config, eventually, lost, ours};
+use common::{
+    certs::Pki,
+    patroni::{FakePatroni, Harness, Mode, config, eventually, lost, ours},
+};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject as _};
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::TcpListener,
+};
 use vip_agent::{
     clock::monotonic_ns,
-    config::{GateMode, PatroniUrl},
+    config::{GateMode, PatroniUrl, Secret},
     gate::{FAILSAFE_HOLD, GateState, Outcome},
     leadership::{Cause, Leadership},
 };
@@ -223,6 +231,91 @@ fn gate_patroni_loopback_down_counts_as_no_patroni() {
     })
     .join()
     .expect("the test thread");
+}
+
+/// Patroni's REST API over https (`restapi.certfile`) with basic authentication: Python's `ssl`
+/// ends each HTTP/1.0 answer by closing the TCP connection without a TLS `close_notify`, and the
+/// body is read up to there. Wrong credentials give 401, which names them.
+async fn tls_patroni(pki: &Pki) -> SocketAddr {
+    let certs = CertificateDer::pem_file_iter(&pki.server_cert)
+        .expect("server cert")
+        .collect::<Result<Vec<_>, _>>()
+        .expect("server cert");
+    let key = PrivateKeyDer::from_pem_file(&pki.server_key).expect("server key");
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .expect("server config");
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(stream).await else {
+                    return;
+                };
+                let mut head = Vec::new();
+                let mut chunk = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tls.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                // "patroni:secret"
+                let authorized = String::from_utf8_lossy(&head)
+                    .to_ascii_lowercase()
+                    .contains("\r\nauthorization: basic cgf0cm9uatpzzwnyzxq=\r\n");
+                let response = if authorized {
+                    "HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n\r\n{\"state\": \"running\", \"role\": \"master\", \"patroni\": {\"version\": \"3.0.2\", \"scope\": \"demo\"}}"
+                } else {
+                    "HTTP/1.0 401 Unauthorized\r\nContent-Type: text/html\r\n\r\nno auth header received"
+                };
+                let _ = tls.write_all(response.as_bytes()).await;
+                let _ = tls.flush().await;
+                // Dropped without shutdown: the TCP connection closes, no close_notify.
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn gate_patroni_over_https_with_basic_auth() {
+    let pki = Pki::generate();
+    let addr = tls_patroni(&pki).await;
+    let url = PatroniUrl::parse(&format!("https://{addr}")).expect("url");
+    let with = |password: &str| {
+        let mut c = config(url.clone(), Duration::from_secs(60));
+        c.patroni_ca_file = Some(pki.ca.clone());
+        c.patroni_user = Some("patroni".to_owned());
+        c.patroni_password = Some(Secret::new(password));
+        c
+    };
+
+    let h = Harness::start(with("wrong"));
+    h.hook.apply(&ours(Duration::from_secs(30), 10));
+    eventually("a 401 probe", || {
+        h.status().last_probe.contains("patroni-password")
+    })
+    .await;
+    assert!(!h.writes.ever_answered(), "a 401 must not open the gate");
+    h.finish().await;
+
+    let h = Harness::start(with("secret"));
+    h.hook.apply(&ours(Duration::from_secs(30), 10));
+    eventually("the gate opens", || h.writes.answering()).await;
+    assert_eq!(h.status().last_outcome, Some(Outcome::Primary));
+    h.finish().await;
 }
 
 // ---------------------------------------------------------------------------------------------
