@@ -38,7 +38,7 @@ use crate::{
     },
     clock::monotonic_ns,
     config::{Config, GarpConfig, HookConfig, RepmgrConfig, VipConfig},
-    dataplane::{AttachOptions, Dataplane, DataplaneError},
+    dataplane::{AttachOptions, Dataplane, DataplaneError, Fenced},
     garp::{GarpError, GarpSender},
     gate::{Gate, GateHook},
     hooks::{self, HookContext, HookEvent},
@@ -348,6 +348,7 @@ fn snapshot_fn(
                     dp.state(*vip).ok().flatten(),
                     dp.stats(*vip).unwrap_or_default(),
                     dp.egress_stats(*vip).unwrap_or_default(),
+                    dp.fence_write_failures(*vip),
                 )
             })
             .collect()
@@ -410,7 +411,8 @@ async fn prepare_dataplane(
             .filter(|vip| !ours.contains(vip))
             .collect();
         for vip in &stale {
-            dp.fence(*vip).map_err(err)?;
+            // Either way its address is removed next, before it is forgotten.
+            let _: Fenced = dp.fence(*vip).map_err(err)?;
         }
         stale
     };
@@ -443,7 +445,8 @@ async fn prepare_dataplane(
     let mut dp = dp.lock().unwrap_or_else(PoisonError::into_inner);
     for vip in ours {
         dp.register(vip).map_err(err)?;
-        dp.fence(vip).map_err(err)?;
+        // Fenced or deleted, the VIP's task removes any address it has before anything else.
+        let _: Fenced = dp.fence(vip).map_err(err)?;
     }
     Ok(())
 }
@@ -642,7 +645,7 @@ impl DataplaneWriter {
             let result = if answer {
                 dp.answer_until(*vip, state.safe_until_ns)
             } else {
-                dp.fence(*vip)
+                dp.fence(*vip).map(|_| ())
             };
             if let Err(e) = result {
                 error!(vip = %vip, error = %Chain(&e), "data plane write failed");

@@ -23,9 +23,11 @@
 //! An interface that already carries another XDP program is never taken over silently.
 
 use std::{
+    collections::BTreeMap,
     fmt, io,
     net::{IpAddr, Ipv6Addr},
     path::{Path, PathBuf},
+    sync::{Arc, Mutex, PoisonError},
 };
 
 use aya::{
@@ -37,7 +39,7 @@ use aya::{
         tc::TcAttachOptions,
     },
 };
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 use vip_common::{
     EgressStats, VipKey, VipState, VipStats,
     maps::{
@@ -280,6 +282,8 @@ pub struct Dataplane {
     egress: EgressFence,
     /// The egress program's counters (absent only when its map could not be made).
     egress_stats: Option<EgressMap>,
+    /// Failed fence writes, per VIP (for the metrics page).
+    fence_failures: Arc<FenceFailures>,
 }
 
 type EgressMap = PerCpuHashMap<MapData, VipKey, EgressStats>;
@@ -438,6 +442,7 @@ impl Dataplane {
             egress_link: None,
             egress: EgressFence::Unavailable("not attached yet".to_owned()),
             egress_stats: None,
+            fence_failures: Arc::default(),
         }))
     }
 
@@ -539,6 +544,7 @@ impl Dataplane {
             egress_link: egress.link,
             egress: egress.fence,
             egress_stats: Some(egress_stats),
+            fence_failures: Arc::default(),
         })
     }
 
@@ -656,8 +662,13 @@ impl Dataplane {
     ///
     /// # Errors
     /// When the map update fails.
-    pub fn fence(&mut self, vip: impl Into<IpAddr>) -> Result<(), DataplaneError> {
-        self.write(vip.into(), VipState::fenced(self.mac), "fence")
+    pub fn fence(&mut self, vip: impl Into<IpAddr>) -> Result<Fenced, DataplaneError> {
+        write_fence(
+            &mut self.state,
+            vip.into(),
+            VipState::fenced(self.mac),
+            &self.fence_failures,
+        )
     }
 
     /// Answer for `vip` until kernel monotonic time `deadline_ns` (see [`crate::clock`]).
@@ -746,6 +757,12 @@ impl Dataplane {
         snapshot(&self.state, &self.stats, self.egress_stats.as_ref())
     }
 
+    /// The failed fence writes for `vip` since the agent started (each failed map update).
+    #[must_use]
+    pub fn fence_write_failures(&self, vip: IpAddr) -> u64 {
+        self.fence_failures.get(vip)
+    }
+
     /// The egress program's counters for `vip` summed over CPUs (zero without them).
     ///
     /// # Errors
@@ -755,6 +772,108 @@ impl Dataplane {
             .as_ref()
             .map_or(Ok(EgressStats::default()), |m| lookup_egress(m, vip.into()))
     }
+}
+
+/// How many times a fence is written before falling back to deleting the entry. A no-prealloc
+/// hash map allocates a new element for every update, so an update can fail with `ENOMEM` under
+/// memory pressure; a delete allocates nothing.
+pub const FENCE_WRITE_ATTEMPTS: u32 = 3;
+
+/// How a fence reached the map.
+#[must_use]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fenced {
+    /// The fenced entry is in the map: the programs drop the VIP's requests and packets.
+    Written,
+    /// Every write failed and the entry was deleted instead. The programs pass a VIP they do not
+    /// know to the kernel, so the VIP's address must go too (the VIP's task removes it on the
+    /// demotion that this fence is part of; docs/safety.md).
+    Deleted,
+}
+
+/// Failed fence writes (each failed map update), per VIP: the metrics page shows them.
+#[derive(Debug, Default)]
+pub struct FenceFailures(Mutex<BTreeMap<IpAddr, u64>>);
+
+impl FenceFailures {
+    fn add(&self, vip: IpAddr) {
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(vip)
+            .or_default() += 1;
+    }
+
+    /// The failed fence writes for `vip` so far.
+    #[must_use]
+    pub fn get(&self, vip: IpAddr) -> u64 {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&vip)
+            .copied()
+            .unwrap_or(0)
+    }
+}
+
+/// The VIP state map as the writer uses it: the kernel map, or a fault-injecting one in tests.
+pub(crate) trait StateMap {
+    fn lookup(&self, key: &VipKey) -> Result<Option<VipState>, MapError>;
+    fn update(&mut self, key: VipKey, value: VipState) -> Result<(), MapError>;
+    fn delete(&mut self, key: &VipKey) -> Result<(), MapError>;
+}
+
+impl StateMap for HashMap<MapData, VipKey, VipState> {
+    fn lookup(&self, key: &VipKey) -> Result<Option<VipState>, MapError> {
+        match self.get(key, 0) {
+            Ok(v) => Ok(Some(v)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn update(&mut self, key: VipKey, value: VipState) -> Result<(), MapError> {
+        self.insert(key, value, BPF_ANY)
+    }
+
+    fn delete(&mut self, key: &VipKey) -> Result<(), MapError> {
+        self.remove(key)
+    }
+}
+
+/// Write the fence `value` for `vip`: up to [`FENCE_WRITE_ATTEMPTS`] updates, each failure
+/// counted in `failures`, then delete the entry instead (which allocates nothing). The attempts
+/// follow each other at once: the caller holds the data plane's lock, often in the follower's
+/// synchronous hook, and a delete is as good a fence as the update once the address is gone.
+/// An error only when the delete fails too.
+fn write_fence(
+    map: &mut impl StateMap,
+    vip: IpAddr,
+    value: VipState,
+    failures: &FenceFailures,
+) -> Result<Fenced, DataplaneError> {
+    let key = vip_key(vip);
+    for attempt in 1..=FENCE_WRITE_ATTEMPTS {
+        match map.update(key, value) {
+            Ok(()) => return Ok(Fenced::Written),
+            Err(e) => {
+                failures.add(vip);
+                warn!(%vip, attempt, attempts = FENCE_WRITE_ATTEMPTS, error = %crate::agent::Chain(&e),
+                    "writing the fence into the map failed");
+            }
+        }
+    }
+    ignore_missing(map.delete(&key)).map_err(|source| DataplaneError::Map {
+        operation: "fence (every update failed, then the delete)",
+        vip,
+        map: STATE_MAP,
+        source: Box::new(source),
+    })?;
+    error!(%vip, attempts = FENCE_WRITE_ATTEMPTS,
+        "could not write the fence: deleted the VIP's map entry instead; the programs now pass its \
+         requests to the kernel, so its address is removed next (docs/safety.md)");
+    Ok(Fenced::Deleted)
 }
 
 /// One VIP as the maps show it.
@@ -928,20 +1047,14 @@ pub fn vip_ip(key: VipKey) -> IpAddr {
     IpAddr::from(key)
 }
 
-fn lookup_state(
-    map: &HashMap<MapData, VipKey, VipState>,
-    vip: IpAddr,
-) -> Result<Option<VipState>, DataplaneError> {
-    match map.get(&vip_key(vip), 0) {
-        Ok(v) => Ok(Some(v)),
-        Err(MapError::KeyNotFound) => Ok(None),
-        Err(source) => Err(DataplaneError::Map {
+fn lookup_state(map: &impl StateMap, vip: IpAddr) -> Result<Option<VipState>, DataplaneError> {
+    map.lookup(&vip_key(vip))
+        .map_err(|source| DataplaneError::Map {
             operation: "look up",
             vip,
             map: STATE_MAP,
             source: Box::new(source),
-        }),
-    }
+        })
 }
 
 fn lookup_egress(map: &EgressMap, vip: IpAddr) -> Result<EgressStats, DataplaneError> {
@@ -1574,7 +1687,107 @@ fn ignore_missing(r: Result<(), MapError>) -> Result<(), MapError> {
 
 #[cfg(test)]
 mod tests {
-    use super::{AttachMode, Candidate};
+    use std::{collections::BTreeMap, io, net::IpAddr};
+
+    use aya::maps::MapError;
+    use vip_common::{VipKey, VipState};
+
+    use super::{
+        AttachMode, Candidate, FENCE_WRITE_ATTEMPTS, FenceFailures, Fenced, StateMap, vip_key,
+        write_fence,
+    };
+
+    /// A state map whose first `failing` updates fail with `ENOMEM`, as a no-prealloc hash map's
+    /// do when the kernel cannot allocate the new element.
+    #[derive(Default)]
+    struct Flaky {
+        entries: BTreeMap<[u8; 16], VipState>,
+        failing: u32,
+        updates: u32,
+        deletes: u32,
+    }
+
+    fn enomem(call: &'static str) -> MapError {
+        MapError::SyscallError(aya::sys::SyscallError {
+            call,
+            io_error: io::Error::from_raw_os_error(libc::ENOMEM),
+        })
+    }
+
+    impl StateMap for Flaky {
+        fn lookup(&self, key: &VipKey) -> Result<Option<VipState>, MapError> {
+            Ok(self.entries.get(&key.addr).copied())
+        }
+
+        fn update(&mut self, key: VipKey, value: VipState) -> Result<(), MapError> {
+            self.updates += 1;
+            if self.updates <= self.failing {
+                return Err(enomem("bpf_map_update_elem"));
+            }
+            self.entries.insert(key.addr, value);
+            Ok(())
+        }
+
+        fn delete(&mut self, key: &VipKey) -> Result<(), MapError> {
+            self.deletes += 1;
+            self.entries
+                .remove(&key.addr)
+                .map(|_| ())
+                .ok_or(MapError::KeyNotFound)
+        }
+    }
+
+    const MAC: [u8; 6] = [2, 0, 0, 0, 0, 1];
+    const VIP: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 5));
+
+    fn answering_map(failing: u32) -> Flaky {
+        let mut map = Flaky {
+            failing,
+            ..Flaky::default()
+        };
+        map.entries
+            .insert(vip_key(VIP).addr, VipState::answering_until(MAC, u64::MAX));
+        map
+    }
+
+    #[test]
+    fn a_fence_write_that_fails_is_retried() {
+        let mut map = answering_map(FENCE_WRITE_ATTEMPTS - 1);
+        let failures = FenceFailures::default();
+        let fenced = write_fence(&mut map, VIP, VipState::fenced(MAC), &failures);
+        assert_eq!(fenced.expect("fenced on the last attempt"), Fenced::Written);
+        assert_eq!(map.updates, FENCE_WRITE_ATTEMPTS);
+        assert_eq!(map.deletes, 0);
+        assert_eq!(
+            map.entries.get(&vip_key(VIP).addr),
+            Some(&VipState::fenced(MAC))
+        );
+        assert_eq!(failures.get(VIP), u64::from(FENCE_WRITE_ATTEMPTS - 1));
+    }
+
+    #[test]
+    fn a_fence_write_that_keeps_failing_deletes_the_entry_and_is_counted() {
+        let mut map = answering_map(u32::MAX);
+        let failures = FenceFailures::default();
+        let fenced = write_fence(&mut map, VIP, VipState::fenced(MAC), &failures);
+        assert_eq!(fenced.expect("deleted instead"), Fenced::Deleted);
+        assert_eq!(map.updates, FENCE_WRITE_ATTEMPTS, "bounded retries");
+        assert_eq!(map.deletes, 1);
+        assert!(map.entries.is_empty(), "no answering entry may stay behind");
+        assert_eq!(failures.get(VIP), u64::from(FENCE_WRITE_ATTEMPTS));
+        assert_eq!(failures.get(IpAddr::from([10, 0, 0, 6])), 0);
+    }
+
+    #[test]
+    fn a_fence_on_a_missing_entry_that_keeps_failing_is_deleted_too() {
+        let mut map = Flaky {
+            failing: u32::MAX,
+            ..Flaky::default()
+        };
+        let failures = FenceFailures::default();
+        let fenced = write_fence(&mut map, VIP, VipState::fenced(MAC), &failures);
+        assert_eq!(fenced.expect("nothing to delete is fine"), Fenced::Deleted);
+    }
 
     fn names(mode: AttachMode, veth: bool) -> Vec<&'static str> {
         Candidate::for_mode(mode, veth)
