@@ -896,15 +896,15 @@ impl VipTask {
             .dataplane
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        if let Ok(Some(entry)) = dp.state(self.vip.address)
-            && entry.deadline_ns > monotonic_ns()
-        {
-            return false;
+        match dp.fence_if_expired(self.vip.address, monotonic_ns()) {
+            Ok(None) => false,
+            // Written or deleted: the caller removes the address next.
+            Ok(Some(_)) => true,
+            Err(e) => {
+                error!(vip = %self.vip, error = %Chain(&e), "fence failed");
+                true
+            }
         }
-        if let Err(e) = dp.fence(self.vip.address) {
-            error!(vip = %self.vip, error = %Chain(&e), "fence failed");
-        }
-        true
     }
 
     fn fence(&self) {

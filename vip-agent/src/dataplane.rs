@@ -671,6 +671,27 @@ impl Dataplane {
         )
     }
 
+    /// Fence `vip` unless its entry's deadline lies after `now_ns`: the VIP task's fence at a
+    /// deadline it saw pass, which must not overwrite a renewal the writer made since (issue 16,
+    /// item 5). Returns how it fenced, or `None` when the entry was renewed. The caller holds the
+    /// data plane's lock, as the writer does for its renewals, so nothing comes in between.
+    ///
+    /// # Errors
+    /// When the fence can neither be written nor the entry deleted.
+    pub fn fence_if_expired(
+        &mut self,
+        vip: IpAddr,
+        now_ns: u64,
+    ) -> Result<Option<Fenced>, DataplaneError> {
+        fence_if_expired(
+            &mut self.state,
+            vip,
+            VipState::fenced(self.mac),
+            now_ns,
+            &self.fence_failures,
+        )
+    }
+
     /// Answer for `vip` until kernel monotonic time `deadline_ns` (see [`crate::clock`]).
     ///
     /// # Errors
@@ -874,6 +895,23 @@ fn write_fence(
         "could not write the fence: deleted the VIP's map entry instead; the programs now pass its \
          requests to the kernel, so its address is removed next (docs/safety.md)");
     Ok(Fenced::Deleted)
+}
+
+/// [`Dataplane::fence_if_expired`] on `map`.
+fn fence_if_expired(
+    map: &mut impl StateMap,
+    vip: IpAddr,
+    value: VipState,
+    now_ns: u64,
+    failures: &FenceFailures,
+) -> Result<Option<Fenced>, DataplaneError> {
+    // A lookup that fails is no evidence of a renewal: fence.
+    if let Ok(Some(entry)) = lookup_state(map, vip)
+        && entry.deadline_ns > now_ns
+    {
+        return Ok(None);
+    }
+    write_fence(map, vip, value, failures).map(Some)
 }
 
 /// One VIP as the maps show it.
@@ -1693,8 +1731,8 @@ mod tests {
     use vip_common::{VipKey, VipState};
 
     use super::{
-        AttachMode, Candidate, FENCE_WRITE_ATTEMPTS, FenceFailures, Fenced, StateMap, vip_key,
-        write_fence,
+        AttachMode, Candidate, FENCE_WRITE_ATTEMPTS, FenceFailures, Fenced, StateMap,
+        fence_if_expired, vip_key, write_fence,
     };
 
     /// A state map whose first `failing` updates fail with `ENOMEM`, as a no-prealloc hash map's
@@ -1776,6 +1814,38 @@ mod tests {
         assert!(map.entries.is_empty(), "no answering entry may stay behind");
         assert_eq!(failures.get(VIP), u64::from(FENCE_WRITE_ATTEMPTS));
         assert_eq!(failures.get(IpAddr::from([10, 0, 0, 6])), 0);
+    }
+
+    /// Issue 16, item 5: the writer renewed the entry just before the VIP task, which saw the old
+    /// deadline pass, fences. The renewal must survive; an entry still expired is fenced.
+    #[test]
+    fn the_deadline_fence_keeps_a_renewal_written_just_before_it() {
+        let now = 1_000_000_000;
+        let failures = FenceFailures::default();
+        let mut map = Flaky::default();
+        let renewed = VipState::answering_until(MAC, now + 1);
+        map.entries.insert(vip_key(VIP).addr, renewed);
+        let fenced = fence_if_expired(&mut map, VIP, VipState::fenced(MAC), now, &failures);
+        assert_eq!(fenced.expect("looked up"), None, "not fenced");
+        assert_eq!(map.entries.get(&vip_key(VIP).addr), Some(&renewed));
+        assert_eq!(map.updates, 0, "nothing written");
+
+        let expired = VipState::answering_until(MAC, now);
+        map.entries.insert(vip_key(VIP).addr, expired);
+        let fenced = fence_if_expired(&mut map, VIP, VipState::fenced(MAC), now, &failures);
+        assert_eq!(fenced.expect("fenced"), Some(Fenced::Written));
+        assert_eq!(
+            map.entries.get(&vip_key(VIP).addr),
+            Some(&VipState::fenced(MAC))
+        );
+
+        map.entries.clear();
+        let fenced = fence_if_expired(&mut map, VIP, VipState::fenced(MAC), now, &failures);
+        assert_eq!(
+            fenced.expect("fenced"),
+            Some(Fenced::Written),
+            "an absent entry is fenced too"
+        );
     }
 
     #[test]
