@@ -284,6 +284,8 @@ pub struct Dataplane {
     egress_stats: Option<EgressMap>,
     /// Failed fence writes, per VIP (for the metrics page).
     fence_failures: Arc<FenceFailures>,
+    /// VIPs whose address the writer is adding before it answers (see [`Self::set_promoting`]).
+    promoting: std::collections::BTreeSet<IpAddr>,
 }
 
 type EgressMap = PerCpuHashMap<MapData, VipKey, EgressStats>;
@@ -443,6 +445,7 @@ impl Dataplane {
             egress: EgressFence::Unavailable("not attached yet".to_owned()),
             egress_stats: None,
             fence_failures: Arc::default(),
+            promoting: std::collections::BTreeSet::new(),
         }))
     }
 
@@ -545,6 +548,7 @@ impl Dataplane {
             egress: egress.fence,
             egress_stats: Some(egress_stats),
             fence_failures: Arc::default(),
+            promoting: std::collections::BTreeSet::new(),
         })
     }
 
@@ -776,6 +780,22 @@ impl Dataplane {
     /// When reading a map fails.
     pub fn snapshot(&self) -> Result<Vec<VipSnapshot>, DataplaneError> {
         snapshot(&self.state, &self.stats, self.egress_stats.as_ref())
+    }
+
+    /// Mark `vip` as being promoted: the writer adds its address, without this lock, and then
+    /// writes its map entry. The VIP's task takes an address that appears meanwhile as ours.
+    pub fn set_promoting(&mut self, vip: IpAddr, promoting: bool) {
+        if promoting {
+            self.promoting.insert(vip);
+        } else {
+            self.promoting.remove(&vip);
+        }
+    }
+
+    /// Whether the writer is promoting `vip` (see [`Self::set_promoting`]).
+    #[must_use]
+    pub fn promoting(&self, vip: IpAddr) -> bool {
+        self.promoting.contains(&vip)
     }
 
     /// The failed fence writes for `vip` since the agent started (each failed map update).
