@@ -1,7 +1,10 @@
 //! Tier 2: the data plane end to end, in network namespaces these tests create: real veth, real
 //! XDP (generic and native), real ARP from a raw-socket prober and from the kernel, real ping.
 
-use std::{net::Ipv4Addr, time::Duration};
+use std::{
+    net::{IpAddr, Ipv4Addr},
+    time::Duration,
+};
 
 use vip_agent::{
     clock::monotonic_ns,
@@ -875,4 +878,51 @@ fn program_on_a_vlan_device_answers_and_fences_its_untagged_view() {
         (1, 1, 3),
         "{stats:?}"
     );
+}
+
+/// Issue 16, item 8: the metrics page reads the maps through a reader of its own, so a scrape
+/// never waits for the writer's lock, and the writer never waits for a scrape. The test holds the
+/// writer's lock while a snapshot runs, and writes through it while the reader reads.
+#[test]
+fn the_reader_reads_the_maps_while_the_writer_holds_its_lock() {
+    if !require_privileges("the_reader_reads_the_maps_while_the_writer_holds_its_lock") {
+        return;
+    }
+    let p = Pair::new(24);
+    let pins = PinRoot::new();
+    let mut dp = open(&p.node, &p.node_if, AttachMode::Generic, &pins.0);
+    dp.register(p.vip).expect("register");
+    let reader = std::sync::Arc::new(dp.reader().expect("a reader"));
+    let writer = std::sync::Mutex::new(dp);
+    let mut held = writer.lock().expect("the writer's lock");
+    let vip = IpAddr::V4(p.vip);
+    let read = |reader: &std::sync::Arc<dataplane::DataplaneReader>| {
+        let reader = std::sync::Arc::clone(reader);
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send((
+                reader.state(vip).expect("state"),
+                reader.stats(vip).expect("stats"),
+                reader.egress_stats(vip).expect("egress counters"),
+                reader.fence_write_failures(vip),
+            ));
+        });
+        rx.recv_timeout(std::time::Duration::from_secs(5))
+            .expect("the snapshot completes while the writer's lock is held")
+    };
+    let (state, _, _, failures) = read(&reader);
+    assert!(
+        state.is_some_and(|s| s.deadline_ns == 0),
+        "registered fenced: {state:?}"
+    );
+    assert_eq!(failures, 0);
+    // A write under the held lock is what the reader sees next.
+    let deadline = far_deadline();
+    held.answer_until(p.vip, deadline).expect("answer");
+    let (state, _, _, _) = read(&reader);
+    assert_eq!(state.map(|s| s.deadline_ns), Some(deadline));
+    assert_eq!(held.fence(p.vip).expect("fence"), Fenced::Written);
+    let (state, _, _, _) = read(&reader);
+    assert_eq!(state.map(|s| s.deadline_ns), Some(0));
+    drop(held);
 }

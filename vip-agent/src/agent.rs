@@ -38,7 +38,7 @@ use crate::{
     },
     clock::monotonic_ns,
     config::{Config, GarpConfig, HookConfig, RepmgrConfig, VipConfig},
-    dataplane::{AttachOptions, Dataplane, DataplaneError, Fenced},
+    dataplane::{AttachOptions, Dataplane, DataplaneError, DataplaneReader, Fenced},
     garp::{GarpError, GarpSender},
     gate::{Gate, GateHook},
     hooks::{self, HookContext, HookEvent},
@@ -171,7 +171,21 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
     for vip in &config.vips {
         registry.register(vip.ip, &vip.interface, &vip.trigger_key);
     }
-    registry.set_snapshot(snapshot_fn(&config.vips, &dataplanes));
+    // The metrics page reads the maps on descriptors of its own: a scrape never takes the
+    // writer's lock (issue 16, item 8).
+    let mut readers = BTreeMap::new();
+    for (interface, dp) in &dataplanes {
+        let reader = dp
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .reader()
+            .map_err(|source| AgentError::Dataplane {
+                interface: interface.clone(),
+                source: Box::new(source),
+            })?;
+        readers.insert(interface.clone(), Arc::new(reader));
+    }
+    registry.set_snapshot(snapshot_fn(&config.vips, &readers));
     // Bound before any task starts: a taken port is a startup error with nothing left running.
     let listener = metrics::bind(config.metrics_address).await?;
 
@@ -325,30 +339,26 @@ async fn notify_ready(mut leaders: Vec<watch::Receiver<Leadership>>, vips: usize
     }
 }
 
-/// Reads every VIP's map entry and counters (for the metrics page, at scrape time).
+/// Reads every VIP's map entry and counters (for the metrics page, at scrape time), through the
+/// data planes' readers: never the writer's lock.
 fn snapshot_fn(
     vips: &[VipConfig],
-    dataplanes: &BTreeMap<String, SharedDataplane>,
+    readers: &BTreeMap<String, Arc<DataplaneReader>>,
 ) -> metrics::SnapshotFn {
-    let targets: Vec<(IpAddr, SharedDataplane)> = vips
+    let targets: Vec<(IpAddr, Arc<DataplaneReader>)> = vips
         .iter()
-        .filter_map(|v| {
-            dataplanes
-                .get(&v.interface)
-                .map(|dp| (v.ip, Arc::clone(dp)))
-        })
+        .filter_map(|v| readers.get(&v.interface).map(|r| (v.ip, Arc::clone(r))))
         .collect();
     Arc::new(move || {
         targets
             .iter()
-            .map(|(vip, dp)| {
-                let dp = dp.lock().unwrap_or_else(PoisonError::into_inner);
+            .map(|(vip, reader)| {
                 (
                     *vip,
-                    dp.state(*vip).ok().flatten(),
-                    dp.stats(*vip).unwrap_or_default(),
-                    dp.egress_stats(*vip).unwrap_or_default(),
-                    dp.fence_write_failures(*vip),
+                    reader.state(*vip).ok().flatten(),
+                    reader.stats(*vip).unwrap_or_default(),
+                    reader.egress_stats(*vip).unwrap_or_default(),
+                    reader.fence_write_failures(*vip),
                 )
             })
             .collect()

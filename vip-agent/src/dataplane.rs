@@ -32,7 +32,7 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap, Map, MapData, MapError, PerCpuHashMap, PerCpuValues},
+    maps::{HashMap, IterableMap as _, Map, MapData, MapError, PerCpuHashMap, PerCpuValues},
     programs::{
         LinkOrder, ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode,
         links::{FdLink, PinnedLink},
@@ -782,6 +782,33 @@ impl Dataplane {
         snapshot(&self.state, &self.stats, self.egress_stats.as_ref())
     }
 
+    /// A read-only view of the maps with descriptors of its own, for the metrics page: reading
+    /// through it takes neither this data plane's lock nor anything the writer waits for.
+    ///
+    /// # Errors
+    /// When a map descriptor cannot be duplicated.
+    pub fn reader(&self) -> Result<DataplaneReader, DataplaneError> {
+        let state = reopen(self.state.map(), &self.pin_dir, STATE_MAP)?;
+        let stats = reopen(self.stats.map(), &self.pin_dir, STATS_MAP)?;
+        let egress_stats = match &self.egress_stats {
+            Some(m) => Some(reopen(m.map(), &self.pin_dir, EGRESS_STATS_MAP)?),
+            None => None,
+        };
+        Ok(DataplaneReader {
+            state: HashMap::try_from(state)
+                .map_err(|e| open_pinned_error(STATE_MAP, &self.pin_dir.join(STATE_MAP), e))?,
+            stats: PerCpuHashMap::try_from(stats)
+                .map_err(|e| open_pinned_error(STATS_MAP, &self.pin_dir.join(STATS_MAP), e))?,
+            egress_stats: match egress_stats {
+                Some(m) => Some(PerCpuHashMap::try_from(m).map_err(|e| {
+                    open_pinned_error(EGRESS_STATS_MAP, &self.pin_dir.join(EGRESS_STATS_MAP), e)
+                })?),
+                None => None,
+            },
+            fence_failures: Arc::clone(&self.fence_failures),
+        })
+    }
+
     /// Mark `vip` as being promoted: the writer adds its address, without this lock, and then
     /// writes its map entry. The VIP's task takes an address that appears meanwhile as ours.
     pub fn set_promoting(&mut self, vip: IpAddr, promoting: bool) {
@@ -932,6 +959,72 @@ fn fence_if_expired(
         return Ok(None);
     }
     write_fence(map, vip, value, failures).map(Some)
+}
+
+/// The maps of a [`Dataplane`] for reading only, on descriptors of their own
+/// ([`Dataplane::reader`]): the metrics page reads through it without the writer's lock.
+pub struct DataplaneReader {
+    state: HashMap<MapData, VipKey, VipState>,
+    stats: PerCpuHashMap<MapData, VipKey, VipStats>,
+    egress_stats: Option<EgressMap>,
+    fence_failures: Arc<FenceFailures>,
+}
+
+impl fmt::Debug for DataplaneReader {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DataplaneReader").finish_non_exhaustive()
+    }
+}
+
+impl DataplaneReader {
+    /// The current entry for `vip`, if registered.
+    ///
+    /// # Errors
+    /// When the lookup fails for another reason than the entry being absent.
+    pub fn state(&self, vip: IpAddr) -> Result<Option<VipState>, DataplaneError> {
+        lookup_state(&self.state, vip)
+    }
+
+    /// Counters for `vip` summed over CPUs.
+    ///
+    /// # Errors
+    /// When the lookup fails.
+    pub fn stats(&self, vip: IpAddr) -> Result<VipStats, DataplaneError> {
+        lookup_stats(&self.stats, vip)
+    }
+
+    /// The egress program's counters for `vip` summed over CPUs (zero without them).
+    ///
+    /// # Errors
+    /// When the lookup fails.
+    pub fn egress_stats(&self, vip: IpAddr) -> Result<EgressStats, DataplaneError> {
+        self.egress_stats
+            .as_ref()
+            .map_or(Ok(EgressStats::default()), |m| lookup_egress(m, vip))
+    }
+
+    /// The failed fence writes for `vip` since the agent started.
+    #[must_use]
+    pub fn fence_write_failures(&self, vip: IpAddr) -> u64 {
+        self.fence_failures.get(vip)
+    }
+}
+
+/// A second handle on the map `data` (`dup` of its descriptor), for [`DataplaneReader`].
+fn reopen(data: &MapData, pin_dir: &Path, name: &'static str) -> Result<Map, DataplaneError> {
+    use std::os::fd::AsFd as _;
+    let path = pin_dir.join(name);
+    let fd = data
+        .fd()
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|source| DataplaneError::Fs {
+            operation: "duplicate the descriptor of the map pinned at",
+            path: path.clone(),
+            source,
+        })?;
+    let data = MapData::from_fd(fd).map_err(|e| open_pinned_error(name, &path, e))?;
+    Map::from_map_data(data).map_err(|e| open_pinned_error(name, &path, e))
 }
 
 /// One VIP as the maps show it.
