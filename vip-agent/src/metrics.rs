@@ -45,6 +45,8 @@ pub struct VipReport {
     pub stats: VipStats,
     /// The TC egress program's counters.
     pub egress: EgressStats,
+    /// Fence writes into the map that failed (each failed update).
+    pub fence_write_failures: u64,
     /// Promotions + demotions seen by the agent.
     pub transitions: u64,
     /// Last watch event -> map write, in microseconds.
@@ -65,9 +67,9 @@ pub struct HookStats {
 }
 
 /// Reads the data plane's current entries at scrape time: `(vip, state, summed counters, summed
-/// egress counters)`.
+/// egress counters, failed fence writes)`.
 pub type SnapshotFn =
-    Arc<dyn Fn() -> Vec<(IpAddr, Option<VipState>, VipStats, EgressStats)> + Send + Sync>;
+    Arc<dyn Fn() -> Vec<(IpAddr, Option<VipState>, VipStats, EgressStats, u64)> + Send + Sync>;
 
 /// Shared registry the agent updates and the HTTP server reads.
 #[derive(Clone, Default)]
@@ -207,11 +209,12 @@ impl Registry {
         };
         let fresh = snapshot();
         let mut inner = self.lock();
-        for (vip, state, stats, egress) in fresh {
+        for (vip, state, stats, egress, fence_write_failures) in fresh {
             if let Some(r) = inner.vips.iter_mut().find(|r| r.vip == Some(vip)) {
                 r.state = state;
                 r.stats = stats;
                 r.egress = egress;
+                r.fence_write_failures = fence_write_failures;
             }
         }
     }
@@ -349,6 +352,12 @@ impl Registry {
                 &mut per_vip(&|r| get(&r.egress).to_string()).into_iter(),
             );
         }
+        family(
+            "vip_agent_fence_write_failures_total",
+            "counter",
+            "Fence writes into the BPF map that failed (each failed update; after the last retry the entry is deleted and the address removed).",
+            &mut per_vip(&|r| r.fence_write_failures.to_string()).into_iter(),
+        );
         let states: Vec<&str> = GateState::ALL.iter().map(|s| s.as_str()).collect();
         family(
             "vip_agent_promotion_gate_state",
@@ -839,6 +848,7 @@ mod tests {
                 ip_dropped: 3,
                 neighbour_dropped: 1,
             },
+            fence_write_failures: 4,
             transitions: 2,
             last_event_to_dataplane_us: 40,
             gate: GateStatus {
@@ -1088,6 +1098,7 @@ mod tests {
         assert!(page.contains("vip_agent_xdp_arp_replied_total{vip=\"10.0.0.5\",interface=\"eth0\",key=\"/service/pg/leader\"} 7"));
         assert!(page.contains("vip_agent_egress_ip_dropped_total{vip=\"10.0.0.5\",interface=\"eth0\",key=\"/service/pg/leader\"} 3"));
         assert!(page.contains("vip_agent_egress_arp_dropped_total{vip=\"10.0.0.5\",interface=\"eth0\",key=\"/service/pg/leader\"} 1"));
+        assert!(page.contains("vip_agent_fence_write_failures_total{vip=\"10.0.0.5\",interface=\"eth0\",key=\"/service/pg/leader\"} 4"));
         assert!(page.contains("vip_agent_transitions_total{"));
         let labels = "vip=\"10.0.0.5\",interface=\"eth0\",key=\"/service/pg/leader\"";
         for (line, value) in [
