@@ -42,9 +42,10 @@ use crate::{
     garp::{GarpError, GarpSender},
     gate::{Gate, GateHook},
     hooks::{self, HookContext, HookEvent},
+    http::server::{self, ServerError},
     leader::{Handshake, LeaderError, LeaderFollower, MemberWatcher, Release},
     leadership::{Cause, Hook, Leadership, Source},
-    metrics::{self, MetricsError, Registry},
+    metrics::{self, Registry},
     netlink::LinkEvents,
     notify::Notifier,
     patroni_rest::{PatroniRestSource, RestError},
@@ -106,7 +107,7 @@ pub enum AgentError {
     )]
     InterfaceRemoved { interface: String },
     #[error(transparent)]
-    Metrics(#[from] MetricsError),
+    Metrics(#[from] ServerError),
     #[error("gratuitous ARP on {interface}")]
     Garp {
         interface: String,
@@ -173,7 +174,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
     }
     registry.set_snapshot(snapshot_fn(&config.vips, &dataplanes));
     // Bound before any task starts: a taken port is a startup error with nothing left running.
-    let listener = metrics::bind(config.metrics_address).await?;
+    let listener = server::bind(config.metrics_address).await?;
 
     let tasks = TaskTracker::new();
     let followers_stop = CancellationToken::new();
@@ -240,7 +241,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
         .collect();
     let mut links = crate::netlink::LinkEvents::subscribe().map_err(AgentError::LinkEvents)?;
     let metrics_stop = CancellationToken::new();
-    tasks.spawn(metrics::serve(
+    tasks.spawn(server::serve(
         listener,
         registry.clone(),
         metrics_stop.clone(),

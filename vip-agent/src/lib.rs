@@ -18,6 +18,7 @@ pub mod dataplane;
 pub mod garp;
 pub mod gate;
 pub mod hooks;
+pub mod http;
 pub mod leader;
 pub mod leadership;
 pub mod logging;

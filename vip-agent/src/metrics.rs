@@ -1,30 +1,16 @@
-//! Prometheus metrics and health checks over plain HTTP/1.1 (loopback by default).
-//!
-//! * `GET /metrics`: text exposition: per VIP role, deadline remaining, transitions, last event ->
-//!   data plane latency, whether the leader source is reached and its progress (named by its
-//!   [`SourceKind`]), and the XDP per-CPU counters summed;
-//! * `GET /health`: 200 while the agent runs and the leader source of every key is reached, 503
-//!   otherwise;
-//! * `GET /primary`: 200 only while this node answers for at least one VIP (or for `?vip=ADDR`),
-//!   503 otherwise, so HAProxy or a load balancer can check it.
-//!
-//! The server is deliberately tiny (one request per connection, bounded request size and time): it
-//! serves scrapes and health checks, nothing else.
+//! The metrics registry: what the agent reports, rendered as the Prometheus text exposition for
+//! `/metrics` ([`crate::http::server`] serves it): per VIP role, deadline remaining, transitions,
+//! last event -> data plane latency, whether the leader source is reached and its progress (named
+//! by its [`SourceKind`]), and the XDP per-CPU counters summed.
 
 use std::{
     collections::BTreeMap,
     fmt::Write as _,
-    net::{IpAddr, SocketAddr},
+    net::IpAddr,
     sync::{Arc, Mutex, PoisonError},
     time::Duration,
 };
 
-use tokio::{
-    io::{AsyncReadExt as _, AsyncWriteExt as _},
-    net::{TcpListener, TcpStream},
-};
-use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
 use vip_common::{EgressStats, VipState, VipStats};
 
 use crate::{
@@ -177,10 +163,24 @@ impl Registry {
         inner.detail = inner.detail.max(detail);
     }
 
-    /// The `/health` answer while unhealthy.
-    fn unhealthy(&self) -> String {
-        let what = self.lock().source.map_or("leader source", |k| k.what);
-        format!("{what} unreachable\n")
+    /// Why `/health` is 503 (`None`: healthy): the leader source of some key is not reached.
+    #[must_use]
+    pub fn unhealthy(&self) -> Option<String> {
+        let inner = self.lock();
+        if inner.all_connected() {
+            return None;
+        }
+        let what = inner.source.map_or("leader source", |k| k.what);
+        Some(format!("{what} unreachable\n"))
+    }
+
+    /// Whether `vip` is one of this agent's VIPs (any, and at least one, when `None`).
+    #[must_use]
+    pub fn serves(&self, vip: Option<IpAddr>) -> bool {
+        self.lock()
+            .vips
+            .iter()
+            .any(|r| vip.is_none() || r.vip == vip)
     }
 
     /// A request on the repmgr event socket: `applied`, `ignored` or `rejected`.
@@ -574,10 +574,6 @@ impl Registry {
         }
         out
     }
-
-    fn healthy(&self) -> bool {
-        self.lock().all_connected()
-    }
 }
 
 /// A label value of bounded length (probe results are short, but come from outside).
@@ -595,236 +591,11 @@ fn escape(s: &str) -> String {
         .replace('\n', "\\n")
 }
 
-/// Errors of the metrics server.
-#[derive(Debug, thiserror::Error)]
-pub enum MetricsError {
-    #[error("bind the metrics address {address}")]
-    Bind {
-        address: SocketAddr,
-        #[source]
-        source: std::io::Error,
-    },
-}
-
-/// Bind the metrics address (at startup, so a taken port is a startup error).
-///
-/// # Errors
-/// When the address cannot be bound.
-pub async fn bind(address: SocketAddr) -> Result<TcpListener, MetricsError> {
-    TcpListener::bind(address)
-        .await
-        .map_err(|source| MetricsError::Bind { address, source })
-}
-
-/// Serve scrapes and health checks on `listener` until `stop` is cancelled.
-/// At most [`MAX_CONNECTIONS`] exchanges at once.
-pub async fn serve(listener: TcpListener, registry: Registry, stop: CancellationToken) {
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
-    let mut refused: u64 = 0;
-    loop {
-        tokio::select! {
-            biased;
-            () = stop.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
-                        // Dropping the stream closes it: idle clients cannot take every
-                        // descriptor the agent needs for etcd, Patroni, hooks and netlink.
-                        refused += 1;
-                        if refused.is_power_of_two() {
-                            warn!(%peer, refused, limit = MAX_CONNECTIONS,
-                                "metrics server: too many open connections, closing new ones");
-                        }
-                        continue;
-                    };
-                    let registry = registry.clone();
-                    tokio::spawn(async move {
-                        if let Err(e) = handle(stream, &registry).await {
-                            debug!(%peer, error = %e, "metrics request failed");
-                        }
-                        drop(slot);
-                    });
-                }
-                Err(e) => {
-                    warn!(error = %e, "metrics accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            },
-        }
-    }
-}
-
-/// Open exchanges at most; a connection beyond them is closed at once. Prometheus, HAProxy and
-/// `vip-agent status` need a handful; each exchange is bounded by [`REQUEST_TIMEOUT`] twice.
-pub const MAX_CONNECTIONS: usize = 64;
-
-/// Requests larger than this are refused: a scrape is one short line plus headers.
-const MAX_REQUEST: usize = 8 * 1024;
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
-
-async fn handle(mut stream: TcpStream, registry: &Registry) -> std::io::Result<()> {
-    let mut buf = Vec::with_capacity(1024);
-    let head = tokio::time::timeout(REQUEST_TIMEOUT, async {
-        let mut chunk = [0u8; 1024];
-        loop {
-            let n = stream.read(&mut chunk).await?;
-            if n == 0 {
-                break;
-            }
-            buf.extend_from_slice(&chunk[..n]);
-            if buf.windows(4).any(|w| w == b"\r\n\r\n") || buf.len() > MAX_REQUEST {
-                break;
-            }
-        }
-        Ok::<_, std::io::Error>(())
-    })
-    .await;
-    if head.is_err() {
-        return Ok(());
-    }
-    let line = String::from_utf8_lossy(&buf);
-    let mut parts = line.split_whitespace();
-    let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    let response = respond(method, target, registry);
-    // The whole answer within the same bound: a client that never reads cannot hold the task.
-    match tokio::time::timeout(REQUEST_TIMEOUT, async {
-        stream.write_all(response.as_bytes()).await?;
-        stream.shutdown().await
-    })
-    .await
-    {
-        Ok(result) => result,
-        Err(_) => Ok(()),
-    }
-}
-
-/// The whole HTTP response. GET, HEAD and OPTIONS get the same status (HAProxy checks Patroni-style
-/// endpoints with `OPTIONS /primary`); HEAD and OPTIONS carry no body.
-fn respond(method: &str, target: &str, registry: &Registry) -> String {
-    let (status, body) = route(method, target, registry);
-    let body = if matches!(method, "HEAD" | "OPTIONS") {
-        ""
-    } else {
-        body.as_str()
-    };
-    let length = if method == "HEAD" {
-        route(method, target, registry).1.len()
-    } else {
-        body.len()
-    };
-    format!(
-        "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: {length}\r\nConnection: close\r\n\r\n{body}"
-    )
-}
-
-fn route(method: &str, target: &str, registry: &Registry) -> (&'static str, String) {
-    if !matches!(method, "GET" | "HEAD" | "OPTIONS") {
-        return (
-            "405 Method Not Allowed",
-            "only GET, HEAD and OPTIONS\n".to_owned(),
-        );
-    }
-    let (path, query) = target.split_once('?').unwrap_or((target, ""));
-    match path {
-        "/metrics" => ("200 OK", registry.render()),
-        "/health" if registry.healthy() => ("200 OK", "ok\n".to_owned()),
-        "/health" => ("503 Service Unavailable", registry.unhealthy()),
-        "/primary" => {
-            let vip = query.strip_prefix("vip=").map(str::parse::<IpAddr>);
-            match vip {
-                Some(Err(_)) => (
-                    "400 Bad Request",
-                    "vip= must be an IPv4 or IPv6 address\n".to_owned(),
-                ),
-                Some(Ok(v)) if registry.answering(Some(v)) => ("200 OK", "primary\n".to_owned()),
-                None if registry.answering(None) => ("200 OK", "primary\n".to_owned()),
-                _ => ("503 Service Unavailable", "not primary\n".to_owned()),
-            }
-        }
-        _ => (
-            "404 Not Found",
-            "try /metrics, /health or /primary\n".to_owned(),
-        ),
-    }
-}
-
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    #[test]
-    fn haproxy_checks_primary_with_options_and_head_gets_no_body() {
-        let now = monotonic_ns();
-        let answering = registry(now + 60_000_000_000);
-        let get = respond("GET", "/primary", &answering);
-        assert!(
-            get.starts_with("HTTP/1.1 200 OK\r\n") && get.ends_with("\r\n\r\nprimary\n"),
-            "{get}"
-        );
-        let options = respond("OPTIONS", "/primary", &answering);
-        assert!(options.starts_with("HTTP/1.1 200 OK\r\n"), "{options}");
-        assert!(
-            options.ends_with("Content-Length: 0\r\nConnection: close\r\n\r\n"),
-            "{options}"
-        );
-        let head = respond("HEAD", "/primary", &answering);
-        assert!(
-            head.ends_with("Content-Length: 8\r\nConnection: close\r\n\r\n"),
-            "{head}"
-        );
-        let fenced = registry(0);
-        assert!(respond("OPTIONS", "/primary", &fenced).starts_with("HTTP/1.1 503 "));
-        assert!(respond("POST", "/primary", &fenced).starts_with("HTTP/1.1 405 "));
-        assert_eq!(
-            route("GET", "/primary?vip=fd00::5", &answering).0,
-            "503 Service Unavailable",
-            "an IPv6 VIP is a VIP (not this one)"
-        );
-    }
-
-    /// Idle clients cannot take every descriptor: beyond [`MAX_CONNECTIONS`] open exchanges a new
-    /// connection is closed at once, and a scrape is served again as soon as one slot frees
-    /// (issue 16, item 8).
-    #[tokio::test]
-    async fn idle_clients_beyond_the_cap_are_closed_and_scrapes_resume() {
-        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-        let listener = bind("127.0.0.1:0".parse().expect("address"))
-            .await
-            .expect("bind");
-        let address = listener.local_addr().expect("address");
-        let stop = CancellationToken::new();
-        let server = tokio::spawn(serve(listener, registry(0), stop.clone()));
-        let mut idle = Vec::new();
-        for _ in 0..MAX_CONNECTIONS {
-            idle.push(TcpStream::connect(address).await.expect("connect"));
-        }
-        // Let the server accept them all (each holds a slot while it waits for a request).
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        let mut over = TcpStream::connect(address).await.expect("connect");
-        let mut buf = Vec::new();
-        let read = tokio::time::timeout(Duration::from_secs(2), over.read_to_end(&mut buf)).await;
-        assert!(
-            matches!(read, Ok(Ok(0))),
-            "a connection beyond the cap was not closed at once: {read:?}"
-        );
-        drop(idle.pop());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let mut scrape = TcpStream::connect(address).await.expect("connect");
-        scrape
-            .write_all(b"GET /health HTTP/1.1\r\n\r\n")
-            .await
-            .expect("send");
-        let mut answer = Vec::new();
-        tokio::time::timeout(Duration::from_secs(2), scrape.read_to_end(&mut answer))
-            .await
-            .expect("answered within 2 s")
-            .expect("read");
-        assert!(answer.starts_with(b"HTTP/1.1 "), "{answer:?}");
-        stop.cancel();
-        server.await.expect("server");
-    }
-
-    fn registry(deadline_ns: u64) -> Registry {
+    pub(crate) fn registry(deadline_ns: u64) -> Registry {
         let r = Registry::default();
         r.set_vips(vec![VipReport {
             vip: Some(IpAddr::from([10, 0, 0, 5])),
@@ -854,34 +625,11 @@ mod tests {
     }
 
     #[test]
-    fn primary_endpoint_follows_the_deadline() {
-        let answering = registry(monotonic_ns() + 60_000_000_000);
-        assert_eq!(route("GET", "/primary", &answering).0, "200 OK");
-        assert_eq!(
-            route("GET", "/primary?vip=10.0.0.5", &answering).0,
-            "200 OK"
-        );
-        assert_eq!(
-            route("GET", "/primary?vip=10.0.0.6", &answering).0,
-            "503 Service Unavailable"
-        );
-        assert_eq!(
-            route("GET", "/primary?vip=nonsense", &answering).0,
-            "400 Bad Request"
-        );
-        let expired = registry(monotonic_ns().saturating_sub(1));
-        assert_eq!(
-            route("GET", "/primary", &expired).0,
-            "503 Service Unavailable"
-        );
-    }
-
-    #[test]
     fn health_follows_etcd() {
         let r = registry(0);
-        assert_eq!(route("GET", "/health", &r).0, "503 Service Unavailable");
+        assert!(r.unhealthy().is_some());
         r.set_source("/service/pg/leader", &crate::leader::KIND, true, 42);
-        assert_eq!(route("GET", "/health", &r).0, "200 OK");
+        assert_eq!(r.unhealthy(), None);
         let page = r.render();
         assert!(page.contains("vip_agent_watch_revision 42"), "{page}");
         assert!(page.contains("\nvip_agent_etcd_connected 1\n"), "{page}");
@@ -924,10 +672,10 @@ mod tests {
             "0"
         );
         assert_eq!(sample(&page, "vip_agent_etcd_connected"), "0");
-        assert_eq!(route("GET", "/health", &r).0, "503 Service Unavailable");
+        assert!(r.unhealthy().is_some());
         r.set_source("/service/b/leader", &crate::leader::KIND, true, 11);
         assert_eq!(sample(&r.render(), "vip_agent_etcd_connected"), "1");
-        assert_eq!(route("GET", "/health", &r).0, "200 OK");
+        assert_eq!(r.unhealthy(), None);
         // Whichever published last, a's outage shows (it used to be hidden by b's publish).
         r.set_source("/service/a/leader", &crate::leader::KIND, false, 12);
         r.set_source("/service/b/leader", &crate::leader::KIND, true, 12);
@@ -940,7 +688,7 @@ mod tests {
             ),
             "0"
         );
-        assert_eq!(route("GET", "/health", &r).0, "503 Service Unavailable");
+        assert!(r.unhealthy().is_some());
         assert_eq!(
             page.matches("vip_agent_etcd_key_connected{").count(),
             2,
@@ -1119,10 +867,5 @@ mod tests {
         assert!(page.contains(&format!(
             "vip_agent_promotion_gate_waiting_seconds{{{labels}}} 0.000"
         )));
-        assert_eq!(
-            route("POST", "/metrics", &registry(0)).0,
-            "405 Method Not Allowed"
-        );
-        assert_eq!(route("GET", "/nope", &registry(0)).0, "404 Not Found");
     }
 }
