@@ -45,9 +45,10 @@ use crate::{
     http::server::{self, ServerError},
     leader::{Handshake, LeaderError, LeaderFollower, MemberWatcher, Release},
     leadership::{Cause, Hook, Leadership, Source},
-    metrics::{self, Registry},
+    metrics::{self, DataplaneSample, Registry},
     netlink::LinkEvents,
     notify::Notifier,
+    observe::{self, Observation, Observer},
     patroni_rest::{PatroniRestSource, RestError},
     repmgr::{RepmgrError, RepmgrSettings, RepmgrSource, resolve_group},
 };
@@ -168,10 +169,17 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
     for (interface, dp) in &dataplanes {
         prepare_dataplane(interface, dp, &config.vips, &addresses).await?;
     }
+    // Every subsystem reports through one observation channel; the registry applies it.
     let registry = Registry::default();
+    let (observer, observations) = observe::channel();
     for vip in &config.vips {
-        registry.register(vip.ip, &vip.interface, &vip.trigger_key);
+        registry.apply(Observation::Vip {
+            vip: vip.ip,
+            interface: vip.interface.clone(),
+            key: vip.trigger_key.clone(),
+        });
     }
+    registry.apply(hooks::observation_labels());
     registry.set_snapshot(snapshot_fn(&config.vips, &dataplanes));
     // Bound before any task starts: a taken port is a startup error with nothing left running.
     let listener = server::bind(config.metrics_address).await?;
@@ -180,7 +188,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
     let followers_stop = CancellationToken::new();
     let mut wiring = Wiring::default();
     for source in plan.sources {
-        wiring.add(source, &config.vips, &dataplanes, &registry)?;
+        wiring.add(source, &config.vips, &dataplanes, &observer)?;
     }
     let Wiring {
         followers,
@@ -207,7 +215,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
             addresses.clone(),
             rx.clone(),
             &config.garp,
-            registry.clone(),
+            observer.clone(),
         )?);
     }
     let vip_stop = CancellationToken::new();
@@ -241,6 +249,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
         .collect();
     let mut links = crate::netlink::LinkEvents::subscribe().map_err(AgentError::LinkEvents)?;
     let metrics_stop = CancellationToken::new();
+    drop(observer);
+    tasks.spawn(registry.clone().follow(observations, metrics_stop.clone()));
     tasks.spawn(server::serve(
         listener,
         registry.clone(),
@@ -344,12 +354,12 @@ fn snapshot_fn(
             .iter()
             .map(|(vip, dp)| {
                 let dp = dp.lock().unwrap_or_else(PoisonError::into_inner);
-                (
-                    *vip,
-                    dp.state(*vip).ok().flatten(),
-                    dp.stats(*vip).unwrap_or_default(),
-                    dp.egress_stats(*vip).unwrap_or_default(),
-                )
+                DataplaneSample {
+                    vip: Some(*vip),
+                    state: dp.state(*vip).ok().flatten(),
+                    stats: dp.stats(*vip).unwrap_or_default(),
+                    egress: dp.egress_stats(*vip).unwrap_or_default(),
+                }
             })
             .collect()
     })
@@ -471,7 +481,7 @@ impl Wiring {
         plan: SourcePlan,
         vips: &[VipConfig],
         dataplanes: &BTreeMap<String, SharedDataplane>,
-        registry: &Registry,
+        observer: &Observer,
     ) -> Result<(), AgentError> {
         let kind = plan.source.kind();
         let member = plan.member.as_ref().and_then(|key| match &plan.source {
@@ -494,7 +504,7 @@ impl Wiring {
                         .map(|dp| (v.ip, v.prefix_len, Arc::clone(dp)))
                 })
                 .collect();
-            let mut writer = DataplaneWriter::new(plan.key.clone(), targets, registry.clone());
+            let mut writer = DataplaneWriter::new(plan.key.clone(), targets, observer.clone());
             let gate = Gate::new(
                 w.name,
                 w.gate,
@@ -503,14 +513,18 @@ impl Wiring {
             )
             .with_target(member.clone(), plan.scope.clone())
             .with_member_name(plan.scope.is_some().then(|| plan.value.clone()));
-            let gate_registry = registry.clone();
+            let gate_observer = observer.clone();
             let ips = w.vips;
             for ip in &ips {
                 self.vip_receivers.insert(*ip, gate.subscribe());
             }
             gate.on_status(Box::new(move |status| {
+                let gate = status.observation();
                 for ip in &ips {
-                    gate_registry.set_gate(*ip, status);
+                    gate_observer.observe(Observation::Gate {
+                        vip: *ip,
+                        gate: gate.clone(),
+                    });
                 }
             }));
             hooks.push(gate.hook());
@@ -544,18 +558,27 @@ impl Wiring {
                 fence_timeout,
             } => {
                 let mut source = RepmgrSource::new(repmgr_settings(&config, fence_timeout)?)?;
-                let events = registry.clone();
-                source.on_event(move |outcome| events.record_repmgr_event(outcome));
+                let events = observer.clone();
+                source.on_event(move |outcome| {
+                    events.observe(Observation::SourceEvent {
+                        outcome,
+                        outcomes: &crate::repmgr::EVENT_OUTCOMES,
+                    });
+                });
                 Box::new(source)
             }
             SourceChoice::PatroniRest(settings) => Box::new(PatroniRestSource::new(*settings)?),
         };
-        registry.set_source_kind(kind);
-        let source_registry = registry.clone();
+        let source_observer = observer.clone();
         let key = plan.key;
         source.on_change(Box::new(move |state: &Leadership| {
             to_gates(state);
-            source_registry.set_source(&key, kind, state.reached(), state.detail);
+            source_observer.observe(Observation::Source {
+                key: key.clone(),
+                kind: kind.observed(),
+                reached: state.reached(),
+                detail: state.detail,
+            });
         }));
         self.receivers.push(source.subscribe());
         self.followers.push(source);
@@ -597,18 +620,18 @@ struct DataplaneWriter {
     key: String,
     /// VIP, prefix length, data plane.
     targets: Vec<(IpAddr, u8, SharedDataplane)>,
-    registry: Registry,
+    observer: Observer,
     /// The deadline of the last write (0: fenced). The data plane answers while it lies ahead, so
     /// a deadline that ran out counts as fenced and the next confirmation logs a transition.
     answering_until: u64,
 }
 
 impl DataplaneWriter {
-    fn new(key: String, targets: Vec<(IpAddr, u8, SharedDataplane)>, registry: Registry) -> Self {
+    fn new(key: String, targets: Vec<(IpAddr, u8, SharedDataplane)>, observer: Observer) -> Self {
         Self {
             key,
             targets,
-            registry,
+            observer,
             answering_until: 0,
         }
     }
@@ -650,11 +673,16 @@ impl DataplaneWriter {
             }
         }
         let done = monotonic_ns();
-        let latency_us = done.saturating_sub(state.observed_at_ns) / 1_000;
+        let latency_ns = done.saturating_sub(state.observed_at_ns);
+        let latency_us = latency_ns / 1_000;
         let transition = answer != (now < self.answering_until);
         self.answering_until = if answer { state.safe_until_ns } else { 0 };
         for (vip, _, _) in &self.targets {
-            self.registry.record_write(*vip, transition, latency_us);
+            self.observer.observe(Observation::Write {
+                vip: *vip,
+                transition,
+                latency: std::time::Duration::from_nanos(latency_ns),
+            });
         }
         if transition {
             info!(
@@ -690,7 +718,7 @@ struct VipTask {
     leader: watch::Receiver<Leadership>,
     garp: Arc<GarpSender>,
     garp_config: GarpConfig,
-    registry: Registry,
+    observer: Observer,
     /// Stops the hook of the previous transition (the latest transition wins).
     hook_stop: CancellationToken,
     tasks: TaskTracker,
@@ -710,7 +738,7 @@ impl VipTask {
         addresses: Addresses,
         leader: watch::Receiver<Leadership>,
         garp_config: &GarpConfig,
-        registry: Registry,
+        observer: Observer,
     ) -> Result<Self, AgentError> {
         let (ifindex, mac, program) = {
             let dp = dataplane.lock().unwrap_or_else(PoisonError::into_inner);
@@ -736,7 +764,7 @@ impl VipTask {
             leader,
             garp: Arc::new(garp),
             garp_config: *garp_config,
-            registry,
+            observer,
             hook_stop: CancellationToken::new(),
             tasks: TaskTracker::new(),
             program,
@@ -833,8 +861,10 @@ impl VipTask {
             )
             .await
             {
-                self.registry
-                    .record_hook(self.vip.address, HookEvent::Demote, &report);
+                self.observer.observe(Observation::Hook {
+                    vip: self.vip.address,
+                    run: report.observation(HookEvent::Demote),
+                });
             }
         }
         self.hook_stop.cancel();
@@ -868,10 +898,13 @@ impl VipTask {
             self.hook_context(),
             self.hook_stop.clone(),
         );
-        let registry = self.registry.clone();
+        let observer = self.observer.clone();
         self.tasks.spawn(async move {
             if let Some(report) = hooks::run(&config, event, &context, &stop).await {
-                registry.record_hook(context.vip, event, &report);
+                observer.observe(Observation::Hook {
+                    vip: context.vip,
+                    run: report.observation(event),
+                });
             }
         });
     }

@@ -189,8 +189,8 @@ fn status(
     let now = vip_agent::clock::monotonic_ns();
     // Optional and best effort: the gate lives in the daemon, not in the pinned maps.
     let gates = metrics_address.map(|address| {
-        vip_agent::status::fetch_metrics(address, std::time::Duration::from_secs(2))
-            .map(|page| vip_agent::status::gate_views(&page))
+        vip_agent::status::fetch_status(address, std::time::Duration::from_secs(2))
+            .map(|status| vip_agent::status::gate_views(&status))
             .map_err(|why| format!("--metrics-address {address}: {why}"))
     });
     let report = vip_agent::status::report_with_gates(

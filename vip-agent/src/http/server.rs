@@ -52,6 +52,7 @@ pub const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The Prometheus text format's content type.
 const METRICS_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 const TEXT_TYPE: &str = "text/plain; charset=utf-8";
+const JSON_TYPE: &str = "application/json";
 
 /// Errors of the HTTP server.
 #[derive(Debug, thiserror::Error)]
@@ -168,6 +169,16 @@ fn route(
                 text(StatusCode::OK, "replica\n")
             }
         }
+        "/status" => match serde_json::to_string_pretty(&registry.status()) {
+            Ok(mut json) => {
+                json.push('\n');
+                (StatusCode::OK, JSON_TYPE, json)
+            }
+            Err(e) => text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &format!("render the status as JSON: {e}\n"),
+            ),
+        },
         _ => text(
             StatusCode::NOT_FOUND,
             "try /metrics, /health, /primary, /replica or /status\n",
@@ -235,7 +246,7 @@ mod tests {
     use super::*;
     use crate::{clock::monotonic_ns, metrics::tests::registry};
 
-    const ENDPOINTS: [&str; 4] = ["/metrics", "/health", "/primary", "/replica"];
+    const ENDPOINTS: [&str; 5] = ["/metrics", "/health", "/primary", "/replica", "/status"];
 
     /// (status, headers, body) of `method` on `target`.
     fn call(method: &str, target: &str, registry: &Registry) -> (u16, http::HeaderMap, String) {
@@ -258,7 +269,12 @@ mod tests {
     }
 
     fn healthy(registry: &Registry) -> &Registry {
-        registry.set_source("/service/pg/leader", &crate::leader::KIND, true, 1);
+        registry.apply(crate::observe::Observation::Source {
+            key: "/service/pg/leader".to_owned(),
+            kind: crate::leader::KIND.observed(),
+            reached: true,
+            detail: 1,
+        });
         registry
     }
 
@@ -293,6 +309,17 @@ mod tests {
         assert_eq!(status("GET", "/nope", &registry(0)), 404);
         let (_, headers, _) = call("GET", "/metrics", &registry(0));
         assert_eq!(headers[header::CONTENT_TYPE], METRICS_TYPE);
+        let (code, headers, body) = call("GET", "/status", &registry(0));
+        assert_eq!(
+            (code, headers[header::CONTENT_TYPE].to_str().ok()),
+            (200, Some(JSON_TYPE))
+        );
+        let status: crate::observe::AgentStatus = serde_json::from_str(&body).expect("JSON");
+        assert_eq!(status.vips.len(), 1, "{body}");
+        assert_eq!(
+            status.vips[0].gate.as_ref().map(|g| g.state.as_str()),
+            Some("open")
+        );
     }
 
     #[test]
