@@ -45,6 +45,7 @@ use crate::{
     http::server::{self, ServerError},
     leader::{Handshake, LeaderError, LeaderFollower, MemberWatcher, Release},
     leadership::{Cause, Hook, Leadership, Source},
+    logging::Chain,
     metrics::{self, DataplaneSample, Registry},
     netlink::LinkEvents,
     notify::Notifier,
@@ -56,7 +57,7 @@ use crate::{
 /// Errors that stop the agent from starting. Once running, failures are logged and retried.
 ///
 /// Like every error of this crate, each message names the failed operation only; the cause is its
-/// [`std::error::Error::source`], printed after it by `{:#}` (anyhow) or [`Chain`].
+/// [`std::error::Error::source`], printed after it by `{:#}` (anyhow) or [`Chain`](crate::logging::Chain).
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
     #[error(transparent)]
@@ -117,25 +118,14 @@ pub enum AgentError {
     },
 }
 
-/// An error and its causes, `operation: cause: cause`, for log lines (which print `Display` only).
-pub struct Chain<'a>(pub &'a (dyn std::error::Error + 'static));
-
-impl std::fmt::Display for Chain<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.0)?;
-        let mut cause = self.0.source();
-        while let Some(e) = cause {
-            write!(f, ": {e}")?;
-            cause = e.source();
-        }
-        Ok(())
-    }
-}
-
 /// A data plane shared by the VIPs of one interface. Map writes are single syscalls: a plain mutex.
 type SharedDataplane = Arc<Mutex<Dataplane>>;
 
 /// Run the agent until `shutdown` is cancelled; then fence every VIP and remove its address.
+///
+/// The [`plan`] decides what runs; this starts it in three steps: the data planes, every VIP
+/// registered and fenced ([`open_dataplanes`]); everything fallible built ([`Running::start`]);
+/// then the tasks, until shutdown or a deleted interface ([`Running::stop`]).
 ///
 /// # Errors
 /// When startup fails (interface, privileges, foreign XDP program, bad TLS files, ...). Nothing is
@@ -145,10 +135,39 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
     // Before anything: without these the agent would fail part-way (see `caps`).
     crate::caps::check()?;
     let addresses = Addresses::new()?;
+    let (dataplanes, interface_locks) = open_dataplanes(&plan, &config, &addresses).await?;
+    let mut running = Running::start(plan, &config, &dataplanes, &addresses).await?;
+    info!(
+        vips = config.vips.len(),
+        interfaces = dataplanes.len(),
+        "vip-agent running"
+    );
+    let removed = running.until_stopped(&shutdown, &dataplanes).await;
+    running.stop(&config, &dataplanes).await;
+    drop(interface_locks);
+    if let Some(interface) = removed {
+        return Err(AgentError::InterfaceRemoved { interface });
+    }
+    info!(
+        "stopped: every VIP fenced and its address removed; the XDP program stays attached, fenced"
+    );
+    Ok(())
+}
 
-    // One data plane per interface, every VIP registered and fenced before anything else happens.
-    // Each interface is locked first: a second agent on it would adopt the same pins and forget
-    // the first one's VIPs as "no longer configured".
+/// One data plane per interface of the plan, every VIP registered and fenced before anything
+/// else happens. Each interface is locked first: a second agent on it would adopt the same pins
+/// and forget the first one's VIPs as "no longer configured". The locks are held until dropped.
+async fn open_dataplanes(
+    plan: &Plan,
+    config: &Config,
+    addresses: &Addresses,
+) -> Result<
+    (
+        BTreeMap<String, SharedDataplane>,
+        Vec<std::os::unix::net::UnixListener>,
+    ),
+    AgentError,
+> {
     let mut dataplanes: BTreeMap<String, SharedDataplane> = BTreeMap::new();
     let mut interface_locks = Vec::new();
     for interface in &plan.interfaces {
@@ -167,138 +186,170 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
         dataplanes.insert(interface.clone(), Arc::new(Mutex::new(dp)));
     }
     for (interface, dp) in &dataplanes {
-        prepare_dataplane(interface, dp, &config.vips, &addresses).await?;
+        prepare_dataplane(interface, dp, &config.vips, addresses).await?;
     }
-    // Every subsystem reports through one observation channel; the registry applies it.
-    let registry = Registry::default();
-    let (observer, observations) = observe::channel();
-    for vip in &config.vips {
-        registry.apply(Observation::Vip {
-            vip: vip.ip,
-            interface: vip.interface.clone(),
-            key: vip.trigger_key.clone(),
-        });
-    }
-    registry.apply(hooks::observation_labels());
-    registry.set_snapshot(snapshot_fn(&config.vips, &dataplanes));
-    // Bound before any task starts: a taken port is a startup error with nothing left running.
-    let listener = server::bind(config.metrics_address).await?;
+    Ok((dataplanes, interface_locks))
+}
 
-    let tasks = TaskTracker::new();
-    let followers_stop = CancellationToken::new();
-    let mut wiring = Wiring::default();
-    for source in plan.sources {
-        wiring.add(source, &config.vips, &dataplanes, &observer)?;
-    }
-    let Wiring {
-        followers,
-        receivers,
-        vip_receivers,
-        members,
-        handshakes,
-        releases,
-        gates,
-    } = wiring;
+/// The started agent: its tasks and how to stop them in order.
+struct Running {
+    /// VIP tasks, the metrics server and the readiness notice.
+    tasks: TaskTracker,
+    /// Followers, gates, member watchers and handshakes: on their own tracker so shutdown can
+    /// wait for them; no hook and no gate may write "answering" after the final fence.
+    follower_tasks: TaskTracker,
+    followers_stop: CancellationToken,
+    vip_stop: CancellationToken,
+    metrics_stop: CancellationToken,
+    releases: Vec<Release>,
+    links: LinkEvents,
+}
 
-    // Everything fallible is built before the first task starts.
-    let mut vip_tasks = Vec::new();
-    for vip in &config.vips {
-        let Some(dp) = dataplanes.get(&vip.interface) else {
-            continue;
+impl Running {
+    /// Build everything fallible, then spawn it all: nothing runs if any part fails.
+    async fn start(
+        plan: Plan,
+        config: &Config,
+        dataplanes: &BTreeMap<String, SharedDataplane>,
+        addresses: &Addresses,
+    ) -> Result<Self, AgentError> {
+        // Every subsystem reports through one observation channel; the registry applies it.
+        let registry = Registry::default();
+        let (observer, observations) = observe::channel();
+        for vip in &config.vips {
+            registry.apply(Observation::Vip {
+                vip: vip.ip,
+                interface: vip.interface.clone(),
+                key: vip.trigger_key.clone(),
+            });
+        }
+        registry.apply(hooks::observation_labels());
+        registry.set_snapshot(snapshot_fn(&config.vips, dataplanes));
+        // Bound before any task starts: a taken port is a startup error with nothing running.
+        let listener = server::bind(config.metrics_address).await?;
+
+        let mut wiring = Wiring::default();
+        for source in plan.sources {
+            wiring.add(source, &config.vips, dataplanes, &observer)?;
+        }
+        let Wiring {
+            followers,
+            receivers,
+            vip_receivers,
+            members,
+            handshakes,
+            releases,
+            gates,
+        } = wiring;
+        let mut vip_tasks = Vec::new();
+        for vip in &config.vips {
+            let (Some(dp), Some(rx)) = (dataplanes.get(&vip.interface), vip_receivers.get(&vip.ip))
+            else {
+                continue;
+            };
+            vip_tasks.push(VipTask::new(
+                vip.clone(),
+                Arc::clone(dp),
+                addresses.clone(),
+                rx.clone(),
+                &config.garp,
+                observer.clone(),
+            )?);
+        }
+        // An interface deleted (and maybe re-created) takes the program, the pins and the
+        // addresses with it: nothing the agent holds follows the new one.
+        let links = LinkEvents::subscribe().map_err(AgentError::LinkEvents)?;
+
+        let running = Self {
+            tasks: TaskTracker::new(),
+            follower_tasks: TaskTracker::new(),
+            followers_stop: CancellationToken::new(),
+            vip_stop: CancellationToken::new(),
+            metrics_stop: CancellationToken::new(),
+            releases,
+            links,
         };
-        let Some(rx) = vip_receivers.get(&vip.ip) else {
-            continue;
-        };
-        vip_tasks.push(VipTask::new(
-            vip.clone(),
-            Arc::clone(dp),
-            addresses.clone(),
-            rx.clone(),
-            &config.garp,
-            observer.clone(),
-        )?);
+        for task in vip_tasks {
+            running.tasks.spawn(task.run(running.vip_stop.clone()));
+        }
+        let stop = &running.followers_stop;
+        for follower in followers {
+            running.follower_tasks.spawn(follower.run(stop.clone()));
+        }
+        for gate in gates {
+            running.follower_tasks.spawn(gate.run(stop.clone()));
+        }
+        for member in members {
+            running.follower_tasks.spawn(member.run(stop.clone()));
+        }
+        for handshake in handshakes {
+            running.follower_tasks.spawn(handshake.run(stop.clone()));
+        }
+        running.follower_tasks.close();
+        drop(observer);
+        running.tasks.spawn(
+            registry
+                .clone()
+                .follow(observations, running.metrics_stop.clone()),
+        );
+        running.tasks.spawn(server::serve(
+            listener,
+            registry,
+            running.metrics_stop.clone(),
+        ));
+        running
+            .tasks
+            .spawn(notify_ready(receivers, config.vips.len()));
+        running.tasks.close();
+        Ok(running)
     }
-    let vip_stop = CancellationToken::new();
-    for task in vip_tasks {
-        tasks.spawn(task.run(vip_stop.clone()));
-    }
-    // Followers and gates run on their own tracker so shutdown can wait for them: no hook and no
-    // gate may write "answering" after the fence below.
-    let follower_tasks = TaskTracker::new();
-    for follower in followers {
-        follower_tasks.spawn(follower.run(followers_stop.clone()));
-    }
-    for gate in gates {
-        follower_tasks.spawn(gate.run(followers_stop.clone()));
-    }
-    for member in members {
-        follower_tasks.spawn(member.run(followers_stop.clone()));
-    }
-    for handshake in handshakes {
-        follower_tasks.spawn(handshake.run(followers_stop.clone()));
-    }
-    follower_tasks.close();
-    // An interface deleted (and maybe re-created) takes the program, the pins and the addresses
-    // with it: nothing the agent holds follows the new one, so the agent ends with an error.
-    let watched: Vec<(String, u32)> = dataplanes
-        .iter()
-        .map(|(name, dp)| {
-            let index = dp.lock().unwrap_or_else(PoisonError::into_inner).ifindex();
-            (name.clone(), index)
-        })
-        .collect();
-    let mut links = crate::netlink::LinkEvents::subscribe().map_err(AgentError::LinkEvents)?;
-    let metrics_stop = CancellationToken::new();
-    drop(observer);
-    tasks.spawn(registry.clone().follow(observations, metrics_stop.clone()));
-    tasks.spawn(server::serve(
-        listener,
-        registry.clone(),
-        metrics_stop.clone(),
-    ));
-    tasks.spawn(notify_ready(receivers, config.vips.len()));
-    tasks.close();
-    info!(
-        vips = config.vips.len(),
-        interfaces = dataplanes.len(),
-        "vip-agent running"
-    );
 
-    let removed = tokio::select! {
-        () = shutdown.cancelled() => None,
-        interface = links.removed(&watched) => Some(interface),
-    };
-    match &removed {
-        None => info!("shutting down: fencing every VIP"),
-        Some(interface) => error!(interface = %interface,
-            "the interface was deleted: fencing every VIP and exiting (a restart attaches anew)"),
+    /// Until `shutdown`, or until an interface of the agent is deleted (`Some` its name).
+    async fn until_stopped(
+        &mut self,
+        shutdown: &CancellationToken,
+        dataplanes: &BTreeMap<String, SharedDataplane>,
+    ) -> Option<String> {
+        let watched: Vec<(String, u32)> = dataplanes
+            .iter()
+            .map(|(name, dp)| {
+                let index = dp.lock().unwrap_or_else(PoisonError::into_inner).ifindex();
+                (name.clone(), index)
+            })
+            .collect();
+        let removed = tokio::select! {
+            () = shutdown.cancelled() => None,
+            interface = self.links.removed(&watched) => Some(interface),
+        };
+        match &removed {
+            None => info!("shutting down: fencing every VIP"),
+            Some(interface) => error!(interface = %interface,
+                "the interface was deleted: fencing every VIP and exiting (a restart attaches anew)"),
+        }
+        removed
     }
-    // Stop following first and wait for it, so no hook writes "answering" after the fence below.
-    followers_stop.cancel();
-    follower_tasks.wait().await;
-    for (interface, dp) in &dataplanes {
-        let mut dp = dp.lock().unwrap_or_else(PoisonError::into_inner);
-        for vip in config.vips.iter().filter(|v| &v.interface == interface) {
-            if let Err(e) = dp.fence(vip.ip) {
-                error!(vip = %vip.ip, error = %Chain(&e), "fence at shutdown failed");
+
+    /// Stop following and wait for it, fence every VIP, release the fence records, then stop the
+    /// VIP tasks (which remove the addresses) and the metrics server.
+    async fn stop(self, config: &Config, dataplanes: &BTreeMap<String, SharedDataplane>) {
+        self.followers_stop.cancel();
+        self.follower_tasks.wait().await;
+        for (interface, dp) in dataplanes {
+            let mut dp = dp.lock().unwrap_or_else(PoisonError::into_inner);
+            for vip in config.vips.iter().filter(|v| &v.interface == interface) {
+                if let Err(e) = dp.fence(vip.ip) {
+                    error!(vip = %vip.ip, error = %Chain(&e), "fence at shutdown failed");
+                }
             }
         }
+        // Fenced: now the other agents need not wait for this one's fence records to expire.
+        for release in self.releases {
+            release.release().await;
+        }
+        self.vip_stop.cancel();
+        self.metrics_stop.cancel();
+        self.tasks.wait().await;
     }
-    // Fenced: now the other agents need not wait for this one's fence records to expire.
-    for release in releases {
-        release.release().await;
-    }
-    vip_stop.cancel();
-    metrics_stop.cancel();
-    tasks.wait().await;
-    drop(interface_locks);
-    if let Some(interface) = removed {
-        return Err(AgentError::InterfaceRemoved { interface });
-    }
-    info!(
-        "stopped: every VIP fenced and its address removed; the XDP program stays attached, fenced"
-    );
-    Ok(())
 }
 
 /// Tell systemd (`Type=notify`) that the agent is ready: the data plane is attached (the caller

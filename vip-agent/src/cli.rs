@@ -19,8 +19,7 @@ use clap_mangen::{
 
 use crate::{config::ConfigArgs, dataplane::DEFAULT_PIN_ROOT};
 
-/// The binary's name, as installed (`/usr/bin/vip-agent`).
-pub const BIN_NAME: &str = "vip-agent";
+pub use crate::BIN_NAME;
 
 /// The oldest kernel vip-agent runs on: XDP through a pinned `bpf_link` (Linux 5.9), in the 5.10
 /// LTS.
@@ -35,17 +34,20 @@ const LONG_ABOUT: &str = "\
 vip-agent moves a PostgreSQL primary's floating IP (VIP) between the nodes of a Patroni cluster, \
 like vip-manager and with vip-manager's configuration (file, flags and VIP_* variables), but a \
 node that is not the primary cannot answer for the VIP, even when its agent is dead, hung or cut \
-off from etcd.
+off from its leader source.
 
-It follows the Patroni leader key in etcd with a v3 watch. An XDP program on the VIP's interface \
-answers ARP requests (IPv6: Neighbor Solicitations) for the VIP while this node holds the key, \
+It follows the Patroni leader key in etcd with a v3 watch (dcs-type: etcd, the default), a \
+repmgr cluster through its event notifications and PostgreSQL (dcs-type: repmgr), or Patroni's \
+REST API (dcs-type: patroni). An XDP program on the VIP's interface \
+answers ARP requests (IPv6: Neighbor Solicitations) for the VIP while this node holds leadership, \
 and drops them, and every packet to the VIP, otherwise.
 
 Safety: holding is a deadline in a BPF map, not a flag. The agent extends it only from fresh \
-confirmations of the leader key's etcd lease, never past the moment etcd could give the key to \
-another node, so a node whose agent stops renewing goes silent by itself. Losing the key fences \
-at once. fence-timeout also bounds the deadline after the last confirmation, for nodes where \
-Patroni and the agent can lose etcd separately.
+confirmations of leadership: with etcd, of the leader key's lease, never past the moment etcd \
+could give the key to another node; without a lease (repmgr, Patroni's REST API), never more \
+than fence-timeout after the last positive answer. A node whose agent stops renewing goes silent \
+by itself. Losing leadership fences at once. fence-timeout also bounds the deadline after the \
+last etcd confirmation, for nodes where Patroni and the agent can lose etcd separately.
 
 Without a subcommand vip-agent runs the daemon, as vip-manager is run: vip-agent --config FILE. \
 It runs as root on Linux 5.10 or newer.";
@@ -155,7 +157,7 @@ pub const HELP_SECTIONS: &[HelpSection] = &[
             entry(
                 "SIGKILL, SIGSTOP",
                 "No cleanup runs, and none is needed: the data plane stops answering by itself at \
-                 the deadline nobody renews, before etcd can give the leader key to another node.",
+                 the deadline nobody renews, before the leader source can name another node.",
             ),
         ],
     },
@@ -269,8 +271,8 @@ pub enum Command {
     #[command(
         long_about = "Run the daemon (the default: `vip-agent --config FILE` is \
                       `vip-agent run --config FILE`). It attaches the XDP program fenced, follows \
-                      the leader key in etcd and answers for the VIP only while this node holds \
-                      it. SIGTERM fences and exits 0; SIGHUP reloads the configuration."
+                      its leader source (etcd, repmgr or Patroni's REST API) and answers for \
+                      the VIP only while this node holds leadership. SIGTERM fences and exits 0; SIGHUP reloads the configuration."
     )]
     Run(ConfigArgs),
     /// Validate the configuration against this host and print it, secrets redacted.
@@ -279,8 +281,8 @@ pub enum Command {
                       host: every interface exists and is not loopback, no VIP is the node's own \
                       address, the CA, certificate and key files are readable PEM, the pin path \
                       can be on bpffs. Warnings and notes go to stderr, the effective \
-                      configuration (secrets redacted) to stdout. Nothing is changed and etcd is \
-                      not contacted."
+                      configuration (secrets redacted) to stdout. Nothing is changed and no leader \
+                      source is contacted."
     )]
     Check(ConfigArgs),
     /// Show what the pinned data plane of an interface says, per VIP (works without the daemon).

@@ -59,6 +59,7 @@ mod error;
 #[cfg(fuzzing)]
 pub mod fuzzing;
 mod host;
+mod layout;
 mod parse;
 mod render;
 mod schema;
@@ -77,6 +78,7 @@ use std::{
 
 pub use error::ConfigError;
 pub use host::{HostFacts, InterfaceFacts};
+pub use layout::{DEFAULT_RECORD_PREFIX, DEFAULT_RECORD_TTL, HandshakeSettings, member_key, scope};
 pub use parse::repmgr::{
     DEFAULT_REPMGR_CHECK_INTERVAL, DEFAULT_REPMGR_QUORUM_HOLD, DEFAULT_REPMGR_SOCKET,
     DEFAULT_REPMGR_STATE_FILE, REPMGR_VALIDITY_INTERVALS, RepmgrConfig,
@@ -124,7 +126,7 @@ pub struct Config {
     /// The fence handshake between the agents of one key (`fence-handshake`, `fence-record-ttl`,
     /// `fence-record-prefix`); `None` when off (`fence-handshake: false`, or repmgr mode, which
     /// has no etcd). See [`crate::leader::Handshake`].
-    pub handshake: Option<crate::leader::HandshakeSettings>,
+    pub handshake: Option<HandshakeSettings>,
     /// How to attach the XDP program.
     pub xdp_mode: XdpModeSetting,
     /// Prometheus metrics endpoint.
@@ -613,7 +615,7 @@ impl Config {
         self.vips
             .iter()
             .filter(|v| v.gate.mode == GateMode::Patroni && self.repmgr.is_none())
-            .map(|v| match (&v.gate.patroni_url, crate::leader::member_key(&v.trigger_key, &v.trigger_value)) {
+            .map(|v| match (&v.gate.patroni_url, member_key(&v.trigger_key, &v.trigger_value)) {
                 (Some(url), _) => format!("note: VIP {}: the promotion gate asks Patroni at {url} (patroni-url)", v.ip),
                 (None, _) if self.patroni_interval.is_some() => format!(
                     "note: VIP {}: the promotion gate asks the Patroni the leader source asks, {} (dcs-endpoints)",

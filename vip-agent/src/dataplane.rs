@@ -348,7 +348,7 @@ impl Dataplane {
                 Ok(None) => warn!(interface = %self.interface, pin = %pin.display(),
                     "pinned TC egress program is not attached to this interface any more; replacing it"),
                 Err(e) => {
-                    warn!(interface = %self.interface, pin = %pin.display(), error = %crate::agent::Chain(&e),
+                    warn!(interface = %self.interface, pin = %pin.display(), error = %crate::logging::Chain(&e),
                     "cannot adopt the pinned TC egress program; replacing it")
                 }
             }
@@ -485,7 +485,7 @@ impl Dataplane {
                 Err(e @ DataplaneError::PermissionDenied { .. }) => return Err(e),
                 Err(e) => {
                     warn!(interface = %interface, mode = candidate.name(),
-                        error = %crate::agent::Chain(&e), "attaching the ingress program failed");
+                        error = %crate::logging::Chain(&e), "attaching the ingress program failed");
                     last_error = Some(e);
                 }
             }
@@ -1043,7 +1043,7 @@ fn open_egress_stats(pin_dir: &Path) -> Option<EgressMap> {
     match opened {
         Ok(map) => Some(map),
         Err(e) => {
-            warn!(pin = %path.display(), error = %crate::agent::Chain(&e), "cannot open the egress counters");
+            warn!(pin = %path.display(), error = %crate::logging::Chain(&e), "cannot open the egress counters");
             None
         }
     }
@@ -1068,7 +1068,7 @@ impl Egress {
                 }
             }
             Err(e) => {
-                let reason = crate::agent::Chain(&e).to_string();
+                let reason = crate::logging::Chain(&e).to_string();
                 warn!(interface, error = %reason,
                     "no egress fence: a fenced node's kernel can still send from the VIP while it has the address \
                      (the TC egress program needs tcx, Linux 6.6 or newer)");

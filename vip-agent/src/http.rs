@@ -1,7 +1,8 @@
-//! HTTP, on the hyper 1.x that tonic already links:
+//! HTTP, in both directions, on the hyper that tonic already links.
 //!
-//! * [`server`]: the daemon's metrics, health and status endpoints;
-//! * [`get`]: a blocking `GET` for `vip-agent status`.
+//! * [`client`]: HTTP/1.1 requests over one connection (plain TCP, TLS, or any byte stream), with
+//!   the whole exchange under a timeout and the body bounded;
+//! * [`server`]: the daemon's `/metrics`, `/health`, `/primary`, `/replica` and `/status`.
 
-pub mod get;
+pub mod client;
 pub mod server;

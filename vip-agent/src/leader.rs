@@ -85,11 +85,8 @@ mod state;
 
 pub use error::{LeaderError, Operation};
 pub use follower::{KeyHook, LeaderFollower, check_connection, spawn};
-pub use handshake::{
-    DEFAULT_RECORD_PREFIX, DEFAULT_RECORD_TTL, Decision, Handshake, HandshakeHook,
-    HandshakeSettings, Record, RecordState, Release,
-};
-pub use member::{MemberView, MemberWatcher, member_key, scope};
+pub use handshake::{Decision, Handshake, HandshakeHook, Record, RecordState, Release};
+pub use member::{MemberView, MemberWatcher};
 pub use settings::{
     DEFAULT_BACKOFF_MAX, DEFAULT_BACKOFF_MIN, DEFAULT_CONFIRM_INTERVAL, DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_KEEPALIVE_INTERVAL, DEFAULT_KEEPALIVE_TIMEOUT, DEFAULT_REQUEST_TIMEOUT,

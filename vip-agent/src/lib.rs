@@ -7,6 +7,9 @@
 //! * [`leader`]: the etcd v3 watch on the Patroni leader key and leadership confirmation;
 //! * [`clock`]: the kernel monotonic clock shared with the XDP program.
 
+/// The binary's name, as installed (`/usr/bin/vip-agent`): clap, man pages, completions and the journal's syslog identifier.
+pub const BIN_NAME: &str = "vip-agent";
+
 pub mod address;
 pub mod agent;
 pub mod caps;

@@ -63,7 +63,7 @@ pub fn init(verbose: bool, format: LogFormat) -> Sink {
         match tracing_journald::layer() {
             Ok(layer) => {
                 registry
-                    .with(layer.with_syslog_identifier(crate::cli::BIN_NAME.to_owned()))
+                    .with(layer.with_syslog_identifier(crate::BIN_NAME.to_owned()))
                     .init();
                 return Sink::Journald;
             }
@@ -119,6 +119,21 @@ fn journal_stream_matches(value: &str, dev: u64, ino: u64) -> bool {
         return false;
     };
     d.parse::<u64>().ok() == Some(dev) && i.parse::<u64>().ok() == Some(ino)
+}
+
+/// An error and its causes, `operation: cause: cause`, for log lines (which print `Display` only).
+pub struct Chain<'a>(pub &'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut cause = self.0.source();
+        while let Some(e) = cause {
+            write!(f, ": {e}")?;
+            cause = e.source();
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

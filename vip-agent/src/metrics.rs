@@ -779,10 +779,47 @@ fn escape(s: &str) -> String {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::{
-        gate::{FailsafeStatus, GateState, GateStatus, Outcome, UrlSource},
-        hooks::{HookEvent, HookOutcome, HookReport},
+    use crate::observe::FailsafeObservation;
+
+    // Plain observations, as the domain sends them (the registry's tests import no domain module;
+    // the domain's builders are tested with it, in status.rs).
+    pub(crate) const ETCD: SourceName = SourceName {
+        name: "etcd",
+        what: "etcd",
+        detail: (
+            "vip_agent_watch_revision",
+            "etcd revision the leader watch has reached.",
+        ),
     };
+    const REPMGR: SourceName = SourceName {
+        name: "repmgr",
+        what: "the local PostgreSQL (repmgr mode)",
+        detail: (
+            "vip_agent_repmgr_role_events",
+            "repmgr role events applied since the agent started.",
+        ),
+    };
+    const HOOK_LABELS: Observation = Observation::HookLabels {
+        events: &["promote", "demote"],
+        outcomes: &["success", "failure", "timeout", "cancelled"],
+    };
+    const GATE_OUTCOMES: [&str; 5] = [
+        "primary",
+        "standby_leader",
+        "no_patroni",
+        "timeout",
+        "cancelled",
+    ];
+
+    /// A gate in `state` with `counts` per outcome.
+    fn gate(state: &'static str, counts: [u64; 5]) -> GateObservation {
+        GateObservation {
+            state,
+            states: &["off", "idle", "waiting", "open"],
+            outcomes: GATE_OUTCOMES.into_iter().zip(counts).collect(),
+            ..GateObservation::default()
+        }
+    }
 
     const LABELS: &str = "vip=\"10.0.0.5\",interface=\"eth0\",key=\"/service/pg/leader\"";
 
@@ -795,7 +832,7 @@ pub(crate) mod tests {
             interface: "eth0".into(),
             key: "/service/pg/leader".into(),
         });
-        r.apply(crate::hooks::observation_labels());
+        r.apply(HOOK_LABELS);
         r.set_snapshot(Arc::new(move || {
             vec![DataplaneSample {
                 vip: Some(vip),
@@ -819,14 +856,11 @@ pub(crate) mod tests {
         }
         r.apply(Observation::Gate {
             vip,
-            gate: GateStatus {
-                state: GateState::Open,
+            gate: GateObservation {
                 last_wait_ns: 1_500_000,
-                last_outcome: Some(Outcome::Timeout),
-                outcomes: [3, 0, 0, 1, 0],
-                ..GateStatus::default()
-            }
-            .observation(),
+                last_outcome: Some("timeout"),
+                ..gate("open", [3, 0, 0, 1, 0])
+            },
         });
         r
     }
@@ -834,7 +868,7 @@ pub(crate) mod tests {
     fn source(r: &Registry, key: &str, reached: bool, detail: i64) {
         r.apply(Observation::Source {
             key: key.to_owned(),
-            kind: crate::leader::KIND.observed(),
+            kind: ETCD,
             reached,
             detail,
         });
@@ -913,13 +947,13 @@ pub(crate) mod tests {
         let r = registry(0);
         r.apply(Observation::Source {
             key: "repmgr".to_owned(),
-            kind: crate::repmgr::KIND.observed(),
+            kind: REPMGR,
             reached: false,
             detail: 3,
         });
         r.apply(Observation::SourceEvent {
             outcome: "applied",
-            outcomes: &crate::repmgr::EVENT_OUTCOMES,
+            outcomes: &["applied", "ignored", "rejected"],
         });
         let page = r.render();
         assert_eq!(sample(&page, "vip_agent_repmgr_connected"), "0");
@@ -946,25 +980,20 @@ pub(crate) mod tests {
         let now = monotonic_ns();
         r.apply(Observation::Gate {
             vip,
-            gate: GateStatus {
-                state: GateState::Waiting,
-                waiting_since_ns: now.saturating_sub(2_000_000_000),
+            gate: GateObservation {
+                waiting_since_ns: Some(now.saturating_sub(2_000_000_000)),
                 last_probe: "200 but role replica, state running: \"quoted\"".to_owned(),
-                failsafe: FailsafeStatus {
-                    enabled: true,
+                failsafe: FailsafeObservation {
                     probing: true,
                     until_ns: now + 60_000_000_000,
                     lease_until_ns: now.saturating_sub(1),
                     extensions: 4,
                     fences: 1,
-                    last_probe: String::new(),
                 },
                 demotions: 2,
-                patroni_url: "http://10.0.0.11:8008".to_owned(),
-                patroni_url_source: Some(UrlSource::MemberKey),
-                ..GateStatus::default()
-            }
-            .observation(),
+                patroni_url: Some(("http://10.0.0.11:8008".to_owned(), "member-key")),
+                ..gate("waiting", [0; 5])
+            },
         });
         let page = r.render();
         assert!(
@@ -1001,19 +1030,19 @@ pub(crate) mod tests {
         }
         // The probe text is in /status.
         let status = r.status();
-        let gate = status.vips[0].gate.as_ref().expect("a gate");
+        let view = status.vips[0].gate.as_ref().expect("a gate");
         assert_eq!(
-            gate.last_probe.as_deref(),
+            view.last_probe.as_deref(),
             Some("200 but role replica, state running: \"quoted\"")
         );
         assert!(
-            gate.failsafe_holding && gate.waiting_ms >= 2_000,
-            "{gate:?}"
+            view.failsafe_holding && view.waiting_ms >= 2_000,
+            "{view:?}"
         );
         // Not waiting: no start time, and no failsafe hold once it lapsed.
         r.apply(Observation::Gate {
             vip,
-            gate: GateStatus::default().observation(),
+            gate: gate("idle", [0; 5]),
         });
         let page = r.render();
         assert!(
@@ -1041,18 +1070,18 @@ pub(crate) mod tests {
             "every event and outcome at 0 before the first run:\n{page}"
         );
         for (event, outcome, attempts) in [
-            (HookEvent::Promote, HookOutcome::Failure, 3),
-            (HookEvent::Promote, HookOutcome::Success, 2),
-            (HookEvent::Demote, HookOutcome::Timeout, 1),
+            ("promote", "failure", 3),
+            ("promote", "success", 2),
+            ("demote", "timeout", 1),
         ] {
-            let report = HookReport {
-                outcome,
-                attempts,
-                duration: Duration::from_millis(1250),
-            };
             r.apply(Observation::Hook {
                 vip,
-                run: report.observation(event),
+                run: HookRun {
+                    event,
+                    outcome,
+                    attempts,
+                    duration: Duration::from_millis(1250),
+                },
             });
         }
         let page = r.render();

@@ -66,16 +66,9 @@ const STATUS_LIMIT: usize = 4 * 1024 * 1024;
 /// A sentence naming what failed (the exchange, a status other than 200, a document that is not
 /// the agent's).
 pub fn fetch_status(address: SocketAddr, timeout: Duration) -> Result<AgentStatus, String> {
-    let (status, body) = crate::http::get::get_blocking(address, "/status", timeout, STATUS_LIMIT)
-        .map_err(|e| {
-            let mut text = e.to_string();
-            let mut cause = std::error::Error::source(&e);
-            while let Some(c) = cause {
-                text = format!("{text}: {c}");
-                cause = c.source();
-            }
-            format!("{text} (is the daemon running, with this metrics-address?)")
-        })?;
+    let (status, body) =
+        crate::http::client::get_blocking(address, "/status", timeout, STATUS_LIMIT)
+            .map_err(|e| format!("{e} (is the daemon running, with this metrics-address?)"))?;
     if status != http::StatusCode::OK {
         return Err(format!("the daemon answered {status} to GET /status"));
     }
@@ -577,6 +570,6 @@ mod tests {
         drop(runtime);
         // Nothing listens there any more.
         let e = fetch_status(address, Duration::from_secs(5)).expect_err("refused");
-        assert!(e.starts_with(&format!("connect to {address}")), "{e}");
+        assert!(e.starts_with(&format!("connect {address}")), "{e}");
     }
 }

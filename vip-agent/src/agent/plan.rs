@@ -4,8 +4,11 @@
 use std::{net::IpAddr, time::Duration};
 
 use crate::{
-    config::{Config, GateConfig, GateMode, PatroniUrl, RepmgrConfig, VipConfig},
-    leader::{self, HandshakeSettings, LeaderSettings, member_key, scope},
+    config::{
+        Config, GateConfig, GateMode, HandshakeSettings, PatroniUrl, RepmgrConfig, VipConfig,
+        member_key, scope,
+    },
+    leader::{self, LeaderSettings},
     leadership::SourceKind,
     patroni_rest::{self, RestError, RestSettings},
     repmgr,

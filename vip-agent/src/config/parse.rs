@@ -244,6 +244,7 @@ pub(super) fn build(
         .is_some_and(|(v, _)| v);
 
     repmgr::check_fence_timeout(repmgr.as_ref(), fence_timeout, &top, &mut diag);
+    compat::check_patroni(patroni_interval, fence_timeout, &top, &mut diag);
     if repmgr_mode {
         repmgr::drop_label_notices(&mut diag);
     }

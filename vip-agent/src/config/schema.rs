@@ -267,7 +267,8 @@ schema! {
         "Network interface that carries the VIP.",
         |_, v| v.map(|v| text(v.interface.as_str()));
     "trigger-key" => trigger_key("VIP_TRIGGER_KEY", "KEY", Text): Vip, Vips, None,
-        "Patroni leader key in etcd, e.g. /service/batman/leader.",
+        "Patroni leader key in etcd, e.g. /service/batman/leader (dcs-type: patroni: the REST \
+         path asked, default /leader).",
         // A label made up by the parser in repmgr mode: left out.
         |c, v| v.filter(|_| c.repmgr.is_none()).map(|v| text(v.trigger_key.as_str()));
     "trigger-value" => trigger_value("VIP_TRIGGER_VALUE", "VALUE", Text): Vip, Vips,
@@ -296,7 +297,8 @@ schema! {
         }));
     "dcs-endpoints" => dcs_endpoints("VIP_DCS_ENDPOINTS", "URLS", List): Top, Etcd,
         Some("http://127.0.0.1:2379"),
-        "etcd endpoints, comma separated, each with http:// or https://.",
+        "etcd endpoints (dcs-type: patroni: Patroni REST API URLs), comma separated, each with \
+         http:// or https://.",
         |c, v| (v.is_none() && !c.etcd.endpoints.is_empty()).then(|| {
             Value::Sequence(c.etcd.endpoints.iter().map(|e| text(e.as_str())).collect())
         });
@@ -435,7 +437,10 @@ schema! {
         "While etcd is unreachable, keep answering past the lease deadline as long as \
          Patroni's REST API reports this member a running primary in failsafe mode: true or \
          false.",
-        |_, v| v.map(|v| Value::Bool(v.gate.failsafe));
+        // Only etcd has a lease to hold past: not rendered in the other modes.
+        |c, v| v
+            .filter(|_| c.repmgr.is_none() && c.patroni_interval.is_none())
+            .map(|v| Value::Bool(v.gate.failsafe));
     "on-promote" => on_promote("VIP_ON_PROMOTE", "COMMAND", Text): Both, Hooks, None,
         "Shell command run after this node started answering for the VIP (see \
          docs/hooks.md).",

@@ -410,6 +410,46 @@ fn dcs_type_patroni_takes_vip_managers_defaults_and_its_interval() {
     assert_eq!(ok(MIN).patroni_interval, None);
 }
 
+/// `dcs-type: patroni` asks Patroni's REST API: etcd's credentials and the failsafe hold (a lease
+/// extension; there is no lease here) do nothing, and a `fence-timeout` at or below `interval`
+/// lets the deadline pass between two polls. Each is said, not silently dropped; `check` does not
+/// render a failsafe setting that does nothing.
+#[test]
+fn dcs_type_patroni_names_what_it_ignores_and_a_fence_timeout_below_its_interval() {
+    let c = ok(&min_with(
+        "dcs-type: patroni\netcd-user: u\netcd-password: p\npatroni-failsafe: true",
+    ));
+    for key in ["etcd-user", "etcd-password", "patroni-failsafe"] {
+        let n = notice_for(&c.notices, key, NoticeLevel::Warning);
+        assert!(n.message.contains("dcs-type: patroni"), "{key}: {n:?}");
+    }
+    let rendered = c.render_redacted();
+    assert!(!rendered.contains("patroni-failsafe"), "{rendered}");
+    let c = ok(&min_with(
+        "dcs-type: patroni\ninterval: 2s\nfence-timeout: 1s",
+    ));
+    let n = notice_for(&c.notices, "fence-timeout", NoticeLevel::Warning);
+    assert!(n.message.contains("interval"), "{n:?}");
+    let c = ok(&min_with(
+        "dcs-type: patroni\ninterval: 500\nfence-timeout: 3s",
+    ));
+    assert!(
+        c.notices.iter().all(|n| n.key != "fence-timeout"),
+        "{:?}",
+        c.notices
+    );
+    // etcd mode: the failsafe setting is rendered, and nothing is warned about.
+    let c = ok(&min_with(
+        "patroni-failsafe: true\netcd-user: u\netcd-password: p",
+    ));
+    assert!(c.render_redacted().contains("patroni-failsafe"));
+    assert!(
+        c.notices
+            .iter()
+            .all(|n| n.key != "etcd-user" && n.key != "patroni-failsafe")
+    );
+}
+
 #[test]
 fn manager_types() {
     ok(&min_with("manager-type: basic"));

@@ -271,7 +271,7 @@ mod tests {
     fn healthy(registry: &Registry) -> &Registry {
         registry.apply(crate::observe::Observation::Source {
             key: "/service/pg/leader".to_owned(),
-            kind: crate::leader::KIND.observed(),
+            kind: crate::metrics::tests::ETCD,
             reached: true,
             detail: 1,
         });

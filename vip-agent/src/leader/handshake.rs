@@ -42,48 +42,8 @@ use super::error::{LeaderError, Operation};
 use super::follower::{Backoff, connect, timeout};
 use super::settings::LeaderSettings;
 use crate::clock::monotonic_ns;
+use crate::config::HandshakeSettings;
 use crate::leadership::{Cause, Hook, Leadership};
-
-/// Default [`HandshakeSettings::ttl`]: Patroni's default `ttl` (set it to the cluster's `ttl`).
-/// * A node that dies whole (Patroni and agent) costs nothing more: the new leader is elected
-///   when the old leader's key expires, `ttl` after its last refresh, and the old agent's record
-///   expires with the same TTL.
-/// * An etcd outage does not silence the VIP earlier than the leader lease did before the
-///   handshake, and Patroni's failsafe confirmation (after its `retry_timeout`, 10 s by default)
-///   comes before the record lease's bound, so a failsafe hold is never broken by it (measured:
-///   with a 10 s record TTL, one failsafe outage in five went dark).
-/// * What it bounds: a switchover while the old node's agent is dead, stopped or cut off and its
-///   Patroni is not costs a blackout of at most this, instead of two nodes answering.
-pub const DEFAULT_RECORD_TTL: Duration = Duration::from_secs(30);
-/// Default [`HandshakeSettings::prefix`].
-pub const DEFAULT_RECORD_PREFIX: &str = "/vip-agent";
-
-/// Where the records live and how long they last.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct HandshakeSettings {
-    /// Prefix of every record key (`fence-record-prefix`).
-    pub prefix: String,
-    /// TTL of this agent's record lease (`fence-record-ttl`, whole seconds, at least 2).
-    pub ttl: Duration,
-}
-
-impl Default for HandshakeSettings {
-    fn default() -> Self {
-        Self {
-            prefix: DEFAULT_RECORD_PREFIX.to_owned(),
-            ttl: DEFAULT_RECORD_TTL,
-        }
-    }
-}
-
-impl HandshakeSettings {
-    /// The directory of the records of one leader key (ends in `/`).
-    #[must_use]
-    pub fn directory(&self, trigger_key: &str) -> String {
-        let key = trigger_key.trim_start_matches('/');
-        format!("{}/{key}/", self.prefix.trim_end_matches('/'))
-    }
-}
 
 /// Whether a record's agent may be answering.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

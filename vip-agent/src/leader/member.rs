@@ -25,24 +25,6 @@ use super::follower::{Backoff, connect, get, timeout};
 use super::settings::LeaderSettings;
 use crate::config::PatroniUrl;
 
-/// The member key for a leader key ending in `/leader`: `<prefix>/members/<value>`; `None` for
-/// any other key (not laid out by Patroni).
-#[must_use]
-pub fn member_key(trigger_key: &str, trigger_value: &str) -> Option<String> {
-    let prefix = trigger_key.strip_suffix("/leader")?;
-    (!prefix.is_empty() && !trigger_value.is_empty() && !trigger_value.contains('/'))
-        .then(|| format!("{prefix}/members/{trigger_value}"))
-}
-
-/// The Patroni scope of a leader key `/<namespace>/<scope>/leader` (the last path element before
-/// `/leader`); `None` for any other key.
-#[must_use]
-pub fn scope(trigger_key: &str) -> Option<&str> {
-    let prefix = trigger_key.strip_suffix("/leader")?;
-    let scope = prefix.rsplit('/').next()?;
-    (!scope.is_empty()).then_some(scope)
-}
-
 /// What the member key says.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct MemberView {
@@ -267,28 +249,6 @@ impl MemberWatcher {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn member_key_and_scope_follow_patronis_layout() {
-        assert_eq!(
-            member_key("/service/pg-test/leader", "pg-test-1").as_deref(),
-            Some("/service/pg-test/members/pg-test-1")
-        );
-        assert_eq!(
-            member_key("/pg/pg-meta/leader", "m1").as_deref(),
-            Some("/pg/pg-meta/members/m1")
-        );
-        assert_eq!(scope("/service/pg-test/leader"), Some("pg-test"));
-        assert_eq!(member_key("/service/pg-test/lock", "n1"), None);
-        assert_eq!(member_key("/leader", "n1"), None);
-        assert_eq!(
-            member_key("/s/c/leader", "a/b"),
-            None,
-            "a value with a slash"
-        );
-        assert_eq!(member_key("/s/c/leader", ""), None);
-        assert_eq!(scope("/leader"), None);
-    }
 
     #[test]
     fn a_patroni_302_member_document_gives_the_rest_api_and_role() {

@@ -56,11 +56,11 @@ pub(super) fn handshake(
     top: &Fields,
     repmgr_mode: bool,
     diag: &mut Diag,
-) -> Option<crate::leader::HandshakeSettings> {
+) -> Option<crate::config::HandshakeSettings> {
     let on = top
         .read(diag, "fence-handshake", values::boolean)
         .is_none_or(|(on, _)| on);
-    let mut settings = crate::leader::HandshakeSettings::default();
+    let mut settings = crate::config::HandshakeSettings::default();
     if let Some(((d, _), location)) = top.read(diag, "fence-record-ttl", values::duration) {
         if d < RECORD_TTL_MIN || d > RECORD_TTL_MAX {
             diag.invalid(

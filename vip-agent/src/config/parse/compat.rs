@@ -67,6 +67,63 @@ pub(super) fn prepare_patroni(
     Some(crate::config::DEFAULT_PATRONI_INTERVAL)
 }
 
+/// `dcs-type: patroni` (`interval` is `Some`): what does nothing there is said, with the key's
+/// location. etcd's credentials are not sent to Patroni (its are `patroni-user` /
+/// `patroni-password`); `patroni-failsafe` extends an etcd lease, and there is none; a
+/// `fence-timeout` at or below `interval` lets the deadline pass between two polls.
+pub(super) fn check_patroni(
+    interval: Option<Duration>,
+    fence_timeout: Option<Duration>,
+    top: &Fields,
+    diag: &mut Diag,
+) {
+    let Some(interval) = interval else {
+        return;
+    };
+    for (key, why) in [
+        (
+            "etcd-user",
+            "Patroni's REST API is asked, not etcd; its credentials are patroni-user and \
+             patroni-password",
+        ),
+        (
+            "etcd-password",
+            "Patroni's REST API is asked, not etcd; its credentials are patroni-user and \
+             patroni-password",
+        ),
+        (
+            "patroni-failsafe",
+            "it holds the VIP past an etcd lease, and there is none: the VIP stays at most \
+             fence-timeout (or three intervals) after Patroni's last answer",
+        ),
+    ] {
+        if let Some(entry) = top.map.get(key) {
+            let location = entry.location.clone();
+            diag.warn(
+                &location,
+                key,
+                format!("ignored with `dcs-type: patroni`: {why}"),
+            );
+        }
+    }
+    if let Some(f) = fence_timeout
+        && f <= interval
+        && let Some(entry) = top.map.get("fence-timeout")
+    {
+        let location = entry.location.clone();
+        diag.warn(
+            &location,
+            "fence-timeout",
+            format!(
+                "{} is not more than interval ({}): with `dcs-type: patroni` the deadline passes \
+                 between two polls of Patroni and the VIP goes silent while this node leads",
+                values::format_duration(f),
+                values::format_duration(interval)
+            ),
+        );
+    }
+}
+
 /// vip-manager keys that select something we do not do, or that we ignore.
 pub(super) fn compat_keys(top: &Fields, diag: &mut Diag) {
     if let Some((dcs, location)) = top.text(diag, "dcs-type") {
@@ -75,8 +132,9 @@ pub(super) fn compat_keys(top: &Fields, diag: &mut Diag) {
             "consul" => diag.unsupported(
                 &location,
                 "dcs-type",
-                "`consul` is not supported: vip-agent follows Patroni's leader key in etcd v3 only \
-                 (dcs-type `etcd` or `etcd3`)"
+                "`consul` is not supported: vip-agent follows Patroni's leader key in etcd v3 \
+                 (dcs-type `etcd` or `etcd3`), Patroni's REST API (`patroni`) or repmgr \
+                 (`repmgr`)"
                     .to_owned(),
             ),
             other => diag.invalid(
