@@ -620,6 +620,14 @@ impl Wiring {
             }
             SourceChoice::PatroniRest(settings) => Box::new(PatroniRestSource::new(*settings)?),
         };
+        // Named from the start (its series and health message), not reached before its first
+        // answer; ahead of every state of the source on the same channel.
+        observer.observe(Observation::Source {
+            key: plan.key.clone(),
+            kind: kind.observed(),
+            reached: false,
+            detail: 0,
+        });
         let source_observer = observer.clone();
         let key = plan.key;
         source.on_change(Box::new(move |state: &Leadership| {
