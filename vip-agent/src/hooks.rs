@@ -326,6 +326,32 @@ async fn read_limited(mut stream: impl AsyncRead + Unpin) -> String {
 mod tests {
     use super::*;
 
+    #[test]
+    fn a_run_is_observed_with_every_label_value_declared() {
+        let run = HookReport {
+            outcome: HookOutcome::Timeout,
+            attempts: 2,
+            duration: Duration::from_millis(30),
+        }
+        .observation(HookEvent::Demote);
+        assert_eq!(
+            run,
+            crate::observe::HookRun {
+                event: "demote",
+                outcome: "timeout",
+                attempts: 2,
+                duration: Duration::from_millis(30),
+            }
+        );
+        assert_eq!(
+            observation_labels(),
+            crate::observe::Observation::HookLabels {
+                events: &["promote", "demote"],
+                outcomes: &["success", "failure", "timeout", "cancelled"],
+            }
+        );
+    }
+
     fn context() -> HookContext {
         HookContext {
             vip: IpAddr::from([10, 0, 0, 10]),

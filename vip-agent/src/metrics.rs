@@ -343,6 +343,8 @@ impl Registry {
                         key: r.key.clone(),
                         answering: r.answering_at(now),
                         deadline_remaining_ms: r.deadline_remaining_ns(now) / 1_000_000,
+                        source: source.clone(),
+                        source_reached: inner.connected.get(&r.key).copied().unwrap_or(false),
                         gate: r.gate.as_ref().map(|g| GateView {
                             state: g.state.to_owned(),
                             waiting_ms: g

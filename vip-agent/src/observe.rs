@@ -193,6 +193,10 @@ pub struct VipStatusView {
     pub answering: bool,
     /// Until the data plane's deadline; 0 when fenced or expired.
     pub deadline_remaining_ms: u64,
+    /// The kind of leader source of the VIP's key (`etcd`, `repmgr`, `patroni`), once known.
+    pub source: Option<String>,
+    /// Whether that source was reached at its last attempt.
+    pub source_reached: bool,
     /// The promotion gate and failsafe policy; `None` before the gate first reported.
     pub gate: Option<GateView>,
 }

@@ -439,6 +439,14 @@ mod tests {
     fn gate_views_read_back_what_the_daemon_reports() {
         let status = daemon_status();
         assert_eq!(status.source.as_deref(), Some("patroni"));
+        assert_eq!(
+            status
+                .vips
+                .iter()
+                .map(|v| (v.source.as_deref(), v.source_reached))
+                .collect::<Vec<_>>(),
+            [(Some("patroni"), true), (Some("patroni"), false)]
+        );
         assert!(
             !status.healthy,
             "the second key's source is not reached yet"
