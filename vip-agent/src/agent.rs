@@ -213,7 +213,9 @@ impl Running {
         dataplanes: &BTreeMap<String, SharedDataplane>,
         addresses: &Addresses,
     ) -> Result<Self, AgentError> {
-        // Every subsystem reports through one observation channel; the registry applies it.
+        // The VIPs and the hook label values are declared before anything runs; from then on
+        // every subsystem reports through one observation channel, which the registry applies in
+        // its own task (spawned below, with the server).
         let registry = Registry::default();
         let (observer, observations) = observe::channel();
         for vip in &config.vips {
