@@ -193,7 +193,10 @@ fn vip_query(query: Option<&str>) -> Result<Option<IpAddr>, &'static str> {
     };
     match query.split('&').find_map(|pair| pair.strip_prefix("vip=")) {
         None => Ok(None),
+        // An IPv6 address's colons may come percent-encoded.
         Some(value) => value
+            .replace("%3A", ":")
+            .replace("%3a", ":")
             .parse()
             .map(Some)
             .map_err(|_| "vip= must be an IPv4 or IPv6 address\n"),
@@ -335,6 +338,9 @@ mod tests {
             "an IPv6 VIP is a VIP (not this one)"
         );
         assert_eq!(status("GET", "/primary?vip=nonsense", &answering), 400);
+        assert_eq!(status("GET", "/primary?x=1&vip=10.0.0.5", &answering), 200);
+        assert_eq!(status("GET", "/primary?vip=fd00%3A%3A5", &answering), 503);
+        assert_eq!(status("GET", "/primary?vip=fd00%3A%3Az", &answering), 400);
         let expired = registry(monotonic_ns().saturating_sub(1));
         assert_eq!(status("GET", "/primary", &expired), 503);
         assert_eq!(status("OPTIONS", "/primary", &expired), 503);
