@@ -60,7 +60,7 @@ pub enum Observation {
 pub struct SourceName {
     /// `etcd`, `repmgr`, `patroni`: metric names (`vip_agent_<name>_connected`) and `/status`.
     pub name: &'static str,
-    /// What is asked, for messages ("<what> unreachable").
+    /// What is asked, for messages (`<what> unreachable`).
     pub what: &'static str,
     /// The metric name and help of the source's progress.
     pub detail: (&'static str, &'static str),
