@@ -11,7 +11,7 @@ use std::{
 
 use vip_agent::{
     clock::monotonic_ns,
-    dataplane::{self, AttachMode, Origin},
+    dataplane::{self, AttachMode, Fenced, Origin},
 };
 use vip_tests::{
     NetNs, PinRoot, arp::ArpSocket, ndp::NdpSocket, open_dataplane as open, require_privileges,
@@ -154,7 +154,7 @@ fn tc_mode_answers_arp_and_ns_then_fenced_drops_them_and_vip_traffic() {
     // Fenced, addresses still configured: nothing answers, and traffic to the VIPs dies at the
     // program.
     for v in [vip, vip6] {
-        dp.fence(v).expect("fence");
+        assert_eq!(dp.fence(v).expect("fence"), Fenced::Written);
     }
     for _ in 0..3 {
         assert!(p.arp_probe().is_empty(), "a fenced node answers no ARP");

@@ -171,6 +171,20 @@ fn tagged(frame: &[u8], tpid: [u8; 2], vid: u16) -> Vec<u8> {
     out
 }
 
+/// `frame` (untagged IPv6) with the extension header `header` of type `kind` in front of its
+/// message (next header and payload length rewritten).
+fn behind(frame: &[u8], kind: u8, header: &[u8]) -> Vec<u8> {
+    let mut out = frame[..54].to_vec();
+    let mut header = header.to_vec();
+    header[0] = out[20];
+    out[20] = kind;
+    out.extend_from_slice(&header);
+    out.extend_from_slice(&frame[54..]);
+    let payload = u16::try_from(out.len() - 54).expect("small");
+    out[18..20].copy_from_slice(&payload.to_be_bytes());
+    out
+}
+
 /// Every kind of frame the decision distinguishes, named.
 fn corpus() -> Vec<(&'static str, Vec<u8>)> {
     let request = arp(ARP_OP_REQUEST, CLIENT_MAC, CLIENT_IP, VIP);
@@ -220,6 +234,14 @@ fn corpus() -> Vec<(&'static str, Vec<u8>)> {
         (
             "NA for the IPv6 VIP from another MAC",
             build_na(CLIENT_MAC, STRANGER_MAC, VIP6, CLIENT6, NA_FLAG_OVERRIDE).to_vec(),
+        ),
+        (
+            "NS for the IPv6 VIP behind Hop-by-Hop",
+            behind(&ns, 0, &[0, 0, 1, 4, 0, 0, 0, 0]),
+        ),
+        (
+            "NS for the IPv6 VIP behind a Fragment header",
+            behind(&ns, 44, &[0, 0, 0, 1, 0x12, 0x34, 0x56, 0x78]),
         ),
         ("IPv6 to the IPv6 VIP", ipv6_to(VIP6)),
         ("IPv6 to the node", ipv6_to(NODE6)),
@@ -345,14 +367,22 @@ fn tc_ingress_fenced_drops_requests_and_traffic_for_the_vips_and_counts_them() {
         assert_eq!(l.tc(&frame), (TC_ACT_SHOT, frame));
     }
     let frame = ns_for(VIP6, CLIENT6, CLIENT_MAC);
-    assert_eq!(l.tc(&frame), (TC_ACT_SHOT, frame));
+    assert_eq!(l.tc(&frame), (TC_ACT_SHOT, frame.clone()));
+    // Behind an extension header too (issue 16, item 19).
+    for (kind, header) in [
+        (0, [0, 0, 1, 4, 0, 0, 0, 0]),
+        (44, [0, 0, 0, 1, 0x12, 0x34, 0x56, 0x78]),
+    ] {
+        let frame = behind(&frame, kind, &header);
+        assert_eq!(l.tc(&frame), (TC_ACT_SHOT, frame));
+    }
     let frame = ipv6_to(VIP6);
     assert_eq!(l.tc(&frame), (TC_ACT_SHOT, frame));
     // The node's own traffic goes on.
     let frame = ipv4_to(NODE_IP);
     assert_eq!(l.tc(&frame), (TC_ACT_UNSPEC, frame));
     assert_eq!(l.counts(VipKey::v4(VIP)), [0, 2, 3, 0]);
-    assert_eq!(l.counts(VipKey::v6(VIP6)), [0, 1, 1, 0]);
+    assert_eq!(l.counts(VipKey::v6(VIP6)), [0, 3, 1, 0]);
     assert_eq!(l.last_reply(VipKey::v4(VIP)), 0);
     // The deadline alone fences: one in the past, no write after it.
     l.set(VipState::answering_until(OUR_MAC, monotonic_ns() - 1));

@@ -1,11 +1,14 @@
 //! Tier 2: the data plane end to end, in network namespaces these tests create: real veth, real
 //! XDP (generic and native), real ARP from a raw-socket prober and from the kernel, real ping.
 
-use std::{net::Ipv4Addr, time::Duration};
+use std::{
+    net::{IpAddr, Ipv4Addr},
+    time::Duration,
+};
 
 use vip_agent::{
     clock::monotonic_ns,
-    dataplane::{self, AttachMode, AttachOptions, Dataplane, Origin},
+    dataplane::{self, AttachMode, AttachOptions, Dataplane, Fenced, Origin},
 };
 use vip_tests::{
     Bridge, NetNs, PinRoot, arp::ArpSocket, open_dataplane as open, require_privileges, unique_name,
@@ -115,7 +118,7 @@ fn fenced_node_is_silent_even_with_the_vip_configured() {
     let pins = PinRoot::new();
     let mut dp = open(&p.node, &p.node_if, AttachMode::Generic, &pins.0);
     dp.register(p.vip).expect("register");
-    dp.fence(p.vip).expect("fence");
+    assert_eq!(dp.fence(p.vip).expect("fence"), Fenced::Written);
     // Without the program the kernel would answer ARP and ping for this address.
     p.configure_vip();
 
@@ -175,7 +178,7 @@ fn traffic_for_the_node_itself_is_unaffected() {
         if answering {
             dp.answer_until(p.vip, far_deadline()).expect("answer");
         } else {
-            dp.fence(p.vip).expect("fence");
+            assert_eq!(dp.fence(p.vip).expect("fence"), Fenced::Written);
         }
         let replies = probe(&p.client, &p.client_if, p.client_ip, p.node_ip);
         assert_eq!(
@@ -219,7 +222,7 @@ fn native_mode_answers_when_the_peer_runs_xdp() {
     dp.register(p.vip).expect("register");
     dp.answer_until(p.vip, far_deadline()).expect("answer");
     assert_eq!(p.probe_vip(), vec![p.node_mac()]);
-    dp.fence(p.vip).expect("fence");
+    assert_eq!(dp.fence(p.vip).expect("fence"), Fenced::Written);
     assert!(p.probe_vip().is_empty());
     // Non-VIP traffic through two native programs still flows.
     assert_eq!(p.client.ping(&p.node_ip.to_string(), 2), 2);
@@ -373,7 +376,7 @@ fn two_nodes_on_a_bridge_never_both_answer_and_conflicts_are_counted() {
         } else {
             (&mut dp2, &mut dp1, mac2)
         };
-        off.fence(vip).expect("fence");
+        assert_eq!(off.fence(vip).expect("fence"), Fenced::Written);
         on.answer_until(vip, far_deadline()).expect("answer");
         let replies = probe(&client, &ifc, client_ip, vip);
         both += usize::from(replies.len() > 1);
@@ -386,7 +389,7 @@ fn two_nodes_on_a_bridge_never_both_answer_and_conflicts_are_counted() {
     assert_eq!(both, 0, "probes answered by both nodes");
 
     // A third host claims the VIP with gratuitous ARP (request + reply): the holder counts both.
-    dp2.fence(vip).expect("fence");
+    assert_eq!(dp2.fence(vip).expect("fence"), Fenced::Written);
     dp1.answer_until(vip, far_deadline()).expect("answer");
     let stranger_mac = stranger.mac(&ifx);
     stranger.run_in(|| {
@@ -748,7 +751,7 @@ fn fenced_parent_drops_priority_tagged_arp_and_ipv4_the_kernel_would_answer() {
     let pins = PinRoot::new();
     let mut dp = open(&p.node, &p.node_if, AttachMode::Generic, &pins.0);
     dp.register(p.vip).expect("register");
-    dp.fence(p.vip).expect("fence");
+    assert_eq!(dp.fence(p.vip).expect("fence"), Fenced::Written);
     p.configure_vip();
     let client_mac = p.client.mac(&p.client_if);
     let sock = TagSocket::open(&p.client, &p.client_if);
@@ -855,7 +858,7 @@ fn program_on_a_vlan_device_answers_and_fences_its_untagged_view() {
         "the program on the VLAN device answers, back out through the device onto VLAN 100"
     );
 
-    dp.fence(vip).expect("fence");
+    assert_eq!(dp.fence(vip).expect("fence"), Fenced::Written);
     p.node
         .ip(&["addr", "add", &format!("{vip}/24"), "dev", &node_vlan]);
     assert!(
@@ -875,4 +878,51 @@ fn program_on_a_vlan_device_answers_and_fences_its_untagged_view() {
         (1, 1, 3),
         "{stats:?}"
     );
+}
+
+/// Issue 16, item 8: the metrics page reads the maps through a reader of its own, so a scrape
+/// never waits for the writer's lock, and the writer never waits for a scrape. The test holds the
+/// writer's lock while a snapshot runs, and writes through it while the reader reads.
+#[test]
+fn the_reader_reads_the_maps_while_the_writer_holds_its_lock() {
+    if !require_privileges("the_reader_reads_the_maps_while_the_writer_holds_its_lock") {
+        return;
+    }
+    let p = Pair::new(24);
+    let pins = PinRoot::new();
+    let mut dp = open(&p.node, &p.node_if, AttachMode::Generic, &pins.0);
+    dp.register(p.vip).expect("register");
+    let reader = std::sync::Arc::new(dp.reader().expect("a reader"));
+    let writer = std::sync::Mutex::new(dp);
+    let mut held = writer.lock().expect("the writer's lock");
+    let vip = IpAddr::V4(p.vip);
+    let read = |reader: &std::sync::Arc<dataplane::DataplaneReader>| {
+        let reader = std::sync::Arc::clone(reader);
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send((
+                reader.state(vip).expect("state"),
+                reader.stats(vip).expect("stats"),
+                reader.egress_stats(vip).expect("egress counters"),
+                reader.fence_write_failures(vip),
+            ));
+        });
+        rx.recv_timeout(std::time::Duration::from_secs(5))
+            .expect("the snapshot completes while the writer's lock is held")
+    };
+    let (state, _, _, failures) = read(&reader);
+    assert!(
+        state.is_some_and(|s| s.deadline_ns == 0),
+        "registered fenced: {state:?}"
+    );
+    assert_eq!(failures, 0);
+    // A write under the held lock is what the reader sees next.
+    let deadline = far_deadline();
+    held.answer_until(p.vip, deadline).expect("answer");
+    let (state, _, _, _) = read(&reader);
+    assert_eq!(state.map(|s| s.deadline_ns), Some(deadline));
+    assert_eq!(held.fence(p.vip).expect("fence"), Fenced::Written);
+    let (state, _, _, _) = read(&reader);
+    assert_eq!(state.map(|s| s.deadline_ns), Some(0));
+    drop(held);
 }

@@ -795,3 +795,57 @@ fn na_from_another_mac_counts_a_conflict_for_ipv6_vip() {
     assert_eq!(l.run(&na), (XDP_PASS, na));
     assert_eq!(l.stats6().conflicts, 2);
 }
+
+/// `frame` (untagged IPv6) with the extension header `header` of type `kind` between the IPv6
+/// header and its message (next header and payload length rewritten; the ICMPv6 checksum does not
+/// cover extension headers).
+fn behind(frame: &[u8], kind: u8, header: &[u8]) -> Vec<u8> {
+    let l3 = ETH_LEN;
+    let mut out = frame[..l3 + 40].to_vec();
+    let mut header = header.to_vec();
+    header[0] = out[l3 + 6];
+    out[l3 + 6] = kind;
+    out.extend_from_slice(&header);
+    out.extend_from_slice(&frame[l3 + 40..]);
+    let payload = u16::try_from(out.len() - l3 - 40).expect("small");
+    out[l3 + 4..l3 + 6].copy_from_slice(&payload.to_be_bytes());
+    out
+}
+
+/// A Hop-by-Hop Options header (a PadN) and the Fragment header of a first fragment.
+const HBH: (u8, [u8; 8]) = (0, [0, 0, 1, 4, 0, 0, 0, 0]);
+const FIRST_FRAGMENT: (u8, [u8; 8]) = (44, [0, 0, 0, 1, 0x12, 0x34, 0x56, 0x78]);
+
+/// Issue 16, item 19: an NS behind an extension header is dropped for a fenced VIP (the kernel
+/// would answer it for an address it still has), and passed to the kernel for an answering one;
+/// the same NS without one keeps its behaviour.
+#[test]
+fn fenced_drops_ns_behind_extension_headers() {
+    if !privileged("fenced_drops_ns_behind_extension_headers") {
+        return;
+    }
+    let mut l = Loaded::new().with_vip6(VipState::fenced(OUR_MAC));
+    let frames: Vec<Vec<u8>> = [HBH, FIRST_FRAGMENT]
+        .iter()
+        .flat_map(|(kind, header)| {
+            [
+                behind(&ns_for(VIP6), *kind, header),
+                behind(&dad_ns(), *kind, header),
+            ]
+        })
+        .collect();
+    for frame in &frames {
+        assert_eq!(l.run(frame), (XDP_DROP, frame.clone()), "{frame:02x?}");
+    }
+    assert_eq!(l.run(&ns_for(VIP6)), (XDP_DROP, ns_for(VIP6)));
+    let s = l.stats6();
+    assert_eq!((s.replied, s.requests_dropped, s.ip_dropped), (0, 5, 0));
+    // Answering: behind an extension header it is the kernel's, untouched; without, answered.
+    l.set6(answering_state());
+    for frame in &frames {
+        assert_eq!(l.run(frame), (XDP_PASS, frame.clone()), "{frame:02x?}");
+    }
+    assert_eq!(l.run(&ns_for(VIP6)), (XDP_TX, na_to_client()));
+    let s = l.stats6();
+    assert_eq!((s.replied, s.requests_dropped, s.ip_dropped), (1, 5, 0));
+}

@@ -57,6 +57,17 @@ pub enum AddressError {
         #[source]
         source: rtnetlink::Error,
     },
+    #[error(
+        "{operation} {address}/{prefix_len} on interface index {ifindex}: no answer from the kernel \
+         within {after:?}"
+    )]
+    Timeout {
+        operation: &'static str,
+        address: IpAddr,
+        prefix_len: u8,
+        ifindex: u32,
+        after: std::time::Duration,
+    },
     #[error("{operation} {address}/{prefix_len} on interface index {ifindex}")]
     Io {
         operation: &'static str,
@@ -67,6 +78,11 @@ pub enum AddressError {
         source: std::io::Error,
     },
 }
+
+/// How long [`add_blocking`] waits for the kernel's answer. It runs in the follower's task on
+/// the promotion path; a kernel that takes longer (RTNL held elsewhere) costs only the race the
+/// early add wins: the VIP's task adds the address too, and keeps it.
+pub const ADD_BLOCKING_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// How late the kernel may remove an address after its lifetime ran out, at most: its lifetime
 /// check runs at most `HZ` (1 s) after the lifetime's end (see the module documentation), plus 1 s
@@ -279,25 +295,79 @@ fn request_error(operation: &'static str, vip: Vip, source: rtnetlink::Error) ->
 /// the address in place before the data plane answers ARP for it: a client that learns the MAC
 /// from our first reply sends its SYN at once, and a SYN to an address the kernel does not have yet
 /// is dropped and retransmitted only after a second. An existing address gets the new lifetime
-/// (as [`Addresses::add`]).
+/// (as [`Addresses::add`]). The exchange is bounded by [`ADD_BLOCKING_TIMEOUT`] (the kernel
+/// waits for RTNL, which anything else may hold), and the caller must not hold the data plane's
+/// lock across it.
 ///
 /// # Errors
-/// When the socket cannot be used or the kernel refuses.
+/// When the socket cannot be used, the kernel refuses, or does not answer in time
+/// ([`AddressError::Timeout`]).
 pub fn add_blocking(vip: Vip, lifetime: Lifetime) -> Result<(), AddressError> {
-    use rtnetlink::{
-        packet_core::{NLM_F_ACK, NLM_F_CREATE, NLM_F_REPLACE, NLM_F_REQUEST},
-        sys::{Socket, protocols::NETLINK_ROUTE},
-    };
-    let io = |source: std::io::Error| AddressError::Io {
+    use rtnetlink::sys::{Socket, protocols::NETLINK_ROUTE};
+    let io = |source| io_error(vip, source);
+    let mut socket = Socket::new(NETLINK_ROUTE).map_err(io)?;
+    socket.bind_auto().map_err(io)?;
+    socket.connect(&SocketAddr::new(0, 0)).map_err(io)?;
+    add_on(&socket, vip, lifetime, ADD_BLOCKING_TIMEOUT)
+}
+
+fn io_error(vip: Vip, source: std::io::Error) -> AddressError {
+    AddressError::Io {
         operation: "add",
         address: vip.address,
         prefix_len: vip.prefix_len,
         ifindex: vip.ifindex,
         source,
+    }
+}
+
+/// The exchange of [`add_blocking`] on a connected `socket` (a netlink socket; in tests, any
+/// datagram socket), bounded by `timeout` in all: [`AddressError::Timeout`] when the answer has
+/// not come by then.
+fn add_on(
+    socket: &impl std::os::fd::AsFd,
+    vip: Vip,
+    lifetime: Lifetime,
+    timeout: std::time::Duration,
+) -> Result<(), AddressError> {
+    use std::os::fd::AsRawFd as _;
+
+    use nix::{
+        errno::Errno,
+        sys::{
+            socket::{
+                MsgFlags, recv, send, setsockopt,
+                sockopt::{ReceiveTimeout, SendTimeout},
+            },
+            time::TimeVal,
+        },
     };
-    let mut socket = Socket::new(NETLINK_ROUTE).map_err(io)?;
-    socket.bind_auto().map_err(io)?;
-    socket.connect(&SocketAddr::new(0, 0)).map_err(io)?;
+    use rtnetlink::packet_core::{NLM_F_ACK, NLM_F_CREATE, NLM_F_REPLACE, NLM_F_REQUEST};
+    let io = |source| io_error(vip, source);
+    let timed_out = || AddressError::Timeout {
+        operation: "add",
+        address: vip.address,
+        prefix_len: vip.prefix_len,
+        ifindex: vip.ifindex,
+        after: timeout,
+    };
+    let until = std::time::Instant::now() + timeout;
+    // The socket's timeouts bound each call; `until` bounds them all (replies to other requests
+    // are skipped). A timeout of zero would mean "block forever": at least 1 µs.
+    let bound = |socket: std::os::fd::BorrowedFd<'_>| -> Result<(), AddressError> {
+        let left = until.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Err(timed_out());
+        }
+        let left = TimeVal::from(libc::timeval {
+            tv_sec: libc::time_t::try_from(left.as_secs()).unwrap_or(libc::time_t::MAX),
+            tv_usec: libc::suseconds_t::from(left.subsec_micros().max(1)),
+        });
+        setsockopt(&socket, ReceiveTimeout, &left)
+            .and_then(|()| setsockopt(&socket, SendTimeout, &left))
+            .map_err(|e| io(e.into()))
+    };
+    let fd = socket.as_fd().as_raw_fd();
     let mut request = NetlinkMessage::from(RouteNetlinkMessage::NewAddress(new_address_message(
         vip, lifetime,
     )));
@@ -306,19 +376,35 @@ pub fn add_blocking(vip: Vip, lifetime: Lifetime) -> Result<(), AddressError> {
     request.finalize();
     let mut buf = vec![0; request.buffer_len()];
     request.serialize(&mut buf);
-    socket.send(&buf, 0).map_err(io)?;
+    let gone = |e: Errno| match e {
+        Errno::EAGAIN | Errno::EINPROGRESS => timed_out(),
+        e => io(e.into()),
+    };
+    bound(socket.as_fd())?;
+    send(fd, &buf, MsgFlags::empty()).map_err(gone)?;
+    // An acknowledgement echoes the request: a few hundred bytes.
+    let mut reply = vec![0; 64 * 1024];
     loop {
-        let (reply, _) = socket.recv_from_full().map_err(io)?;
-        let reply = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&reply).map_err(|e| {
-            io(std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                format!("undecodable netlink reply: {e}"),
-            ))
-        })?;
-        if reply.header.sequence_number != 1 {
+        bound(socket.as_fd())?;
+        let n = match recv(fd, &mut reply, MsgFlags::empty()) {
+            Ok(n) => n,
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(gone(e)),
+        };
+        let Some(received) = reply.get(..n) else {
+            continue;
+        };
+        let message =
+            NetlinkMessage::<RouteNetlinkMessage>::deserialize(received).map_err(|e| {
+                io(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("undecodable netlink reply: {e}"),
+                ))
+            })?;
+        if message.header.sequence_number != 1 {
             continue;
         }
-        return match reply.payload {
+        return match message.payload {
             NetlinkPayload::Error(e) if e.code.is_none() => Ok(()),
             NetlinkPayload::Error(e) => {
                 Err(request_error("add", vip, rtnetlink::Error::NetlinkError(e)))
@@ -478,6 +564,31 @@ mod tests {
 
     fn secs(deadline_ns: u64, program: ProgramLifetime) -> Option<u32> {
         Lifetime::until(deadline_ns, NOW, program).map(Lifetime::secs)
+    }
+
+    /// Issue 16, item 18: a kernel that never answers must not hold the follower's task.
+    #[test]
+    fn an_add_that_gets_no_answer_times_out() {
+        let (ours, _silent_peer) = std::os::unix::net::UnixDatagram::pair().expect("a socket pair");
+        let vip = Vip {
+            ifindex: 1,
+            address: IpAddr::from([10, 0, 0, 5]),
+            prefix_len: 32,
+        };
+        let lifetime = Lifetime::from_secs(5).expect("a lifetime");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let started = std::time::Instant::now();
+        std::thread::spawn(move || {
+            let _ = tx.send(add_on(&ours, vip, lifetime, ADD_BLOCKING_TIMEOUT));
+        });
+        let result = rx
+            .recv_timeout(ADD_BLOCKING_TIMEOUT + std::time::Duration::from_secs(2))
+            .expect("the add returns within its bound");
+        assert!(
+            matches!(result, Err(AddressError::Timeout { after, .. }) if after == ADD_BLOCKING_TIMEOUT),
+            "{result:?}"
+        );
+        assert!(started.elapsed() >= ADD_BLOCKING_TIMEOUT);
     }
 
     #[test]

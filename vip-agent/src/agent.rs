@@ -38,7 +38,7 @@ use crate::{
     },
     clock::monotonic_ns,
     config::{Config, GarpConfig, HookConfig, RepmgrConfig, VipConfig},
-    dataplane::{AttachOptions, Dataplane, DataplaneError},
+    dataplane::{AttachOptions, Dataplane, DataplaneError, DataplaneReader, Fenced},
     garp::{GarpError, GarpSender},
     gate::{Gate, GateHook},
     hooks::{self, HookContext, HookEvent},
@@ -226,7 +226,21 @@ impl Running {
             });
         }
         registry.apply(hooks::observation_labels());
-        registry.set_snapshot(snapshot_fn(&config.vips, dataplanes));
+        // The metrics page reads the maps on descriptors of its own: a scrape never takes the
+        // writer's lock (issue 16, item 8).
+        let mut readers = BTreeMap::new();
+        for (interface, dp) in dataplanes {
+            let reader = dp
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .reader()
+                .map_err(|source| AgentError::Dataplane {
+                    interface: interface.clone(),
+                    source: Box::new(source),
+                })?;
+            readers.insert(interface.clone(), Arc::new(reader));
+        }
+        registry.set_snapshot(snapshot_fn(&config.vips, &readers));
         // Bound before any task starts: a taken port is a startup error with nothing running.
         let listener = server::bind(config.metrics_address).await?;
 
@@ -389,30 +403,25 @@ async fn notify_ready(mut leaders: Vec<watch::Receiver<Leadership>>, vips: usize
     }
 }
 
-/// Reads every VIP's map entry and counters (for the metrics page, at scrape time).
+/// Reads every VIP's map entry and counters (for the metrics page, at scrape time), through the
+/// data planes' readers: never the writer's lock.
 fn snapshot_fn(
     vips: &[VipConfig],
-    dataplanes: &BTreeMap<String, SharedDataplane>,
+    readers: &BTreeMap<String, Arc<DataplaneReader>>,
 ) -> metrics::SnapshotFn {
-    let targets: Vec<(IpAddr, SharedDataplane)> = vips
+    let targets: Vec<(IpAddr, Arc<DataplaneReader>)> = vips
         .iter()
-        .filter_map(|v| {
-            dataplanes
-                .get(&v.interface)
-                .map(|dp| (v.ip, Arc::clone(dp)))
-        })
+        .filter_map(|v| readers.get(&v.interface).map(|r| (v.ip, Arc::clone(r))))
         .collect();
     Arc::new(move || {
         targets
             .iter()
-            .map(|(vip, dp)| {
-                let dp = dp.lock().unwrap_or_else(PoisonError::into_inner);
-                DataplaneSample {
-                    vip: Some(*vip),
-                    state: dp.state(*vip).ok().flatten(),
-                    stats: dp.stats(*vip).unwrap_or_default(),
-                    egress: dp.egress_stats(*vip).unwrap_or_default(),
-                }
+            .map(|(vip, reader)| DataplaneSample {
+                vip: Some(*vip),
+                state: reader.state(*vip).ok().flatten(),
+                stats: reader.stats(*vip).unwrap_or_default(),
+                egress: reader.egress_stats(*vip).unwrap_or_default(),
+                fence_write_failures: reader.fence_write_failures(*vip),
             })
             .collect()
     })
@@ -474,7 +483,8 @@ async fn prepare_dataplane(
             .filter(|vip| !ours.contains(vip))
             .collect();
         for vip in &stale {
-            dp.fence(*vip).map_err(err)?;
+            // Either way its address is removed next, before it is forgotten.
+            let _: Fenced = dp.fence(*vip).map_err(err)?;
         }
         stale
     };
@@ -507,7 +517,8 @@ async fn prepare_dataplane(
     let mut dp = dp.lock().unwrap_or_else(PoisonError::into_inner);
     for vip in ours {
         dp.register(vip).map_err(err)?;
-        dp.fence(vip).map_err(err)?;
+        // Fenced or deleted, the VIP's task removes any address it has before anything else.
+        let _: Fenced = dp.fence(vip).map_err(err)?;
     }
     Ok(())
 }
@@ -675,25 +686,61 @@ fn repmgr_settings(
     })
 }
 
+/// What [`DataplaneWriter`] needs of a data plane: [`Dataplane`], or a fake in tests.
+trait MapWriter: Send {
+    fn ifindex(&self) -> u32;
+    fn program_lifetime(&self) -> ProgramLifetime;
+    fn answer_until(&mut self, vip: IpAddr, deadline_ns: u64) -> Result<(), DataplaneError>;
+    fn fence(&mut self, vip: IpAddr) -> Result<Fenced, DataplaneError>;
+    fn set_promoting(&mut self, vip: IpAddr, promoting: bool);
+}
+
+impl MapWriter for Dataplane {
+    fn set_promoting(&mut self, vip: IpAddr, promoting: bool) {
+        Self::set_promoting(self, vip, promoting);
+    }
+
+    fn ifindex(&self) -> u32 {
+        Self::ifindex(self)
+    }
+
+    fn program_lifetime(&self) -> ProgramLifetime {
+        Self::program_lifetime(self)
+    }
+
+    fn answer_until(&mut self, vip: IpAddr, deadline_ns: u64) -> Result<(), DataplaneError> {
+        Self::answer_until(self, vip, deadline_ns)
+    }
+
+    fn fence(&mut self, vip: IpAddr) -> Result<Fenced, DataplaneError> {
+        Self::fence(self, vip)
+    }
+}
+
+/// How the writer adds a VIP's address before answering: [`crate::address::add_blocking`].
+type AddAddress = Box<dyn Fn(Vip, Lifetime) -> Result<(), AddressError> + Send>;
+
 /// Writes every effective state into the maps, before anyone else hears of it: in the follower's
 /// task (through the gate's hook) for everything but an opening gate, in the gate's task for that.
-struct DataplaneWriter {
+struct DataplaneWriter<D: MapWriter = Dataplane> {
     key: String,
     /// VIP, prefix length, data plane.
-    targets: Vec<(IpAddr, u8, SharedDataplane)>,
+    targets: Vec<(IpAddr, u8, Arc<Mutex<D>>)>,
     observer: Observer,
     /// The deadline of the last write (0: fenced). The data plane answers while it lies ahead, so
     /// a deadline that ran out counts as fenced and the next confirmation logs a transition.
     answering_until: u64,
+    add_address: AddAddress,
 }
 
-impl DataplaneWriter {
-    fn new(key: String, targets: Vec<(IpAddr, u8, SharedDataplane)>, observer: Observer) -> Self {
+impl<D: MapWriter> DataplaneWriter<D> {
+    fn new(key: String, targets: Vec<(IpAddr, u8, Arc<Mutex<D>>)>, observer: Observer) -> Self {
         Self {
             key,
             targets,
             observer,
             answering_until: 0,
+            add_address: Box::new(crate::address::add_blocking),
         }
     }
 
@@ -702,7 +749,6 @@ impl DataplaneWriter {
         let answer = state.is_safe_at(now);
         let promoting = answer && now >= self.answering_until;
         for (vip, prefix_len, dp) in &self.targets {
-            let mut dp = dp.lock().unwrap_or_else(PoisonError::into_inner);
             if promoting {
                 // The kernel address first, then the ARP answers: a client that learns our MAC
                 // sends its SYN at once, and the kernel drops a SYN to an address it does not
@@ -711,24 +757,36 @@ impl DataplaneWriter {
                 // keeps it), so a failure here only costs that race. It expires by itself before
                 // the deadline (`Lifetime::until`); where no lifetime can, it is not added here,
                 // and the VIP's task says so and adds it once one can.
+                //
+                // Not under the data plane's lock: the netlink exchange may take up to
+                // `ADD_BLOCKING_TIMEOUT`, and fences of other VIPs, the VIP tasks and the metrics
+                // must not wait for it. The promotion is marked instead, so that the VIP's task
+                // takes the address it sees appear as ours (`on_address_event`).
+                let (ifindex, program) = {
+                    let mut dp = dp.lock().unwrap_or_else(PoisonError::into_inner);
+                    dp.set_promoting(*vip, true);
+                    (dp.ifindex(), dp.program_lifetime())
+                };
                 let address = Vip {
-                    ifindex: dp.ifindex(),
+                    ifindex,
                     address: *vip,
                     prefix_len: *prefix_len,
                 };
-                let lifetime =
-                    Lifetime::until(state.safe_until_ns, monotonic_ns(), dp.program_lifetime());
+                let lifetime = Lifetime::until(state.safe_until_ns, monotonic_ns(), program);
                 if let Some(lifetime) = lifetime
-                    && let Err(e) = crate::address::add_blocking(address, lifetime)
+                    && let Err(e) = (self.add_address)(address, lifetime)
                 {
                     warn!(vip = %vip, error = %Chain(&e), "adding the address before answering failed");
                 }
             }
+            let mut dp = dp.lock().unwrap_or_else(PoisonError::into_inner);
             let result = if answer {
                 dp.answer_until(*vip, state.safe_until_ns)
             } else {
-                dp.fence(*vip)
+                // Written or deleted: the VIP's task removes the address on this demotion.
+                dp.fence(*vip).map(|_| ())
             };
+            dp.set_promoting(*vip, false);
             if let Err(e) = result {
                 error!(vip = %vip, error = %Chain(&e), "data plane write failed");
             }
@@ -970,13 +1028,15 @@ impl VipTask {
         });
     }
 
-    /// Whether the data plane answers for this VIP right now (read under its lock).
+    /// Whether the data plane answers for this VIP right now, or the writer is promoting it (read
+    /// under its lock).
     fn answering_now(&self) -> bool {
         let dp = self
             .dataplane
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        matches!(dp.state(self.vip.address), Ok(Some(s)) if s.answering_at(monotonic_ns()))
+        dp.promoting(self.vip.address)
+            || matches!(dp.state(self.vip.address), Ok(Some(s)) if s.answering_at(monotonic_ns()))
     }
 
     /// The deadline passed without a renewal in this task's view: fence, unless the map's entry
@@ -988,15 +1048,15 @@ impl VipTask {
             .dataplane
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        if let Ok(Some(entry)) = dp.state(self.vip.address)
-            && entry.deadline_ns > monotonic_ns()
-        {
-            return false;
+        match dp.fence_if_expired(self.vip.address, monotonic_ns()) {
+            Ok(None) => false,
+            // Written or deleted: the caller removes the address next.
+            Ok(Some(_)) => true,
+            Err(e) => {
+                error!(vip = %self.vip, error = %Chain(&e), "fence failed");
+                true
+            }
         }
-        if let Err(e) = dp.fence(self.vip.address) {
-            error!(vip = %self.vip, error = %Chain(&e), "fence failed");
-        }
-        true
     }
 
     fn fence(&self) {
@@ -1059,10 +1119,11 @@ impl VipTask {
                     "VIP address expired (its lifetime ends before the deadline); it comes back when a confirmation moves the deadline");
             }
             (Some(AddressEvent::Added(v)), None) if ours(&v) => {
-                // A promotion adds the address just before the map write, both under the data
-                // plane's lock (`DataplaneWriter::apply`); its state change may reach this task
-                // after the address event. Under the same lock, an answering map entry means the
-                // address is ours.
+                // A promotion adds the address just before the map write, marked as promoting
+                // under the data plane's lock from before the add until the map write
+                // (`DataplaneWriter::apply`); its state change may reach this task after the
+                // address event. Under the same lock, that mark or an answering map entry means
+                // the address is ours.
                 if self.answering_now() {
                     debug!(vip = %self.vip, "address added by the promotion in progress");
                     return;
@@ -1130,5 +1191,103 @@ async fn sleep_until_ns(deadline_ns: Option<u64>) {
             .await;
         }
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        net::IpAddr,
+        sync::{
+            Arc, Mutex,
+            atomic::{AtomicBool, Ordering},
+        },
+    };
+
+    use super::{DataplaneWriter, MapWriter};
+    use crate::{
+        address::{AddressError, ProgramLifetime},
+        clock::monotonic_ns,
+        dataplane::{DataplaneError, Fenced},
+        leadership::{Cause, Leadership},
+    };
+
+    /// A data plane that records what is written.
+    #[derive(Default)]
+    struct Recorded {
+        /// VIP and deadline (`None`: fenced).
+        writes: Vec<(IpAddr, Option<u64>)>,
+    }
+
+    impl MapWriter for Recorded {
+        fn ifindex(&self) -> u32 {
+            7
+        }
+
+        fn program_lifetime(&self) -> ProgramLifetime {
+            ProgramLifetime::Pinned
+        }
+
+        fn answer_until(&mut self, vip: IpAddr, deadline_ns: u64) -> Result<(), DataplaneError> {
+            self.writes.push((vip, Some(deadline_ns)));
+            Ok(())
+        }
+
+        fn fence(&mut self, vip: IpAddr) -> Result<Fenced, DataplaneError> {
+            self.writes.push((vip, None));
+            Ok(Fenced::Written)
+        }
+
+        fn set_promoting(&mut self, _: IpAddr, _: bool) {}
+    }
+
+    /// Issue 16, item 18: the address add on promotion runs without the data-plane lock (another
+    /// thread takes it while the add is pending), and an add that times out does not keep the
+    /// data plane from answering.
+    #[test]
+    fn the_promotion_adds_the_address_without_the_dataplane_lock() {
+        let vip = IpAddr::from([10, 0, 0, 5]);
+        let dp = Arc::new(Mutex::new(Recorded::default()));
+        let mut writer = DataplaneWriter::new(
+            "/k".into(),
+            vec![(vip, 32, Arc::clone(&dp))],
+            crate::observe::channel().0,
+        );
+        let lock_free = Arc::new(AtomicBool::new(false));
+        let (seen, free) = (Arc::clone(&dp), Arc::clone(&lock_free));
+        writer.add_address = Box::new(move |address, _| {
+            let dp = Arc::clone(&seen);
+            let took = std::thread::spawn(move || dp.try_lock().is_ok())
+                .join()
+                .unwrap_or(false);
+            free.store(took, Ordering::SeqCst);
+            Err(AddressError::Timeout {
+                operation: "add",
+                address: address.address,
+                prefix_len: address.prefix_len,
+                ifindex: address.ifindex,
+                after: crate::address::ADD_BLOCKING_TIMEOUT,
+            })
+        });
+        let now = monotonic_ns();
+        let deadline = now + 30_000_000_000;
+        writer.apply(&Leadership {
+            primary: true,
+            safe_until_ns: deadline,
+            term: 1,
+            cause: Cause::Confirmed,
+            observed_at_ns: now,
+            detail: 0,
+        });
+        assert!(
+            lock_free.load(Ordering::SeqCst),
+            "the data-plane lock was held across the address add"
+        );
+        let writes = &dp.lock().expect("not poisoned").writes;
+        assert_eq!(
+            writes,
+            &[(vip, Some(deadline))],
+            "answering despite the timeout"
+        );
     }
 }

@@ -23,21 +23,23 @@
 //! An interface that already carries another XDP program is never taken over silently.
 
 use std::{
+    collections::BTreeMap,
     fmt, io,
     net::{IpAddr, Ipv6Addr},
     path::{Path, PathBuf},
+    sync::{Arc, Mutex, PoisonError},
 };
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap, Map, MapData, MapError, PerCpuHashMap, PerCpuValues},
+    maps::{HashMap, IterableMap as _, Map, MapData, MapError, PerCpuHashMap, PerCpuValues},
     programs::{
         LinkOrder, ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode,
         links::{FdLink, PinnedLink},
         tc::TcAttachOptions,
     },
 };
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 use vip_common::{
     EgressStats, VipKey, VipState, VipStats,
     maps::{
@@ -280,6 +282,10 @@ pub struct Dataplane {
     egress: EgressFence,
     /// The egress program's counters (absent only when its map could not be made).
     egress_stats: Option<EgressMap>,
+    /// Failed fence writes, per VIP (for the metrics page).
+    fence_failures: Arc<FenceFailures>,
+    /// VIPs whose address the writer is adding before it answers (see [`Self::set_promoting`]).
+    promoting: std::collections::BTreeSet<IpAddr>,
 }
 
 type EgressMap = PerCpuHashMap<MapData, VipKey, EgressStats>;
@@ -438,6 +444,8 @@ impl Dataplane {
             egress_link: None,
             egress: EgressFence::Unavailable("not attached yet".to_owned()),
             egress_stats: None,
+            fence_failures: Arc::default(),
+            promoting: std::collections::BTreeSet::new(),
         }))
     }
 
@@ -539,6 +547,8 @@ impl Dataplane {
             egress_link: egress.link,
             egress: egress.fence,
             egress_stats: Some(egress_stats),
+            fence_failures: Arc::default(),
+            promoting: std::collections::BTreeSet::new(),
         })
     }
 
@@ -656,8 +666,34 @@ impl Dataplane {
     ///
     /// # Errors
     /// When the map update fails.
-    pub fn fence(&mut self, vip: impl Into<IpAddr>) -> Result<(), DataplaneError> {
-        self.write(vip.into(), VipState::fenced(self.mac), "fence")
+    pub fn fence(&mut self, vip: impl Into<IpAddr>) -> Result<Fenced, DataplaneError> {
+        write_fence(
+            &mut self.state,
+            vip.into(),
+            VipState::fenced(self.mac),
+            &self.fence_failures,
+        )
+    }
+
+    /// Fence `vip` unless its entry's deadline lies after `now_ns`: the VIP task's fence at a
+    /// deadline it saw pass, which must not overwrite a renewal the writer made since (issue 16,
+    /// item 5). Returns how it fenced, or `None` when the entry was renewed. The caller holds the
+    /// data plane's lock, as the writer does for its renewals, so nothing comes in between.
+    ///
+    /// # Errors
+    /// When the fence can neither be written nor the entry deleted.
+    pub fn fence_if_expired(
+        &mut self,
+        vip: IpAddr,
+        now_ns: u64,
+    ) -> Result<Option<Fenced>, DataplaneError> {
+        fence_if_expired(
+            &mut self.state,
+            vip,
+            VipState::fenced(self.mac),
+            now_ns,
+            &self.fence_failures,
+        )
     }
 
     /// Answer for `vip` until kernel monotonic time `deadline_ns` (see [`crate::clock`]).
@@ -746,6 +782,55 @@ impl Dataplane {
         snapshot(&self.state, &self.stats, self.egress_stats.as_ref())
     }
 
+    /// A read-only view of the maps with descriptors of its own, for the metrics page: reading
+    /// through it takes neither this data plane's lock nor anything the writer waits for.
+    ///
+    /// # Errors
+    /// When a map descriptor cannot be duplicated.
+    pub fn reader(&self) -> Result<DataplaneReader, DataplaneError> {
+        let state = reopen(self.state.map(), &self.pin_dir, STATE_MAP)?;
+        let stats = reopen(self.stats.map(), &self.pin_dir, STATS_MAP)?;
+        let egress_stats = match &self.egress_stats {
+            Some(m) => Some(reopen(m.map(), &self.pin_dir, EGRESS_STATS_MAP)?),
+            None => None,
+        };
+        Ok(DataplaneReader {
+            state: HashMap::try_from(state)
+                .map_err(|e| open_pinned_error(STATE_MAP, &self.pin_dir.join(STATE_MAP), e))?,
+            stats: PerCpuHashMap::try_from(stats)
+                .map_err(|e| open_pinned_error(STATS_MAP, &self.pin_dir.join(STATS_MAP), e))?,
+            egress_stats: match egress_stats {
+                Some(m) => Some(PerCpuHashMap::try_from(m).map_err(|e| {
+                    open_pinned_error(EGRESS_STATS_MAP, &self.pin_dir.join(EGRESS_STATS_MAP), e)
+                })?),
+                None => None,
+            },
+            fence_failures: Arc::clone(&self.fence_failures),
+        })
+    }
+
+    /// Mark `vip` as being promoted: the writer adds its address, without this lock, and then
+    /// writes its map entry. The VIP's task takes an address that appears meanwhile as ours.
+    pub fn set_promoting(&mut self, vip: IpAddr, promoting: bool) {
+        if promoting {
+            self.promoting.insert(vip);
+        } else {
+            self.promoting.remove(&vip);
+        }
+    }
+
+    /// Whether the writer is promoting `vip` (see [`Self::set_promoting`]).
+    #[must_use]
+    pub fn promoting(&self, vip: IpAddr) -> bool {
+        self.promoting.contains(&vip)
+    }
+
+    /// The failed fence writes for `vip` since the agent started (each failed map update).
+    #[must_use]
+    pub fn fence_write_failures(&self, vip: IpAddr) -> u64 {
+        self.fence_failures.get(vip)
+    }
+
     /// The egress program's counters for `vip` summed over CPUs (zero without them).
     ///
     /// # Errors
@@ -755,6 +840,191 @@ impl Dataplane {
             .as_ref()
             .map_or(Ok(EgressStats::default()), |m| lookup_egress(m, vip.into()))
     }
+}
+
+/// How many times a fence is written before falling back to deleting the entry. A no-prealloc
+/// hash map allocates a new element for every update, so an update can fail with `ENOMEM` under
+/// memory pressure; a delete allocates nothing.
+pub const FENCE_WRITE_ATTEMPTS: u32 = 3;
+
+/// How a fence reached the map.
+#[must_use]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fenced {
+    /// The fenced entry is in the map: the programs drop the VIP's requests and packets.
+    Written,
+    /// Every write failed and the entry was deleted instead. The programs pass a VIP they do not
+    /// know to the kernel, so the VIP's address must go too (the VIP's task removes it on the
+    /// demotion that this fence is part of; docs/safety.md).
+    Deleted,
+}
+
+/// Failed fence writes (each failed map update), per VIP: the metrics page shows them.
+#[derive(Debug, Default)]
+pub struct FenceFailures(Mutex<BTreeMap<IpAddr, u64>>);
+
+impl FenceFailures {
+    fn add(&self, vip: IpAddr) {
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(vip)
+            .or_default() += 1;
+    }
+
+    /// The failed fence writes for `vip` so far.
+    #[must_use]
+    pub fn get(&self, vip: IpAddr) -> u64 {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&vip)
+            .copied()
+            .unwrap_or(0)
+    }
+}
+
+/// The VIP state map as the writer uses it: the kernel map, or a fault-injecting one in tests.
+pub(crate) trait StateMap {
+    fn lookup(&self, key: &VipKey) -> Result<Option<VipState>, MapError>;
+    fn update(&mut self, key: VipKey, value: VipState) -> Result<(), MapError>;
+    fn delete(&mut self, key: &VipKey) -> Result<(), MapError>;
+}
+
+impl StateMap for HashMap<MapData, VipKey, VipState> {
+    fn lookup(&self, key: &VipKey) -> Result<Option<VipState>, MapError> {
+        match self.get(key, 0) {
+            Ok(v) => Ok(Some(v)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn update(&mut self, key: VipKey, value: VipState) -> Result<(), MapError> {
+        self.insert(key, value, BPF_ANY)
+    }
+
+    fn delete(&mut self, key: &VipKey) -> Result<(), MapError> {
+        self.remove(key)
+    }
+}
+
+/// Write the fence `value` for `vip`: up to [`FENCE_WRITE_ATTEMPTS`] updates, each failure
+/// counted in `failures`, then delete the entry instead (which allocates nothing). The attempts
+/// follow each other at once: the caller holds the data plane's lock, often in the follower's
+/// synchronous hook, and a delete is as good a fence as the update once the address is gone.
+/// An error only when the delete fails too.
+fn write_fence(
+    map: &mut impl StateMap,
+    vip: IpAddr,
+    value: VipState,
+    failures: &FenceFailures,
+) -> Result<Fenced, DataplaneError> {
+    let key = vip_key(vip);
+    for attempt in 1..=FENCE_WRITE_ATTEMPTS {
+        match map.update(key, value) {
+            Ok(()) => return Ok(Fenced::Written),
+            Err(e) => {
+                failures.add(vip);
+                warn!(%vip, attempt, attempts = FENCE_WRITE_ATTEMPTS, error = %crate::logging::Chain(&e),
+                    "writing the fence into the map failed");
+            }
+        }
+    }
+    ignore_missing(map.delete(&key)).map_err(|source| DataplaneError::Map {
+        operation: "fence (every update failed, then the delete)",
+        vip,
+        map: STATE_MAP,
+        source: Box::new(source),
+    })?;
+    error!(%vip, attempts = FENCE_WRITE_ATTEMPTS,
+        "could not write the fence: deleted the VIP's map entry instead; the programs now pass its \
+         requests to the kernel, so its address is removed next (docs/safety.md)");
+    Ok(Fenced::Deleted)
+}
+
+/// [`Dataplane::fence_if_expired`] on `map`.
+fn fence_if_expired(
+    map: &mut impl StateMap,
+    vip: IpAddr,
+    value: VipState,
+    now_ns: u64,
+    failures: &FenceFailures,
+) -> Result<Option<Fenced>, DataplaneError> {
+    // A lookup that fails is no evidence of a renewal: fence.
+    if let Ok(Some(entry)) = lookup_state(map, vip)
+        && entry.deadline_ns > now_ns
+    {
+        return Ok(None);
+    }
+    write_fence(map, vip, value, failures).map(Some)
+}
+
+/// The maps of a [`Dataplane`] for reading only, on descriptors of their own
+/// ([`Dataplane::reader`]): the metrics page reads through it without the writer's lock.
+pub struct DataplaneReader {
+    state: HashMap<MapData, VipKey, VipState>,
+    stats: PerCpuHashMap<MapData, VipKey, VipStats>,
+    egress_stats: Option<EgressMap>,
+    fence_failures: Arc<FenceFailures>,
+}
+
+impl fmt::Debug for DataplaneReader {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DataplaneReader").finish_non_exhaustive()
+    }
+}
+
+impl DataplaneReader {
+    /// The current entry for `vip`, if registered.
+    ///
+    /// # Errors
+    /// When the lookup fails for another reason than the entry being absent.
+    pub fn state(&self, vip: IpAddr) -> Result<Option<VipState>, DataplaneError> {
+        lookup_state(&self.state, vip)
+    }
+
+    /// Counters for `vip` summed over CPUs.
+    ///
+    /// # Errors
+    /// When the lookup fails.
+    pub fn stats(&self, vip: IpAddr) -> Result<VipStats, DataplaneError> {
+        lookup_stats(&self.stats, vip)
+    }
+
+    /// The egress program's counters for `vip` summed over CPUs (zero without them).
+    ///
+    /// # Errors
+    /// When the lookup fails.
+    pub fn egress_stats(&self, vip: IpAddr) -> Result<EgressStats, DataplaneError> {
+        self.egress_stats
+            .as_ref()
+            .map_or(Ok(EgressStats::default()), |m| lookup_egress(m, vip))
+    }
+
+    /// The failed fence writes for `vip` since the agent started.
+    #[must_use]
+    pub fn fence_write_failures(&self, vip: IpAddr) -> u64 {
+        self.fence_failures.get(vip)
+    }
+}
+
+/// A second handle on the map `data` (`dup` of its descriptor), for [`DataplaneReader`].
+fn reopen(data: &MapData, pin_dir: &Path, name: &'static str) -> Result<Map, DataplaneError> {
+    use std::os::fd::AsFd as _;
+    let path = pin_dir.join(name);
+    let fd = data
+        .fd()
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|source| DataplaneError::Fs {
+            operation: "duplicate the descriptor of the map pinned at",
+            path: path.clone(),
+            source,
+        })?;
+    let data = MapData::from_fd(fd).map_err(|e| open_pinned_error(name, &path, e))?;
+    Map::from_map_data(data).map_err(|e| open_pinned_error(name, &path, e))
 }
 
 /// One VIP as the maps show it.
@@ -928,20 +1198,14 @@ pub fn vip_ip(key: VipKey) -> IpAddr {
     IpAddr::from(key)
 }
 
-fn lookup_state(
-    map: &HashMap<MapData, VipKey, VipState>,
-    vip: IpAddr,
-) -> Result<Option<VipState>, DataplaneError> {
-    match map.get(&vip_key(vip), 0) {
-        Ok(v) => Ok(Some(v)),
-        Err(MapError::KeyNotFound) => Ok(None),
-        Err(source) => Err(DataplaneError::Map {
+fn lookup_state(map: &impl StateMap, vip: IpAddr) -> Result<Option<VipState>, DataplaneError> {
+    map.lookup(&vip_key(vip))
+        .map_err(|source| DataplaneError::Map {
             operation: "look up",
             vip,
             map: STATE_MAP,
             source: Box::new(source),
-        }),
-    }
+        })
 }
 
 fn lookup_egress(map: &EgressMap, vip: IpAddr) -> Result<EgressStats, DataplaneError> {
@@ -1574,7 +1838,139 @@ fn ignore_missing(r: Result<(), MapError>) -> Result<(), MapError> {
 
 #[cfg(test)]
 mod tests {
-    use super::{AttachMode, Candidate};
+    use std::{collections::BTreeMap, io, net::IpAddr};
+
+    use aya::maps::MapError;
+    use vip_common::{VipKey, VipState};
+
+    use super::{
+        AttachMode, Candidate, FENCE_WRITE_ATTEMPTS, FenceFailures, Fenced, StateMap,
+        fence_if_expired, vip_key, write_fence,
+    };
+
+    /// A state map whose first `failing` updates fail with `ENOMEM`, as a no-prealloc hash map's
+    /// do when the kernel cannot allocate the new element.
+    #[derive(Default)]
+    struct Flaky {
+        entries: BTreeMap<[u8; 16], VipState>,
+        failing: u32,
+        updates: u32,
+        deletes: u32,
+    }
+
+    fn enomem(call: &'static str) -> MapError {
+        MapError::SyscallError(aya::sys::SyscallError {
+            call,
+            io_error: io::Error::from_raw_os_error(libc::ENOMEM),
+        })
+    }
+
+    impl StateMap for Flaky {
+        fn lookup(&self, key: &VipKey) -> Result<Option<VipState>, MapError> {
+            Ok(self.entries.get(&key.addr).copied())
+        }
+
+        fn update(&mut self, key: VipKey, value: VipState) -> Result<(), MapError> {
+            self.updates += 1;
+            if self.updates <= self.failing {
+                return Err(enomem("bpf_map_update_elem"));
+            }
+            self.entries.insert(key.addr, value);
+            Ok(())
+        }
+
+        fn delete(&mut self, key: &VipKey) -> Result<(), MapError> {
+            self.deletes += 1;
+            self.entries
+                .remove(&key.addr)
+                .map(|_| ())
+                .ok_or(MapError::KeyNotFound)
+        }
+    }
+
+    const MAC: [u8; 6] = [2, 0, 0, 0, 0, 1];
+    const VIP: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 5));
+
+    fn answering_map(failing: u32) -> Flaky {
+        let mut map = Flaky {
+            failing,
+            ..Flaky::default()
+        };
+        map.entries
+            .insert(vip_key(VIP).addr, VipState::answering_until(MAC, u64::MAX));
+        map
+    }
+
+    #[test]
+    fn a_fence_write_that_fails_is_retried() {
+        let mut map = answering_map(FENCE_WRITE_ATTEMPTS - 1);
+        let failures = FenceFailures::default();
+        let fenced = write_fence(&mut map, VIP, VipState::fenced(MAC), &failures);
+        assert_eq!(fenced.expect("fenced on the last attempt"), Fenced::Written);
+        assert_eq!(map.updates, FENCE_WRITE_ATTEMPTS);
+        assert_eq!(map.deletes, 0);
+        assert_eq!(
+            map.entries.get(&vip_key(VIP).addr),
+            Some(&VipState::fenced(MAC))
+        );
+        assert_eq!(failures.get(VIP), u64::from(FENCE_WRITE_ATTEMPTS - 1));
+    }
+
+    #[test]
+    fn a_fence_write_that_keeps_failing_deletes_the_entry_and_is_counted() {
+        let mut map = answering_map(u32::MAX);
+        let failures = FenceFailures::default();
+        let fenced = write_fence(&mut map, VIP, VipState::fenced(MAC), &failures);
+        assert_eq!(fenced.expect("deleted instead"), Fenced::Deleted);
+        assert_eq!(map.updates, FENCE_WRITE_ATTEMPTS, "bounded retries");
+        assert_eq!(map.deletes, 1);
+        assert!(map.entries.is_empty(), "no answering entry may stay behind");
+        assert_eq!(failures.get(VIP), u64::from(FENCE_WRITE_ATTEMPTS));
+        assert_eq!(failures.get(IpAddr::from([10, 0, 0, 6])), 0);
+    }
+
+    /// Issue 16, item 5: the writer renewed the entry just before the VIP task, which saw the old
+    /// deadline pass, fences. The renewal must survive; an entry still expired is fenced.
+    #[test]
+    fn the_deadline_fence_keeps_a_renewal_written_just_before_it() {
+        let now = 1_000_000_000;
+        let failures = FenceFailures::default();
+        let mut map = Flaky::default();
+        let renewed = VipState::answering_until(MAC, now + 1);
+        map.entries.insert(vip_key(VIP).addr, renewed);
+        let fenced = fence_if_expired(&mut map, VIP, VipState::fenced(MAC), now, &failures);
+        assert_eq!(fenced.expect("looked up"), None, "not fenced");
+        assert_eq!(map.entries.get(&vip_key(VIP).addr), Some(&renewed));
+        assert_eq!(map.updates, 0, "nothing written");
+
+        let expired = VipState::answering_until(MAC, now);
+        map.entries.insert(vip_key(VIP).addr, expired);
+        let fenced = fence_if_expired(&mut map, VIP, VipState::fenced(MAC), now, &failures);
+        assert_eq!(fenced.expect("fenced"), Some(Fenced::Written));
+        assert_eq!(
+            map.entries.get(&vip_key(VIP).addr),
+            Some(&VipState::fenced(MAC))
+        );
+
+        map.entries.clear();
+        let fenced = fence_if_expired(&mut map, VIP, VipState::fenced(MAC), now, &failures);
+        assert_eq!(
+            fenced.expect("fenced"),
+            Some(Fenced::Written),
+            "an absent entry is fenced too"
+        );
+    }
+
+    #[test]
+    fn a_fence_on_a_missing_entry_that_keeps_failing_is_deleted_too() {
+        let mut map = Flaky {
+            failing: u32::MAX,
+            ..Flaky::default()
+        };
+        let failures = FenceFailures::default();
+        let fenced = write_fence(&mut map, VIP, VipState::fenced(MAC), &failures);
+        assert_eq!(fenced.expect("nothing to delete is fine"), Fenced::Deleted);
+    }
 
     fn names(mode: AttachMode, veth: bool) -> Vec<&'static str> {
         Candidate::for_mode(mode, veth)

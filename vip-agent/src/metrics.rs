@@ -51,6 +51,8 @@ pub struct DataplaneSample {
     pub stats: VipStats,
     /// The TC egress program's counters, summed over CPUs.
     pub egress: EgressStats,
+    /// Fence writes into the map that failed (each failed update).
+    pub fence_write_failures: u64,
 }
 
 /// Reads every VIP's [`DataplaneSample`] at scrape time.
@@ -513,6 +515,13 @@ impl Registry {
             "ARP (family arp) or Neighbor Discovery (family ndp) from the VIP this node tried to send while fenced, dropped by the TC egress program.",
             &mut per_vip_family(&|r| r.dataplane.egress.neighbour_dropped).into_iter(),
         );
+        family(
+            &mut out,
+            "vip_agent_fence_write_failures_total",
+            "counter",
+            "Fence writes into the BPF map that failed (each failed update; after the last retry the entry is deleted and the address removed).",
+            &mut per_vip(&|r| r.dataplane.fence_write_failures.to_string()).into_iter(),
+        );
         let gate_states =
             |r: &VipEntry| r.gate.as_ref().map_or_else(Vec::new, |g| g.states.to_vec());
         family(
@@ -847,6 +856,7 @@ pub(crate) mod tests {
                     ip_dropped: 3,
                     neighbour_dropped: 1,
                 },
+                fence_write_failures: 4,
             }]
         }));
         for (transition, latency_us) in [(true, 40), (true, 700), (false, 20_000)] {
@@ -1115,6 +1125,7 @@ pub(crate) mod tests {
             format!("vip_agent_egress_ip_dropped_total{{{LABELS}}} 3\n"),
             format!("vip_agent_egress_neighbor_dropped_total{{{LABELS},family=\"arp\"}} 1\n"),
             format!("vip_agent_transitions_total{{{LABELS}}} 2\n"),
+            format!("vip_agent_fence_write_failures_total{{{LABELS}}} 4\n"),
             format!("vip_agent_promotion_gate_state{{{LABELS},state=\"open\"}} 1\n"),
             format!("vip_agent_promotion_gate_state{{{LABELS},state=\"waiting\"}} 0\n"),
             format!("vip_agent_promotion_gate_outcomes_total{{{LABELS},outcome=\"primary\"}} 3\n"),

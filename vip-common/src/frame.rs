@@ -40,10 +40,11 @@ mod egress;
 mod ipv6;
 pub use egress::{TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, TC_ACT_UNSPEC, egress};
 pub use ipv6::{
-    ICMPV6_NA, ICMPV6_NS, IPV6_FRAME_LEN, IPV6_HEADER_LEN, NA_FLAG_OVERRIDE, NA_FLAG_ROUTER,
-    NA_FLAG_SOLICITED, ND_FRAME_LEN, ND_LEN, NS_MIN_FRAME_LEN, NS_MIN_LEN, NdView,
-    VLAN_IPV6_FRAME_LEN, VLAN_ND_FRAME_LEN, VLAN_NS_MIN_FRAME_LEN, all_nodes, build_na, build_ns,
-    icmpv6_checksum, solicited_node, write_na_packet,
+    ICMPV6_NA, ICMPV6_NS, IPV6_FRAME_LEN, IPV6_HEADER_LEN, MAX_EXTENSION_BYTES,
+    MAX_EXTENSION_HEADERS, NA_FLAG_OVERRIDE, NA_FLAG_ROUTER, NA_FLAG_SOLICITED, ND_FRAME_LEN,
+    ND_LEN, NS_MIN_FRAME_LEN, NS_MIN_LEN, NdView, VLAN_IPV6_FRAME_LEN, VLAN_ND_FRAME_LEN,
+    VLAN_NS_MIN_FRAME_LEN, all_nodes, build_na, build_ns, icmpv6_checksum, solicited_node,
+    write_na_packet,
 };
 
 /// XDP action codes (`enum xdp_action` in the kernel UAPI).
@@ -95,7 +96,14 @@ pub trait Packet {
     fn head<const N: usize>(&self) -> Option<&[u8; N]>;
     /// The first `N` bytes, writable, or `None` when the frame is shorter.
     fn head_mut<const N: usize>(&mut self) -> Option<&mut [u8; N]>;
+    /// `N` bytes at `offset`, or `None` when the frame is shorter. For the one variable-offset
+    /// read, behind IPv6 extension headers: `offset` is never above [`MAX_VARIABLE_OFFSET`].
+    fn at<const N: usize>(&self, offset: usize) -> Option<&[u8; N]>;
 }
+
+/// The highest offset [`Packet::at`] is asked for (the verifier must know a bound for a
+/// variable offset into the packet, and it is far below the 64 KiB it accepts).
+pub const MAX_VARIABLE_OFFSET: usize = ipv6::MAX_UPPER_LAYER_OFFSET;
 
 impl Packet for [u8] {
     #[inline(always)]
@@ -106,6 +114,11 @@ impl Packet for [u8] {
     #[inline(always)]
     fn head_mut<const N: usize>(&mut self) -> Option<&mut [u8; N]> {
         self.first_chunk_mut::<N>()
+    }
+
+    #[inline(always)]
+    fn at<const N: usize>(&self, offset: usize) -> Option<&[u8; N]> {
+        self.get(offset..)?.first_chunk::<N>()
     }
 }
 

@@ -28,7 +28,7 @@ use aya_ebpf::{
 };
 use vip_common::{
     EgressStats, Outcome, Packet, Verdict, VipKey, VipLookup, VipState, VipStats,
-    frame::{IPV6_FRAME_LEN, TC_PULL_LEN},
+    frame::{IPV6_FRAME_LEN, MAX_VARIABLE_OFFSET, TC_PULL_LEN},
     maps::{BPF_F_NO_PREALLOC, MAX_VIPS},
 };
 
@@ -152,6 +152,18 @@ impl Packet for Frame {
         let p = ptr_at::<[u8; N]>(self.start, self.end, 0).ok()?;
         // SAFETY: as above; XDP packet memory is writable and `&mut self` makes this the only view.
         Some(unsafe { &mut *p })
+    }
+
+    #[inline(always)]
+    fn at<const N: usize>(&self, offset: usize) -> Option<&[u8; N]> {
+        // The callers never ask for more; checked here too, next to the access, so the verifier
+        // sees the variable offset bounded.
+        if offset > MAX_VARIABLE_OFFSET {
+            return None;
+        }
+        let p = ptr_at::<[u8; N]>(self.start, self.end, offset).ok()?;
+        // SAFETY: `ptr_at` checked that N bytes from `start + offset` lie inside the packet.
+        Some(unsafe { &*p })
     }
 }
 

@@ -13,6 +13,12 @@
 //!     needed and the verifier sees constant offsets only;
 //!   * answering, any other form (more or other options, extension headers) -> passed: the
 //!     kernel, which holds the address while we answer, validates and answers it.
+//!   * behind IPv6 extension headers (Hop-by-Hop, Destination Options, Routing, Fragment; up to
+//!     [`MAX_EXTENSION_HEADERS`] of them in [`MAX_EXTENSION_BYTES`]): fenced ->
+//!     [`Outcome::DroppedRequest`], since the kernel would answer it for an address it still has;
+//!     answering -> passed to the kernel as above. A chain the walk cannot follow (longer, a later
+//!     fragment, another header such as ESP, truncated) is judged by its destination like any
+//!     IPv6 packet: to the solicited-node group it passes.
 //! * Neighbor Advertisement for a VIP we answer, or a Neighbor Solicitation *from* it, from another
 //!   MAC: [`Outcome::Conflict`] (pass).
 //! * Any other IPv6 packet to a VIP while fenced: [`Outcome::DroppedIp`].
@@ -45,6 +51,21 @@ pub const VLAN_NS_MIN_FRAME_LEN: usize = VLAN_IPV6_FRAME_LEN + NS_MIN_LEN;
 pub const VLAN_ND_FRAME_LEN: usize = super::VLAN_ETH_LEN + ND_LEN;
 
 const IPPROTO_ICMPV6: u8 = 58;
+/// The extension headers walked in front of a Neighbor Solicitation (RFC 8200 4).
+const IPPROTO_HOPOPTS: u8 = 0;
+const IPPROTO_ROUTING: u8 = 43;
+const IPPROTO_FRAGMENT: u8 = 44;
+const IPPROTO_DSTOPTS: u8 = 60;
+/// How many extension headers the walk follows: RFC 8200 4.1's order has at most Hop-by-Hop,
+/// Destination Options, Routing and Fragment in front of an upper-layer header.
+pub const MAX_EXTENSION_HEADERS: usize = 4;
+/// How many bytes of extension headers the walk follows (a Hop-by-Hop header is 8 bytes unless it
+/// carries large options).
+pub const MAX_EXTENSION_BYTES: usize = 256;
+/// The highest offset of an upper-layer header the walk reads: after an 802.1Q-tagged Ethernet
+/// header, the IPv6 header and [`MAX_EXTENSION_BYTES`].
+pub(super) const MAX_UPPER_LAYER_OFFSET: usize =
+    super::VLAN_ETH_LEN + IPV6_HEADER_LEN + MAX_EXTENSION_BYTES;
 pub const ICMPV6_NS: u8 = 135;
 pub const ICMPV6_NA: u8 = 136;
 /// Neighbor Advertisement flags (first byte after the checksum).
@@ -90,8 +111,14 @@ pub(super) fn process_ipv6<
         return Verdict::PASS;
     };
     let dst = VipKey::v6(*dst);
-    if ip[6] == IPPROTO_ICMPV6
+    let next_header = ip[6];
+    if next_header == IPPROTO_ICMPV6
         && let Some(verdict) = neighbour_discovery::<P, L, NS, ND, L3>(pkt, table)
+    {
+        return verdict;
+    }
+    if is_extension(next_header)
+        && let Some(verdict) = fenced_solicitation_behind_extensions(pkt, table, next_header, HDR)
     {
         return verdict;
     }
@@ -177,6 +204,79 @@ fn neighbour_discovery<
         // write.
         None => Verdict::new(Outcome::DroppedRequest, vip),
     })
+}
+
+/// Whether `next_header` is one of the extension headers the walk follows.
+#[inline(always)]
+fn is_extension(next_header: u8) -> bool {
+    next_header == IPPROTO_HOPOPTS
+        || next_header == IPPROTO_ROUTING
+        || next_header == IPPROTO_FRAGMENT
+        || next_header == IPPROTO_DSTOPTS
+}
+
+/// Follow the extension headers starting at `offset` (the first one's type: `next_header`) to an
+/// ICMPv6 message: its offset, or `None` when the chain ends in anything else, is longer than
+/// [`MAX_EXTENSION_HEADERS`] headers or [`MAX_EXTENSION_BYTES`] bytes, is truncated, or holds a
+/// Fragment header of a later fragment (which carries no ICMPv6 header).
+///
+/// One bounded loop with one variable-offset read per header ([`Packet::at`]); every offset it
+/// reads is checked against [`MAX_UPPER_LAYER_OFFSET`] first, so the verifier sees a bounded one.
+#[inline(always)]
+pub(super) fn icmpv6_behind_extensions<P: Packet + ?Sized>(
+    pkt: &P,
+    mut next_header: u8,
+    mut offset: usize,
+) -> Option<usize> {
+    let limit = offset + MAX_EXTENSION_BYTES;
+    for _ in 0..MAX_EXTENSION_HEADERS {
+        if !is_extension(next_header) {
+            break;
+        }
+        if offset > MAX_UPPER_LAYER_OFFSET {
+            return None;
+        }
+        // Next header, length (8-byte units beyond the first 8; the Fragment header has none),
+        // and the Fragment header's offset and flags.
+        let h = pkt.at::<4>(offset)?;
+        let len = if next_header == IPPROTO_FRAGMENT {
+            if u16::from_be_bytes([h[2], h[3]]) >> 3 != 0 {
+                return None;
+            }
+            8
+        } else {
+            (usize::from(h[1]) + 1) * 8
+        };
+        next_header = h[0];
+        offset += len;
+        if offset > limit {
+            return None;
+        }
+    }
+    (next_header == IPPROTO_ICMPV6 && offset <= MAX_UPPER_LAYER_OFFSET).then_some(offset)
+}
+
+/// A Neighbor Solicitation behind extension headers (the IPv6 header ends at `offset`) for a VIP
+/// the map knows and fences: [`Outcome::DroppedRequest`]. `None` for anything else, which the
+/// caller judges by its destination (answering, the kernel answers such a solicitation).
+#[inline(always)]
+fn fenced_solicitation_behind_extensions<P: Packet + ?Sized, L: VipLookup>(
+    pkt: &P,
+    table: &L,
+    next_header: u8,
+    offset: usize,
+) -> Option<Verdict> {
+    let at = icmpv6_behind_extensions(pkt, next_header, offset)?;
+    let icmp = pkt.at::<NS_MIN_LEN>(at)?;
+    if icmp[0] != ICMPV6_NS {
+        return None;
+    }
+    let vip = VipKey::v6(*part::<NS_MIN_LEN, 8, 16>(icmp)?);
+    if is_v4_mapped(&vip.addr) {
+        return None;
+    }
+    let state = table.state(&vip)?;
+    (!state.answering_at(table.now_ns())).then_some(Verdict::new(Outcome::DroppedRequest, vip))
 }
 
 /// Rewrite the solicitation frame `f` (IPv6 at `L3`) into our advertisement.

@@ -1046,33 +1046,221 @@ fn unanswerable_ns_passes_when_answering_and_is_dropped_when_fenced() {
     }
 }
 
+/// IPv6 extension header types (RFC 8200 4) and bodies: Hop-by-Hop and Destination Options with
+/// padding, a Routing header with no segments left, an atomic Fragment header. Byte 0 (next
+/// header) is written by [`behind`].
+const HBH: u8 = 0;
+const ROUTING: u8 = 43;
+const FRAGMENT: u8 = 44;
+const DEST_OPTS: u8 = 60;
+
+fn hbh() -> (u8, Vec<u8>) {
+    (HBH, vec![0, 0, 1, 4, 0, 0, 0, 0])
+}
+fn dest_opts() -> (u8, Vec<u8>) {
+    // Length 1: 16 bytes, a PadN of 12.
+    (
+        DEST_OPTS,
+        vec![0, 1, 1, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+    )
+}
+fn routing() -> (u8, Vec<u8>) {
+    (ROUTING, vec![0, 0, 4, 0, 0, 0, 0, 0])
+}
+/// A Fragment header at `offset` (in 8-byte units) with the More flag `more`.
+fn fragment(offset: u16, more: bool) -> (u8, Vec<u8>) {
+    let [hi, lo] = ((offset << 3) | u16::from(more)).to_be_bytes();
+    (FRAGMENT, vec![0, 0, hi, lo, 0x12, 0x34, 0x56, 0x78])
+}
+
+/// `frame` (untagged IPv6) with `headers` between the IPv6 header and its upper-layer message.
+/// The ICMPv6 checksum stays right (its pseudo-header does not include extension headers).
+fn behind(frame: &[u8], headers: &[(u8, Vec<u8>)]) -> Vec<u8> {
+    let l3 = ETH_LEN;
+    let mut out = frame[..l3 + 40].to_vec();
+    let upper = frame[l3 + 6];
+    let mut chain = Vec::new();
+    for (i, (_, body)) in headers.iter().enumerate() {
+        let mut body = body.clone();
+        body[0] = headers.get(i + 1).map_or(upper, |(kind, _)| *kind);
+        chain.extend_from_slice(&body);
+    }
+    if let Some((first, _)) = headers.first() {
+        out[l3 + 6] = *first;
+    }
+    out.extend_from_slice(&chain);
+    out.extend_from_slice(&frame[l3 + 40..]);
+    let payload = u16::try_from(out.len() - l3 - 40).expect("small");
+    out[l3 + 4..l3 + 6].copy_from_slice(&payload.to_be_bytes());
+    out
+}
+
+/// An extension header: its type and its bytes.
+type Extension = (u8, Vec<u8>);
+
+fn chains() -> Vec<(&'static str, Vec<Extension>)> {
+    vec![
+        ("Hop-by-Hop", vec![hbh()]),
+        ("Destination Options", vec![dest_opts()]),
+        ("Routing", vec![routing()]),
+        ("atomic Fragment", vec![fragment(0, false)]),
+        ("first Fragment", vec![fragment(0, true)]),
+        (
+            "four of them",
+            vec![hbh(), dest_opts(), routing(), fragment(0, false)],
+        ),
+    ]
+}
+
 #[test]
-fn ns_behind_an_extension_header_is_not_recognised() {
-    // Documents a limit: only ICMPv6 right after the IPv6 header is Neighbor Discovery here. An NS
-    // behind a Hop-by-Hop Options header (next header 0, then 58) is judged by its destination
-    // like any IPv6 packet: to the solicited-node group it passes even while fenced, and the
-    // kernel would answer it if it still held the address. (The agent removes the address when
-    // fenced; the XDP drop is the second line.)
-    let ns = client_ns(VIP6);
-    let mut payload = vec![NH_ICMPV6, 0, 1, 4, 0, 0, 0, 0]; // HBH: PadN
-    payload.extend_from_slice(&ns[54..]);
-    let mut f = ipv6_frame(
-        VIP6_SN_MAC,
-        CLIENT_MAC,
-        CLIENT6,
-        VIP6_SN,
-        0,
-        HOP_LIMIT_ND,
-        &payload,
+fn ns_behind_extension_headers_for_a_fenced_vip_is_dropped() {
+    // Issue 16, item 19: the kernel answers such an NS if it still has the address; the program
+    // must not let it through while the VIP is fenced.
+    for (name, headers) in chains() {
+        for (what, ns) in [
+            ("client NS", client_ns(VIP6)),
+            ("DAD", dad_ns()),
+            (
+                "unicast NS",
+                ns6(
+                    OUR_MAC,
+                    CLIENT_MAC,
+                    CLIENT6,
+                    VIP6,
+                    VIP6,
+                    Some((OPT_SLLA, CLIENT_MAC)),
+                ),
+            ),
+        ] {
+            let f = behind(&ns, &headers);
+            let (v, out) = run(&Table::fenced(), f.clone());
+            assert_eq!(
+                v,
+                Verdict::new(Outcome::DroppedRequest, key6(VIP6)),
+                "{what} behind {name}"
+            );
+            assert_eq!(
+                out, f,
+                "{what} behind {name}: a dropped frame is not modified"
+            );
+            let (v, out) = run(&Table::fenced(), tagged(&f, 100, 0));
+            assert_eq!(
+                v,
+                Verdict::new(Outcome::DroppedRequest, key6(VIP6)),
+                "tagged {what} behind {name}"
+            );
+            assert_eq!(out, tagged(&f, 100, 0));
+            // The same NS for a VIP that is fenced in both tables.
+            let mut other = ns.clone();
+            other[62..78].copy_from_slice(&OTHER_VIP6);
+            let len = other.len() - ETH_LEN - 40;
+            fix_checksum(&mut other, ETH_LEN, len);
+            let f = behind(&other, &headers);
+            let (v, _) = run(&Table::answering(), f);
+            assert_eq!(
+                v,
+                Verdict::new(Outcome::DroppedRequest, key6(OTHER_VIP6)),
+                "{what} for OTHER_VIP6 behind {name}"
+            );
+        }
+    }
+}
+
+#[test]
+fn ns_behind_extension_headers_for_an_answering_vip_is_the_kernels() {
+    // Answering: passed untouched (the kernel, which holds the address, answers it), as before;
+    // a unicast one to the VIP is IPv6 to an answering VIP: passed too.
+    for (name, headers) in chains() {
+        assert_untouched(
+            &Table::answering(),
+            behind(&client_ns(VIP6), &headers),
+            Verdict::PASS,
+        );
+        assert_untouched(
+            &Table::answering(),
+            behind(&dad_ns(), &headers),
+            Verdict::PASS,
+        );
+        let _ = name;
+    }
+    // Without extension headers, the same frames keep their behaviour: answered, dropped.
+    let (v, out) = run(&Table::answering(), client_ns(VIP6));
+    assert_eq!(v, Verdict::new(Outcome::Replied, key6(VIP6)));
+    assert_eq!(out, expected_na_to_client());
+    assert_untouched(
+        &Table::fenced(),
+        client_ns(VIP6),
+        Verdict::new(Outcome::DroppedRequest, key6(VIP6)),
     );
-    // Checksum over the ICMPv6 part only (it starts 8 bytes further).
-    let icmp_at = ETH_LEN + 48;
-    f[icmp_at + 2] = 0;
-    f[icmp_at + 3] = 0;
-    let sum = !ones_sum(&CLIENT6, &VIP6_SN, 32, &f[icmp_at..icmp_at + 32]);
-    f[icmp_at + 2..icmp_at + 4].copy_from_slice(&sum.to_be_bytes());
+}
+
+#[test]
+fn the_extension_walk_finds_the_icmpv6_header() {
+    let walk = |f: &[u8]| ipv6::icmpv6_behind_extensions(f, f[ETH_LEN + 6], ETH_LEN + 40);
+    let ns = client_ns(VIP6);
+    assert_eq!(walk(&behind(&ns, &[hbh()])), Some(ETH_LEN + 48));
+    assert_eq!(walk(&behind(&ns, &[dest_opts()])), Some(ETH_LEN + 56));
+    assert_eq!(walk(&behind(&ns, &[fragment(0, true)])), Some(ETH_LEN + 48));
+    assert_eq!(
+        walk(&behind(
+            &ns,
+            &[hbh(), dest_opts(), routing(), fragment(0, false)]
+        )),
+        Some(ETH_LEN + 80)
+    );
+    assert_eq!(
+        walk(&behind(&ns, &[fragment(1, true)])),
+        None,
+        "a later fragment"
+    );
+    // 256 bytes of headers are walked, 264 are not.
+    let big = |units: u8| {
+        let mut body = vec![0u8; (usize::from(units) + 1) * 8];
+        body[1] = units;
+        (DEST_OPTS, body)
+    };
+    assert_eq!(walk(&behind(&ns, &[big(31)])), Some(ETH_LEN + 40 + 256));
+    assert_eq!(walk(&behind(&ns, &[big(31), hbh()])), None);
+    assert_eq!(walk(&behind(&udp6(VIP6), &[hbh()])), None, "UDP behind it");
+    assert_eq!(walk(&behind(&ns, &[hbh()])[..ETH_LEN + 43]), None);
+}
+
+#[test]
+fn what_the_extension_walk_cannot_judge_passes() {
+    let ns = client_ns(VIP6);
     for t in [Table::answering(), Table::fenced()] {
-        assert_untouched(&t, f.clone(), Verdict::PASS);
+        // A later fragment carries no ICMPv6 header of its own.
+        assert_untouched(&t, behind(&ns, &[fragment(1, false)]), Verdict::PASS);
+        assert_untouched(&t, behind(&ns, &[hbh(), fragment(8, true)]), Verdict::PASS);
+        // More headers than the walk follows.
+        let five = vec![
+            hbh(),
+            dest_opts(),
+            routing(),
+            dest_opts(),
+            fragment(0, false),
+        ];
+        assert_untouched(&t, behind(&ns, &five), Verdict::PASS);
+        // Truncated in an extension header, or in the solicitation behind it.
+        let f = behind(&ns, &[hbh(), dest_opts()]);
+        for len in [ETH_LEN + 41, ETH_LEN + 48 + 15, ETH_LEN + 64 + 20] {
+            assert_untouched(&t, f[..len].to_vec(), Verdict::PASS);
+        }
+        // Not a solicitation, or not for a VIP: MLD behind Hop-by-Hop (as every MLD report is),
+        // an NS for the node's own address, an NS for an IPv4-mapped target.
+        let mut mld = ns.clone();
+        mld[54] = 143;
+        fix_checksum(&mut mld, ETH_LEN, 32);
+        assert_untouched(&t, behind(&mld, &[hbh()]), Verdict::PASS);
+        assert_untouched(&t, behind(&client_ns(NODE6), &[hbh()]), Verdict::PASS);
+        let mut mapped = [0u8; 16];
+        mapped[10..12].copy_from_slice(&[0xff, 0xff]);
+        mapped[12..].copy_from_slice(&VIP);
+        assert_untouched(&t, behind(&client_ns(mapped), &[hbh()]), Verdict::PASS);
+        // Behind a header that is no extension header (ESP, 50): not walked.
+        let mut esp = behind(&ns, &[hbh()]);
+        esp[ETH_LEN + 6] = 50;
+        assert_untouched(&t, esp, Verdict::PASS);
     }
 }
 
