@@ -14,7 +14,14 @@ use vip_agent::{
 };
 
 fn main() -> ExitCode {
+    // The daemon holds SIGTERM, SIGINT and SIGHUP until its handlers exist (see `run`): from the
+    // first instruction of ours, so that only the loader's and std's start-up remain before it.
+    // The other commands let them in again at once. `run` blocks again and reports a failure.
+    let _ = shutdown_signals().thread_block();
     let cli = Cli::parse();
+    if !matches!(cli.command, None | Some(Command::Run(_))) {
+        let _ = shutdown_signals().thread_unblock();
+    }
     let result = match cli.command {
         None => run(&cli.config, cli.log_format),
         Some(Command::Run(args)) => run(&args, cli.log_format),
