@@ -1714,6 +1714,7 @@ impl<'c> Driver<'c> {
                 self.flag(Flag::Agent(i), false, now, now);
                 let begin = monotonic_ns();
                 self.c.start_agent(i);
+                self.c.wait_agent_handles_sigterm(i);
                 self.flag(Flag::Agent(i), true, begin, monotonic_ns());
                 self.nodes[i].agent = AgentRt::Running;
             }
@@ -1728,6 +1729,7 @@ impl<'c> Driver<'c> {
                 AgentRt::Dead { until } if force || until <= now => {
                     let begin = monotonic_ns();
                     self.c.start_agent(i);
+                    self.c.wait_agent_handles_sigterm(i);
                     self.flag(Flag::Agent(i), true, begin, monotonic_ns());
                     self.nodes[i].agent = AgentRt::Running;
                     let name = self.name(i);
@@ -2040,6 +2042,9 @@ impl<'c> Driver<'c> {
                 }
                 let begin = monotonic_ns();
                 self.c.start_agent(i);
+                // A later SIGTERM must find the agent able to stop cleanly (UncleanStop), not a
+                // process still in nsenter's exec.
+                self.c.wait_agent_handles_sigterm(i);
                 self.flag(Flag::Agent(i), true, begin, monotonic_ns());
                 self.note(format!("{name}: agent SIGTERMed ({status:?}) and started"));
             }

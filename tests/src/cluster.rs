@@ -394,6 +394,60 @@ impl Cluster {
         node.agent = Some(node.host.ns.spawn(bin, &["--config", config], Some(&log)));
     }
 
+    /// Wait (at most 10 s) until node `i`'s agent process is vip-agent itself (past `nsenter`'s
+    /// exec) and holds or handles SIGTERM: from then on a SIGTERM stops it cleanly. Before that
+    /// point a SIGTERM ends the process by the default action, as it would any program that has
+    /// not reached its `main`; it has done nothing yet (no map, no address), so that is not a
+    /// stop the agent could make cleaner. Returns at once when the process has exited.
+    ///
+    /// # Panics
+    /// When the agent is not running, or never gets there within 10 s.
+    pub fn wait_agent_handles_sigterm(&self, i: usize) {
+        const SIGTERM_BIT: u64 = 1 << (15 - 1);
+        self.wait_agent(i, "held or handled SIGTERM", |status| {
+            (mask(status, "SigBlk:") | mask(status, "SigCgt:")) & SIGTERM_BIT != 0
+        });
+    }
+
+    /// Wait (at most 10 s) until node `i`'s agent process is vip-agent itself, past `nsenter`'s
+    /// exec, whatever it does with signals. Returns at once when the process has exited.
+    ///
+    /// # Panics
+    /// When the agent is not running, or never gets there within 10 s.
+    pub fn wait_agent_exec(&self, i: usize) {
+        self.wait_agent(i, "ran", |_| true);
+    }
+
+    fn wait_agent(&self, i: usize, what: &str, ready: impl Fn(&str) -> bool) {
+        let pid = self.nodes[i]
+            .agent
+            .as_ref()
+            .and_then(crate::netns::ChildGuard::running_pid)
+            .expect("node's agent running");
+        let bin = std::fs::canonicalize(&self.agent_bin).expect("agent binary path");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+                return;
+            };
+            if status
+                .lines()
+                .any(|l| l.starts_with("State:") && l.contains('Z'))
+            {
+                return;
+            }
+            let is_agent = std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|e| e == bin);
+            if is_agent && ready(&status) {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "node {i}'s agent (pid {pid}) never {what}"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
     /// Start node `i`'s agent through `wrapper` (a program and its arguments that end by executing
     /// the command after them, e.g. `setpriv --bounding-set=... --`), run inside the node's
     /// namespace: `nsenter --net=<ns> -- <wrapper...> <agent> --config <file>`. Since both `nsenter`
@@ -847,4 +901,13 @@ fn append_log(path: &Path) -> File {
         .append(true)
         .open(path)
         .unwrap_or_else(|e| panic!("open the log {}: {e}", path.display()))
+}
+
+/// A signal mask line of `/proc/<pid>/status` (`SigBlk:`, `SigCgt:`), 0 when absent.
+fn mask(status: &str, field: &str) -> u64 {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .unwrap_or(0)
 }

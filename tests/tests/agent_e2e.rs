@@ -305,9 +305,13 @@ fn sigterm_fences_removes_the_address_and_exits_zero() {
     );
 
     // A SIGTERM while the agent is still starting (the fault suite's restart-then-stop) is held
-    // until its handlers are in place: a clean stop, not death by the default action.
+    // until its handlers are in place: a clean stop, not death by the default action. The delays
+    // count from the exec of the agent (before it, under load, a SIGTERM would find `nsenter`;
+    // right after it, a process still in the loader, which the default action ends before it has
+    // done anything: docs/safety.md).
     for delay_ms in [10, 30, 60] {
         c.start_agent(0);
+        c.wait_agent_exec(0);
         std::thread::sleep(Duration::from_millis(delay_ms));
         let status = c
             .terminate_agent(0)

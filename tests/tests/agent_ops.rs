@@ -97,6 +97,11 @@ fn arp_requests(c: &Cluster, n: usize) -> Vec<[u8; 6]> {
 
 /// `GET path` from inside node `i`'s namespace to its metrics address: (status code, body).
 fn http_get(c: &Cluster, i: usize, path: &str) -> (u16, String) {
+    http_request(c, i, "GET", path)
+}
+
+/// `method path` from inside node `i`'s namespace to its metrics address: (status code, body).
+fn http_request(c: &Cluster, i: usize, method: &str, path: &str) -> (u16, String) {
     let addr = SocketAddr::from((c.nodes[i].host.ip, METRICS_PORT));
     let response = c.nodes[i].host.ns.run_in(|| {
         let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
@@ -106,24 +111,24 @@ fn http_get(c: &Cluster, i: usize, path: &str) -> (u16, String) {
             .expect("read timeout");
         write!(
             stream,
-            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
         )
         .expect("send the request");
         let mut response = String::new();
         stream
             .read_to_string(&mut response)
-            .unwrap_or_else(|e| panic!("read the response to GET {path}: {e}"));
+            .unwrap_or_else(|e| panic!("read the response to {method} {path}: {e}"));
         response
     });
     let (head, body) = response
         .split_once("\r\n\r\n")
-        .unwrap_or_else(|| panic!("GET {path}: no header end in {response:?}"));
+        .unwrap_or_else(|| panic!("{method} {path}: no header end in {response:?}"));
     let code = head
         .lines()
         .next()
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("GET {path}: no status line in {head:?}"));
+        .unwrap_or_else(|| panic!("{method} {path}: no status line in {head:?}"));
     (code, body.to_owned())
 }
 
@@ -204,6 +209,33 @@ fn status_cli(
     let bin = c.agent_bin().to_str().expect("utf-8 path");
     let pins = pins.to_str().expect("utf-8 path");
     let mut args = vec!["status", "--interface", ifname, "--pin-path", pins];
+    if json {
+        args.push("--json");
+    }
+    let out = c.nodes[i].host.ns.exec(bin, &args);
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `vip-agent status --metrics-address <node i's> [--json]` in node `i`'s namespace: (exit
+/// success, stdout, stderr).
+fn status_cli_daemon(c: &Cluster, i: usize, json: bool) -> (bool, String, String) {
+    let bin = c.agent_bin().to_str().expect("utf-8 path");
+    let pins = c.pins.to_str().expect("utf-8 path");
+    let address = format!("{}:{METRICS_PORT}", c.nodes[i].host.ip);
+    let ifname = c.nodes[i].host.ifname.as_str();
+    let mut args = vec![
+        "status",
+        "--interface",
+        ifname,
+        "--pin-path",
+        pins,
+        "--metrics-address",
+        &address,
+    ];
     if json {
         args.push("--json");
     }
@@ -552,6 +584,20 @@ fn assert_role(c: &Cluster, i: usize, holder: bool, transitions: u64, revision: 
     );
     let (code, body) = http_get(c, i, "/health");
     assert_eq!(code, 200, "{name}: /health {body}");
+    let (code, body) = http_get(c, i, "/replica");
+    assert_eq!(
+        code,
+        if holder { 503 } else { 200 },
+        "{name}: /replica {body}"
+    );
+    for method in ["HEAD", "OPTIONS"] {
+        let (code, body) = http_request(c, i, method, "/primary");
+        assert_eq!(
+            (code, body.as_str()),
+            (if holder { 200 } else { 503 }, ""),
+            "{name}: {method} /primary"
+        );
+    }
 }
 
 /// Wait until node `i`'s agent has finished `n` gratuitous ARP bursts (default schedule: 0, 0.1,
@@ -578,9 +624,9 @@ fn assert_metrics_match_status(c: &Cluster, i: usize) -> serde_json::Value {
     let m = Scrape::of(c, i);
     let s = status_json(c, i);
     for (metric, field) in [
-        ("vip_agent_xdp_arp_replied_total", "arp_replied"),
-        ("vip_agent_xdp_arp_dropped_total", "arp_dropped"),
-        ("vip_agent_xdp_ipv4_dropped_total", "ipv4_dropped"),
+        ("vip_agent_xdp_neighbor_replied_total", "arp_replied"),
+        ("vip_agent_xdp_neighbor_dropped_total", "arp_dropped"),
+        ("vip_agent_xdp_ip_dropped_total", "ipv4_dropped"),
         ("vip_agent_xdp_conflicts_total", "conflicts"),
     ] {
         assert_eq!(
@@ -622,7 +668,13 @@ fn metrics_health_and_primary_follow_a_switchover() {
             Scrape::of(&c, i)
                 .0
                 .iter()
-                .any(|(n, _, _)| n == "vip_agent_event_to_dataplane_microseconds")
+                .any(|(n, _, _)| n == "vip_agent_event_to_dataplane_seconds_count")
+        );
+        assert!(
+            Scrape::of(&c, i)
+                .labels("vip_agent_xdp_neighbor_replied_total")
+                .ends_with(",family=\"arp\""),
+            "an IPv4 VIP's neighbour counters are ARP's"
         );
     }
     let (l1, l2) = (grant(&c, 60), grant(&c, 60));
@@ -642,6 +694,26 @@ fn metrics_health_and_primary_follow_a_switchover() {
     );
     assert_role(&c, 1, false, 0, r1);
     wait_garp_bursts(&c, 0, 1);
+
+    // `vip-agent status --metrics-address` reads the daemon's JSON /status: the gate line (text)
+    // and object (JSON) of the holder, open, its etcd source reached.
+    let (ok, out, err) = status_cli_daemon(&c, 0, false);
+    assert!(ok, "status --metrics-address: {err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 2, "{out}{err}");
+    assert!(lines[0].contains(" answering "), "{out}");
+    assert!(
+        lines[1].starts_with("  gate state=")
+            && lines[1].contains(" source=etcd source_reached=true"),
+        "{out}"
+    );
+    assert_eq!(err, "", "nothing to note: {err}");
+    let (ok, out, err) = status_cli_daemon(&c, 1, true);
+    assert!(ok, "status --metrics-address --json: {err}");
+    let json: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    assert_eq!(json[0]["answering"], false, "{out}");
+    assert_eq!(json[0]["gate"]["source"], "etcd", "{out}");
+    assert_eq!(json[0]["gate"]["source_reached"], true, "{out}");
 
     let before = [
         assert_metrics_match_status(&c, 0),

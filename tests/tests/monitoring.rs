@@ -199,6 +199,32 @@ fn dashboard_and_rules_name_only_metrics_the_agent_exports() {
         used.len(),
         exported.len()
     );
+    // The page itself passes promtool's exposition lint (names, suffixes, histograms).
+    if let Some(promtool) = promtool("dashboard_and_rules_name_only_metrics_the_agent_exports") {
+        let body = response
+            .split_once("\r\n\r\n")
+            .map_or(response.as_str(), |(_, body)| body);
+        let mut child = Command::new(&promtool)
+            .args(["check", "metrics"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("run promtool: {e}"));
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(body.as_bytes())
+            .expect("write the page to promtool");
+        let out = child.wait_with_output().expect("promtool check metrics");
+        assert!(
+            out.status.success(),
+            "promtool check metrics:\n{}{}\npage:\n{body}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     let status = c.terminate_agent(0).expect("the agent exits on SIGTERM");
     assert!(status.success(), "{status:?}: {}", c.log(0));
 }

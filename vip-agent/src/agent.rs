@@ -42,12 +42,14 @@ use crate::{
     garp::{GarpError, GarpSender},
     gate::{Gate, GateHook},
     hooks::{self, HookContext, HookEvent},
+    http::server::{self, ServerError},
     leader::{Handshake, LeaderError, LeaderFollower, MemberWatcher, Release},
     leadership::{Cause, Hook, Leadership, Source},
     logging::Chain,
-    metrics::{self, MetricsError, Registry},
+    metrics::{self, DataplaneSample, Registry},
     netlink::LinkEvents,
     notify::Notifier,
+    observe::{self, Observation, Observer},
     patroni_rest::{PatroniRestSource, RestError},
     repmgr::{RepmgrError, RepmgrSettings, RepmgrSource, resolve_group},
 };
@@ -107,7 +109,7 @@ pub enum AgentError {
     )]
     InterfaceRemoved { interface: String },
     #[error(transparent)]
-    Metrics(#[from] MetricsError),
+    Metrics(#[from] ServerError),
     #[error("gratuitous ARP on {interface}")]
     Garp {
         interface: String,
@@ -211,10 +213,19 @@ impl Running {
         dataplanes: &BTreeMap<String, SharedDataplane>,
         addresses: &Addresses,
     ) -> Result<Self, AgentError> {
+        // The VIPs and the hook label values are declared before anything runs; from then on
+        // every subsystem reports through one observation channel, which the registry applies in
+        // its own task (spawned below, with the server).
         let registry = Registry::default();
+        let (observer, observations) = observe::channel();
         for vip in &config.vips {
-            registry.register(vip.ip, &vip.interface, &vip.trigger_key);
+            registry.apply(Observation::Vip {
+                vip: vip.ip,
+                interface: vip.interface.clone(),
+                key: vip.trigger_key.clone(),
+            });
         }
+        registry.apply(hooks::observation_labels());
         // The metrics page reads the maps on descriptors of its own: a scrape never takes the
         // writer's lock (issue 16, item 8).
         let mut readers = BTreeMap::new();
@@ -231,11 +242,11 @@ impl Running {
         }
         registry.set_snapshot(snapshot_fn(&config.vips, &readers));
         // Bound before any task starts: a taken port is a startup error with nothing running.
-        let listener = metrics::bind(config.metrics_address).await?;
+        let listener = server::bind(config.metrics_address).await?;
 
         let mut wiring = Wiring::default();
         for source in plan.sources {
-            wiring.add(source, &config.vips, dataplanes, &registry)?;
+            wiring.add(source, &config.vips, dataplanes, &observer)?;
         }
         let Wiring {
             followers,
@@ -258,7 +269,7 @@ impl Running {
                 addresses.clone(),
                 rx.clone(),
                 &config.garp,
-                registry.clone(),
+                observer.clone(),
             )?);
         }
         // An interface deleted (and maybe re-created) takes the program, the pins and the
@@ -291,7 +302,13 @@ impl Running {
             running.follower_tasks.spawn(handshake.run(stop.clone()));
         }
         running.follower_tasks.close();
-        running.tasks.spawn(metrics::serve(
+        drop(observer);
+        running.tasks.spawn(
+            registry
+                .clone()
+                .follow(observations, running.metrics_stop.clone()),
+        );
+        running.tasks.spawn(server::serve(
             listener,
             registry,
             running.metrics_stop.clone(),
@@ -399,14 +416,12 @@ fn snapshot_fn(
     Arc::new(move || {
         targets
             .iter()
-            .map(|(vip, reader)| {
-                (
-                    *vip,
-                    reader.state(*vip).ok().flatten(),
-                    reader.stats(*vip).unwrap_or_default(),
-                    reader.egress_stats(*vip).unwrap_or_default(),
-                    reader.fence_write_failures(*vip),
-                )
+            .map(|(vip, reader)| DataplaneSample {
+                vip: Some(*vip),
+                state: reader.state(*vip).ok().flatten(),
+                stats: reader.stats(*vip).unwrap_or_default(),
+                egress: reader.egress_stats(*vip).unwrap_or_default(),
+                fence_write_failures: reader.fence_write_failures(*vip),
             })
             .collect()
     })
@@ -530,7 +545,7 @@ impl Wiring {
         plan: SourcePlan,
         vips: &[VipConfig],
         dataplanes: &BTreeMap<String, SharedDataplane>,
-        registry: &Registry,
+        observer: &Observer,
     ) -> Result<(), AgentError> {
         let kind = plan.source.kind();
         let member = plan.member.as_ref().and_then(|key| match &plan.source {
@@ -553,7 +568,7 @@ impl Wiring {
                         .map(|dp| (v.ip, v.prefix_len, Arc::clone(dp)))
                 })
                 .collect();
-            let mut writer = DataplaneWriter::new(plan.key.clone(), targets, registry.clone());
+            let mut writer = DataplaneWriter::new(plan.key.clone(), targets, observer.clone());
             let gate = Gate::new(
                 w.name,
                 w.gate,
@@ -562,14 +577,18 @@ impl Wiring {
             )
             .with_target(member.clone(), plan.scope.clone())
             .with_member_name(plan.scope.is_some().then(|| plan.value.clone()));
-            let gate_registry = registry.clone();
+            let gate_observer = observer.clone();
             let ips = w.vips;
             for ip in &ips {
                 self.vip_receivers.insert(*ip, gate.subscribe());
             }
             gate.on_status(Box::new(move |status| {
+                let gate = status.observation();
                 for ip in &ips {
-                    gate_registry.set_gate(*ip, status);
+                    gate_observer.observe(Observation::Gate {
+                        vip: *ip,
+                        gate: gate.clone(),
+                    });
                 }
             }));
             hooks.push(gate.hook());
@@ -603,18 +622,35 @@ impl Wiring {
                 fence_timeout,
             } => {
                 let mut source = RepmgrSource::new(repmgr_settings(&config, fence_timeout)?)?;
-                let events = registry.clone();
-                source.on_event(move |outcome| events.record_repmgr_event(outcome));
+                let events = observer.clone();
+                source.on_event(move |outcome| {
+                    events.observe(Observation::SourceEvent {
+                        outcome,
+                        outcomes: &crate::repmgr::EVENT_OUTCOMES,
+                    });
+                });
                 Box::new(source)
             }
             SourceChoice::PatroniRest(settings) => Box::new(PatroniRestSource::new(*settings)?),
         };
-        registry.set_source_kind(kind);
-        let source_registry = registry.clone();
+        // Named from the start (its series and health message), not reached before its first
+        // answer; ahead of every state of the source on the same channel.
+        observer.observe(Observation::Source {
+            key: plan.key.clone(),
+            kind: kind.observed(),
+            reached: false,
+            detail: 0,
+        });
+        let source_observer = observer.clone();
         let key = plan.key;
         source.on_change(Box::new(move |state: &Leadership| {
             to_gates(state);
-            source_registry.set_source(&key, kind, state.reached(), state.detail);
+            source_observer.observe(Observation::Source {
+                key: key.clone(),
+                kind: kind.observed(),
+                reached: state.reached(),
+                detail: state.detail,
+            });
         }));
         self.receivers.push(source.subscribe());
         self.followers.push(source);
@@ -690,7 +726,7 @@ struct DataplaneWriter<D: MapWriter = Dataplane> {
     key: String,
     /// VIP, prefix length, data plane.
     targets: Vec<(IpAddr, u8, Arc<Mutex<D>>)>,
-    registry: Registry,
+    observer: Observer,
     /// The deadline of the last write (0: fenced). The data plane answers while it lies ahead, so
     /// a deadline that ran out counts as fenced and the next confirmation logs a transition.
     answering_until: u64,
@@ -698,11 +734,11 @@ struct DataplaneWriter<D: MapWriter = Dataplane> {
 }
 
 impl<D: MapWriter> DataplaneWriter<D> {
-    fn new(key: String, targets: Vec<(IpAddr, u8, Arc<Mutex<D>>)>, registry: Registry) -> Self {
+    fn new(key: String, targets: Vec<(IpAddr, u8, Arc<Mutex<D>>)>, observer: Observer) -> Self {
         Self {
             key,
             targets,
-            registry,
+            observer,
             answering_until: 0,
             add_address: Box::new(crate::address::add_blocking),
         }
@@ -756,11 +792,16 @@ impl<D: MapWriter> DataplaneWriter<D> {
             }
         }
         let done = monotonic_ns();
-        let latency_us = done.saturating_sub(state.observed_at_ns) / 1_000;
+        let latency_ns = done.saturating_sub(state.observed_at_ns);
+        let latency_us = latency_ns / 1_000;
         let transition = answer != (now < self.answering_until);
         self.answering_until = if answer { state.safe_until_ns } else { 0 };
         for (vip, _, _) in &self.targets {
-            self.registry.record_write(*vip, transition, latency_us);
+            self.observer.observe(Observation::Write {
+                vip: *vip,
+                transition,
+                latency: std::time::Duration::from_nanos(latency_ns),
+            });
         }
         if transition {
             info!(
@@ -796,7 +837,7 @@ struct VipTask {
     leader: watch::Receiver<Leadership>,
     garp: Arc<GarpSender>,
     garp_config: GarpConfig,
-    registry: Registry,
+    observer: Observer,
     /// Stops the hook of the previous transition (the latest transition wins).
     hook_stop: CancellationToken,
     tasks: TaskTracker,
@@ -816,7 +857,7 @@ impl VipTask {
         addresses: Addresses,
         leader: watch::Receiver<Leadership>,
         garp_config: &GarpConfig,
-        registry: Registry,
+        observer: Observer,
     ) -> Result<Self, AgentError> {
         let (ifindex, mac, program) = {
             let dp = dataplane.lock().unwrap_or_else(PoisonError::into_inner);
@@ -842,7 +883,7 @@ impl VipTask {
             leader,
             garp: Arc::new(garp),
             garp_config: *garp_config,
-            registry,
+            observer,
             hook_stop: CancellationToken::new(),
             tasks: TaskTracker::new(),
             program,
@@ -939,8 +980,10 @@ impl VipTask {
             )
             .await
             {
-                self.registry
-                    .record_hook(self.vip.address, HookEvent::Demote, &report);
+                self.observer.observe(Observation::Hook {
+                    vip: self.vip.address,
+                    run: report.observation(HookEvent::Demote),
+                });
             }
         }
         self.hook_stop.cancel();
@@ -974,10 +1017,13 @@ impl VipTask {
             self.hook_context(),
             self.hook_stop.clone(),
         );
-        let registry = self.registry.clone();
+        let observer = self.observer.clone();
         self.tasks.spawn(async move {
             if let Some(report) = hooks::run(&config, event, &context, &stop).await {
-                registry.record_hook(context.vip, event, &report);
+                observer.observe(Observation::Hook {
+                    vip: context.vip,
+                    run: report.observation(event),
+                });
             }
         });
     }
@@ -1164,7 +1210,6 @@ mod tests {
         clock::monotonic_ns,
         dataplane::{DataplaneError, Fenced},
         leadership::{Cause, Leadership},
-        metrics::Registry,
     };
 
     /// A data plane that records what is written.
@@ -1206,7 +1251,7 @@ mod tests {
         let mut writer = DataplaneWriter::new(
             "/k".into(),
             vec![(vip, 32, Arc::clone(&dp))],
-            Registry::default(),
+            crate::observe::channel().0,
         );
         let lock_free = Arc::new(AtomicBool::new(false));
         let (seen, free) = (Arc::clone(&dp), Arc::clone(&lock_free));

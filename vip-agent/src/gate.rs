@@ -217,6 +217,47 @@ pub struct GateStatus {
     pub failsafe: FailsafeStatus,
 }
 
+impl GateStatus {
+    /// The metrics registry's view of this status (plain values, [`crate::observe`]).
+    #[must_use]
+    pub fn observation(&self) -> crate::observe::GateObservation {
+        const STATES: [&str; GateState::ALL.len()] = {
+            let mut names = [""; GateState::ALL.len()];
+            let mut i = 0;
+            while i < names.len() {
+                names[i] = GateState::ALL[i].as_str();
+                i += 1;
+            }
+            names
+        };
+        crate::observe::GateObservation {
+            state: self.state.as_str(),
+            states: &STATES,
+            waiting_since_ns: (self.state == GateState::Waiting && self.waiting_since_ns != 0)
+                .then_some(self.waiting_since_ns),
+            last_wait_ns: self.last_wait_ns,
+            last_outcome: self.last_outcome.map(Outcome::as_str),
+            outcomes: Outcome::ALL
+                .iter()
+                .zip(self.outcomes)
+                .map(|(o, n)| (o.as_str(), n))
+                .collect(),
+            last_probe: self.last_probe.clone(),
+            patroni_url: self
+                .patroni_url_source
+                .map(|source| (self.patroni_url.clone(), source.as_str())),
+            demotions: self.demotions,
+            failsafe: crate::observe::FailsafeObservation {
+                probing: self.failsafe.probing,
+                lease_until_ns: self.failsafe.lease_until_ns,
+                until_ns: self.failsafe.until_ns,
+                extensions: self.failsafe.extensions,
+                fences: self.failsafe.fences,
+            },
+        }
+    }
+}
+
 /// Where the gate's Patroni URL came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum UrlSource {

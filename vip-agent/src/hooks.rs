@@ -124,6 +124,46 @@ pub struct HookReport {
     pub duration: Duration,
 }
 
+impl HookReport {
+    /// The metrics registry's view of this run of `event` (plain values, [`crate::observe`]).
+    #[must_use]
+    pub const fn observation(&self, event: HookEvent) -> crate::observe::HookRun {
+        crate::observe::HookRun {
+            event: event.as_str(),
+            outcome: self.outcome.as_str(),
+            attempts: self.attempts,
+            duration: self.duration,
+        }
+    }
+}
+
+/// The label values of the hook series, for the metrics registry.
+#[must_use]
+pub const fn observation_labels() -> crate::observe::Observation {
+    const EVENTS: [&str; HookEvent::ALL.len()] = {
+        let mut names = [""; HookEvent::ALL.len()];
+        let mut i = 0;
+        while i < names.len() {
+            names[i] = HookEvent::ALL[i].as_str();
+            i += 1;
+        }
+        names
+    };
+    const OUTCOMES: [&str; HookOutcome::ALL.len()] = {
+        let mut names = [""; HookOutcome::ALL.len()];
+        let mut i = 0;
+        while i < names.len() {
+            names[i] = HookOutcome::ALL[i].as_str();
+            i += 1;
+        }
+        names
+    };
+    crate::observe::Observation::HookLabels {
+        events: &EVENTS,
+        outcomes: &OUTCOMES,
+    }
+}
+
 /// How one attempt ended.
 enum Attempt {
     Exited(ExitStatus, String),
@@ -285,6 +325,32 @@ async fn read_limited(mut stream: impl AsyncRead + Unpin) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_run_is_observed_with_every_label_value_declared() {
+        let run = HookReport {
+            outcome: HookOutcome::Timeout,
+            attempts: 2,
+            duration: Duration::from_millis(30),
+        }
+        .observation(HookEvent::Demote);
+        assert_eq!(
+            run,
+            crate::observe::HookRun {
+                event: "demote",
+                outcome: "timeout",
+                attempts: 2,
+                duration: Duration::from_millis(30),
+            }
+        );
+        assert_eq!(
+            observation_labels(),
+            crate::observe::Observation::HookLabels {
+                events: &["promote", "demote"],
+                outcomes: &["success", "failure", "timeout", "cancelled"],
+            }
+        );
+    }
 
     fn context() -> HookContext {
         HookContext {

@@ -104,6 +104,18 @@ pub struct SourceKind {
     pub detail: (&'static str, &'static str),
 }
 
+impl SourceKind {
+    /// How the metrics registry names this source (plain values, [`crate::observe`]).
+    #[must_use]
+    pub const fn observed(&self) -> crate::observe::SourceName {
+        crate::observe::SourceName {
+            name: self.name,
+            what: self.what,
+            detail: self.detail,
+        }
+    }
+}
+
 /// Called synchronously in the source's task with every published state, before the watch
 /// channel: the data plane writes its map without a task switch.
 pub type Hook = Box<dyn FnMut(&Leadership) + Send>;

@@ -28,6 +28,7 @@ pub mod logging;
 pub mod metrics;
 pub mod netlink;
 pub mod notify;
+pub mod observe;
 pub mod patroni_rest;
 pub mod pg;
 pub mod repmgr;

@@ -14,7 +14,14 @@ use vip_agent::{
 };
 
 fn main() -> ExitCode {
+    // The daemon holds SIGTERM, SIGINT and SIGHUP until its handlers exist (see `run`): from the
+    // first instruction of ours, so that only the loader's and std's start-up remain before it.
+    // The other commands let them in again at once. `run` blocks again and reports a failure.
+    let _ = shutdown_signals().thread_block();
     let cli = Cli::parse();
+    if !matches!(cli.command, None | Some(Command::Run(_))) {
+        let _ = shutdown_signals().thread_unblock();
+    }
     let result = match cli.command {
         None => run(&cli.config, cli.log_format),
         Some(Command::Run(args)) => run(&args, cli.log_format),
@@ -189,8 +196,8 @@ fn status(
     let now = vip_agent::clock::monotonic_ns();
     // Optional and best effort: the gate lives in the daemon, not in the pinned maps.
     let gates = metrics_address.map(|address| {
-        vip_agent::status::fetch_metrics(address, std::time::Duration::from_secs(2))
-            .map(|page| vip_agent::status::gate_views(&page))
+        vip_agent::status::fetch_status(address, std::time::Duration::from_secs(2))
+            .map(|status| vip_agent::status::gate_views(&status))
             .map_err(|why| format!("--metrics-address {address}: {why}"))
     });
     let report = vip_agent::status::report_with_gates(

@@ -1,77 +1,129 @@
-//! Prometheus metrics and health checks over plain HTTP/1.1 (loopback by default).
+//! The metrics registry: what the agent's subsystems observed ([`crate::observe`], through one
+//! channel), the data plane's maps read at scrape time, and this process (`/proc/self`), rendered
+//! as the Prometheus text exposition for `/metrics` and as the `/status` document
+//! ([`AgentStatus`]); [`crate::http::server`] serves both.
 //!
-//! * `GET /metrics`: text exposition: per VIP role, deadline remaining, transitions, last event ->
-//!   data plane latency, whether the leader source is reached and its progress (named by its
-//!   [`SourceKind`]), and the XDP per-CPU counters summed;
-//! * `GET /health`: 200 while the agent runs and the leader source of every key is reached, 503
-//!   otherwise;
-//! * `GET /primary`: 200 only while this node answers for at least one VIP (or for `?vip=ADDR`),
-//!   503 otherwise, so HAProxy or a load balancer can check it.
+//! It sits below the domain: it imports only std, `vip_common`, the clock and the observation
+//! types, and knows no gate, hook or leader source.
 //!
-//! The server is deliberately tiny (one request per connection, bounded request size and time): it
-//! serves scrapes and health checks, nothing else.
+//! Not `prometheus-client`: it exposes OpenMetrics only (`# EOF`, counters typed without their
+//! `_total`), and most series here are read from the BPF maps at scrape time, not stored.
+
+pub mod process;
 
 use std::{
     collections::BTreeMap,
     fmt::Write as _,
-    net::{IpAddr, SocketAddr},
+    net::IpAddr,
     sync::{Arc, Mutex, PoisonError},
     time::Duration,
 };
 
-use tokio::{
-    io::{AsyncReadExt as _, AsyncWriteExt as _},
-    net::{TcpListener, TcpStream},
-};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
 use vip_common::{EgressStats, VipState, VipStats};
 
 use crate::{
     clock::monotonic_ns,
-    gate::{GateState, GateStatus, Outcome},
-    hooks::{HookEvent, HookOutcome, HookReport},
-    leadership::SourceKind,
+    observe::{
+        AgentStatus, GateObservation, GateView, HookRun, KeyStatus, Observation, Observations,
+        SourceName, VipStatusView,
+    },
 };
 
-/// What the agent knows about one VIP, for the metrics page.
-#[derive(Clone, Debug, Default)]
-pub struct VipReport {
+/// The agent's version (`vip_agent_build_info`, `/status`).
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Upper bounds (seconds) of the `vip_agent_event_to_dataplane_seconds` buckets: a map write is
+/// tens of microseconds after the source's answer; milliseconds mean a stalled agent.
+pub const LATENCY_BUCKETS: [f64; 14] = [
+    0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1,
+    0.25, 1.0,
+];
+
+/// One VIP's data-plane entry and counters, read at scrape time. A new counter of the maps is a
+/// field here (filled in the agent's snapshot function) and a family in [`Registry::render`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DataplaneSample {
     pub vip: Option<IpAddr>,
-    pub interface: String,
-    pub trigger_key: String,
-    /// The data plane's current entry.
+    /// The map's entry.
     pub state: Option<VipState>,
+    /// The XDP program's counters, summed over CPUs.
     pub stats: VipStats,
-    /// The TC egress program's counters.
+    /// The TC egress program's counters, summed over CPUs.
     pub egress: EgressStats,
     /// Fence writes into the map that failed (each failed update).
     pub fence_write_failures: u64,
+}
+
+/// Reads every VIP's [`DataplaneSample`] at scrape time.
+pub type SnapshotFn = Arc<dyn Fn() -> Vec<DataplaneSample> + Send + Sync>;
+
+/// A histogram with [`LATENCY_BUCKETS`].
+#[derive(Clone, Debug, Default, PartialEq)]
+struct Histogram {
+    /// Per bucket (not cumulative); the last one is `+Inf`.
+    counts: [u64; LATENCY_BUCKETS.len() + 1],
+    sum: f64,
+    count: u64,
+}
+
+impl Histogram {
+    fn observe(&mut self, seconds: f64) {
+        let i = LATENCY_BUCKETS
+            .iter()
+            .position(|b| seconds <= *b)
+            .unwrap_or(LATENCY_BUCKETS.len());
+        self.counts[i] += 1;
+        self.sum += seconds;
+        self.count += 1;
+    }
+}
+
+/// Finished hook runs of one VIP.
+#[derive(Clone, Debug, Default)]
+struct HookCounts {
+    runs: BTreeMap<(&'static str, &'static str), u64>,
+    attempts: BTreeMap<&'static str, u64>,
+    last_duration: BTreeMap<&'static str, Duration>,
+    last_outcome: BTreeMap<&'static str, &'static str>,
+}
+
+/// What the registry knows about one VIP.
+#[derive(Clone, Debug, Default)]
+struct VipEntry {
+    vip: Option<IpAddr>,
+    interface: String,
+    key: String,
+    dataplane: DataplaneSample,
     /// Promotions + demotions seen by the agent.
-    pub transitions: u64,
-    /// Last watch event -> map write, in microseconds.
-    pub last_event_to_dataplane_us: u64,
-    /// The promotion gate in front of this VIP.
-    pub gate: GateStatus,
-    /// `on-promote` / `on-demote` runs.
-    pub hooks: HookStats,
+    transitions: u64,
+    latency: Histogram,
+    /// `None` before the gate first reported.
+    gate: Option<GateObservation>,
+    hooks: HookCounts,
 }
 
-/// Finished hook runs of one VIP, indexed by [`HookEvent::index`] and [`HookOutcome::index`].
-#[derive(Clone, Copy, Debug, Default)]
-pub struct HookStats {
-    pub runs: [[u64; HookOutcome::ALL.len()]; HookEvent::ALL.len()],
-    pub attempts: [u64; HookEvent::ALL.len()],
-    pub last_duration: [Duration; HookEvent::ALL.len()],
-    pub last_outcome: [Option<HookOutcome>; HookEvent::ALL.len()],
+impl VipEntry {
+    fn answering_at(&self, now: u64) -> bool {
+        self.dataplane.state.is_some_and(|s| s.answering_at(now))
+    }
+
+    fn deadline_remaining_ns(&self, now: u64) -> u64 {
+        self.dataplane
+            .state
+            .map_or(0, |s| s.deadline_ns.saturating_sub(now))
+    }
+
+    /// `arp` for an IPv4 VIP, `ndp` for an IPv6 one: which neighbour protocol its counters count.
+    fn neighbor_family(&self) -> &'static str {
+        match self.vip {
+            Some(IpAddr::V6(_)) => "ndp",
+            _ => "arp",
+        }
+    }
 }
 
-/// Reads the data plane's current entries at scrape time: `(vip, state, summed counters, summed
-/// egress counters, failed fence writes)`.
-pub type SnapshotFn =
-    Arc<dyn Fn() -> Vec<(IpAddr, Option<VipState>, VipStats, EgressStats, u64)> + Send + Sync>;
-
-/// Shared registry the agent updates and the HTTP server reads.
+/// Shared registry: the observation task writes it, the HTTP server reads it.
 #[derive(Clone, Default)]
 pub struct Registry {
     inner: Arc<Mutex<Inner>>,
@@ -85,17 +137,18 @@ impl std::fmt::Debug for Registry {
 
 #[derive(Default)]
 struct Inner {
-    vips: Vec<VipReport>,
+    vips: Vec<VipEntry>,
     /// The leader source's kind (one per agent), once known.
-    source: Option<&'static SourceKind>,
+    source: Option<SourceName>,
     /// Per trigger key: whether its source's latest state was an answer.
     connected: BTreeMap<String, bool>,
-    /// The highest [`crate::leadership::Leadership::detail`] reported.
+    /// The highest source progress reported.
     detail: i64,
     snapshot: Option<SnapshotFn>,
-    /// `dcs-type: repmgr`: requests on the event socket by outcome (applied, ignored, rejected);
-    /// `None` (not rendered) until the first one.
-    repmgr_events: Option<BTreeMap<&'static str, u64>>,
+    /// Requests the source received, by outcome; `None` (not rendered) until the first one.
+    source_events: Option<BTreeMap<&'static str, u64>>,
+    /// The label values of the hook series: (events, outcomes).
+    hook_labels: (&'static [&'static str], &'static [&'static str]),
 }
 
 impl Inner {
@@ -103,22 +156,108 @@ impl Inner {
     fn all_connected(&self) -> bool {
         !self.connected.is_empty() && self.connected.values().all(|c| *c)
     }
+
+    fn vip_mut(&mut self, vip: IpAddr) -> Option<&mut VipEntry> {
+        self.vips.iter_mut().find(|r| r.vip == Some(vip))
+    }
+
+    fn apply(&mut self, observation: Observation) {
+        match observation {
+            Observation::Vip {
+                vip,
+                interface,
+                key,
+            } => {
+                self.connected.entry(key.clone()).or_insert(false);
+                self.vips.push(VipEntry {
+                    vip: Some(vip),
+                    interface,
+                    key,
+                    ..VipEntry::default()
+                });
+            }
+            Observation::HookLabels { events, outcomes } => self.hook_labels = (events, outcomes),
+            Observation::Source {
+                key,
+                kind,
+                reached,
+                detail,
+            } => {
+                self.source = Some(kind);
+                self.connected.insert(key, reached);
+                self.detail = self.detail.max(detail);
+            }
+            Observation::SourceEvent { outcome, outcomes } => {
+                let counts = self
+                    .source_events
+                    .get_or_insert_with(|| outcomes.iter().map(|o| (*o, 0)).collect());
+                *counts.entry(outcome).or_default() += 1;
+            }
+            Observation::Write {
+                vip,
+                transition,
+                latency,
+            } => {
+                if let Some(r) = self.vip_mut(vip) {
+                    r.transitions += u64::from(transition);
+                    r.latency.observe(latency.as_secs_f64());
+                }
+            }
+            Observation::Gate { vip, gate } => {
+                if let Some(r) = self.vip_mut(vip) {
+                    r.gate = Some(gate);
+                }
+            }
+            Observation::Hook { vip, run } => {
+                if let Some(r) = self.vip_mut(vip) {
+                    let HookRun {
+                        event,
+                        outcome,
+                        attempts,
+                        duration,
+                    } = run;
+                    *r.hooks.runs.entry((event, outcome)).or_default() += 1;
+                    *r.hooks.attempts.entry(event).or_default() += u64::from(attempts);
+                    r.hooks.last_duration.insert(event, duration);
+                    r.hooks.last_outcome.insert(event, outcome);
+                }
+            }
+        }
+    }
+}
+
+/// Seconds of `ns`, for a sample.
+fn seconds(ns: u64) -> f64 {
+    ns as f64 / 1e9
+}
+
+/// Rounded milliseconds of `ns`.
+fn millis(ns: u64) -> u64 {
+    ns.saturating_add(500_000) / 1_000_000
 }
 
 impl Registry {
-    /// Announce a VIP (once, at startup).
-    pub fn register(&self, vip: IpAddr, interface: &str, trigger_key: &str) {
-        let mut inner = self.lock();
-        inner
-            .connected
-            .entry(trigger_key.to_owned())
-            .or_insert(false);
-        inner.vips.push(VipReport {
-            vip: Some(vip),
-            interface: interface.to_owned(),
-            trigger_key: trigger_key.to_owned(),
-            ..VipReport::default()
-        });
+    /// Apply one observation (the observation task does this; tests call it directly).
+    pub fn apply(&self, observation: Observation) {
+        self.lock().apply(observation);
+    }
+
+    /// Apply what arrives on `observations` until `stop` is cancelled or every observer is gone;
+    /// then what was already sent.
+    pub async fn follow(self, mut observations: Observations, stop: CancellationToken) {
+        loop {
+            tokio::select! {
+                biased;
+                () = stop.cancelled() => break,
+                next = observations.next() => match next {
+                    Some(observation) => self.apply(observation),
+                    None => return,
+                },
+            }
+        }
+        while let Some(observation) = observations.try_next() {
+            self.apply(observation);
+        }
     }
 
     /// Where fresh map entries come from at scrape time.
@@ -126,82 +265,11 @@ impl Registry {
         self.lock().snapshot = Some(snapshot);
     }
 
-    /// A data-plane write for `vip`: whether it changed the role, and its event -> map latency.
-    pub fn record_write(&self, vip: IpAddr, transition: bool, latency_us: u64) {
-        let mut inner = self.lock();
-        if let Some(r) = inner.vips.iter_mut().find(|r| r.vip == Some(vip)) {
-            r.transitions += u64::from(transition);
-            r.last_event_to_dataplane_us = latency_us;
-        }
-    }
-
-    /// A finished `on-promote` / `on-demote` run of `vip`.
-    pub fn record_hook(&self, vip: IpAddr, event: HookEvent, report: &HookReport) {
-        let mut inner = self.lock();
-        if let Some(r) = inner.vips.iter_mut().find(|r| r.vip == Some(vip)) {
-            let e = event.index();
-            r.hooks.runs[e][report.outcome.index()] += 1;
-            r.hooks.attempts[e] += u64::from(report.attempts);
-            r.hooks.last_duration[e] = report.duration;
-            r.hooks.last_outcome[e] = Some(report.outcome);
-        }
-    }
-
-    /// The promotion gate status of `vip`.
-    pub fn set_gate(&self, vip: IpAddr, status: &GateStatus) {
-        let mut inner = self.lock();
-        if let Some(r) = inner.vips.iter_mut().find(|r| r.vip == Some(vip)) {
-            r.gate.clone_from(status);
-        }
-    }
-
-    /// Replace the per-VIP reports (tests).
-    pub fn set_vips(&self, vips: Vec<VipReport>) {
-        self.lock().vips = vips;
-    }
-
-    /// The kind of leader source this agent follows (names its metrics and health message).
-    pub fn set_source_kind(&self, kind: &'static SourceKind) {
-        self.lock().source = Some(kind);
-    }
-
-    /// Record whether the source of `trigger_key` (of `kind`) was reached, and its progress.
-    pub fn set_source(
-        &self,
-        trigger_key: &str,
-        kind: &'static SourceKind,
-        connected: bool,
-        detail: i64,
-    ) {
-        let mut inner = self.lock();
-        inner.source = Some(kind);
-        inner.connected.insert(trigger_key.to_owned(), connected);
-        inner.detail = inner.detail.max(detail);
-    }
-
-    /// The `/health` answer while unhealthy.
-    fn unhealthy(&self) -> String {
-        let what = self.lock().source.map_or("leader source", |k| k.what);
-        format!("{what} unreachable\n")
-    }
-
-    /// A request on the repmgr event socket: `applied`, `ignored` or `rejected`.
-    pub fn record_repmgr_event(&self, outcome: &'static str) {
-        let mut inner = self.lock();
-        let counts = inner.repmgr_events.get_or_insert_with(|| {
-            ["applied", "ignored", "rejected"]
-                .into_iter()
-                .map(|o| (o, 0))
-                .collect()
-        });
-        *counts.entry(outcome).or_default() += 1;
-    }
-
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Pull fresh map entries into the reports.
+    /// Pull fresh map entries into the VIPs.
     fn refresh(&self) {
         let snapshot = self.lock().snapshot.clone();
         let Some(snapshot) = snapshot else {
@@ -209,14 +277,31 @@ impl Registry {
         };
         let fresh = snapshot();
         let mut inner = self.lock();
-        for (vip, state, stats, egress, fence_write_failures) in fresh {
-            if let Some(r) = inner.vips.iter_mut().find(|r| r.vip == Some(vip)) {
-                r.state = state;
-                r.stats = stats;
-                r.egress = egress;
-                r.fence_write_failures = fence_write_failures;
+        for sample in fresh {
+            if let Some(r) = inner.vips.iter_mut().find(|r| r.vip == sample.vip) {
+                r.dataplane = sample;
             }
         }
+    }
+
+    /// Why `/health` is 503 (`None`: healthy): the leader source of some key is not reached.
+    #[must_use]
+    pub fn unhealthy(&self) -> Option<String> {
+        let inner = self.lock();
+        if inner.all_connected() {
+            return None;
+        }
+        let what = inner.source.map_or("leader source", |k| k.what);
+        Some(format!("{what} unreachable\n"))
+    }
+
+    /// Whether `vip` is one of this agent's VIPs (any, and at least one, when `None`).
+    #[must_use]
+    pub fn serves(&self, vip: Option<IpAddr>) -> bool {
+        self.lock()
+            .vips
+            .iter()
+            .any(|r| vip.is_none() || r.vip == vip)
     }
 
     /// Whether this node answers for `vip` (or for any VIP when `None`) at this moment.
@@ -228,7 +313,64 @@ impl Registry {
             .vips
             .iter()
             .filter(|r| vip.is_none() || r.vip == vip)
-            .any(|r| r.state.is_some_and(|s| s.answering_at(now)))
+            .any(|r| r.answering_at(now))
+    }
+
+    /// The `/status` document.
+    #[must_use]
+    pub fn status(&self) -> AgentStatus {
+        self.refresh();
+        let now = monotonic_ns();
+        let inner = self.lock();
+        let source = inner.source.map(|s| s.name.to_owned());
+        AgentStatus {
+            version: VERSION.to_owned(),
+            healthy: inner.all_connected(),
+            source: source.clone(),
+            keys: inner
+                .connected
+                .iter()
+                .map(|(key, reached)| KeyStatus {
+                    key: key.clone(),
+                    reached: *reached,
+                })
+                .collect(),
+            vips: inner
+                .vips
+                .iter()
+                .filter_map(|r| {
+                    Some(VipStatusView {
+                        vip: r.vip?,
+                        interface: r.interface.clone(),
+                        key: r.key.clone(),
+                        answering: r.answering_at(now),
+                        deadline_remaining_ms: r.deadline_remaining_ns(now) / 1_000_000,
+                        source: source.clone(),
+                        source_reached: inner.connected.get(&r.key).copied().unwrap_or(false),
+                        gate: r.gate.as_ref().map(|g| GateView {
+                            state: g.state.to_owned(),
+                            waiting_ms: g
+                                .waiting_since_ns
+                                .map_or(0, |since| millis(now.saturating_sub(since))),
+                            last_probe: (!g.last_probe.is_empty()).then(|| g.last_probe.clone()),
+                            last_outcome: g.last_outcome.map(str::to_owned),
+                            last_wait_ms: millis(g.last_wait_ns),
+                            failsafe_holding: g.failsafe.holding_at(now),
+                            demotions: g.demotions,
+                            patroni_url: g.patroni_url.as_ref().map(|(url, _)| url.clone()),
+                            patroni_url_source: g
+                                .patroni_url
+                                .as_ref()
+                                .map(|(_, from)| (*from).to_owned()),
+                            source: source.clone(),
+                            source_reached: source
+                                .as_ref()
+                                .and_then(|_| inner.connected.get(&r.key).copied()),
+                        }),
+                    })
+                })
+                .collect(),
+        }
     }
 
     /// The Prometheus text exposition.
@@ -238,147 +380,177 @@ impl Registry {
         let now = monotonic_ns();
         let inner = self.lock();
         let mut out = String::new();
-        let mut family =
-            |name: &str,
-             kind: &str,
-             help: &str,
-             rows: &mut dyn Iterator<Item = (String, String)>| {
-                let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-                for (labels, value) in rows {
-                    let _ = writeln!(out, "{name}{{{labels}}} {value}");
-                }
-            };
-        let labels = |r: &VipReport| {
+        let labels = |r: &VipEntry| {
             format!(
                 "vip=\"{}\",interface=\"{}\",key=\"{}\"",
                 r.vip.map_or_else(String::new, |v| v.to_string()),
                 escape(&r.interface),
-                escape(&r.trigger_key)
+                escape(&r.key)
             )
         };
-        let per_vip = |f: &dyn Fn(&VipReport) -> String| -> Vec<(String, String)> {
+        let per_vip = |f: &dyn Fn(&VipEntry) -> String| -> Vec<(String, String)> {
             inner.vips.iter().map(|r| (labels(r), f(r))).collect()
         };
         // One series per VIP and value of `label` (Prometheus' enum pattern).
         let per_vip_and = |label: &str,
-                           values: &[&str],
-                           f: &dyn Fn(&VipReport, usize) -> String|
+                           values: &dyn Fn(&VipEntry) -> Vec<&'static str>,
+                           f: &dyn Fn(&VipEntry, &str) -> String|
          -> Vec<(String, String)> {
             inner
                 .vips
                 .iter()
                 .flat_map(|r| {
-                    values
-                        .iter()
-                        .enumerate()
-                        .map(move |(i, v)| (format!("{},{label}=\"{v}\"", labels(r)), f(r, i)))
+                    values(r)
+                        .into_iter()
+                        .map(move |v| (format!("{},{label}=\"{v}\"", labels(r)), f(r, v)))
                 })
                 .collect()
         };
         family(
+            &mut out,
+            "vip_agent_build_info",
+            "gauge",
+            "1, with the agent's version in the version label.",
+            &mut std::iter::once((format!("version=\"{}\"", escape(VERSION)), "1".to_owned())),
+        );
+        family(
+            &mut out,
             "vip_agent_answering",
             "gauge",
             "1 while this node's XDP program answers for the VIP, 0 while it fences it.",
-            &mut per_vip(&|r| u8::from(r.state.is_some_and(|s| s.answering_at(now))).to_string())
-                .into_iter(),
+            &mut per_vip(&|r| u8::from(r.answering_at(now)).to_string()).into_iter(),
         );
         family(
+            &mut out,
             "vip_agent_deadline_remaining_seconds",
             "gauge",
             "Time until the data plane stops answering unless leadership is confirmed again.",
-            &mut per_vip(&|r| {
-                let ns = r.state.map_or(0, |s| s.deadline_ns.saturating_sub(now));
-                format!("{:.3}", ns as f64 / 1e9)
-            })
-            .into_iter(),
+            &mut per_vip(&|r| format!("{:.3}", seconds(r.deadline_remaining_ns(now)))).into_iter(),
         );
         family(
+            &mut out,
             "vip_agent_transitions_total",
             "counter",
             "Promotions and demotions of the VIP on this node.",
             &mut per_vip(&|r| r.transitions.to_string()).into_iter(),
         );
-        family(
-            "vip_agent_event_to_dataplane_microseconds",
-            "gauge",
-            "Last leader source answer -> BPF map write latency.",
-            &mut per_vip(&|r| r.last_event_to_dataplane_us.to_string()).into_iter(),
+        // A histogram: its buckets, sum and count per VIP.
+        let _ = writeln!(
+            out,
+            "# HELP vip_agent_event_to_dataplane_seconds Leader source answer -> BPF map write latency, per write.\n\
+             # TYPE vip_agent_event_to_dataplane_seconds histogram"
         );
-        for (name, help, get) in [
-            (
-                "vip_agent_xdp_arp_replied_total",
-                "ARP requests (IPv6: Neighbor Solicitations) for the VIP answered by the data plane.",
-                (|s: &VipStats| s.replied) as fn(&VipStats) -> u64,
-            ),
-            (
-                "vip_agent_xdp_arp_dropped_total",
-                "ARP requests (IPv6: Neighbor Solicitations) for the VIP dropped by the data plane.",
-                |s| s.requests_dropped,
-            ),
-            (
-                "vip_agent_xdp_ipv4_dropped_total",
-                "IP packets (IPv4, or IPv6 for an IPv6 VIP) to the VIP dropped by the data plane while fenced.",
-                |s| s.ip_dropped,
-            ),
-            (
-                "vip_agent_xdp_conflicts_total",
-                "ARP frames (IPv6: Neighbor Advertisements, Solicitations from it) claiming the VIP from another MAC while answering.",
-                |s| s.conflicts,
-            ),
-        ] {
-            family(
-                name,
-                "counter",
-                help,
-                &mut per_vip(&|r| get(&r.stats).to_string()).into_iter(),
+        for r in &inner.vips {
+            let l = labels(r);
+            let mut cumulative = 0;
+            for (i, count) in r.latency.counts.iter().enumerate() {
+                cumulative += count;
+                let le = LATENCY_BUCKETS
+                    .get(i)
+                    .map_or_else(|| "+Inf".to_owned(), ToString::to_string);
+                let _ = writeln!(
+                    out,
+                    "vip_agent_event_to_dataplane_seconds_bucket{{{l},le=\"{le}\"}} {cumulative}"
+                );
+            }
+            let _ = writeln!(
+                out,
+                "vip_agent_event_to_dataplane_seconds_sum{{{l}}} {}\n\
+                 vip_agent_event_to_dataplane_seconds_count{{{l}}} {}",
+                r.latency.sum, r.latency.count
             );
         }
-        for (name, help, get) in [
-            (
-                "vip_agent_egress_ip_dropped_total",
-                "Packets from the VIP this node tried to send while fenced, dropped by the TC egress program.",
-                (|s: &EgressStats| s.ip_dropped) as fn(&EgressStats) -> u64,
-            ),
-            (
-                "vip_agent_egress_arp_dropped_total",
-                "ARP (IPv6: Neighbor Discovery) from the VIP this node tried to send while fenced, dropped by the TC egress program.",
-                |s| s.neighbour_dropped,
-            ),
-        ] {
-            family(
-                name,
-                "counter",
-                help,
-                &mut per_vip(&|r| get(&r.egress).to_string()).into_iter(),
-            );
-        }
+        // Neighbour resolution: ARP for an IPv4 VIP, NDP for an IPv6 one (the family label).
+        let per_vip_family = |f: &dyn Fn(&VipEntry) -> u64| -> Vec<(String, String)> {
+            inner
+                .vips
+                .iter()
+                .map(|r| {
+                    (
+                        format!("{},family=\"{}\"", labels(r), r.neighbor_family()),
+                        f(r).to_string(),
+                    )
+                })
+                .collect()
+        };
         family(
+            &mut out,
+            "vip_agent_xdp_neighbor_replied_total",
+            "counter",
+            "ARP requests (family arp) or Neighbor Solicitations (family ndp) for the VIP answered by the data plane.",
+            &mut per_vip_family(&|r| r.dataplane.stats.replied).into_iter(),
+        );
+        family(
+            &mut out,
+            "vip_agent_xdp_neighbor_dropped_total",
+            "counter",
+            "ARP requests (family arp) or Neighbor Solicitations (family ndp) for the VIP dropped by the data plane (fenced, or a non-unicast sender).",
+            &mut per_vip_family(&|r| r.dataplane.stats.requests_dropped).into_iter(),
+        );
+        family(
+            &mut out,
+            "vip_agent_xdp_conflicts_total",
+            "counter",
+            "ARP frames (family arp) or Neighbor Advertisements and Solicitations (family ndp) claiming the VIP from another MAC while answering.",
+            &mut per_vip_family(&|r| r.dataplane.stats.conflicts).into_iter(),
+        );
+        family(
+            &mut out,
+            "vip_agent_xdp_ip_dropped_total",
+            "counter",
+            "IP packets (IPv4 or IPv6, as the VIP) to the VIP dropped by the data plane while fenced.",
+            &mut per_vip(&|r| r.dataplane.stats.ip_dropped.to_string()).into_iter(),
+        );
+        family(
+            &mut out,
+            "vip_agent_egress_ip_dropped_total",
+            "counter",
+            "Packets from the VIP this node tried to send while fenced, dropped by the TC egress program.",
+            &mut per_vip(&|r| r.dataplane.egress.ip_dropped.to_string()).into_iter(),
+        );
+        family(
+            &mut out,
+            "vip_agent_egress_neighbor_dropped_total",
+            "counter",
+            "ARP (family arp) or Neighbor Discovery (family ndp) from the VIP this node tried to send while fenced, dropped by the TC egress program.",
+            &mut per_vip_family(&|r| r.dataplane.egress.neighbour_dropped).into_iter(),
+        );
+        family(
+            &mut out,
             "vip_agent_fence_write_failures_total",
             "counter",
             "Fence writes into the BPF map that failed (each failed update; after the last retry the entry is deleted and the address removed).",
-            &mut per_vip(&|r| r.fence_write_failures.to_string()).into_iter(),
+            &mut per_vip(&|r| r.dataplane.fence_write_failures.to_string()).into_iter(),
         );
-        let states: Vec<&str> = GateState::ALL.iter().map(|s| s.as_str()).collect();
+        let gate_states =
+            |r: &VipEntry| r.gate.as_ref().map_or_else(Vec::new, |g| g.states.to_vec());
         family(
+            &mut out,
             "vip_agent_promotion_gate_state",
             "gauge",
             "1 for the promotion gate's current state (off, idle, waiting, open).",
-            &mut per_vip_and("state", &states, &|r, i| {
-                u8::from(r.gate.state == GateState::ALL[i]).to_string()
+            &mut per_vip_and("state", &gate_states, &|r, v| {
+                u8::from(r.gate.as_ref().is_some_and(|g| g.state == v)).to_string()
             })
             .into_iter(),
         );
+        let gated = |f: &dyn Fn(&GateObservation) -> String| -> Vec<(String, String)> {
+            inner
+                .vips
+                .iter()
+                .filter_map(|r| Some((labels(r), f(r.gate.as_ref()?))))
+                .collect()
+        };
         family(
+            &mut out,
             "vip_agent_promotion_gate_waiting_seconds",
             "gauge",
             "How long the promotion gate has been waiting for the database to take writes (0 unless waiting).",
-            &mut per_vip(&|r| {
-                let ns = if r.gate.state == GateState::Waiting && r.gate.waiting_since_ns != 0 {
-                    now.saturating_sub(r.gate.waiting_since_ns)
-                } else {
-                    0
-                };
-                format!("{:.3}", ns as f64 / 1e9)
+            &mut gated(&|g| {
+                let ns = g
+                    .waiting_since_ns
+                    .map_or(0, |since| now.saturating_sub(since));
+                format!("{:.3}", seconds(ns))
             })
             .into_iter(),
         );
@@ -387,168 +559,169 @@ impl Registry {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0.0, |d| d.as_secs_f64());
         family(
+            &mut out,
             "vip_agent_promotion_gate_waiting_since_timestamp_seconds",
             "gauge",
             "Unix time at which the current promotion gate wait began (0 unless waiting).",
-            &mut per_vip(&|r| {
-                if r.gate.state == GateState::Waiting && r.gate.waiting_since_ns != 0 {
-                    let waited = now.saturating_sub(r.gate.waiting_since_ns) as f64 / 1e9;
+            &mut gated(&|g| match g.waiting_since_ns {
+                Some(since) => {
+                    let waited = seconds(now.saturating_sub(since));
                     format!("{:.3}", (wall_now - waited).max(0.0))
-                } else {
-                    "0".to_owned()
                 }
+                None => "0".to_owned(),
             })
             .into_iter(),
         );
         family(
+            &mut out,
             "vip_agent_promotion_gate_last_wait_seconds",
             "gauge",
             "How long the last finished promotion gate waited.",
-            &mut per_vip(&|r| format!("{:.6}", r.gate.last_wait_ns as f64 / 1e9)).into_iter(),
+            &mut gated(&|g| format!("{:.6}", seconds(g.last_wait_ns))).into_iter(),
         );
-        let outcomes: Vec<&str> = Outcome::ALL.iter().map(|o| o.as_str()).collect();
+        let gate_outcomes = |r: &VipEntry| {
+            r.gate
+                .as_ref()
+                .map_or_else(Vec::new, |g| g.outcomes.iter().map(|(o, _)| *o).collect())
+        };
         family(
+            &mut out,
             "vip_agent_promotion_gate_outcomes_total",
             "counter",
             "Finished promotion gates by outcome (primary, standby_leader, no_patroni, timeout, cancelled).",
-            &mut per_vip_and("outcome", &outcomes, &|r, i| r.gate.outcomes[i].to_string())
-                .into_iter(),
-        );
-        family(
-            "vip_agent_promotion_gate_last_outcome",
-            "gauge",
-            "1 for the outcome of the last finished promotion gate.",
-            &mut per_vip_and("outcome", &outcomes, &|r, i| {
-                u8::from(r.gate.last_outcome == Some(Outcome::ALL[i])).to_string()
+            &mut per_vip_and("outcome", &gate_outcomes, &|r, v| {
+                r.gate
+                    .as_ref()
+                    .and_then(|g| g.outcomes.iter().find(|(o, _)| *o == v))
+                    .map_or(0, |(_, n)| *n)
+                    .to_string()
             })
             .into_iter(),
         );
         family(
-            "vip_agent_promotion_gate_last_probe_info",
+            &mut out,
+            "vip_agent_promotion_gate_last_outcome",
             "gauge",
-            "Why the promotion gate is (or last was) waiting: the last probe result, in the probe label.",
-            &mut inner
-                .vips
-                .iter()
-                .filter(|r| !r.gate.last_probe.is_empty())
-                .map(|r| {
-                    (
-                        format!(
-                            "{},probe=\"{}\"",
-                            labels(r),
-                            escape(&clip(&r.gate.last_probe))
-                        ),
-                        "1".to_owned(),
-                    )
-                }),
+            "1 for the outcome of the last finished promotion gate.",
+            &mut per_vip_and("outcome", &gate_outcomes, &|r, v| {
+                u8::from(r.gate.as_ref().is_some_and(|g| g.last_outcome == Some(v))).to_string()
+            })
+            .into_iter(),
         );
         family(
+            &mut out,
             "vip_agent_promotion_gate_demotions_total",
             "counter",
             "Fences because the database stopped being a read-write primary while the VIP answered (Patroni's status or member key, a PostgreSQL restart, pg_is_in_recovery(), or no answer while the leader source is unreachable).",
-            &mut per_vip(&|r| r.gate.demotions.to_string()).into_iter(),
+            &mut gated(&|g| g.demotions.to_string()).into_iter(),
         );
         family(
+            &mut out,
             "vip_agent_patroni_url_info",
             "gauge",
             "The Patroni REST API the promotion gate asks, and where that URL came from (patroni-url, member-key, default).",
             &mut inner
                 .vips
                 .iter()
-                .filter_map(|r| Some((r, r.gate.patroni_url_source?)))
-                .map(|(r, source)| {
+                .filter_map(|r| Some((r, r.gate.as_ref()?.patroni_url.as_ref()?)))
+                .map(|(r, (url, source))| {
                     (
-                        format!(
-                            "{},url=\"{}\",source=\"{}\"",
-                            labels(r),
-                            escape(&r.gate.patroni_url),
-                            source.as_str()
-                        ),
+                        format!("{},url=\"{}\",source=\"{source}\"", labels(r), escape(url)),
                         "1".to_owned(),
                     )
                 }),
         );
         family(
+            &mut out,
             "vip_agent_failsafe_holding",
             "gauge",
             "1 while the VIP is answered past its lease deadline because Patroni reports this member primary in failsafe mode (patroni-failsafe).",
-            &mut per_vip(&|r| u8::from(r.gate.failsafe.holding_at(now)).to_string()).into_iter(),
+            &mut gated(&|g| u8::from(g.failsafe.holding_at(now)).to_string()).into_iter(),
         );
         family(
+            &mut out,
             "vip_agent_failsafe_probing",
             "gauge",
             "1 while the leader source is unreachable and the database is asked every 50 ms whether it is still a (failsafe) primary.",
-            &mut per_vip(&|r| u8::from(r.gate.failsafe.probing).to_string()).into_iter(),
+            &mut gated(&|g| u8::from(g.failsafe.probing).to_string()).into_iter(),
         );
         family(
+            &mut out,
             "vip_agent_failsafe_extensions_total",
             "counter",
             "Patroni failsafe confirmations that moved the deadline past the lease deadline.",
-            &mut per_vip(&|r| r.gate.failsafe.extensions.to_string()).into_iter(),
+            &mut gated(&|g| g.failsafe.extensions.to_string()).into_iter(),
         );
         family(
+            &mut out,
             "vip_agent_failsafe_fences_total",
             "counter",
             "Fences because Patroni stopped confirming failsafe mode after the lease deadline.",
-            &mut per_vip(&|r| r.gate.failsafe.fences.to_string()).into_iter(),
+            &mut gated(&|g| g.failsafe.fences.to_string()).into_iter(),
         );
-        let hook_outcomes: Vec<String> = HookEvent::ALL
-            .iter()
-            .flat_map(|e| {
-                HookOutcome::ALL
-                    .iter()
-                    .map(move |o| format!("event=\"{}\",outcome=\"{}\"", e.as_str(), o.as_str()))
-            })
-            .collect();
-        let hook_outcomes: Vec<&str> = hook_outcomes.iter().map(String::as_str).collect();
-        let per_hook_outcome = |f: &dyn Fn(&VipReport, HookEvent, HookOutcome) -> String| {
+        let (events, outcomes) = inner.hook_labels;
+        let per_hook_outcome = |f: &dyn Fn(&VipEntry, &'static str, &'static str) -> String| {
             inner
                 .vips
                 .iter()
                 .flat_map(|r| {
-                    hook_outcomes.iter().enumerate().map(move |(i, l)| {
-                        let e = HookEvent::ALL[i / HookOutcome::ALL.len()];
-                        let o = HookOutcome::ALL[i % HookOutcome::ALL.len()];
-                        (format!("{},{l}", labels(r)), f(r, e, o))
+                    events.iter().flat_map(move |e| {
+                        outcomes.iter().map(move |o| {
+                            (
+                                format!("{},event=\"{e}\",outcome=\"{o}\"", labels(r)),
+                                f(r, e, o),
+                            )
+                        })
                     })
                 })
                 .collect::<Vec<_>>()
         };
         family(
+            &mut out,
             "vip_agent_hook_runs_total",
             "counter",
             "Finished on-promote / on-demote runs (with their retries) by outcome (success, failure, timeout, cancelled).",
-            &mut per_hook_outcome(&|r, e, o| r.hooks.runs[e.index()][o.index()].to_string())
-                .into_iter(),
+            &mut per_hook_outcome(&|r, e, o| {
+                r.hooks.runs.get(&(e, o)).copied().unwrap_or(0).to_string()
+            })
+            .into_iter(),
         );
         family(
+            &mut out,
             "vip_agent_hook_last_outcome",
             "gauge",
             "1 for the outcome of the last finished run of each hook.",
             &mut per_hook_outcome(&|r, e, o| {
-                u8::from(r.hooks.last_outcome[e.index()] == Some(o)).to_string()
+                u8::from(r.hooks.last_outcome.get(e) == Some(&o)).to_string()
             })
             .into_iter(),
         );
-        let events: Vec<&str> = HookEvent::ALL.iter().map(|e| e.as_str()).collect();
+        let hook_events = |_: &VipEntry| events.to_vec();
         family(
+            &mut out,
             "vip_agent_hook_attempts_total",
             "counter",
             "Hook attempts started (a run retries a failed attempt hook-retries times).",
-            &mut per_vip_and("event", &events, &|r, i| r.hooks.attempts[i].to_string()).into_iter(),
+            &mut per_vip_and("event", &hook_events, &|r, e| {
+                r.hooks.attempts.get(e).copied().unwrap_or(0).to_string()
+            })
+            .into_iter(),
         );
         family(
+            &mut out,
             "vip_agent_hook_last_duration_seconds",
             "gauge",
             "Duration of the last finished run of each hook, retries included.",
-            &mut per_vip_and("event", &events, &|r, i| {
-                format!("{:.3}", r.hooks.last_duration[i].as_secs_f64())
+            &mut per_vip_and("event", &hook_events, &|r, e| {
+                let d = r.hooks.last_duration.get(e).copied().unwrap_or_default();
+                format!("{:.3}", d.as_secs_f64())
             })
             .into_iter(),
         );
         if let Some(kind) = inner.source {
             let (name, what) = (kind.name, kind.what);
             family(
+                &mut out,
                 &format!("vip_agent_{name}_key_connected"),
                 "gauge",
                 &format!("1 while the leader source of this trigger key reaches {what}."),
@@ -557,44 +730,54 @@ impl Registry {
                     .iter()
                     .map(|(key, c)| (format!("key=\"{}\"", escape(key)), u8::from(*c).to_string())),
             );
-            let _ = writeln!(
-                out,
-                "# HELP vip_agent_{name}_connected 1 while the leader source of every key reaches {what}.\n# TYPE vip_agent_{name}_connected gauge\nvip_agent_{name}_connected {}",
-                u8::from(inner.all_connected())
+            family(
+                &mut out,
+                &format!("vip_agent_{name}_connected"),
+                "gauge",
+                &format!("1 while the leader source of every key reaches {what}."),
+                &mut std::iter::once((String::new(), u8::from(inner.all_connected()).to_string())),
             );
             let (series, help) = kind.detail;
-            let _ = writeln!(
-                out,
-                "# HELP {series} {help}\n# TYPE {series} gauge\n{series} {}",
-                inner.detail
+            family(
+                &mut out,
+                series,
+                "gauge",
+                help,
+                &mut std::iter::once((String::new(), inner.detail.to_string())),
             );
-        }
-        if let Some(counts) = &inner.repmgr_events {
-            let _ = writeln!(
-                out,
-                "# HELP vip_agent_repmgr_events_total Requests on the repmgr event socket, by outcome.\n# TYPE vip_agent_repmgr_events_total counter"
-            );
-            for (outcome, n) in counts {
-                let _ = writeln!(
-                    out,
-                    "vip_agent_repmgr_events_total{{outcome=\"{outcome}\"}} {n}"
+            if let Some(counts) = &inner.source_events {
+                family(
+                    &mut out,
+                    &format!("vip_agent_{name}_events_total"),
+                    "counter",
+                    &format!("Requests received by the {name} leader source, by outcome."),
+                    &mut counts
+                        .iter()
+                        .map(|(o, n)| (format!("outcome=\"{o}\""), n.to_string())),
                 );
             }
         }
+        drop(inner);
+        process::ProcessSample::read().render(&mut out);
         out
-    }
-
-    fn healthy(&self) -> bool {
-        self.lock().all_connected()
     }
 }
 
-/// A label value of bounded length (probe results are short, but come from outside).
-fn clip(s: &str) -> String {
-    const MAX: usize = 200;
-    match s.char_indices().nth(MAX) {
-        Some((i, _)) => format!("{}...", &s[..i]),
-        None => s.to_owned(),
+/// One family: HELP, TYPE and a sample per row (labels without braces, or "" for none).
+fn family(
+    out: &mut String,
+    name: &str,
+    kind: &str,
+    help: &str,
+    rows: &mut dyn Iterator<Item = (String, String)>,
+) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    for (labels, value) in rows {
+        if labels.is_empty() {
+            let _ = writeln!(out, "{name} {value}");
+        } else {
+            let _ = writeln!(out, "{name}{{{labels}}} {value}");
+        }
     }
 }
 
@@ -604,320 +787,139 @@ fn escape(s: &str) -> String {
         .replace('\n', "\\n")
 }
 
-/// Errors of the metrics server.
-#[derive(Debug, thiserror::Error)]
-pub enum MetricsError {
-    #[error("bind the metrics address {address}")]
-    Bind {
-        address: SocketAddr,
-        #[source]
-        source: std::io::Error,
-    },
-}
-
-/// Bind the metrics address (at startup, so a taken port is a startup error).
-///
-/// # Errors
-/// When the address cannot be bound.
-pub async fn bind(address: SocketAddr) -> Result<TcpListener, MetricsError> {
-    TcpListener::bind(address)
-        .await
-        .map_err(|source| MetricsError::Bind { address, source })
-}
-
-/// Serve scrapes and health checks on `listener` until `stop` is cancelled.
-/// At most [`MAX_CONNECTIONS`] exchanges at once.
-pub async fn serve(listener: TcpListener, registry: Registry, stop: CancellationToken) {
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
-    let mut refused: u64 = 0;
-    loop {
-        tokio::select! {
-            biased;
-            () = stop.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
-                        // Dropping the stream closes it: idle clients cannot take every
-                        // descriptor the agent needs for etcd, Patroni, hooks and netlink.
-                        refused += 1;
-                        if refused.is_power_of_two() {
-                            warn!(%peer, refused, limit = MAX_CONNECTIONS,
-                                "metrics server: too many open connections, closing new ones");
-                        }
-                        continue;
-                    };
-                    let registry = registry.clone();
-                    tokio::spawn(async move {
-                        if let Err(e) = handle(stream, &registry).await {
-                            debug!(%peer, error = %e, "metrics request failed");
-                        }
-                        drop(slot);
-                    });
-                }
-                Err(e) => {
-                    warn!(error = %e, "metrics accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            },
-        }
-    }
-}
-
-/// Open exchanges at most; a connection beyond them is closed at once. Prometheus, HAProxy and
-/// `vip-agent status` need a handful; each exchange is bounded by [`REQUEST_TIMEOUT`] twice.
-pub const MAX_CONNECTIONS: usize = 64;
-
-/// Requests larger than this are refused: a scrape is one short line plus headers.
-const MAX_REQUEST: usize = 8 * 1024;
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
-
-async fn handle(mut stream: TcpStream, registry: &Registry) -> std::io::Result<()> {
-    let mut buf = Vec::with_capacity(1024);
-    let head = tokio::time::timeout(REQUEST_TIMEOUT, async {
-        let mut chunk = [0u8; 1024];
-        loop {
-            let n = stream.read(&mut chunk).await?;
-            if n == 0 {
-                break;
-            }
-            buf.extend_from_slice(&chunk[..n]);
-            if buf.windows(4).any(|w| w == b"\r\n\r\n") || buf.len() > MAX_REQUEST {
-                break;
-            }
-        }
-        Ok::<_, std::io::Error>(())
-    })
-    .await;
-    if head.is_err() {
-        return Ok(());
-    }
-    let line = String::from_utf8_lossy(&buf);
-    let mut parts = line.split_whitespace();
-    let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    let response = respond(method, target, registry);
-    // The whole answer within the same bound: a client that never reads cannot hold the task.
-    match tokio::time::timeout(REQUEST_TIMEOUT, async {
-        stream.write_all(response.as_bytes()).await?;
-        stream.shutdown().await
-    })
-    .await
-    {
-        Ok(result) => result,
-        Err(_) => Ok(()),
-    }
-}
-
-/// The whole HTTP response. GET, HEAD and OPTIONS get the same status (HAProxy checks Patroni-style
-/// endpoints with `OPTIONS /primary`); HEAD and OPTIONS carry no body.
-fn respond(method: &str, target: &str, registry: &Registry) -> String {
-    let (status, body) = route(method, target, registry);
-    let body = if matches!(method, "HEAD" | "OPTIONS") {
-        ""
-    } else {
-        body.as_str()
-    };
-    let length = if method == "HEAD" {
-        route(method, target, registry).1.len()
-    } else {
-        body.len()
-    };
-    format!(
-        "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: {length}\r\nConnection: close\r\n\r\n{body}"
-    )
-}
-
-fn route(method: &str, target: &str, registry: &Registry) -> (&'static str, String) {
-    if !matches!(method, "GET" | "HEAD" | "OPTIONS") {
-        return (
-            "405 Method Not Allowed",
-            "only GET, HEAD and OPTIONS\n".to_owned(),
-        );
-    }
-    let (path, query) = target.split_once('?').unwrap_or((target, ""));
-    match path {
-        "/metrics" => ("200 OK", registry.render()),
-        "/health" if registry.healthy() => ("200 OK", "ok\n".to_owned()),
-        "/health" => ("503 Service Unavailable", registry.unhealthy()),
-        "/primary" => {
-            let vip = query.strip_prefix("vip=").map(str::parse::<IpAddr>);
-            match vip {
-                Some(Err(_)) => (
-                    "400 Bad Request",
-                    "vip= must be an IPv4 or IPv6 address\n".to_owned(),
-                ),
-                Some(Ok(v)) if registry.answering(Some(v)) => ("200 OK", "primary\n".to_owned()),
-                None if registry.answering(None) => ("200 OK", "primary\n".to_owned()),
-                _ => ("503 Service Unavailable", "not primary\n".to_owned()),
-            }
-        }
-        _ => (
-            "404 Not Found",
-            "try /metrics, /health or /primary\n".to_owned(),
-        ),
-    }
-}
-
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+    use crate::observe::FailsafeObservation;
 
-    #[test]
-    fn haproxy_checks_primary_with_options_and_head_gets_no_body() {
-        let now = monotonic_ns();
-        let answering = registry(now + 60_000_000_000);
-        let get = respond("GET", "/primary", &answering);
-        assert!(
-            get.starts_with("HTTP/1.1 200 OK\r\n") && get.ends_with("\r\n\r\nprimary\n"),
-            "{get}"
-        );
-        let options = respond("OPTIONS", "/primary", &answering);
-        assert!(options.starts_with("HTTP/1.1 200 OK\r\n"), "{options}");
-        assert!(
-            options.ends_with("Content-Length: 0\r\nConnection: close\r\n\r\n"),
-            "{options}"
-        );
-        let head = respond("HEAD", "/primary", &answering);
-        assert!(
-            head.ends_with("Content-Length: 8\r\nConnection: close\r\n\r\n"),
-            "{head}"
-        );
-        let fenced = registry(0);
-        assert!(respond("OPTIONS", "/primary", &fenced).starts_with("HTTP/1.1 503 "));
-        assert!(respond("POST", "/primary", &fenced).starts_with("HTTP/1.1 405 "));
-        assert_eq!(
-            route("GET", "/primary?vip=fd00::5", &answering).0,
-            "503 Service Unavailable",
-            "an IPv6 VIP is a VIP (not this one)"
-        );
-    }
+    // Plain observations, as the domain sends them (the registry's tests import no domain module;
+    // the domain's builders are tested with it, in status.rs).
+    pub(crate) const ETCD: SourceName = SourceName {
+        name: "etcd",
+        what: "etcd",
+        detail: (
+            "vip_agent_watch_revision",
+            "etcd revision the leader watch has reached.",
+        ),
+    };
+    const REPMGR: SourceName = SourceName {
+        name: "repmgr",
+        what: "the local PostgreSQL (repmgr mode)",
+        detail: (
+            "vip_agent_repmgr_role_events",
+            "repmgr role events applied since the agent started.",
+        ),
+    };
+    const HOOK_LABELS: Observation = Observation::HookLabels {
+        events: &["promote", "demote"],
+        outcomes: &["success", "failure", "timeout", "cancelled"],
+    };
+    const GATE_OUTCOMES: [&str; 5] = [
+        "primary",
+        "standby_leader",
+        "no_patroni",
+        "timeout",
+        "cancelled",
+    ];
 
-    /// Idle clients cannot take every descriptor: beyond [`MAX_CONNECTIONS`] open exchanges a new
-    /// connection is closed at once, and a scrape is served again as soon as one slot frees
-    /// (issue 16, item 8).
-    #[tokio::test]
-    async fn idle_clients_beyond_the_cap_are_closed_and_scrapes_resume() {
-        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-        let listener = bind("127.0.0.1:0".parse().expect("address"))
-            .await
-            .expect("bind");
-        let address = listener.local_addr().expect("address");
-        let stop = CancellationToken::new();
-        let server = tokio::spawn(serve(listener, registry(0), stop.clone()));
-        let mut idle = Vec::new();
-        for _ in 0..MAX_CONNECTIONS {
-            idle.push(TcpStream::connect(address).await.expect("connect"));
+    /// A gate in `state` with `counts` per outcome.
+    fn gate(state: &'static str, counts: [u64; 5]) -> GateObservation {
+        GateObservation {
+            state,
+            states: &["off", "idle", "waiting", "open"],
+            outcomes: GATE_OUTCOMES.into_iter().zip(counts).collect(),
+            ..GateObservation::default()
         }
-        // Let the server accept them all (each holds a slot while it waits for a request).
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        let mut over = TcpStream::connect(address).await.expect("connect");
-        let mut buf = Vec::new();
-        let read = tokio::time::timeout(Duration::from_secs(2), over.read_to_end(&mut buf)).await;
-        assert!(
-            matches!(read, Ok(Ok(0))),
-            "a connection beyond the cap was not closed at once: {read:?}"
-        );
-        drop(idle.pop());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let mut scrape = TcpStream::connect(address).await.expect("connect");
-        scrape
-            .write_all(b"GET /health HTTP/1.1\r\n\r\n")
-            .await
-            .expect("send");
-        let mut answer = Vec::new();
-        tokio::time::timeout(Duration::from_secs(2), scrape.read_to_end(&mut answer))
-            .await
-            .expect("answered within 2 s")
-            .expect("read");
-        assert!(answer.starts_with(b"HTTP/1.1 "), "{answer:?}");
-        stop.cancel();
-        server.await.expect("server");
     }
 
-    fn registry(deadline_ns: u64) -> Registry {
+    const LABELS: &str = "vip=\"10.0.0.5\",interface=\"eth0\",key=\"/service/pg/leader\"";
+
+    /// A registry with VIP 10.0.0.5, its map entry answering until `deadline_ns`, its gate open.
+    pub(crate) fn registry(deadline_ns: u64) -> Registry {
         let r = Registry::default();
-        r.set_vips(vec![VipReport {
-            vip: Some(IpAddr::from([10, 0, 0, 5])),
+        let vip = IpAddr::from([10, 0, 0, 5]);
+        r.apply(Observation::Vip {
+            vip,
             interface: "eth0".into(),
-            trigger_key: "/service/pg/leader".into(),
-            state: Some(VipState::answering_until([2, 0, 0, 0, 0, 1], deadline_ns)),
-            stats: VipStats {
-                replied: 7,
-                ..VipStats::default()
-            },
-            egress: EgressStats {
-                ip_dropped: 3,
-                neighbour_dropped: 1,
-            },
-            fence_write_failures: 4,
-            transitions: 2,
-            last_event_to_dataplane_us: 40,
-            gate: GateStatus {
-                state: GateState::Open,
+            key: "/service/pg/leader".into(),
+        });
+        r.apply(HOOK_LABELS);
+        r.set_snapshot(Arc::new(move || {
+            vec![DataplaneSample {
+                vip: Some(vip),
+                state: Some(VipState::answering_until([2, 0, 0, 0, 0, 1], deadline_ns)),
+                stats: VipStats {
+                    replied: 7,
+                    ..VipStats::default()
+                },
+                egress: EgressStats {
+                    ip_dropped: 3,
+                    neighbour_dropped: 1,
+                },
+                fence_write_failures: 4,
+            }]
+        }));
+        for (transition, latency_us) in [(true, 40), (true, 700), (false, 20_000)] {
+            r.apply(Observation::Write {
+                vip,
+                transition,
+                latency: Duration::from_micros(latency_us),
+            });
+        }
+        r.apply(Observation::Gate {
+            vip,
+            gate: GateObservation {
                 last_wait_ns: 1_500_000,
-                last_outcome: Some(Outcome::Timeout),
-                outcomes: [3, 0, 0, 1, 0],
-                ..GateStatus::default()
+                last_outcome: Some("timeout"),
+                ..gate("open", [3, 0, 0, 1, 0])
             },
-            hooks: HookStats::default(),
-        }]);
+        });
         r
     }
 
-    #[test]
-    fn primary_endpoint_follows_the_deadline() {
-        let answering = registry(monotonic_ns() + 60_000_000_000);
-        assert_eq!(route("GET", "/primary", &answering).0, "200 OK");
-        assert_eq!(
-            route("GET", "/primary?vip=10.0.0.5", &answering).0,
-            "200 OK"
-        );
-        assert_eq!(
-            route("GET", "/primary?vip=10.0.0.6", &answering).0,
-            "503 Service Unavailable"
-        );
-        assert_eq!(
-            route("GET", "/primary?vip=nonsense", &answering).0,
-            "400 Bad Request"
-        );
-        let expired = registry(monotonic_ns().saturating_sub(1));
-        assert_eq!(
-            route("GET", "/primary", &expired).0,
-            "503 Service Unavailable"
-        );
+    fn source(r: &Registry, key: &str, reached: bool, detail: i64) {
+        r.apply(Observation::Source {
+            key: key.to_owned(),
+            kind: ETCD,
+            reached,
+            detail,
+        });
+    }
+
+    fn sample(page: &str, series: &str) -> String {
+        page.lines()
+            .find_map(|l| l.strip_prefix(series).and_then(|v| v.strip_prefix(' ')))
+            .unwrap_or_else(|| panic!("no {series} in:\n{page}"))
+            .to_owned()
     }
 
     #[test]
-    fn health_follows_etcd() {
+    fn health_follows_the_source() {
         let r = registry(0);
-        assert_eq!(route("GET", "/health", &r).0, "503 Service Unavailable");
-        r.set_source("/service/pg/leader", &crate::leader::KIND, true, 42);
-        assert_eq!(route("GET", "/health", &r).0, "200 OK");
+        assert!(r.unhealthy().is_some());
+        source(&r, "/service/pg/leader", true, 42);
+        assert_eq!(r.unhealthy(), None);
         let page = r.render();
-        assert!(page.contains("vip_agent_watch_revision 42"), "{page}");
+        assert!(page.contains("\nvip_agent_watch_revision 42\n"), "{page}");
         assert!(page.contains("\nvip_agent_etcd_connected 1\n"), "{page}");
     }
 
     #[test]
     fn etcd_connected_is_per_key_and_all_of_them_unlabeled() {
         let r = Registry::default();
-        r.register(IpAddr::from([10, 0, 0, 5]), "eth0", "/service/a/leader");
-        r.register(IpAddr::from([10, 0, 0, 6]), "eth0", "/service/b/leader");
-        r.register(IpAddr::from([10, 0, 0, 7]), "eth1", "/service/b/leader");
-        r.set_source_kind(&crate::leader::KIND);
-        let sample = |page: &str, series: &str| -> String {
-            page.lines()
-                .find_map(|l| l.strip_prefix(series).and_then(|v| v.strip_prefix(' ')))
-                .unwrap_or_else(|| panic!("no {series} in:\n{page}"))
-                .to_owned()
-        };
-        let page = r.render();
-        assert_eq!(
-            sample(&page, "vip_agent_etcd_connected"),
-            "0",
-            "nothing read yet"
-        );
+        for (ip, interface, key) in [
+            ([10, 0, 0, 5], "eth0", "/service/a/leader"),
+            ([10, 0, 0, 6], "eth0", "/service/b/leader"),
+            ([10, 0, 0, 7], "eth1", "/service/b/leader"),
+        ] {
+            r.apply(Observation::Vip {
+                vip: IpAddr::from(ip),
+                interface: interface.into(),
+                key: key.into(),
+            });
+        }
         // Key a's follower reaches etcd, b's does not yet: not connected overall.
-        r.set_source("/service/a/leader", &crate::leader::KIND, true, 10);
+        source(&r, "/service/a/leader", true, 10);
         let page = r.render();
         assert_eq!(
             sample(
@@ -934,23 +936,16 @@ mod tests {
             "0"
         );
         assert_eq!(sample(&page, "vip_agent_etcd_connected"), "0");
-        assert_eq!(route("GET", "/health", &r).0, "503 Service Unavailable");
-        r.set_source("/service/b/leader", &crate::leader::KIND, true, 11);
+        assert!(r.unhealthy().is_some());
+        source(&r, "/service/b/leader", true, 11);
         assert_eq!(sample(&r.render(), "vip_agent_etcd_connected"), "1");
-        assert_eq!(route("GET", "/health", &r).0, "200 OK");
-        // Whichever published last, a's outage shows (it used to be hidden by b's publish).
-        r.set_source("/service/a/leader", &crate::leader::KIND, false, 12);
-        r.set_source("/service/b/leader", &crate::leader::KIND, true, 12);
+        assert_eq!(r.unhealthy(), None);
+        // Whichever published last, a's outage shows.
+        source(&r, "/service/a/leader", false, 12);
+        source(&r, "/service/b/leader", true, 12);
         let page = r.render();
         assert_eq!(sample(&page, "vip_agent_etcd_connected"), "0");
-        assert_eq!(
-            sample(
-                &page,
-                "vip_agent_etcd_key_connected{key=\"/service/a/leader\"}"
-            ),
-            "0"
-        );
-        assert_eq!(route("GET", "/health", &r).0, "503 Service Unavailable");
+        assert_eq!(r.unhealthy().as_deref(), Some("etcd unreachable\n"));
         assert_eq!(
             page.matches("vip_agent_etcd_key_connected{").count(),
             2,
@@ -958,97 +953,117 @@ mod tests {
         );
     }
 
+    /// repmgr mode has its own health series and event counter, named by its source kind.
     #[test]
-    fn gate_wait_reason_and_failsafe_are_on_the_page() {
+    fn repmgr_health_is_its_own_series() {
         let r = registry(0);
-        let labels = "vip=\"10.0.0.5\",interface=\"eth0\",key=\"/service/pg/leader\"";
+        r.apply(Observation::Source {
+            key: "repmgr".to_owned(),
+            kind: REPMGR,
+            reached: false,
+            detail: 3,
+        });
+        r.apply(Observation::SourceEvent {
+            outcome: "applied",
+            outcomes: &["applied", "ignored", "rejected"],
+        });
+        let page = r.render();
+        assert_eq!(sample(&page, "vip_agent_repmgr_connected"), "0");
+        assert_eq!(sample(&page, "vip_agent_repmgr_role_events"), "3");
+        assert_eq!(
+            sample(&page, "vip_agent_repmgr_events_total{outcome=\"applied\"}"),
+            "1"
+        );
+        assert_eq!(
+            sample(&page, "vip_agent_repmgr_events_total{outcome=\"rejected\"}"),
+            "0"
+        );
+        assert!(!page.contains("etcd"), "{page}");
+        assert_eq!(
+            r.unhealthy().as_deref(),
+            Some("the local PostgreSQL (repmgr mode) unreachable\n")
+        );
+    }
+
+    #[test]
+    fn gate_wait_and_failsafe_are_on_the_page_and_the_probe_text_is_not() {
+        let r = registry(0);
+        let vip = IpAddr::from([10, 0, 0, 5]);
         let now = monotonic_ns();
-        r.set_gate(
-            IpAddr::from([10, 0, 0, 5]),
-            &GateStatus {
-                state: GateState::Waiting,
-                waiting_since_ns: now.saturating_sub(2_000_000_000),
+        r.apply(Observation::Gate {
+            vip,
+            gate: GateObservation {
+                waiting_since_ns: Some(now.saturating_sub(2_000_000_000)),
                 last_probe: "200 but role replica, state running: \"quoted\"".to_owned(),
-                failsafe: crate::gate::FailsafeStatus {
-                    enabled: true,
+                failsafe: FailsafeObservation {
                     probing: true,
                     until_ns: now + 60_000_000_000,
                     lease_until_ns: now.saturating_sub(1),
                     extensions: 4,
                     fences: 1,
-                    last_probe: String::new(),
                 },
                 demotions: 2,
-                patroni_url: "http://10.0.0.11:8008".to_owned(),
-                patroni_url_source: Some(crate::gate::UrlSource::MemberKey),
-                ..GateStatus::default()
+                patroni_url: Some(("http://10.0.0.11:8008".to_owned(), "member-key")),
+                ..gate("waiting", [0; 5])
             },
-        );
+        });
         let page = r.render();
         assert!(
             page.contains(&format!(
-                "vip_agent_patroni_url_info{{{labels},url=\"http://10.0.0.11:8008\",source=\"member-key\"}} 1\n"
+                "vip_agent_patroni_url_info{{{LABELS},url=\"http://10.0.0.11:8008\",source=\"member-key\"}} 1\n"
             )),
             "{page}"
         );
-        let value = |series: &str| -> f64 {
-            page.lines()
-                .find_map(|l| l.strip_prefix(series).and_then(|v| v.strip_prefix(' ')))
-                .unwrap_or_else(|| panic!("no {series} in:\n{page}"))
-                .parse()
-                .expect("a number")
-        };
+        let value = |series: &str| -> f64 { sample(&page, series).parse().expect("a number") };
         let waited = value(&format!(
-            "vip_agent_promotion_gate_waiting_seconds{{{labels}}}"
+            "vip_agent_promotion_gate_waiting_seconds{{{LABELS}}}"
         ));
         assert!(waited >= 2.0, "{waited}");
         let since = value(&format!(
-            "vip_agent_promotion_gate_waiting_since_timestamp_seconds{{{labels}}}"
+            "vip_agent_promotion_gate_waiting_since_timestamp_seconds{{{LABELS}}}"
         ));
         let wall = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .expect("after 1970")
             .as_secs_f64();
         assert!(since > 0.0 && since <= wall - 1.9, "{since} vs {wall}");
-        assert!(page.contains(&format!(
-            "vip_agent_promotion_gate_last_probe_info{{{labels},probe=\"200 but role replica, state running: \\\"quoted\\\"\"}} 1"
-        )), "{page}");
-        assert_eq!(
-            value(&format!("vip_agent_failsafe_holding{{{labels}}}")),
-            1.0
+        assert!(
+            !page.contains("probe=") && !page.contains("quoted"),
+            "{page}"
         );
+        for (series, want) in [
+            ("vip_agent_failsafe_holding", 1.0),
+            ("vip_agent_failsafe_probing", 1.0),
+            ("vip_agent_failsafe_extensions_total", 4.0),
+            ("vip_agent_failsafe_fences_total", 1.0),
+            ("vip_agent_promotion_gate_demotions_total", 2.0),
+        ] {
+            assert_eq!(value(&format!("{series}{{{LABELS}}}")), want, "{series}");
+        }
+        // The probe text is in /status.
+        let status = r.status();
+        let view = status.vips[0].gate.as_ref().expect("a gate");
         assert_eq!(
-            value(&format!("vip_agent_failsafe_probing{{{labels}}}")),
-            1.0
+            view.last_probe.as_deref(),
+            Some("200 but role replica, state running: \"quoted\"")
         );
-        assert_eq!(
-            value(&format!("vip_agent_failsafe_extensions_total{{{labels}}}")),
-            4.0
-        );
-        assert_eq!(
-            value(&format!("vip_agent_failsafe_fences_total{{{labels}}}")),
-            1.0
-        );
-        assert_eq!(
-            value(&format!(
-                "vip_agent_promotion_gate_demotions_total{{{labels}}}"
-            )),
-            2.0
+        assert!(
+            view.failsafe_holding && view.waiting_ms >= 2_000,
+            "{view:?}"
         );
         // Not waiting: no start time, and no failsafe hold once it lapsed.
-        r.set_gate(IpAddr::from([10, 0, 0, 5]), &GateStatus::default());
+        r.apply(Observation::Gate {
+            vip,
+            gate: gate("idle", [0; 5]),
+        });
         let page = r.render();
         assert!(
             page.contains(&format!(
-                "vip_agent_promotion_gate_waiting_since_timestamp_seconds{{{labels}}} 0\n"
+                "vip_agent_promotion_gate_waiting_since_timestamp_seconds{{{LABELS}}} 0\n"
             )),
             "{page}"
         );
-        assert!(page.contains(&format!("vip_agent_failsafe_holding{{{labels}}} 0\n")));
-        assert!(
-            !page.contains("vip_agent_promotion_gate_last_probe_info{"),
-            "{page}"
-        );
+        assert!(page.contains(&format!("vip_agent_failsafe_holding{{{LABELS}}} 0\n")));
         assert!(
             !page.contains("vip_agent_patroni_url_info{"),
             "no URL before the gate needed one: {page}"
@@ -1059,20 +1074,29 @@ mod tests {
     fn hook_runs_are_counted_by_event_and_outcome() {
         let r = registry(0);
         let vip = IpAddr::from([10, 0, 0, 5]);
+        let page = r.render();
+        assert!(
+            page.contains(&format!(
+                "vip_agent_hook_runs_total{{{LABELS},event=\"demote\",outcome=\"success\"}} 0\n"
+            )),
+            "every event and outcome at 0 before the first run:\n{page}"
+        );
         for (event, outcome, attempts) in [
-            (HookEvent::Promote, HookOutcome::Failure, 3),
-            (HookEvent::Promote, HookOutcome::Success, 2),
-            (HookEvent::Demote, HookOutcome::Timeout, 1),
+            ("promote", "failure", 3),
+            ("promote", "success", 2),
+            ("demote", "timeout", 1),
         ] {
-            let report = HookReport {
-                outcome,
-                attempts,
-                duration: Duration::from_millis(1250),
-            };
-            r.record_hook(vip, event, &report);
+            r.apply(Observation::Hook {
+                vip,
+                run: HookRun {
+                    event,
+                    outcome,
+                    attempts,
+                    duration: Duration::from_millis(1250),
+                },
+            });
         }
         let page = r.render();
-        let labels = "vip=\"10.0.0.5\",interface=\"eth0\",key=\"/service/pg/leader\"";
         for want in [
             "vip_agent_hook_runs_total{L,event=\"promote\",outcome=\"failure\"} 1\n",
             "vip_agent_hook_runs_total{L,event=\"promote\",outcome=\"success\"} 1\n",
@@ -1084,56 +1108,131 @@ mod tests {
             "vip_agent_hook_attempts_total{L,event=\"demote\"} 1\n",
             "vip_agent_hook_last_duration_seconds{L,event=\"demote\"} 1.250\n",
         ] {
-            let want = want.replace('L', labels);
+            let want = want.replace('L', LABELS);
             assert!(page.contains(&want), "{want} missing in:\n{page}");
         }
     }
 
     #[test]
-    fn metrics_page_carries_role_and_counters() {
+    fn metrics_page_carries_role_counters_and_the_family_label() {
         let page = registry(monotonic_ns() + 60_000_000_000).render();
-        assert!(page.contains(
-            "vip_agent_answering{vip=\"10.0.0.5\",interface=\"eth0\",key=\"/service/pg/leader\"} 1"
-        ));
-        assert!(page.contains("vip_agent_xdp_arp_replied_total{vip=\"10.0.0.5\",interface=\"eth0\",key=\"/service/pg/leader\"} 7"));
-        assert!(page.contains("vip_agent_egress_ip_dropped_total{vip=\"10.0.0.5\",interface=\"eth0\",key=\"/service/pg/leader\"} 3"));
-        assert!(page.contains("vip_agent_egress_arp_dropped_total{vip=\"10.0.0.5\",interface=\"eth0\",key=\"/service/pg/leader\"} 1"));
-        assert!(page.contains("vip_agent_fence_write_failures_total{vip=\"10.0.0.5\",interface=\"eth0\",key=\"/service/pg/leader\"} 4"));
-        assert!(page.contains("vip_agent_transitions_total{"));
-        let labels = "vip=\"10.0.0.5\",interface=\"eth0\",key=\"/service/pg/leader\"";
-        for (line, value) in [
-            ("vip_agent_promotion_gate_state", "state=\"open\"} 1"),
-            ("vip_agent_promotion_gate_state", "state=\"waiting\"} 0"),
-            (
-                "vip_agent_promotion_gate_outcomes_total",
-                "outcome=\"primary\"} 3",
-            ),
-            (
-                "vip_agent_promotion_gate_outcomes_total",
-                "outcome=\"timeout\"} 1",
-            ),
-            (
-                "vip_agent_promotion_gate_last_outcome",
-                "outcome=\"timeout\"} 1",
-            ),
-            (
-                "vip_agent_promotion_gate_last_outcome",
-                "outcome=\"primary\"} 0",
-            ),
+        for want in [
+            format!("vip_agent_answering{{{LABELS}}} 1\n"),
+            format!("vip_agent_xdp_neighbor_replied_total{{{LABELS},family=\"arp\"}} 7\n"),
+            format!("vip_agent_xdp_neighbor_dropped_total{{{LABELS},family=\"arp\"}} 0\n"),
+            format!("vip_agent_xdp_conflicts_total{{{LABELS},family=\"arp\"}} 0\n"),
+            format!("vip_agent_xdp_ip_dropped_total{{{LABELS}}} 0\n"),
+            format!("vip_agent_egress_ip_dropped_total{{{LABELS}}} 3\n"),
+            format!("vip_agent_egress_neighbor_dropped_total{{{LABELS},family=\"arp\"}} 1\n"),
+            format!("vip_agent_transitions_total{{{LABELS}}} 2\n"),
+            format!("vip_agent_fence_write_failures_total{{{LABELS}}} 4\n"),
+            format!("vip_agent_promotion_gate_state{{{LABELS},state=\"open\"}} 1\n"),
+            format!("vip_agent_promotion_gate_state{{{LABELS},state=\"waiting\"}} 0\n"),
+            format!("vip_agent_promotion_gate_outcomes_total{{{LABELS},outcome=\"primary\"}} 3\n"),
+            format!("vip_agent_promotion_gate_outcomes_total{{{LABELS},outcome=\"timeout\"}} 1\n"),
+            format!("vip_agent_promotion_gate_last_outcome{{{LABELS},outcome=\"timeout\"}} 1\n"),
+            format!("vip_agent_promotion_gate_last_outcome{{{LABELS},outcome=\"primary\"}} 0\n"),
+            format!("vip_agent_promotion_gate_last_wait_seconds{{{LABELS}}} 0.001500\n"),
+            format!("vip_agent_promotion_gate_waiting_seconds{{{LABELS}}} 0.000\n"),
+            format!("vip_agent_build_info{{version=\"{VERSION}\"}} 1\n"),
+            "\nprocess_open_fds ".to_owned(),
+            "\nprocess_start_time_seconds ".to_owned(),
         ] {
-            let want = format!("{line}{{{labels},{value}");
             assert!(page.contains(&want), "{want} missing in:\n{page}");
         }
-        assert!(page.contains(&format!(
-            "vip_agent_promotion_gate_last_wait_seconds{{{labels}}} 0.001500"
-        )));
-        assert!(page.contains(&format!(
-            "vip_agent_promotion_gate_waiting_seconds{{{labels}}} 0.000"
-        )));
+        for gone in ["_arp_", "ipv4", "microseconds", "probe"] {
+            assert!(!page.contains(gone), "{gone} in:\n{page}");
+        }
+    }
+
+    #[test]
+    fn an_ipv6_vip_counts_neighbor_discovery() {
+        let r = Registry::default();
+        let vip: IpAddr = "fd00::5".parse().expect("address");
+        r.apply(Observation::Vip {
+            vip,
+            interface: "eth0".into(),
+            key: "/k".into(),
+        });
+        let page = r.render();
+        let labels = "vip=\"fd00::5\",interface=\"eth0\",key=\"/k\"";
+        for name in [
+            "vip_agent_xdp_neighbor_replied_total",
+            "vip_agent_xdp_neighbor_dropped_total",
+            "vip_agent_xdp_conflicts_total",
+            "vip_agent_egress_neighbor_dropped_total",
+        ] {
+            assert!(
+                page.contains(&format!("{name}{{{labels},family=\"ndp\"}} 0\n")),
+                "{name} in:\n{page}"
+            );
+        }
+    }
+
+    /// Buckets are cumulative with `+Inf` last, `_count` equals it, `_sum` is in seconds.
+    #[test]
+    fn event_to_dataplane_is_a_histogram_in_seconds() {
+        let page = registry(0).render();
+        assert!(page.contains("# TYPE vip_agent_event_to_dataplane_seconds histogram\n"));
+        let bucket = |le: &str| {
+            sample(
+                &page,
+                &format!("vip_agent_event_to_dataplane_seconds_bucket{{{LABELS},le=\"{le}\"}}"),
+            )
+        };
+        // Writes of 40 us, 700 us and 20 ms.
+        assert_eq!(bucket("0.000025"), "0");
+        assert_eq!(bucket("0.00005"), "1");
+        assert_eq!(bucket("0.0005"), "1");
+        assert_eq!(bucket("0.001"), "2");
+        assert_eq!(bucket("0.01"), "2");
+        assert_eq!(bucket("0.025"), "3");
+        assert_eq!(bucket("1"), "3");
+        assert_eq!(bucket("+Inf"), "3");
         assert_eq!(
-            route("POST", "/metrics", &registry(0)).0,
-            "405 Method Not Allowed"
+            sample(
+                &page,
+                &format!("vip_agent_event_to_dataplane_seconds_count{{{LABELS}}}")
+            ),
+            "3"
         );
-        assert_eq!(route("GET", "/nope", &registry(0)).0, "404 Not Found");
+        let sum: f64 = sample(
+            &page,
+            &format!("vip_agent_event_to_dataplane_seconds_sum{{{LABELS}}}"),
+        )
+        .parse()
+        .expect("a number");
+        assert!((sum - 0.02074).abs() < 1e-9, "{sum}");
+        let buckets = page
+            .lines()
+            .filter(|l| l.starts_with("vip_agent_event_to_dataplane_seconds_bucket{"))
+            .count();
+        assert_eq!(buckets, LATENCY_BUCKETS.len() + 1);
+    }
+
+    /// Observations sent on the channel reach the registry through `follow`.
+    #[tokio::test]
+    async fn observations_travel_through_one_channel() {
+        let r = Registry::default();
+        let (observer, observations) = crate::observe::channel();
+        let stop = CancellationToken::new();
+        let follow = tokio::spawn(r.clone().follow(observations, stop.clone()));
+        let clone = observer.clone();
+        observer.observe(Observation::Vip {
+            vip: IpAddr::from([10, 0, 0, 9]),
+            interface: "eth0".into(),
+            key: "/k".into(),
+        });
+        clone.observe(Observation::Write {
+            vip: IpAddr::from([10, 0, 0, 9]),
+            transition: true,
+            latency: Duration::from_micros(30),
+        });
+        drop((observer, clone));
+        follow.await.expect("ends once every observer is gone");
+        assert!(r.render().contains(
+            "vip_agent_transitions_total{vip=\"10.0.0.9\",interface=\"eth0\",key=\"/k\"} 1\n"
+        ));
+        assert!(r.serves(Some(IpAddr::from([10, 0, 0, 9]))));
     }
 }

@@ -44,7 +44,7 @@ pub mod view;
 pub use events::{EVENTS, EventClass, classify};
 pub use protocol::{EventRequest, Reply};
 pub use source::{
-    EventHook, KIND, Peer, READ_TIMEOUT, RepmgrError, RepmgrSettings, RepmgrSource, load_state,
-    peer_allowed, resolve_group, save_state,
+    EVENT_OUTCOMES, EventHook, KIND, Peer, READ_TIMEOUT, RepmgrError, RepmgrSettings, RepmgrSource,
+    load_state, peer_allowed, resolve_group, save_state,
 };
 pub use tracker::Role;

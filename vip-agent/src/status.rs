@@ -4,20 +4,20 @@
 //! monotonic time at which it is shown; the binary only reads the pins and prints.
 //!
 //! The promotion gate and the Patroni failsafe policy live in the daemon, not in the maps. With
-//! `--metrics-address`, the binary also fetches the daemon's `/metrics` page ([`fetch_metrics`]),
-//! and [`report_with_gates`] adds one `gate` line (JSON: a `gate` object) per VIP it names. That
-//! part is optional and best effort: without a reachable daemon, the report is the usual one plus
-//! a note on stderr.
+//! `--metrics-address`, the binary also fetches the daemon's JSON `/status` ([`fetch_status`], the
+//! [`AgentStatus`] document the daemon serves), and [`report_with_gates`] adds one `gate` line
+//! (JSON: a `gate` object) per VIP it names. That part is optional and best effort: without a
+//! reachable daemon, the report is the usual one plus a note on stderr.
 
 use std::{
     collections::BTreeMap,
-    io::{Read as _, Write as _},
-    net::{IpAddr, SocketAddr, TcpStream},
+    net::{IpAddr, SocketAddr},
     path::Path,
     time::Duration,
 };
 
 use crate::dataplane::VipSnapshot;
+pub use crate::observe::{AgentStatus, GateView};
 
 const NS_PER_MS: u64 = 1_000_000;
 
@@ -33,8 +33,8 @@ pub struct VipStatus {
     /// Until the deadline; 0 when fenced or expired.
     pub deadline_in_ms: u64,
     /// ARP requests (IPv6: Neighbor Solicitations) for the VIP answered by the data plane. The
-    /// output keys keep their first names (`arp_replied`, `arp_dropped`, `ipv4_dropped`), as the
-    /// exported metrics do, so that scripts reading them keep working.
+    /// output keys keep their first names (`arp_replied`, `arp_dropped`, `ipv4_dropped`), so that
+    /// scripts reading them keep working (the metrics say `neighbor` with a `family` label).
     pub arp_replied: u64,
     /// ARP requests (IPv6: Neighbor Solicitations) for the VIP dropped (fenced, or a non-unicast
     /// sender).
@@ -57,197 +57,32 @@ pub struct VipStatus {
     pub gate: Option<GateView>,
 }
 
-/// One VIP's promotion gate and failsafe policy, read from the daemon's `/metrics` page.
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
-pub struct GateView {
-    /// `off`, `idle`, `waiting` or `open`.
-    pub state: String,
-    /// How long the current wait has lasted (0 unless waiting).
-    pub waiting_ms: u64,
-    /// The last probe result: why it waits (or last waited).
-    pub last_probe: Option<String>,
-    /// How the last wait ended: `primary`, `standby_leader`, `no_patroni`, `timeout`, `cancelled`.
-    pub last_outcome: Option<String>,
-    /// How long the last finished wait took.
-    pub last_wait_ms: u64,
-    /// Held past the lease deadline on Patroni's failsafe confirmation right now.
-    pub failsafe_holding: bool,
-    /// Fences because the database stopped being a read-write primary while answering.
-    pub demotions: u64,
-    /// The Patroni REST API the gate asks, and where that came from (`patroni-url`,
-    /// `member-key`, `default`).
-    pub patroni_url: Option<String>,
-    pub patroni_url_source: Option<String>,
-    /// The kind of leader source of the VIP's key (`etcd`, `repmgr`, `patroni`), and whether it
-    /// was reached at its last attempt.
-    pub source: Option<String>,
-    pub source_reached: Option<bool>,
-}
+/// The largest `/status` document read (a few hundred bytes per VIP).
+const STATUS_LIMIT: usize = 4 * 1024 * 1024;
 
-impl GateView {
-    /// The text form: `gate state=open waiting_ms=0 last_outcome=primary last_wait_ms=12
-    /// failsafe_holding=false last_probe="..."`.
-    #[must_use]
-    pub fn text(&self) -> String {
-        let mut line = format!(
-            "gate state={} waiting_ms={} last_outcome={} last_wait_ms={} failsafe_holding={}",
-            self.state,
-            self.waiting_ms,
-            self.last_outcome.as_deref().unwrap_or("none"),
-            self.last_wait_ms,
-            self.failsafe_holding
-        );
-        line.push_str(&format!(" demotions={}", self.demotions));
-        if let (Some(url), Some(source)) = (&self.patroni_url, &self.patroni_url_source) {
-            line.push_str(&format!(" patroni_url={url} patroni_url_from={source}"));
-        }
-        if let (Some(source), Some(reached)) = (&self.source, self.source_reached) {
-            line.push_str(&format!(" source={source} source_reached={reached}"));
-        }
-        if let Some(probe) = &self.last_probe {
-            line.push_str(&format!(" last_probe={probe:?}"));
-        }
-        line
-    }
-}
-
-/// `GET /metrics` from the daemon at `address`, each step bounded by `timeout`.
+/// `GET /status` from the daemon at `address`, within `timeout`.
 ///
 /// # Errors
-/// A sentence naming what failed (connect, send, read, a status other than 200).
-pub fn fetch_metrics(address: SocketAddr, timeout: Duration) -> Result<String, String> {
-    let mut stream = TcpStream::connect_timeout(&address, timeout)
-        .map_err(|e| format!("connect: {e} (is the daemon running, with this metrics-address?)"))?;
-    stream
-        .set_read_timeout(Some(timeout))
-        .and_then(|()| stream.set_write_timeout(Some(timeout)))
-        .map_err(|e| format!("socket timeouts: {e}"))?;
-    stream
-        .write_all(b"GET /metrics HTTP/1.0\r\nHost: vip-agent\r\n\r\n")
-        .map_err(|e| format!("send the request: {e}"))?;
-    let mut raw = Vec::new();
-    stream
-        .take(16 * 1024 * 1024)
-        .read_to_end(&mut raw)
-        .map_err(|e| format!("read the response: {e}"))?;
-    let text = String::from_utf8_lossy(&raw);
-    let (head, body) = text.split_once("\r\n\r\n").ok_or("not an HTTP response")?;
-    let status = head.lines().next().unwrap_or_default();
-    if status.split_whitespace().nth(1) != Some("200") {
-        return Err(format!("the daemon answered {status:?}"));
+/// A sentence naming what failed (the exchange, a status other than 200, a document that is not
+/// the agent's).
+pub fn fetch_status(address: SocketAddr, timeout: Duration) -> Result<AgentStatus, String> {
+    let (status, body) =
+        crate::http::client::get_blocking(address, "/status", timeout, STATUS_LIMIT)
+            .map_err(|e| format!("{e} (is the daemon running, with this metrics-address?)"))?;
+    if status != http::StatusCode::OK {
+        return Err(format!("the daemon answered {status} to GET /status"));
     }
-    Ok(body.to_owned())
+    serde_json::from_slice(&body).map_err(|e| format!("read the /status document: {e}"))
 }
 
-/// A sample's labels: (name, unescaped value).
-type Labels = Vec<(String, String)>;
-
-/// One sample of the Prometheus text format: name, labels, value.
-fn sample(line: &str) -> Option<(&str, Labels, &str)> {
-    if line.starts_with('#') {
-        return None;
-    }
-    let (series, value) = line.rsplit_once(' ')?;
-    let Some((name, rest)) = series.split_once('{') else {
-        return Some((series, Vec::new(), value));
-    };
-    let mut labels = Vec::new();
-    let mut chars = rest.strip_suffix('}')?.chars().peekable();
-    loop {
-        let key: String = chars.by_ref().take_while(|c| *c != '=').collect();
-        if key.is_empty() {
-            break;
-        }
-        if chars.next() != Some('"') {
-            return None;
-        }
-        let mut value = String::new();
-        loop {
-            match chars.next()? {
-                '\\' => match chars.next()? {
-                    'n' => value.push('\n'),
-                    other => value.push(other),
-                },
-                '"' => break,
-                c => value.push(c),
-            }
-        }
-        labels.push((key.trim_start_matches(',').to_owned(), value));
-        if chars.peek() == Some(&',') {
-            chars.next();
-        }
-    }
-    Some((name, labels, value))
-}
-
-/// The gate of every VIP on a `/metrics` page, by VIP.
+/// The gate of every VIP the daemon reports, by VIP.
 #[must_use]
-pub fn gate_views(page: &str) -> BTreeMap<IpAddr, GateView> {
-    let mut views: BTreeMap<IpAddr, GateView> = BTreeMap::new();
-    // Per trigger key: the source's kind (from the series' name) and whether it is reached.
-    let mut sources: BTreeMap<String, (String, bool)> = BTreeMap::new();
-    let mut keys: BTreeMap<IpAddr, String> = BTreeMap::new();
-    let seconds_ms = |v: &str| v.parse::<f64>().map_or(0, |s| (s * 1000.0).round() as u64);
-    for line in page.lines() {
-        let Some((name, labels, value)) = sample(line) else {
-            continue;
-        };
-        let label = |k: &str| labels.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
-        if let (Some(kind), Some(key)) = (
-            name.strip_prefix("vip_agent_")
-                .and_then(|n| n.strip_suffix("_key_connected")),
-            label("key"),
-        ) {
-            sources.insert(key, (kind.to_owned(), value == "1"));
-        }
-        let Some(vip) = label("vip").and_then(|v| v.parse::<IpAddr>().ok()) else {
-            continue;
-        };
-        if let Some(key) = label("key") {
-            keys.insert(vip, key);
-        }
-        let on = value == "1";
-        match name {
-            "vip_agent_promotion_gate_state" => {
-                let view = views.entry(vip).or_default();
-                if on {
-                    view.state = label("state").unwrap_or_default();
-                }
-            }
-            "vip_agent_promotion_gate_waiting_seconds" => {
-                views.entry(vip).or_default().waiting_ms = seconds_ms(value);
-            }
-            "vip_agent_promotion_gate_last_wait_seconds" => {
-                views.entry(vip).or_default().last_wait_ms = seconds_ms(value);
-            }
-            "vip_agent_promotion_gate_last_outcome" if on => {
-                views.entry(vip).or_default().last_outcome = label("outcome");
-            }
-            "vip_agent_promotion_gate_last_probe_info" if on => {
-                views.entry(vip).or_default().last_probe = label("probe");
-            }
-            "vip_agent_failsafe_holding" => {
-                views.entry(vip).or_default().failsafe_holding = on;
-            }
-            "vip_agent_promotion_gate_demotions_total" => {
-                views.entry(vip).or_default().demotions = value.parse().unwrap_or(0);
-            }
-            "vip_agent_patroni_url_info" if on => {
-                let view = views.entry(vip).or_default();
-                view.patroni_url = label("url");
-                view.patroni_url_source = label("source");
-            }
-            _ => {}
-        }
-    }
-    views.retain(|_, v| !v.state.is_empty());
-    for (vip, view) in &mut views {
-        if let Some((kind, reached)) = keys.get(vip).and_then(|k| sources.get(k)) {
-            view.source = Some(kind.clone());
-            view.source_reached = Some(*reached);
-        }
-    }
-    views
+pub fn gate_views(status: &AgentStatus) -> BTreeMap<IpAddr, GateView> {
+    status
+        .vips
+        .iter()
+        .filter_map(|v| Some((v.vip, v.gate.clone()?)))
+        .collect()
 }
 
 impl VipStatus {
@@ -544,15 +379,32 @@ mod tests {
         assert_eq!(empty.stderr, "");
     }
 
-    fn rendered_page() -> String {
-        use crate::gate::{GateState, GateStatus, Outcome};
+    /// What a daemon with two VIPs serves on `/status`: one gate open, one waiting.
+    fn daemon() -> crate::metrics::Registry {
+        use crate::{
+            gate::{GateState, GateStatus, Outcome},
+            observe::Observation,
+        };
         let r = crate::metrics::Registry::default();
-        r.register(IpAddr::from([10, 0, 0, 10]), "eth1", "/service/pg/leader");
-        r.register(IpAddr::from([10, 0, 0, 11]), "eth1", "/service/pg2/leader");
-        r.set_source("/service/pg/leader", &crate::patroni_rest::KIND, true, 200);
-        r.set_gate(
-            IpAddr::from([10, 0, 0, 10]),
-            &GateStatus {
+        for (vip, key) in [
+            ([10, 0, 0, 10], "/service/pg/leader"),
+            ([10, 0, 0, 11], "/service/pg2/leader"),
+        ] {
+            r.apply(Observation::Vip {
+                vip: IpAddr::from(vip),
+                interface: "eth1".to_owned(),
+                key: key.to_owned(),
+            });
+        }
+        r.apply(Observation::Source {
+            key: "/service/pg/leader".to_owned(),
+            kind: crate::patroni_rest::KIND.observed(),
+            reached: true,
+            detail: 200,
+        });
+        r.apply(Observation::Gate {
+            vip: IpAddr::from([10, 0, 0, 10]),
+            gate: GateStatus {
                 state: GateState::Open,
                 last_wait_ns: 12_000_000,
                 last_outcome: Some(Outcome::Primary),
@@ -561,23 +413,45 @@ mod tests {
                 patroni_url: "http://10.0.0.21:8008".to_owned(),
                 patroni_url_source: Some(crate::gate::UrlSource::MemberKey),
                 ..GateStatus::default()
-            },
-        );
-        r.set_gate(
-            IpAddr::from([10, 0, 0, 11]),
-            &GateStatus {
+            }
+            .observation(),
+        });
+        r.apply(Observation::Gate {
+            vip: IpAddr::from([10, 0, 0, 11]),
+            gate: GateStatus {
                 state: GateState::Waiting,
                 waiting_since_ns: crate::clock::monotonic_ns().saturating_sub(1_500_000_000),
                 last_probe: "200 but role replica, state running: \"x\"".to_owned(),
                 ..GateStatus::default()
-            },
-        );
-        r.render()
+            }
+            .observation(),
+        });
+        r
+    }
+
+    /// The daemon's document, through its JSON form.
+    fn daemon_status() -> AgentStatus {
+        let json = serde_json::to_string(&daemon().status()).expect("serialises");
+        serde_json::from_str(&json).expect("reads back")
     }
 
     #[test]
-    fn gate_views_read_back_what_the_metrics_page_says() {
-        let views = gate_views(&rendered_page());
+    fn gate_views_read_back_what_the_daemon_reports() {
+        let status = daemon_status();
+        assert_eq!(status.source.as_deref(), Some("patroni"));
+        assert_eq!(
+            status
+                .vips
+                .iter()
+                .map(|v| (v.source.as_deref(), v.source_reached))
+                .collect::<Vec<_>>(),
+            [(Some("patroni"), true), (Some("patroni"), false)]
+        );
+        assert!(
+            !status.healthy,
+            "the second key's source is not reached yet"
+        );
+        let views = gate_views(&status);
         assert_eq!(views.len(), 2, "{views:?}");
         let open = &views[&IpAddr::from([10, 0, 0, 10])];
         assert_eq!(
@@ -607,7 +481,6 @@ mod tests {
         assert_eq!(
             waiting.last_probe.as_deref(),
             Some("200 but role replica, state running: \"x\""),
-            "labels unescaped"
         );
         assert_eq!(waiting.last_outcome, None);
         assert_eq!(
@@ -615,12 +488,12 @@ mod tests {
             (Some("patroni"), Some(false)),
             "its key's source not reached yet"
         );
-        assert!(gate_views("garbage\n# HELP x\nx{vip=\"nope\"} 1\n").is_empty());
+        assert!(gate_views(&AgentStatus::default()).is_empty());
     }
 
     #[test]
     fn report_with_gates_adds_a_line_per_vip_or_a_note() {
-        let views = gate_views(&rendered_page());
+        let views = gate_views(&daemon_status());
         let r = report_with_gates(
             "eth1",
             Path::new("/pins"),
@@ -672,40 +545,39 @@ mod tests {
         );
     }
 
+    /// `vip-agent status --metrics-address` against the daemon's real server: the document
+    /// round-trips, and failures are named.
     #[test]
-    fn fetch_metrics_reads_the_page_and_names_failures() {
-        use std::io::{BufRead as _, BufReader};
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    fn fetch_status_reads_the_daemon_and_names_failures() {
+        let runtime = tokio::runtime::Runtime::new().expect("runtime");
+        let listener = runtime
+            .block_on(crate::http::server::bind(
+                "127.0.0.1:0".parse().expect("address"),
+            ))
+            .expect("bind");
         let address = listener.local_addr().expect("address");
-        let server = std::thread::spawn(move || {
-            for status in ["200 OK", "503 Service Unavailable"] {
-                let (stream, _) = listener.accept().expect("accept");
-                let mut reader = BufReader::new(stream);
-                let mut request = String::new();
-                reader.read_line(&mut request).expect("request line");
-                assert_eq!(request, "GET /metrics HTTP/1.0\r\n");
-                let mut line = String::new();
-                while line != "\r\n" {
-                    line.clear();
-                    reader.read_line(&mut line).expect("header");
-                }
-                let body = "vip_agent_etcd_connected 1\n";
-                let mut stream = reader.into_inner();
-                write!(
-                    stream,
-                    "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                )
-                .expect("respond");
+        let stop = tokio_util::sync::CancellationToken::new();
+        let registry = daemon();
+        let served = runtime.spawn(crate::http::server::serve(
+            listener,
+            registry.clone(),
+            stop.clone(),
+        ));
+        let fetched = fetch_status(address, Duration::from_secs(5)).expect("the document");
+        let mut expected = registry.status();
+        // Waiting time moves on between the two reads.
+        for (a, b) in expected.vips.iter_mut().zip(&fetched.vips) {
+            if let (Some(a), Some(b)) = (&mut a.gate, &b.gate) {
+                a.waiting_ms = b.waiting_ms;
             }
-        });
-        let page = fetch_metrics(address, Duration::from_secs(5)).expect("a page");
-        assert_eq!(page, "vip_agent_etcd_connected 1\n");
-        let e = fetch_metrics(address, Duration::from_secs(5)).expect_err("503");
-        assert!(e.contains("503"), "{e}");
-        server.join().expect("server thread");
+        }
+        assert_eq!(fetched, expected);
+        assert_eq!(gate_views(&fetched).len(), 2);
+        stop.cancel();
+        runtime.block_on(served).expect("server");
+        drop(runtime);
         // Nothing listens there any more.
-        let e = fetch_metrics(address, Duration::from_secs(5)).expect_err("refused");
-        assert!(e.starts_with("connect:"), "{e}");
+        let e = fetch_status(address, Duration::from_secs(5)).expect_err("refused");
+        assert!(e.starts_with(&format!("connect {address}")), "{e}");
     }
 }

@@ -194,3 +194,23 @@ fn the_scan_finds_a_loop_when_there_is_one() {
         vec!["config", "leader", "clock"]
     );
 }
+
+/// The metrics registry sits below the domain (issue 18): it and the observations it applies
+/// import nothing but the clock (tests included), so the sink knows no gate, hook or source.
+#[test]
+fn the_metrics_registry_sits_below_the_domain() {
+    let graph = graph();
+    let imports = |module: &str| -> Vec<String> {
+        graph
+            .get(module)
+            .map(|e| e.keys().cloned().collect())
+            .unwrap_or_default()
+    };
+    assert_eq!(imports("observe"), Vec::<String>::new(), "{graph:?}");
+    assert_eq!(
+        imports("metrics"),
+        vec!["clock".to_owned(), "observe".to_owned()],
+        "{:?}",
+        graph.get("metrics")
+    );
+}

@@ -46,7 +46,10 @@ pub const READ_TIMEOUT: Duration = Duration::from_secs(2);
 /// Connections handled at once; more wait in the kernel's backlog.
 const MAX_CONNECTIONS: usize = 16;
 
-/// Called with the outcome of every request: `applied`, `ignored` or `rejected`.
+/// Every outcome of a request on the event socket.
+pub const EVENT_OUTCOMES: [&str; 3] = ["applied", "ignored", "rejected"];
+
+/// Called with the outcome of every request: one of [`EVENT_OUTCOMES`].
 pub type EventHook = std::sync::Arc<dyn Fn(&'static str) + Send + Sync>;
 
 /// Everything the source needs, resolved (group id, parsed connection string).
