@@ -37,7 +37,12 @@
 //! * a solicitation from an answering IPv6 VIP (not `::`) by another MAC is a conflict (before
 //!   anything else about it), a solicitation for a fenced IPv6 VIP is dropped, whatever its form, an
 //!   advertisement for an answering VIP from another MAC is a conflict, other IPv6 to a fenced VIP is dropped, and
-//!   nothing else about IPv6 is ever rewritten, dropped or counted.
+//!   nothing else about IPv6 is ever rewritten, dropped or counted;
+//! * a Neighbor Solicitation behind extension headers (Hop-by-Hop 0, Routing 43, Fragment 44 with
+//!   fragment offset 0, Destination Options 60; at most 4 of them, at most 256 bytes, ending at
+//!   most 314 bytes into the frame, which is an 802.1Q header, the IPv6 header and 256) whose
+//!   target is a fenced IPv6 VIP is dropped, whatever its destination; answering, it is judged by
+//!   its destination like any other IPv6 packet.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -249,6 +254,44 @@ fn nd_message(f: &[u8], ip: &Ipv6) -> Option<(u8, [u8; 16])> {
     (kind == NS || kind == NA).then(|| (kind, arr(f, ip.at + 48)))
 }
 
+/// The target of a Neighbor Solicitation behind extension headers (see the module
+/// documentation), followed here from the frame's bytes, independently of `ipv6.rs`.
+fn solicitation_behind_extensions(f: &[u8], ip: &Ipv6) -> Option<[u8; 16]> {
+    const EXTENSIONS: [u8; 4] = [0, 43, 44, 60];
+    const FRAGMENT: u8 = 44;
+    const MAX_OFFSET: usize = 18 + 40 + 256;
+    if !EXTENSIONS.contains(&ip.next_header) {
+        return None;
+    }
+    let start = ip.at + 40;
+    let (mut next, mut at) = (ip.next_header, start);
+    for _ in 0..4 {
+        if !EXTENSIONS.contains(&next) {
+            break;
+        }
+        if at > MAX_OFFSET || f.len() < at + 4 {
+            return None;
+        }
+        let len = if next == FRAGMENT {
+            if u16::from_be_bytes([f[at + 2], f[at + 3]]) >> 3 != 0 {
+                return None;
+            }
+            8
+        } else {
+            (usize::from(f[at + 1]) + 1) * 8
+        };
+        next = f[at];
+        at += len;
+        if at > start + 256 {
+            return None;
+        }
+    }
+    if next != ICMPV6 || at > MAX_OFFSET || f.len() < at + 24 || f[at] != NS {
+        return None;
+    }
+    Some(arr(f, at + 8))
+}
+
 /// The one's-complement sum (RFC 1071) of the ICMPv6 pseudo-header (RFC 8200 8.1) and `body`,
 /// folded: 0xffff over a message whose checksum is right.
 fn ones_sum(src: &[u8; 16], dst: &[u8; 16], len: u32, body: &[u8]) -> u16 {
@@ -324,6 +367,12 @@ fn check_ipv6(table: &Table, verdict: Verdict, original: &[u8], buf: &[u8], ip: 
         }
         Some((NA, target)) if table.answering6(&target).is_some_and(|s| s.mac != eth_src) => {
             Verdict::new(Outcome::Conflict, VipKey::v6(target))
+        }
+        _ if solicitation_behind_extensions(original, ip)
+            .is_some_and(|t| table.state6(&t).is_some() && table.answering6(&t).is_none()) =>
+        {
+            let target = solicitation_behind_extensions(original, ip).unwrap_or_default();
+            Verdict::new(Outcome::DroppedRequest, VipKey::v6(target))
         }
         _ if table.state6(&ip.dst).is_some() && table.answering6(&ip.dst).is_none() => {
             Verdict::new(Outcome::DroppedIp, VipKey::v6(ip.dst))
