@@ -296,6 +296,7 @@ fn run_system(
         Options {
             subnet,
             failsafe_mode: false,
+            rest_tls: false,
         },
         manager,
         agent_bin,

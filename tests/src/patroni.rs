@@ -210,6 +210,9 @@ pub struct Options {
     pub subnet: u8,
     /// `failsafe_mode` in `bootstrap.dcs`.
     pub failsafe_mode: bool,
+    /// Patroni's REST API over https (`restapi.certfile`/`keyfile`, a test CA the agents get as
+    /// `patroni-ca-file` and patronictl as `ctl.cacert`), as `patroni_ssl_enabled` sets it up.
+    pub rest_tls: bool,
 }
 
 /// The cluster. Dropped in this order: Patroni and PostgreSQL (in `Drop`), the agents (their pins
@@ -225,6 +228,8 @@ pub struct PatroniCluster {
     pub epoch: Instant,
     /// What manages the VIP (and so which DCS Patroni uses).
     pub manager: Manager,
+    /// How the test itself asks Patroni's REST API (plain, or https with the test CA).
+    pub rest_api: RestApi,
     installation: Installation,
     /// Whether the agents' default pin root existed before this cluster (if not, it is removed
     /// on drop when empty).
@@ -266,11 +271,17 @@ impl PatroniCluster {
         let net = Cluster::new(options.subnet, 2, agent_bin, "");
         let scope = crate::unique_name("pg");
         let dir = PgDir::on_tmpfs(installation.clone(), "vippat");
+        let rest_api = if options.rest_tls {
+            RestApi::https(&make_ca(dir.path(), &installation))
+        } else {
+            RestApi::Plain
+        };
         let mut cluster = Self {
             members: Vec::new(),
             scope,
             epoch: Instant::now(),
             manager,
+            rest_api,
             installation,
             pin_root_existed,
             dir,
@@ -313,7 +324,7 @@ impl PatroniCluster {
             std::fs::write(&node.config, text).expect("write the agent's configuration");
             return;
         }
-        let text = format!(
+        let mut text = format!(
             "ip: {vip}\nnetmask: 24\ninterface: {ifname}\ntrigger-key: {key}\ntrigger-value: {name}\n\
              dcs-type: etcd\ndcs-endpoints: {endpoints}\n",
             vip = self.net.vip,
@@ -322,6 +333,10 @@ impl PatroniCluster {
             name = node.name,
             endpoints = self.net.endpoints.join(","),
         );
+        // https: one key more than vip-manager's, the CA that verifies Patroni's certificate.
+        if let Some(ca) = self.rest_api.ca_file() {
+            let _ = writeln!(text, "patroni-ca-file: {}", ca.display());
+        }
         std::fs::write(&node.config, text).expect("write the agent's configuration");
     }
 
@@ -339,6 +354,18 @@ impl PatroniCluster {
         let [a, b, c, _] = ip.octets();
         let subnet = format!("{a}.{b}.{c}.0/24");
         let config = dir.join("patroni.yml");
+        let tls = match self.rest_api.ca_file() {
+            Some(ca) => {
+                let (cert, key) = make_leaf(self.dir.path(), &node.name, ip, &self.installation);
+                format!(
+                    "  certfile: {}\n  keyfile: {}\nctl:\n  cacert: {}\n",
+                    cert.display(),
+                    key.display(),
+                    ca.display()
+                )
+            }
+            None => String::new(),
+        };
         let text = format!(
             r#"scope: {scope}
 namespace: /service/
@@ -346,7 +373,7 @@ name: {name}
 restapi:
   listen: {ip}:{rest}
   connect_address: {ip}:{rest}
-{dcs}:
+{tls}{dcs}:
   hosts: {etcd}:2379
 bootstrap:
   dcs:
@@ -413,6 +440,7 @@ watchdog:
             loop_wait = LOOP_WAIT,
             retry = RETRY_TIMEOUT,
             failsafe = options.failsafe_mode,
+            tls = tls,
             vip = self.net.vip,
             pg = PG_PORT,
             data = data.display(),
@@ -642,10 +670,11 @@ watchdog:
     #[must_use]
     pub fn rest(&self, i: usize) -> Option<RestStatus> {
         let addr = SocketAddr::from((self.members[i].ip, REST_PORT));
+        let api = self.rest_api.clone();
         self.net
             .client
             .ns
-            .run_in(move || http_get(addr, "/patroni", REST_TIMEOUT).ok())
+            .run_in(move || api.get(addr, "/patroni", REST_TIMEOUT).ok())
             .and_then(|(code, body)| RestStatus::parse(code, &body))
     }
 
@@ -995,7 +1024,12 @@ pub fn http_get(addr: SocketAddr, path: &str, timeout: Duration) -> std::io::Res
     write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw)?;
-    let text = String::from_utf8_lossy(&raw);
+    status_and_body(&raw)
+}
+
+/// The status code and body of a raw HTTP/1.0 answer.
+fn status_and_body(raw: &[u8]) -> std::io::Result<(u16, String)> {
+    let text = String::from_utf8_lossy(raw);
     let bad = || std::io::Error::new(std::io::ErrorKind::InvalidData, "not an HTTP answer");
     let (head, body) = text.split_once("\r\n\r\n").ok_or_else(bad)?;
     let code = head
@@ -1004,6 +1038,200 @@ pub fn http_get(addr: SocketAddr, path: &str, timeout: Duration) -> std::io::Res
         .and_then(|c| c.parse().ok())
         .ok_or_else(bad)?;
     Ok((code, body.to_owned()))
+}
+
+/// How the test asks Patroni's REST API: plain HTTP/1.0, or the same over TLS verified by the
+/// test CA (rustls' blocking API; Python's ssl ends without close_notify, read as the end).
+#[derive(Clone, Debug)]
+pub enum RestApi {
+    Plain,
+    Https {
+        ca: PathBuf,
+        config: Arc<rustls::ClientConfig>,
+    },
+}
+
+impl RestApi {
+    /// https, trusting only the CA certificate in `ca` (PEM).
+    ///
+    /// # Panics
+    /// When the file holds no usable certificate.
+    #[must_use]
+    pub fn https(ca: &Path) -> Self {
+        use rustls::pki_types::{CertificateDer, pem::PemObject as _};
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_file_iter(ca).expect("read the test CA") {
+            roots
+                .add(cert.expect("a PEM certificate"))
+                .expect("add the test CA");
+        }
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        Self::Https {
+            ca: ca.to_path_buf(),
+            config: Arc::new(config),
+        }
+    }
+
+    /// The CA file, for https.
+    #[must_use]
+    pub fn ca_file(&self) -> Option<&Path> {
+        match self {
+            Self::Plain => None,
+            Self::Https { ca, .. } => Some(ca),
+        }
+    }
+
+    /// `GET path` on `addr`: status code and body.
+    ///
+    /// # Errors
+    /// On a connection or TLS error, a timeout, or an answer that is not HTTP.
+    pub fn get(
+        &self,
+        addr: SocketAddr,
+        path: &str,
+        timeout: Duration,
+    ) -> std::io::Result<(u16, String)> {
+        let Self::Https { config, .. } = self else {
+            return http_get(addr, path, timeout);
+        };
+        let stream = TcpStream::connect_timeout(&addr, timeout)?;
+        stream.set_read_timeout(Some(timeout))?;
+        stream.set_write_timeout(Some(timeout))?;
+        let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
+        let connection = rustls::ClientConnection::new(Arc::clone(config), name)
+            .map_err(std::io::Error::other)?;
+        let mut tls = rustls::StreamOwned::new(connection, stream);
+        write!(tls, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+        let mut raw = Vec::new();
+        match tls.read_to_end(&mut raw) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !raw.is_empty() => {}
+            Err(e) => return Err(e),
+        }
+        status_and_body(&raw)
+    }
+}
+
+/// A test CA in `dir/pki` (`ca.crt`, `ca.key`): the CA file is returned.
+fn make_ca(dir: &Path, installation: &Installation) -> PathBuf {
+    let pki = dir.join("pki");
+    std::fs::create_dir_all(&pki).expect("pki directory");
+    let user = installation.user();
+    chown(&pki, Some(user.uid), Some(user.gid)).expect("chown the pki directory");
+    openssl(
+        &pki,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=vip-tests patroni CA",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+        ],
+    );
+    pki.join("ca.crt")
+}
+
+/// A server (and client) certificate for member `name` at `ip`, signed by [`make_ca`]'s CA,
+/// readable by Patroni's user only: `(certificate, key)`.
+fn make_leaf(
+    dir: &Path,
+    name: &str,
+    ip: Ipv4Addr,
+    installation: &Installation,
+) -> (PathBuf, PathBuf) {
+    let pki = dir.join("pki");
+    let ext = pki.join(format!("{name}.ext"));
+    std::fs::write(
+        &ext,
+        format!(
+            "subjectAltName=IP:{ip}\nbasicConstraints=critical,CA:FALSE\n\
+             extendedKeyUsage=serverAuth,clientAuth\n"
+        ),
+    )
+    .expect("write the extension file");
+    let (key, csr, cert) = (
+        format!("{name}.key"),
+        format!("{name}.csr"),
+        format!("{name}.crt"),
+    );
+    openssl(
+        &pki,
+        &[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-subj",
+            &format!("/CN={name}"),
+            "-keyout",
+            &key,
+            "-out",
+            &csr,
+        ],
+    );
+    openssl(
+        &pki,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            &format!("{name}.ext"),
+            "-out",
+            &cert,
+        ],
+    );
+    let user = installation.user();
+    for file in [&key, &cert] {
+        let path = pki.join(file);
+        chown(&path, Some(user.uid), Some(user.gid)).expect("chown a certificate file");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+            .expect("chmod a certificate file");
+    }
+    (pki.join(cert), pki.join(key))
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("run openssl");
+    assert!(
+        out.status.success(),
+        "openssl {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// What `GET /patroni` says.
@@ -1193,8 +1421,9 @@ impl Observers {
                 .iter()
                 .map(|m| SocketAddr::from((m.ip, REST_PORT)))
                 .collect();
+            let api = c.rest_api.clone();
             threads.push(spawn_in(ns, "rest-poll", move || {
-                run_rest(&addrs, epoch, &logs, &stop);
+                run_rest(&api, &addrs, epoch, &logs, &stop);
             }));
         }
         Self {
@@ -1692,12 +1921,18 @@ fn http_get_until(
 }
 
 /// `GET /patroni` on each address every [`REST_PERIOD`]; records changes only.
-fn run_rest(addrs: &[SocketAddr], epoch: Instant, logs: &Arc<Mutex<Logs>>, stop: &AtomicBool) {
+fn run_rest(
+    api: &RestApi,
+    addrs: &[SocketAddr],
+    epoch: Instant,
+    logs: &Arc<Mutex<Logs>>,
+    stop: &AtomicBool,
+) {
     let mut last: Vec<Option<Result<RestStatus, String>>> = vec![None; addrs.len()];
     while !stop.load(Ordering::Relaxed) {
         let round = Instant::now();
         for (node, addr) in addrs.iter().enumerate() {
-            let status = match http_get(*addr, "/patroni", REST_TIMEOUT) {
+            let status = match api.get(*addr, "/patroni", REST_TIMEOUT) {
                 Ok((code, body)) => RestStatus::parse(code, &body)
                     .ok_or_else(|| format!("{code} with a body that is not Patroni's JSON")),
                 Err(e) => Err(e.kind().to_string()),

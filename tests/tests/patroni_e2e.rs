@@ -81,13 +81,22 @@ impl Run {
     }
 
     fn with_manager(test: &str, subnet: u8, failsafe_mode: bool, manager: Manager) -> Option<Self> {
-        let installation = require_patroni(test)?;
-        let c = PatroniCluster::with_manager(
-            installation,
+        Self::with_options(
+            test,
             Options {
                 subnet,
                 failsafe_mode,
+                rest_tls: false,
             },
+            manager,
+        )
+    }
+
+    fn with_options(test: &str, options: Options, manager: Manager) -> Option<Self> {
+        let installation = require_patroni(test)?;
+        let c = PatroniCluster::with_manager(
+            installation,
+            options,
             manager,
             &vip_tests::agent_binary(),
         );
@@ -408,6 +417,29 @@ fn etcd_outage_failsafe_on() {
         return;
     };
     run.etcd_outage("etcd outage, failsafe_mode on", true);
+    run.finish();
+}
+
+/// Patroni's REST API over https (Pigsty's `patroni_ssl_enabled`), the agents given the CA as
+/// `patroni-ca-file`: the gate finds the https `api_url` in the member key and opens only on a
+/// verified answer, and in an etcd outage with `failsafe_mode` on the verified peer's word holds the
+/// VIP on the leader (an https answer verified by the CA is the trust the failsafe hold needs).
+#[test]
+fn rest_api_over_https_switchover_and_failsafe() {
+    let _serial = serial();
+    let Some(mut run) = Run::with_options(
+        "rest_api_over_https_switchover_and_failsafe",
+        Options {
+            subnet: 124,
+            failsafe_mode: true,
+            rest_tls: true,
+        },
+        Manager::VipAgent,
+    ) else {
+        return;
+    };
+    run.switchover();
+    run.etcd_outage("etcd outage over https, failsafe_mode on", true);
     run.finish();
 }
 
