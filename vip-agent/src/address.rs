@@ -84,6 +84,11 @@ pub enum AddressError {
 /// early add wins: the VIP's task adds the address too, and keeps it.
 pub const ADD_BLOCKING_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(200);
 
+/// How long a request of [`Addresses`] (a VIP task's add, remove or check) waits for the kernel.
+/// A VIP task whose request gets no answer logs the timeout and goes on; an address it could not
+/// remove still expires with its lifetime.
+pub const ADDRESS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// How late the kernel may remove an address after its lifetime ran out, at most: its lifetime
 /// check runs at most `HZ` (1 s) after the lifetime's end (see the module documentation), plus 1 s
 /// for the (deferrable) workqueue, the jiffies tick and the time between reading the clock and the
@@ -211,7 +216,7 @@ impl Addresses {
     /// lifetime (`NLM_F_REPLACE`: its lifetime is rewritten in place, the address stays).
     ///
     /// # Errors
-    /// When the kernel refuses.
+    /// When the kernel refuses, or does not answer within [`ADDRESS_TIMEOUT`].
     pub async fn add(&self, vip: Vip, lifetime: Lifetime) -> Result<(), AddressError> {
         let mut request = self
             .handle
@@ -219,18 +224,25 @@ impl Addresses {
             .add(vip.ifindex, vip.address, vip.prefix_len)
             .replace();
         *request.message_mut() = new_address_message(vip, lifetime);
-        request
-            .execute()
-            .await
-            .map_err(|source| request_error("add", vip, source))
+        bounded("add", vip, async {
+            request
+                .execute()
+                .await
+                .map_err(|source| request_error("add", vip, source))
+        })
+        .await
     }
 
     /// Remove every address equal to `vip.address` on the interface, whatever its prefix length (a VIP
     /// added by hand with another prefix is still the VIP).
     ///
     /// # Errors
-    /// When listing or deleting fails.
+    /// When listing or deleting fails, or the whole does not end within [`ADDRESS_TIMEOUT`].
     pub async fn remove(&self, vip: Vip) -> Result<Change, AddressError> {
+        bounded("remove", vip, self.remove_unbounded(vip)).await
+    }
+
+    async fn remove_unbounded(&self, vip: Vip) -> Result<Change, AddressError> {
         let mut change = Change::Unchanged;
         for msg in self.matching(vip, false).await? {
             match self.handle.address().del(msg).execute().await {
@@ -247,9 +259,10 @@ impl Addresses {
     /// Whether exactly `vip` (address and prefix length) is configured on its interface.
     ///
     /// # Errors
-    /// When listing fails.
+    /// When listing fails, or does not end within [`ADDRESS_TIMEOUT`].
     pub async fn contains(&self, vip: Vip) -> Result<bool, AddressError> {
-        Ok(!self.matching(vip, true).await?.is_empty())
+        let found = bounded("list addresses for", vip, self.matching(vip, true)).await?;
+        Ok(!found.is_empty())
     }
 
     async fn matching(
@@ -278,6 +291,23 @@ impl Addresses {
         }
         Ok(found)
     }
+}
+
+/// `request` bounded by [`ADDRESS_TIMEOUT`] ([`AddressError::Timeout`] naming `operation`).
+async fn bounded<T>(
+    operation: &'static str,
+    vip: Vip,
+    request: impl Future<Output = Result<T, AddressError>>,
+) -> Result<T, AddressError> {
+    tokio::time::timeout(ADDRESS_TIMEOUT, request)
+        .await
+        .unwrap_or(Err(AddressError::Timeout {
+            operation,
+            address: vip.address,
+            prefix_len: vip.prefix_len,
+            ifindex: vip.ifindex,
+            after: ADDRESS_TIMEOUT,
+        }))
 }
 
 fn request_error(operation: &'static str, vip: Vip, source: rtnetlink::Error) -> AddressError {
@@ -589,6 +619,49 @@ mod tests {
             "{result:?}"
         );
         assert!(started.elapsed() >= ADD_BLOCKING_TIMEOUT);
+    }
+
+    /// A kernel that never answers (RTNL held elsewhere) must not hang a VIP's task: every
+    /// request of [`Addresses`] ends with [`AddressError::Timeout`] after [`ADDRESS_TIMEOUT`]. The
+    /// handle's connection exists but is never driven, so no request is ever answered.
+    #[tokio::test]
+    async fn the_async_requests_end_when_the_kernel_never_answers() {
+        let (_undriven, handle, _) = rtnetlink::new_connection().expect("a netlink socket");
+        let addresses = Addresses { handle };
+        let vip = Vip {
+            ifindex: 1,
+            address: IpAddr::from([10, 0, 0, 5]),
+            prefix_len: 32,
+        };
+        let lifetime = Lifetime::from_secs(5).expect("a lifetime");
+        let bound = ADDRESS_TIMEOUT * 2;
+        let add = tokio::time::timeout(bound, addresses.add(vip, lifetime)).await;
+        assert!(
+            matches!(
+                add,
+                Ok(Err(AddressError::Timeout {
+                    operation: "add",
+                    ..
+                }))
+            ),
+            "{add:?}"
+        );
+        let remove = tokio::time::timeout(bound, addresses.remove(vip)).await;
+        assert!(
+            matches!(
+                remove,
+                Ok(Err(AddressError::Timeout {
+                    operation: "remove",
+                    ..
+                }))
+            ),
+            "{remove:?}"
+        );
+        let contains = tokio::time::timeout(bound, addresses.contains(vip)).await;
+        assert!(
+            matches!(contains, Ok(Err(AddressError::Timeout { .. }))),
+            "{contains:?}"
+        );
     }
 
     #[test]
