@@ -1,7 +1,7 @@
 //! What the kernel does with an address lifetime (issue 15), the behaviour the agent's VIP address
 //! relies on to expire by itself before the deadline: an address added with valid = preferred
 //! lifetime N seconds (through the agent's own `address` module) is removed no earlier than
-//! N − 30 ms and no later than N + `EXPIRY_MARGIN_NS` (2 s), for IPv4 (`check_lifetime`) and IPv6
+//! N − 30 ms and no later than N + `EXPIRY_MARGIN_NS` (3 s), for IPv4 (`check_lifetime`) and IPv6
 //! (`addrconf_verify`), alone or among other addresses; a renewal (`NLM_F_REPLACE`) moves the end
 //! without removing the address; the removal is reported as an expiry, a removal by hand is not.
 //! Each test prints the lateness it measured.

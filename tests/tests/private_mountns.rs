@@ -26,8 +26,9 @@ use vip_tests::{
 const KEY: &str = "/service/demo/leader";
 const PROBE: Duration = Duration::from_millis(150);
 /// The lease of the node whose agent is killed. Long enough that the address gets a lifetime that
-/// ends before the deadline (the deadline lies about `TTL - 1.5 s` ahead of each confirmation).
-const TTL: i64 = 6;
+/// ends before the deadline with the kernel's 3 s margin (the deadline lies about `TTL - 1.5 s`
+/// ahead of each confirmation: a 2 s lifetime).
+const TTL: i64 = 7;
 
 fn grant(c: &Cluster, ttl: i64) -> i64 {
     c.etcd(async |e| e.lease_grant(ttl, None).await.expect("lease").id())

@@ -27,8 +27,9 @@
 //! deferrable one: per network namespace since Linux 6.13 for IPv4, one for every namespace
 //! before; IPv6's is per namespace and deferrable too). Measured on Linux 6.18
 //! (`tests/tests/address_lifetime.rs`): never early by more than 11 ms, up to 0.31 s late for an
-//! address alone, up to 1.05 s late among others. [`EXPIRY_MARGIN_NS`] is that bound with room for
-//! latency.
+//! address alone, up to 1.05 s late among others, and once 2.07 s late in a CI run while other
+//! tests created and deleted network namespaces (the removal takes RTNL, which a namespace's
+//! teardown holds for long). [`EXPIRY_MARGIN_NS`] is that bound with room for latency.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -90,10 +91,11 @@ pub const ADD_BLOCKING_TIMEOUT: std::time::Duration = std::time::Duration::from_
 pub const ADDRESS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// How late the kernel may remove an address after its lifetime ran out, at most: its lifetime
-/// check runs at most `HZ` (1 s) after the lifetime's end (see the module documentation), plus 1 s
-/// for the (deferrable) workqueue, the jiffies tick and the time between reading the clock and the
-/// kernel stamping the address. The most measured here is 1.05 s, on a loaded 2-core VM.
-pub const EXPIRY_MARGIN_NS: u64 = 2_000_000_000;
+/// check runs at most `HZ` (1 s) after the lifetime's end (see the module documentation), plus 2 s
+/// for the (deferrable) workqueue, RTNL held by others, the jiffies tick and the time between
+/// reading the clock and the kernel stamping the address. The most measured here is 2.07 s, on a
+/// loaded 2-core VM with network namespaces torn down beside it (it was 2 s until that run).
+pub const EXPIRY_MARGIN_NS: u64 = 3_000_000_000;
 
 /// How far past the deadline the address may live where the XDP program outlives the agent
 /// ([`ProgramLifetime::Pinned`]): the program fences at the deadline by itself (ARP, NDP and every
@@ -668,14 +670,14 @@ mod tests {
     fn the_lifetime_ends_before_the_deadline_with_the_kernels_lateness_included() {
         use ProgramLifetime::{EndsWithAgent, Pinned};
         // A Patroni lease (ttl 30, loop_wait 10): about 17 s ahead.
-        assert_eq!(secs(NOW + 17 * S, EndsWithAgent), Some(15));
+        assert_eq!(secs(NOW + 17 * S, EndsWithAgent), Some(14));
         assert_eq!(secs(NOW + 17 * S, Pinned), Some(19));
-        // The margin is 2 s, and whole seconds round down.
-        assert_eq!(secs(NOW + 3 * S, EndsWithAgent), Some(1));
-        assert_eq!(secs(NOW + 3_999_999_999, EndsWithAgent), Some(1));
-        assert_eq!(secs(NOW + 4 * S, EndsWithAgent), Some(2));
+        // The margin is 3 s, and whole seconds round down.
+        assert_eq!(secs(NOW + 4 * S, EndsWithAgent), Some(1));
+        assert_eq!(secs(NOW + 4_999_999_999, EndsWithAgent), Some(1));
+        assert_eq!(secs(NOW + 5 * S, EndsWithAgent), Some(2));
         // No lifetime the kernel accepts (>= 1 s) ends in time: no address.
-        assert_eq!(secs(NOW + 2_999_999_999, EndsWithAgent), None);
+        assert_eq!(secs(NOW + 3_999_999_999, EndsWithAgent), None);
         assert_eq!(secs(NOW + 1, EndsWithAgent), None);
         // Where the program outlives the agent and fences at the deadline itself: the address
         // lives while the program answers, and a little past it.

@@ -1159,8 +1159,8 @@ impl VipTask {
                 warn!(vip = %self.vip, deadline_in_ms = (deadline - now) / 1_000_000,
                     "answering without the VIP address: the XDP program ends with this agent (a bpffs of its own), so the \
                      address may only have a lifetime that ends before the deadline, and the deadline is too close for one \
-                     (1 s and the kernel's 2 s margin); it is added once a confirmation moves the deadline further \
-                     (a lease with 4 s or more left at each confirmation always does)");
+                     (1 s and the kernel's 3 s margin); it is added once a confirmation moves the deadline further \
+                     (a lease with 5 s or more left at each confirmation always does)");
             }
             return;
         };
