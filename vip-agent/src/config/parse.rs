@@ -131,6 +131,14 @@ impl Fields {
         Some(entry)
     }
 
+    /// A warning about `key` at the place it was set; nothing when it is not set.
+    fn warn_if_set(&self, diag: &mut Diag, key: &str, message: String) {
+        if let Some(entry) = self.map.get(key) {
+            let location = entry.location.clone();
+            diag.warn(&location, &self.full_key(key), message);
+        }
+    }
+
     /// `key` read with `read`; a failure becomes an `Invalid` error (and `None`).
     fn read<T>(
         &self,

@@ -97,22 +97,17 @@ pub(super) fn check_patroni(
              fence-timeout (or three intervals) after Patroni's last answer",
         ),
     ] {
-        if let Some(entry) = top.map.get(key) {
-            let location = entry.location.clone();
-            diag.warn(
-                &location,
-                key,
-                format!("ignored with `dcs-type: patroni`: {why}"),
-            );
-        }
+        top.warn_if_set(
+            diag,
+            key,
+            format!("ignored with `dcs-type: patroni`: {why}"),
+        );
     }
     if let Some(f) = fence_timeout
         && f <= interval
-        && let Some(entry) = top.map.get("fence-timeout")
     {
-        let location = entry.location.clone();
-        diag.warn(
-            &location,
+        top.warn_if_set(
+            diag,
             "fence-timeout",
             format!(
                 "{} is not more than interval ({}): with `dcs-type: patroni` the deadline passes \

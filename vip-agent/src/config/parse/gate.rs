@@ -175,16 +175,13 @@ pub(super) fn gate(fields: &Fields, base: &GateConfig, diag: &mut Diag) -> GateC
         } else {
             "patroni-cert-file"
         };
-        if let Some(entry) = fields.map.get(key) {
-            let location = entry.location.clone();
-            diag.warn(
-                &location,
-                &fields.full_key(key),
-                format!(
-                    "TLS files are set but patroni-url is {url}, so they are not used; write https://",
-                ),
-            );
-        }
+        fields.warn_if_set(
+            diag,
+            key,
+            format!(
+                "TLS files are set but patroni-url is {url}, so they are not used; write https://"
+            ),
+        );
     }
     gate
 }

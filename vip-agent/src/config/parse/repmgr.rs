@@ -183,14 +183,11 @@ pub(super) fn drop_label_notices(diag: &mut Diag) {
 /// etcd keys set in repmgr mode: warned about, not used.
 pub(super) fn ignored_etcd_keys(top: &Fields, diag: &mut Diag) {
     for key in schema::family(Family::Etcd).chain(["patroni-failsafe"]) {
-        if let Some(entry) = top.map.get(key) {
-            let location = entry.location.clone();
-            diag.warn(
-                &location,
-                key,
-                "ignored with `dcs-type: repmgr` (etcd is not used)".to_owned(),
-            );
-        }
+        top.warn_if_set(
+            diag,
+            key,
+            "ignored with `dcs-type: repmgr` (etcd is not used)".to_owned(),
+        );
     }
 }
 
@@ -357,11 +354,9 @@ pub(super) fn check_fence_timeout(
 ) {
     if let Some(r) = repmgr
         && r.quorum_hold < r.check_interval.saturating_mul(2)
-        && let Some(entry) = top.map.get("repmgr-quorum-hold")
     {
-        let location = entry.location.clone();
-        diag.warn(
-            &location,
+        top.warn_if_set(
+            diag,
             "repmgr-quorum-hold",
             format!(
                 "{} is less than two repmgr-check-interval ({}): one slow round of the other \
@@ -373,11 +368,9 @@ pub(super) fn check_fence_timeout(
     }
     if let (Some(r), Some(f)) = (repmgr, fence_timeout)
         && f <= r.check_interval
-        && let Some(entry) = top.map.get("fence-timeout")
     {
-        let location = entry.location.clone();
-        diag.warn(
-            &location,
+        top.warn_if_set(
+            diag,
             "fence-timeout",
             format!(
                 "{} is not longer than repmgr-check-interval ({}): with dcs-type repmgr it caps \
