@@ -380,20 +380,24 @@ mod tests {
         assert_eq!(status("GET", "/health", &r), 200);
     }
 
-    /// Exchanges over a real socket: hyper answers HEAD without a body, OPTIONS with 200, and
-    /// closes the connection after one exchange.
-    #[tokio::test]
-    async fn a_real_exchange_per_method() {
+    /// The server on an ephemeral loopback port: its address, its stop token, its task.
+    async fn start(
+        registry: Registry,
+    ) -> (SocketAddr, CancellationToken, tokio::task::JoinHandle<()>) {
         let listener = bind("127.0.0.1:0".parse().expect("address"))
             .await
             .expect("bind");
         let address = listener.local_addr().expect("address");
         let stop = CancellationToken::new();
-        let server = tokio::spawn(serve(
-            listener,
-            registry(monotonic_ns() + 60_000_000_000),
-            stop.clone(),
-        ));
+        let server = tokio::spawn(serve(listener, registry, stop.clone()));
+        (address, stop, server)
+    }
+
+    /// Exchanges over a real socket: hyper answers HEAD without a body, OPTIONS with 200, and
+    /// closes the connection after one exchange.
+    #[tokio::test]
+    async fn a_real_exchange_per_method() {
+        let (address, stop, server) = start(registry(monotonic_ns() + 60_000_000_000)).await;
         for (method, tail) in [
             ("GET", "\r\n\r\nprimary\n"),
             ("HEAD", "\r\n\r\n"),
@@ -428,12 +432,7 @@ mod tests {
     /// (issue 16, item 8).
     #[tokio::test]
     async fn idle_clients_beyond_the_cap_are_closed_and_scrapes_resume() {
-        let listener = bind("127.0.0.1:0".parse().expect("address"))
-            .await
-            .expect("bind");
-        let address = listener.local_addr().expect("address");
-        let stop = CancellationToken::new();
-        let server = tokio::spawn(serve(listener, registry(0), stop.clone()));
+        let (address, stop, server) = start(registry(0)).await;
         let mut idle = Vec::new();
         for _ in 0..MAX_CONNECTIONS {
             idle.push(TcpStream::connect(address).await.expect("connect"));
@@ -467,12 +466,7 @@ mod tests {
     /// A client that sends half a request head is cut off by the header timeout, not held.
     #[tokio::test]
     async fn a_slow_request_head_is_cut_off() {
-        let listener = bind("127.0.0.1:0".parse().expect("address"))
-            .await
-            .expect("bind");
-        let address = listener.local_addr().expect("address");
-        let stop = CancellationToken::new();
-        let server = tokio::spawn(serve(listener, registry(0), stop.clone()));
+        let (address, stop, server) = start(registry(0)).await;
         let mut stream = TcpStream::connect(address).await.expect("connect");
         stream.write_all(b"GET /metr").await.expect("send");
         let mut buf = Vec::new();
