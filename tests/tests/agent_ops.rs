@@ -206,36 +206,36 @@ fn status_cli(
     pins: &Path,
     json: bool,
 ) -> (bool, String, String) {
-    let bin = c.agent_bin().to_str().expect("utf-8 path");
-    let pins = pins.to_str().expect("utf-8 path");
-    let mut args = vec!["status", "--interface", ifname, "--pin-path", pins];
-    if json {
-        args.push("--json");
-    }
-    let out = c.nodes[i].host.ns.exec(bin, &args);
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    status_cli_with(c, i, ifname, pins, json, &[])
 }
 
 /// `vip-agent status --metrics-address <node i's> [--json]` in node `i`'s namespace: (exit
 /// success, stdout, stderr).
 fn status_cli_daemon(c: &Cluster, i: usize, json: bool) -> (bool, String, String) {
-    let bin = c.agent_bin().to_str().expect("utf-8 path");
-    let pins = c.pins.to_str().expect("utf-8 path");
     let address = format!("{}:{METRICS_PORT}", c.nodes[i].host.ip);
     let ifname = c.nodes[i].host.ifname.as_str();
-    let mut args = vec![
-        "status",
-        "--interface",
+    status_cli_with(
+        c,
+        i,
         ifname,
-        "--pin-path",
-        pins,
-        "--metrics-address",
-        &address,
-    ];
+        &c.pins,
+        json,
+        &["--metrics-address", &address],
+    )
+}
+
+fn status_cli_with(
+    c: &Cluster,
+    i: usize,
+    ifname: &str,
+    pins: &Path,
+    json: bool,
+    extra: &[&str],
+) -> (bool, String, String) {
+    let bin = c.agent_bin().to_str().expect("utf-8 path");
+    let pins = pins.to_str().expect("utf-8 path");
+    let mut args = vec!["status", "--interface", ifname, "--pin-path", pins];
+    args.extend_from_slice(extra);
     if json {
         args.push("--json");
     }
