@@ -16,15 +16,15 @@ use vip_agent::{
 fn main() -> ExitCode {
     // The daemon holds SIGTERM, SIGINT and SIGHUP until its handlers exist (see `run`): from the
     // first instruction of ours, so that only the loader's and std's start-up remain before it.
-    // The other commands let them in again at once. `run` blocks again and reports a failure.
-    let _ = shutdown_signals().thread_block();
+    // The other commands let them in again at once; `run` reports a failure to hold them.
+    let held = shutdown_signals().thread_block();
     let cli = Cli::parse();
     if !matches!(cli.command, None | Some(Command::Run(_))) {
         let _ = shutdown_signals().thread_unblock();
     }
     let result = match cli.command {
-        None => run(&cli.config, cli.log_format),
-        Some(Command::Run(args)) => run(&args, cli.log_format),
+        None => run(&cli.config, cli.log_format, held),
+        Some(Command::Run(args)) => run(&args, cli.log_format, held),
         Some(Command::Check(args)) => check(&args),
         Some(Command::Status(args)) => status(
             &args.interface,
@@ -46,13 +46,16 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(args: &ConfigArgs, log_format: vip_agent::logging::LogFormat) -> Result<()> {
-    // A SIGTERM that arrives while the agent starts (before `supervise` has its handlers) must not
-    // kill it with the default action: held pending until then. Threads inherit the mask; child
-    // processes (hooks) get an empty one from std.
-    let held = shutdown_signals();
-    held.thread_block()
-        .context("hold SIGTERM, SIGINT and SIGHUP during startup")?;
+/// `held`: whether `main` could hold SIGTERM, SIGINT and SIGHUP. A SIGTERM that arrives while the
+/// agent starts (before `supervise` has its handlers) must not kill it with the default action:
+/// held pending until then. Threads inherit the mask; child processes (hooks) get an empty one
+/// from std.
+fn run(
+    args: &ConfigArgs,
+    log_format: vip_agent::logging::LogFormat,
+    held: nix::Result<()>,
+) -> Result<()> {
+    held.context("hold SIGTERM, SIGINT and SIGHUP during startup")?;
     let config = config::load(args)?;
     vip_agent::logging::init(config.verbose, log_format);
     validate(&config)?;
