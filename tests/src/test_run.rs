@@ -3,7 +3,7 @@
 
 use aya::{
     Ebpf,
-    programs::{SchedClassifier, TestRun as _, TestRunOptions, Xdp},
+    programs::{SchedClassifier, TestRun, TestRunOptions, TestRunResult, Xdp},
 };
 
 /// Room the output buffer leaves beyond the frame (a program may grow it).
@@ -20,15 +20,7 @@ pub fn xdp(ebpf: &Ebpf, name: &str, frame: &[u8]) -> (u32, Vec<u8>) {
         .unwrap_or_else(|| panic!("program {name}"))
         .try_into()
         .expect("an XDP program");
-    let mut out = vec![0u8; frame.len() + HEADROOM];
-    let mut opts = TestRunOptions::new();
-    opts.data_in = Some(frame);
-    opts.data_out = Some(&mut out);
-    let result = program
-        .test_run(opts)
-        .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN ({name}) on {frame:02x?}: {e}"));
-    out.truncate(usize::try_from(result.data_size_out).expect("size"));
-    (result.return_value, out)
+    run(program, name, frame)
 }
 
 /// Run the TC program `name` of `ebpf` once on `frame`: the action (an int; the kernel hands it
@@ -43,6 +35,15 @@ pub fn tc(ebpf: &Ebpf, name: &str, frame: &[u8]) -> (i32, Vec<u8>) {
         .unwrap_or_else(|| panic!("program {name}"))
         .try_into()
         .expect("a TC program");
+    let (action, out) = run(program, name, frame);
+    (action.cast_signed(), out)
+}
+
+/// One run of `program` (named `name` in messages) on `frame`: its return value and the frame.
+fn run<P>(program: &P, name: &str, frame: &[u8]) -> (u32, Vec<u8>)
+where
+    P: for<'a> TestRun<Opts<'a> = TestRunOptions<'a>, Result = TestRunResult>,
+{
     let mut out = vec![0u8; frame.len() + HEADROOM];
     let mut opts = TestRunOptions::new();
     opts.data_in = Some(frame);
@@ -51,5 +52,5 @@ pub fn tc(ebpf: &Ebpf, name: &str, frame: &[u8]) -> (i32, Vec<u8>) {
         .test_run(opts)
         .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN ({name}) on {frame:02x?}: {e}"));
     out.truncate(usize::try_from(result.data_size_out).expect("size"));
-    (result.return_value.cast_signed(), out)
+    (result.return_value, out)
 }
