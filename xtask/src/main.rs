@@ -16,6 +16,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
 
+mod disk;
 mod fuzz;
 mod package;
 mod setup;
@@ -370,6 +371,7 @@ fn soak(minutes: f64, seed: Option<u64>, nodes: usize, out: Option<PathBuf>) -> 
 
 fn test(extra: &[String]) -> Result<()> {
     let started = std::time::Instant::now();
+    disk::ensure_room(&target_dir(), disk::TEST_RUN_BYTES, "`cargo xtask test`")?;
     setup::run(false)?;
     build_ebpf()?;
     let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
