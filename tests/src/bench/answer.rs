@@ -212,6 +212,7 @@ fn one(bed: &mut Bed, keys: &Keys, fault: Fault, from: usize) -> Outcome {
         bed.cluster.nodes[to].name.clone(),
     ];
     let window = system.window();
+    let log_from = [0, 1].map(|i| bed.cluster.log(i).len());
     let ((t0, acquired), probes) = probing(&target, |live| {
         std::thread::sleep(LEAD_IN + Duration::from_millis(fastrand::u64(0..=JITTER_MS)));
         match fault {
@@ -239,7 +240,7 @@ fn one(bed: &mut Bed, keys: &Keys, fault: Fault, from: usize) -> Outcome {
         Fault::CutOff => bed.cluster.heal(from),
     }
     let settled = settle(bed, to);
-    measure(
+    let outcome = measure(
         &probes,
         Measured {
             fault,
@@ -254,8 +255,29 @@ fn one(bed: &mut Bed, keys: &Keys, fault: Fault, from: usize) -> Outcome {
                 .then(|| bed.cluster.log_event_after(to, "data plane answering", t0))
                 .flatten(),
         },
-    )
+    );
+    if system == System::VipAgent
+        && fault == Fault::None
+        && outcome.first_new_ns.is_none_or(|f| f > SLOW_TRIAL_NS)
+    {
+        // A slow plain switchover is a tail worth explaining: what both nodes said during it.
+        eprintln!(
+            "vip-bench --answer: slow switchover ({:?} ms to the first reply); the nodes' logs \
+             during the trial:",
+            outcome.first_new_ns.map(|f| f / 1_000_000)
+        );
+        for (i, from) in log_from.iter().enumerate() {
+            let log = bed.cluster.log(i);
+            for line in log.get(*from..).unwrap_or_default().lines() {
+                eprintln!("  [{}] {line}", bed.cluster.nodes[i].name);
+            }
+        }
+    }
+    outcome
 }
+
+/// A plain switchover whose first reply comes later than this prints the agents' logs.
+const SLOW_TRIAL_NS: u64 = 300_000_000;
 
 /// Wait (20 s) until only node `to` answers; otherwise take the address off the other node by
 /// hand (a vip-manager or keepalived that kept it) so the next trial starts clean.
