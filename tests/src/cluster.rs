@@ -124,6 +124,9 @@ impl Cluster {
         } else {
             dir.join("etcd-data")
         };
+        for made in [&dir, &pins, &etcd_data] {
+            crate::interrupt::path_created(made);
+        }
         let vip = Ipv4Addr::new(10, 77, subnet, 100);
         let key = "/service/demo/leader".to_owned();
         let endpoint = format!("http://{}:2379", etcd_host.ip);
@@ -856,6 +859,9 @@ impl Drop for Cluster {
         let _ = std::fs::remove_dir_all(&self.etcd_data);
         if std::env::var_os("VIP_KEEP_LOGS").is_none() {
             let _ = std::fs::remove_dir_all(&self.dir);
+        }
+        for made in [&self.dir, &self.pins, &self.etcd_data] {
+            crate::interrupt::path_removed(made);
         }
     }
 }

@@ -4,6 +4,8 @@
 //! * [`NetNs`]: a network namespace with a unique name, removed on drop; processes started in it
 //!   ([`NetNs::spawn`]) are killed by PID on drop; [`NetNs::run_in`] runs Rust code inside it;
 //! * [`veth_pair`], [`Bridge`]: links between namespaces, with unique interface names;
+//! * [`interrupt`]: what an interrupted `vip-bench` or `vip-soak` removes (its namespaces, its
+//!   processes by PID, its directories and pins), since a signal runs no `Drop`;
 //! * [`arp::ArpSocket`]: a raw-socket ARP prober;
 //! * [`chaos`]: the fault suite (chaos driver and invariant checks) behind `tests/tests/fault_suite.rs`
 //!   and `cargo xtask soak`.
@@ -21,6 +23,7 @@ pub mod bench_rw;
 pub mod chaos;
 pub mod cluster;
 pub mod flood;
+pub mod interrupt;
 pub mod ndp;
 mod netns;
 pub mod patroni;

@@ -52,6 +52,7 @@ impl NetNs {
     pub fn new(tag: &str) -> Self {
         let name = unique_name(&format!("vt{tag}"));
         run_ok(Command::new("ip").args(["netns", "add", &name]));
+        crate::interrupt::namespace_created(&name);
         let ns = Self { name };
         ns.ip(&["link", "set", "lo", "up"]);
         ns
@@ -265,6 +266,7 @@ impl Drop for NetNs {
         let result = Command::new("ip")
             .args(["netns", "del", &self.name])
             .output();
+        crate::interrupt::namespace_deleted(&self.name);
         if let Err(e) = result
             && !std::thread::panicking()
         {

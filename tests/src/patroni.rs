@@ -288,6 +288,11 @@ impl PatroniCluster {
             net,
         };
         cluster.net.key = format!("/service/{}/leader", cluster.scope);
+        for node in &cluster.net.nodes {
+            crate::interrupt::path_created(
+                &Path::new(vip_agent::dataplane::DEFAULT_PIN_ROOT).join(&node.host.ifname),
+            );
+        }
         for i in 0..cluster.net.nodes.len() {
             cluster.write_agent_config(i);
             let member = cluster.write_member(i, options);
@@ -943,6 +948,7 @@ impl Drop for PatroniCluster {
         for i in 0..self.net.nodes.len() {
             self.net.kill_agent(i);
             let _ = vip_agent::dataplane::detach(pins, &self.net.nodes[i].host.ifname);
+            crate::interrupt::path_removed(&pins.join(&self.net.nodes[i].host.ifname));
         }
         if !self.pin_root_existed {
             // Only when empty: never another agent's pins.

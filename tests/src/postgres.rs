@@ -126,6 +126,7 @@ struct DirGuard(PathBuf);
 impl Drop for DirGuard {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
+        crate::interrupt::path_removed(&self.0);
     }
 }
 
@@ -175,6 +176,7 @@ impl PgDir {
         // A leftover of an earlier process with the same PID is nobody's any more.
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
+        crate::interrupt::path_created(&dir);
         let guard = Arc::new(DirGuard(dir.clone()));
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
             .unwrap_or_else(|e| panic!("chmod {}: {e}", dir.display()));

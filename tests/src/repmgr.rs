@@ -427,6 +427,8 @@ impl RepmgrCluster {
         std::fs::create_dir_all(&dir).expect("run directory");
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
         let pins = PathBuf::from("/sys/fs/bpf").join(unique_name("vrpm"));
+        crate::interrupt::path_created(&dir);
+        crate::interrupt::path_created(&pins);
         let made_run_sshd = !Path::new("/run/sshd").exists();
         if made_run_sshd {
             std::fs::create_dir_all("/run/sshd").expect("create /run/sshd");
@@ -1607,6 +1609,8 @@ impl Drop for RepmgrCluster {
         } else {
             eprintln!("logs kept in {}", self.dir.display());
         }
+        crate::interrupt::path_removed(&self.dir);
+        crate::interrupt::path_removed(&self.pins);
     }
 }
 

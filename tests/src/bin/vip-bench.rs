@@ -315,6 +315,8 @@ fn main() {
     if !require_privileges("vip-bench") {
         std::process::exit(2);
     }
+    // Ctrl-C or SIGTERM: end this run's processes and remove its namespaces, not just die.
+    vip_tests::interrupt::clean_up_on_signal();
     let mut args = parse_args();
     let started = std::time::Instant::now();
     fastrand::seed(args.seed);

@@ -105,6 +105,8 @@ fn main() -> ExitCode {
     if !require_privileges("vip-soak") {
         return ExitCode::from(2);
     }
+    // Ctrl-C or SIGTERM: end this run's processes and remove its namespaces, not just die.
+    vip_tests::interrupt::clean_up_on_signal();
     let args = parse_args();
     let seed = args.seed.unwrap_or_else(chaos::seed_from_env);
     let duration = Duration::from_secs_f64(args.minutes * 60.0);
