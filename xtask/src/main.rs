@@ -285,6 +285,24 @@ fn cargo() -> Command {
     cmd
 }
 
+/// Run a long-lived tool of ours (demo, bench, soak) that cleans up after itself on Ctrl-C:
+/// the terminal sends SIGINT to the whole foreground group, and xtask waits for the tool's
+/// clean-up instead of returning the prompt while the tool still removes its namespaces.
+fn run_interruptible(cmd: &mut Command) -> Result<()> {
+    extern "C" fn ignore(_: libc::c_int) {}
+    // A handler, not SIG_IGN: handlers are reset by exec, so the tool still sees the signal.
+    // SAFETY: `ignore` is async-signal-safe (it does nothing) and lives for the whole program.
+    unsafe {
+        libc::signal(libc::SIGINT, ignore as *const () as libc::sighandler_t);
+    }
+    let result = run_cmd(cmd);
+    // SAFETY: restoring the default disposition.
+    unsafe {
+        libc::signal(libc::SIGINT, libc::SIG_DFL);
+    }
+    result
+}
+
 /// Run `cmd`, echoing it first; fail naming the command.
 fn run_cmd(cmd: &mut Command) -> Result<()> {
     eprintln!("xtask: running {cmd:?}");
@@ -335,7 +353,7 @@ fn release_build(bin: &str) -> Result<(PathBuf, PathBuf)> {
 
 fn demo() -> Result<()> {
     let (demo, agent) = release_build("vip-demo")?;
-    run_cmd(Command::new(demo).arg(agent))
+    run_interruptible(Command::new(demo).arg(agent))
 }
 
 fn bench(args: &[String], out: Option<PathBuf>) -> Result<()> {
@@ -343,7 +361,7 @@ fn bench(args: &[String], out: Option<PathBuf>) -> Result<()> {
     let out = out.unwrap_or_else(workspace);
     let mut cmd = Command::new(bench);
     cmd.arg("--agent").arg(agent).args(args);
-    run_cmd(cmd.arg("--out").arg(&out))?;
+    run_interruptible(cmd.arg("--out").arg(&out))?;
     eprintln!(
         "xtask: wrote BENCHMARKS.md and its data in bench/ ({})",
         out.display()
@@ -364,7 +382,7 @@ fn soak(minutes: f64, seed: Option<u64>, nodes: usize, out: Option<PathBuf>) -> 
     if let Some(seed) = seed {
         cmd.args(["--seed", &seed.to_string()]);
     }
-    run_cmd(&mut cmd)?;
+    run_interruptible(&mut cmd)?;
     eprintln!("xtask: wrote {}", out.join("RELIABILITY.md").display());
     Ok(())
 }
