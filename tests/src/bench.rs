@@ -42,7 +42,7 @@ pub mod answer;
 
 use crate::{
     arp::{ArpSocket, Probe},
-    cluster::{self, Cluster, Host},
+    cluster::{self, Cluster, Host, process_tree},
 };
 
 /// A system under test.
@@ -1718,18 +1718,6 @@ pub fn clock_ticks_per_second() -> u64 {
         .ok()
         .filter(|&h| h > 0)
         .unwrap_or(100)
-}
-
-/// `pid` and its descendants (keepalived's VRRP child; vip-agent and vip-manager have none).
-#[must_use]
-pub fn process_tree(pid: i32) -> Vec<i32> {
-    let mut all = vec![pid];
-    let mut next = 0;
-    while let Some(&p) = all.get(next) {
-        all.extend(cluster::children_of(p));
-        next += 1;
-    }
-    all
 }
 
 /// CPU time of `pid`'s process tree in clock ticks: each process's utime + stime + the times of

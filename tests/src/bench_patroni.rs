@@ -31,7 +31,8 @@ use std::{
 };
 
 use crate::{
-    bench::{clock_ticks_per_second, cpu_ticks, percentiles, process_tree},
+    bench::{clock_ticks_per_second, cpu_ticks, percentiles},
+    cluster::process_tree,
     patroni::{
         Attempt, Expect, LOOP_WAIT, Manager, Observers, Options, Outcome, PatroniCluster, TTL,
         check_window, require_patroni,

@@ -866,6 +866,18 @@ impl Drop for Cluster {
     }
 }
 
+/// `pid` and its descendants (keepalived's VRRP child; vip-agent and vip-manager have none).
+#[must_use]
+pub fn process_tree(pid: i32) -> Vec<i32> {
+    let mut all = vec![pid];
+    let mut next = 0;
+    while let Some(&p) = all.get(next) {
+        all.extend(children_of(p));
+        next += 1;
+    }
+    all
+}
+
 /// The PIDs of `pid`'s child processes (`/proc/<pid>/task/*/children`).
 pub(crate) fn children_of(pid: i32) -> Vec<i32> {
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {

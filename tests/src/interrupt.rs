@@ -120,34 +120,21 @@ fn clean_up() {
     }
 }
 
-/// Every live (not yet reaped, not a zombie) process below `root`, read from /proc.
+/// Every process below `root` that has not exited yet (zombies, which nobody reaps here, are
+/// left out so the loop above ends).
 fn descendants(root: i32) -> Vec<i32> {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    let parents: Vec<(i32, i32)> = entries
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .filter_map(|pid| {
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-            // "pid (comm) state ppid ...": comm may hold spaces and parentheses.
-            let mut rest = stat.get(stat.rfind(')')? + 1..)?.split_whitespace();
-            let state = rest.next()?;
-            let ppid = rest.next()?.parse().ok()?;
-            (state != "Z").then_some((pid, ppid))
-        })
-        .collect();
-    let mut found = Vec::new();
-    let mut frontier = vec![root];
-    while let Some(parent) = frontier.pop() {
-        for &(pid, ppid) in &parents {
-            if ppid == parent && !found.contains(&pid) {
-                found.push(pid);
-                frontier.push(pid);
-            }
-        }
-    }
-    found
+    crate::cluster::process_tree(root)
+        .into_iter()
+        .filter(|&pid| pid != root && !zombie(pid))
+        .collect()
+}
+
+fn zombie(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        // "pid (comm) state ...": comm may hold spaces and parentheses.
+        stat.rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
+    })
 }
 
 #[cfg(test)]

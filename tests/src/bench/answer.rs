@@ -22,9 +22,9 @@ use vip_agent::clock::monotonic_ns;
 
 use super::{
     ANSWER_LIMIT, Bed, JITTER_MS, Keys, LEAD_IN, ProbeTarget, SETTLE, System, TAIL, probing,
-    process_tree, replies_from, signed_diff, start_with, wait_for_holder,
+    replies_from, signed_diff, start_with, wait_for_holder,
 };
-use crate::arp::Probe;
+use crate::{arp::Probe, cluster::process_tree};
 
 /// What happens to the old holder's agent just before the switchover.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
