@@ -64,6 +64,14 @@ pub struct Cluster {
 }
 
 impl Cluster {
+    /// The namespaces every frame between the client and the nodes passes: the client's, the
+    /// switch's (the bridge and its ports) and the nodes'.
+    pub fn segment_namespaces(&self) -> impl Iterator<Item = &NetNs> {
+        [&self.client.ns, &self._switch]
+            .into_iter()
+            .chain(self.nodes.iter().map(|n| &n.host.ns))
+    }
+
     /// Build the segment, start etcd (data on tmpfs-backed `dir`) and write one agent config per
     /// node (`extra_config` is appended to each). Agents are not started yet.
     ///
