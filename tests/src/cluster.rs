@@ -566,7 +566,7 @@ impl Cluster {
             agent.signal(Signal::SIGKILL);
             let _ = agent.wait_timeout(Duration::from_secs(5));
             for child in children {
-                reap(child, Duration::from_secs(2));
+                wait_gone(child, Duration::from_secs(2));
             }
         }
     }
@@ -902,21 +902,33 @@ pub(crate) fn children_of(pid: i32) -> Vec<i32> {
         .collect()
 }
 
-/// Wait (up to `limit`) for `pid`, an orphan re-parented to this process, to be reaped.
-fn reap(pid: i32, limit: Duration) {
-    use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+/// Wait (up to `limit`) until `pid` has exited; whether it did. A process of this one (a child,
+/// or an orphan re-parented here: the benchmark becomes a child subreaper) is reaped; another's
+/// counts as gone once it is a zombie, which its parent (init) reaps in its own time. Checking
+/// only that `/proc/<pid>` disappeared waits forever for an unreaped orphan of this process.
+pub(crate) fn wait_gone(pid: i32, limit: Duration) -> bool {
+    use nix::sys::wait::{WaitPidFlag, waitpid};
     let until = Instant::now() + limit;
-    while Instant::now() < until {
-        match waitpid(nix::unistd::Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG)) {
-            Ok(WaitStatus::StillAlive) => std::thread::sleep(Duration::from_millis(5)),
-            // ECHILD: not (yet) ours, or already gone.
-            Err(nix::errno::Errno::ECHILD) if !Path::new(&format!("/proc/{pid}")).exists() => {
-                return;
-            }
-            Err(_) => std::thread::sleep(Duration::from_millis(5)),
-            Ok(_) => return,
+    loop {
+        // ECHILD unless it is this process's to reap.
+        let _ = waitpid(nix::unistd::Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG));
+        if !Path::new(&format!("/proc/{pid}")).exists() || is_zombie(pid) {
+            return true;
         }
+        if Instant::now() >= until {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(5));
     }
+}
+
+/// Whether `pid` has exited and waits to be reaped (state `Z` in `/proc/<pid>/stat`).
+pub(crate) fn is_zombie(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        // "pid (comm) state ...": comm may hold spaces and parentheses.
+        stat.rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
+    })
 }
 
 /// `path` opened for appending (created if missing): a node's log, shared by the processes that
@@ -936,4 +948,47 @@ fn mask(status: &str, field: &str) -> u64 {
         .find_map(|l| l.strip_prefix(field))
         .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What a daemon started through `pg_ctl` is to the benchmark once that has become a child
+    /// subreaper (keepalived's kill does it, `interrupt::clean_up_on_signal` too): an orphan of
+    /// this process. Killed, it stays a zombie until this process reaps it, so a check for
+    /// `/proc/<pid>` alone never saw it go (the repmgr part of a whole benchmark run failed so).
+    #[test]
+    fn a_killed_orphan_of_this_process_is_reaped_and_counts_as_gone() {
+        // The subreaper attribute stays on this test process; nothing else here forks daemons.
+        // SAFETY: prctl with integer arguments only.
+        let rc = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+        assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+        // sh prints the PID of its background sleep and exits: the sleep is an orphan, now ours.
+        let out = std::process::Command::new("sh")
+            .args(["-c", "sleep 30 >/dev/null 2>&1 & echo $!"])
+            .output()
+            .expect("run sh");
+        let pid: i32 = String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .expect("the orphan's pid");
+        assert!(
+            !wait_gone(pid, Duration::from_millis(50)),
+            "sleep still runs"
+        );
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .expect("kill the orphan");
+        assert!(
+            wait_gone(pid, Duration::from_secs(5)),
+            "the killed orphan is gone"
+        );
+        assert!(
+            !Path::new(&format!("/proc/{pid}")).exists(),
+            "and reaped: no zombie left behind"
+        );
+    }
 }

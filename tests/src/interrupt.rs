@@ -125,16 +125,8 @@ fn clean_up() {
 fn descendants(root: i32) -> Vec<i32> {
     crate::cluster::process_tree(root)
         .into_iter()
-        .filter(|&pid| pid != root && !zombie(pid))
+        .filter(|&pid| pid != root && !crate::cluster::is_zombie(pid))
         .collect()
-}
-
-fn zombie(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-        // "pid (comm) state ...": comm may hold spaces and parentheses.
-        stat.rsplit_once(')')
-            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
-    })
 }
 
 #[cfg(test)]

@@ -55,7 +55,7 @@ use nix::{
 
 use crate::{
     REQUIRE_PRIVILEGES,
-    cluster::{Cluster, children_of},
+    cluster::{Cluster, children_of, wait_gone},
     postgres::{Installation, PgDir},
 };
 
@@ -964,29 +964,6 @@ impl Drop for PatroniCluster {
                 .status();
             eprintln!("kept the Patroni directory as {}", keep.display());
         }
-    }
-}
-
-/// Wait until `pid` has gone (reaped by its parent, or ours to reap); whether it did.
-fn wait_gone(pid: i32, limit: Duration) -> bool {
-    use nix::sys::wait::{WaitPidFlag, waitpid};
-    let until = Instant::now() + limit;
-    loop {
-        // Ours only when it was re-parented to this process; otherwise ECHILD.
-        let _ = waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG));
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok();
-        // Gone, or a zombie (the postmaster's parent is init, which reaps it).
-        let gone = stat.is_none_or(|s| {
-            s.rsplit_once(')')
-                .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
-        });
-        if gone {
-            return true;
-        }
-        if Instant::now() >= until {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(10));
     }
 }
 

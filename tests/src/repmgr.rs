@@ -829,9 +829,11 @@ impl RepmgrCluster {
     pub fn pg_kill(&self, i: usize) {
         let pid = self.nodes[i].postmaster_pid().expect("postmaster running");
         kill(Pid::from_raw(pid), Signal::SIGKILL).expect("SIGKILL the postmaster");
-        crate::eventually(Duration::from_secs(10), "the postmaster is gone", || {
-            !Path::new(&format!("/proc/{pid}")).exists()
-        });
+        assert!(
+            crate::cluster::wait_gone(pid, Duration::from_secs(10)),
+            "node{}'s postmaster {pid} still runs 10 s after SIGKILL",
+            i + 1
+        );
     }
 
     fn start_sshd(&mut self, i: usize) {
@@ -1583,12 +1585,9 @@ impl Drop for RepmgrCluster {
         for n in &self.nodes {
             if let Some(pid) = n.postmaster_pid() {
                 let _ = kill(Pid::from_raw(pid), Signal::SIGQUIT);
-                let until = Instant::now() + Duration::from_secs(10);
-                while Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < until {
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                if Path::new(&format!("/proc/{pid}")).exists() {
+                if !crate::cluster::wait_gone(pid, Duration::from_secs(10)) {
                     let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+                    crate::cluster::wait_gone(pid, Duration::from_secs(5));
                 }
             }
         }
